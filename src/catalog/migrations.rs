@@ -1,0 +1,187 @@
+//! Numbered, append-only schema migrations over `PRAGMA user_version`
+//! (the shape of cargo's `util/sqlite.rs`). Never edit a migration that has
+//! shipped: add one.
+
+use std::path::Path;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::error::{Error, Result};
+
+const MIGRATIONS: &[&str] = &[
+    // 1: snapshots of the bot's tables, refs, blobs, destinations.
+    r#"
+CREATE TABLE settings (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL
+);
+
+CREATE TABLE snapshots (
+    id        INTEGER PRIMARY KEY,
+    taken_at  TEXT NOT NULL,
+    source    TEXT NOT NULL,
+    envs      TEXT
+);
+
+CREATE TABLE sessions (
+    id                        TEXT PRIMARY KEY NOT NULL,
+    data                      TEXT NOT NULL,
+    first_snapshot            INTEGER NOT NULL,
+    changed_snapshot          INTEGER NOT NULL,
+    seen_snapshot             INTEGER NOT NULL,
+    user_id                   TEXT AS (json_extract(data, '$.user_id')),
+    env                       TEXT AS (json_extract(data, '$.env')),
+    mode                      TEXT AS (json_extract(data, '$.mode')),
+    current_photo_file_id     TEXT AS (json_extract(data, '$.current_photo_file_id')),
+    photos                    TEXT AS (json_extract(data, '$.photos')),
+    last_sticker_file_id      TEXT AS (json_extract(data, '$.last_sticker_file_id')),
+    last_sticker_storage_path TEXT AS (json_extract(data, '$.last_sticker_storage_path')),
+    pack_sheet_file_id        TEXT AS (json_extract(data, '$.pack_sheet_file_id')),
+    created_at                TEXT AS (json_extract(data, '$.created_at')),
+    updated_at                TEXT AS (json_extract(data, '$.updated_at'))
+);
+CREATE INDEX sessions_env ON sessions(env);
+
+CREATE TABLE pack_batches (
+    id                         TEXT PRIMARY KEY NOT NULL,
+    data                       TEXT NOT NULL,
+    first_snapshot             INTEGER NOT NULL,
+    changed_snapshot           INTEGER NOT NULL,
+    seen_snapshot              INTEGER NOT NULL,
+    session_id                 TEXT AS (json_extract(data, '$.session_id')),
+    user_id                    TEXT AS (json_extract(data, '$.user_id')),
+    status                     TEXT AS (json_extract(data, '$.status')),
+    cleaned_sheet_storage_path TEXT AS (json_extract(data, '$.cleaned_sheet_storage_path')),
+    created_at                 TEXT AS (json_extract(data, '$.created_at'))
+);
+CREATE INDEX pack_batches_session ON pack_batches(session_id, created_at, id);
+
+CREATE TABLE stickers (
+    id                  TEXT PRIMARY KEY NOT NULL,
+    data                TEXT NOT NULL,
+    first_snapshot      INTEGER NOT NULL,
+    changed_snapshot    INTEGER NOT NULL,
+    seen_snapshot       INTEGER NOT NULL,
+    user_id             TEXT AS (json_extract(data, '$.user_id')),
+    session_id          TEXT AS (json_extract(data, '$.session_id')),
+    pack_batch_id       TEXT AS (json_extract(data, '$.pack_batch_id')),
+    pack_index          INTEGER AS (json_extract(data, '$.pack_index')),
+    style_preset_id     TEXT AS (json_extract(data, '$.style_preset_id')),
+    telegram_file_id    TEXT AS (json_extract(data, '$.telegram_file_id')),
+    result_storage_path TEXT AS (json_extract(data, '$.result_storage_path')),
+    created_at          TEXT AS (json_extract(data, '$.created_at'))
+);
+CREATE INDEX stickers_session ON stickers(session_id);
+CREATE INDEX stickers_file_id ON stickers(telegram_file_id);
+
+CREATE TABLE blobs (
+    sha256     TEXT PRIMARY KEY NOT NULL,
+    size       INTEGER NOT NULL,
+    type       TEXT NOT NULL,
+    source     TEXT NOT NULL,
+    fetched_at TEXT NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE refs (
+    id               INTEGER PRIMARY KEY,
+    class            TEXT NOT NULL,
+    row_table        TEXT NOT NULL,
+    row_id           TEXT NOT NULL,
+    slot             TEXT NOT NULL DEFAULT '',
+    session_id       TEXT,
+    user_id          TEXT,
+    env              TEXT,
+    pack_batch_id    TEXT,
+    pack_index       INTEGER,
+    telegram_file_id TEXT,
+    storage_key      TEXT,
+    state            TEXT NOT NULL DEFAULT 'pending'
+                     CHECK (state IN ('pending', 'fetched', 'failed')),
+    sha256           TEXT REFERENCES blobs(sha256),
+    source           TEXT,
+    key_dangling     INTEGER NOT NULL DEFAULT 0,
+    reason           TEXT,
+    derived_gen      INTEGER NOT NULL,
+    updated_at       TEXT,
+    UNIQUE (class, row_table, row_id, slot)
+);
+CREATE INDEX refs_state ON refs(state, class);
+CREATE INDEX refs_env ON refs(env, class, state);
+CREATE INDEX refs_file_id ON refs(telegram_file_id);
+CREATE INDEX refs_sha256 ON refs(sha256);
+
+CREATE TABLE destinations (
+    id     INTEGER PRIMARY KEY,
+    url    TEXT NOT NULL UNIQUE,
+    layout TEXT NOT NULL
+);
+
+CREATE TABLE objects (
+    dest_id    INTEGER NOT NULL REFERENCES destinations(id),
+    key        TEXT NOT NULL,
+    sha256     TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    state      TEXT NOT NULL CHECK (state IN ('pushed', 'failed')),
+    reason     TEXT,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (dest_id, key)
+) WITHOUT ROWID;
+
+CREATE VIEW v_rows(table_name, id, data) AS
+    SELECT 'sessions', id, data FROM sessions
+    UNION ALL SELECT 'stickers', id, data FROM stickers
+    UNION ALL SELECT 'pack_batches', id, data FROM pack_batches;
+
+CREATE VIEW v_refs(class, env, row_id, session_id, telegram_file_id, storage_key,
+                   state, sha256, size, type, reason) AS
+    SELECT r.class, r.env, r.row_id, r.session_id, r.telegram_file_id, r.storage_key,
+           r.state, r.sha256, b.size, b.type, r.reason
+    FROM refs r LEFT JOIN blobs b ON b.sha256 = r.sha256;
+"#,
+];
+
+/// Applies the migrations this catalog lacks, in one exclusive transaction.
+pub fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+    let known = MIGRATIONS.len() as i64;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+    let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > known {
+        return Err(Error::CatalogTooNew {
+            path: path.to_path_buf(),
+            found,
+            known,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrate_twice_is_a_no_op() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        migrate(&mut conn, Path::new(":memory:")).expect("first");
+        migrate(&mut conn, Path::new(":memory:")).expect("second");
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("user_version");
+        assert_eq!(v, MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn newer_catalog_is_refused() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        conn.pragma_update(None, "user_version", 999).expect("set");
+        assert!(matches!(
+            migrate(&mut conn, Path::new(":memory:")),
+            Err(Error::CatalogTooNew { .. })
+        ));
+    }
+}

@@ -1,0 +1,162 @@
+//! The catalog: `catalog.sqlite`, the archive's only state.
+//!
+//! One [`Catalog`] owns the SQLite connection and the archive's lock file.
+//! Locking: an exclusive OS lock on `catalog.lock` is taken before the
+//! database is opened and held until the value is dropped, so a second
+//! process fails at once and changes nothing. Durability: WAL with
+//! `synchronous=FULL`, so a commit that returned survives power loss; every
+//! state change a command reports has been committed first. Compatibility:
+//! `PRAGMA user_version` numbers the migrations applied; they are append-only,
+//! and a catalog newer than this binary is refused rather than misread.
+
+mod migrations;
+pub mod snapshot;
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+
+use rusqlite::Connection;
+
+use crate::error::{Error, Result};
+
+pub const CATALOG_FILE: &str = "catalog.sqlite";
+const LOCK_FILE: &str = "catalog.lock";
+
+pub struct Catalog {
+    conn: Connection,
+    dir: PathBuf,
+    _lock: File,
+}
+
+impl Catalog {
+    /// Opens the archive's catalog, creating the archive when it does not exist.
+    pub fn open_or_create(dir: &Path) -> Result<Catalog> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("cannot create the archive {}", dir.display()), e))?;
+        Self::open_in(dir)
+    }
+
+    /// Opens the catalog of an archive that must already exist.
+    pub fn open_existing(dir: &Path) -> Result<Catalog> {
+        if !dir.join(CATALOG_FILE).is_file() {
+            return Err(Error::NoCatalog(dir.to_path_buf()));
+        }
+        Self::open_in(dir)
+    }
+
+    fn open_in(dir: &Path) -> Result<Catalog> {
+        let lock = lock_archive(dir)?;
+        let path = dir.join(CATALOG_FILE);
+        let mut conn = Connection::open(&path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrations::migrate(&mut conn, &path)?;
+        Ok(Catalog {
+            conn,
+            dir: dir.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub fn conn_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    pub fn setting(&self, key: &str) -> Result<Option<String>> {
+        use rusqlite::OptionalExtension;
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO settings(key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [key, value],
+        )?;
+        Ok(())
+    }
+}
+
+fn lock_archive(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(format!("cannot open the lock file {}", path.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(Error::Locked(dir.to_path_buf())),
+        Err(TryLockError::Error(e)) => Err(Error::io(
+            format!("cannot lock the archive {}", dir.display()),
+            e,
+        )),
+    }
+}
+
+/// Now, as RFC 3339 UTC text: how the catalog writes times.
+pub fn now_text() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    utc_text(secs)
+}
+
+/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days, proleptic Gregorian).
+pub fn utc_text(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_text_is_rfc3339() {
+        assert_eq!(utc_text(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_text(1_764_064_800), "2025-11-25T10:00:00Z");
+    }
+
+    #[test]
+    fn second_open_is_locked_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _first = Catalog::open_or_create(dir.path()).expect("first open");
+        match Catalog::open_or_create(dir.path()) {
+            Err(Error::Locked(_)) => {}
+            other => panic!("expected Locked, got {:?}", other.err()),
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Writing a snapshot: every row of the source into the catalog, in one
+//! transaction. A snapshot killed midway leaves the previous one whole
+//! (SQLite rolls the transaction back on the next open); a finished one
+//! replaces it, with counts of what was added, changed and removed.
+
+use std::collections::{BTreeMap, HashSet};
+
+use rusqlite::Transaction;
+use serde::Serialize;
+
+use super::Catalog;
+use crate::error::Result;
+use crate::refs::{self, Table};
+use crate::source::SourceEvent;
+
+/// How many skipped rows are logged one by one before only counting.
+const LOGGED_SKIPS: u64 = 20;
+
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct TableCounts {
+    pub rows: u64,
+    pub added: u64,
+    pub changed: u64,
+    pub removed: u64,
+    pub skipped: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SnapshotReport {
+    pub snapshot_id: i64,
+    pub taken_at: String,
+    pub source: String,
+    pub tables: BTreeMap<String, TableCounts>,
+}
+
+pub struct SnapshotWriter<'c> {
+    tx: Transaction<'c>,
+    id: i64,
+    envs: Option<HashSet<String>>,
+    sessions_in_scope: HashSet<String>,
+    skipped: BTreeMap<Table, u64>,
+    missing: Vec<Table>,
+    taken_at: String,
+    source: String,
+}
+
+impl<'c> SnapshotWriter<'c> {
+    pub fn begin(catalog: &'c mut Catalog, source: &str, envs: &[String]) -> Result<Self> {
+        let tx = catalog.conn_mut().transaction()?;
+        let envs_json = (!envs.is_empty()).then(|| serde_json::to_string(envs).unwrap_or_default());
+        tx.execute(
+            "INSERT INTO snapshots(taken_at, source, envs) VALUES (?1, ?2, ?3)",
+            rusqlite::params![super::now_text(), source, envs_json],
+        )?;
+        let id = tx.last_insert_rowid();
+        Ok(SnapshotWriter {
+            tx,
+            id,
+            envs: (!envs.is_empty()).then(|| envs.iter().cloned().collect()),
+            sessions_in_scope: HashSet::new(),
+            skipped: BTreeMap::new(),
+            missing: Vec::new(),
+            taken_at: super::now_text(),
+            source: source.to_string(),
+        })
+    }
+
+    pub fn apply(&mut self, event: SourceEvent) -> Result<()> {
+        match event {
+            SourceEvent::Began { taken_at } => self.taken_at = taken_at,
+            SourceEvent::Table { table, present } => {
+                if !present {
+                    tracing::warn!("the source has no {} table: taken as empty", table.name());
+                    self.missing.push(table);
+                }
+            }
+            SourceEvent::Malformed { table, at, reason } => self.skip(table, &at, &reason),
+            SourceEvent::Row { table, row, text } => {
+                let id = match refs::check_row(table, &row) {
+                    Ok(id) => id,
+                    Err(reason) => {
+                        let at = row_label(&row);
+                        self.skip(table, &at, &reason);
+                        return Ok(());
+                    }
+                };
+                if !self.in_scope(table, &id, &row) {
+                    return Ok(());
+                }
+                let data = match text {
+                    Some(text) => text,
+                    None => serde_json::Value::Object(row).to_string(),
+                };
+                let sql = format!(
+                    "INSERT INTO {t}(id, data, first_snapshot, changed_snapshot, seen_snapshot)
+                     VALUES (?1, ?2, ?3, ?3, ?3)
+                     ON CONFLICT(id) DO UPDATE SET
+                        seen_snapshot = excluded.seen_snapshot,
+                        changed_snapshot = CASE WHEN data = excluded.data
+                            THEN changed_snapshot ELSE excluded.seen_snapshot END,
+                        data = excluded.data
+                     WHERE seen_snapshot < excluded.seen_snapshot",
+                    t = table.name()
+                );
+                let written = self
+                    .tx
+                    .prepare_cached(&sql)?
+                    .execute(rusqlite::params![id, data, self.id])?;
+                if written == 0 {
+                    self.skip(table, &format!("id {id}"), "a second row with the same id");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn in_scope(
+        &mut self,
+        table: Table,
+        id: &str,
+        row: &serde_json::Map<String, serde_json::Value>,
+    ) -> bool {
+        let Some(envs) = &self.envs else {
+            return true;
+        };
+        if table == Table::Sessions {
+            let keep = refs::env_of_session(row).is_some_and(|e| envs.contains(e));
+            if keep {
+                self.sessions_in_scope.insert(id.to_string());
+            }
+            keep
+        } else {
+            refs::session_of(table, row).is_some_and(|s| self.sessions_in_scope.contains(&s))
+        }
+    }
+
+    fn skip(&mut self, table: Table, at: &str, reason: &str) {
+        let n = self.skipped.entry(table).or_default();
+        *n += 1;
+        if *n <= LOGGED_SKIPS {
+            tracing::warn!("{} {at}: skipped: {reason}", table.name());
+        } else if *n == LOGGED_SKIPS + 1 {
+            tracing::warn!("{}: more rows skipped; counting only", table.name());
+        }
+    }
+
+    /// Removes the rows this snapshot did not see, rebuilds the refs and commits.
+    pub fn finish(self, include_photos: bool) -> Result<SnapshotReport> {
+        let SnapshotWriter {
+            tx,
+            id,
+            skipped,
+            taken_at,
+            source,
+            ..
+        } = self;
+        let mut tables = BTreeMap::new();
+        for table in Table::ALL {
+            let t = table.name();
+            let removed = tx.execute(&format!("DELETE FROM {t} WHERE seen_snapshot < ?1"), [id])?;
+            let (rows, added, changed): (u64, u64, u64) = tx.query_row(
+                &format!(
+                    "SELECT count(*),
+                            count(*) FILTER (WHERE first_snapshot = ?1),
+                            count(*) FILTER (WHERE changed_snapshot = ?1 AND first_snapshot < ?1)
+                     FROM {t}"
+                ),
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            tables.insert(
+                t.to_string(),
+                TableCounts {
+                    rows,
+                    added,
+                    changed,
+                    removed: removed as u64,
+                    skipped: skipped.get(&table).copied().unwrap_or(0),
+                },
+            );
+        }
+        tx.execute(
+            "UPDATE snapshots SET taken_at = ?1 WHERE id = ?2",
+            rusqlite::params![taken_at, id],
+        )?;
+        refs::derive(&tx, include_photos)?;
+        tx.commit()?;
+        Ok(SnapshotReport {
+            snapshot_id: id,
+            taken_at,
+            source,
+            tables,
+        })
+    }
+}
+
+fn row_label(row: &serde_json::Map<String, serde_json::Value>) -> String {
+    match row.get("id") {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => format!("id {s}"),
+        _ => "a row".to_string(),
+    }
+}

@@ -1,0 +1,224 @@
+//! Command-line definitions (SPEC §3). `--archive`, `--json` and `--env`
+//! are global: accepted before or after the command's name.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "starchive",
+    version,
+    about = "Archive a Telegram sticker bot's files: snapshot its Supabase tables, fetch every sticker once by SHA-256, push to any object store, repair the database.",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// The local archive directory.
+    #[arg(
+        long,
+        global = true,
+        env = "STARCHIVE_DIR",
+        default_value = "./sticker-archive"
+    )]
+    pub archive: PathBuf,
+
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Only refs whose session has this env (repeatable).
+    #[arg(long = "env", global = true, value_name = "NAME")]
+    pub envs: Vec<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Copy sessions, stickers and pack_batches (every column) into the catalog.
+    Snapshot(SnapshotArgs),
+    /// Count refs, what is fetched and pending, blobs, and the backfill volumes.
+    Plan,
+    /// Download every pending ref into the archive's blobs/.
+    Fetch(FetchArgs),
+    /// Upload every fetched ref to a destination store.
+    Push(PushArgs),
+    /// Re-hash local blobs; with --to, check the destination holds every object.
+    Verify(VerifyArgs),
+    /// Where every stage stands, with each failure and its reason.
+    Status,
+    /// Repair the database: upload what has no storage key and write the key back.
+    Backfill(BackfillArgs),
+    /// snapshot, fetch and push in one go.
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotArgs {
+    #[command(flatten)]
+    pub db: DbArg,
+}
+
+#[derive(Args, Debug)]
+pub struct DbArg {
+    /// postgres:// connection string, or a directory of CSV exports.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub db: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Include {
+    Photos,
+}
+
+#[derive(Args, Debug)]
+pub struct FetchArgs {
+    /// The source bucket (s3://bucket?endpoint=…, file:///path, or a directory).
+    #[arg(long, value_name = "URL")]
+    pub storage: Option<String>,
+
+    /// Base URL of the Telegram Bot API.
+    #[arg(
+        long,
+        env = "TELEGRAM_API_URL",
+        default_value = "https://api.telegram.org",
+        value_name = "URL"
+    )]
+    pub telegram_api: String,
+
+    #[command(flatten)]
+    pub jobs: JobsArg,
+
+    /// Also archive users' photos.
+    #[arg(long, value_enum, value_name = "WHAT")]
+    pub include: Vec<Include>,
+
+    /// Try failed refs again.
+    #[arg(long)]
+    pub retry_failed: bool,
+
+    /// Refuse files larger than this (bytes; KiB, MiB, GiB accepted).
+    #[arg(long, default_value = "50MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub max_file_size: u64,
+
+    /// Bot API requests per second at most.
+    #[arg(long, default_value_t = 20.0, value_name = "N")]
+    pub telegram_rate: f64,
+}
+
+#[derive(Args, Debug)]
+pub struct JobsArg {
+    /// Transfers in flight at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub jobs: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Layout {
+    Mirror,
+    Cas,
+}
+
+#[derive(Args, Debug)]
+pub struct ToArg {
+    /// Destination store (s3://bucket/prefix?endpoint=…, file:///path, or a directory).
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+}
+
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    #[command(flatten)]
+    pub to: ToArg,
+
+    #[arg(long, value_enum, default_value = "mirror")]
+    pub layout: Layout,
+
+    #[command(flatten)]
+    pub jobs: JobsArg,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Also check this destination.
+    #[arg(long, value_name = "URL")]
+    pub to: Option<String>,
+
+    #[arg(long, value_enum, default_value = "mirror")]
+    pub layout: Layout,
+
+    /// Download every object and check its SHA-256.
+    #[arg(long)]
+    pub deep: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BackfillArgs {
+    #[command(flatten)]
+    pub db: DbArg,
+
+    #[command(flatten)]
+    pub to: ToArg,
+
+    /// Make the changes (without it: a dry run that prints what would be done).
+    #[arg(long)]
+    pub apply: bool,
+
+    /// Revert what earlier `--apply` runs wrote.
+    #[arg(long)]
+    pub undo: bool,
+
+    /// Also add a stickers row for every session sticker that has none.
+    #[arg(long)]
+    pub sync_stickers: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub db: DbArg,
+
+    #[command(flatten)]
+    pub fetch: FetchArgs,
+
+    #[command(flatten)]
+    pub to: ToArg,
+
+    #[arg(long, value_enum, default_value = "mirror")]
+    pub layout: Layout,
+}
+
+/// `1048576`, `512KiB`, `50MiB`, `1 GiB`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 50MiB)"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?}: use KiB, MiB or GiB")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("50MiB"), Ok(50 << 20));
+        assert_eq!(parse_size("2 KiB"), Ok(2048));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert!(parse_size("5MB").is_err());
+        assert!(parse_size("MiB").is_err());
+    }
+}

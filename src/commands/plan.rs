@@ -1,0 +1,145 @@
+//! `plan`: what the archive holds and what is left to do, from the catalog alone.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{Context, ENV_FILTER};
+use crate::catalog::Catalog;
+use crate::error::Result;
+use crate::refs::RefClass;
+
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    pub refs: u64,
+    pub with_storage_key: u64,
+    pub telegram_only: u64,
+    pub fetched: u64,
+    pub pending: u64,
+    pub failed: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct BlobCounts {
+    pub count: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct BackfillVolumes {
+    pub sessions_missing_storage_path: u64,
+    pub stickers_missing_storage_path: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlanReport {
+    pub classes: BTreeMap<String, Counts>,
+    pub total: Counts,
+    pub blobs: BlobCounts,
+    pub backfill: BackfillVolumes,
+}
+
+pub fn plan(ctx: &Context) -> Result<PlanReport> {
+    let catalog = Catalog::open_existing(&ctx.archive)?;
+    let conn = catalog.conn();
+    let envs = ctx.env_param();
+    let mut classes: BTreeMap<String, Counts> = RefClass::ALL
+        .iter()
+        .map(|c| (c.name().to_string(), Counts::default()))
+        .collect();
+    let mut stmt = conn.prepare(&format!(
+        "SELECT class, count(*), count(storage_key), count(*) - count(storage_key),
+                count(*) FILTER (WHERE state = 'fetched'),
+                count(*) FILTER (WHERE state = 'pending'),
+                count(*) FILTER (WHERE state = 'failed')
+         FROM refs WHERE {ENV_FILTER} GROUP BY class"
+    ))?;
+    let rows = stmt.query_map([&envs], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            Counts {
+                refs: r.get(1)?,
+                with_storage_key: r.get(2)?,
+                telegram_only: r.get(3)?,
+                fetched: r.get(4)?,
+                pending: r.get(5)?,
+                failed: r.get(6)?,
+            },
+        ))
+    })?;
+    for row in rows {
+        let (class, counts) = row?;
+        classes.insert(class, counts);
+    }
+    let total = classes.values().fold(Counts::default(), |a, c| Counts {
+        refs: a.refs + c.refs,
+        with_storage_key: a.with_storage_key + c.with_storage_key,
+        telegram_only: a.telegram_only + c.telegram_only,
+        fetched: a.fetched + c.fetched,
+        pending: a.pending + c.pending,
+        failed: a.failed + c.failed,
+    });
+    let blobs = conn.query_row(
+        &format!(
+            "SELECT count(*), coalesce(sum(size), 0) FROM blobs
+             WHERE sha256 IN (SELECT sha256 FROM refs WHERE {ENV_FILTER})"
+        ),
+        [&envs],
+        |r| {
+            Ok(BlobCounts {
+                count: r.get(0)?,
+                bytes: r.get(1)?,
+            })
+        },
+    )?;
+    let backfill = conn.query_row(
+        &format!(
+            "SELECT count(*) FILTER (WHERE class = 'session_sticker'
+                                      AND telegram_file_id IS NOT NULL AND storage_key IS NULL),
+                    count(*) FILTER (WHERE class = 'sticker' AND storage_key IS NULL)
+             FROM refs WHERE {ENV_FILTER}"
+        ),
+        [&envs],
+        |r| {
+            Ok(BackfillVolumes {
+                sessions_missing_storage_path: r.get(0)?,
+                stickers_missing_storage_path: r.get(1)?,
+            })
+        },
+    )?;
+    Ok(PlanReport {
+        classes,
+        total,
+        blobs,
+        backfill,
+    })
+}
+
+impl std::fmt::Display for PlanReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{:<16}{:>9}{:>11}{:>15}{:>9}{:>9}{:>8}",
+            "class", "refs", "with key", "telegram only", "fetched", "pending", "failed"
+        )?;
+        let rows = self.classes.iter().map(|(k, v)| (k.as_str(), v));
+        for (name, c) in rows.chain([("total", &self.total)]) {
+            writeln!(
+                f,
+                "{:<16}{:>9}{:>11}{:>15}{:>9}{:>9}{:>8}",
+                name, c.refs, c.with_storage_key, c.telegram_only, c.fetched, c.pending, c.failed
+            )?;
+        }
+        writeln!(
+            f,
+            "blobs: {} unique, {} bytes",
+            self.blobs.count, self.blobs.bytes
+        )?;
+        writeln!(
+            f,
+            "backfill: {} sessions and {} stickers have no storage path",
+            self.backfill.sessions_missing_storage_path,
+            self.backfill.stickers_missing_storage_path
+        )
+    }
+}

@@ -1,0 +1,105 @@
+//! `status`: where every stage stands, and every failure with its reason.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{Context, ENV_FILTER};
+use crate::catalog::Catalog;
+use crate::error::Result;
+
+#[derive(Debug, Serialize)]
+pub struct Failure {
+    pub class: String,
+    #[serde(rename = "ref")]
+    pub ref_: String,
+    pub stage: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub fetch: BTreeMap<String, BTreeMap<String, u64>>,
+    pub destinations: BTreeMap<String, BTreeMap<String, u64>>,
+    pub failures: Vec<Failure>,
+}
+
+/// How a ref is named in reports: `table/row_id`, plus the slot for photos.
+pub const REF_LABEL_SQL: &str = "row_table || '/' || row_id || CASE WHEN slot = '' THEN '' ELSE '/' || class || '/' || slot END";
+
+pub fn status(ctx: &Context) -> Result<StatusReport> {
+    let catalog = Catalog::open_existing(&ctx.archive)?;
+    let conn = catalog.conn();
+    let envs = ctx.env_param();
+    let mut fetch: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    let mut stmt = conn.prepare(&format!(
+        "SELECT class, state, count(*) FROM refs WHERE {ENV_FILTER} GROUP BY class, state"
+    ))?;
+    for row in stmt.query_map([&envs], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+    })? {
+        let (class, state, n) = row?;
+        fetch.entry(class).or_default().insert(state, n);
+    }
+    let mut destinations: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    let mut stmt = conn.prepare(
+        "SELECT d.url, o.state, count(*) FROM objects o JOIN destinations d ON d.id = o.dest_id
+         GROUP BY d.url, o.state",
+    )?;
+    for row in stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+    })? {
+        let (url, state, n) = row?;
+        destinations.entry(url).or_default().insert(state, n);
+    }
+    let mut failures = Vec::new();
+    let mut stmt = conn.prepare(&format!(
+        "SELECT class, {REF_LABEL_SQL}, coalesce(reason, 'unknown') FROM refs
+         WHERE state = 'failed' AND {ENV_FILTER} ORDER BY class, row_table, row_id, slot"
+    ))?;
+    for row in stmt.query_map([&envs], |r| {
+        Ok(Failure {
+            class: r.get(0)?,
+            ref_: r.get(1)?,
+            stage: "fetch".into(),
+            reason: r.get(2)?,
+        })
+    })? {
+        failures.push(row?);
+    }
+    Ok(StatusReport {
+        fetch,
+        destinations,
+        failures,
+    })
+}
+
+impl std::fmt::Display for StatusReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "fetch:")?;
+        if self.fetch.is_empty() {
+            writeln!(f, "  no refs")?;
+        }
+        for (class, states) in &self.fetch {
+            let states: Vec<String> = states.iter().map(|(s, n)| format!("{s} {n}")).collect();
+            writeln!(f, "  {class:<16} {}", states.join(", "))?;
+        }
+        writeln!(f, "destinations:")?;
+        if self.destinations.is_empty() {
+            writeln!(f, "  none pushed yet")?;
+        }
+        for (url, states) in &self.destinations {
+            let states: Vec<String> = states.iter().map(|(s, n)| format!("{s} {n}")).collect();
+            writeln!(f, "  {url}: {}", states.join(", "))?;
+        }
+        if self.failures.is_empty() {
+            writeln!(f, "no failures")?;
+        } else {
+            writeln!(f, "failures ({}):", self.failures.len())?;
+            for x in &self.failures {
+                writeln!(f, "  {} {} [{}]: {}", x.class, x.ref_, x.stage, x.reason)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,15 @@
+//! starchive: archive the files of a Telegram sticker bot backed by Supabase.
+//!
+//! The catalog (`catalog.sqlite`) is the only state: every stage reads the work
+//! it has left from it and commits results item by item, so any stage can be
+//! interrupted at any instant and simply run again.
+
+pub mod catalog;
+pub mod commands;
+pub mod error;
+pub mod progress;
+pub mod redact;
+pub mod refs;
+pub mod source;
+
+pub use error::{Error, Result};

@@ -1,0 +1,80 @@
+//! The binary: parse, dispatch, render, map errors to exit codes.
+
+mod cli;
+mod printer;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+use printer::Printer;
+use starchive::Error;
+use starchive::commands::{self, Context};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    init_logs();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let printer = Printer { json: cli.json };
+    let ctx = Context {
+        archive: cli.archive.clone(),
+        envs: cli.envs.clone(),
+        runtime: runtime.handle().clone(),
+        progress: printer.progress(),
+    };
+    let code = match run(cli.command, &ctx, &printer) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    };
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
+}
+
+fn run(command: Command, ctx: &Context, printer: &Printer) -> Result<ExitCode, Error> {
+    match command {
+        Command::Snapshot(args) => {
+            printer.report(&commands::snapshot::snapshot(ctx, &args.db.db)?);
+        }
+        Command::Plan => printer.report(&commands::plan::plan(ctx)?),
+        Command::Status => printer.report(&commands::status::status(ctx)?),
+        Command::Fetch(_) => return Err(Error::NotBuilt("fetch")),
+        Command::Push(_) => return Err(Error::NotBuilt("push")),
+        Command::Verify(_) => return Err(Error::NotBuilt("verify")),
+        Command::Backfill(_) => return Err(Error::NotBuilt("backfill")),
+        Command::Run(_) => return Err(Error::NotBuilt("run")),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Logs go to stderr; `STARCHIVE_LOG` takes `tracing` filter directives.
+fn init_logs() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STARCHIVE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("starchive=info,warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .without_time()
+        .init();
+}

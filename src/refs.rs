@@ -1,0 +1,308 @@
+//! What starchive knows of the bot's schema: its tables, which of their
+//! columns name files, and how rows become refs (SPEC §1).
+//!
+//! No other module names a column of the bot's tables; the catalog's typed
+//! columns (migrations) mirror `schema.sql` and are read only from here.
+
+use rusqlite::Connection;
+use serde_json::{Map, Value};
+
+use crate::error::Result;
+
+/// The bot's tables, in the order a snapshot reads them: sessions first, so
+/// that `--env` can filter the others by their session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    Sessions,
+    PackBatches,
+    Stickers,
+}
+
+impl Table {
+    pub const ALL: [Table; 3] = [Table::Sessions, Table::PackBatches, Table::Stickers];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Sessions => "sessions",
+            Table::PackBatches => "pack_batches",
+            Table::Stickers => "stickers",
+        }
+    }
+
+    /// The column naming the session a row belongs to (its env comes from there).
+    pub fn session_column(self) -> &'static str {
+        match self {
+            Table::Sessions => "id",
+            Table::PackBatches | Table::Stickers => "session_id",
+        }
+    }
+
+    /// A missing `sessions` table means a wrong database, not an old bot.
+    pub fn required(self) -> bool {
+        self == Table::Sessions
+    }
+}
+
+/// What kind of place names a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RefClass {
+    Sticker,
+    SessionSticker,
+    PackSheet,
+    Photo,
+}
+
+impl RefClass {
+    pub const ALL: [RefClass; 4] = [
+        RefClass::Sticker,
+        RefClass::SessionSticker,
+        RefClass::PackSheet,
+        RefClass::Photo,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RefClass::Sticker => "sticker",
+            RefClass::SessionSticker => "session_sticker",
+            RefClass::PackSheet => "pack_sheet",
+            RefClass::Photo => "photo",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// uuid, bigint or text: kept as given, read as opaque text.
+    Id,
+    Text,
+    Integer,
+    /// jsonb array of file_id strings.
+    FileIdArray,
+}
+
+fn column_kind(table: Table, column: &str) -> Option<Kind> {
+    use Kind::*;
+    let kind = match (table, column) {
+        (_, "id") => Id,
+        (_, "user_id") => Id,
+        (Table::Sessions, "env" | "mode") => Text,
+        (
+            Table::Sessions,
+            "current_photo_file_id"
+            | "last_sticker_file_id"
+            | "last_sticker_storage_path"
+            | "pack_sheet_file_id",
+        ) => Text,
+        (Table::Sessions, "photos") => FileIdArray,
+        (Table::PackBatches, "session_id") => Id,
+        (Table::PackBatches, "status" | "cleaned_sheet_storage_path") => Text,
+        (Table::Stickers, "session_id" | "pack_batch_id") => Id,
+        (Table::Stickers, "pack_index") => Integer,
+        (Table::Stickers, "style_preset_id" | "telegram_file_id" | "result_storage_path") => Text,
+        _ => return None,
+    };
+    Some(kind)
+}
+
+/// Checks a row against what starchive relies on and returns its id.
+/// The error is the reason the row is skipped.
+pub fn check_row(table: Table, row: &Map<String, Value>) -> Result<String, String> {
+    let id = match row.get("id") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::Null) | None => return Err("no id".into()),
+        Some(_) => return Err("id is not text".into()),
+    };
+    for (column, value) in row {
+        let Some(kind) = column_kind(table, column) else {
+            continue;
+        };
+        let ok = match (kind, value) {
+            (_, Value::Null) => true,
+            (Kind::Id, Value::String(_) | Value::Number(_)) => true,
+            (Kind::Text, Value::String(_)) => true,
+            (Kind::Integer, Value::Number(n)) => n.is_i64(),
+            (Kind::FileIdArray, Value::Array(items)) => items.iter().all(Value::is_string),
+            _ => false,
+        };
+        if !ok {
+            return Err(format!("column {column} is malformed: {value}"));
+        }
+    }
+    Ok(id)
+}
+
+/// The JSON value of a CSV field (`None` is an empty unquoted field: NULL).
+/// Known columns get the type Postgres would give them, so that a CSV export
+/// and the database give the same refs.
+pub fn csv_value(table: Table, column: &str, field: Option<String>) -> Result<Value, String> {
+    let Some(text) = field else {
+        return Ok(Value::Null);
+    };
+    Ok(match column_kind(table, column) {
+        Some(Kind::Id) => match text.parse::<i64>() {
+            Ok(n) if column == "user_id" => Value::from(n),
+            _ => Value::String(text),
+        },
+        Some(Kind::Integer) => match text.parse::<i64>() {
+            Ok(n) => Value::from(n),
+            Err(_) => return Err(format!("column {column} is not an integer: {text:?}")),
+        },
+        Some(Kind::FileIdArray) => {
+            serde_json::from_str(&text).map_err(|e| format!("column {column} is not JSON: {e}"))?
+        }
+        Some(Kind::Text) | None => Value::String(text),
+    })
+}
+
+/// The session id a row belongs to, for `--env` filtering.
+pub fn session_of(table: Table, row: &Map<String, Value>) -> Option<String> {
+    match row.get(table.session_column())? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The env a session row names.
+pub fn env_of_session(row: &Map<String, Value>) -> Option<&str> {
+    row.get("env").and_then(Value::as_str)
+}
+
+/// Rebuilds the `refs` table from the snapshot's rows, in the caller's
+/// transaction. A ref whose Telegram id and storage key are unchanged keeps
+/// its state (fetched stays fetched); one whose file changed is pending again;
+/// refs whose row is gone are removed.
+pub fn derive(conn: &Connection, include_photos: bool) -> Result<()> {
+    let gen_: i64 = conn.query_row(
+        "SELECT coalesce(max(derived_gen), 0) + 1 FROM refs",
+        [],
+        |r| r.get(0),
+    )?;
+    conn.execute(DERIVE_SQL, rusqlite::params![gen_, include_photos])?;
+    conn.execute("DELETE FROM refs WHERE derived_gen <> ?1", [gen_])?;
+    Ok(())
+}
+
+/// Every ref of SPEC §1 as one `INSERT … SELECT`. `?1` is the derivation
+/// generation, `?2` whether photos are in scope. Empty strings count as NULL.
+const DERIVE_SQL: &str = r#"
+WITH
+s AS (
+    SELECT id, user_id, env,
+           nullif(last_sticker_file_id, '') AS last_fid,
+           nullif(last_sticker_storage_path, '') AS last_key,
+           nullif(pack_sheet_file_id, '') AS sheet_fid,
+           nullif(current_photo_file_id, '') AS photo_fid,
+           data
+    FROM sessions
+),
+latest_batch AS (
+    SELECT s.id AS session_id,
+           (SELECT b.id FROM pack_batches b WHERE b.session_id = s.id
+            ORDER BY b.created_at DESC, b.id DESC LIMIT 1) AS batch_id
+    FROM s WHERE s.sheet_fid IS NOT NULL
+),
+found(class, row_table, row_id, slot, session_id, user_id, env, pack_batch_id,
+      pack_index, telegram_file_id, storage_key) AS (
+    SELECT 'sticker', 'stickers', t.id, '', t.session_id, t.user_id, s.env,
+           t.pack_batch_id, t.pack_index,
+           nullif(t.telegram_file_id, ''), nullif(t.result_storage_path, '')
+    FROM stickers t LEFT JOIN s ON s.id = t.session_id
+    WHERE nullif(t.telegram_file_id, '') IS NOT NULL
+       OR nullif(t.result_storage_path, '') IS NOT NULL
+    UNION ALL
+    SELECT 'session_sticker', 'sessions', s.id, '', s.id, s.user_id, s.env,
+           NULL, NULL, s.last_fid, s.last_key
+    FROM s WHERE s.last_fid IS NOT NULL OR s.last_key IS NOT NULL
+    UNION ALL
+    SELECT 'pack_sheet', 'sessions', s.id, '', s.id, s.user_id, s.env,
+           l.batch_id, NULL, s.sheet_fid, nullif(b.cleaned_sheet_storage_path, '')
+    FROM latest_batch l JOIN s ON s.id = l.session_id
+    LEFT JOIN pack_batches b ON b.id = l.batch_id
+    UNION ALL
+    SELECT 'pack_sheet', 'pack_batches', b.id, '', b.session_id, b.user_id, s.env,
+           b.id, NULL, NULL, b.cleaned_sheet_storage_path
+    FROM pack_batches b LEFT JOIN s ON s.id = b.session_id
+    WHERE nullif(b.cleaned_sheet_storage_path, '') IS NOT NULL
+      AND b.id NOT IN (SELECT batch_id FROM latest_batch WHERE batch_id IS NOT NULL)
+    UNION ALL
+    SELECT 'photo', 'sessions', s.id, 'current', s.id, s.user_id, s.env,
+           NULL, NULL, s.photo_fid, NULL
+    FROM s WHERE ?2 AND s.photo_fid IS NOT NULL
+    UNION ALL
+    SELECT 'photo', 'sessions', s.id, CAST(j.key AS TEXT), s.id, s.user_id, s.env,
+           NULL, NULL, j.value, NULL
+    FROM s, json_each(s.data, '$.photos') j
+    WHERE ?2 AND j.type = 'text' AND j.value <> ''
+)
+INSERT INTO refs (class, row_table, row_id, slot, session_id, user_id, env,
+                  pack_batch_id, pack_index, telegram_file_id, storage_key, derived_gen)
+SELECT class, row_table, row_id, slot, session_id, user_id, env,
+       pack_batch_id, pack_index, telegram_file_id, storage_key, ?1
+FROM found WHERE true
+ON CONFLICT (class, row_table, row_id, slot) DO UPDATE SET
+    derived_gen = excluded.derived_gen,
+    session_id = excluded.session_id,
+    user_id = excluded.user_id,
+    env = excluded.env,
+    pack_batch_id = excluded.pack_batch_id,
+    pack_index = excluded.pack_index,
+    telegram_file_id = excluded.telegram_file_id,
+    storage_key = excluded.storage_key,
+    state = CASE WHEN refs.telegram_file_id IS excluded.telegram_file_id
+                  AND refs.storage_key IS excluded.storage_key
+                 THEN refs.state ELSE 'pending' END,
+    sha256 = CASE WHEN refs.telegram_file_id IS excluded.telegram_file_id
+                   AND refs.storage_key IS excluded.storage_key
+                  THEN refs.sha256 ELSE NULL END,
+    source = CASE WHEN refs.telegram_file_id IS excluded.telegram_file_id
+                   AND refs.storage_key IS excluded.storage_key
+                  THEN refs.source ELSE NULL END,
+    key_dangling = CASE WHEN refs.storage_key IS excluded.storage_key
+                        THEN refs.key_dangling ELSE 0 END,
+    reason = CASE WHEN refs.telegram_file_id IS excluded.telegram_file_id
+                   AND refs.storage_key IS excluded.storage_key
+                  THEN refs.reason ELSE NULL END
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => unreachable!("test rows are objects"),
+        }
+    }
+
+    #[test]
+    fn a_row_without_id_is_malformed() {
+        assert!(check_row(Table::Stickers, &obj(json!({"user_id": 1}))).is_err());
+        assert!(check_row(Table::Stickers, &obj(json!({"id": ""}))).is_err());
+    }
+
+    #[test]
+    fn wrong_types_are_malformed_and_unknown_columns_are_free() {
+        let bad = obj(json!({"id": "a", "photos": "not an array"}));
+        assert!(check_row(Table::Sessions, &bad).is_err());
+        let bad = obj(json!({"id": "a", "pack_index": "x"}));
+        assert!(check_row(Table::Stickers, &bad).is_err());
+        let ok = obj(json!({"id": "a", "user_id": 7, "anything": {"x": [1]}}));
+        assert_eq!(check_row(Table::Stickers, &ok), Ok("a".to_string()));
+    }
+
+    #[test]
+    fn csv_fields_get_postgres_types() {
+        let v = csv_value(Table::Sessions, "user_id", Some("100".into()));
+        assert_eq!(v, Ok(json!(100)));
+        let v = csv_value(Table::Sessions, "photos", Some(r#"["a","b"]"#.into()));
+        assert_eq!(v, Ok(json!(["a", "b"])));
+        assert_eq!(csv_value(Table::Sessions, "env", None), Ok(Value::Null));
+        let v = csv_value(Table::Sessions, "env", Some(String::new()));
+        assert_eq!(v, Ok(json!("")));
+        assert!(csv_value(Table::Stickers, "pack_index", Some("one".into())).is_err());
+    }
+}

@@ -1,0 +1,306 @@
+//! Reading the bot's tables from Postgres.
+//!
+//! Only the simple query protocol is used (no prepared statement is ever
+//! named), so Supabase's transaction pooler on port 6543 works as well as a
+//! direct connection. The three tables are read in one `REPEATABLE READ, READ
+//! ONLY` transaction: one consistent state even while the bot writes. Rows
+//! arrive as `to_jsonb(t)::text`, so every column survives without starchive
+//! knowing it, and they stream (the driver's response channel is bounded).
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use serde_json::{Map, Value};
+use tokio_postgres::{Client, SimpleQueryMessage, config::SslMode};
+
+use super::{Batcher, SourceEvent};
+use crate::error::{Error, Result};
+use crate::refs::Table;
+
+/// How the server's certificate is checked, as libpq's `sslmode` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verify {
+    /// `disable`, `allow`, `prefer`, `require`: encrypted when asked, certificate not checked (libpq does the same).
+    None,
+    /// `verify-ca`, `verify-full`: the certificate must chain to a trusted root.
+    Full,
+}
+
+/// Connects to the database; the returned client's connection runs on the runtime.
+pub async fn connect(url: &str) -> Result<Client> {
+    let shown = crate::redact::url(url);
+    let (cleaned, mode, verify, root_cert) = split_ssl_options(url);
+    let mut config: tokio_postgres::Config = cleaned.parse().map_err(|e| Error::Database {
+        url: shown.clone(),
+        message: format!("not a valid connection string: {}", pg_message(&e)),
+    })?;
+    config.ssl_mode(mode);
+    config.application_name("starchive");
+    let tls = tls_connector(verify, root_cert.as_deref()).map_err(|message| Error::Database {
+        url: shown.clone(),
+        message,
+    })?;
+    let (client, connection) = config.connect(tls).await.map_err(|e| Error::Database {
+        url: shown.clone(),
+        message: pg_message(&e),
+    })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("database connection closed: {}", pg_message(&e));
+        }
+    });
+    Ok(client)
+}
+
+/// Reads the three tables in one consistent transaction into `out`.
+pub async fn read(url: &str, out: &mut Batcher) -> Result<()> {
+    let shown = crate::redact::url(url);
+    let db_err = |e: tokio_postgres::Error| Error::Database {
+        url: shown.clone(),
+        message: pg_message(&e),
+    };
+    let client = connect(url).await?;
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL TIME ZONE 'UTC'")
+        .await
+        .map_err(db_err)?;
+    let first = simple_values(
+        &client,
+        "SELECT to_char(now(), 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+         to_regclass('public.sessions') IS NOT NULL, \
+         to_regclass('public.pack_batches') IS NOT NULL, \
+         to_regclass('public.stickers') IS NOT NULL",
+    )
+    .await
+    .map_err(db_err)?;
+    let taken_at = first.first().cloned().flatten().unwrap_or_default();
+    out.push(SourceEvent::Began { taken_at }).await?;
+    for (i, table) in Table::ALL.into_iter().enumerate() {
+        let present = first.get(i + 1).cloned().flatten().as_deref() == Some("t");
+        if !present && table.required() {
+            return Err(Error::Database {
+                url: shown.clone(),
+                message: format!(
+                    "it has no table public.{}: is this the bot's database?",
+                    table.name()
+                ),
+            });
+        }
+        out.push(SourceEvent::Table { table, present }).await?;
+        if !present {
+            continue;
+        }
+        let sql = format!("SELECT to_jsonb(t)::text FROM public.{} t", table.name());
+        let stream = client.simple_query_raw(&sql).await.map_err(db_err)?;
+        futures::pin_mut!(stream);
+        while let Some(msg) = stream.next().await {
+            if let SimpleQueryMessage::Row(row) = msg.map_err(db_err)? {
+                let Some(text) = row.get(0) else { continue };
+                let event = match serde_json::from_str::<Map<String, Value>>(text) {
+                    Ok(row) => SourceEvent::Row {
+                        table,
+                        row,
+                        text: Some(text.to_string()),
+                    },
+                    Err(e) => SourceEvent::Malformed {
+                        table,
+                        at: "a row".into(),
+                        reason: e.to_string(),
+                    },
+                };
+                out.push(event).await?;
+            }
+        }
+    }
+    client.batch_execute("COMMIT").await.map_err(db_err)?;
+    out.flush().await
+}
+
+async fn simple_values(
+    client: &Client,
+    sql: &str,
+) -> Result<Vec<Option<String>>, tokio_postgres::Error> {
+    for msg in client.simple_query(sql).await? {
+        if let SimpleQueryMessage::Row(row) = msg {
+            return Ok((0..row.len())
+                .map(|i| row.get(i).map(str::to_string))
+                .collect());
+        }
+    }
+    Ok(Vec::new())
+}
+
+/// The driver's message with its causes (`error connecting to server: Connection refused`).
+pub fn pg_message(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// Takes libpq's `sslmode`/`sslrootcert` out of the connection string (the
+/// driver knows only three modes) and says how to honour them.
+fn split_ssl_options(url: &str) -> (String, SslMode, Verify, Option<String>) {
+    let mut mode = SslMode::Prefer;
+    let mut verify = Verify::None;
+    let mut root = None;
+    let mut apply = |key: &str, value: &str| match key {
+        "sslmode" => {
+            (mode, verify) = match value {
+                "disable" => (SslMode::Disable, Verify::None),
+                "require" => (SslMode::Require, Verify::None),
+                "verify-ca" | "verify-full" => (SslMode::Require, Verify::Full),
+                _ => (SslMode::Prefer, Verify::None),
+            };
+            true
+        }
+        "sslrootcert" => {
+            root = Some(value.to_string());
+            true
+        }
+        _ => false,
+    };
+    let cleaned = match url::Url::parse(url) {
+        Ok(mut parsed) if url.contains("://") => {
+            let kept: Vec<(String, String)> = parsed
+                .query_pairs()
+                .filter(|(k, v)| !apply(k, v))
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            parsed.set_query(None);
+            if !kept.is_empty() {
+                parsed.query_pairs_mut().extend_pairs(kept);
+            }
+            parsed.to_string()
+        }
+        _ => url
+            .split_whitespace()
+            .filter(|part| match part.split_once('=') {
+                Some((k, v)) => !apply(k, v),
+                None => true,
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    (cleaned, mode, verify, root)
+}
+
+fn tls_connector(
+    verify: Verify,
+    root_cert: Option<&str>,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?;
+    let config = match verify {
+        Verify::None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoCertificateCheck(provider)))
+            .with_no_client_auth(),
+        Verify::Full => {
+            let mut roots = rustls::RootCertStore::empty();
+            if let Some(path) = root_cert {
+                use rustls::pki_types::pem::PemObject;
+                for cert in CertificateDer::pem_file_iter(path)
+                    .map_err(|e| format!("sslrootcert {path}: {e}"))?
+                {
+                    let cert = cert.map_err(|e| format!("sslrootcert {path}: {e}"))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("sslrootcert {path}: {e}"))?;
+                }
+            } else {
+                for cert in rustls_native_certs::load_native_certs().certs {
+                    let _ = roots.add(cert);
+                }
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+    };
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// libpq's `sslmode=require`: encryption without checking who answers.
+#[derive(Debug)]
+struct NoCertificateCheck(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoCertificateCheck {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libpq_ssl_modes_are_understood() {
+        let (url, mode, verify, _) =
+            split_ssl_options("postgres://u:p@h:6543/postgres?sslmode=verify-full&x=1");
+        assert_eq!(url, "postgres://u:p@h:6543/postgres?x=1");
+        assert_eq!((mode, verify), (SslMode::Require, Verify::Full));
+        let (url, mode, verify, _) = split_ssl_options("postgres://h/db?sslmode=require");
+        assert_eq!(url, "postgres://h/db");
+        assert_eq!((mode, verify), (SslMode::Require, Verify::None));
+        let (url, mode, _, root) =
+            split_ssl_options("host=h sslmode=verify-ca sslrootcert=/ca.pem");
+        assert_eq!(url, "host=h");
+        assert_eq!(mode, SslMode::Require);
+        assert_eq!(root.as_deref(), Some("/ca.pem"));
+    }
+}
