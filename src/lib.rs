@@ -4,12 +4,17 @@
 //! it has left from it and commits results item by item, so any stage can be
 //! interrupted at any instant and simply run again.
 
+pub mod blobs;
 pub mod catalog;
 pub mod commands;
 pub mod error;
+pub mod layout;
 pub mod progress;
 pub mod redact;
 pub mod refs;
 pub mod source;
+pub mod stores;
+pub mod telegram;
+pub mod transfer;
 
 pub use error::{Error, Result};

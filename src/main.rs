@@ -56,13 +56,30 @@ fn run(command: Command, ctx: &Context, printer: &Printer) -> Result<ExitCode, E
         }
         Command::Plan => printer.report(&commands::plan::plan(ctx)?),
         Command::Status => printer.report(&commands::status::status(ctx)?),
-        Command::Fetch(_) => return Err(Error::NotBuilt("fetch")),
+        Command::Fetch(args) => {
+            let report = commands::fetch::fetch(ctx, &fetch_options(&args))?;
+            printer.report(&report);
+            return Ok(ExitCode::from(report.exit_code()));
+        }
         Command::Push(_) => return Err(Error::NotBuilt("push")),
         Command::Verify(_) => return Err(Error::NotBuilt("verify")),
         Command::Backfill(_) => return Err(Error::NotBuilt("backfill")),
         Command::Run(_) => return Err(Error::NotBuilt("run")),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn fetch_options(args: &cli::FetchArgs) -> commands::fetch::FetchOptions {
+    commands::fetch::FetchOptions {
+        storage: args.storage.clone(),
+        telegram_api: args.telegram_api.clone(),
+        telegram_token: std::env::var("TELEGRAM_BOT_TOKEN").ok(),
+        jobs: args.jobs.jobs as usize,
+        include_photos: args.include.contains(&cli::Include::Photos),
+        retry_failed: args.retry_failed,
+        max_file_size: args.max_file_size,
+        telegram_rate: args.telegram_rate,
+    }
 }
 
 /// Logs go to stderr; `STARCHIVE_LOG` takes `tracing` filter directives.

@@ -1,0 +1,185 @@
+//! Catalog queries of the fetch stage.
+
+use rusqlite::{Connection, Transaction, params};
+
+use crate::blobs::BlobInfo;
+use crate::commands::ENV_FILTER;
+use crate::error::Result;
+
+/// One bucket object to download, and the pending refs it serves.
+pub struct KeyWork {
+    pub key: String,
+    pub refs: Vec<i64>,
+}
+
+/// One Telegram file to download, and the pending refs it serves.
+pub struct FileIdWork {
+    pub file_id: String,
+    pub refs: Vec<i64>,
+}
+
+/// `--retry-failed`: failed refs in scope are pending again, their keys re-checked.
+pub fn retry_failed(conn: &Connection, envs: &Option<String>) -> Result<usize> {
+    Ok(conn.execute(
+        &format!(
+            "UPDATE refs SET state = 'pending', reason = NULL, key_dangling = 0
+             WHERE state = 'failed' AND {ENV_FILTER}"
+        ),
+        [envs],
+    )?)
+}
+
+/// Resolves pending refs to blobs already fetched for the same file: the same
+/// (present) storage key, or, for refs read through Telegram, the same
+/// `file_id`. Returns how many refs were resolved.
+pub fn resolve_known(conn: &Connection, envs: &Option<String>) -> Result<usize> {
+    let by_key = conn.execute(
+        &format!(
+            "UPDATE refs SET state = 'fetched', reason = NULL, updated_at = ?2,
+                (sha256, source) = (SELECT o.sha256, o.source FROM refs o
+                                    WHERE o.storage_key = refs.storage_key
+                                      AND o.key_dangling = 0 AND o.sha256 IS NOT NULL
+                                      AND o.source = 'bucket' LIMIT 1)
+             WHERE state = 'pending' AND storage_key IS NOT NULL AND key_dangling = 0
+               AND {ENV_FILTER}
+               AND EXISTS (SELECT 1 FROM refs o WHERE o.storage_key = refs.storage_key
+                           AND o.key_dangling = 0 AND o.sha256 IS NOT NULL
+                           AND o.source = 'bucket')"
+        ),
+        params![envs, super::now_text()],
+    )?;
+    let by_file_id = conn.execute(
+        &format!(
+            "UPDATE refs SET state = 'fetched', reason = NULL, updated_at = ?2,
+                (sha256, source) = (SELECT o.sha256, o.source FROM refs o
+                                    WHERE o.telegram_file_id = refs.telegram_file_id
+                                      AND o.sha256 IS NOT NULL LIMIT 1)
+             WHERE state = 'pending' AND telegram_file_id IS NOT NULL
+               AND (storage_key IS NULL OR key_dangling = 1)
+               AND {ENV_FILTER}
+               AND EXISTS (SELECT 1 FROM refs o WHERE o.telegram_file_id = refs.telegram_file_id
+                           AND o.sha256 IS NOT NULL)"
+        ),
+        params![envs, super::now_text()],
+    )?;
+    Ok(by_key + by_file_id)
+}
+
+/// Pending refs with a storage key not known to be dangling, grouped by key.
+pub fn pending_keys(conn: &Connection, envs: &Option<String>) -> Result<Vec<KeyWork>> {
+    grouped(
+        conn,
+        &format!(
+            "SELECT storage_key, id FROM refs
+             WHERE state = 'pending' AND storage_key IS NOT NULL AND key_dangling = 0
+               AND {ENV_FILTER}
+             ORDER BY storage_key, id"
+        ),
+        envs,
+    )
+    .map(|groups| {
+        groups
+            .into_iter()
+            .map(|(key, refs)| KeyWork { key, refs })
+            .collect()
+    })
+}
+
+/// Pending refs that only Telegram can serve, grouped by `file_id`.
+pub fn pending_file_ids(conn: &Connection, envs: &Option<String>) -> Result<Vec<FileIdWork>> {
+    grouped(
+        conn,
+        &format!(
+            "SELECT telegram_file_id, id FROM refs
+             WHERE state = 'pending' AND telegram_file_id IS NOT NULL
+               AND (storage_key IS NULL OR key_dangling = 1)
+               AND {ENV_FILTER}
+             ORDER BY telegram_file_id, id"
+        ),
+        envs,
+    )
+    .map(|groups| {
+        groups
+            .into_iter()
+            .map(|(file_id, refs)| FileIdWork { file_id, refs })
+            .collect()
+    })
+}
+
+fn grouped(conn: &Connection, sql: &str, envs: &Option<String>) -> Result<Vec<(String, Vec<i64>)>> {
+    let mut stmt = conn.prepare(sql)?;
+    let mut rows = stmt.query([envs])?;
+    let mut out: Vec<(String, Vec<i64>)> = Vec::new();
+    while let Some(row) = rows.next()? {
+        let name: String = row.get(0)?;
+        let id: i64 = row.get(1)?;
+        match out.last_mut() {
+            Some((last, ids)) if *last == name => ids.push(id),
+            _ => out.push((name, vec![id])),
+        }
+    }
+    Ok(out)
+}
+
+/// Pending refs whose storage key is missing and that have no `file_id`: nothing can serve them.
+pub fn fail_unservable(conn: &Connection, envs: &Option<String>) -> Result<usize> {
+    Ok(conn.execute(
+        &format!(
+            "UPDATE refs SET state = 'failed', updated_at = ?2,
+                reason = 'the storage key is missing in the bucket and there is no Telegram file_id'
+             WHERE state = 'pending' AND key_dangling = 1 AND telegram_file_id IS NULL
+               AND {ENV_FILTER}"
+        ),
+        params![envs, super::now_text()],
+    )?)
+}
+
+pub fn mark_fetched(tx: &Transaction, refs: &[i64], blob: &BlobInfo, source: &str) -> Result<()> {
+    let now = super::now_text();
+    tx.prepare_cached(
+        "INSERT INTO blobs(sha256, size, type, source, fetched_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(sha256) DO NOTHING",
+    )?
+    .execute(params![blob.sha256, blob.size, blob.kind, source, now])?;
+    let mut stmt = tx.prepare_cached(
+        "UPDATE refs SET state = 'fetched', sha256 = ?2, source = ?3, reason = NULL, updated_at = ?4
+         WHERE id = ?1",
+    )?;
+    for id in refs {
+        stmt.execute(params![id, blob.sha256, source, now])?;
+    }
+    Ok(())
+}
+
+pub fn mark_dangling(tx: &Transaction, refs: &[i64]) -> Result<()> {
+    let mut stmt = tx.prepare_cached("UPDATE refs SET key_dangling = 1 WHERE id = ?1")?;
+    for id in refs {
+        stmt.execute([id])?;
+    }
+    Ok(())
+}
+
+pub fn mark_failed(tx: &Transaction, refs: &[i64], reason: &str) -> Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "UPDATE refs SET state = 'failed', reason = ?2, updated_at = ?3 WHERE id = ?1",
+    )?;
+    let now = super::now_text();
+    for id in refs {
+        stmt.execute(params![id, reason, now])?;
+    }
+    Ok(())
+}
+
+/// Counts of refs in scope by state: (fetched, failed, pending).
+pub fn state_counts(conn: &Connection, envs: &Option<String>) -> Result<(u64, u64, u64)> {
+    Ok(conn.query_row(
+        &format!(
+            "SELECT count(*) FILTER (WHERE state = 'fetched'),
+                    count(*) FILTER (WHERE state = 'failed'),
+                    count(*) FILTER (WHERE state = 'pending')
+             FROM refs WHERE {ENV_FILTER}"
+        ),
+        [envs],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?)
+}

@@ -1,0 +1,208 @@
+//! Store URLs (SPEC §4) into `object_store` clients.
+//!
+//! `file:///abs/path`, a plain path, `s3://bucket/prefix?endpoint=…` (query
+//! parameters named as `object_store` names them) and `memory://`. The URL's
+//! path is a prefix before every key. Credentials come from the environment
+//! for the store's role, never from the command line; the caller's other
+//! `AWS_*` settings are not read, so a test or a laptop's AWS profile cannot
+//! redirect a store.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::path::Path as StorePath;
+
+use crate::error::{Error, Result};
+
+/// Whose credentials a store uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `--storage`: the bot's source bucket.
+    Storage,
+    /// `--to`: a destination.
+    To,
+}
+
+impl Role {
+    fn env_prefix(self) -> &'static str {
+        match self {
+            Role::Storage => "STARCHIVE_STORAGE_",
+            Role::To => "STARCHIVE_TO_",
+        }
+    }
+
+    fn option(self) -> &'static str {
+        match self {
+            Role::Storage => "--storage",
+            Role::To => "--to",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    S3,
+    Local,
+    Memory,
+}
+
+/// An opened store and the prefix its URL names.
+#[derive(Clone)]
+pub struct Store {
+    pub inner: Arc<dyn ObjectStore>,
+    pub prefix: String,
+    pub kind: StoreKind,
+    /// The URL as it may be shown.
+    pub shown: String,
+}
+
+impl Store {
+    /// The store path of a key (already checked by [`crate::layout::check_key`]).
+    pub fn path(&self, key: &str) -> Result<StorePath, String> {
+        let full = if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.prefix)
+        };
+        StorePath::parse(&full).map_err(|e| format!("unsafe key {key:?}: {e}"))
+    }
+
+    /// Whether objects keep user metadata (`x-amz-meta-*`).
+    pub fn keeps_metadata(&self) -> bool {
+        matches!(self.kind, StoreKind::S3 | StoreKind::Memory)
+    }
+}
+
+const SECRET_OPTIONS: &[&str] = &[
+    "access_key_id",
+    "secret_access_key",
+    "session_token",
+    "token",
+];
+
+pub fn open(url: &str, role: Role) -> Result<Store> {
+    let shown = crate::redact::url(url);
+    let usage = |msg: String| Error::Usage(format!("{} {shown}: {msg}", role.option()));
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let parsed = url::Url::parse(url).map_err(|e| usage(e.to_string()))?;
+        let bucket = parsed
+            .host_str()
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| usage("no bucket name (s3://BUCKET/prefix)".into()))?;
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(bucket)
+            .with_region("us-east-1");
+        for (key, value) in parsed.query_pairs() {
+            let lower = key.to_ascii_lowercase();
+            if SECRET_OPTIONS
+                .iter()
+                .any(|s| lower.trim_start_matches("aws_") == *s)
+            {
+                return Err(usage(format!(
+                    "credentials do not go on the command line: set {}ACCESS_KEY_ID and {}SECRET_ACCESS_KEY",
+                    role.env_prefix(),
+                    role.env_prefix()
+                )));
+            }
+            let config = AmazonS3ConfigKey::from_str(&key)
+                .map_err(|_| usage(format!("unknown S3 option {key:?}")))?;
+            builder = builder.with_config(config, value.into_owned());
+        }
+        let env = |name: &str| {
+            std::env::var(format!("{}{name}", role.env_prefix()))
+                .or_else(|_| std::env::var(format!("AWS_{name}")))
+                .ok()
+        };
+        if let Some(v) = env("ACCESS_KEY_ID") {
+            builder = builder.with_access_key_id(v);
+        }
+        if let Some(v) = env("SECRET_ACCESS_KEY") {
+            builder = builder.with_secret_access_key(v);
+        }
+        if let Some(v) = env("SESSION_TOKEN") {
+            builder = builder.with_token(v);
+        }
+        let store = builder.build().map_err(|e| usage(e.to_string()))?;
+        let prefix = rest
+            .split(['?', '#'])
+            .next()
+            .unwrap_or("")
+            .split_once('/')
+            .map(|(_, p)| p.trim_matches('/').to_string())
+            .unwrap_or_default();
+        return Ok(Store {
+            inner: Arc::new(store),
+            prefix,
+            kind: StoreKind::S3,
+            shown,
+        });
+    }
+    if url.starts_with("memory://") {
+        return Ok(Store {
+            inner: Arc::new(object_store::memory::InMemory::new()),
+            prefix: url["memory://".len()..].trim_matches('/').to_string(),
+            kind: StoreKind::Memory,
+            shown,
+        });
+    }
+    let dir = match url.strip_prefix("file://") {
+        Some(path) if path.starts_with('/') => std::path::PathBuf::from(path),
+        Some(_) => return Err(usage("a file:// URL takes an absolute path".into())),
+        None if url.contains("://") => {
+            return Err(usage(
+                "unknown store: use s3://, file:///, memory:// or a directory".into(),
+            ));
+        }
+        None => std::path::PathBuf::from(url),
+    };
+    if role == Role::To {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    } else if !dir.is_dir() {
+        return Err(usage("no such directory".into()));
+    }
+    let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+        .map_err(|e| usage(e.to_string()))?;
+    Ok(Store {
+        inner: Arc::new(store),
+        prefix: String::new(),
+        kind: StoreKind::Local,
+        shown,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_url_gives_bucket_prefix_and_refuses_secrets() {
+        let store = open(
+            "s3://bkt/some/prefix?endpoint=http://127.0.0.1:9&region=eu-west-1&allow_http=true",
+            Role::To,
+        )
+        .expect("open");
+        assert_eq!(store.prefix, "some/prefix");
+        assert_eq!(store.kind, StoreKind::S3);
+        assert_eq!(
+            store.path("a/b.webp").expect("path").as_ref(),
+            "some/prefix/a/b.webp"
+        );
+        let err = open("s3://bkt?secret_access_key=x", Role::To).err();
+        assert!(matches!(err, Some(Error::Usage(m)) if !m.contains("=x")));
+    }
+
+    #[test]
+    fn plain_and_file_urls_are_local_dirs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("file://{}", dir.path().display());
+        assert_eq!(
+            open(&url, Role::Storage).expect("open").kind,
+            StoreKind::Local
+        );
+        assert!(open("file://relative", Role::Storage).is_err());
+        assert!(open("ftp://x", Role::Storage).is_err());
+    }
+}

@@ -1,0 +1,232 @@
+//! The Telegram Bot API client: `getFile`, then the file download.
+//!
+//! The token is part of every URL Telegram uses, so no URL leaves this module
+//! as text: errors are built from status codes and Telegram's descriptions,
+//! transport errors are stripped of their URL, and the token is scrubbed from
+//! whatever remains. One [`Pacer`] is shared by every call: it spaces
+//! requests to `--telegram-rate` and pauses them all when Telegram answers
+//! 429 with `retry_after`.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::time::Instant;
+
+/// What `getFile` says of a file.
+#[derive(Clone, Debug)]
+pub struct FileInfo {
+    pub file_path: String,
+    pub file_size: Option<u64>,
+}
+
+/// Failures, sorted by what the caller should do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TgError {
+    /// Telegram refuses this file for good (invalid `file_id`, too big, gone).
+    Refused(String),
+    /// Telegram refuses the token: a configuration error, nothing will work.
+    Unauthorized(String),
+    /// Flood control: every call waits this long.
+    RetryAfter(Duration),
+    /// 5xx, reset, timeout, truncated body: try again later.
+    Transient(String),
+    /// The download link expired (Telegram keeps them about an hour): ask `getFile` again.
+    LinkExpired,
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    ok: bool,
+    result: Option<FileResult>,
+    description: Option<String>,
+    parameters: Option<Parameters>,
+}
+
+#[derive(Deserialize)]
+struct FileResult {
+    file_path: Option<String>,
+    file_size: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Parameters {
+    retry_after: Option<u64>,
+}
+
+pub struct Telegram {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    pacer: Pacer,
+}
+
+impl Telegram {
+    /// `rate`: requests per second at most (getFile and downloads alike).
+    pub fn new(base: &str, token: String, rate: f64) -> Result<Telegram, String> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(15))
+            .read_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| format!("cannot set up HTTP: {}", e.without_url()))?;
+        Ok(Telegram {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            pacer: Pacer::new(rate),
+        })
+    }
+
+    pub async fn get_file(&self, file_id: &str) -> Result<FileInfo, TgError> {
+        self.pacer.wait().await;
+        let url = format!("{}/bot{}/getFile", self.base, self.token);
+        let response = self
+            .http
+            .get(url)
+            .query(&[("file_id", file_id)])
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        let status = response.status();
+        let header_wait = retry_after_header(&response);
+        let body = response.bytes().await.map_err(|e| self.transport(e))?;
+        let answer: Option<Answer> = serde_json::from_slice(&body).ok();
+        let description = answer
+            .as_ref()
+            .and_then(|a| a.description.clone())
+            .unwrap_or_else(|| format!("HTTP {status}"));
+        match status.as_u16() {
+            200 => {
+                let result = answer
+                    .filter(|a| a.ok)
+                    .and_then(|a| a.result)
+                    .ok_or_else(|| TgError::Transient("getFile gave no result".into()))?;
+                let file_path = result.file_path.filter(|p| !p.is_empty()).ok_or_else(|| {
+                    TgError::Refused("Telegram gave no file_path (file not downloadable)".into())
+                })?;
+                Ok(FileInfo {
+                    file_path,
+                    file_size: result.file_size,
+                })
+            }
+            429 => {
+                let secs = answer
+                    .and_then(|a| a.parameters)
+                    .and_then(|p| p.retry_after)
+                    .or(header_wait)
+                    .unwrap_or(1);
+                Err(TgError::RetryAfter(Duration::from_secs(secs)))
+            }
+            401 | 404 => Err(TgError::Unauthorized(self.scrub(&description))),
+            s if s >= 500 => Err(TgError::Transient(format!(
+                "getFile: {}",
+                self.scrub(&description)
+            ))),
+            _ => Err(TgError::Refused(self.scrub(&description))),
+        }
+    }
+
+    /// Starts the download of a file; the caller streams the body.
+    pub async fn download(&self, file_path: &str) -> Result<reqwest::Response, TgError> {
+        self.pacer.wait().await;
+        let url = format!("{}/file/bot{}/{}", self.base, self.token, file_path);
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        let status = response.status().as_u16();
+        match status {
+            200 => Ok(response),
+            404 => Err(TgError::LinkExpired),
+            429 => Err(TgError::RetryAfter(Duration::from_secs(
+                retry_after_header(&response).unwrap_or(1),
+            ))),
+            401 => Err(TgError::Unauthorized("Unauthorized".into())),
+            s if s >= 500 => Err(TgError::Transient(format!("download: HTTP {s}"))),
+            s => Err(TgError::Refused(format!("download: HTTP {s}"))),
+        }
+    }
+
+    /// Pauses every call for `wait` (429).
+    pub fn pause(&self, wait: Duration) {
+        self.pacer.pause(wait);
+    }
+
+    /// A transport error as text without URL or token.
+    pub fn transport(&self, e: reqwest::Error) -> TgError {
+        let e = e.without_url();
+        let mut text = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            text.push_str(": ");
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
+        TgError::Transient(self.scrub(&text))
+    }
+
+    fn scrub(&self, text: &str) -> String {
+        crate::redact::scrub(text, &self.token)
+    }
+}
+
+fn retry_after_header(response: &reqwest::Response) -> Option<u64> {
+    response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Spaces requests to a rate and holds them all during a flood-control pause.
+struct Pacer {
+    interval: Duration,
+    next: tokio::sync::Mutex<Instant>,
+    paused_until: std::sync::Mutex<Instant>,
+}
+
+impl Pacer {
+    fn new(rate: f64) -> Pacer {
+        let interval = if rate.is_finite() && rate > 0.0 {
+            Duration::from_secs_f64(1.0 / rate)
+        } else {
+            Duration::ZERO
+        };
+        Pacer {
+            interval,
+            next: tokio::sync::Mutex::new(Instant::now()),
+            paused_until: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    async fn wait(&self) {
+        loop {
+            let until = self
+                .paused_until
+                .lock()
+                .map(|t| *t)
+                .unwrap_or_else(|_| Instant::now());
+            if until <= Instant::now() {
+                break;
+            }
+            tokio::time::sleep_until(until).await;
+        }
+        let slot = {
+            let mut next = self.next.lock().await;
+            let slot = (*next).max(Instant::now());
+            *next = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+
+    fn pause(&self, wait: Duration) {
+        if let Ok(mut until) = self.paused_until.lock() {
+            *until = (*until).max(Instant::now() + wait);
+        }
+    }
+}
