@@ -1,0 +1,6 @@
+//! One integration-test binary: a module per command, helpers in `support`
+//! (a throwaway PostgreSQL, an in-process S3 server, a fake Bot API).
+
+mod support;
+
+mod cli;
