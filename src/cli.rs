@@ -145,8 +145,9 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "URL")]
     pub to: Option<String>,
 
-    #[arg(long, value_enum, default_value = "mirror")]
-    pub layout: Layout,
+    /// Layout to expect (default: the one last pushed there, else mirror).
+    #[arg(long, value_enum)]
+    pub layout: Option<Layout>,
 
     /// Download every object and check its SHA-256.
     #[arg(long)]

@@ -40,3 +40,173 @@ mod tests {
         assert!(check_key("stickers/1/x..y.webp").is_ok());
     }
 }
+
+/// How refs are laid out at a destination (SPEC §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// The bot's own keys, so the bot can switch storage by changing its endpoint.
+    Mirror,
+    /// Each blob once at `blobs/sha256/<aa>/<hex>`.
+    Cas,
+}
+
+impl Layout {
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Mirror => "mirror",
+            Layout::Cas => "cas",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Layout> {
+        match name {
+            "mirror" => Some(Layout::Mirror),
+            "cas" => Some(Layout::Cas),
+            _ => None,
+        }
+    }
+}
+
+/// What a ref's key depends on.
+#[derive(Clone, Debug, Default)]
+pub struct RefPlace {
+    pub class: String,
+    pub row_id: String,
+    pub slot: String,
+    pub session_id: Option<String>,
+    pub user_id: Option<String>,
+    pub pack_batch_id: Option<String>,
+    pub storage_key: Option<String>,
+    /// For a session sticker: the storage key of a `stickers` row with the same `file_id`.
+    pub sticker_key: Option<String>,
+}
+
+/// The destination key of a ref whose blob has `sha256` and type `ext`.
+pub fn dest_key(
+    layout: Layout,
+    place: &RefPlace,
+    sha256: &str,
+    ext: &str,
+) -> Result<String, String> {
+    let key = match layout {
+        Layout::Cas => cas_key(sha256),
+        Layout::Mirror => mirror_key(place, ext)?,
+    };
+    check_key(&key)?;
+    Ok(key)
+}
+
+pub fn cas_key(sha256: &str) -> String {
+    format!("blobs/sha256/{}/{sha256}", sha256.get(..2).unwrap_or("xx"))
+}
+
+fn mirror_key(p: &RefPlace, ext: &str) -> Result<String, String> {
+    if let Some(key) = &p.storage_key {
+        return Ok(key.clone());
+    }
+    let need = |v: &Option<String>, what: &str| {
+        v.clone()
+            .ok_or_else(|| format!("cannot name a mirror key: the {} has no {what}", p.class))
+    };
+    Ok(match p.class.as_str() {
+        "sticker" => {
+            let user = need(&p.user_id, "user_id")?;
+            let parent = match &p.pack_batch_id {
+                Some(batch) => batch.clone(),
+                None => need(&p.session_id, "session_id")?,
+            };
+            format!("stickers/{user}/{parent}/backfill_{}.{ext}", p.row_id)
+        }
+        "session_sticker" => match &p.sticker_key {
+            Some(key) => key.clone(),
+            None => format!(
+                "stickers/{}/backfill_session/{}.{ext}",
+                need(&p.user_id, "user_id")?,
+                p.row_id
+            ),
+        },
+        "pack_sheet" => match &p.pack_batch_id {
+            Some(batch) => format!("pack_sheets/{batch}.{ext}"),
+            None => format!(
+                "pack_sheets/session_{}.{ext}",
+                need(&p.session_id, "session_id")?
+            ),
+        },
+        "photo" => format!(
+            "photos/{}/{}/{}.{ext}",
+            need(&p.user_id, "user_id")?,
+            need(&p.session_id, "session_id")?,
+            p.slot
+        ),
+        other => return Err(format!("no mirror key for class {other}")),
+    })
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    fn place(class: &str) -> RefPlace {
+        RefPlace {
+            class: class.into(),
+            row_id: "R".into(),
+            user_id: Some("7".into()),
+            session_id: Some("S".into()),
+            ..RefPlace::default()
+        }
+    }
+
+    #[test]
+    fn mirror_keys_follow_the_spec() {
+        let k = |p: &RefPlace| dest_key(Layout::Mirror, p, "ab12", "webp");
+        assert_eq!(
+            k(&place("sticker")),
+            Ok("stickers/7/S/backfill_R.webp".into())
+        );
+        let pack = RefPlace {
+            pack_batch_id: Some("B".into()),
+            ..place("sticker")
+        };
+        assert_eq!(k(&pack), Ok("stickers/7/B/backfill_R.webp".into()));
+        assert_eq!(
+            k(&place("session_sticker")),
+            Ok("stickers/7/backfill_session/R.webp".into())
+        );
+        let reuse = RefPlace {
+            sticker_key: Some("stickers/7/S/1.webp".into()),
+            ..place("session_sticker")
+        };
+        assert_eq!(k(&reuse), Ok("stickers/7/S/1.webp".into()));
+        assert_eq!(k(&pack_sheet(Some("B"))), Ok("pack_sheets/B.webp".into()));
+        assert_eq!(
+            k(&pack_sheet(None)),
+            Ok("pack_sheets/session_S.webp".into())
+        );
+        let photo = RefPlace {
+            slot: "current".into(),
+            ..place("photo")
+        };
+        assert_eq!(k(&photo), Ok("photos/7/S/current.webp".into()));
+        let own = RefPlace {
+            storage_key: Some("x/y.png".into()),
+            ..place("sticker")
+        };
+        assert_eq!(k(&own), Ok("x/y.png".into()));
+        let hostile = RefPlace {
+            storage_key: Some("../../etc/passwd".into()),
+            ..place("sticker")
+        };
+        assert!(k(&hostile).is_err());
+        assert_eq!(
+            dest_key(Layout::Cas, &own, "ab12", "png"),
+            Ok("blobs/sha256/ab/ab12".into())
+        );
+    }
+
+    fn pack_sheet(batch: Option<&str>) -> RefPlace {
+        RefPlace {
+            pack_batch_id: batch.map(str::to_string),
+            ..place("pack_sheet")
+        }
+    }
+}

@@ -61,10 +61,34 @@ fn run(command: Command, ctx: &Context, printer: &Printer) -> Result<ExitCode, E
             printer.report(&report);
             return Ok(ExitCode::from(report.exit_code()));
         }
-        Command::Push(_) => return Err(Error::NotBuilt("push")),
-        Command::Verify(_) => return Err(Error::NotBuilt("verify")),
+        Command::Push(args) => {
+            let report =
+                commands::push::push(ctx, &push_options(&args.to, args.layout, &args.jobs))?;
+            printer.report(&report);
+            return Ok(ExitCode::from(report.exit_code()));
+        }
+        Command::Verify(args) => {
+            let opts = commands::verify::VerifyOptions {
+                to: args.to,
+                layout: args.layout.map(layout),
+                deep: args.deep,
+                jobs: 8,
+            };
+            let report = commands::verify::verify(ctx, &opts)?;
+            printer.report(&report);
+            return Ok(ExitCode::from(report.exit_code()));
+        }
         Command::Backfill(_) => return Err(Error::NotBuilt("backfill")),
-        Command::Run(_) => return Err(Error::NotBuilt("run")),
+        Command::Run(args) => {
+            let report = commands::run::run(
+                ctx,
+                &args.db.db,
+                &fetch_options(&args.fetch),
+                &push_options(&args.to, args.layout, &args.fetch.jobs),
+            )?;
+            printer.report(&report);
+            return Ok(ExitCode::from(report.exit_code()));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -79,6 +103,25 @@ fn fetch_options(args: &cli::FetchArgs) -> commands::fetch::FetchOptions {
         retry_failed: args.retry_failed,
         max_file_size: args.max_file_size,
         telegram_rate: args.telegram_rate,
+    }
+}
+
+fn push_options(
+    to: &cli::ToArg,
+    layout_arg: cli::Layout,
+    jobs: &cli::JobsArg,
+) -> commands::push::PushOptions {
+    commands::push::PushOptions {
+        to: to.to.clone(),
+        layout: layout(layout_arg),
+        jobs: jobs.jobs as usize,
+    }
+}
+
+fn layout(arg: cli::Layout) -> starchive::layout::Layout {
+    match arg {
+        cli::Layout::Mirror => starchive::layout::Layout::Mirror,
+        cli::Layout::Cas => starchive::layout::Layout::Cas,
     }
 }
 

@@ -138,6 +138,20 @@ CREATE VIEW v_refs(class, env, row_id, session_id, telegram_file_id, storage_key
            r.state, r.sha256, b.size, b.type, r.reason
     FROM refs r LEFT JOIN blobs b ON b.sha256 = r.sha256;
 "#,
+    // 2: where each ref stands at each destination, and the manifest last written there.
+    r#"
+CREATE TABLE placements (
+    dest_id INTEGER NOT NULL REFERENCES destinations(id),
+    ref_id  INTEGER NOT NULL REFERENCES refs(id) ON DELETE CASCADE,
+    key     TEXT,
+    state   TEXT NOT NULL CHECK (state IN ('pending', 'pushed', 'failed')),
+    reason  TEXT,
+    PRIMARY KEY (dest_id, ref_id)
+) WITHOUT ROWID;
+CREATE INDEX placements_key ON placements(dest_id, key);
+CREATE INDEX placements_ref ON placements(ref_id);
+ALTER TABLE destinations ADD COLUMN manifest_sha256 TEXT;
+"#,
 ];
 
 /// Applies the migrations this catalog lacks, in one exclusive transaction.

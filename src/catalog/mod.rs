@@ -11,6 +11,7 @@
 
 pub mod fetch;
 mod migrations;
+pub mod push;
 pub mod snapshot;
 
 use std::fs::{File, OpenOptions, TryLockError};

@@ -12,9 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use serde::Serialize;
 
-use super::Context;
+use super::{Context, TransferReport};
 use crate::blobs::{BlobInfo, BlobStore, PublishError, Staging};
 use crate::catalog::{self, Catalog};
 use crate::error::{Error, Result};
@@ -33,47 +32,6 @@ pub struct FetchOptions {
     pub retry_failed: bool,
     pub max_file_size: u64,
     pub telegram_rate: f64,
-}
-
-/// `fetch --json` and `push --json` (SPEC §3).
-#[derive(Debug, Default, Serialize)]
-pub struct TransferReport {
-    pub done: u64,
-    pub skipped: u64,
-    pub failed: u64,
-    pub pending: u64,
-    pub bytes: u64,
-    pub seconds: f64,
-    /// Why refs were left pending, when something was missing.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub notes: Vec<String>,
-}
-
-impl TransferReport {
-    /// Exit code: 3 when some refs failed.
-    pub fn exit_code(&self) -> u8 {
-        if self.failed > 0 { 3 } else { 0 }
-    }
-}
-
-impl std::fmt::Display for TransferReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "done {}, skipped {}, failed {}, pending {}; {} bytes in {:.1} s",
-            self.done, self.skipped, self.failed, self.pending, self.bytes, self.seconds
-        )?;
-        for note in &self.notes {
-            writeln!(f, "note: {note}")?;
-        }
-        if self.failed > 0 {
-            writeln!(
-                f,
-                "`starchive status` lists the failures with their reasons"
-            )?;
-        }
-        Ok(())
-    }
 }
 
 /// What one download did.

@@ -4,11 +4,16 @@
 
 pub mod fetch;
 pub mod plan;
+pub mod push;
+pub mod run;
 pub mod snapshot;
 pub mod status;
+pub mod verify;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+
+use serde::Serialize;
 
 use crate::progress::Progress;
 
@@ -31,3 +36,44 @@ impl Context {
 
 /// The SQL condition that keeps refs of the selected envs (`?1` is [`Context::env_param`]).
 pub const ENV_FILTER: &str = "(?1 IS NULL OR env IN (SELECT value FROM json_each(?1)))";
+
+/// `fetch --json` and `push --json` (SPEC §3).
+#[derive(Debug, Default, Serialize)]
+pub struct TransferReport {
+    pub done: u64,
+    pub skipped: u64,
+    pub failed: u64,
+    pub pending: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    /// Why refs were left pending, when something was missing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+impl TransferReport {
+    /// Exit code: 3 when some refs failed.
+    pub fn exit_code(&self) -> u8 {
+        if self.failed > 0 { 3 } else { 0 }
+    }
+}
+
+impl std::fmt::Display for TransferReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "done {}, skipped {}, failed {}, pending {}; {} bytes in {:.1} s",
+            self.done, self.skipped, self.failed, self.pending, self.bytes, self.seconds
+        )?;
+        for note in &self.notes {
+            writeln!(f, "note: {note}")?;
+        }
+        if self.failed > 0 {
+            writeln!(
+                f,
+                "`starchive status` lists the failures with their reasons"
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,470 @@
+//! `push`: every fetched ref to a destination store, then the manifest and a
+//! copy of the catalog under `_starchive/`.
+//!
+//! The catalog records each object once the store acknowledged it, so a
+//! second push compares the plan with the catalog and sends nothing; a push
+//! killed midway resumes with what is left. On a first push to a store that
+//! already holds objects, one listing finds what is there with the right size.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use futures::StreamExt;
+use object_store::{Attribute, Attributes, PutOptions, PutPayload, WriteMultipart};
+use sha2::{Digest, Sha256};
+
+use super::{Context, TransferReport};
+use crate::blobs::{BlobStore, hex};
+use crate::catalog::Catalog;
+use crate::catalog::push::{self as q, FetchedRef};
+use crate::error::{Error, Result};
+use crate::layout::{Layout, dest_key};
+use crate::stores::{self, Role, Store};
+use crate::transfer::run_units;
+
+/// Objects above this size are uploaded in parts.
+pub const MULTIPART_THRESHOLD: u64 = 8 << 20;
+pub const MANIFEST_KEY: &str = "_starchive/manifest.jsonl.zst";
+pub const CATALOG_COPY_KEY: &str = "_starchive/catalog.sqlite";
+/// Version of the manifest's format, in its first line.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+pub struct PushOptions {
+    pub to: String,
+    pub layout: Layout,
+    pub jobs: usize,
+}
+
+/// One object the destination must hold, and the refs placed at its key.
+#[derive(Debug)]
+pub struct PlannedObject {
+    pub key: String,
+    pub sha256: String,
+    pub size: u64,
+    pub kind: String,
+    pub refs: Vec<i64>,
+}
+
+/// Where every fetched ref goes at a destination.
+#[derive(Debug, Default)]
+pub struct PushPlan {
+    pub objects: Vec<PlannedObject>,
+    /// Refs that get no object: no key can be named, or their key holds other bytes.
+    pub refused: Vec<(i64, Option<String>, String)>,
+}
+
+impl PushPlan {
+    /// Refs come in the catalog's order: those owning a storage key first, so
+    /// a key's bytes are those of the ref the database names it for.
+    pub fn build(refs: Vec<FetchedRef>, layout: Layout) -> PushPlan {
+        let mut by_key: BTreeMap<String, PlannedObject> = BTreeMap::new();
+        let mut refused = Vec::new();
+        for r in refs {
+            let key = match dest_key(layout, &r.place, &r.sha256, &r.kind) {
+                Ok(key) => key,
+                Err(reason) => {
+                    refused.push((r.id, None, reason));
+                    continue;
+                }
+            };
+            match by_key.get_mut(&key) {
+                Some(object) if object.sha256 == r.sha256 => object.refs.push(r.id),
+                Some(object) => refused.push((
+                    r.id,
+                    Some(key.clone()),
+                    format!(
+                        "key {key} already holds other bytes ({}) from another ref",
+                        &object.sha256[..12]
+                    ),
+                )),
+                None => {
+                    by_key.insert(
+                        key.clone(),
+                        PlannedObject {
+                            key,
+                            sha256: r.sha256,
+                            size: r.size,
+                            kind: r.kind,
+                            refs: vec![r.id],
+                        },
+                    );
+                }
+            }
+        }
+        PushPlan {
+            objects: by_key.into_values().collect(),
+            refused,
+        }
+    }
+}
+
+/// One blob to upload, and every key that needs it.
+struct Upload {
+    sha256: String,
+    size: u64,
+    kind: String,
+    keys: Vec<String>,
+}
+
+struct KeyOutcome {
+    key: String,
+    sha256: String,
+    size: u64,
+    result: Result<(), String>,
+}
+
+pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
+    let started = Instant::now();
+    let mut catalog = Catalog::open_existing(&ctx.archive)?;
+    let store = stores::open(&opts.to, Role::To)?;
+    let envs = ctx.env_param();
+    let dest = q::destination(catalog.conn(), &store.shown, opts.layout)?;
+    let plan = PushPlan::build(q::fetched_refs(catalog.conn(), &envs)?, opts.layout);
+    let pending = q::unfetched_count(catalog.conn(), &envs)?;
+
+    // Placements first: what is known pushed stays so, the rest is pending.
+    let mut todo = Vec::new();
+    let mut skipped = 0u64;
+    {
+        let tx = catalog.conn_mut().transaction()?;
+        for object in &plan.objects {
+            let done = q::pushed_object(&tx, dest, &object.key)?
+                .is_some_and(|(sha, size)| sha == object.sha256 && size == object.size);
+            let state = if done { "pushed" } else { "pending" };
+            for id in &object.refs {
+                q::set_placement(&tx, dest, *id, Some(&object.key), state, None)?;
+            }
+            if done {
+                skipped += object.refs.len() as u64;
+            } else {
+                todo.push(object);
+            }
+        }
+        for (id, key, reason) in &plan.refused {
+            q::set_placement(&tx, dest, *id, key.as_deref(), "failed", Some(reason))?;
+        }
+        tx.commit()?;
+    }
+
+    let refs_at: HashMap<&str, u64> = plan
+        .objects
+        .iter()
+        .map(|o| (o.key.as_str(), o.refs.len() as u64))
+        .collect();
+    let mut done = 0u64;
+    let mut failed = plan.refused.len() as u64;
+    let bytes = Arc::new(AtomicU64::new(0));
+    let mut uploaded_any = false;
+
+    if !todo.is_empty() {
+        let present = ctx.runtime.block_on(list_sizes(&store))?;
+        let mut uploads: BTreeMap<&str, Upload> = BTreeMap::new();
+        let tx = catalog.conn_mut().transaction()?;
+        for object in todo {
+            if present.get(&object.key) == Some(&object.size) {
+                q::set_object(&tx, dest, &object.key, &object.sha256, object.size, Ok(()))?;
+                skipped += object.refs.len() as u64;
+                continue;
+            }
+            uploads
+                .entry(object.sha256.as_str())
+                .or_insert_with(|| Upload {
+                    sha256: object.sha256.clone(),
+                    size: object.size,
+                    kind: object.kind.clone(),
+                    keys: Vec::new(),
+                })
+                .keys
+                .push(object.key.clone());
+        }
+        tx.commit()?;
+        let uploads: Vec<Upload> = uploads.into_values().collect();
+        let total: u64 = uploads.iter().map(|u| u.keys.len() as u64).sum();
+        ctx.progress.start("pushing", Some(total));
+        let blobs = Arc::new(BlobStore::new(&ctx.archive));
+        let (store2, bytes2) = (store.clone(), bytes.clone());
+        run_units(
+            &ctx.runtime,
+            ctx.progress.as_ref(),
+            uploads,
+            opts.jobs,
+            move |upload| {
+                let (store, blobs, bytes) = (store2.clone(), blobs.clone(), bytes2.clone());
+                async move { upload_blob(&store, &blobs, upload, &bytes).await }
+            },
+            |batch: Vec<Vec<KeyOutcome>>| {
+                let tx = catalog.conn_mut().transaction()?;
+                for outcome in batch.into_iter().flatten() {
+                    let n = refs_at.get(outcome.key.as_str()).copied().unwrap_or(0);
+                    match &outcome.result {
+                        Ok(()) => {
+                            done += n;
+                            uploaded_any = true;
+                        }
+                        Err(reason) => {
+                            failed += n;
+                            tracing::warn!("push {}: {reason}", outcome.key);
+                        }
+                    }
+                    q::set_object(
+                        &tx,
+                        dest,
+                        &outcome.key,
+                        &outcome.sha256,
+                        outcome.size,
+                        outcome.result.as_ref().map(|_| ()).map_err(String::as_str),
+                    )?;
+                }
+                tx.commit()?;
+                Ok(())
+            },
+        )?;
+        ctx.progress.finish();
+    }
+
+    write_self_description(ctx, &catalog, &store, dest, opts.layout, uploaded_any)?;
+    Ok(TransferReport {
+        done,
+        skipped,
+        failed,
+        pending,
+        bytes: bytes.load(Ordering::Relaxed),
+        seconds: started.elapsed().as_secs_f64(),
+        notes: Vec::new(),
+    })
+}
+
+/// Sizes of the objects already at the destination, keyed as the plan keys them.
+async fn list_sizes(store: &Store) -> Result<HashMap<String, u64>> {
+    let prefix =
+        (!store.prefix.is_empty()).then(|| object_store::path::Path::from(store.prefix.as_str()));
+    let strip = if store.prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{}/", store.prefix)
+    };
+    let mut listing = store.inner.list(prefix.as_ref());
+    let mut sizes = HashMap::new();
+    while let Some(meta) = listing.next().await {
+        let meta = meta.map_err(|e| {
+            Error::Config(format!("cannot list the destination {}: {e}", store.shown))
+        })?;
+        let key = meta.location.as_ref();
+        let key = key.strip_prefix(&strip).unwrap_or(key);
+        sizes.insert(key.to_string(), meta.size);
+    }
+    Ok(sizes)
+}
+
+/// Uploads a blob at its first key and copies it on the server to the others.
+async fn upload_blob(
+    store: &Store,
+    blobs: &BlobStore,
+    upload: Upload,
+    bytes: &AtomicU64,
+) -> Vec<KeyOutcome> {
+    let Upload {
+        sha256,
+        size,
+        kind,
+        keys,
+    } = upload;
+    let outcome = |key: &str, result: Result<(), String>| KeyOutcome {
+        key: key.to_string(),
+        sha256: sha256.clone(),
+        size,
+        result,
+    };
+    let file = blobs.path(&sha256);
+    let mut out = Vec::with_capacity(keys.len());
+    let mut first: Option<object_store::path::Path> = None;
+    for key in &keys {
+        let path = match store.path(key) {
+            Ok(p) => p,
+            Err(reason) => {
+                out.push(outcome(key, Err(reason)));
+                continue;
+            }
+        };
+        let put = || async {
+            let attributes = object_attributes(store, &sha256, &kind);
+            put_file(store, &path, &file, size, attributes).await?;
+            bytes.fetch_add(size, Ordering::Relaxed);
+            Ok(())
+        };
+        let result = match &first {
+            Some(from) => match store.inner.copy(from, &path).await {
+                Ok(()) => Ok(()),
+                Err(_) => put().await,
+            },
+            None => put().await,
+        };
+        if result.is_ok() && first.is_none() {
+            first = Some(path);
+        }
+        out.push(outcome(key, result));
+    }
+    out
+}
+
+/// PUT of a local file of `size` bytes, in parts above [`MULTIPART_THRESHOLD`].
+async fn put_file(
+    store: &Store,
+    path: &object_store::path::Path,
+    file: &std::path::Path,
+    size: u64,
+    attributes: Attributes,
+) -> Result<(), String> {
+    if size <= MULTIPART_THRESHOLD {
+        let data = tokio::fs::read(file)
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        if data.len() as u64 != size {
+            return Err(format!(
+                "{} has {} bytes, not {size}: run `starchive verify`",
+                file.display(),
+                data.len()
+            ));
+        }
+        let opts = PutOptions {
+            attributes,
+            ..PutOptions::default()
+        };
+        store
+            .inner
+            .put_opts(path, PutPayload::from(data), opts)
+            .await
+            .map_err(|e| e.to_string())?;
+    } else {
+        let opts = object_store::PutMultipartOptions {
+            attributes,
+            ..Default::default()
+        };
+        let upload = store
+            .inner
+            .put_multipart_opts(path, opts)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, MULTIPART_THRESHOLD as usize);
+        let mut reader = tokio::fs::File::open(file)
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            use tokio::io::AsyncReadExt;
+            let n = match reader.read(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    return Err(format!("cannot read {}: {e}", file.display()));
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            if let Err(e) = writer.wait_for_capacity(4).await {
+                return Err(e.to_string());
+            }
+            writer.write(&buf[..n]);
+        }
+        writer.finish().await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn object_attributes(store: &Store, sha256: &str, kind: &str) -> Attributes {
+    if !store.keeps_metadata() {
+        return Attributes::new();
+    }
+    let content_type = match kind {
+        "webp" => "image/webp",
+        "png" => "image/png",
+        "jpg" => "image/jpeg",
+        "webm" => "video/webm",
+        "tgs" => "application/x-tgsticker",
+        _ => "application/octet-stream",
+    };
+    Attributes::from_iter([
+        (Attribute::Metadata("sha256".into()), sha256.to_string()),
+        (Attribute::ContentType, content_type.to_string()),
+    ])
+}
+
+/// Writes `_starchive/manifest.jsonl.zst` and `_starchive/catalog.sqlite` when
+/// something changed since the last push to this destination.
+fn write_self_description(
+    ctx: &Context,
+    catalog: &Catalog,
+    store: &Store,
+    dest: i64,
+    layout: Layout,
+    uploaded_any: bool,
+) -> Result<()> {
+    let conn = catalog.conn();
+    let envs = ctx.env_param();
+    let (snapshot_id, taken_at) = q::latest_snapshot(conn)?.unwrap_or((0, String::new()));
+    let mut lines: Vec<u8> = Vec::new();
+    let mut refs = 0u64;
+    let mut placed = 0u64;
+    q::for_each_manifest_ref(conn, dest, &envs, |line| {
+        refs += 1;
+        if line["state"] == "pushed" {
+            placed += 1;
+        }
+        serde_json::to_writer(&mut lines, &line)
+            .map_err(|e| Error::Config(format!("manifest: {e}")))?;
+        lines.push(b'\n');
+        Ok(())
+    })?;
+    let header = serde_json::json!({
+        "format": MANIFEST_FORMAT,
+        "tool": concat!("starchive ", env!("CARGO_PKG_VERSION")),
+        "snapshot_id": snapshot_id,
+        "snapshot_taken_at": taken_at,
+        "layout": layout.name(),
+        "envs": ctx.envs,
+        "counts": {"refs": refs, "pushed": placed},
+    });
+    let mut text =
+        serde_json::to_vec(&header).map_err(|e| Error::Config(format!("manifest: {e}")))?;
+    text.push(b'\n');
+    text.extend_from_slice(&lines);
+    drop(lines);
+    let digest = hex(&Sha256::digest(&text));
+    if !uploaded_any && q::manifest_sha256(conn, dest)?.as_deref() == Some(digest.as_str()) {
+        return Ok(());
+    }
+    let compressed = zstd::encode_all(text.as_slice(), 3)
+        .map_err(|e| Error::io("cannot compress the manifest", e))?;
+    drop(text);
+
+    let copy = ctx.archive.join(".catalog-copy.sqlite");
+    let _ = std::fs::remove_file(&copy);
+    conn.execute("VACUUM INTO ?1", [copy.to_string_lossy()])?;
+    let result = ctx.runtime.block_on(async {
+        let size = std::fs::metadata(&copy)
+            .map_err(|e| Error::io(format!("cannot read {}", copy.display()), e))?
+            .len();
+        let path = store.path(CATALOG_COPY_KEY).map_err(Error::Config)?;
+        put_file(store, &path, &copy, size, Attributes::new())
+            .await
+            .map_err(|e| cannot_write(store, CATALOG_COPY_KEY, e))?;
+        let path = store.path(MANIFEST_KEY).map_err(Error::Config)?;
+        store
+            .inner
+            .put(&path, PutPayload::from(compressed))
+            .await
+            .map_err(|e| cannot_write(store, MANIFEST_KEY, e.to_string()))?;
+        Ok::<_, Error>(())
+    });
+    let _ = std::fs::remove_file(&copy);
+    result?;
+    q::set_manifest_sha256(conn, dest, &digest)?;
+    Ok(())
+}
+
+fn cannot_write(store: &Store, key: &str, reason: String) -> Error {
+    Error::Config(format!("cannot write {key} to {}: {reason}", store.shown))
+}

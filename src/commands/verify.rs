@@ -1,0 +1,252 @@
+//! `verify`: re-hash the local blobs; with `--to`, check that the destination
+//! holds every object it should, with the right size and sha256 metadata
+//! (`--deep`: the right bytes, hashed as they stream).
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use object_store::{Attribute, GetOptions};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::Context;
+use super::push::{PlannedObject, PushPlan};
+use crate::blobs::{BlobStore, hex};
+use crate::catalog::Catalog;
+use crate::catalog::push as q;
+use crate::commands::ENV_FILTER;
+use crate::error::Result;
+use crate::layout::Layout;
+use crate::stores::{self, Role, Store};
+use crate::transfer::run_units;
+
+pub struct VerifyOptions {
+    pub to: Option<String>,
+    /// The layout to expect when the catalog has not pushed to this destination.
+    pub layout: Option<Layout>,
+    pub deep: bool,
+    pub jobs: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    /// `blob` (local) or `object` (destination).
+    pub what: &'static str,
+    pub name: String,
+    pub problem: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct VerifyReport {
+    pub blobs_checked: u64,
+    pub blobs_bad: u64,
+    pub objects_checked: u64,
+    pub objects_missing: u64,
+    pub objects_bad: u64,
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    pub fn exit_code(&self) -> u8 {
+        if self.blobs_bad + self.objects_missing + self.objects_bad > 0 {
+            3
+        } else {
+            0
+        }
+    }
+}
+
+enum Check {
+    Good,
+    Missing(String),
+    Bad(String),
+}
+
+pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
+    let catalog = Catalog::open_existing(&ctx.archive)?;
+    let envs = ctx.env_param();
+    let mut report = VerifyReport::default();
+
+    let mut stmt = catalog.conn().prepare(&format!(
+        "SELECT sha256, size FROM blobs
+         WHERE sha256 IN (SELECT sha256 FROM refs WHERE {ENV_FILTER}) ORDER BY sha256"
+    ))?;
+    let blobs: Vec<(String, u64)> = stmt
+        .query_map([&envs], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    drop(stmt);
+    let store = Arc::new(BlobStore::new(&ctx.archive));
+    ctx.progress
+        .start("re-hashing blobs", Some(blobs.len() as u64));
+    run_units(
+        &ctx.runtime,
+        ctx.progress.as_ref(),
+        blobs,
+        opts.jobs,
+        move |(sha, size)| {
+            let store = store.clone();
+            async move {
+                let check = tokio::task::spawn_blocking({
+                    let sha = sha.clone();
+                    move || match store.rehash(&sha) {
+                        Ok(None) => Check::Missing("missing from blobs/".into()),
+                        Ok(Some((got, n))) if got == sha && n == size => Check::Good,
+                        Ok(Some((got, n))) => {
+                            Check::Bad(format!("{n} bytes hashing to {got}, expected {size}"))
+                        }
+                        Err(e) => Check::Bad(e.to_string()),
+                    }
+                })
+                .await
+                .unwrap_or_else(|e| Check::Bad(e.to_string()));
+                (sha, check)
+            }
+        },
+        |batch| {
+            for (sha, check) in batch {
+                report.blobs_checked += 1;
+                match check {
+                    Check::Good => {}
+                    Check::Missing(p) | Check::Bad(p) => {
+                        report.blobs_bad += 1;
+                        report.problems.push(Problem {
+                            what: "blob",
+                            name: sha,
+                            problem: p,
+                        });
+                    }
+                }
+            }
+            Ok(())
+        },
+    )?;
+    ctx.progress.finish();
+
+    if let Some(url) = &opts.to {
+        let dest = stores::open(url, Role::To)?;
+        let layout = match q::find_destination(catalog.conn(), &dest.shown)? {
+            Some((_, recorded)) if opts.layout.is_none() => {
+                Layout::parse(&recorded).unwrap_or(Layout::Mirror)
+            }
+            _ => opts.layout.unwrap_or(Layout::Mirror),
+        };
+        let plan = PushPlan::build(q::fetched_refs(catalog.conn(), &envs)?, layout);
+        ctx.progress
+            .start("checking the destination", Some(plan.objects.len() as u64));
+        let deep = opts.deep;
+        let dest = Arc::new(dest);
+        run_units(
+            &ctx.runtime,
+            ctx.progress.as_ref(),
+            plan.objects,
+            opts.jobs,
+            move |object| {
+                let dest = dest.clone();
+                async move {
+                    let check = check_object(&dest, &object, deep).await;
+                    (object.key, check)
+                }
+            },
+            |batch| {
+                for (key, check) in batch {
+                    report.objects_checked += 1;
+                    match check {
+                        Check::Good => {}
+                        Check::Missing(p) => {
+                            report.objects_missing += 1;
+                            report.problems.push(Problem {
+                                what: "object",
+                                name: key,
+                                problem: p,
+                            });
+                        }
+                        Check::Bad(p) => {
+                            report.objects_bad += 1;
+                            report.problems.push(Problem {
+                                what: "object",
+                                name: key,
+                                problem: p,
+                            });
+                        }
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        ctx.progress.finish();
+    }
+    report
+        .problems
+        .sort_by(|a, b| (a.what, &a.name).cmp(&(b.what, &b.name)));
+    Ok(report)
+}
+
+async fn check_object(dest: &Store, object: &PlannedObject, deep: bool) -> Check {
+    let path = match dest.path(&object.key) {
+        Ok(p) => p,
+        Err(e) => return Check::Bad(e),
+    };
+    let opts = GetOptions {
+        head: !deep,
+        ..GetOptions::default()
+    };
+    let result = match dest.inner.get_opts(&path, opts).await {
+        Ok(r) => r,
+        Err(object_store::Error::NotFound { .. }) => return Check::Missing("missing".into()),
+        Err(e) => return Check::Bad(format!("cannot read: {e}")),
+    };
+    if result.meta.size != object.size {
+        return Check::Bad(format!(
+            "{} bytes, expected {}",
+            result.meta.size, object.size
+        ));
+    }
+    if let Some(meta) = result.attributes.get(&Attribute::Metadata("sha256".into())) {
+        if meta.as_ref() != object.sha256 {
+            return Check::Bad(format!(
+                "sha256 metadata {}, expected {}",
+                meta.as_ref(),
+                object.sha256
+            ));
+        }
+    }
+    if deep {
+        let mut hasher = Sha256::new();
+        let mut stream = result.into_stream();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(chunk) => hasher.update(&chunk),
+                Err(e) => return Check::Bad(format!("cannot read: {e}")),
+            }
+        }
+        let got = hex(&hasher.finalize());
+        if got != object.sha256 {
+            return Check::Bad(format!("bytes hash to {got}, expected {}", object.sha256));
+        }
+    }
+    Check::Good
+}
+
+impl std::fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "blobs: {} checked, {} bad",
+            self.blobs_checked, self.blobs_bad
+        )?;
+        if self.objects_checked > 0 || self.objects_missing > 0 {
+            writeln!(
+                f,
+                "objects: {} checked, {} missing, {} bad",
+                self.objects_checked, self.objects_missing, self.objects_bad
+            )?;
+        }
+        for p in &self.problems {
+            writeln!(f, "{} {}: {}", p.what, p.name, p.problem)?;
+        }
+        if self.problems.is_empty() {
+            writeln!(f, "all good")?;
+        }
+        Ok(())
+    }
+}
