@@ -68,6 +68,7 @@ impl BlobStore {
             hasher: Sha256::new(),
             size: 0,
             head: Vec::with_capacity(HEAD),
+            published: false,
         })
     }
 
@@ -96,6 +97,8 @@ pub struct Staging {
     hasher: Sha256,
     size: u64,
     head: Vec<u8>,
+    /// Renamed into place: nothing left to remove.
+    published: bool,
 }
 
 impl Staging {
@@ -144,6 +147,7 @@ impl Staging {
         let target = fan.join(&sha256);
         std::fs::rename(&self.path, &target)
             .map_err(|e| io("cannot move a blob to", &target, e))?;
+        self.published = true;
         sync_dir(&fan).map_err(|e| io("cannot sync", &fan, e))?;
         sync_dir(&self.root).map_err(|e| io("cannot sync", &self.root, e))?;
         Ok(BlobInfo {
@@ -155,8 +159,10 @@ impl Staging {
 }
 
 impl Drop for Staging {
+    /// A body refused, abandoned or that failed to publish (sync, rename)
+    /// leaves no staging file behind.
     fn drop(&mut self) {
-        if self.file.is_some() {
+        if !self.published {
             let _ = std::fs::remove_file(&self.path);
         }
     }

@@ -54,9 +54,6 @@ pub enum Error {
     /// A configuration problem found before any work was done.
     #[error("{0}")]
     Config(String),
-
-    #[error("`{0}` is not available in this version of starchive yet")]
-    NotBuilt(&'static str),
 }
 
 impl Error {

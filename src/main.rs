@@ -78,7 +78,19 @@ fn run(command: Command, ctx: &Context, printer: &Printer) -> Result<ExitCode, E
             printer.report(&report);
             return Ok(ExitCode::from(report.exit_code()));
         }
-        Command::Backfill(_) => return Err(Error::NotBuilt("backfill")),
+        Command::Backfill(args) => {
+            let opts = commands::backfill::BackfillOptions {
+                db: args.db.db,
+                to: args.to.to,
+                apply: args.apply,
+                undo: args.undo,
+                sync_stickers: args.sync_stickers,
+                jobs: 8,
+            };
+            let report = commands::backfill::backfill(ctx, &opts)?;
+            printer.report(&report);
+            return Ok(ExitCode::from(report.exit_code()));
+        }
         Command::Run(args) => {
             let report = commands::run::run(
                 ctx,

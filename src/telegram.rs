@@ -203,25 +203,34 @@ impl Pacer {
         }
     }
 
+    /// Returns when a request may go: out of any pause, in its own slot.
+    /// A pause that began while the caller waited for its slot (slots are
+    /// handed out ahead of time) is waited out too, then a new slot taken.
     async fn wait(&self) {
         loop {
-            let until = self
-                .paused_until
-                .lock()
-                .map(|t| *t)
-                .unwrap_or_else(|_| Instant::now());
-            if until <= Instant::now() {
-                break;
+            let until = self.paused_until();
+            if until > Instant::now() {
+                tokio::time::sleep_until(until).await;
+                continue;
             }
-            tokio::time::sleep_until(until).await;
+            let slot = {
+                let mut next = self.next.lock().await;
+                let slot = (*next).max(Instant::now());
+                *next = slot + self.interval;
+                slot
+            };
+            tokio::time::sleep_until(slot).await;
+            if self.paused_until() <= Instant::now() {
+                return;
+            }
         }
-        let slot = {
-            let mut next = self.next.lock().await;
-            let slot = (*next).max(Instant::now());
-            *next = slot + self.interval;
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
+    }
+
+    fn paused_until(&self) -> Instant {
+        self.paused_until
+            .lock()
+            .map(|t| *t)
+            .unwrap_or_else(|_| Instant::now())
     }
 
     fn pause(&self, wait: Duration) {

@@ -152,6 +152,24 @@ CREATE INDEX placements_key ON placements(dest_id, key);
 CREATE INDEX placements_ref ON placements(ref_id);
 ALTER TABLE destinations ADD COLUMN manifest_sha256 TEXT;
 "#,
+    // 3: the backfill journal: every change `backfill --apply` makes to the bot's database.
+    r#"
+CREATE TABLE backfill_journal (
+    id          INTEGER PRIMARY KEY,
+    action      TEXT NOT NULL CHECK (action IN ('set', 'insert')),
+    table_name  TEXT NOT NULL,
+    row_id      TEXT NOT NULL,
+    column_name TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    state       TEXT NOT NULL
+                CHECK (state IN ('planned', 'written', 'kept', 'failed', 'undone', 'changed')),
+    reason      TEXT,
+    planned_at  TEXT NOT NULL,
+    written_at  TEXT,
+    undone_at   TEXT,
+    UNIQUE (table_name, row_id, column_name, value)
+);
+"#,
 ];
 
 /// Applies the migrations this catalog lacks, in one exclusive transaction.

@@ -9,6 +9,7 @@
 //! `PRAGMA user_version` numbers the migrations applied; they are append-only,
 //! and a catalog newer than this binary is refused rather than misread.
 
+pub mod backfill;
 pub mod fetch;
 mod migrations;
 pub mod push;

@@ -90,8 +90,24 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
 
     catalog::fetch::resolve_known(catalog.conn(), &envs)?;
 
+    // A key that could leave a root fails its refs before anything is read,
+    // with or without a bucket (SPEC §7): such a ref is never downloaded.
+    let mut keys = Vec::new();
+    let mut unsafe_keys = Vec::new();
+    for work in catalog::fetch::pending_keys(catalog.conn(), &envs)? {
+        match check_key(&work.key) {
+            Ok(()) => keys.push(work),
+            Err(reason) => unsafe_keys.push(Outcome::Failed {
+                refs: work.refs,
+                reason,
+            }),
+        }
+    }
+    if !unsafe_keys.is_empty() {
+        commit(&mut catalog, unsafe_keys, &mut fatal)?;
+    }
+
     // The bucket, once per key.
-    let keys = catalog::fetch::pending_keys(catalog.conn(), &envs)?;
     match &storage {
         Some(store) if !keys.is_empty() => {
             ctx.progress

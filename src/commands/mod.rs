@@ -2,6 +2,7 @@
 //! does it and returns a report. The binary parses options, calls one of
 //! these and renders the report.
 
+pub mod backfill;
 pub mod fetch;
 pub mod plan;
 pub mod push;

@@ -310,7 +310,7 @@ async fn upload_blob(
 }
 
 /// PUT of a local file of `size` bytes, in parts above [`MULTIPART_THRESHOLD`].
-async fn put_file(
+pub(crate) async fn put_file(
     store: &Store,
     path: &object_store::path::Path,
     file: &std::path::Path,
@@ -374,7 +374,7 @@ async fn put_file(
     Ok(())
 }
 
-fn object_attributes(store: &Store, sha256: &str, kind: &str) -> Attributes {
+pub(crate) fn object_attributes(store: &Store, sha256: &str, kind: &str) -> Attributes {
     if !store.keeps_metadata() {
         return Attributes::new();
     }

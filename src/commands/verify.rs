@@ -10,7 +10,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::Context;
-use super::push::{PlannedObject, PushPlan};
+use super::push::PushPlan;
 use crate::blobs::{BlobStore, hex};
 use crate::catalog::Catalog;
 use crate::catalog::push as q;
@@ -56,7 +56,7 @@ impl VerifyReport {
     }
 }
 
-enum Check {
+pub(crate) enum Check {
     Good,
     Missing(String),
     Bad(String),
@@ -143,7 +143,8 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
             move |object| {
                 let dest = dest.clone();
                 async move {
-                    let check = check_object(&dest, &object, deep).await;
+                    let check =
+                        check_object(&dest, &object.key, &object.sha256, object.size, deep).await;
                     (object.key, check)
                 }
             },
@@ -181,8 +182,15 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
     Ok(report)
 }
 
-async fn check_object(dest: &Store, object: &PlannedObject, deep: bool) -> Check {
-    let path = match dest.path(&object.key) {
+/// Whether `key` holds `size` bytes hashing to `sha256` (by metadata, or by reading when `deep`).
+pub(crate) async fn check_object(
+    dest: &Store,
+    key: &str,
+    sha256: &str,
+    size: u64,
+    deep: bool,
+) -> Check {
+    let path = match dest.path(key) {
         Ok(p) => p,
         Err(e) => return Check::Bad(e),
     };
@@ -195,18 +203,14 @@ async fn check_object(dest: &Store, object: &PlannedObject, deep: bool) -> Check
         Err(object_store::Error::NotFound { .. }) => return Check::Missing("missing".into()),
         Err(e) => return Check::Bad(format!("cannot read: {e}")),
     };
-    if result.meta.size != object.size {
-        return Check::Bad(format!(
-            "{} bytes, expected {}",
-            result.meta.size, object.size
-        ));
+    if result.meta.size != size {
+        return Check::Bad(format!("{} bytes, expected {size}", result.meta.size));
     }
     if let Some(meta) = result.attributes.get(&Attribute::Metadata("sha256".into())) {
-        if meta.as_ref() != object.sha256 {
+        if meta.as_ref() != sha256 {
             return Check::Bad(format!(
-                "sha256 metadata {}, expected {}",
-                meta.as_ref(),
-                object.sha256
+                "sha256 metadata {}, expected {sha256}",
+                meta.as_ref()
             ));
         }
     }
@@ -220,8 +224,8 @@ async fn check_object(dest: &Store, object: &PlannedObject, deep: bool) -> Check
             }
         }
         let got = hex(&hasher.finalize());
-        if got != object.sha256 {
-            return Check::Bad(format!("bytes hash to {got}, expected {}", object.sha256));
+        if got != sha256 {
+            return Check::Bad(format!("bytes hash to {got}, expected {sha256}"));
         }
     }
     Check::Good

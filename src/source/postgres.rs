@@ -304,3 +304,32 @@ mod tests {
         assert_eq!(root.as_deref(), Some("/ca.pem"));
     }
 }
+
+/// `text` as an SQL string literal. An `E''` literal means the same whatever
+/// `standard_conforming_strings` says; values are sent as literals because
+/// the simple protocol (pooler-safe) has no parameters, and an untyped
+/// literal takes the column's type (uuid, bigint or text ids alike).
+pub fn literal(text: &str) -> String {
+    format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// Runs one statement in its own transaction; returns the rows it affected.
+pub async fn execute(client: &Client, sql: &str) -> Result<u64, String> {
+    let messages = client.simple_query(sql).await.map_err(|e| pg_message(&e))?;
+    Ok(messages
+        .iter()
+        .map(|m| match m {
+            SimpleQueryMessage::CommandComplete(n) => *n,
+            _ => 0,
+        })
+        .sum())
+}
+
+/// The first column of the first row: `None` when there is no row, `Some(None)` for NULL.
+pub async fn query_value(client: &Client, sql: &str) -> Result<Option<Option<String>>, String> {
+    let messages = client.simple_query(sql).await.map_err(|e| pg_message(&e))?;
+    Ok(messages.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_string)),
+        _ => None,
+    }))
+}

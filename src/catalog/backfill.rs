@@ -1,0 +1,160 @@
+//! Catalog queries of the backfill stage: what lacks a key, and the journal
+//! of every change made to the bot's database.
+
+use rusqlite::{Connection, Transaction, params};
+
+use crate::commands::ENV_FILTER;
+use crate::commands::status::REF_LABEL_SQL;
+use crate::error::Result;
+use crate::layout::RefPlace;
+
+/// A ref with no storage key in the database, or a key the bucket lacks.
+pub struct Candidate {
+    pub label: String,
+    pub place: RefPlace,
+    pub telegram_file_id: Option<String>,
+    pub dangling: bool,
+    pub state: String,
+    pub reason: Option<String>,
+    /// (sha256, size, type) when fetched.
+    pub blob: Option<(String, u64, String)>,
+}
+
+pub fn candidates(conn: &Connection, envs: &Option<String>) -> Result<Vec<Candidate>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {REF_LABEL_SQL}, r.class, r.row_id, r.slot, r.session_id, r.user_id, r.pack_batch_id,
+                r.storage_key,
+                CASE WHEN r.class = 'session_sticker' AND r.telegram_file_id IS NOT NULL THEN
+                    (SELECT o.storage_key FROM refs o
+                     WHERE o.class = 'sticker' AND o.telegram_file_id = r.telegram_file_id
+                       AND o.storage_key IS NOT NULL
+                     ORDER BY o.row_id LIMIT 1)
+                END,
+                r.telegram_file_id, r.key_dangling, r.state, r.reason, r.sha256, b.size, b.type
+         FROM refs r LEFT JOIN blobs b ON b.sha256 = r.sha256
+         WHERE r.class IN ('sticker', 'session_sticker', 'pack_sheet')
+           AND (r.storage_key IS NULL OR r.key_dangling = 1)
+           AND {ENV_FILTER}
+         ORDER BY r.class, r.row_id"
+    ))?;
+    let rows = stmt.query_map([envs], |r| {
+        let sha: Option<String> = r.get(13)?;
+        let size: Option<u64> = r.get(14)?;
+        let kind: Option<String> = r.get(15)?;
+        Ok(Candidate {
+            label: r.get(0)?,
+            place: RefPlace {
+                class: r.get(1)?,
+                row_id: r.get(2)?,
+                slot: r.get(3)?,
+                session_id: r.get(4)?,
+                user_id: r.get(5)?,
+                pack_batch_id: r.get(6)?,
+                storage_key: r.get(7)?,
+                sticker_key: r.get(8)?,
+            },
+            telegram_file_id: r.get(9)?,
+            dangling: r.get::<_, i64>(10)? != 0,
+            state: r.get(11)?,
+            reason: r.get(12)?,
+            blob: match (sha, size, kind) {
+                (Some(s), Some(n), Some(k)) => Some((s, n, k)),
+                _ => None,
+            },
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Session stickers (with a file id) and whether a `stickers` row names their file.
+pub struct SessionSticker {
+    pub session_id: String,
+    pub user_id: Option<String>,
+    pub telegram_file_id: String,
+    pub storage_key: Option<String>,
+    pub has_sticker_row: bool,
+}
+
+pub fn session_stickers(conn: &Connection, envs: &Option<String>) -> Result<Vec<SessionSticker>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT r.row_id, r.user_id, r.telegram_file_id, r.storage_key,
+                EXISTS (SELECT 1 FROM refs o WHERE o.class = 'sticker'
+                        AND o.telegram_file_id = r.telegram_file_id)
+         FROM refs r
+         WHERE r.class = 'session_sticker' AND r.telegram_file_id IS NOT NULL AND {ENV_FILTER}
+         ORDER BY r.row_id"
+    ))?;
+    let rows = stmt.query_map([envs], |r| {
+        Ok(SessionSticker {
+            session_id: r.get(0)?,
+            user_id: r.get(1)?,
+            telegram_file_id: r.get(2)?,
+            storage_key: r.get(3)?,
+            has_sticker_row: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// One change to the bot's database.
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub action: &'static str,
+    pub table: String,
+    pub row_id: String,
+    pub column: String,
+    pub value: String,
+}
+
+/// Journals changes before they are made, so that none can be made unrecorded.
+pub fn plan_changes(tx: &Transaction, changes: &[&Change]) -> Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO backfill_journal(action, table_name, row_id, column_name, value, state, planned_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'planned', ?6)
+         ON CONFLICT(table_name, row_id, column_name, value) DO UPDATE SET
+            state = CASE WHEN state IN ('undone', 'failed') THEN 'planned' ELSE state END",
+    )?;
+    let now = super::now_text();
+    for c in changes {
+        stmt.execute(params![c.action, c.table, c.row_id, c.column, c.value, now])?;
+    }
+    Ok(())
+}
+
+pub fn set_change_state(
+    tx: &Transaction,
+    c: &Change,
+    state: &str,
+    reason: Option<&str>,
+) -> Result<()> {
+    let now = super::now_text();
+    tx.prepare_cached(
+        "UPDATE backfill_journal SET state = ?5, reason = ?6,
+            written_at = CASE WHEN ?5 = 'written' THEN ?7 ELSE written_at END,
+            undone_at = CASE WHEN ?5 = 'undone' THEN ?7 ELSE undone_at END
+         WHERE table_name = ?1 AND row_id = ?2 AND column_name = ?3 AND value = ?4",
+    )?
+    .execute(params![
+        c.table, c.row_id, c.column, c.value, state, reason, now
+    ])?;
+    Ok(())
+}
+
+/// Changes that may still stand in the database (written, or planned when a run was killed).
+pub fn standing_changes(conn: &Connection) -> Result<Vec<Change>> {
+    let mut stmt = conn.prepare(
+        "SELECT action, table_name, row_id, column_name, value FROM backfill_journal
+         WHERE state IN ('planned', 'written') ORDER BY id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let action: String = r.get(0)?;
+        Ok(Change {
+            action: if action == "insert" { "insert" } else { "set" },
+            table: r.get(1)?,
+            row_id: r.get(2)?,
+            column: r.get(3)?,
+            value: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

@@ -1,0 +1,603 @@
+//! `backfill`: the database repair of SPEC §6.
+//!
+//! For every ref without a storage key the file is uploaded to the bot's
+//! bucket at its mirror key, checked there, and only then is the key written
+//! into the row, with a guard (`… AND col IS NULL`) so a value the bot wrote
+//! meanwhile is left alone. Every change is journaled in the catalog before
+//! it is made, so `--undo` can revert exactly what we wrote and a killed run
+//! loses nothing. Without `--apply` nothing is changed anywhere: the dry run
+//! reads the current values and says what `--apply` would do.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::Context;
+use super::push::{object_attributes, put_file};
+use super::verify::{Check, check_object};
+use crate::blobs::BlobStore;
+use crate::catalog::Catalog;
+use crate::catalog::backfill::{self as q, Change};
+use crate::error::Result;
+use crate::layout::{Layout, dest_key};
+use crate::refs::{NewStickerRow, Table, key_column};
+use crate::source::postgres::{self, literal};
+use crate::stores::{self, Role, Store};
+use crate::transfer::run_units;
+
+pub struct BackfillOptions {
+    pub db: String,
+    pub to: String,
+    pub apply: bool,
+    pub undo: bool,
+    pub sync_stickers: bool,
+    pub jobs: usize,
+}
+
+/// One thing backfill does (or would do) for one ref.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub class: String,
+    #[serde(rename = "ref")]
+    pub ref_: String,
+    /// `set` (upload, then write the key), `reuse` (write an existing key),
+    /// `upload_only` (a dangling key: the file goes back, no row changes),
+    /// `insert` (`--sync-stickers`), `undo`.
+    pub action: &'static str,
+    pub table: Option<String>,
+    pub id: Option<String>,
+    pub column: Option<String>,
+    pub key: Option<String>,
+    pub upload: bool,
+    /// What happened (or, in a dry run, would happen).
+    pub outcome: String,
+    pub failed: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct BackfillReport {
+    pub apply: bool,
+    pub undo: bool,
+    /// Per class, the number of steps per outcome.
+    pub counts: BTreeMap<String, BTreeMap<String, u64>>,
+    pub failed: u64,
+    pub steps: Vec<Step>,
+}
+
+impl BackfillReport {
+    pub fn exit_code(&self) -> u8 {
+        if self.failed > 0 { 3 } else { 0 }
+    }
+}
+
+/// A step with what it needs to be carried out.
+struct Work {
+    step: Step,
+    change: Option<Change>,
+    /// (sha256, size, type) of the blob to upload at `step.key`.
+    blob: Option<(String, u64, String)>,
+    insert: Option<NewStickerRow>,
+}
+
+const WOULD_WRITE: &str = "would write";
+const WRITTEN: &str = "written";
+const ALREADY: &str = "already written";
+const LEFT_ALONE: &str = "set by someone else: left alone";
+
+pub fn backfill(ctx: &Context, opts: &BackfillOptions) -> Result<BackfillReport> {
+    let mut catalog = Catalog::open_existing(&ctx.archive)?;
+    let store = Arc::new(stores::open(&opts.to, Role::To)?);
+    let client = Arc::new(ctx.runtime.block_on(postgres::connect(&opts.db))?);
+    let blobs = Arc::new(BlobStore::new(&ctx.archive));
+    let works = if opts.undo {
+        undo_works(&catalog)?
+    } else {
+        plan(&catalog, &ctx.env_param(), opts.sync_stickers)?
+    };
+    let mut report = BackfillReport {
+        apply: opts.apply,
+        undo: opts.undo,
+        ..BackfillReport::default()
+    };
+    // A step that failed already, or that has nothing to carry out, is only reported.
+    let (ready, refused): (Vec<Work>, Vec<Work>) = works
+        .into_iter()
+        .partition(|w| !w.step.failed && (w.change.is_some() || w.blob.is_some()));
+    report.steps.extend(refused.into_iter().map(|w| w.step));
+
+    if opts.apply {
+        let tx = catalog.conn_mut().transaction()?;
+        let changes: Vec<&Change> = ready.iter().filter_map(|w| w.change.as_ref()).collect();
+        if !opts.undo {
+            q::plan_changes(&tx, &changes)?;
+        }
+        tx.commit()?;
+    }
+    // Inserts go one at a time, after the keys they name are written.
+    let (inserts, updates): (Vec<Work>, Vec<Work>) =
+        ready.into_iter().partition(|w| w.insert.is_some());
+    for (works, jobs) in [(updates, opts.jobs), (inserts, 1)] {
+        ctx.progress.start(
+            if opts.apply {
+                "backfilling"
+            } else {
+                "checking"
+            },
+            Some(works.len() as u64),
+        );
+        let (store, blobs, client) = (store.clone(), blobs.clone(), client.clone());
+        let (apply, undo) = (opts.apply, opts.undo);
+        let steps = &mut report.steps;
+        run_units(
+            &ctx.runtime,
+            ctx.progress.as_ref(),
+            works,
+            jobs,
+            move |work| {
+                let (store, blobs, client) = (store.clone(), blobs.clone(), client.clone());
+                async move {
+                    let outcome = if undo {
+                        undo_one(&client, &work, apply).await
+                    } else {
+                        carry_out(&client, &store, &blobs, &work, apply).await
+                    };
+                    (work, outcome)
+                }
+            },
+            |batch| {
+                let tx = catalog.conn_mut().transaction()?;
+                for (mut work, outcome) in batch {
+                    let (text, state) = match outcome {
+                        Ok((text, state)) => (text, state),
+                        Err(reason) => {
+                            work.step.failed = true;
+                            (reason, Some("failed"))
+                        }
+                    };
+                    if let (true, Some(change), Some(state)) = (apply, &work.change, state) {
+                        let reason = work.step.failed.then_some(text.as_str());
+                        q::set_change_state(&tx, change, state, reason)?;
+                    }
+                    work.step.outcome = text;
+                    steps.push(work.step);
+                }
+                tx.commit()?;
+                Ok(())
+            },
+        )?;
+        ctx.progress.finish();
+    }
+    report
+        .steps
+        .sort_by(|a, b| (&a.class, &a.ref_, a.action).cmp(&(&b.class, &b.ref_, b.action)));
+    for step in &report.steps {
+        let outcome = if step.failed {
+            "failed".to_string()
+        } else {
+            step.outcome.clone()
+        };
+        *report
+            .counts
+            .entry(step.class.clone())
+            .or_default()
+            .entry(outcome)
+            .or_default() += 1;
+        report.failed += u64::from(step.failed);
+    }
+    Ok(report)
+}
+
+/// What backfill must do, from the catalog.
+fn plan(catalog: &Catalog, envs: &Option<String>, sync_stickers: bool) -> Result<Vec<Work>> {
+    let mut works = Vec::new();
+    let mut session_keys: BTreeMap<String, String> = BTreeMap::new();
+    for c in q::candidates(catalog.conn(), envs)? {
+        let class = c.place.class.clone();
+        let mut step = Step {
+            class: class.clone(),
+            ref_: c.label.clone(),
+            action: "set",
+            table: None,
+            id: None,
+            column: None,
+            key: None,
+            upload: false,
+            outcome: String::new(),
+            failed: false,
+        };
+        let unfetched = || {
+            c.reason
+                .clone()
+                .map(|r| format!("the file cannot be had: {r}"))
+                .unwrap_or_else(|| {
+                    format!(
+                        "the file is not fetched yet ({}): run `starchive fetch`",
+                        c.state
+                    )
+                })
+        };
+        if c.dangling {
+            step.action = "upload_only";
+            step.key = c.place.storage_key.clone();
+            step.upload = true;
+            if c.blob.is_none() {
+                step.failed = true;
+                step.outcome = unfetched();
+            }
+            works.push(Work {
+                step,
+                change: None,
+                blob: c.blob.clone(),
+                insert: None,
+            });
+            continue;
+        }
+        let Some((table, column)) = key_column(&class) else {
+            continue;
+        };
+        let row_id = match table {
+            Table::PackBatches => c.place.pack_batch_id.clone(),
+            _ => Some(c.place.row_id.clone()),
+        };
+        let Some(row_id) = row_id else {
+            step.action = "upload_only";
+            step.outcome = "no pack_batches row to record the sheet's key in: left as is".into();
+            step.key = None;
+            works.push(Work {
+                step,
+                change: None,
+                blob: None,
+                insert: None,
+            });
+            continue;
+        };
+        step.table = Some(table.name().to_string());
+        step.id = Some(row_id.clone());
+        step.column = Some(column.to_string());
+        let key = match (&c.place.sticker_key, &c.blob) {
+            (Some(existing), _) => {
+                step.action = "reuse";
+                Ok(existing.clone())
+            }
+            (None, Some((sha, _, kind))) => {
+                step.upload = true;
+                dest_key(Layout::Mirror, &c.place, sha, kind)
+            }
+            (None, None) => Err(unfetched()),
+        };
+        match key {
+            Ok(key) => {
+                if class == "session_sticker" {
+                    session_keys.insert(c.place.row_id.clone(), key.clone());
+                }
+                step.key = Some(key.clone());
+                let change = Change {
+                    action: "set",
+                    table: table.name().to_string(),
+                    row_id,
+                    column: column.to_string(),
+                    value: key,
+                };
+                let blob = if step.upload { c.blob.clone() } else { None };
+                works.push(Work {
+                    step,
+                    change: Some(change),
+                    blob,
+                    insert: None,
+                });
+            }
+            Err(reason) => {
+                step.failed = true;
+                step.outcome = reason;
+                works.push(Work {
+                    step,
+                    change: None,
+                    blob: None,
+                    insert: None,
+                });
+            }
+        }
+    }
+    if sync_stickers {
+        let mut seen_files = HashSet::new();
+        for s in q::session_stickers(catalog.conn(), envs)? {
+            if s.has_sticker_row || !seen_files.insert(s.telegram_file_id.clone()) {
+                continue;
+            }
+            let key = s
+                .storage_key
+                .clone()
+                .or_else(|| session_keys.get(&s.session_id).cloned());
+            let mut step = Step {
+                class: "session_sticker".into(),
+                ref_: format!("sessions/{}", s.session_id),
+                action: "insert",
+                table: Some(Table::Stickers.name().into()),
+                id: None,
+                column: None,
+                key: key.clone(),
+                upload: false,
+                outcome: String::new(),
+                failed: false,
+            };
+            let Some(key) = key else {
+                step.failed = true;
+                step.outcome = "no storage key for this sticker: no stickers row added".into();
+                works.push(Work {
+                    step,
+                    change: None,
+                    blob: None,
+                    insert: None,
+                });
+                continue;
+            };
+            let row =
+                NewStickerRow::new(&s.session_id, s.user_id.clone(), &s.telegram_file_id, &key);
+            step.id = Some(row.id.clone());
+            step.column = Some("result_storage_path".into());
+            let change = Change {
+                action: "insert",
+                table: Table::Stickers.name().into(),
+                row_id: row.id.clone(),
+                column: "result_storage_path".into(),
+                value: key,
+            };
+            works.push(Work {
+                step,
+                change: Some(change),
+                blob: None,
+                insert: Some(row),
+            });
+        }
+    }
+    Ok(works)
+}
+
+fn undo_works(catalog: &Catalog) -> Result<Vec<Work>> {
+    Ok(q::standing_changes(catalog.conn())?
+        .into_iter()
+        .map(|c| Work {
+            step: Step {
+                class: c.table.clone(),
+                ref_: format!("{}/{}", c.table, c.row_id),
+                action: "undo",
+                table: Some(c.table.clone()),
+                id: Some(c.row_id.clone()),
+                column: Some(c.column.clone()),
+                key: Some(c.value.clone()),
+                upload: false,
+                outcome: String::new(),
+                failed: false,
+            },
+            insert: (c.action == "insert").then(|| NewStickerRow {
+                id: c.row_id.clone(),
+                user_id: None,
+                session_id: String::new(),
+                telegram_file_id: String::new(),
+                result_storage_path: c.value.clone(),
+            }),
+            change: Some(c),
+            blob: None,
+        })
+        .collect())
+}
+
+type Outcome = Result<(String, Option<&'static str>), String>;
+
+/// Uploads (and checks) the file, then writes the key with its guard.
+async fn carry_out(
+    client: &tokio_postgres::Client,
+    store: &Store,
+    blobs: &BlobStore,
+    work: &Work,
+    apply: bool,
+) -> Outcome {
+    if !apply {
+        return dry_run(client, work).await;
+    }
+    let mut uploaded = false;
+    if let (Some(key), Some((sha, size, kind))) = (&work.step.key, &work.blob) {
+        uploaded = ensure_object(store, blobs, key, sha, *size, kind).await?;
+    }
+    let Some(change) = &work.change else {
+        let text = if uploaded {
+            "uploaded"
+        } else {
+            "already in the bucket"
+        };
+        return Ok((text.into(), None));
+    };
+    if let Some(row) = &work.insert {
+        if postgres::execute(client, &row.insert_sql(literal)).await? == 1 {
+            return Ok((WRITTEN.into(), Some("written")));
+        }
+        let ours = format!(
+            "SELECT 1 FROM public.stickers WHERE id = {}",
+            literal(&row.id)
+        );
+        return Ok(match postgres::query_value(client, &ours).await? {
+            Some(_) => (ALREADY.into(), Some("written")),
+            None => (
+                "a stickers row names this file already: nothing added".into(),
+                Some("kept"),
+            ),
+        });
+    }
+    let (t, col, id, value) = (
+        &change.table,
+        &change.column,
+        literal(&change.row_id),
+        literal(&change.value),
+    );
+    let n = postgres::execute(
+        client,
+        &format!("UPDATE public.{t} SET {col} = {value} WHERE id = {id} AND {col} IS NULL"),
+    )
+    .await?;
+    if n == 1 {
+        return Ok((WRITTEN.into(), Some("written")));
+    }
+    match postgres::query_value(
+        client,
+        &format!("SELECT {col} FROM public.{t} WHERE id = {id}"),
+    )
+    .await?
+    {
+        None => Err(format!("the {t} row {} is gone", change.row_id)),
+        Some(Some(v)) if v == change.value => Ok((ALREADY.into(), Some("written"))),
+        Some(_) => Ok((LEFT_ALONE.into(), Some("kept"))),
+    }
+}
+
+async fn dry_run(client: &tokio_postgres::Client, work: &Work) -> Outcome {
+    let Some(change) = &work.change else {
+        return Ok(("would upload".into(), None));
+    };
+    if work.insert.is_some() {
+        let exists = postgres::query_value(
+            client,
+            &format!(
+                "SELECT 1 FROM public.stickers WHERE telegram_file_id = {} LIMIT 1",
+                literal(&work.step_file_id())
+            ),
+        )
+        .await?;
+        return Ok((
+            if exists.is_some() {
+                "a stickers row names this file already"
+            } else {
+                "would insert"
+            }
+            .into(),
+            None,
+        ));
+    }
+    let (t, col) = (&change.table, &change.column);
+    let sql = format!(
+        "SELECT {col} FROM public.{t} WHERE id = {}",
+        literal(&change.row_id)
+    );
+    Ok((
+        match postgres::query_value(client, &sql).await? {
+            None => return Err(format!("the {t} row {} is gone", change.row_id)),
+            Some(None) => WOULD_WRITE.into(),
+            Some(Some(v)) if v == change.value => ALREADY.into(),
+            Some(Some(_)) => LEFT_ALONE.into(),
+        },
+        None,
+    ))
+}
+
+impl Work {
+    fn step_file_id(&self) -> String {
+        self.insert
+            .as_ref()
+            .map(|r| r.telegram_file_id.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Sets back to NULL (or removes the row we added) where our value still stands.
+async fn undo_one(client: &tokio_postgres::Client, work: &Work, apply: bool) -> Outcome {
+    let Some(c) = &work.change else {
+        return Ok(("nothing to undo".into(), None));
+    };
+    let (t, col, id, value) = (&c.table, &c.column, literal(&c.row_id), literal(&c.value));
+    let guard = format!("WHERE id = {id} AND {col} = {value}");
+    if !apply {
+        let held =
+            postgres::query_value(client, &format!("SELECT 1 FROM public.{t} {guard}")).await?;
+        return Ok((
+            if held.is_some() {
+                "would set back to NULL"
+            } else {
+                "changed since: would be left alone"
+            }
+            .into(),
+            None,
+        ));
+    }
+    let sql = if work.insert.is_some() {
+        format!("DELETE FROM public.{t} {guard}")
+    } else {
+        format!("UPDATE public.{t} SET {col} = NULL {guard}")
+    };
+    Ok(if postgres::execute(client, &sql).await? == 1 {
+        ("undone".into(), Some("undone"))
+    } else {
+        ("changed since: left alone".into(), Some("changed"))
+    })
+}
+
+/// The object at `key` holds the blob: uploaded unless already there, then
+/// checked. Returns whether it was uploaded.
+async fn ensure_object(
+    store: &Store,
+    blobs: &BlobStore,
+    key: &str,
+    sha: &str,
+    size: u64,
+    kind: &str,
+) -> Result<bool, String> {
+    if matches!(
+        check_object(store, key, sha, size, false).await,
+        Check::Good
+    ) {
+        return Ok(false);
+    }
+    let path = store.path(key)?;
+    put_file(
+        store,
+        &path,
+        &blobs.path(sha),
+        size,
+        object_attributes(store, sha, kind),
+    )
+    .await?;
+    match check_object(store, key, sha, size, false).await {
+        Check::Good => Ok(true),
+        Check::Missing(p) | Check::Bad(p) => {
+            Err(format!("uploaded {key}, but it does not check: {p}"))
+        }
+    }
+}
+
+impl std::fmt::Display for BackfillReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mode = match (self.undo, self.apply) {
+            (false, false) => "backfill dry run (nothing changed; --apply does this)",
+            (false, true) => "backfill",
+            (true, false) => "undo dry run (nothing changed; --undo --apply does this)",
+            (true, true) => "undo",
+        };
+        writeln!(f, "{mode}:")?;
+        for s in &self.steps {
+            let target = match (&s.table, &s.id, &s.column) {
+                (Some(t), Some(id), Some(c)) => format!("{t} {id} {c}"),
+                _ => "-".into(),
+            };
+            let upload = if s.upload { " (upload)" } else { "" };
+            writeln!(
+                f,
+                "  {:<16} {:<12} {target} = {}{upload}: {}",
+                s.class,
+                s.action,
+                s.key.as_deref().unwrap_or("-"),
+                if s.failed {
+                    format!("FAILED: {}", s.outcome)
+                } else {
+                    s.outcome.clone()
+                }
+            )?;
+        }
+        for (class, counts) in &self.counts {
+            let counts: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            writeln!(f, "{class}: {}", counts.join(", "))?;
+        }
+        if self.steps.is_empty() {
+            writeln!(f, "nothing to do")?;
+        }
+        Ok(())
+    }
+}
