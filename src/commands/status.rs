@@ -15,6 +15,9 @@ pub struct Failure {
     pub ref_: String,
     pub stage: String,
     pub reason: String,
+    /// For push failures: the destination (without secrets).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -42,11 +45,12 @@ pub fn status(ctx: &Context) -> Result<StatusReport> {
         fetch.entry(class).or_default().insert(state, n);
     }
     let mut destinations: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    let mut stmt = conn.prepare(
-        "SELECT d.url, o.state, count(*) FROM objects o JOIN destinations d ON d.id = o.dest_id
-         GROUP BY d.url, o.state",
-    )?;
-    for row in stmt.query_map([], |r| {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT d.url, p.state, count(*) FROM placements p
+         JOIN destinations d ON d.id = p.dest_id JOIN refs r ON r.id = p.ref_id
+         WHERE {ENV_FILTER} GROUP BY d.url, p.state"
+    ))?;
+    for row in stmt.query_map([&envs], |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
     })? {
         let (url, state, n) = row?;
@@ -63,6 +67,24 @@ pub fn status(ctx: &Context) -> Result<StatusReport> {
             ref_: r.get(1)?,
             stage: "fetch".into(),
             reason: r.get(2)?,
+            destination: None,
+        })
+    })? {
+        failures.push(row?);
+    }
+    let mut stmt = conn.prepare(&format!(
+        "SELECT r.class, {REF_LABEL_SQL}, coalesce(p.reason, 'unknown'), d.url
+         FROM placements p JOIN refs r ON r.id = p.ref_id JOIN destinations d ON d.id = p.dest_id
+         WHERE p.state = 'failed' AND r.state = 'fetched' AND {ENV_FILTER}
+         ORDER BY d.url, r.class, r.row_table, r.row_id, r.slot"
+    ))?;
+    for row in stmt.query_map([&envs], |r| {
+        Ok(Failure {
+            class: r.get(0)?,
+            ref_: r.get(1)?,
+            stage: "push".into(),
+            reason: r.get(2)?,
+            destination: Some(r.get(3)?),
         })
     })? {
         failures.push(row?);
@@ -97,7 +119,8 @@ impl std::fmt::Display for StatusReport {
         } else {
             writeln!(f, "failures ({}):", self.failures.len())?;
             for x in &self.failures {
-                writeln!(f, "  {} {} [{}]: {}", x.class, x.ref_, x.stage, x.reason)?;
+                let at = x.destination.as_deref().map(|d| format!(" to {d}")).unwrap_or_default();
+                writeln!(f, "  {} {} [{}{at}]: {}", x.class, x.ref_, x.stage, x.reason)?;
             }
         }
         Ok(())
