@@ -125,13 +125,13 @@ impl Staging {
     /// Makes the blob durable under its hash. `expected` is the length the
     /// source announced; a body of another length is refused and removed.
     pub fn publish(mut self, expected: Option<u64>) -> Result<BlobInfo, PublishError> {
-        if let Some(n) = expected {
-            if n != self.size {
-                return Err(PublishError::Length {
-                    expected: n,
-                    got: self.size,
-                });
-            }
+        if let Some(n) = expected
+            && n != self.size
+        {
+            return Err(PublishError::Length {
+                expected: n,
+                got: self.size,
+            });
         }
         let io = |what: &str, path: &Path, e: std::io::Error| {
             PublishError::Io(Error::io(format!("{what} {}", path.display()), e))

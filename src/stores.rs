@@ -139,10 +139,10 @@ pub fn open(url: &str, role: Role) -> Result<Store> {
             shown,
         });
     }
-    if url.starts_with("memory://") {
+    if let Some(rest) = url.strip_prefix("memory://") {
         return Ok(Store {
             inner: Arc::new(object_store::memory::InMemory::new()),
-            prefix: url["memory://".len()..].trim_matches('/').to_string(),
+            prefix: rest.trim_matches('/').to_string(),
             kind: StoreKind::Memory,
             shown,
         });

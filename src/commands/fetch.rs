@@ -48,7 +48,8 @@ enum Outcome {
         refs: Vec<i64>,
         reason: String,
     },
-    /// A configuration error (the token is refused): stop.
+    /// A configuration error (the token or the bucket's credentials are
+    /// refused): stop, with this message.
     Fatal(String),
     /// Not tried because the run is stopping.
     Cancelled,
@@ -127,7 +128,12 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
                         if stop.load(Ordering::Relaxed) {
                             return Outcome::Cancelled;
                         }
-                        from_bucket(&store, &blobs, work.key, work.refs, max, &bytes).await
+                        let outcome =
+                            from_bucket(&store, &blobs, work.key, work.refs, max, &bytes).await;
+                        if matches!(outcome, Outcome::Fatal(_)) {
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                        outcome
                     }
                 },
                 |batch| commit(&mut catalog, batch, &mut fatal),
@@ -202,10 +208,8 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
             }
         }
     }
-    if let Some(reason) = fatal {
-        return Err(Error::Config(format!(
-            "the Telegram Bot API refused the token ({reason}): check TELEGRAM_BOT_TOKEN; what was fetched stays fetched"
-        )));
+    if let Some(message) = fatal {
+        return Err(Error::Config(message));
     }
     let (fetched, failed, pending) = catalog::fetch::state_counts(catalog.conn(), &envs)?;
     Ok(TransferReport {
@@ -260,6 +264,10 @@ async fn from_bucket(
         let result = match store.inner.get(&path).await {
             Ok(r) => r,
             Err(object_store::Error::NotFound { .. }) => return Outcome::Dangling { refs },
+            Err(
+                e @ (object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. }),
+            ) => return refused(store, key, refs, e),
             Err(e) => {
                 let reason = format!("bucket {key}: {e}");
                 if attempt >= ATTEMPTS {
@@ -380,7 +388,11 @@ async fn from_telegram(
                     reason: format!("Telegram: {reason}"),
                 };
             }
-            TgError::Unauthorized(reason) => return Outcome::Fatal(reason),
+            TgError::Unauthorized(reason) => {
+                return Outcome::Fatal(format!(
+                    "the Telegram Bot API refused the token ({reason}): check TELEGRAM_BOT_TOKEN; what was fetched stays fetched"
+                ));
+            }
             TgError::RetryAfter(wait) => {
                 flood_waits += 1;
                 if flood_waits > MAX_FLOOD_WAITS {
@@ -469,6 +481,37 @@ async fn publish(staging: Staging, expected: Option<u64>) -> Result<BlobInfo, Pu
                 "publish stopped: {e}"
             ))))
         })
+}
+
+/// S3 error codes that say the credentials themselves are refused.
+const CREDENTIAL_ERRORS: &[&str] = &[
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "TokenRefreshRequired",
+    "InvalidSecurity",
+];
+
+/// 401/403 from the bucket. Refused credentials stop the run (nothing else
+/// would work); any other refusal (a policy on one key; S3 also answers 403
+/// for a missing key when listing is not allowed) fails that key's refs.
+/// Neither is retried.
+fn refused(store: &Store, key: String, refs: Vec<i64>, e: object_store::Error) -> Outcome {
+    let text = e.to_string();
+    let credentials = matches!(e, object_store::Error::Unauthenticated { .. })
+        || CREDENTIAL_ERRORS.iter().any(|code| text.contains(code));
+    if credentials {
+        Outcome::Fatal(format!(
+            "the bucket {} refused the credentials ({text}): check STARCHIVE_STORAGE_ACCESS_KEY_ID and STARCHIVE_STORAGE_SECRET_ACCESS_KEY (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY); what was fetched stays fetched",
+            store.shown
+        ))
+    } else {
+        Outcome::Failed {
+            refs,
+            reason: format!("bucket {key}: {text}"),
+        }
+    }
 }
 
 fn too_big(size: u64, max: u64) -> String {

@@ -119,8 +119,16 @@ impl std::fmt::Display for StatusReport {
         } else {
             writeln!(f, "failures ({}):", self.failures.len())?;
             for x in &self.failures {
-                let at = x.destination.as_deref().map(|d| format!(" to {d}")).unwrap_or_default();
-                writeln!(f, "  {} {} [{}{at}]: {}", x.class, x.ref_, x.stage, x.reason)?;
+                let at = x
+                    .destination
+                    .as_deref()
+                    .map(|d| format!(" to {d}"))
+                    .unwrap_or_default();
+                writeln!(
+                    f,
+                    "  {} {} [{}{at}]: {}",
+                    x.class, x.ref_, x.stage, x.reason
+                )?;
             }
         }
         Ok(())

@@ -206,13 +206,13 @@ pub(crate) async fn check_object(
     if result.meta.size != size {
         return Check::Bad(format!("{} bytes, expected {size}", result.meta.size));
     }
-    if let Some(meta) = result.attributes.get(&Attribute::Metadata("sha256".into())) {
-        if meta.as_ref() != sha256 {
-            return Check::Bad(format!(
-                "sha256 metadata {}, expected {sha256}",
-                meta.as_ref()
-            ));
-        }
+    if let Some(meta) = result.attributes.get(&Attribute::Metadata("sha256".into()))
+        && meta.as_ref() != sha256
+    {
+        return Check::Bad(format!(
+            "sha256 metadata {}, expected {sha256}",
+            meta.as_ref()
+        ));
     }
     if deep {
         let mut hasher = Sha256::new();
