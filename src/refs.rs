@@ -266,47 +266,6 @@ ON CONFLICT (class, row_table, row_id, slot) DO UPDATE SET
                   THEN refs.reason ELSE NULL END
 "#;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn obj(v: Value) -> Map<String, Value> {
-        match v {
-            Value::Object(m) => m,
-            _ => unreachable!("test rows are objects"),
-        }
-    }
-
-    #[test]
-    fn a_row_without_id_is_malformed() {
-        assert!(check_row(Table::Stickers, &obj(json!({"user_id": 1}))).is_err());
-        assert!(check_row(Table::Stickers, &obj(json!({"id": ""}))).is_err());
-    }
-
-    #[test]
-    fn wrong_types_are_malformed_and_unknown_columns_are_free() {
-        let bad = obj(json!({"id": "a", "photos": "not an array"}));
-        assert!(check_row(Table::Sessions, &bad).is_err());
-        let bad = obj(json!({"id": "a", "pack_index": "x"}));
-        assert!(check_row(Table::Stickers, &bad).is_err());
-        let ok = obj(json!({"id": "a", "user_id": 7, "anything": {"x": [1]}}));
-        assert_eq!(check_row(Table::Stickers, &ok), Ok("a".to_string()));
-    }
-
-    #[test]
-    fn csv_fields_get_postgres_types() {
-        let v = csv_value(Table::Sessions, "user_id", Some("100".into()));
-        assert_eq!(v, Ok(json!(100)));
-        let v = csv_value(Table::Sessions, "photos", Some(r#"["a","b"]"#.into()));
-        assert_eq!(v, Ok(json!(["a", "b"])));
-        assert_eq!(csv_value(Table::Sessions, "env", None), Ok(Value::Null));
-        let v = csv_value(Table::Sessions, "env", Some(String::new()));
-        assert_eq!(v, Ok(json!("")));
-        assert!(csv_value(Table::Stickers, "pack_index", Some("one".into())).is_err());
-    }
-}
-
 /// Where the database records the storage key of a ref of `class`: (table, column).
 /// Photos have no such column.
 pub fn key_column(class: &str) -> Option<(Table, &'static str)> {
@@ -358,5 +317,46 @@ impl NewStickerRow {
             fid = quote(&self.telegram_file_id),
             key = quote(&self.result_storage_path),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => unreachable!("test rows are objects"),
+        }
+    }
+
+    #[test]
+    fn a_row_without_id_is_malformed() {
+        assert!(check_row(Table::Stickers, &obj(json!({"user_id": 1}))).is_err());
+        assert!(check_row(Table::Stickers, &obj(json!({"id": ""}))).is_err());
+    }
+
+    #[test]
+    fn wrong_types_are_malformed_and_unknown_columns_are_free() {
+        let bad = obj(json!({"id": "a", "photos": "not an array"}));
+        assert!(check_row(Table::Sessions, &bad).is_err());
+        let bad = obj(json!({"id": "a", "pack_index": "x"}));
+        assert!(check_row(Table::Stickers, &bad).is_err());
+        let ok = obj(json!({"id": "a", "user_id": 7, "anything": {"x": [1]}}));
+        assert_eq!(check_row(Table::Stickers, &ok), Ok("a".to_string()));
+    }
+
+    #[test]
+    fn csv_fields_get_postgres_types() {
+        let v = csv_value(Table::Sessions, "user_id", Some("100".into()));
+        assert_eq!(v, Ok(json!(100)));
+        let v = csv_value(Table::Sessions, "photos", Some(r#"["a","b"]"#.into()));
+        assert_eq!(v, Ok(json!(["a", "b"])));
+        assert_eq!(csv_value(Table::Sessions, "env", None), Ok(Value::Null));
+        let v = csv_value(Table::Sessions, "env", Some(String::new()));
+        assert_eq!(v, Ok(json!("")));
+        assert!(csv_value(Table::Stickers, "pack_index", Some("one".into())).is_err());
     }
 }

@@ -284,27 +284,6 @@ impl ServerCertVerifier for NoCertificateCheck {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn libpq_ssl_modes_are_understood() {
-        let (url, mode, verify, _) =
-            split_ssl_options("postgres://u:p@h:6543/postgres?sslmode=verify-full&x=1");
-        assert_eq!(url, "postgres://u:p@h:6543/postgres?x=1");
-        assert_eq!((mode, verify), (SslMode::Require, Verify::Full));
-        let (url, mode, verify, _) = split_ssl_options("postgres://h/db?sslmode=require");
-        assert_eq!(url, "postgres://h/db");
-        assert_eq!((mode, verify), (SslMode::Require, Verify::None));
-        let (url, mode, _, root) =
-            split_ssl_options("host=h sslmode=verify-ca sslrootcert=/ca.pem");
-        assert_eq!(url, "host=h");
-        assert_eq!(mode, SslMode::Require);
-        assert_eq!(root.as_deref(), Some("/ca.pem"));
-    }
-}
-
 /// `text` as an SQL string literal. An `E''` literal means the same whatever
 /// `standard_conforming_strings` says; values are sent as literals because
 /// the simple protocol (pooler-safe) has no parameters, and an untyped
@@ -332,4 +311,25 @@ pub async fn query_value(client: &Client, sql: &str) -> Result<Option<Option<Str
         SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_string)),
         _ => None,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libpq_ssl_modes_are_understood() {
+        let (url, mode, verify, _) =
+            split_ssl_options("postgres://u:p@h:6543/postgres?sslmode=verify-full&x=1");
+        assert_eq!(url, "postgres://u:p@h:6543/postgres?x=1");
+        assert_eq!((mode, verify), (SslMode::Require, Verify::Full));
+        let (url, mode, verify, _) = split_ssl_options("postgres://h/db?sslmode=require");
+        assert_eq!(url, "postgres://h/db");
+        assert_eq!((mode, verify), (SslMode::Require, Verify::None));
+        let (url, mode, _, root) =
+            split_ssl_options("host=h sslmode=verify-ca sslrootcert=/ca.pem");
+        assert_eq!(url, "host=h");
+        assert_eq!(mode, SslMode::Require);
+        assert_eq!(root.as_deref(), Some("/ca.pem"));
+    }
 }
