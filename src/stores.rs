@@ -56,6 +56,8 @@ pub struct Store {
     pub kind: StoreKind,
     /// The URL as it may be shown.
     pub shown: String,
+    /// The directory of a local store.
+    pub local_root: Option<std::path::PathBuf>,
 }
 
 impl Store {
@@ -137,6 +139,7 @@ pub fn open(url: &str, role: Role) -> Result<Store> {
             prefix,
             kind: StoreKind::S3,
             shown,
+            local_root: None,
         });
     }
     if let Some(rest) = url.strip_prefix("memory://") {
@@ -145,10 +148,15 @@ pub fn open(url: &str, role: Role) -> Result<Store> {
             prefix: rest.trim_matches('/').to_string(),
             kind: StoreKind::Memory,
             shown,
+            local_root: None,
         });
     }
     let dir = match url.strip_prefix("file://") {
-        Some(path) if path.starts_with('/') => std::path::PathBuf::from(path),
+        // Percent-escapes decoded (`file:///a%20b` is `/a b`), as a URL reads.
+        Some(path) if path.starts_with('/') => url::Url::parse(url)
+            .ok()
+            .and_then(|u| u.to_file_path().ok())
+            .ok_or_else(|| usage("not a usable file:// URL".into()))?,
         Some(_) => return Err(usage("a file:// URL takes an absolute path".into())),
         None if url.contains("://") => {
             return Err(usage(
@@ -170,6 +178,7 @@ pub fn open(url: &str, role: Role) -> Result<Store> {
         prefix: String::new(),
         kind: StoreKind::Local,
         shown,
+        local_root: Some(dir),
     })
 }
 

@@ -106,13 +106,17 @@ pub struct Change {
     pub value: String,
 }
 
-/// Journals changes before they are made, so that none can be made unrecorded.
+/// Journals changes before they are made, so that none can be made unrecorded:
+/// every change about to be tried stands as `planned` (or `written`), the
+/// states `--undo` looks at, until its outcome is recorded; a `kept` or
+/// `changed` entry from an earlier run is tried again, and a run killed
+/// after its write but before its outcome must not leave it hidden from undo.
 pub fn plan_changes(tx: &Transaction, changes: &[&Change]) -> Result<()> {
     let mut stmt = tx.prepare_cached(
         "INSERT INTO backfill_journal(action, table_name, row_id, column_name, value, state, planned_at)
          VALUES (?1, ?2, ?3, ?4, ?5, 'planned', ?6)
          ON CONFLICT(table_name, row_id, column_name, value) DO UPDATE SET
-            state = CASE WHEN state IN ('undone', 'failed') THEN 'planned' ELSE state END",
+            state = CASE WHEN state = 'written' THEN state ELSE 'planned' END",
     )?;
     let now = super::now_text();
     for c in changes {

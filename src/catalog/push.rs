@@ -85,13 +85,15 @@ pub fn unfetched_count(conn: &Connection, envs: &Option<String>) -> Result<u64> 
     )?)
 }
 
-/// The object recorded at `key`: (sha256, size) when it was pushed.
-pub fn pushed_object(conn: &Connection, dest: i64, key: &str) -> Result<Option<(String, u64)>> {
+/// The object recorded at `key`, whatever its state: (sha256, size, state).
+pub fn recorded_object(
+    conn: &Connection,
+    dest: i64,
+    key: &str,
+) -> Result<Option<(String, u64, String)>> {
     Ok(conn
-        .prepare_cached(
-            "SELECT sha256, size FROM objects WHERE dest_id = ?1 AND key = ?2 AND state = 'pushed'",
-        )?
-        .query_row(params![dest, key], |r| Ok((r.get(0)?, r.get(1)?)))
+        .prepare_cached("SELECT sha256, size, state FROM objects WHERE dest_id = ?1 AND key = ?2")?
+        .query_row(params![dest, key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?)
 }
 
@@ -161,6 +163,19 @@ pub fn set_manifest_sha256(conn: &Connection, dest: i64, sha: &str) -> Result<()
         params![dest, sha],
     )?;
     Ok(())
+}
+
+/// The manifest's counts: refs in scope, and those pushed to `dest`.
+pub fn manifest_counts(conn: &Connection, dest: i64, envs: &Option<String>) -> Result<(u64, u64)> {
+    Ok(conn.query_row(
+        &format!(
+            "SELECT count(*), coalesce(sum(p.state = 'pushed'), 0)
+             FROM refs r LEFT JOIN placements p ON p.ref_id = r.id AND p.dest_id = ?2
+             WHERE {ENV_FILTER}"
+        ),
+        params![envs, dest],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?)
 }
 
 /// One line of the manifest: a ref in scope and where it is at the destination.

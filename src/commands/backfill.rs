@@ -84,6 +84,7 @@ const WOULD_WRITE: &str = "would write";
 const WRITTEN: &str = "written";
 const ALREADY: &str = "already written";
 const LEFT_ALONE: &str = "set by someone else: left alone";
+const NAMED_ALREADY: &str = "a stickers row names this file already: nothing added";
 
 pub fn backfill(ctx: &Context, opts: &BackfillOptions) -> Result<BackfillReport> {
     let mut catalog = Catalog::open_existing(&ctx.archive)?;
@@ -115,9 +116,16 @@ pub fn backfill(ctx: &Context, opts: &BackfillOptions) -> Result<BackfillReport>
         tx.commit()?;
     }
     // Inserts go one at a time, after the keys they name are written.
-    let (inserts, updates): (Vec<Work>, Vec<Work>) =
+    let (mut inserts, updates): (Vec<Work>, Vec<Work>) =
         ready.into_iter().partition(|w| w.insert.is_some());
-    for (works, jobs) in [(updates, opts.jobs), (inserts, 1)] {
+    for (phase, mut works) in [updates, Vec::new()].into_iter().enumerate() {
+        let jobs = if phase == 0 {
+            opts.jobs
+        } else {
+            works = std::mem::take(&mut inserts);
+            hold_back_inserts(&mut works, &report.steps);
+            1
+        };
         ctx.progress.start(
             if opts.apply {
                 "backfilling"
@@ -385,6 +393,24 @@ fn undo_works(catalog: &Catalog) -> Result<Vec<Work>> {
 
 type Outcome = Result<(String, Option<&'static str>), String>;
 
+/// A `stickers` row names the key its session's step uploads (or reuses):
+/// when that step failed, the object may be missing, so the row is not
+/// added (it fails, and is journaled so, when carried out).
+fn hold_back_inserts(inserts: &mut [Work], done: &[Step]) {
+    let failed: HashSet<(&str, &str)> = done
+        .iter()
+        .filter(|s| s.failed && s.action != "insert")
+        .map(|s| (s.class.as_str(), s.ref_.as_str()))
+        .collect();
+    for w in inserts {
+        if failed.contains(&(w.step.class.as_str(), w.step.ref_.as_str())) {
+            w.step.failed = true;
+            w.step.outcome =
+                "the sticker's file could not be put at its key: no stickers row added".into();
+        }
+    }
+}
+
 /// Uploads (and checks) the file, then writes the key with its guard.
 async fn carry_out(
     client: &tokio_postgres::Client,
@@ -393,8 +419,11 @@ async fn carry_out(
     work: &Work,
     apply: bool,
 ) -> Outcome {
+    if work.step.failed {
+        return Err(work.step.outcome.clone());
+    }
     if !apply {
-        return dry_run(client, work).await;
+        return dry_run(client, store, work).await;
     }
     let mut uploaded = false;
     if let (Some(key), Some((sha, size, kind))) = (&work.step.key, &work.blob) {
@@ -418,10 +447,7 @@ async fn carry_out(
         );
         return Ok(match postgres::query_value(client, &ours).await? {
             Some(_) => (ALREADY.into(), Some("written")),
-            None => (
-                "a stickers row names this file already: nothing added".into(),
-                Some("kept"),
-            ),
+            None => (NAMED_ALREADY.into(), Some("kept")),
         });
     }
     let (t, col, id, value) = (
@@ -450,28 +476,43 @@ async fn carry_out(
     }
 }
 
-async fn dry_run(client: &tokio_postgres::Client, work: &Work) -> Outcome {
+/// What `carry_out` would answer, from reads only (the same words).
+async fn dry_run(client: &tokio_postgres::Client, store: &Store, work: &Work) -> Outcome {
     let Some(change) = &work.change else {
+        // An upload only: `--apply` skips an object that is there already.
+        if let (Some(key), Some((sha, size, _))) = (&work.step.key, &work.blob)
+            && matches!(
+                check_object(store, key, sha, *size, false).await,
+                Check::Good
+            )
+        {
+            return Ok(("already in the bucket".into(), None));
+        }
         return Ok(("would upload".into(), None));
     };
-    if work.insert.is_some() {
-        let exists = postgres::query_value(
+    if let Some(row) = &work.insert {
+        let ours = postgres::query_value(
             client,
             &format!(
-                "SELECT 1 FROM public.stickers WHERE telegram_file_id = {} LIMIT 1",
-                literal(&work.step_file_id())
+                "SELECT 1 FROM public.stickers WHERE id = {}",
+                literal(&row.id)
             ),
         )
         .await?;
-        return Ok((
-            if exists.is_some() {
-                "a stickers row names this file already"
-            } else {
-                "would insert"
-            }
-            .into(),
-            None,
-        ));
+        let named = postgres::query_value(
+            client,
+            &format!(
+                "SELECT 1 FROM public.stickers WHERE telegram_file_id = {} LIMIT 1",
+                literal(&row.telegram_file_id)
+            ),
+        )
+        .await?;
+        let text = match (ours, named) {
+            (Some(_), _) => ALREADY,
+            (None, Some(_)) => NAMED_ALREADY,
+            (None, None) => "would insert",
+        };
+        return Ok((text.into(), None));
     }
     let (t, col) = (&change.table, &change.column);
     let sql = format!(
@@ -487,15 +528,6 @@ async fn dry_run(client: &tokio_postgres::Client, work: &Work) -> Outcome {
         },
         None,
     ))
-}
-
-impl Work {
-    fn step_file_id(&self) -> String {
-        self.insert
-            .as_ref()
-            .map(|r| r.telegram_file_id.clone())
-            .unwrap_or_default()
-    }
 }
 
 /// Sets back to NULL (or removes the row we added) where our value still stands.

@@ -125,13 +125,18 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
     let pending = q::unfetched_count(catalog.conn(), &envs)?;
 
     // Placements first: what is known pushed stays so, the rest is pending.
+    // `todo` says, for each object left, whether an object of the right size
+    // found at its key may be taken for it: not when the catalog knows that
+    // key to hold other bytes (a ref whose file changed, same size or not).
     let mut todo = Vec::new();
     let mut skipped = 0u64;
     {
         let tx = catalog.conn_mut().transaction()?;
         for object in &plan.objects {
-            let done = q::pushed_object(&tx, dest, &object.key)?
-                .is_some_and(|(sha, size)| sha == object.sha256 && size == object.size);
+            let recorded = q::recorded_object(&tx, dest, &object.key)?;
+            let done = recorded.as_ref().is_some_and(|(sha, size, state)| {
+                state == "pushed" && *sha == object.sha256 && *size == object.size
+            });
             let state = if done { "pushed" } else { "pending" };
             for id in &object.refs {
                 q::set_placement(&tx, dest, *id, Some(&object.key), state, None)?;
@@ -139,7 +144,8 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
             if done {
                 skipped += object.refs.len() as u64;
             } else {
-                todo.push(object);
+                let other_bytes = recorded.is_some_and(|(sha, _, _)| sha != object.sha256);
+                todo.push((object, !other_bytes));
             }
         }
         for (id, key, reason) in &plan.refused {
@@ -160,10 +166,11 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
 
     if !todo.is_empty() {
         let present = ctx.runtime.block_on(list_sizes(&store))?;
+        remove_stale_staging(&store, todo.iter().map(|(o, _)| o.key.as_str()));
         let mut uploads: BTreeMap<&str, Upload> = BTreeMap::new();
         let tx = catalog.conn_mut().transaction()?;
-        for object in todo {
-            if present.get(&object.key) == Some(&object.size) {
+        for (object, may_be_present) in todo {
+            if may_be_present && present.get(&object.key) == Some(&object.size) {
                 q::set_object(&tx, dest, &object.key, &object.sha256, object.size, Ok(()))?;
                 skipped += object.refs.len() as u64;
                 continue;
@@ -258,6 +265,44 @@ async fn list_sizes(store: &Store) -> Result<HashMap<String, u64>> {
     Ok(sizes)
 }
 
+/// Removes what killed pushes left beside `keys` in a local destination.
+///
+/// `object_store` writes a local file as `<key>#<n>` and renames it into
+/// place; a push killed in between leaves that file behind, hidden from
+/// listings and never reused. Only such files beside keys this push is about
+/// to write are removed (one directory read per directory).
+fn remove_stale_staging<'a>(store: &Store, keys: impl IntoIterator<Item = &'a str>) {
+    let Some(root) = &store.local_root else {
+        return;
+    };
+    let mut by_dir: BTreeMap<std::path::PathBuf, std::collections::HashSet<String>> =
+        BTreeMap::new();
+    for key in keys {
+        let path = root.join(key);
+        if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
+            by_dir
+                .entry(dir.to_path_buf())
+                .or_default()
+                .insert(name.to_string_lossy().into_owned());
+        }
+    }
+    for (dir, names) in by_dir {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let stale = name.rsplit_once('#').is_some_and(|(base, n)| {
+                !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && names.contains(base)
+            });
+            if stale && entry.file_type().is_ok_and(|t| t.is_file()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
 /// Uploads a blob at its first key and copies it on the server to the others.
 async fn upload_blob(
     store: &Store,
@@ -348,26 +393,39 @@ pub(crate) async fn put_file(
             .await
             .map_err(|e| e.to_string())?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, MULTIPART_THRESHOLD as usize);
-        let mut reader = tokio::fs::File::open(file)
-            .await
-            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
+        // Every way out but success aborts the upload, so that the store
+        // keeps no orphaned parts.
+        let written: Result<(), String> = async {
             use tokio::io::AsyncReadExt;
-            let n = match reader.read(&mut buf).await {
-                Ok(n) => n,
-                Err(e) => {
-                    let _ = writer.abort().await;
-                    return Err(format!("cannot read {}: {e}", file.display()));
+            let mut reader = tokio::fs::File::open(file)
+                .await
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut total = 0u64;
+            loop {
+                let n = reader
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+                if n == 0 {
+                    break;
                 }
-            };
-            if n == 0 {
-                break;
+                total += n as u64;
+                writer.wait_for_capacity(4).await.map_err(|e| e.to_string())?;
+                writer.write(&buf[..n]);
             }
-            if let Err(e) = writer.wait_for_capacity(4).await {
-                return Err(e.to_string());
+            if total != size {
+                return Err(format!(
+                    "{} has {total} bytes, not {size}: run `starchive verify`",
+                    file.display()
+                ));
             }
-            writer.write(&buf[..n]);
+            writer.wait_for_capacity(0).await.map_err(|e| e.to_string())
+        }
+        .await;
+        if let Err(e) = written {
+            let _ = writer.abort().await;
+            return Err(e);
         }
         writer.finish().await.map_err(|e| e.to_string())?;
     }
@@ -394,6 +452,10 @@ pub(crate) fn object_attributes(store: &Store, sha256: &str, kind: &str) -> Attr
 
 /// Writes `_starchive/manifest.jsonl.zst` and `_starchive/catalog.sqlite` when
 /// something changed since the last push to this destination.
+///
+/// The manifest streams from the catalog through zstd into a file of the
+/// archive, hashed on the way, so that memory stays flat however many refs
+/// there are. Both objects carry their sha256 where the store keeps metadata.
 fn write_self_description(
     ctx: &Context,
     catalog: &Catalog,
@@ -402,22 +464,12 @@ fn write_self_description(
     layout: Layout,
     uploaded_any: bool,
 ) -> Result<()> {
+    use std::io::Write;
+
     let conn = catalog.conn();
     let envs = ctx.env_param();
     let (snapshot_id, taken_at) = q::latest_snapshot(conn)?.unwrap_or((0, String::new()));
-    let mut lines: Vec<u8> = Vec::new();
-    let mut refs = 0u64;
-    let mut placed = 0u64;
-    q::for_each_manifest_ref(conn, dest, &envs, |line| {
-        refs += 1;
-        if line["state"] == "pushed" {
-            placed += 1;
-        }
-        serde_json::to_writer(&mut lines, &line)
-            .map_err(|e| Error::Config(format!("manifest: {e}")))?;
-        lines.push(b'\n');
-        Ok(())
-    })?;
+    let (refs, placed) = q::manifest_counts(conn, dest, &envs)?;
     let header = serde_json::json!({
         "format": MANIFEST_FORMAT,
         "tool": concat!("starchive ", env!("CARGO_PKG_VERSION")),
@@ -427,42 +479,117 @@ fn write_self_description(
         "envs": ctx.envs,
         "counts": {"refs": refs, "pushed": placed},
     });
-    let mut text =
-        serde_json::to_vec(&header).map_err(|e| Error::Config(format!("manifest: {e}")))?;
-    text.push(b'\n');
-    text.extend_from_slice(&lines);
-    drop(lines);
-    let digest = hex(&Sha256::digest(&text));
-    if !uploaded_any && q::manifest_sha256(conn, dest)?.as_deref() == Some(digest.as_str()) {
-        return Ok(());
-    }
-    let compressed = zstd::encode_all(text.as_slice(), 3)
-        .map_err(|e| Error::io("cannot compress the manifest", e))?;
-    drop(text);
-
+    let manifest = ctx.archive.join(".manifest-copy.jsonl.zst");
     let copy = ctx.archive.join(".catalog-copy.sqlite");
+    let written = (|| -> Result<Option<(String, String)>> {
+        let cannot = |e: std::io::Error| Error::io("cannot write the manifest", e);
+        let file = std::fs::File::create(&manifest).map_err(cannot)?;
+        let mut encoder = zstd::Encoder::new(
+            HashingWriter::new(std::io::BufWriter::new(file)),
+            3,
+        )
+        .map_err(cannot)?;
+        let mut text_hash = Sha256::new();
+        let mut line = serde_json::to_vec(&header)
+            .map_err(|e| Error::Config(format!("manifest: {e}")))?;
+        line.push(b'\n');
+        text_hash.update(&line);
+        encoder.write_all(&line).map_err(cannot)?;
+        q::for_each_manifest_ref(conn, dest, &envs, |value| {
+            line.clear();
+            serde_json::to_writer(&mut line, &value)
+                .map_err(|e| Error::Config(format!("manifest: {e}")))?;
+            line.push(b'\n');
+            text_hash.update(&line);
+            encoder.write_all(&line).map_err(cannot)
+        })?;
+        let digest = hex(&text_hash.finalize());
+        if !uploaded_any && q::manifest_sha256(conn, dest)?.as_deref() == Some(digest.as_str()) {
+            return Ok(None);
+        }
+        let HashingWriter { mut inner, hasher } = encoder.finish().map_err(cannot)?;
+        inner.flush().map_err(cannot)?;
+        let file_sha = hex(&hasher.finalize());
+        Ok(Some((digest, file_sha)))
+    })();
+    let (digest, manifest_sha) = match written {
+        Ok(Some(done)) => done,
+        Ok(None) => {
+            let _ = std::fs::remove_file(&manifest);
+            return Ok(());
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&manifest);
+            return Err(e);
+        }
+    };
+
     let _ = std::fs::remove_file(&copy);
     conn.execute("VACUUM INTO ?1", [copy.to_string_lossy()])?;
+    remove_stale_staging(store, [CATALOG_COPY_KEY, MANIFEST_KEY]);
     let result = ctx.runtime.block_on(async {
-        let size = std::fs::metadata(&copy)
-            .map_err(|e| Error::io(format!("cannot read {}", copy.display()), e))?
-            .len();
-        let path = store.path(CATALOG_COPY_KEY).map_err(Error::Config)?;
-        put_file(store, &path, &copy, size, Attributes::new())
-            .await
-            .map_err(|e| cannot_write(store, CATALOG_COPY_KEY, e))?;
-        let path = store.path(MANIFEST_KEY).map_err(Error::Config)?;
-        store
-            .inner
-            .put(&path, PutPayload::from(compressed))
-            .await
-            .map_err(|e| cannot_write(store, MANIFEST_KEY, e.to_string()))?;
+        for (key, file, sha) in [
+            (CATALOG_COPY_KEY, &copy, None),
+            (MANIFEST_KEY, &manifest, Some(manifest_sha.as_str())),
+        ] {
+            let (size, sha) = match sha {
+                Some(sha) => (file_size(file)?, sha.to_string()),
+                None => hash_file(file)?,
+            };
+            let path = store.path(key).map_err(Error::Config)?;
+            put_file(store, &path, file, size, object_attributes(store, &sha, "bin"))
+                .await
+                .map_err(|e| cannot_write(store, key, e))?;
+        }
         Ok::<_, Error>(())
     });
     let _ = std::fs::remove_file(&copy);
+    let _ = std::fs::remove_file(&manifest);
     result?;
     q::set_manifest_sha256(conn, dest, &digest)?;
     Ok(())
+}
+
+fn file_size(file: &std::path::Path) -> Result<u64> {
+    Ok(std::fs::metadata(file)
+        .map_err(|e| Error::io(format!("cannot read {}", file.display()), e))?
+        .len())
+}
+
+/// (size, sha256) of a local file.
+fn hash_file(file: &std::path::Path) -> Result<(u64, String)> {
+    let cannot = |e| Error::io(format!("cannot read {}", file.display()), e);
+    let mut reader = std::fs::File::open(file).map_err(cannot)?;
+    let mut hasher = Sha256::new();
+    let size = std::io::copy(&mut reader, &mut hasher).map_err(cannot)?;
+    Ok((size, hex(&hasher.finalize())))
+}
+
+/// A writer that hashes what goes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W> HashingWriter<W> {
+    fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+        }
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn cannot_write(store: &Store, key: &str, reason: String) -> Error {

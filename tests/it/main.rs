@@ -3,4 +3,9 @@
 
 mod support;
 
+mod backfill;
 mod cli;
+mod fetch;
+mod push;
+mod snapshot;
+mod bench_push;

@@ -302,3 +302,29 @@ fn free_port() -> u16 {
         .expect("probe a free port")
         .port()
 }
+
+impl TestPg {
+    /// Loads CSV text (first line: the header naming the columns, in any
+    /// order) into `table` of `db` with `COPY … FROM STDIN (FORMAT csv,
+    /// HEADER true)`: an empty unquoted field is NULL, `""` the empty string.
+    pub fn copy_csv(&self, db: &str, table: &str, csv_text: &str) {
+        let header = csv_text.lines().next().unwrap_or_default();
+        let columns = header.trim_start_matches('\u{feff}').trim_end_matches('\r');
+        let mut sql = format!(
+            "SET client_encoding TO 'UTF8';\nCOPY {table} ({columns}) FROM STDIN WITH (FORMAT csv, HEADER true);\n"
+        );
+        sql.push_str(csv_text);
+        // The end-of-data marker must use the data's own line ends.
+        let eol = if csv_text.contains("\r\n") {
+            "\r\n"
+        } else {
+            "\n"
+        };
+        if !csv_text.ends_with('\n') {
+            sql.push_str(eol);
+        }
+        sql.push_str("\\.");
+        sql.push_str(eol);
+        self.psql(db, &sql);
+    }
+}

@@ -62,6 +62,8 @@ struct State {
     counts: HashMap<&'static str, AtomicU64>,
     log: Mutex<Vec<(String, String)>>,
     faults: Mutex<Vec<Fault>>,
+    /// Milliseconds every request waits before it is served.
+    latency_ms: AtomicU64,
 }
 
 struct Fault {
@@ -288,6 +290,14 @@ impl TestS3 {
         self.state.log.lock().expect("log lock").clone()
     }
 
+    /// Every request from now on waits `delay` before it is served (a slow
+    /// or distant store); `Duration::ZERO` turns it off.
+    pub fn set_latency(&self, delay: std::time::Duration) {
+        self.state
+            .latency_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
     /// Zeroes the counters and clears the request log.
     pub fn reset_counts(&self) {
         for n in self.state.counts.values() {
@@ -363,6 +373,11 @@ async fn handle(
         path_and_query,
     ));
 
+    let latency = state.latency_ms.load(Ordering::SeqCst);
+    if latency > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
+    }
+
     if let Some(status) = take_fault(&state, category, is_copy) {
         return Ok(s3_error_response(status));
     }
@@ -380,9 +395,13 @@ async fn handle(
         }
     }
 
-    let resp = service
-        .call(req.map(s3s::Body::from))
+    // Served on a task of its own: a request whose client goes away (killed
+    // mid-upload) is still carried out whole or not at all, as S3 does, and
+    // never stopped between s3s-fs writing an object and its metadata.
+    let call = tokio::spawn(async move { service.call(req.map(s3s::Body::from)).await });
+    let resp = call
         .await
+        .map_err(BoxError::from)?
         .map_err(BoxError::from)?;
     Ok(resp.map(|b| b.boxed_unsync()))
 }

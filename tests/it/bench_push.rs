@@ -1,0 +1,347 @@
+//! Benchmark of `push`, as an ignored test (it takes minutes and needs
+//! `rclone` and `/usr/bin/time`). Run it on an optimised build, with the
+//! output shown:
+//!
+//! ```text
+//! cargo test --release --test it -- --ignored --nocapture --test-threads 1 bench_push
+//! ```
+//! (`bench/push.sh` does just that.) The loopback S3 server is the test
+//! support server, in this process; `starchive` is the binary cargo built
+//! beside the tests (release with `--release`). Three measures:
+//!
+//! 1. upload of 5,000 small files (2-60 KiB) to the loopback S3 server:
+//!    `starchive push` against `rclone copy` of the same files, same
+//!    concurrency, same server, alternating which goes first, medians of 3
+//!    (target: starchive at least 1.5x rclone);
+//! 2. a no-op second push over 10,000 refs (target: under 1 s);
+//! 3. peak RSS of `push` at 1,000 and 100,000 refs (target: flat, under
+//!    150 MB).
+//!
+//! CPU: the S3 server runs in this process, so this process's CPU time over
+//! a run is the server's (the harness itself idles meanwhile); the client's
+//! is that of the child, read from `/proc/self/stat` once it was waited for.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use crate::push::{Db, exec, push_cmd, starchive, sticker_bytes};
+use crate::support::s3::{ACCESS_KEY, REGION, SECRET_KEY, TestS3};
+use crate::support::temp_dir;
+
+const FILES: usize = 5_000;
+const MIN_SIZE: usize = 2 * 1024;
+const MAX_SIZE: usize = 60 * 1024;
+const JOBS: usize = 16;
+const ROUNDS: usize = 3;
+const NOOP_REFS: usize = 10_000;
+const RSS_SIZES: [usize; 2] = [1_000, 100_000];
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// CPU seconds of this process and of its waited-for children so far
+/// (`/proc/self/stat`: utime, stime, cutime, cstime, in 1/100 s).
+fn cpu_seconds() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // Fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // rest[0] is field 3 (state): utime is field 14, i.e. rest[11].
+    ((f[11] + f[12]) / 100.0, (f[13] + f[14]) / 100.0)
+}
+
+/// One measured run: wall seconds, server CPU seconds, client CPU seconds.
+struct Measure {
+    secs: f64,
+    server_cpu: f64,
+    client_cpu: f64,
+}
+
+fn measured(cmd: &mut Command, what: &str) -> Measure {
+    let (self0, child0) = cpu_seconds();
+    let started = Instant::now();
+    let out = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run");
+    let secs = started.elapsed().as_secs_f64();
+    let (self1, child1) = cpu_seconds();
+    assert!(
+        out.status.success(),
+        "{what} failed: {:?}\n{}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Measure {
+        secs,
+        server_cpu: self1 - self0,
+        client_cpu: child1 - child0,
+    }
+}
+
+/// `cmd` run under `/usr/bin/time -v`: (wall seconds, peak RSS in KiB).
+fn with_peak_rss(cmd: &Command, report: &Path) -> (f64, u64) {
+    let mut timed = Command::new("/usr/bin/time");
+    timed
+        .arg("-v")
+        .arg("-o")
+        .arg(report)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(v) => timed.env(key, v),
+            None => timed.env_remove(key),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        timed.current_dir(dir);
+    }
+    let m = measured(&mut timed, "push under /usr/bin/time");
+    let text = std::fs::read_to_string(report).expect("time -v report");
+    let kb = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes): "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("peak RSS in the time -v report");
+    (m.secs, kb)
+}
+
+/// `rclone copy SRC x:BUCKET`, configured from the environment only (an
+/// empty config file, nothing of the caller's `RCLONE_*`/`AWS_*`), as
+/// DESIGN.md shows.
+fn rclone(s3: &TestS3, src: &Path, bucket: &str, jobs: usize, work: &Path) -> Command {
+    let mut cmd = Command::new("rclone");
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("RCLONE_") || k.starts_with("AWS_") {
+            cmd.env_remove(&key);
+        }
+    }
+    let empty_config = work.join("rclone.conf");
+    std::fs::write(&empty_config, "").expect("write empty rclone config");
+    cmd.env("RCLONE_CONFIG", &empty_config)
+        .env("RCLONE_CONFIG_X_TYPE", "s3")
+        .env("RCLONE_CONFIG_X_PROVIDER", "Other")
+        .env("RCLONE_CONFIG_X_ENV_AUTH", "false")
+        .env("RCLONE_CONFIG_X_ENDPOINT", s3.endpoint())
+        .env("RCLONE_CONFIG_X_REGION", REGION)
+        .env("RCLONE_CONFIG_X_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("RCLONE_CONFIG_X_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("RCLONE_CONFIG_X_FORCE_PATH_STYLE", "true")
+        .arg("copy")
+        .arg(src)
+        .arg(format!("x:{bucket}"))
+        .args(["--transfers", &jobs.to_string()])
+        .args(["--checkers", &jobs.to_string()])
+        .arg("--quiet");
+    cmd
+}
+
+fn tool_available(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `n` stickers with distinct bytes of `min..=max` bytes, as files of a
+/// local bucket directory named by their storage keys, snapshotted and
+/// fetched into an archive. Returns (archive, bucket dir, total bytes).
+fn dataset(dir: &Path, n: usize, min: usize, max: usize) -> (PathBuf, PathBuf, u64) {
+    let bucket = dir.join("bucket");
+    let mut db = Db::default();
+    let mut total = 0u64;
+    let mut x: u64 = 0x5EED_F00D ^ n as u64;
+    for i in 0..n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let user = 100_000 + i / 20;
+        let session = format!("00000000-0000-4000-8000-{:012}", i / 20);
+        if i % 20 == 0 {
+            db.session(&session, &user.to_string(), "prod", None, None);
+        }
+        let size = min + (x % (max - min + 1) as u64) as usize;
+        let key = format!("stickers/{user}/{session}/{i}.webp");
+        let path = bucket.join(&key);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, sticker_bytes(x, size)).expect("write bucket file");
+        db.sticker(
+            &format!("00000000-0000-4000-9000-{i:012}"),
+            &user.to_string(),
+            &session,
+            None,
+            Some(&key),
+        );
+        total += size as u64;
+    }
+    db.write(&dir.join("db"));
+    let archive = dir.join("archive");
+    exec(starchive(&archive).args(["snapshot", "--db"]).arg(dir.join("db"))).code(0);
+    let started = Instant::now();
+    let doc = exec(
+        starchive(&archive)
+            .args(["--json", "fetch", "--jobs", "16", "--storage"])
+            .arg(&bucket),
+    )
+    .code(0)
+    .json();
+    assert_eq!(doc["done"], n as u64, "{doc}");
+    println!(
+        "  (dataset of {n} refs, {:.1} MB, fetched in {:.1} s)",
+        total as f64 / 1e6,
+        started.elapsed().as_secs_f64()
+    );
+    (archive, bucket, total)
+}
+
+#[test]
+#[ignore = "benchmark: cargo test --release --test it -- --ignored --nocapture bench_push"]
+fn bench_push_vs_rclone() {
+    assert!(
+        tool_available("rclone", "version"),
+        "rclone is needed: apt-get install -y rclone"
+    );
+    assert!(
+        tool_available("/usr/bin/time", "true"),
+        "/usr/bin/time is needed: apt-get install -y time"
+    );
+    println!(
+        "bench_push_vs_rclone: binary {}",
+        env!("CARGO_BIN_EXE_starchive")
+    );
+
+    // 1. Uploads, side by side.
+    let work = temp_dir();
+    let s3 = TestS3::start();
+    let (archive, bucket_dir, total) = dataset(work.path(), FILES, MIN_SIZE, MAX_SIZE);
+    let mb = total as f64 / 1e6;
+    println!(
+        "1. upload of {FILES} files, {mb:.1} MB ({}-{} KiB) to the loopback S3 (s3s-fs, SigV4), {JOBS} in flight, {ROUNDS} rounds",
+        MIN_SIZE / 1024,
+        MAX_SIZE / 1024
+    );
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let (push_bucket, rclone_bucket) = (format!("push-{round}"), format!("rclone-{round}"));
+        s3.create_bucket(&push_bucket);
+        s3.create_bucket(&rclone_bucket);
+        let run_ours = || {
+            let mut cmd = push_cmd(&archive, &s3.store_url(&push_bucket, ""), Some(&s3));
+            cmd.args(["--jobs", &JOBS.to_string()]);
+            measured(&mut cmd, "starchive push")
+        };
+        let run_theirs = || {
+            let mut cmd = rclone(&s3, &bucket_dir, &rclone_bucket, JOBS, work.path());
+            measured(&mut cmd, "rclone copy")
+        };
+        let (a, b) = if round % 2 == 0 {
+            let a = run_ours();
+            (a, run_theirs())
+        } else {
+            let b = run_theirs();
+            (run_ours(), b)
+        };
+        // Both sent everything (starchive also writes its manifest and catalog copy).
+        assert_eq!(s3.object_keys(&push_bucket).len(), FILES + 2);
+        assert_eq!(s3.object_keys(&rclone_bucket).len(), FILES);
+        println!(
+            "   round {round} ({} first): starchive {:.2} s (client CPU {:.1} s, server CPU {:.1} s), rclone {:.2} s (client CPU {:.1} s, server CPU {:.1} s)",
+            if round % 2 == 0 { "starchive" } else { "rclone" },
+            a.secs,
+            a.client_cpu,
+            a.server_cpu,
+            b.secs,
+            b.client_cpu,
+            b.server_cpu
+        );
+        let _ = std::fs::remove_dir_all(s3.bucket_dir(&push_bucket));
+        let _ = std::fs::remove_dir_all(s3.bucket_dir(&rclone_bucket));
+        ours.push(a);
+        theirs.push(b);
+    }
+    let row = |name: &str, runs: &[Measure]| {
+        let secs = median(runs.iter().map(|m| m.secs).collect());
+        let client = median(runs.iter().map(|m| m.client_cpu).collect());
+        let server = median(runs.iter().map(|m| m.server_cpu).collect());
+        println!(
+            "   {name:<16} {:>8.0} {:>8.1} {:>9.2} {:>11.1} {:>11.1}",
+            FILES as f64 / secs,
+            mb / secs,
+            secs,
+            client,
+            server
+        );
+        secs
+    };
+    println!(
+        "   {:<16} {:>8} {:>8} {:>9} {:>11} {:>11}",
+        "tool", "files/s", "MB/s", "median s", "client CPU", "server CPU"
+    );
+    let a = row("starchive push", &ours);
+    let b = row("rclone copy", &theirs);
+    println!("   ratio starchive/rclone: {:.2}x (target >= 1.5x)", b / a);
+    drop(s3);
+    drop(work);
+
+    // 2. A no-op second push.
+    let work = temp_dir();
+    let s3 = TestS3::start();
+    s3.create_bucket("noop");
+    let (archive, _, _) = dataset(work.path(), NOOP_REFS, 200, 2_000);
+    let url = s3.store_url("noop", "");
+    let mut first = push_cmd(&archive, &url, Some(&s3));
+    let first = measured(first.args(["--jobs", &JOBS.to_string()]), "first push");
+    let mut again = Vec::new();
+    for _ in 0..ROUNDS {
+        s3.reset_counts();
+        let m = measured(&mut push_cmd(&archive, &url, Some(&s3)), "second push");
+        assert_eq!(s3.requests("TOTAL"), 0, "a no-op push sends nothing");
+        again.push(m.secs);
+    }
+    println!(
+        "2. push over {NOOP_REFS} refs: first {:.2} s; second (no-op, 0 requests) median {:.3} s, max {:.3} s (target < 1 s)",
+        first.secs,
+        median(again.clone()),
+        again.iter().copied().fold(0.0, f64::max)
+    );
+    drop(s3);
+    drop(work);
+
+    // 3. Peak RSS by size.
+    println!("3. peak RSS of push (/usr/bin/time -v), small files (100-400 bytes)");
+    println!(
+        "   {:>8} {:>18} {:>10} {:>10}",
+        "refs", "destination", "seconds", "peak MB"
+    );
+    for n in RSS_SIZES {
+        let work = temp_dir();
+        let (archive, _, _) = dataset(work.path(), n, 100, 400);
+        let s3 = TestS3::start();
+        s3.create_bucket("rss");
+        let dir_dest = work.path().join("dest");
+        for (label, url, creds) in [
+            ("local dir", dir_dest.to_string_lossy().into_owned(), None),
+            ("loopback S3", s3.store_url("rss", ""), Some(&s3)),
+        ] {
+            let mut cmd = push_cmd(&archive, &url, creds);
+            cmd.args(["--jobs", &JOBS.to_string()]);
+            let (secs, kb) = with_peak_rss(&cmd, &work.path().join("time.txt"));
+            println!(
+                "   {n:>8} {label:>18} {secs:>10.1} {:>10.1}",
+                kb as f64 / 1024.0
+            );
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! Benchmarks of `fetch`, as ignored tests (they take a minute and need
+//! `rclone`). Run them on an optimised build, with the output shown:
+//!
+//! ```text
+//! cargo test --release --test it -- --ignored --nocapture --test-threads 1 bench_fetch
+//! ```
+//! (`bench/fetch.sh` does just that.) Everything runs in this process: the
+//! loopback S3 server and the fake Bot API are the test support servers,
+//! `starchive` is the binary cargo built beside the tests (release with
+//! `--release`).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{Db, fetch_cmd, refs, snapshot, sticker_bytes};
+use crate::support::s3::{ACCESS_KEY, REGION, SECRET_KEY, TestS3};
+use crate::support::telegram::FakeTelegram;
+use crate::support::temp_dir;
+
+/// Files in the bucket, their sizes (bytes), the transfers in flight.
+const FILES: usize = 5_000;
+const MIN_SIZE: usize = 2 * 1024;
+const MAX_SIZE: usize = 60 * 1024;
+const JOBS: usize = 16;
+const ROUNDS: usize = 3;
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Seconds the child took, which must exit 0.
+fn timed(cmd: &mut Command, what: &str) -> f64 {
+    let started = Instant::now();
+    let out = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run");
+    let secs = started.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "{what} failed: {:?}\n{}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    secs
+}
+
+/// `rclone copy` of the whole bucket into `dest`, configured from the
+/// environment only (no config file), as DESIGN.md shows.
+fn rclone(s3: &TestS3, bucket: &str, dest: &Path, jobs: usize) -> Command {
+    let mut cmd = Command::new("rclone");
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("RCLONE_") || key.to_string_lossy().starts_with("AWS_")
+        {
+            cmd.env_remove(key);
+        }
+    }
+    let empty_config = dest.with_extension("rclone.conf");
+    std::fs::write(&empty_config, "").expect("write empty rclone config");
+    cmd.env("RCLONE_CONFIG", &empty_config)
+        .env("RCLONE_CONFIG_X_TYPE", "s3")
+        .env("RCLONE_CONFIG_X_PROVIDER", "Other")
+        .env("RCLONE_CONFIG_X_ENV_AUTH", "false")
+        .env("RCLONE_CONFIG_X_ENDPOINT", s3.endpoint())
+        .env("RCLONE_CONFIG_X_REGION", REGION)
+        .env("RCLONE_CONFIG_X_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("RCLONE_CONFIG_X_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("RCLONE_CONFIG_X_FORCE_PATH_STYLE", "true")
+        .arg("copy")
+        .arg(format!("x:{bucket}"))
+        .arg(dest)
+        .args(["--transfers", &jobs.to_string()])
+        .args(["--checkers", &jobs.to_string()])
+        .arg("--quiet");
+    cmd
+}
+
+fn rclone_available() -> bool {
+    Command::new("rclone")
+        .arg("version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Bytes of every file under `dir`, and how many files.
+fn tree_size(dir: &Path) -> (u64, usize) {
+    let mut stack = vec![dir.to_path_buf()];
+    let (mut bytes, mut files) = (0, 0);
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let ft = entry.file_type().expect("file type");
+            if ft.is_dir() {
+                stack.push(entry.path());
+            } else if ft.is_file() {
+                bytes += entry.metadata().expect("metadata").len();
+                files += 1;
+            }
+        }
+    }
+    (bytes, files)
+}
+
+#[test]
+#[ignore = "benchmark: cargo test --release --test it -- --ignored --nocapture bench_fetch"]
+fn bench_fetch_vs_rclone() {
+    assert!(
+        rclone_available(),
+        "rclone is needed: apt-get install -y rclone"
+    );
+    let work = temp_dir();
+    let s3 = TestS3::start();
+    s3.create_bucket("bench");
+    let mut db = Db::new();
+    let mut total: u64 = 0;
+    let mut x: u64 = 0x5EED_F00D;
+    for i in 0..FILES {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let size = MIN_SIZE + (x % (MAX_SIZE - MIN_SIZE + 1) as u64) as usize;
+        let key = format!("stickers/{}/{:08x}/{i}.webp", 100_000 + i % 97, x as u32);
+        s3.put_file("bench", &key, sticker_bytes(x, size));
+        db.sticker(if i % 4 == 0 { "test" } else { "prod" }, None, Some(key.as_str()));
+        total += size as u64;
+    }
+    db.write(&work.path().join("db"));
+    let mb = total as f64 / 1e6;
+    println!(
+        "bench_fetch_vs_rclone: {FILES} files, {mb:.1} MB ({} to {} KiB), --jobs/--transfers {JOBS}, {ROUNDS} rounds, loopback S3 (s3s-fs), binary {}",
+        MIN_SIZE / 1024,
+        MAX_SIZE / 1024,
+        env!("CARGO_BIN_EXE_starchive")
+    );
+
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for round in 0..ROUNDS {
+        let archive = work.path().join(format!("archive-{round}"));
+        snapshot(&archive, &work.path().join("db"));
+        let dest = work.path().join(format!("rclone-{round}"));
+        std::fs::create_dir_all(&dest).expect("create rclone dest");
+        let run_ours = || {
+            let mut cmd = fetch_cmd(&archive, Some((&s3, "bench")), None);
+            cmd.args(["--jobs", &JOBS.to_string()]);
+            timed(&mut cmd, "starchive fetch")
+        };
+        let run_theirs = || timed(&mut rclone(&s3, "bench", &dest, JOBS), "rclone copy");
+        let (a, b) = if round % 2 == 0 {
+            let a = run_ours();
+            (a, run_theirs())
+        } else {
+            let b = run_theirs();
+            (run_ours(), b)
+        };
+        // Both got everything.
+        let fetched = refs(&archive)
+            .iter()
+            .filter(|r| r.state == "fetched")
+            .count();
+        assert_eq!(fetched, FILES);
+        let (bytes, files) = tree_size(&dest);
+        assert_eq!((bytes, files), (total, FILES), "rclone copied everything");
+        println!(
+            "  round {round} ({} first): starchive {a:.2} s, rclone {b:.2} s",
+            if round % 2 == 0 { "starchive" } else { "rclone" }
+        );
+        ours.push(a);
+        theirs.push(b);
+        let _ = std::fs::remove_dir_all(&archive);
+        let _ = std::fs::remove_dir_all(&dest);
+    }
+    let (a, b) = (median(ours), median(theirs));
+    println!(
+        "  starchive fetch: {:>7.0} files/s {:>7.1} MB/s (median {a:.2} s)",
+        FILES as f64 / a,
+        mb / a
+    );
+    println!(
+        "  rclone copy:     {:>7.0} files/s {:>7.1} MB/s (median {b:.2} s)",
+        FILES as f64 / b,
+        mb / b
+    );
+    println!("  ratio starchive/rclone: {:.2}x (target >= 1.5x)", b / a);
+}
+
+#[test]
+#[ignore = "benchmark: cargo test --release --test it -- --ignored --nocapture bench_fetch"]
+fn bench_fetch_telegram_jobs_hide_latency() {
+    const TG_FILES: usize = 300;
+    const LATENCY: Duration = Duration::from_millis(20);
+    let work = temp_dir();
+    let tg = FakeTelegram::new();
+    tg.latency(LATENCY);
+    let mut db = Db::new();
+    let mut total = 0u64;
+    for i in 0..TG_FILES {
+        let size = 2048 + (i * 7919) % (58 * 1024);
+        let id = format!("bench-file-{i:05}");
+        tg.add_file(
+            &id,
+            &format!("stickers/file_{i}.webp"),
+            sticker_bytes(i as u64 + 7, size),
+        );
+        db.sticker("prod", Some(id.as_str()), None);
+        total += size as u64;
+    }
+    db.write(&work.path().join("db"));
+    println!(
+        "bench_fetch_telegram_jobs_hide_latency: {TG_FILES} files, {:.1} MB, fake Bot API with {LATENCY:?} per request (getFile + download per file)",
+        total as f64 / 1e6
+    );
+    let mut rates = Vec::new();
+    for jobs in [1usize, 8, 32] {
+        let archive = work.path().join(format!("archive-{jobs}"));
+        snapshot(&archive, &work.path().join("db"));
+        let mut cmd = fetch_cmd(&archive, None, Some(&tg));
+        cmd.args(["--jobs", &jobs.to_string(), "--telegram-rate", "100000"]);
+        let secs = timed(&mut cmd, "starchive fetch");
+        let rate = TG_FILES as f64 / secs;
+        println!(
+            "  --jobs {jobs:>2}: {secs:>6.2} s, {rate:>6.0} files/s, {:>5.1} MB/s",
+            total as f64 / 1e6 / secs
+        );
+        rates.push(rate);
+    }
+    println!(
+        "  speed-up over --jobs 1: x{:.1} at 8, x{:.1} at 32 (latency bound: 1 file = 2 x {LATENCY:?})",
+        rates[1] / rates[0],
+        rates[2] / rates[0]
+    );
+}
+
+#[test]
+#[ignore = "scratch"]
+fn scratch_serve_bucket() {
+    let work = temp_dir();
+    let s3 = TestS3::start();
+    s3.create_bucket("bench");
+    let mut db = Db::new();
+    let mut x: u64 = 0x5EED_F00D;
+    for i in 0..FILES {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let size = MIN_SIZE + (x % (MAX_SIZE - MIN_SIZE + 1) as u64) as usize;
+        let key = format!("stickers/{}/{:08x}/{i}.webp", 100_000 + i % 97, x as u32);
+        s3.put_file("bench", &key, sticker_bytes(x, size));
+        db.sticker("prod", None, Some(key.as_str()));
+    }
+    db.write(Path::new("/tmp/scratch-db"));
+    std::fs::write("/tmp/scratch-url", s3.store_url("bench", "")).unwrap();
+    eprintln!("serving {}", s3.store_url("bench", ""));
+    let _ = &work;
+    std::thread::sleep(Duration::from_secs(3000));
+}

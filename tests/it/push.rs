@@ -1,0 +1,1637 @@
+//! `push`, `verify --to` and `run`: every fetched ref to a destination
+//! (SPEC §3, §4, §5, §7).
+//!
+//! The binary runs end to end against the in-process S3 server (SigV4) and
+//! local directories; what it did is read back from the destination (files,
+//! stored metadata), the server's request counters and the catalog.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::s3::{ACCESS_KEY, SECRET_KEY, TestS3};
+use crate::support::telegram::{FakeTelegram, TOKEN};
+use crate::support::{bin, sha256_hex, temp_dir};
+
+// ---- the known answer ----------------------------------------------------
+
+const FIXTURE_DB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/db");
+const FIXTURE_BUCKET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/bucket");
+const FIXTURE_TELEGRAM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/telegram");
+
+const MANIFEST: &str = "_starchive/manifest.jsonl.zst";
+const CATALOG_COPY: &str = "_starchive/catalog.sqlite";
+
+/// Where a key's bytes come from in the fixtures.
+#[derive(Clone, Copy, Debug)]
+enum Src {
+    /// `fixtures/bucket/<key>`.
+    Bucket,
+    /// The Telegram file of this file_id (`fixtures/telegram/<file_id>`).
+    Tg(&'static str),
+}
+
+/// Every ref of the fixture dataset that `push --layout mirror` places, with
+/// its key, written by hand from `fixtures/db/*.csv` and SPEC §5:
+/// - a ref with a storage key keeps it (sticker 302's key is dangling in the
+///   bucket: its bytes come from Telegram, its key is still the database's);
+/// - a sticker without one: `stickers/{user_id}/{session_id}/backfill_{id}.{ext}`
+///   (single) or `stickers/{user_id}/{pack_batch_id}/backfill_{id}.{ext}` (pack);
+/// - a session sticker without one: the key of the `stickers` row with the
+///   same file_id when that row has one (sessions 101 -> sticker 301, 102 ->
+///   303), else `stickers/{user_id}/backfill_session/{session_id}.{ext}`;
+/// - a pack sheet without one: `pack_sheets/{pack_batch_id}.{ext}` (session
+///   109, latest batch 204 has no cleaned sheet), or
+///   `pack_sheets/session_{session_id}.{ext}` (session 110 has no batch).
+///
+/// Sticker 315 (invalid file_id) fails at fetch and gets no key.
+const MIRROR: &[(&str, &str, &str, Src)] = &[
+    (
+        "sticker",
+        "00000000-0000-4000-8000-000000000301",
+        "stickers/100000001/00000000-0000-4000-8000-000000000101/1740823500000.webp",
+        Src::Bucket,
+    ),
+    (
+        "sticker",
+        "00000000-0000-4000-8000-000000000302",
+        "stickers/100000001/00000000-0000-4000-8000-000000000101/1740823320000.webp",
+        Src::Tg("CAACAgIAAxkBAAIYOqpO9_ItQeBo8zQFK1Q8O6h_PdhRpGYHuXfiynMRP0"),
+    ),
+    (
+        "sticker",
+        "00000000-0000-4000-8000-000000000303",
+        "stickers/100000001/00000000-0000-4000-8000-000000000102/1740907800000.webp",
+        Src::Bucket,
+    ),
+    (
+        "sticker",
+        "00000000-0000-4000-8000-000000000304",
+        "stickers/100000004/00000000-0000-4000-8000-000000000201/1741172400000_0.webp",
+        Src::Bucket,
+    ),
+    (
+        "sticker",
+        "00000000-0000-4000-8000-000000000305",
+        "stickers/100000004/00000000-0000-4000-8000-000000000201/1741172400000_1.webp",
+        Src::Bucket,
+    ),
+    (
+        "sticker",
+        "00000000-0000-4000-8000-000000000306",
+        "stickers/100000004/00000000-0000-4000-8000-000000000201/backfill_00000000-0000-4000-8000-000000000306.webp",
+        Src::Tg("CAACAgIAAxkBAAIfNUrNC6WUeV3yOt0F7ZNduzEiiUNdKByINZIjlyjbOI"),
+    ),
+    (
+        "sticker",
+        "00000000-0000-4000-8000-000000000307",
+        "stickers/100000004/00000000-0000-4000-8000-000000000201/1741172400000_3.webp",
+        Src::Bucket,
+    ),
+    (
+        "sticker",
+        "00000000-0000-4000-8000-000000000308",
+        "stickers/100000004/00000000-0000-4000-8000-000000000202/backfill_00000000-0000-4000-8000-000000000308.webp",
+        Src::Tg("CAACAgIAAxkBAAI3fd_o-Lm8CqpBmDu6uS9SQOqXf1axXGdRmPcFMj1dAs"),
+    ),
+    (
+        "sticker",
+        "00000000-0000-4000-8000-000000000309",
+        "stickers/100000004/00000000-0000-4000-8000-000000000202/backfill_00000000-0000-4000-8000-000000000309.webp",
+        Src::Tg("CAACAgIAAxkBAAInioKC2wflVks-F1lqkvVGYsdyPwCknvU3nf4bhl8lks"),
+    ),
+    (
+        "sticker",
+        "00000000-0000-4000-8000-000000000310",
+        "stickers/100000005/00000000-0000-4000-8000-000000000203/1740060000000_0.webp",
+        Src::Bucket,
+    ),
+    (
+        "sticker",
+        "00000000-0000-4000-8000-000000000311",
+        "stickers/100000005/00000000-0000-4000-8000-000000000203/1740060000000_1.webp",
+        Src::Bucket,
+    ),
+    (
+        "sticker",
+        "00000000-0000-4000-8000-000000000312",
+        "stickers/100000005/00000000-0000-4000-8000-000000000203/1740060000000_2.webp",
+        Src::Bucket,
+    ),
+    (
+        "sticker",
+        "00000000-0000-4000-8000-000000000313",
+        "stickers/100000002/00000000-0000-4000-8000-000000000204/1741464000000_0.webp",
+        Src::Bucket,
+    ),
+    (
+        "sticker",
+        "00000000-0000-4000-8000-000000000314",
+        "stickers/100000002/00000000-0000-4000-8000-000000000204/backfill_00000000-0000-4000-8000-000000000314.webp",
+        Src::Tg("CAACAgIAAxkBAAIRSt6GNyqNNpIBZB0w2EcrkfQ5eTNyhrcpvOEY_KtVMg"),
+    ),
+    (
+        "sticker",
+        "00000000-0000-4000-8000-000000000316",
+        "stickers/100000002/00000000-0000-4000-8000-000000000199/1736956800000.webp",
+        Src::Bucket,
+    ),
+    (
+        "session_sticker",
+        "00000000-0000-4000-8000-000000000101",
+        "stickers/100000001/00000000-0000-4000-8000-000000000101/1740823500000.webp",
+        Src::Bucket,
+    ),
+    (
+        "session_sticker",
+        "00000000-0000-4000-8000-000000000102",
+        "stickers/100000001/00000000-0000-4000-8000-000000000102/1740907800000.webp",
+        Src::Bucket,
+    ),
+    (
+        "session_sticker",
+        "00000000-0000-4000-8000-000000000103",
+        "stickers/100000002/backfill_session/00000000-0000-4000-8000-000000000103.webp",
+        Src::Tg("CAACAgIAAxkBAAImjFLVojuLRFuuakwzbtU4CNBd1pZVrreIYwG4O0dPc4"),
+    ),
+    (
+        "session_sticker",
+        "00000000-0000-4000-8000-000000000104",
+        "stickers/100000002/backfill_session/00000000-0000-4000-8000-000000000104.tgs",
+        Src::Tg("CAACAgIAAxkBAAI70XfVqwvM0exaBEKXaX7C6eVVaYsVZ6D-5U36W_LvC0"),
+    ),
+    (
+        "session_sticker",
+        "00000000-0000-4000-8000-000000000105",
+        "stickers/100000003/00000000-0000-4000-8000-000000000105/1739188860000.webp",
+        Src::Bucket,
+    ),
+    (
+        "session_sticker",
+        "00000000-0000-4000-8000-000000000106",
+        "stickers/100000003/backfill_session/00000000-0000-4000-8000-000000000106.webm",
+        Src::Tg("CAACAgIAAxkBAAI-u9VAnrlXHi0ILOHPAuEEnWvTYLufiyAWgWCvlXiSEY"),
+    ),
+    (
+        "pack_sheet",
+        "00000000-0000-4000-8000-000000000107",
+        "pack_sheets/100000004/00000000-0000-4000-8000-000000000201/1741172400000_clean.png",
+        Src::Bucket,
+    ),
+    (
+        "pack_sheet",
+        "00000000-0000-4000-8000-000000000109",
+        "pack_sheets/00000000-0000-4000-8000-000000000204.png",
+        Src::Tg("BQACAgIAAxkBAAI34ABaGTlz_B3tt3F7STROfXJPltk-1gK8OSqFca_rMc"),
+    ),
+    (
+        "pack_sheet",
+        "00000000-0000-4000-8000-000000000110",
+        "pack_sheets/session_00000000-0000-4000-8000-000000000110.jpg",
+        Src::Tg("AgACAgIAAxkBAAIi-kC8ZHO2wsVKSo5lEUIoRQdHTKiLE08Qs8HMCKBnnM"),
+    ),
+    (
+        "pack_sheet",
+        "00000000-0000-4000-8000-000000000203",
+        "pack_sheets/100000005/00000000-0000-4000-8000-000000000203/1740060000000_clean.png",
+        Src::Bucket,
+    ),
+];
+
+/// The fixture refs whose session has env `test` (SPEC §1, `--env`): three
+/// pack stickers and the pack sheet of batch 203 (session 108), the session
+/// stickers of 105 and 106, the sheet of session 110. (Sticker 315, also
+/// `test`, fails at fetch.)
+const TEST_ENV_KEYS: &[&str] = &[
+    "pack_sheets/100000005/00000000-0000-4000-8000-000000000203/1740060000000_clean.png",
+    "pack_sheets/session_00000000-0000-4000-8000-000000000110.jpg",
+    "stickers/100000003/00000000-0000-4000-8000-000000000105/1739188860000.webp",
+    "stickers/100000003/backfill_session/00000000-0000-4000-8000-000000000106.webm",
+    "stickers/100000005/00000000-0000-4000-8000-000000000203/1740060000000_0.webp",
+    "stickers/100000005/00000000-0000-4000-8000-000000000203/1740060000000_1.webp",
+    "stickers/100000005/00000000-0000-4000-8000-000000000203/1740060000000_2.webp",
+];
+
+const FIXTURE_REFS: usize = 26;
+const FIXTURE_PUSHED_REFS: u64 = 25;
+const FIXTURE_BLOBS: usize = 22;
+const FIXTURE_BLOB_BYTES: u64 = 1376;
+const INVALID_STICKER: &str = "00000000-0000-4000-8000-000000000315";
+
+/// The mirror keys (one per distinct key) and their expected bytes.
+fn mirror_objects() -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for (_, _, key, src) in MIRROR {
+        let bytes = match src {
+            Src::Bucket => std::fs::read(Path::new(FIXTURE_BUCKET).join(key))
+                .unwrap_or_else(|e| panic!("fixtures/bucket/{key}: {e}")),
+            Src::Tg(id) => std::fs::read(Path::new(FIXTURE_TELEGRAM).join(id))
+                .unwrap_or_else(|e| panic!("fixtures/telegram/{id}: {e}")),
+        };
+        if let Some(prev) = out.insert(key.to_string(), bytes.clone()) {
+            assert_eq!(prev, bytes, "two refs at {key} with different bytes");
+        }
+    }
+    out
+}
+
+// ---- helpers ---------------------------------------------------------------
+
+/// What one run of the binary gave.
+pub(crate) struct Out {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not one JSON document ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    #[track_caller]
+    pub fn code(&self, code: i32) -> &Out {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+pub(crate) fn exec(cmd: &mut Command) -> Out {
+    let out = cmd.output().expect("run starchive");
+    Out {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `starchive --archive DIR`.
+pub(crate) fn starchive(archive: &Path) -> Command {
+    let mut cmd = bin();
+    cmd.arg("--archive").arg(archive);
+    cmd
+}
+
+/// `push --json --to URL` with the destination's credentials when it is S3.
+pub(crate) fn push_cmd(archive: &Path, to: &str, s3: Option<&TestS3>) -> Command {
+    let mut cmd = starchive(archive);
+    cmd.args(["--json", "push", "--to", to]);
+    if let Some(s3) = s3 {
+        cmd.envs(s3.env("TO"));
+    }
+    cmd
+}
+
+fn verify_cmd(archive: &Path, to: &str, s3: Option<&TestS3>) -> Command {
+    let mut cmd = starchive(archive);
+    cmd.args(["verify", "--deep", "--to", to]);
+    if let Some(s3) = s3 {
+        cmd.envs(s3.env("TO"));
+    }
+    cmd
+}
+
+/// An archive with the fixture dataset snapshotted and fetched (from
+/// `fixtures/bucket` and the fake Bot API; the invalid file_id fails).
+struct Fixture {
+    dir: tempfile::TempDir,
+    archive: PathBuf,
+}
+
+fn fetched_fixture() -> Fixture {
+    let dir = temp_dir();
+    let archive = dir.path().join("archive");
+    exec(starchive(&archive).args(["--json", "snapshot", "--db", FIXTURE_DB])).code(0);
+    let tg = FakeTelegram::from_dir(FIXTURE_TELEGRAM);
+    let doc = exec(
+        starchive(&archive)
+            .args(["--json", "fetch", "--storage", FIXTURE_BUCKET])
+            .args(["--telegram-rate", "1000"])
+            .envs(tg.env()),
+    )
+    .code(3)
+    .json();
+    assert_eq!(doc["failed"], 1, "{doc}");
+    Fixture { dir, archive }
+}
+
+/// The catalog, read-only.
+fn catalog(archive: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(
+        archive.join("catalog.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open catalog")
+}
+
+/// Every regular file under `dir`, as `/`-joined relative paths, with its bytes.
+fn files_under(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let ft = entry.file_type().expect("file type");
+            if ft.is_dir() {
+                stack.push(path);
+            } else {
+                let rel: Vec<String> = path
+                    .strip_prefix(dir)
+                    .expect("under dir")
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
+                out.insert(rel.join("/"), std::fs::read(&path).unwrap_or_default());
+            }
+        }
+    }
+    out
+}
+
+/// The objects in an S3 bucket, with their bytes.
+fn bucket_objects(s3: &TestS3, bucket: &str) -> BTreeMap<String, Vec<u8>> {
+    s3.object_keys(bucket)
+        .into_iter()
+        .map(|k| {
+            let bytes = s3.get_file(bucket, &k).expect("object bytes");
+            (k, bytes)
+        })
+        .collect()
+}
+
+/// The manifest's lines, decompressed by the `zstd` command-line tool.
+fn manifest_lines(compressed: &[u8]) -> Vec<Value> {
+    let mut child = Command::new("zstd")
+        .arg("-dc")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run zstd -dc (the zstd package)");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(compressed).expect("feed zstd");
+    }
+    let out = child.wait_with_output().expect("zstd -dc");
+    assert!(out.status.success(), "zstd -dc failed");
+    String::from_utf8(out.stdout)
+        .expect("manifest is UTF-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each manifest line is JSON"))
+        .collect()
+}
+
+/// Asserts that `objects` (a destination's content) holds exactly the
+/// fixture's mirror keys with their bytes, plus `_starchive/`.
+#[track_caller]
+fn assert_mirror(objects: &BTreeMap<String, Vec<u8>>) {
+    let want = mirror_objects();
+    let mut want_keys: BTreeSet<String> = want.keys().cloned().collect();
+    want_keys.insert(MANIFEST.into());
+    want_keys.insert(CATALOG_COPY.into());
+    let got_keys: BTreeSet<String> = objects.keys().cloned().collect();
+    assert_eq!(
+        got_keys,
+        want_keys,
+        "missing: {:?}\nunexpected: {:?}",
+        want_keys.difference(&got_keys).collect::<Vec<_>>(),
+        got_keys.difference(&want_keys).collect::<Vec<_>>()
+    );
+    for (key, bytes) in &want {
+        assert!(
+            objects[key] == *bytes,
+            "{key}: {} bytes hashing to {}, expected {} bytes hashing to {}",
+            objects[key].len(),
+            sha256_hex(&objects[key]),
+            bytes.len(),
+            sha256_hex(bytes)
+        );
+    }
+}
+
+/// Asserts that two maps have the same keys, naming the differences.
+#[track_caller]
+fn assert_same_keys<V>(got: &BTreeMap<String, V>, want: &BTreeMap<String, V>, what: &str) {
+    let got: BTreeSet<&String> = got.keys().collect();
+    let want: BTreeSet<&String> = want.keys().collect();
+    assert!(
+        got == want,
+        "{what}\nmissing: {:?}\nunexpected: {:?}",
+        want.difference(&got).collect::<Vec<_>>(),
+        got.difference(&want).collect::<Vec<_>>()
+    );
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), `len` long, starting
+/// with a WebP header so that they are typed `webp`.
+pub(crate) fn sticker_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(b"RIFF\0\0\0\0WEBPVP8L");
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A CSV field: `None` is an empty unquoted field (NULL), text is quoted.
+fn field(v: Option<&str>) -> String {
+    match v {
+        None => String::new(),
+        Some(s) => format!("\"{}\"", s.replace('"', "\"\"")),
+    }
+}
+
+/// A dataset written as the dashboard's CSV exports.
+#[derive(Default)]
+pub(crate) struct Db {
+    sessions: Vec<String>,
+    stickers: Vec<String>,
+    batches: Vec<String>,
+}
+
+impl Db {
+    /// A session: id, user, env, last sticker file_id, pack sheet file_id.
+    pub fn session(
+        &mut self,
+        id: &str,
+        user: &str,
+        env: &str,
+        last_file_id: Option<&str>,
+        sheet_file_id: Option<&str>,
+    ) -> &mut Db {
+        self.sessions.push(format!(
+            "{},{},{},single,,\"[]\",{},,{},2025-01-01 00:00:00+00,2025-01-01 00:00:00+00",
+            field(Some(id)),
+            field(Some(user)),
+            field(Some(env)),
+            field(last_file_id),
+            field(sheet_file_id),
+        ));
+        self
+    }
+
+    /// A single sticker: id, user, session, file_id, storage key.
+    pub fn sticker(
+        &mut self,
+        id: &str,
+        user: &str,
+        session: &str,
+        file_id: Option<&str>,
+        key: Option<&str>,
+    ) -> &mut Db {
+        self.stickers.push(format!(
+            "{},{},{},,,,{},{},2025-01-01 00:00:00+00",
+            field(Some(id)),
+            field(Some(user)),
+            field(Some(session)),
+            field(file_id),
+            field(key),
+        ));
+        self
+    }
+
+    /// A pack batch without a cleaned sheet.
+    pub fn batch(&mut self, id: &str, session: &str, user: &str) -> &mut Db {
+        self.batches.push(format!(
+            "{},{},{},done,,2025-01-01 00:00:00+00",
+            field(Some(id)),
+            field(Some(session)),
+            field(Some(user)),
+        ));
+        self
+    }
+
+    pub fn write(&self, dir: &Path) {
+        std::fs::create_dir_all(dir).expect("create db dir");
+        let write = |name: &str, header: &str, lines: &[String]| {
+            let mut text = format!("{header}\n");
+            for l in lines {
+                text.push_str(l);
+                text.push('\n');
+            }
+            std::fs::write(dir.join(name), text).expect("write csv");
+        };
+        write(
+            "sessions.csv",
+            "id,user_id,env,mode,current_photo_file_id,photos,last_sticker_file_id,last_sticker_storage_path,pack_sheet_file_id,created_at,updated_at",
+            &self.sessions,
+        );
+        write(
+            "stickers.csv",
+            "id,user_id,session_id,pack_batch_id,pack_index,style_preset_id,telegram_file_id,result_storage_path,created_at",
+            &self.stickers,
+        );
+        write(
+            "pack_batches.csv",
+            "id,session_id,user_id,status,cleaned_sheet_storage_path,created_at",
+            &self.batches,
+        );
+    }
+}
+
+/// `n` stickers whose storage keys are files of a local bucket directory
+/// (`dir/bucket`), in sessions of 50; every 10th sticker has the same bytes
+/// as the one before (one blob at two keys). Snapshotted and fetched into
+/// `dir/archive`. Returns the keys with their bytes.
+fn bucket_dataset(
+    dir: &Path,
+    n: usize,
+    min_len: usize,
+    max_len: usize,
+) -> BTreeMap<String, Vec<u8>> {
+    let bucket = dir.join("bucket");
+    let mut db = Db::default();
+    let mut objects = BTreeMap::new();
+    let mut seed = 0u64;
+    for i in 0..n {
+        let user = format!("{}", 1000 + i / 50);
+        let session = format!("session-{:04}", i / 50);
+        if i % 50 == 0 {
+            db.session(&session, &user, "prod", None, None);
+        }
+        if i % 10 != 9 {
+            seed += 1;
+        }
+        let len = min_len + (seed as usize * 7919) % (max_len - min_len + 1);
+        let key = format!("stickers/{user}/{session}/{i:06}.webp");
+        let bytes = sticker_bytes(seed, len);
+        let path = bucket.join(&key);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, &bytes).expect("write bucket file");
+        db.sticker(
+            &format!("sticker-{i:06}"),
+            &user,
+            &session,
+            None,
+            Some(&key),
+        );
+        objects.insert(key, bytes);
+    }
+    db.write(&dir.join("db"));
+    let archive = dir.join("archive");
+    exec(
+        starchive(&archive)
+            .args(["--json", "snapshot", "--db"])
+            .arg(dir.join("db")),
+    )
+    .code(0);
+    let doc = exec(
+        starchive(&archive)
+            .args(["--json", "fetch", "--jobs", "8", "--storage"])
+            .arg(&bucket),
+    )
+    .code(0)
+    .json();
+    assert_eq!(doc["done"], n as u64, "{doc}");
+    objects
+}
+
+/// Objects the catalog records as pushed to the destination shown as `url`.
+fn recorded_pushed(archive: &Path) -> Vec<(String, String)> {
+    let conn = catalog(archive);
+    let mut stmt = conn
+        .prepare("SELECT key, sha256 FROM objects WHERE state = 'pushed' ORDER BY key")
+        .expect("prepare");
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+// ---- layouts ---------------------------------------------------------------
+
+#[test]
+fn mirror_push_writes_exactly_the_bot_keys() {
+    let fx = fetched_fixture();
+    let s3 = TestS3::start();
+    s3.create_bucket("mirror");
+    let url = s3.store_url("mirror", "");
+    let doc = exec(&mut push_cmd(&fx.archive, &url, Some(&s3)))
+        .code(0)
+        .json();
+    assert_eq!(doc["done"], FIXTURE_PUSHED_REFS, "{doc}");
+    assert_eq!(doc["failed"], 0, "{doc}");
+    assert_eq!(doc["pending"], 1, "the ref that failed at fetch: {doc}");
+    assert_eq!(
+        doc["bytes"], FIXTURE_BLOB_BYTES,
+        "each blob sent once: {doc}"
+    );
+
+    let objects = bucket_objects(&s3, "mirror");
+    assert_mirror(&objects);
+    // Every object carries its sha256 as user metadata.
+    for (key, bytes) in &objects {
+        let meta = s3.user_metadata("mirror", key);
+        assert_eq!(
+            meta.get("sha256").map(String::as_str),
+            Some(sha256_hex(bytes).as_str()),
+            "{key}: x-amz-meta-sha256"
+        );
+    }
+    exec(&mut verify_cmd(&fx.archive, &url, Some(&s3))).code(0);
+}
+
+#[test]
+fn mirror_push_to_a_directory_writes_the_same_keys() {
+    let fx = fetched_fixture();
+    let dest = fx.dir.path().join("dest");
+    let url = format!("file://{}", dest.display());
+    let doc = exec(&mut push_cmd(&fx.archive, &url, None)).code(0).json();
+    assert_eq!(doc["done"], FIXTURE_PUSHED_REFS, "{doc}");
+    assert_mirror(&files_under(&dest));
+    exec(&mut verify_cmd(&fx.archive, &url, None)).code(0);
+}
+
+#[test]
+fn cas_push_writes_each_blob_once() {
+    let fx = fetched_fixture();
+    let s3 = TestS3::start();
+    s3.create_bucket("cas");
+    let url = s3.store_url("cas", "");
+    let mut cmd = push_cmd(&fx.archive, &url, Some(&s3));
+    let doc = exec(cmd.args(["--layout", "cas"])).code(0).json();
+    assert_eq!(doc["done"], FIXTURE_PUSHED_REFS, "{doc}");
+    assert_eq!(doc["bytes"], FIXTURE_BLOB_BYTES, "{doc}");
+
+    let want: BTreeMap<String, Vec<u8>> = mirror_objects()
+        .into_values()
+        .map(|bytes| {
+            let sha = sha256_hex(&bytes);
+            (format!("blobs/sha256/{}/{sha}", &sha[..2]), bytes)
+        })
+        .collect();
+    assert_eq!(want.len(), FIXTURE_BLOBS);
+    let mut objects = bucket_objects(&s3, "cas");
+    assert!(objects.remove(MANIFEST).is_some(), "manifest written");
+    assert!(
+        objects.remove(CATALOG_COPY).is_some(),
+        "catalog copy written"
+    );
+    assert_eq!(
+        objects.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    assert!(objects == want, "every blob's bytes at its sha256 key");
+    // One PUT per blob, plus the manifest and the catalog copy; no copies.
+    assert_eq!(s3.requests("COPY"), 0);
+    assert_eq!(s3.requests("PUT"), FIXTURE_BLOBS as u64 + 2);
+    for key in want.keys() {
+        let sha = key.rsplit('/').next().expect("name");
+        assert_eq!(
+            s3.user_metadata("cas", key)
+                .get("sha256")
+                .map(String::as_str),
+            Some(sha)
+        );
+    }
+    let mut verify = verify_cmd(&fx.archive, &url, Some(&s3));
+    exec(verify.arg("--json")).code(0);
+}
+
+#[test]
+fn shared_blob_is_uploaded_once_and_copied_on_the_server() {
+    // Stickers 303 and 312: same bytes, two keys.
+    let fx = fetched_fixture();
+    let s3 = TestS3::start();
+    s3.create_bucket("copies");
+    exec(&mut push_cmd(
+        &fx.archive,
+        &s3.store_url("copies", ""),
+        Some(&s3),
+    ))
+    .code(0);
+    assert_eq!(s3.requests("COPY"), 1, "{:?}", s3.request_log());
+    // 22 blobs + manifest + catalog copy, each sent once; the copy is a PUT too.
+    assert_eq!(
+        s3.requests("PUT") - s3.requests("COPY"),
+        FIXTURE_BLOBS as u64 + 2
+    );
+    let a = "stickers/100000001/00000000-0000-4000-8000-000000000102/1740907800000.webp";
+    let b = "stickers/100000005/00000000-0000-4000-8000-000000000203/1740060000000_2.webp";
+    assert_eq!(s3.get_file("copies", a), s3.get_file("copies", b));
+    let sha = sha256_hex(s3.get_file("copies", a).expect("object"));
+    for key in [a, b] {
+        assert_eq!(
+            s3.user_metadata("copies", key).get("sha256"),
+            Some(&sha),
+            "{key}: the copy carries the sha256 too"
+        );
+    }
+}
+
+// ---- idempotence and resumption -------------------------------------------------
+
+#[test]
+fn second_push_makes_zero_puts() {
+    let fx = fetched_fixture();
+    let s3 = TestS3::start();
+    s3.create_bucket("twice");
+    for layout in ["mirror", "cas"] {
+        let url = s3.store_url("twice", layout);
+        let mut first = push_cmd(&fx.archive, &url, Some(&s3));
+        exec(first.args(["--layout", layout])).code(0);
+        s3.reset_counts();
+        let mut second = push_cmd(&fx.archive, &url, Some(&s3));
+        let doc = exec(second.args(["--layout", layout])).code(0).json();
+        assert_eq!(s3.requests("PUT"), 0, "{layout}: {:?}", s3.request_log());
+        assert_eq!(s3.requests("POST"), 0, "{layout}");
+        assert_eq!(s3.requests("TOTAL"), 0, "{layout}: nothing sent at all");
+        assert_eq!(doc["done"], 0, "{doc}");
+        assert_eq!(doc["skipped"], FIXTURE_PUSHED_REFS, "{doc}");
+        assert_eq!(doc["bytes"], 0, "{doc}");
+    }
+}
+
+#[test]
+fn first_push_skips_objects_already_there_with_the_right_size() {
+    let fx = fetched_fixture();
+    let s3 = TestS3::start();
+    s3.create_bucket("half");
+    let want = mirror_objects();
+    let shared = [
+        "stickers/100000001/00000000-0000-4000-8000-000000000102/1740907800000.webp",
+        "stickers/100000005/00000000-0000-4000-8000-000000000203/1740060000000_2.webp",
+    ];
+    // Ten objects already there, right bytes (no metadata: another tool put them).
+    let present: Vec<&String> = want
+        .keys()
+        .filter(|k| !shared.contains(&k.as_str()))
+        .take(10)
+        .collect();
+    for key in &present {
+        s3.put_file("half", key, &want[*key]);
+    }
+    // One more with the wrong size: it is replaced.
+    let wrong = want
+        .keys()
+        .find(|k| !shared.contains(&k.as_str()) && !present.contains(k))
+        .expect("a key left");
+    s3.put_file("half", wrong, b"short");
+    let refs_at_present = MIRROR
+        .iter()
+        .filter(|(_, _, key, _)| present.iter().any(|p| p.as_str() == *key))
+        .count() as u64;
+
+    let doc = exec(&mut push_cmd(
+        &fx.archive,
+        &s3.store_url("half", ""),
+        Some(&s3),
+    ))
+    .code(0)
+    .json();
+    assert_eq!(
+        s3.requests("LIST"),
+        1,
+        "one listing: {:?}",
+        s3.request_log()
+    );
+    assert_eq!(s3.requests("HEAD"), 0, "no per-object probe");
+    // 22 blobs - 10 present + manifest + catalog copy.
+    assert_eq!(
+        s3.requests("PUT") - s3.requests("COPY"),
+        FIXTURE_BLOBS as u64 - 10 + 2,
+        "{:?}",
+        s3.request_log()
+    );
+    assert_eq!(doc["skipped"], refs_at_present, "{doc}");
+    assert_eq!(doc["done"], FIXTURE_PUSHED_REFS - refs_at_present, "{doc}");
+    assert_mirror(&bucket_objects(&s3, "half"));
+}
+
+#[test]
+fn killed_push_resumes_to_a_complete_destination() {
+    const REFS: usize = 300;
+    const KILLS: usize = 5;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    eprintln!("killed_push_resumes_to_a_complete_destination: seed {seed}");
+    let mut rng = seed | 1;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let dir = temp_dir();
+    let want = bucket_dataset(dir.path(), REFS, 500, 20_000);
+    let archive = dir.path().join("archive");
+    let s3 = TestS3::start();
+    s3.create_bucket("resume");
+    // A slow store, so that kills land while uploads are in flight.
+    s3.set_latency(Duration::from_millis(4));
+    let url = s3.store_url("resume", "");
+    let mut kills = 0;
+    for round in 0..KILLS {
+        let mut child = push_cmd(&archive, &url, Some(&s3))
+            .args(["--jobs", "4"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn push");
+        let delay = Duration::from_millis(40 + next() % 700);
+        std::thread::sleep(delay);
+        let finished = child.try_wait().expect("try_wait").is_some();
+        child.kill().expect("kill -9");
+        child.wait().expect("wait");
+        if finished {
+            eprintln!("round {round}: finished before the kill at {delay:?}");
+            break;
+        }
+        kills += 1;
+        // Whatever the catalog holds as pushed is at the destination, whole.
+        let recorded = recorded_pushed(&archive);
+        for (key, sha) in &recorded {
+            let bytes = s3
+                .get_file("resume", key)
+                .unwrap_or_else(|| panic!("round {round}: {key} recorded as pushed, absent"));
+            assert_eq!(&sha256_hex(&bytes), sha, "round {round}: {key}");
+        }
+        eprintln!(
+            "round {round}: killed after {delay:?}, {} objects recorded, {} at the store",
+            recorded.len(),
+            s3.object_keys("resume").len()
+        );
+    }
+    assert!(kills >= 2, "the push finished too fast to be killed");
+    s3.set_latency(Duration::ZERO);
+
+    let doc = exec(&mut push_cmd(&archive, &url, Some(&s3)))
+        .code(0)
+        .json();
+    assert_eq!(doc["failed"], 0, "{doc}");
+    assert_eq!(doc["pending"], 0, "{doc}");
+    assert_eq!(
+        doc["done"].as_u64().unwrap_or(0) + doc["skipped"].as_u64().unwrap_or(0),
+        REFS as u64,
+        "{doc}"
+    );
+    let mut objects = bucket_objects(&s3, "resume");
+    assert!(objects.remove(MANIFEST).is_some());
+    assert!(objects.remove(CATALOG_COPY).is_some());
+    assert_same_keys(&objects, &want, "the destination holds every key, and only them");
+    assert!(objects == want, "every key with its bytes");
+    for (key, bytes) in &want {
+        assert_eq!(
+            s3.user_metadata("resume", key).get("sha256"),
+            Some(&sha256_hex(bytes)),
+            "{key}"
+        );
+    }
+    let manifest = manifest_lines(&s3.get_file("resume", MANIFEST).expect("manifest"));
+    assert_eq!(manifest.len(), REFS + 1);
+    assert!(manifest[1..].iter().all(|l| l["state"] == "pushed"));
+    exec(&mut verify_cmd(&archive, &url, Some(&s3))).code(0);
+    s3.reset_counts();
+    exec(&mut push_cmd(&archive, &url, Some(&s3))).code(0);
+    assert_eq!(s3.requests("TOTAL"), 0, "{:?}", s3.request_log());
+}
+
+#[test]
+fn killed_push_to_a_directory_leaves_only_whole_files() {
+    const REFS: usize = 300;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    eprintln!("killed_push_to_a_directory_leaves_only_whole_files: seed {seed}");
+    let mut rng = seed | 1;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let dir = temp_dir();
+    let want = bucket_dataset(dir.path(), REFS, 20_000, 200_000);
+    let archive = dir.path().join("archive");
+    let dest = dir.path().join("dest");
+    let url = dest.to_string_lossy().into_owned();
+    for _ in 0..3 {
+        let mut child = push_cmd(&archive, &url, None)
+            .args(["--jobs", "4"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn push");
+        std::thread::sleep(Duration::from_millis(5 + next() % 150));
+        let _ = child.kill();
+        child.wait().expect("wait");
+    }
+    let staging = files_under(&dest)
+        .keys()
+        .filter(|k| k.rsplit_once('#').is_some_and(|(_, n)| n.parse::<u32>().is_ok()))
+        .count();
+    eprintln!("{staging} partial files left by the kills");
+    exec(&mut push_cmd(&archive, &url, None)).code(0);
+    let mut files = files_under(&dest);
+    assert!(files.remove(MANIFEST).is_some());
+    assert!(files.remove(CATALOG_COPY).is_some());
+    assert_same_keys(&files, &want, "no partial or temporary file left behind");
+    assert!(files == want);
+    exec(&mut verify_cmd(&archive, &url, None)).code(0);
+}
+
+#[test]
+fn changed_file_at_a_known_key_is_uploaded_again() {
+    // A sticker regenerated under the same key: the catalog knows the
+    // destination holds the old bytes, even though the size is the same.
+    let dir = temp_dir();
+    let bucket = dir.path().join("bucket");
+    let key = "stickers/1/s1/1.webp";
+    std::fs::create_dir_all(bucket.join("stickers/1/s1")).expect("mkdir");
+    let archive = dir.path().join("archive");
+    let s3 = TestS3::start();
+    s3.create_bucket("changed");
+    let url = s3.store_url("changed", "");
+    for (version, file_id) in [(1u64, "tg-v1"), (2, "tg-v2")] {
+        std::fs::write(bucket.join(key), sticker_bytes(version, 400)).expect("write");
+        let mut db = Db::default();
+        db.session("s1", "1", "prod", None, None)
+            .sticker("st-1", "1", "s1", Some(file_id), Some(key));
+        db.write(&dir.path().join("db"));
+        exec(starchive(&archive).args(["snapshot", "--db"]).arg(dir.path().join("db"))).code(0);
+        exec(starchive(&archive).args(["fetch", "--storage"]).arg(&bucket)).code(0);
+        let doc = exec(&mut push_cmd(&archive, &url, Some(&s3))).code(0).json();
+        assert_eq!(doc["done"], 1, "version {version}: {doc}");
+        assert_eq!(
+            s3.get_file("changed", key),
+            Some(sticker_bytes(version, 400)),
+            "version {version}"
+        );
+    }
+    exec(&mut verify_cmd(&archive, &url, Some(&s3))).code(0);
+}
+
+// ---- verify ------------------------------------------------------------------
+
+#[test]
+fn corrupted_object_fails_deep_verify_and_is_named() {
+    let fx = fetched_fixture();
+    let s3 = TestS3::start();
+    s3.create_bucket("bad");
+    let url = s3.store_url("bad", "");
+    exec(&mut push_cmd(&fx.archive, &url, Some(&s3))).code(0);
+    let dir_dest = fx.dir.path().join("dest");
+    let dir_url = dir_dest.to_string_lossy().into_owned();
+    exec(&mut push_cmd(&fx.archive, &dir_url, None)).code(0);
+    exec(&mut verify_cmd(&fx.archive, &url, Some(&s3))).code(0);
+
+    let corrupt = "stickers/100000004/00000000-0000-4000-8000-000000000201/1741172400000_1.webp";
+    let mut bytes = s3.get_file("bad", corrupt).expect("object");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    // Same size, other bytes, no metadata left to give it away.
+    s3.put_file("bad", corrupt, &bytes);
+    let out = exec(&mut verify_cmd(&fx.archive, &url, Some(&s3)));
+    out.code(3);
+    assert!(
+        out.stdout.contains(corrupt),
+        "the key is named:\n{}",
+        out.stdout
+    );
+    let doc = exec(verify_cmd(&fx.archive, &url, Some(&s3)).arg("--json"))
+        .code(3)
+        .json();
+    assert_eq!(doc["objects_bad"], 1, "{doc}");
+    assert_eq!(doc["objects_missing"], 0, "{doc}");
+    assert_eq!(doc["blobs_bad"], 0, "{doc}");
+
+    // A missing object too, in a directory destination.
+    let gone = "pack_sheets/session_00000000-0000-4000-8000-000000000110.jpg";
+    std::fs::write(dir_dest.join(corrupt), &bytes).expect("corrupt the file");
+    std::fs::remove_file(dir_dest.join(gone)).expect("remove");
+    let doc = exec(verify_cmd(&fx.archive, &dir_url, None).arg("--json"))
+        .code(3)
+        .json();
+    assert_eq!(doc["objects_bad"], 1, "{doc}");
+    assert_eq!(doc["objects_missing"], 1, "{doc}");
+    let named: Vec<&str> = doc["problems"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(named.contains(&corrupt) && named.contains(&gone), "{doc}");
+    // Without --deep, the missing object is still found.
+    let mut shallow = starchive(&fx.archive);
+    let out = exec(shallow.args(["verify", "--to", &dir_url]));
+    out.code(3);
+    assert!(out.stdout.contains(gone), "{}", out.stdout);
+}
+
+// ---- bad input -----------------------------------------------------------------
+
+#[test]
+fn hostile_key_writes_nothing_outside_the_root() {
+    let root = temp_dir();
+    let root = root.path();
+    let bucket = root.join("bucket");
+    let good = "stickers/1/s1/good.webp";
+    std::fs::create_dir_all(bucket.join("stickers/1/s1")).expect("mkdir");
+    std::fs::write(bucket.join(good), sticker_bytes(1, 300)).expect("write");
+    let tg = FakeTelegram::new();
+    for (i, id) in [
+        "tg-good",
+        "tg-evil-1",
+        "tg-evil-2",
+        "tg-evil-3",
+        "tg-evil-4",
+        "tg-evil-5",
+        "tg-evil-6",
+        "tg-evil-7",
+        "tg-sheet",
+    ]
+    .iter()
+    .enumerate()
+    {
+        tg.add_file(
+            id,
+            &format!("stickers/{id}.webp"),
+            sticker_bytes(100 + i as u64, 200),
+        );
+    }
+    let literal = "stickers/%2e%2e/%2e%2e/%2e%2e/outside-7.webp";
+    let mut db = Db::default();
+    // The session sticker shares evil-1's file_id: its key would be evil-1's.
+    db.session("s1", "1", "prod", Some("tg-evil-1"), Some("tg-sheet"))
+        // The sheet's key would be pack_sheets/{batch id}.webp.
+        .batch("../../../../../sheet-outside", "s1", "1")
+        .sticker("good-1", "1", "s1", Some("tg-good"), Some(good))
+        .sticker(
+            "evil-1",
+            "1",
+            "s1",
+            Some("tg-evil-1"),
+            Some("../../../outside-1.webp"),
+        )
+        .sticker(
+            "evil-2",
+            "1",
+            "s1",
+            Some("tg-evil-2"),
+            Some("/tmp/outside-2.webp"),
+        )
+        .sticker(
+            "evil-3",
+            "1",
+            "s1",
+            Some("tg-evil-3"),
+            Some("stickers/../../../../outside-3.webp"),
+        )
+        // No key: the backfill key is built from hostile ids.
+        .sticker("evil-4", "..", "../../../../..", Some("tg-evil-4"), None)
+        .sticker(
+            "../../../../../outside-5",
+            "1",
+            "s1",
+            Some("tg-evil-5"),
+            None,
+        )
+        .sticker(
+            "evil-6",
+            "1",
+            "s1",
+            Some("tg-evil-6"),
+            Some("stickers\\..\\..\\outside-6.webp"),
+        )
+        // Percent signs are plain characters in a key: it stays inside.
+        .sticker("evil-7", "1", "s1", Some("tg-evil-7"), Some(literal));
+    db.write(&root.join("db"));
+    let archive = root.join("archive");
+    exec(
+        starchive(&archive)
+            .args(["--json", "snapshot", "--db"])
+            .arg(root.join("db")),
+    )
+    .code(0);
+    let fetched = exec(
+        starchive(&archive)
+            .args(["--json", "fetch", "--telegram-rate", "1000", "--storage"])
+            .arg(&bucket)
+            .envs(tg.env()),
+    );
+    assert!(
+        fetched.code == Some(0) || fetched.code == Some(3),
+        "{}",
+        fetched.stderr
+    );
+
+    let before = files_under(root);
+    let dest = root.join("a/b/c/d/e/dest");
+    let url = format!("file://{}", dest.display());
+    let out = exec(&mut push_cmd(&archive, &url, None));
+    out.code(3);
+    let doc = out.json();
+    assert!(doc["failed"].as_u64().unwrap_or(0) >= 4, "{doc}");
+    let mut cas = push_cmd(&archive, &root.join("cas").to_string_lossy(), None);
+    exec(cas.args(["--layout", "cas"])).code(0);
+
+    // Nothing changed outside the archive and the two destinations.
+    let after = files_under(root);
+    let outside: Vec<&String> = after
+        .keys()
+        .filter(|k| {
+            !k.starts_with("archive/")
+                && !k.starts_with("a/b/c/d/e/dest/")
+                && !k.starts_with("cas/")
+                && !before.contains_key(*k)
+        })
+        .collect();
+    assert!(outside.is_empty(), "written outside the roots: {outside:?}");
+    for name in [
+        "outside-1.webp",
+        "outside-2.webp",
+        "outside-3.webp",
+        "outside-6.webp",
+    ] {
+        assert!(!Path::new("/tmp").join(name).exists(), "/tmp/{name}");
+    }
+    let written: BTreeSet<String> = files_under(&dest)
+        .into_keys()
+        .filter(|k| !k.starts_with("_starchive/"))
+        .collect();
+    let want: BTreeSet<String> = [good.to_string(), literal.to_string()].into();
+    assert_eq!(written, want);
+    // Each refused ref is a push failure with its reason.
+    let status = exec(starchive(&archive).args(["--json", "status"]))
+        .code(0)
+        .json();
+    let push_failures: Vec<&Value> = status["failures"]
+        .as_array()
+        .expect("failures")
+        .iter()
+        .filter(|f| f["stage"] == "push")
+        .collect();
+    assert!(push_failures.len() >= 4, "{status}");
+    assert!(
+        push_failures
+            .iter()
+            .all(|f| f["reason"].as_str().unwrap_or("").contains("unsafe key")),
+        "{status}"
+    );
+}
+
+#[test]
+fn key_holding_other_bytes_fails_the_ref_and_exits_3() {
+    // Two refs name the same key; the bucket lacks it, so each is fetched
+    // from Telegram, with other bytes: the second cannot be placed there.
+    let dir = temp_dir();
+    let bucket = dir.path().join("bucket");
+    std::fs::create_dir_all(&bucket).expect("mkdir");
+    let tg = FakeTelegram::new();
+    tg.add_file("tg-a", "stickers/a.webp", sticker_bytes(1, 300));
+    tg.add_file("tg-b", "stickers/b.webp", sticker_bytes(2, 300));
+    let mut db = Db::default();
+    db.session("s1", "1", "prod", None, None)
+        .sticker("a", "1", "s1", Some("tg-a"), Some("stickers/1/same.webp"))
+        .sticker("b", "1", "s1", Some("tg-b"), Some("stickers/1/same.webp"));
+    db.write(&dir.path().join("db"));
+    let archive = dir.path().join("archive");
+    exec(
+        starchive(&archive)
+            .args(["snapshot", "--db"])
+            .arg(dir.path().join("db")),
+    )
+    .code(0);
+    exec(
+        starchive(&archive)
+            .args(["fetch", "--telegram-rate", "1000", "--storage"])
+            .arg(&bucket)
+            .envs(tg.env()),
+    )
+    .code(0);
+    let dest = dir.path().join("dest");
+    let doc = exec(&mut push_cmd(&archive, &dest.to_string_lossy(), None))
+        .code(3)
+        .json();
+    assert_eq!(doc["done"], 1, "{doc}");
+    assert_eq!(doc["failed"], 1, "{doc}");
+    assert_eq!(
+        std::fs::read(dest.join("stickers/1/same.webp")).expect("the first ref's bytes"),
+        sticker_bytes(1, 300)
+    );
+}
+
+#[test]
+fn failed_upload_exits_3_and_the_next_push_completes() {
+    let fx = fetched_fixture();
+    let s3 = TestS3::start();
+    s3.create_bucket("flaky");
+    let url = s3.store_url("flaky", "");
+    // The first upload is refused (403: not retried).
+    s3.fail_next("PUT", 1, 403);
+    let mut cmd = push_cmd(&fx.archive, &url, Some(&s3));
+    let out = exec(cmd.args(["--jobs", "1"]));
+    out.code(3);
+    let doc = out.json();
+    assert!(doc["failed"].as_u64().unwrap_or(0) >= 1, "{doc}");
+    assert_eq!(
+        doc["done"].as_u64().unwrap_or(0) + doc["failed"].as_u64().unwrap_or(0),
+        FIXTURE_PUSHED_REFS,
+        "{doc}"
+    );
+    let status = exec(starchive(&fx.archive).args(["--json", "status"]))
+        .code(0)
+        .json();
+    assert!(
+        status["failures"]
+            .as_array()
+            .expect("failures")
+            .iter()
+            .any(|f| f["stage"] == "push"),
+        "status lists the push failure: {status}"
+    );
+    let doc = exec(&mut push_cmd(&fx.archive, &url, Some(&s3)))
+        .code(0)
+        .json();
+    assert_eq!(doc["failed"], 0, "{doc}");
+    assert_mirror(&bucket_objects(&s3, "flaky"));
+}
+
+// ---- reports -------------------------------------------------------------------
+
+#[test]
+fn push_json_has_the_documented_keys() {
+    let fx = fetched_fixture();
+    let dest = fx.dir.path().join("dest");
+    let doc = exec(&mut push_cmd(&fx.archive, &dest.to_string_lossy(), None))
+        .code(0)
+        .json();
+    let keys: BTreeSet<&str> = doc
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for key in ["done", "skipped", "failed", "pending", "bytes", "seconds"] {
+        assert!(keys.contains(key), "{key} in {doc}");
+    }
+    for key in ["done", "skipped", "failed", "pending", "bytes"] {
+        assert!(doc[key].is_u64(), "{key} is a count: {doc}");
+    }
+    assert!(doc["seconds"].is_number(), "{doc}");
+}
+
+#[test]
+fn unfetched_refs_are_counted_as_pending() {
+    let dir = temp_dir();
+    let archive = dir.path().join("archive");
+    exec(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).code(0);
+    let dest = dir.path().join("dest");
+    let url = dest.to_string_lossy().into_owned();
+    // Nothing fetched yet: everything is pending, nothing is written but _starchive/.
+    let doc = exec(&mut push_cmd(&archive, &url, None)).code(0).json();
+    assert_eq!(doc["pending"], FIXTURE_REFS as u64, "{doc}");
+    assert_eq!(doc["done"], 0, "{doc}");
+    // The bucket only (no Telegram token): the Telegram-only refs stay pending.
+    exec(starchive(&archive).args(["fetch", "--storage", FIXTURE_BUCKET]));
+    let fetched: u64 = catalog(&archive)
+        .query_row(
+            "SELECT count(*) FROM refs WHERE state = 'fetched'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert!(fetched > 0 && fetched < FIXTURE_PUSHED_REFS, "{fetched}");
+    let doc = exec(&mut push_cmd(&archive, &url, None)).code(0).json();
+    assert_eq!(doc["done"], fetched, "{doc}");
+    assert_eq!(doc["pending"], FIXTURE_REFS as u64 - fetched, "{doc}");
+    let manifest = manifest_lines(&std::fs::read(dest.join(MANIFEST)).expect("manifest"));
+    assert_eq!(
+        manifest.len(),
+        FIXTURE_REFS + 1,
+        "every ref, pending ones too"
+    );
+}
+
+#[test]
+fn manifest_lists_every_ref() {
+    let fx = fetched_fixture();
+    let dest = fx.dir.path().join("dest");
+    exec(&mut push_cmd(&fx.archive, &dest.to_string_lossy(), None)).code(0);
+    let lines = manifest_lines(&std::fs::read(dest.join(MANIFEST)).expect("manifest"));
+    let header = &lines[0];
+    assert!(header["format"].is_u64(), "format version: {header}");
+    assert!(
+        header["snapshot_taken_at"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
+        "snapshot time: {header}"
+    );
+    assert_eq!(header["counts"]["refs"], FIXTURE_REFS as u64, "{header}");
+    let refs = &lines[1..];
+    assert_eq!(refs.len(), FIXTURE_REFS);
+    let by_ref: BTreeMap<(String, String), &Value> = refs
+        .iter()
+        .map(|l| {
+            let class = l["class"].as_str().expect("class").to_string();
+            let row = l["row_id"].as_str().expect("row_id").to_string();
+            ((class, row), l)
+        })
+        .collect();
+    assert_eq!(by_ref.len(), FIXTURE_REFS, "one line per ref");
+    for (class, row, key, _) in MIRROR {
+        let line = by_ref[&(class.to_string(), row.to_string())];
+        assert_eq!(line["key"], *key, "{line}");
+        assert_eq!(line["state"], "pushed", "{line}");
+        let bytes = std::fs::read(dest.join(key)).expect("object");
+        assert_eq!(line["sha256"], sha256_hex(&bytes), "{line}");
+        assert_eq!(line["size"], bytes.len() as u64, "{line}");
+        let ext = key.rsplit('.').next().expect("ext");
+        assert_eq!(line["type"], ext, "{line}");
+        for field in [
+            "env",
+            "telegram_file_id",
+            "storage_key",
+            "table",
+            "session_id",
+        ] {
+            assert!(line.get(field).is_some(), "{field} in {line}");
+        }
+    }
+    let failed = by_ref[&("sticker".to_string(), INVALID_STICKER.to_string())];
+    assert_eq!(failed["key"], Value::Null, "{failed}");
+    assert_ne!(failed["state"], "pushed", "{failed}");
+    assert_eq!(
+        failed["telegram_file_id"],
+        "CAACAgIAAxkBAAI-invalid-file-id-0000000000000000000000000000"
+    );
+    // The catalog copy is a catalog: its refs table has every ref.
+    let copy = rusqlite::Connection::open_with_flags(
+        dest.join(CATALOG_COPY),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open the catalog copy");
+    let n: i64 = copy
+        .query_row("SELECT count(*) FROM v_refs", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(n, FIXTURE_REFS as i64);
+}
+
+// ---- options ---------------------------------------------------------------------
+
+#[test]
+fn env_limits_push_to_its_refs() {
+    let fx = fetched_fixture();
+    let dest = fx.dir.path().join("dest");
+    let mut cmd = push_cmd(&fx.archive, &dest.to_string_lossy(), None);
+    let doc = exec(cmd.args(["--env", "test"])).code(0).json();
+    assert_eq!(doc["done"], TEST_ENV_KEYS.len() as u64, "{doc}");
+    assert_eq!(doc["pending"], 1, "sticker 315 failed at fetch: {doc}");
+    let files: BTreeSet<String> = files_under(&dest)
+        .into_keys()
+        .filter(|k| !k.starts_with("_starchive/"))
+        .collect();
+    let want: BTreeSet<String> = TEST_ENV_KEYS.iter().map(|k| k.to_string()).collect();
+    assert_eq!(files, want);
+    let lines = manifest_lines(&std::fs::read(dest.join(MANIFEST)).expect("manifest"));
+    assert_eq!(lines.len(), 8 + 1, "the 8 refs of env test");
+    assert!(lines[1..].iter().all(|l| l["env"] == "test"));
+}
+
+#[test]
+fn s3_prefix_puts_every_key_under_it() {
+    let fx = fetched_fixture();
+    let s3 = TestS3::start();
+    s3.create_bucket("prefixed");
+    let url = s3.store_url("prefixed", "backups/2025");
+    exec(&mut push_cmd(&fx.archive, &url, Some(&s3))).code(0);
+    let objects = bucket_objects(&s3, "prefixed");
+    assert!(
+        objects.keys().all(|k| k.starts_with("backups/2025/")),
+        "{objects:?}"
+    );
+    let stripped: BTreeMap<String, Vec<u8>> = objects
+        .into_iter()
+        .map(|(k, v)| (k["backups/2025/".len()..].to_string(), v))
+        .collect();
+    assert_mirror(&stripped);
+    exec(&mut verify_cmd(&fx.archive, &url, Some(&s3))).code(0);
+    // A fresh catalog pushing to the same prefix finds everything there.
+    let again = fetched_fixture();
+    s3.reset_counts();
+    let doc = exec(&mut push_cmd(&again.archive, &url, Some(&s3)))
+        .code(0)
+        .json();
+    assert_eq!(doc["skipped"], FIXTURE_PUSHED_REFS, "{doc}");
+    assert_eq!(
+        s3.requests("PUT") - s3.requests("COPY"),
+        2,
+        "only the manifest and the catalog copy: {:?}",
+        s3.request_log()
+    );
+}
+
+#[test]
+fn relative_path_and_file_url_are_directories() {
+    let fx = fetched_fixture();
+    let work = fx.dir.path().join("work");
+    std::fs::create_dir_all(&work).expect("mkdir");
+    let mut cmd = push_cmd(&fx.archive, "./backup", None);
+    exec(cmd.current_dir(&work)).code(0);
+    assert_mirror(&files_under(&work.join("backup")));
+    let mut verify = verify_cmd(&fx.archive, "./backup", None);
+    exec(verify.current_dir(&work)).code(0);
+
+    let abs = fx.dir.path().join("abs dest");
+    let url = format!("file://{}", abs.display());
+    exec(&mut push_cmd(&fx.archive, &url, None)).code(0);
+    assert_mirror(&files_under(&abs));
+}
+
+#[test]
+fn run_snapshots_fetches_and_pushes_in_one_go() {
+    let dir = temp_dir();
+    let archive = dir.path().join("archive");
+    let tg = FakeTelegram::from_dir(FIXTURE_TELEGRAM);
+    let s3 = TestS3::start();
+    s3.create_bucket("run");
+    let url = s3.store_url("run", "");
+    let out = exec(
+        starchive(&archive)
+            .args([
+                "--json",
+                "run",
+                "--db",
+                FIXTURE_DB,
+                "--storage",
+                FIXTURE_BUCKET,
+            ])
+            .args(["--telegram-rate", "1000", "--to", &url])
+            .envs(tg.env())
+            .envs(s3.env("TO")),
+    );
+    out.code(3);
+    let doc = out.json();
+    assert_eq!(doc["snapshot"]["tables"]["stickers"]["rows"], 16, "{doc}");
+    assert_eq!(doc["fetch"]["failed"], 1, "{doc}");
+    assert_eq!(doc["push"]["done"], FIXTURE_PUSHED_REFS, "{doc}");
+    assert_eq!(doc["push"]["pending"], 1, "{doc}");
+    assert_mirror(&bucket_objects(&s3, "run"));
+    exec(&mut verify_cmd(&archive, &url, Some(&s3))).code(0);
+}
+
+#[test]
+fn big_object_goes_multipart() {
+    const BIG: usize = 9 * 1024 * 1024 + 12_345;
+    let dir = temp_dir();
+    let tg = FakeTelegram::new();
+    let big = sticker_bytes(42, BIG);
+    tg.add_file("tg-big", "stickers/big.webp", big.clone());
+    tg.add_file("tg-small", "stickers/small.webp", sticker_bytes(43, 500));
+    let mut db = Db::default();
+    db.session("s1", "7", "prod", None, None)
+        .sticker("big", "7", "s1", Some("tg-big"), None)
+        .sticker("small", "7", "s1", Some("tg-small"), None);
+    db.write(&dir.path().join("db"));
+    let s3 = TestS3::start();
+    s3.create_bucket("big");
+    let url = s3.store_url("big", "");
+    let archive = dir.path().join("archive");
+    let doc = exec(
+        starchive(&archive)
+            .args(["--json", "run", "--db"])
+            .arg(dir.path().join("db"))
+            .args([
+                "--max-file-size",
+                "20MiB",
+                "--telegram-rate",
+                "1000",
+                "--to",
+                &url,
+            ])
+            .envs(tg.env())
+            .envs(s3.env("TO")),
+    )
+    .code(0)
+    .json();
+    assert_eq!(doc["push"]["done"], 2, "{doc}");
+    let key = "stickers/7/s1/backfill_big.webp";
+    assert!(s3.get_file("big", key) == Some(big.clone()), "{key}: whole");
+    // CreateMultipartUpload + CompleteMultipartUpload, and two parts.
+    assert!(s3.requests("POST") >= 2, "{:?}", s3.request_log());
+    let parts = s3
+        .request_log()
+        .iter()
+        .filter(|(c, p)| c == "PUT" && p.contains("partNumber="))
+        .count();
+    assert_eq!(parts, 2, "{:?}", s3.request_log());
+    assert_eq!(
+        s3.user_metadata("big", key).get("sha256"),
+        Some(&sha256_hex(&big))
+    );
+    exec(&mut verify_cmd(&archive, &url, Some(&s3))).code(0);
+}
+
+// ---- secrets -----------------------------------------------------------------------
+
+#[test]
+fn no_secret_in_output_or_destination() {
+    let dir = temp_dir();
+    let archive = dir.path().join("archive");
+    let tg = FakeTelegram::from_dir(FIXTURE_TELEGRAM);
+    let s3 = TestS3::start();
+    assert_eq!(s3.put_dir("source", FIXTURE_BUCKET), 13);
+    s3.create_bucket("dest");
+    let url = s3.store_url("dest", "copy");
+    let storage = s3.store_url("source", "");
+    let secrets = [
+        TOKEN,
+        TOKEN.split_once(':').expect("token").1,
+        SECRET_KEY,
+        ACCESS_KEY,
+    ];
+    let mut outputs = Vec::new();
+    let mut all = |cmd: &mut Command| {
+        let out = exec(
+            cmd.envs(tg.env())
+                .envs(s3.env("TO"))
+                .envs(s3.env("STORAGE")),
+        );
+        outputs.push(format!("{}\n{}", out.stdout, out.stderr));
+        out
+    };
+    for json in [true, false] {
+        let fresh = dir.path().join(if json { "run-json" } else { "run-text" });
+        let mut cmd = starchive(&fresh);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = all(cmd
+            .args(["run", "--db", FIXTURE_DB, "--telegram-rate", "1000"])
+            .args(["--storage", &storage, "--to", &url]));
+        assert_eq!(out.code, Some(3), "{}", out.stderr);
+    }
+    all(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB]));
+    all(starchive(&archive).args(["fetch", "--telegram-rate", "1000", "--storage", &storage]));
+    for json in [true, false] {
+        let j = if json { vec!["--json"] } else { vec![] };
+        all(starchive(&archive).args(&j).args(["push", "--to", &url]));
+        all(starchive(&archive)
+            .args(&j)
+            .args(["verify", "--deep", "--to", &url]));
+        all(starchive(&archive).args(&j).arg("status"));
+        all(starchive(&archive).args(&j).arg("plan"));
+    }
+    // Refused credentials: an error, which names no secret either.
+    let mut refused = starchive(&archive);
+    refused
+        .args(["push", "--to", &s3.store_url("dest", "other")])
+        .envs(tg.env())
+        .env("STARCHIVE_TO_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("STARCHIVE_TO_SECRET_ACCESS_KEY", "wrong-secret-SECRET");
+    let out = exec(&mut refused);
+    assert_ne!(out.code, Some(0), "a refused store is not a success");
+    outputs.push(format!("{}\n{}", out.stdout, out.stderr));
+
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    for (k, v) in files_under(dir.path()) {
+        files.push((k, v));
+    }
+    for (k, v) in bucket_objects(&s3, "dest") {
+        if k.ends_with(MANIFEST) {
+            let text = manifest_lines(&v)
+                .iter()
+                .map(Value::to_string)
+                .collect::<Vec<_>>()
+                .join("\n");
+            files.push((format!("{k} (decompressed)"), text.into_bytes()));
+        }
+        files.push((format!("dest/{k}"), v));
+    }
+    assert!(files.iter().any(|(k, _)| k.ends_with("catalog.sqlite")));
+    for secret in secrets {
+        for text in &outputs {
+            assert!(!text.contains(secret), "{secret:?} in output:\n{text}");
+        }
+        assert!(!outputs.iter().any(|t| t.contains("wrong-secret")));
+        for (name, bytes) in &files {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret:?} in {name}"
+            );
+        }
+    }
+}

@@ -1,0 +1,1214 @@
+//! `snapshot`: the bot's tables, from a real throwaway PostgreSQL or from
+//! CSV exports, into the catalog; read back with `rusqlite` as a user would
+//! with `sqlite3` (SPEC §1-§3, §7).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use serde_json::{Map, Value, json};
+
+use crate::support::pg::TestPg;
+use crate::support::{bin, temp_dir};
+
+const FIXTURES_DB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/db");
+const EXPECTED_JSON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/expected.json");
+const TABLES: [&str; 3] = ["sessions", "pack_batches", "stickers"];
+
+// ---- helpers ---------------------------------------------------------------
+
+/// A database `name` holding schema.sql, the fixtures' extra columns and the
+/// fixture rows. The foreign key stickers.session_id is dropped: the fixtures
+/// hold a sticker whose session is gone (as old bot data does).
+fn fixture_db(pg: &TestPg, name: &str) -> String {
+    pg.create_db(name);
+    pg.load_schema(name);
+    pg.psql(
+        name,
+        "ALTER TABLE sessions ADD COLUMN language_code text;
+         ALTER TABLE stickers ADD COLUMN prompt text;
+         ALTER TABLE pack_batches ADD COLUMN style text;
+         ALTER TABLE stickers DROP CONSTRAINT stickers_session_id_fkey;",
+    );
+    for table in TABLES {
+        let text = std::fs::read_to_string(Path::new(FIXTURES_DB).join(format!("{table}.csv")))
+            .expect("read fixture csv");
+        pg.copy_csv(name, table, &text);
+    }
+    pg.url(name)
+}
+
+/// Runs the binary with `args` on `archive`; returns its output whatever it is.
+fn starchive(archive: &Path, args: &[&str]) -> Output {
+    bin()
+        .arg("--archive")
+        .arg(archive)
+        .args(args)
+        .output()
+        .expect("run starchive")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `snapshot --json --db DB [extra]`, which must succeed; its JSON report.
+fn snapshot_ok(archive: &Path, db: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["snapshot", "--json", "--db", db];
+    args.extend_from_slice(extra);
+    let out = starchive(archive, &args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "snapshot failed:\n{}",
+        stderr(&out)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "snapshot --json printed no JSON document ({e}):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn plan_json(archive: &Path, extra: &[&str]) -> Value {
+    let mut args = vec!["plan", "--json"];
+    args.extend_from_slice(extra);
+    let out = starchive(archive, &args);
+    assert_eq!(out.status.code(), Some(0), "plan failed:\n{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).expect("plan --json prints one JSON document")
+}
+
+/// The catalog, opened as a user would (`sqlite3 ARCHIVE/catalog.sqlite`).
+fn catalog(archive: &Path) -> Connection {
+    let path = archive.join("catalog.sqlite");
+    assert!(path.is_file(), "no catalog at {}", path.display());
+    Connection::open(path).expect("open catalog.sqlite")
+}
+
+/// `(rows, added, changed, removed, skipped)` of one table in a snapshot report.
+fn counts(report: &Value, table: &str) -> (u64, u64, u64, u64, u64) {
+    let t = &report["tables"][table];
+    let n = |k: &str| {
+        t[k].as_u64()
+            .unwrap_or_else(|| panic!("tables.{table}.{k} missing in {report}"))
+    };
+    (
+        n("rows"),
+        n("added"),
+        n("changed"),
+        n("removed"),
+        n("skipped"),
+    )
+}
+
+/// Every row of `table` in `v_rows`, by id, parsed.
+fn catalog_rows(conn: &Connection, table: &str) -> BTreeMap<String, Value> {
+    let mut stmt = conn
+        .prepare("SELECT id, data FROM v_rows WHERE table_name = ?1")
+        .expect("prepare v_rows");
+    stmt.query_map([table], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })
+    .expect("query v_rows")
+    .map(|r| {
+        let (id, data) = r.expect("v_rows row");
+        let value: Value = serde_json::from_str(&data).expect("v_rows.data is JSON");
+        (id, value)
+    })
+    .collect()
+}
+
+/// Every row of `table` as PostgreSQL's `to_jsonb` gives it (UTC), by id.
+fn pg_rows(pg: &TestPg, db: &str, table: &str) -> BTreeMap<String, Value> {
+    pg.psql(
+        db,
+        &format!("SET TIME ZONE 'UTC'; SELECT to_jsonb(t)::text FROM public.{table} t;"),
+    )
+    .lines()
+    .filter(|l| !l.is_empty())
+    .map(|l| {
+        let v: Value = serde_json::from_str(l).expect("to_jsonb text");
+        (v["id"].as_str().expect("uuid id").to_owned(), v)
+    })
+    .collect()
+}
+
+/// One scalar from the catalog.
+fn one<T: rusqlite::types::FromSql>(conn: &Connection, sql: &str) -> T {
+    conn.query_row(sql, [], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+type RefRow = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+);
+
+/// The refs table as a set of what a ref says (no state, no generation).
+fn refs_of(conn: &Connection) -> BTreeSet<RefRow> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT class, row_table, row_id, slot, session_id, user_id, env, pack_batch_id,
+                    pack_index, telegram_file_id, storage_key FROM refs",
+        )
+        .expect("prepare refs");
+    stmt.query_map([], |r| {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+            r.get(7)?,
+            r.get(8)?,
+            r.get(9)?,
+            r.get(10)?,
+        ))
+    })
+    .expect("query refs")
+    .map(|r| r.expect("refs row"))
+    .collect()
+}
+
+/// `count(*)` of refs per class.
+fn refs_per_class(conn: &Connection) -> BTreeMap<String, i64> {
+    let mut stmt = conn
+        .prepare("SELECT class, count(*) FROM refs GROUP BY class")
+        .expect("prepare");
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect()
+}
+
+/// Fixture uuid `00000000-0000-4000-8000-000000000NNN`.
+fn fid(n: u32) -> String {
+    format!("00000000-0000-4000-8000-{n:012}")
+}
+
+/// A row's JSON without its time columns (their text form differs between
+/// `to_jsonb` and a CSV export).
+fn without_times(v: &Value) -> Value {
+    let mut m: Map<String, Value> = v.as_object().expect("row object").clone();
+    m.remove("created_at");
+    m.remove("updated_at");
+    Value::Object(m)
+}
+
+/// Waits for a child process, killing it after `limit`.
+fn wait_with_limit(mut child: std::process::Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("collect output");
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("collect output");
+            panic!(
+                "starchive did not finish within {limit:?}:\n{}",
+                stderr(&out)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---- tests -----------------------------------------------------------------
+
+/// Every column of every row — uuid, bigint beyond 2^53, jsonb, timestamptz,
+/// numeric, arrays, booleans and columns schema.sql does not name — is in
+/// `v_rows.data`, equal to what PostgreSQL's `to_jsonb` gives, and readable
+/// with `json_extract`.
+#[test]
+fn every_column_survives_in_v_rows() {
+    let pg = TestPg::start();
+    let url = fixture_db(&pg, "bot");
+    pg.psql(
+        "bot",
+        r#"ALTER TABLE stickers ADD COLUMN meta jsonb, ADD COLUMN score numeric(6,2),
+               ADD COLUMN tags text[], ADD COLUMN nsfw boolean;
+           INSERT INTO sessions (id, user_id, env, mode, photos, language_code, created_at, updated_at)
+           VALUES ('00000000-0000-4000-8000-0000000001ff', 9007199254740993, 'prod', 'pack',
+                   '["p1", "p2"]', 'fr', '2025-06-01 12:34:56.789+02', '2025-06-01 12:34:56.789+02');
+           INSERT INTO stickers (id, user_id, session_id, pack_index, telegram_file_id, meta, score,
+                                 tags, nsfw, prompt, created_at)
+           VALUES ('00000000-0000-4000-8000-0000000003ff', 9007199254740993,
+                   '00000000-0000-4000-8000-0000000001ff', 7, 'F-big-user',
+                   '{"seed": 42, "nested": {"a": [1, null, "x"]}}', 12.50, '{a,"b c"}', false,
+                   E'tab\there "quoted" \u2713', '2025-06-01 10:00:00.000001+00');"#,
+    );
+    let archive = temp_dir();
+    let report = snapshot_ok(archive.path(), &url, &[]);
+    assert_eq!(counts(&report, "sessions"), (12, 12, 0, 0, 0), "{report}");
+    assert_eq!(counts(&report, "stickers"), (17, 17, 0, 0, 0), "{report}");
+    assert_eq!(counts(&report, "pack_batches"), (4, 4, 0, 0, 0), "{report}");
+
+    let conn = catalog(archive.path());
+    for table in TABLES {
+        // Every column PostgreSQL has is a key of every row's JSON...
+        let columns: BTreeSet<String> = pg
+            .psql(
+                "bot",
+                &format!(
+                    "SELECT column_name FROM information_schema.columns
+                     WHERE table_schema = 'public' AND table_name = '{table}';"
+                ),
+            )
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let ours = catalog_rows(&conn, table);
+        for (id, row) in &ours {
+            let keys: BTreeSet<String> = row.as_object().expect("object").keys().cloned().collect();
+            assert_eq!(keys, columns, "{table} {id}: columns in v_rows.data");
+        }
+        // ...and every value equals PostgreSQL's own JSON of the row.
+        let theirs = pg_rows(&pg, "bot", table);
+        assert_eq!(ours.len(), theirs.len(), "{table}: row count");
+        for (id, expected) in &theirs {
+            assert_eq!(ours.get(id), Some(expected), "{table} {id}");
+        }
+    }
+
+    // Read back with json_extract, as SPEC §2 promises users.
+    let s = |path: &str, id: &str| -> (Option<String>, Option<String>) {
+        conn.query_row(
+            "SELECT CAST(json_extract(data, ?1) AS TEXT), json_type(data, ?1)
+             FROM v_rows WHERE id = ?2",
+            [path, id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap_or_else(|e| panic!("{path} of {id}: {e}"))
+    };
+    let big = "00000000-0000-4000-8000-0000000001ff";
+    let big_sticker = "00000000-0000-4000-8000-0000000003ff";
+    // uuid: the id itself, and references to other rows.
+    assert_eq!(
+        s("$.id", big),
+        (Some(big.into()), Some("text".into())),
+        "uuid"
+    );
+    assert_eq!(
+        s("$.session_id", big_sticker),
+        (Some(big.into()), Some("text".into()))
+    );
+    // bigint, exact beyond 2^53.
+    let user_id: i64 = one(
+        &conn,
+        "SELECT json_extract(data, '$.user_id') FROM v_rows WHERE id = '00000000-0000-4000-8000-0000000001ff'",
+    );
+    assert_eq!(user_id, 9_007_199_254_740_993);
+    assert_eq!(s("$.user_id", big).1.as_deref(), Some("integer"));
+    // jsonb
+    assert_eq!(s("$.photos", big).1.as_deref(), Some("array"));
+    assert_eq!(s("$.photos[1]", big).0.as_deref(), Some("p2"));
+    assert_eq!(s("$.meta.seed", big_sticker).0.as_deref(), Some("42"));
+    assert_eq!(s("$.meta.nested.a[2]", big_sticker).0.as_deref(), Some("x"));
+    assert_eq!(
+        s("$.meta.nested.a[1]", big_sticker).1.as_deref(),
+        Some("null")
+    );
+    // timestamptz, in UTC, microseconds kept.
+    assert_eq!(
+        s("$.created_at", big).0.as_deref(),
+        Some("2025-06-01T10:34:56.789+00:00")
+    );
+    assert_eq!(
+        s("$.created_at", big_sticker).0.as_deref(),
+        Some("2025-06-01T10:00:00.000001+00:00")
+    );
+    assert_eq!(
+        s("$.updated_at", &fid(101)).0.as_deref(),
+        Some("2025-03-01T10:05:12.345678+00:00")
+    );
+    // numeric, array, boolean, integer
+    assert_eq!(
+        s("$.score", big_sticker),
+        (Some("12.5".into()), Some("real".into()))
+    );
+    assert_eq!(s("$.tags[1]", big_sticker).0.as_deref(), Some("b c"));
+    assert_eq!(s("$.nsfw", big_sticker).1.as_deref(), Some("false"));
+    assert_eq!(s("$.pack_index", big_sticker).1.as_deref(), Some("integer"));
+    // Columns schema.sql does not name: text, NULL and the empty string kept apart.
+    assert_eq!(s("$.language_code", big).0.as_deref(), Some("fr"));
+    assert_eq!(
+        s("$.language_code", &fid(104)),
+        (Some(String::new()), Some("text".into())),
+        "a quoted empty string stays the empty string"
+    );
+    assert_eq!(
+        s("$.language_code", &fid(103)),
+        (None, Some("null".into())),
+        "NULL stays a present JSON null"
+    );
+    assert_eq!(
+        s("$.prompt", big_sticker).0.as_deref(),
+        Some("tab\there \"quoted\" \u{2713}")
+    );
+    let prompt = s("$.prompt", &fid(303)).0.expect("prompt of 303");
+    assert!(
+        prompt.starts_with("кот в шляпе") && prompt.ends_with("вторая строка"),
+        "{prompt:?}"
+    );
+    assert_eq!(s("$.style", &fid(203)).0.as_deref(), Some("pixel, retro"));
+    // The typed columns read the same values.
+    let typed: (String, i64, String) = conn
+        .query_row(
+            "SELECT user_id, pack_index, session_id FROM stickers WHERE id = ?1",
+            [big_sticker],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("typed columns");
+    assert_eq!(typed, ("9007199254740993".into(), 7, big.into()));
+}
+
+/// A second snapshot after inserts, updates and deletes reports, per table,
+/// exactly the rows added, changed and removed; refs follow; a third one with
+/// nothing changed reports nothing.
+#[test]
+fn resnapshot_counts_added_changed_removed() {
+    let pg = TestPg::start();
+    let url = fixture_db(&pg, "bot");
+    let archive = temp_dir();
+    let first = snapshot_ok(archive.path(), &url, &[]);
+    assert_eq!(counts(&first, "sessions"), (11, 11, 0, 0, 0), "{first}");
+    assert_eq!(counts(&first, "stickers"), (16, 16, 0, 0, 0), "{first}");
+    assert_eq!(counts(&first, "pack_batches"), (4, 4, 0, 0, 0), "{first}");
+
+    pg.psql(
+        "bot",
+        &format!(
+            "INSERT INTO sessions (id, user_id, env, last_sticker_file_id)
+               VALUES ('{n1}', 42, 'prod', 'F-new-1'), ('{n2}', 42, 'test', NULL);
+             INSERT INTO stickers (id, user_id, session_id, telegram_file_id)
+               VALUES ('{n3}', 42, '{n1}', 'F-new-1');
+             UPDATE stickers SET telegram_file_id = 'F-replaced' WHERE id = '{s301}';
+             UPDATE stickers SET prompt = 'edited' WHERE id IN ('{s302}', '{s310}');
+             UPDATE sessions SET language_code = 'uk' WHERE id = '{s111}';
+             UPDATE sessions SET updated_at = updated_at WHERE id = '{s101}';
+             DELETE FROM stickers WHERE id IN ('{s308}', '{s309}');
+             DELETE FROM pack_batches WHERE id = '{b202}';",
+            n1 = fid(901),
+            n2 = fid(902),
+            n3 = fid(903),
+            s301 = fid(301),
+            s302 = fid(302),
+            s310 = fid(310),
+            s111 = fid(111),
+            s101 = fid(101),
+            s308 = fid(308),
+            s309 = fid(309),
+            b202 = fid(202),
+        ),
+    );
+    let second = snapshot_ok(archive.path(), &url, &[]);
+    assert_eq!(
+        second["snapshot_id"],
+        first["snapshot_id"].as_i64().unwrap() + 1
+    );
+    assert_eq!(counts(&second, "sessions"), (13, 2, 1, 0, 0), "{second}");
+    assert_eq!(counts(&second, "stickers"), (15, 1, 3, 2, 0), "{second}");
+    assert_eq!(counts(&second, "pack_batches"), (3, 0, 0, 1, 0), "{second}");
+
+    let conn = catalog(archive.path());
+    let file_id: String = one(
+        &conn,
+        &format!(
+            "SELECT telegram_file_id FROM refs WHERE class = 'sticker' AND row_id = '{}'",
+            fid(301)
+        ),
+    );
+    assert_eq!(file_id, "F-replaced", "the ref follows the changed row");
+    let gone: i64 = one(
+        &conn,
+        &format!(
+            "SELECT count(*) FROM refs WHERE row_id IN ('{}', '{}', '{}')",
+            fid(308),
+            fid(309),
+            fid(202)
+        ),
+    );
+    assert_eq!(gone, 0, "refs of deleted rows are gone");
+    let new_refs: i64 = one(
+        &conn,
+        &format!(
+            "SELECT count(*) FROM refs WHERE row_id IN ('{}', '{}')",
+            fid(901),
+            fid(903)
+        ),
+    );
+    assert_eq!(
+        new_refs, 2,
+        "a session_sticker and a sticker ref for the new rows"
+    );
+    let prompt: String = one(
+        &conn,
+        &format!(
+            "SELECT json_extract(data, '$.prompt') FROM v_rows WHERE id = '{}'",
+            fid(310)
+        ),
+    );
+    assert_eq!(prompt, "edited");
+    drop(conn);
+
+    let third = snapshot_ok(archive.path(), &url, &[]);
+    assert_eq!(counts(&third, "sessions"), (13, 0, 0, 0, 0), "{third}");
+    assert_eq!(counts(&third, "stickers"), (15, 0, 0, 0, 0), "{third}");
+    assert_eq!(counts(&third, "pack_batches"), (3, 0, 0, 0, 0), "{third}");
+}
+
+/// While a snapshot of big tables runs, another connection keeps committing
+/// groups (a session, its pack batch and 3 stickers in one transaction). The
+/// catalog holds every group whole or not at all, and exactly the groups
+/// 1..=k committed before one instant: one consistent state of all three tables.
+/// (`sessions` is read first and is big, so groups committed while it is read
+/// would show up torn in the later tables if each table had its own state.)
+#[test]
+fn concurrent_writes_do_not_tear_the_snapshot() {
+    let pg = TestPg::start();
+    pg.create_db("bot");
+    pg.load_schema("bot");
+    pg.psql(
+        "bot",
+        "INSERT INTO sessions (user_id, env, mode)
+         SELECT g, 'prod', 'bulk' FROM generate_series(1, 100000) g;
+         INSERT INTO stickers (user_id, telegram_file_id, result_storage_path)
+         SELECT g, 'file_' || g, 'stickers/' || g || '/x.webp' FROM generate_series(1, 50000) g;",
+    );
+    let url = pg.url("bot");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, committed, url) = (stop.clone(), committed.clone(), url.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .expect("writer connects");
+                tokio::spawn(connection);
+                let mut g: u64 = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    g += 1;
+                    let session = format!("{g:08x}-0000-4000-9000-000000000001");
+                    let batch = format!("{g:08x}-0000-4000-9000-000000000002");
+                    let mut sql = format!(
+                        "BEGIN;
+                         INSERT INTO sessions (id, user_id, env, mode, pack_sheet_file_id)
+                           VALUES ('{session}', {g}, 'prod', 'grp', 'sheet-{g}');
+                         INSERT INTO pack_batches (id, session_id, user_id, status)
+                           VALUES ('{batch}', '{session}', {g}, 'grp');"
+                    );
+                    for i in 0..3 {
+                        sql.push_str(&format!(
+                            "INSERT INTO stickers (id, user_id, session_id, pack_batch_id, pack_index,
+                                                   style_preset_id, telegram_file_id)
+                             VALUES ('{g:08x}-0000-4000-9000-00000000001{i}', {g}, '{session}',
+                                     '{batch}', {i}, 'grp', 'grp-{g}-{i}');"
+                        ));
+                    }
+                    sql.push_str("COMMIT;");
+                    client.batch_execute(&sql).await.expect("writer commits a group");
+                    committed.store(g, Ordering::SeqCst);
+                    // Steady, not flat out: the snapshot needs the CPU too.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            });
+        })
+    };
+    // Let the writer get going before the snapshot starts.
+    while committed.load(Ordering::SeqCst) < 20 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    let archive = temp_dir();
+    let at_spawn = committed.load(Ordering::SeqCst);
+    let child = bin()
+        .arg("--archive")
+        .arg(archive.path())
+        .args(["snapshot", "--json", "--db", &url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn snapshot");
+    let out = wait_with_limit(child, Duration::from_secs(60));
+    let at_exit = committed.load(Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
+    writer.join().expect("writer thread");
+    assert_eq!(out.status.code(), Some(0), "snapshot:\n{}", stderr(&out));
+
+    let conn = catalog(archive.path());
+    eprintln!("groups committed: {at_spawn} at spawn, {at_exit} at exit");
+    let groups = |sql: &str| -> BTreeMap<u64, i64> {
+        let mut stmt = conn.prepare(sql).expect("prepare");
+        stmt.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+            .expect("query")
+            .map(|r| r.expect("row"))
+            .collect()
+    };
+    let sessions = groups(
+        "SELECT CAST(user_id AS INTEGER), count(*) FROM sessions WHERE mode = 'grp' GROUP BY 1",
+    );
+    let batches = groups(
+        "SELECT CAST(user_id AS INTEGER), count(*) FROM pack_batches WHERE status = 'grp' GROUP BY 1",
+    );
+    let stickers = groups(
+        "SELECT CAST(user_id AS INTEGER), count(*) FROM stickers WHERE style_preset_id = 'grp' GROUP BY 1",
+    );
+    let all: BTreeSet<u64> = sessions
+        .keys()
+        .chain(batches.keys())
+        .chain(stickers.keys())
+        .copied()
+        .collect();
+    for g in &all {
+        assert_eq!(
+            (sessions.get(g), batches.get(g), stickers.get(g)),
+            (Some(&1), Some(&1), Some(&3)),
+            "group {g} is torn: session, batch and stickers must be all in or all out"
+        );
+    }
+    let k = all.len() as u64;
+    eprintln!("groups in the catalog: {k}");
+    assert_eq!(
+        all,
+        (1..=k).collect::<BTreeSet<_>>(),
+        "the groups of one instant: a prefix of the commit order"
+    );
+    assert!(
+        k >= at_spawn && k <= at_exit,
+        "state taken while the snapshot ran: {at_spawn} <= {k} <= {at_exit}"
+    );
+    assert!(
+        at_exit > k,
+        "groups were committed while the snapshot was reading ({k} in, {at_exit} committed): \
+         the test did not exercise concurrency"
+    );
+    let sticker_rows: i64 = one(&conn, "SELECT count(*) FROM stickers");
+    assert_eq!(sticker_rows as u64, 50_000 + 3 * k);
+    let session_rows: i64 = one(&conn, "SELECT count(*) FROM sessions");
+    assert_eq!(session_rows as u64, 100_000 + k);
+    let sheets: i64 = one(
+        &conn,
+        "SELECT count(*) FROM refs WHERE class = 'pack_sheet' AND pack_batch_id IS NOT NULL",
+    );
+    assert_eq!(
+        sheets as u64, k,
+        "every group's sheet is attached to its batch"
+    );
+}
+
+/// A directory of CSV exports and the database they came from give the same
+/// refs, the same plan and the same rows (time columns aside).
+#[test]
+fn csv_and_postgres_give_the_same_refs() {
+    let pg = TestPg::start();
+    let url = fixture_db(&pg, "bot");
+    let from_pg = temp_dir();
+    let from_csv = temp_dir();
+    let a = snapshot_ok(from_pg.path(), &url, &[]);
+    let b = snapshot_ok(from_csv.path(), FIXTURES_DB, &[]);
+    assert_eq!(a["tables"], b["tables"], "same counts");
+
+    let (pa, pb) = (catalog(from_pg.path()), catalog(from_csv.path()));
+    let (ra, rb) = (refs_of(&pa), refs_of(&pb));
+    assert_eq!(ra.len(), 26);
+    assert_eq!(ra, rb, "same refs from Postgres and from CSV");
+    for table in TABLES {
+        let (x, y) = (catalog_rows(&pa, table), catalog_rows(&pb, table));
+        assert_eq!(
+            x.keys().collect::<Vec<_>>(),
+            y.keys().collect::<Vec<_>>(),
+            "{table} ids"
+        );
+        for (id, row) in &x {
+            assert_eq!(
+                without_times(row),
+                without_times(&y[id]),
+                "{table} {id}: non-time columns"
+            );
+        }
+    }
+    drop((pa, pb));
+    assert_eq!(
+        plan_json(from_pg.path(), &[]),
+        plan_json(from_csv.path(), &[])
+    );
+}
+
+/// `snapshot --env` copies only the rows of sessions with that env (stickers
+/// and batches by their session; a row of an unknown session is left out),
+/// from Postgres and from CSV alike; a later snapshot without it adds the rest.
+#[test]
+fn env_limits_the_rows_copied() {
+    let pg = TestPg::start();
+    let url = fixture_db(&pg, "bot");
+    for db in [url.as_str(), FIXTURES_DB] {
+        let archive = temp_dir();
+        let test_only = snapshot_ok(archive.path(), db, &["--env", "test"]);
+        assert_eq!(counts(&test_only, "sessions").0, 4, "{db}: {test_only}");
+        assert_eq!(counts(&test_only, "pack_batches").0, 1, "{db}: {test_only}");
+        assert_eq!(counts(&test_only, "stickers").0, 4, "{db}: {test_only}");
+        let conn = catalog(archive.path());
+        let other_envs: i64 = one(
+            &conn,
+            "SELECT count(*) FROM sessions WHERE env IS NOT 'test'",
+        );
+        assert_eq!(other_envs, 0, "{db}");
+        let foreign: i64 = one(
+            &conn,
+            "SELECT count(*) FROM stickers WHERE session_id NOT IN (SELECT id FROM sessions)",
+        );
+        assert_eq!(
+            foreign, 0,
+            "{db}: no sticker of another env or of no session"
+        );
+        let refs: BTreeMap<Option<String>, i64> = {
+            let mut stmt = conn
+                .prepare("SELECT env, count(*) FROM refs GROUP BY env")
+                .expect("prepare");
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .expect("query")
+                .map(|r| r.expect("row"))
+                .collect()
+        };
+        assert_eq!(refs, BTreeMap::from([(Some("test".to_owned()), 8)]), "{db}");
+        drop(conn);
+
+        // --env is global: after the command's name too, and repeatable.
+        let out = starchive(
+            archive.path(),
+            &[
+                "snapshot", "--db", db, "--json", "--env", "prod", "--env", "test",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let both: Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(counts(&both, "sessions"), (11, 7, 0, 0, 0), "{db}: {both}");
+        assert_eq!(counts(&both, "stickers"), (15, 11, 0, 0, 0), "{db}: {both}");
+        assert_eq!(
+            counts(&both, "pack_batches"),
+            (4, 3, 0, 0, 0),
+            "{db}: {both}"
+        );
+        assert_eq!(plan_json(archive.path(), &[])["total"]["refs"], 25, "{db}");
+
+        let all = snapshot_ok(archive.path(), db, &[]);
+        assert_eq!(counts(&all, "stickers"), (16, 1, 0, 0, 0), "{db}: {all}");
+        assert_eq!(plan_json(archive.path(), &[])["total"]["refs"], 26, "{db}");
+    }
+}
+
+/// On the fixture dataset, whose answers are known (fixtures/expected.json):
+/// refs per class, with/without storage key, the backfill volumes, per env,
+/// with photos once they are in scope; and the refs of the edge cases.
+#[test]
+fn plan_counts_match_the_fixture_answers() {
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(EXPECTED_JSON).expect("expected.json"))
+            .expect("expected.json is JSON");
+    let pg = TestPg::start();
+    let url = fixture_db(&pg, "bot");
+    let archive = temp_dir();
+    let report = snapshot_ok(archive.path(), &url, &[]);
+    for table in TABLES {
+        assert_eq!(
+            counts(&report, table).0,
+            expected["rows"][table].as_u64().unwrap(),
+            "{table}"
+        );
+    }
+
+    let check = |plan: &Value, want: &Value, with_photos: bool| {
+        let classes = want["classes"].as_object().expect("classes");
+        for (class, w) in classes {
+            let got = &plan["classes"][class];
+            for key in ["refs", "with_storage_key", "telegram_only"] {
+                assert_eq!(got[key], w[key], "{class}.{key}: {plan}");
+            }
+            assert_eq!(
+                got["pending"], w["refs"],
+                "{class}: all pending before fetch"
+            );
+            assert_eq!(got["fetched"], 0);
+            assert_eq!(got["failed"], 0);
+        }
+        if !with_photos {
+            assert_eq!(plan["classes"]["photo"]["refs"], 0, "photos are opt-in");
+        }
+        for key in ["refs", "with_storage_key", "telegram_only"] {
+            assert_eq!(plan["total"][key], want["total"][key], "total.{key}");
+        }
+        assert_eq!(plan["blobs"], json!({"count": 0, "bytes": 0}));
+        for key in [
+            "sessions_missing_storage_path",
+            "stickers_missing_storage_path",
+        ] {
+            assert_eq!(
+                plan["backfill"][key], expected["backfill"][key],
+                "backfill.{key}: {plan}"
+            );
+        }
+    };
+    let plan = plan_json(archive.path(), &[]);
+    check(&plan, &expected["without_photos"], false);
+    for env in ["prod", "test"] {
+        let p = plan_json(archive.path(), &["--env", env]);
+        assert_eq!(
+            p["total"]["refs"], expected["by_env"][env]["refs"],
+            "--env {env}"
+        );
+    }
+
+    // The edge cases of EXPECTED.md, ref by ref.
+    let conn = catalog(archive.path());
+    let refs = refs_of(&conn);
+    let find = |class: &str, row_id: &str| -> Vec<&RefRow> {
+        refs.iter()
+            .filter(|r| r.0 == class && r.2 == row_id)
+            .collect()
+    };
+    // Session 107's sheet is attached to its latest batch (201), with the batch's cleaned sheet.
+    let sheet = find("pack_sheet", &fid(107));
+    assert_eq!(sheet.len(), 1);
+    assert_eq!(sheet[0].7.as_deref(), Some(fid(201).as_str()));
+    assert_eq!(
+        sheet[0].10.as_deref(),
+        Some("pack_sheets/100000004/00000000-0000-4000-8000-000000000201/1741172400000_clean.png")
+    );
+    assert!(
+        find("pack_sheet", &fid(202)).is_empty(),
+        "older batch: no sheet"
+    );
+    // Batch 203: cleaned sheet, session without a sheet file_id: storage-only ref.
+    let storage_only = find("pack_sheet", &fid(203));
+    assert_eq!(storage_only.len(), 1);
+    assert_eq!(
+        (storage_only[0].1.as_str(), storage_only[0].9.as_deref()),
+        ("pack_batches", None)
+    );
+    assert_eq!(storage_only[0].6.as_deref(), Some("test"));
+    // Session 110: a sheet and no batch.
+    let no_batch = find("pack_sheet", &fid(110));
+    assert_eq!(no_batch.len(), 1);
+    assert_eq!(
+        (no_batch[0].7.as_deref(), no_batch[0].10.as_deref()),
+        (None, None)
+    );
+    // Sticker 316: unknown session, no env.
+    let orphan = find("sticker", &fid(316));
+    assert_eq!(orphan.len(), 1);
+    assert_eq!(orphan[0].6, None);
+    // Session 111 names no file; single stickers carry no batch, pack stickers their index.
+    assert!(refs.iter().all(|r| r.2 != fid(111)));
+    let s306 = find("sticker", &fid(306));
+    assert_eq!(
+        (s306[0].7.as_deref(), s306[0].8, s306[0].10.as_deref()),
+        (Some(fid(201).as_str()), Some(2), None)
+    );
+    assert_eq!(
+        find("sticker", &fid(301))[0].5.as_deref(),
+        Some("100000001")
+    );
+    // The documented view has one row per ref, all pending before any fetch.
+    let pending: i64 = one(&conn, "SELECT count(*) FROM v_refs WHERE state = 'pending'");
+    assert_eq!(pending, 26);
+    drop(conn);
+
+    // Photos come into scope once asked for (the setting `fetch --include photos` records).
+    {
+        let catalog = starchive::catalog::Catalog::open_or_create(archive.path()).expect("open");
+        catalog
+            .set_setting(starchive::commands::snapshot::INCLUDE_PHOTOS, "true")
+            .expect("set include_photos");
+    }
+    let again = snapshot_ok(archive.path(), &url, &[]);
+    assert_eq!(counts(&again, "sessions"), (11, 0, 0, 0, 0), "{again}");
+    let plan = plan_json(archive.path(), &[]);
+    check(&plan, &expected["with_photos"], true);
+    for env in ["prod", "test"] {
+        let p = plan_json(archive.path(), &["--env", env]);
+        assert_eq!(
+            p["total"]["refs"], expected["by_env"][env]["refs_with_photos"],
+            "--env {env} with photos"
+        );
+    }
+}
+
+/// Rows a snapshot cannot use are skipped and counted, never a crash: from
+/// Postgres (no id, a duplicate id, a photos column that is not an array of
+/// file ids) and from CSV (wrong field count, no id, a non-integer index).
+#[test]
+fn malformed_rows_are_skipped_and_counted() {
+    let pg = TestPg::start();
+    let url = fixture_db(&pg, "bot");
+    pg.psql(
+        "bot",
+        &format!(
+            "ALTER TABLE stickers DROP CONSTRAINT stickers_pkey;
+             ALTER TABLE stickers ALTER COLUMN id DROP NOT NULL;
+             INSERT INTO stickers (id, user_id, telegram_file_id) VALUES (NULL, 1, 'F-no-id');
+             INSERT INTO stickers (id, user_id, telegram_file_id) VALUES ('{dup}', 1, 'F-dup');
+             INSERT INTO sessions (id, user_id, photos) VALUES ('{b1}', 1, '[1, 2]'), ('{b2}', 1, '\"x\"');",
+            dup = fid(301),
+            b1 = fid(991),
+            b2 = fid(992),
+        ),
+    );
+    let archive = temp_dir();
+    let out = starchive(archive.path(), &["snapshot", "--json", "--db", &url]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(counts(&report, "sessions"), (11, 11, 0, 0, 2), "{report}");
+    assert_eq!(counts(&report, "stickers"), (16, 16, 0, 0, 2), "{report}");
+    assert_eq!(counts(&report, "pack_batches"), (4, 4, 0, 0, 0), "{report}");
+    assert!(stderr(&out).contains("skipped"), "{}", stderr(&out));
+    let conn = catalog(archive.path());
+    let bad: i64 = one(
+        &conn,
+        &format!(
+            "SELECT count(*) FROM v_rows WHERE id IN ('{}', '{}')",
+            fid(991),
+            fid(992)
+        ),
+    );
+    assert_eq!(bad, 0);
+    assert_eq!(
+        refs_of(&conn).len(),
+        26,
+        "the good rows' refs are all there"
+    );
+    drop(conn);
+
+    // CSV: the fixtures plus broken lines.
+    let dir = temp_dir();
+    for table in TABLES {
+        let mut text = std::fs::read_to_string(Path::new(FIXTURES_DB).join(format!("{table}.csv")))
+            .expect("fixture");
+        match table {
+            "sessions" => {
+                text.push_str("00000000-0000-4000-8000-000000000993,1,en,prod\r\n");
+                text.push_str(
+                    ",1,en,prod,single,,[],F-x,,,2025-01-01 00:00:00+00,2025-01-01 00:00:00+00\r\n",
+                );
+                text.push_str("00000000-0000-4000-8000-000000000994,1,en,prod,single,,not json,,,,2025-01-01 00:00:00+00,2025-01-01 00:00:00+00\r\n");
+            }
+            "stickers" => {
+                text.push_str("00000000-0000-4000-8000-000000000995,1,,,one,,F-y,,2025-01-01 00:00:00+00,\r\n");
+            }
+            _ => {}
+        }
+        std::fs::write(dir.path().join(format!("{table}.csv")), text).expect("write csv");
+    }
+    let archive = temp_dir();
+    let csv = dir.path().to_str().expect("utf-8 path");
+    let report = snapshot_ok(archive.path(), csv, &[]);
+    assert_eq!(counts(&report, "sessions"), (11, 11, 0, 0, 3), "{report}");
+    assert_eq!(counts(&report, "stickers"), (16, 16, 0, 0, 1), "{report}");
+    assert_eq!(counts(&report, "pack_batches"), (4, 4, 0, 0, 0), "{report}");
+}
+
+/// A source that lacks optional tables and columns still snapshots; one with
+/// no `sessions` table is refused with a clear message and exit 1.
+#[test]
+fn missing_optional_tables_and_columns_still_snapshot() {
+    let pg = TestPg::start();
+    pg.create_db("old");
+    pg.psql(
+        "old",
+        "CREATE TABLE sessions (id uuid PRIMARY KEY, user_id bigint, last_sticker_file_id text);
+         INSERT INTO sessions VALUES ('00000000-0000-4000-8000-000000000001', 5, 'F-1'),
+                                     ('00000000-0000-4000-8000-000000000002', 6, NULL);",
+    );
+    let archive = temp_dir();
+    let report = snapshot_ok(archive.path(), &pg.url("old"), &[]);
+    assert_eq!(counts(&report, "sessions"), (2, 2, 0, 0, 0), "{report}");
+    assert_eq!(counts(&report, "stickers"), (0, 0, 0, 0, 0), "{report}");
+    assert_eq!(counts(&report, "pack_batches"), (0, 0, 0, 0, 0), "{report}");
+    let conn = catalog(archive.path());
+    assert_eq!(
+        refs_per_class(&conn),
+        BTreeMap::from([("session_sticker".to_owned(), 1)])
+    );
+    drop(conn);
+
+    pg.create_db("wrong");
+    let out = starchive(temp_dir().path(), &["snapshot", "--db", &pg.url("wrong")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("sessions"), "{}", stderr(&out));
+}
+
+/// While one process holds the archive, a second `plan` or `snapshot` exits 1
+/// saying the archive is in use, and the catalog is unchanged.
+#[test]
+fn second_process_is_locked_out_and_changes_nothing() {
+    let pg = TestPg::start();
+    let url = fixture_db(&pg, "bot");
+    let archive = temp_dir();
+    snapshot_ok(archive.path(), &url, &[]);
+    pg.psql(
+        "bot",
+        &format!(
+            "DELETE FROM stickers WHERE id = '{}'; UPDATE sessions SET env = 'x';",
+            fid(316)
+        ),
+    );
+    let state = |conn: &Connection| -> (i64, i64, String) {
+        (
+            one(conn, "SELECT count(*) FROM snapshots"),
+            one(conn, "SELECT count(*) FROM v_rows"),
+            one(
+                conn,
+                "SELECT group_concat(table_name || id || data, '|')
+                 FROM (SELECT * FROM v_rows ORDER BY table_name, id)",
+            ),
+        )
+    };
+    let before = state(&catalog(archive.path()));
+
+    let holder =
+        starchive::catalog::Catalog::open_or_create(archive.path()).expect("hold the lock");
+    for args in [
+        vec!["plan"],
+        vec!["snapshot", "--db", url.as_str()],
+        vec!["snapshot", "--db", FIXTURES_DB],
+    ] {
+        let out = starchive(archive.path(), &args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("in use"), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
+        assert_eq!(state(holder.conn()), before, "{args:?} changed the catalog");
+    }
+    drop(holder);
+    assert_eq!(state(&catalog(archive.path())), before);
+    // Once the holder is gone, the next run goes through.
+    let report = snapshot_ok(archive.path(), &url, &[]);
+    assert_eq!(counts(&report, "stickers"), (15, 0, 0, 1, 0), "{report}");
+}
+
+/// A snapshot killed with SIGKILL while writing leaves the previous snapshot
+/// whole (its counts, its values), the catalog intact, and the next run succeeds.
+#[test]
+fn snapshot_killed_midway_keeps_the_previous_one() {
+    let pg = TestPg::start();
+    pg.create_db("bot");
+    pg.load_schema("bot");
+    pg.psql(
+        "bot",
+        "INSERT INTO sessions (id, user_id, env, last_sticker_file_id)
+           SELECT ('00000000-0000-4000-8000-' || lpad(g::text, 12, '0'))::uuid, g, 'prod', 'S' || g
+           FROM generate_series(1, 5000) g;
+         INSERT INTO stickers (id, user_id, session_id, telegram_file_id, result_storage_path)
+           SELECT ('00000000-0000-4000-9000-' || lpad(g::text, 12, '0'))::uuid, g % 5000 + 1,
+                  ('00000000-0000-4000-8000-' || lpad((g % 5000 + 1)::text, 12, '0'))::uuid,
+                  'file_' || g, 'stickers/' || g || '.webp'
+           FROM generate_series(1, 150000) g;",
+    );
+    let url = pg.url("bot");
+    let archive = temp_dir();
+    let first = snapshot_ok(archive.path(), &url, &[]);
+    assert_eq!(counts(&first, "sessions"), (5000, 5000, 0, 0, 0));
+    assert_eq!(counts(&first, "stickers"), (150_000, 150_000, 0, 0, 0));
+
+    let marked = "00000000-0000-4000-9000-000000000007";
+    pg.psql(
+        "bot",
+        &format!(
+            "UPDATE stickers SET telegram_file_id = 'CHANGED' WHERE id = '{marked}';
+             DELETE FROM stickers WHERE user_id = 3;
+             INSERT INTO stickers (user_id, telegram_file_id) SELECT g, 'new_' || g FROM generate_series(1, 1000) g;"
+        ),
+    );
+    let deleted: u64 = pg
+        .psql("bot", "SELECT 150000 + 1000 - count(*) FROM stickers;")
+        .trim()
+        .parse()
+        .expect("count");
+    assert!(deleted > 0);
+
+    // Second snapshot: killed once it has been writing its transaction for a while.
+    let wal = archive.path().join("catalog.sqlite-wal");
+    let wal_before = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    let mut child = bin()
+        .arg("--archive")
+        .arg(archive.path())
+        .args(["snapshot", "--db", &url])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn snapshot");
+    let started = Instant::now();
+    loop {
+        let wal_now = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        let elapsed = started.elapsed();
+        if elapsed >= Duration::from_millis(300) && wal_now > wal_before + (1 << 20) {
+            break;
+        }
+        assert!(
+            elapsed < Duration::from_secs(20),
+            "the second snapshot never started writing"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!(
+        "killing the second snapshot after {:?}, WAL {} bytes",
+        started.elapsed(),
+        std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0)
+    );
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "the snapshot finished before it could be killed midway"
+    );
+    child.kill().expect("SIGKILL");
+    let status = child.wait().expect("wait");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+
+    // The catalog still shows exactly the first snapshot.
+    let conn = catalog(archive.path());
+    let ok: String = one(&conn, "PRAGMA integrity_check");
+    assert_eq!(ok, "ok");
+    assert_eq!(one::<i64>(&conn, "SELECT count(*) FROM snapshots"), 1);
+    assert_eq!(one::<i64>(&conn, "SELECT count(*) FROM stickers"), 150_000);
+    assert_eq!(one::<i64>(&conn, "SELECT count(*) FROM sessions"), 5000);
+    let value: String = one(
+        &conn,
+        &format!(
+            "SELECT json_extract(data, '$.telegram_file_id') FROM v_rows WHERE id = '{marked}'"
+        ),
+    );
+    assert_eq!(value, "file_7", "the first snapshot's value");
+    assert_eq!(one::<i64>(&conn, "SELECT count(*) FROM refs"), 155_000);
+    drop(conn);
+
+    // The next run succeeds and counts from the first snapshot.
+    let third = snapshot_ok(archive.path(), &url, &[]);
+    assert_eq!(
+        counts(&third, "stickers"),
+        (150_000 + 1000 - deleted, 1000, 1, deleted, 0),
+        "{third}"
+    );
+    assert_eq!(counts(&third, "sessions"), (5000, 0, 0, 0, 0), "{third}");
+    let conn = catalog(archive.path());
+    let value: String = one(
+        &conn,
+        &format!("SELECT telegram_file_id FROM refs WHERE row_id = '{marked}'"),
+    );
+    assert_eq!(value, "CHANGED");
+}
+
+/// The database password appears nowhere: not on stdout (text or JSON), not
+/// in logs or errors, not in the catalog; from `--db` and from `DATABASE_URL`,
+/// URL and `key=value` forms.
+#[test]
+fn password_never_shown() {
+    const SECRET: &str = "Sup3r-s3cret-pa55";
+    let pg = TestPg::start();
+    let _ = fixture_db(&pg, "bot");
+    let port = pg.port();
+    let url = format!("postgres://postgres:{SECRET}@127.0.0.1:{port}/bot");
+    let archive = temp_dir();
+    let mut outputs = Vec::new();
+
+    let out = starchive(archive.path(), &["snapshot", "--db", &url]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    outputs.push(out);
+    let out = bin()
+        .arg("--archive")
+        .arg(archive.path())
+        .args(["snapshot", "--json"])
+        .env("DATABASE_URL", &url)
+        .env("STARCHIVE_LOG", "debug")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    outputs.push(out);
+    let kv = format!("host=127.0.0.1 port={port} user=postgres password={SECRET} dbname=bot");
+    let out = starchive(archive.path(), &["snapshot", "--db", &kv]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    outputs.push(out);
+
+    // Failures name the database, never the password.
+    for bad in [
+        format!("postgres://postgres:{SECRET}@127.0.0.1:{port}/no_such_db"),
+        format!("postgres://postgres:{SECRET}@127.0.0.1:1/bot"),
+        format!("host=127.0.0.1 port={port} user=postgres password={SECRET} dbname=no_such_db"),
+        format!("postgres://postgres:{SECRET}@127.0.0.1:{port}/bot?sslmode=require"),
+    ] {
+        let out = bin()
+            .arg("--archive")
+            .arg(archive.path())
+            .arg("snapshot")
+            .env("DATABASE_URL", &bad)
+            .env("STARCHIVE_LOG", "trace")
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(1), "{bad}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("127.0.0.1"),
+            "the error names the database: {}",
+            stderr(&out)
+        );
+        outputs.push(out);
+    }
+    for out in &outputs {
+        for text in [
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        ] {
+            assert!(!text.contains(SECRET), "password shown:\n{text}");
+        }
+    }
+    let conn = catalog(archive.path());
+    let sources: Vec<String> = {
+        let mut stmt = conn
+            .prepare("SELECT source FROM snapshots")
+            .expect("prepare");
+        stmt.query_map([], |r| r.get(0))
+            .expect("query")
+            .map(|r| r.expect("row"))
+            .collect()
+    };
+    assert_eq!(sources.len(), 3);
+    assert!(
+        sources.iter().all(|s| s.contains("127.0.0.1")),
+        "{sources:?}"
+    );
+    drop(conn);
+    let files: Vec<PathBuf> = std::fs::read_dir(archive.path())
+        .expect("archive dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    for file in files.iter().filter(|f| f.is_file()) {
+        let bytes = std::fs::read(file).expect("read archive file");
+        assert!(
+            !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+            "password stored in {}",
+            file.display()
+        );
+    }
+}
