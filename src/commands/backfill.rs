@@ -55,6 +55,23 @@ pub struct Step {
     pub failed: bool,
 }
 
+impl Step {
+    fn new(class: &str, ref_: String, action: &'static str) -> Step {
+        Step {
+            class: class.to_string(),
+            ref_,
+            action,
+            table: None,
+            id: None,
+            column: None,
+            key: None,
+            upload: false,
+            outcome: String::new(),
+            failed: false,
+        }
+    }
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct BackfillReport {
     pub apply: bool,
@@ -202,18 +219,7 @@ fn plan(catalog: &Catalog, envs: &Option<String>, sync_stickers: bool) -> Result
     let mut session_keys: BTreeMap<String, String> = BTreeMap::new();
     for c in q::candidates(catalog.conn(), envs)? {
         let class = c.place.class.clone();
-        let mut step = Step {
-            class: class.clone(),
-            ref_: c.label.clone(),
-            action: "set",
-            table: None,
-            id: None,
-            column: None,
-            key: None,
-            upload: false,
-            outcome: String::new(),
-            failed: false,
-        };
+        let mut step = Step::new(&class, c.label.clone(), "set");
         let unfetched = || {
             c.reason
                 .clone()
@@ -318,16 +324,13 @@ fn plan(catalog: &Catalog, envs: &Option<String>, sync_stickers: bool) -> Result
                 .clone()
                 .or_else(|| session_keys.get(&s.session_id).cloned());
             let mut step = Step {
-                class: "session_sticker".into(),
-                ref_: format!("sessions/{}", s.session_id),
-                action: "insert",
                 table: Some(Table::Stickers.name().into()),
-                id: None,
-                column: None,
                 key: key.clone(),
-                upload: false,
-                outcome: String::new(),
-                failed: false,
+                ..Step::new(
+                    "session_sticker",
+                    format!("sessions/{}", s.session_id),
+                    "insert",
+                )
             };
             let Some(key) = key else {
                 step.failed = true;
@@ -367,16 +370,11 @@ fn undo_works(catalog: &Catalog) -> Result<Vec<Work>> {
         .into_iter()
         .map(|c| Work {
             step: Step {
-                class: c.table.clone(),
-                ref_: format!("{}/{}", c.table, c.row_id),
-                action: "undo",
                 table: Some(c.table.clone()),
                 id: Some(c.row_id.clone()),
                 column: Some(c.column.clone()),
                 key: Some(c.value.clone()),
-                upload: false,
-                outcome: String::new(),
-                failed: false,
+                ..Step::new(&c.table, format!("{}/{}", c.table, c.row_id), "undo")
             },
             insert: (c.action == "insert").then(|| NewStickerRow {
                 id: c.row_id.clone(),
