@@ -6,10 +6,17 @@
 //! site can skip a step, and the catalog is told of a blob only after
 //! `publish` returned, so a crash leaves at most an orphan staging file
 //! (removed by the next run), never a partial blob under its hash.
+//!
+//! Directories are created when first needed, not checked before every
+//! blob: a fan-out directory is made (and the root fsynced, so that its
+//! entry is durable) once per process, under a lock that also holds back
+//! any other blob bound for it until then.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
@@ -17,6 +24,8 @@ use crate::error::{Error, Result};
 
 pub struct BlobStore {
     root: PathBuf,
+    /// Fan-out directories known to exist durably (shared with stagings).
+    fans: Arc<Mutex<HashSet<String>>>,
 }
 
 /// What a published blob is.
@@ -32,6 +41,7 @@ impl BlobStore {
     pub fn new(archive: &Path) -> Self {
         BlobStore {
             root: archive.join("blobs"),
+            fans: Arc::default(),
         }
     }
 
@@ -56,15 +66,22 @@ impl BlobStore {
 
     pub fn stage(&self) -> Result<Staging> {
         let dir = self.staging_dir();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
         let path = dir.join(uuid::Uuid::new_v4().simple().to_string());
-        let file = File::create(&path)
-            .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
+        let cannot = |e| Error::io(format!("cannot create {}", path.display()), e);
+        let file = match File::create(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+                File::create(&path).map_err(cannot)?
+            }
+            Err(e) => return Err(cannot(e)),
+        };
         Ok(Staging {
             file: Some(file),
             path,
             root: self.root.clone(),
+            fans: self.fans.clone(),
             hasher: Sha256::new(),
             size: 0,
             head: Vec::with_capacity(HEAD),
@@ -94,6 +111,7 @@ pub struct Staging {
     file: Option<File>,
     path: PathBuf,
     root: PathBuf,
+    fans: Arc<Mutex<HashSet<String>>>,
     hasher: Sha256,
     size: u64,
     head: Vec<u8>,
@@ -143,13 +161,22 @@ impl Staging {
         }
         let sha256 = hex(&self.hasher.clone().finalize());
         let fan = self.root.join(&sha256[..2]);
-        std::fs::create_dir_all(&fan).map_err(|e| io("cannot create", &fan, e))?;
+        {
+            let mut known = self.fans.lock().unwrap_or_else(|e| e.into_inner());
+            if !known.contains(&sha256[..2]) {
+                std::fs::create_dir_all(&fan).map_err(|e| io("cannot create", &fan, e))?;
+                sync_dir(&self.root).map_err(|e| io("cannot sync", &self.root, e))?;
+                if let Some(archive) = self.root.parent() {
+                    sync_dir(archive).map_err(|e| io("cannot sync", archive, e))?;
+                }
+                known.insert(sha256[..2].to_string());
+            }
+        }
         let target = fan.join(&sha256);
         std::fs::rename(&self.path, &target)
             .map_err(|e| io("cannot move a blob to", &target, e))?;
         self.published = true;
         sync_dir(&fan).map_err(|e| io("cannot sync", &fan, e))?;
-        sync_dir(&self.root).map_err(|e| io("cannot sync", &self.root, e))?;
         Ok(BlobInfo {
             sha256,
             size: self.size,

@@ -93,8 +93,16 @@ pub fn dest_key(
         Layout::Mirror => mirror_key(place, ext)?,
     };
     check_key(&key)?;
+    if key.starts_with(RESERVED_PREFIX) {
+        return Err(format!(
+            "key {key:?} is under {RESERVED_PREFIX}, which holds starchive's manifest and catalog copy"
+        ));
+    }
     Ok(key)
 }
+
+/// Where a destination keeps starchive's own files: no ref is placed there.
+pub const RESERVED_PREFIX: &str = "_starchive/";
 
 pub fn cas_key(sha256: &str) -> String {
     format!("blobs/sha256/{}/{sha256}", sha256.get(..2).unwrap_or("xx"))
@@ -197,6 +205,11 @@ mod key_tests {
             ..place("sticker")
         };
         assert!(k(&hostile).is_err());
+        let reserved = RefPlace {
+            storage_key: Some("_starchive/manifest.jsonl.zst".into()),
+            ..place("sticker")
+        };
+        assert!(k(&reserved).is_err());
         assert_eq!(
             dest_key(Layout::Cas, &own, "ab12", "png"),
             Ok("blobs/sha256/ab/ab12".into())

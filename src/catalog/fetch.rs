@@ -33,18 +33,19 @@ pub fn retry_failed(conn: &Connection, envs: &Option<String>) -> Result<usize> {
 /// (present) storage key, or, for refs read through Telegram, the same
 /// `file_id`. Returns how many refs were resolved.
 pub fn resolve_known(conn: &Connection, envs: &Option<String>) -> Result<usize> {
+    // `storage_key` has no index: the keys already read are gathered once
+    // (the join gets an automatic index), rather than a correlated subquery
+    // scanning every ref for every pending ref, which is quadratic.
     let by_key = conn.execute(
         &format!(
             "UPDATE refs SET state = 'fetched', reason = NULL, updated_at = ?2,
-                (sha256, source) = (SELECT o.sha256, o.source FROM refs o
-                                    WHERE o.storage_key = refs.storage_key
-                                      AND o.key_dangling = 0 AND o.sha256 IS NOT NULL
-                                      AND o.source = 'bucket' LIMIT 1)
-             WHERE state = 'pending' AND storage_key IS NOT NULL AND key_dangling = 0
-               AND {ENV_FILTER}
-               AND EXISTS (SELECT 1 FROM refs o WHERE o.storage_key = refs.storage_key
-                           AND o.key_dangling = 0 AND o.sha256 IS NOT NULL
-                           AND o.source = 'bucket')"
+                sha256 = k.sha256, source = 'bucket'
+             FROM (SELECT storage_key AS key, min(sha256) AS sha256 FROM refs
+                   WHERE storage_key IS NOT NULL AND key_dangling = 0
+                     AND sha256 IS NOT NULL AND source = 'bucket'
+                   GROUP BY storage_key) AS k
+             WHERE refs.storage_key = k.key AND refs.state = 'pending'
+               AND refs.key_dangling = 0 AND {ENV_FILTER}"
         ),
         params![envs, super::now_text()],
     )?;

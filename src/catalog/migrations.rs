@@ -40,7 +40,6 @@ CREATE TABLE sessions (
     created_at                TEXT AS (json_extract(data, '$.created_at')),
     updated_at                TEXT AS (json_extract(data, '$.updated_at'))
 );
-CREATE INDEX sessions_env ON sessions(env);
 
 CREATE TABLE pack_batches (
     id                         TEXT PRIMARY KEY NOT NULL,
@@ -71,8 +70,6 @@ CREATE TABLE stickers (
     result_storage_path TEXT AS (json_extract(data, '$.result_storage_path')),
     created_at          TEXT AS (json_extract(data, '$.created_at'))
 );
-CREATE INDEX stickers_session ON stickers(session_id);
-CREATE INDEX stickers_file_id ON stickers(telegram_file_id);
 
 CREATE TABLE blobs (
     sha256     TEXT PRIMARY KEY NOT NULL,
@@ -105,10 +102,7 @@ CREATE TABLE refs (
     updated_at       TEXT,
     UNIQUE (class, row_table, row_id, slot)
 );
-CREATE INDEX refs_state ON refs(state, class);
-CREATE INDEX refs_env ON refs(env, class, state);
 CREATE INDEX refs_file_id ON refs(telegram_file_id);
-CREATE INDEX refs_sha256 ON refs(sha256);
 
 CREATE TABLE destinations (
     id     INTEGER PRIMARY KEY,

@@ -55,6 +55,9 @@ impl Catalog {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // 64 MiB of page cache: large snapshots and pushes touch random pages
+        // of big indexes; the default 2 MiB makes them I/O bound.
+        conn.pragma_update(None, "cache_size", -65_536)?;
         migrations::migrate(&mut conn, &path)?;
         Ok(Catalog {
             conn,

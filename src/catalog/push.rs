@@ -93,7 +93,9 @@ pub fn recorded_object(
 ) -> Result<Option<(String, u64, String)>> {
     Ok(conn
         .prepare_cached("SELECT sha256, size, state FROM objects WHERE dest_id = ?1 AND key = ?2")?
-        .query_row(params![dest, key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_row(params![dest, key], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
         .optional()?)
 }
 

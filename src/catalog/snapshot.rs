@@ -154,6 +154,7 @@ impl<'c> SnapshotWriter<'c> {
             source,
             ..
         } = self;
+        let started = std::time::Instant::now();
         let mut tables = BTreeMap::new();
         for table in Table::ALL {
             let t = table.name();
@@ -183,8 +184,11 @@ impl<'c> SnapshotWriter<'c> {
             "UPDATE snapshots SET taken_at = ?1 WHERE id = ?2",
             rusqlite::params![taken_at, id],
         )?;
+        tracing::debug!("snapshot: rows counted in {:?}", started.elapsed());
         refs::derive(&tx, include_photos)?;
+        tracing::debug!("snapshot: refs derived in {:?}", started.elapsed());
         tx.commit()?;
+        tracing::debug!("snapshot: committed in {:?}", started.elapsed());
         Ok(SnapshotReport {
             snapshot_id: id,
             taken_at,

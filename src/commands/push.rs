@@ -411,7 +411,10 @@ pub(crate) async fn put_file(
                     break;
                 }
                 total += n as u64;
-                writer.wait_for_capacity(4).await.map_err(|e| e.to_string())?;
+                writer
+                    .wait_for_capacity(4)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 writer.write(&buf[..n]);
             }
             if total != size {
@@ -484,14 +487,11 @@ fn write_self_description(
     let written = (|| -> Result<Option<(String, String)>> {
         let cannot = |e: std::io::Error| Error::io("cannot write the manifest", e);
         let file = std::fs::File::create(&manifest).map_err(cannot)?;
-        let mut encoder = zstd::Encoder::new(
-            HashingWriter::new(std::io::BufWriter::new(file)),
-            3,
-        )
-        .map_err(cannot)?;
+        let mut encoder = zstd::Encoder::new(HashingWriter::new(std::io::BufWriter::new(file)), 3)
+            .map_err(cannot)?;
         let mut text_hash = Sha256::new();
-        let mut line = serde_json::to_vec(&header)
-            .map_err(|e| Error::Config(format!("manifest: {e}")))?;
+        let mut line =
+            serde_json::to_vec(&header).map_err(|e| Error::Config(format!("manifest: {e}")))?;
         line.push(b'\n');
         text_hash.update(&line);
         encoder.write_all(&line).map_err(cannot)?;
@@ -537,9 +537,15 @@ fn write_self_description(
                 None => hash_file(file)?,
             };
             let path = store.path(key).map_err(Error::Config)?;
-            put_file(store, &path, file, size, object_attributes(store, &sha, "bin"))
-                .await
-                .map_err(|e| cannot_write(store, key, e))?;
+            put_file(
+                store,
+                &path,
+                file,
+                size,
+                object_attributes(store, &sha, "bin"),
+            )
+            .await
+            .map_err(|e| cannot_write(store, key, e))?;
         }
         Ok::<_, Error>(())
     });

@@ -109,7 +109,10 @@ fn with_peak_rss(cmd: &Command, report: &Path) -> (f64, u64) {
     let text = std::fs::read_to_string(report).expect("time -v report");
     let kb = text
         .lines()
-        .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes): "))
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Maximum resident set size (kbytes): ")
+        })
         .and_then(|v| v.trim().parse().ok())
         .expect("peak RSS in the time -v report");
     (m.secs, kb)
@@ -188,7 +191,12 @@ fn dataset(dir: &Path, n: usize, min: usize, max: usize) -> (PathBuf, PathBuf, u
     }
     db.write(&dir.join("db"));
     let archive = dir.join("archive");
-    exec(starchive(&archive).args(["snapshot", "--db"]).arg(dir.join("db"))).code(0);
+    exec(
+        starchive(&archive)
+            .args(["snapshot", "--db"])
+            .arg(dir.join("db")),
+    )
+    .code(0);
     let started = Instant::now();
     let doc = exec(
         starchive(&archive)
@@ -258,7 +266,11 @@ fn bench_push_vs_rclone() {
         assert_eq!(s3.object_keys(&rclone_bucket).len(), FILES);
         println!(
             "   round {round} ({} first): starchive {:.2} s (client CPU {:.1} s, server CPU {:.1} s), rclone {:.2} s (client CPU {:.1} s, server CPU {:.1} s)",
-            if round % 2 == 0 { "starchive" } else { "rclone" },
+            if round % 2 == 0 {
+                "starchive"
+            } else {
+                "rclone"
+            },
             a.secs,
             a.client_cpu,
             a.server_cpu,

@@ -481,6 +481,59 @@ fn dangling_key_falls_back_to_telegram() {
 }
 
 #[test]
+fn storage_can_be_a_local_directory_or_a_prefix_in_a_bucket() {
+    let want = &expected()["without_photos"];
+    // A plain directory holding the bucket's keys.
+    let fx = Fixture::new();
+    let doc = run(fetch_cmd(fx.path(), None, Some(&fx.tg))
+        .arg("--storage")
+        .arg(FIXTURE_BUCKET))
+    .expect_code(3)
+    .json();
+    assert_eq!(doc["failed"], 1, "{doc}");
+    assert_eq!(doc["pending"], 0, "{doc}");
+    assert_eq!(
+        clean_blobs(fx.path()).len() as u64,
+        want["unique_blobs"].as_u64().expect("n")
+    );
+    assert_eq!(
+        fx.completed_downloads(),
+        want["telegram_file_ids_downloaded"].as_u64().expect("n"),
+        "the dangling key fell back, nothing else went to Telegram"
+    );
+    assert_eq!(fx.s3.requests("TOTAL"), 0);
+
+    // The keys under a prefix of another bucket.
+    let fx = Fixture::new();
+    let s3 = TestS3::start();
+    s3.create_bucket("archive");
+    let copied = s3.put_dir("archive", FIXTURE_BUCKET);
+    assert_eq!(copied, 13);
+    for key in s3.object_keys("archive") {
+        let bytes = s3.get_file("archive", &key).expect("object");
+        s3.put_file("archive", &format!("old/bot/{key}"), bytes);
+    }
+    let doc = run(fetch_cmd(fx.path(), None, Some(&fx.tg))
+        .arg("--storage")
+        .arg(s3.store_url("archive", "old/bot"))
+        .envs(s3.env("STORAGE")))
+    .expect_code(3)
+    .json();
+    assert_eq!(doc["failed"], 1, "{doc}");
+    assert_eq!(doc["pending"], 0, "{doc}");
+    for (category, path) in s3.request_log() {
+        if category == "GET" {
+            assert!(path.starts_with("/archive/old/bot/"), "{path}");
+        }
+    }
+    assert_eq!(s3.requests("GET"), 14);
+    assert_eq!(
+        clean_blobs(fx.path()).len() as u64,
+        want["unique_blobs"].as_u64().expect("n")
+    );
+}
+
+#[test]
 fn second_run_downloads_nothing_and_retry_failed_asks_again() {
     let fx = Fixture::new();
     run(&mut fx.fetch()).expect_code(3);
@@ -1089,7 +1142,13 @@ fn access_denied_on_one_key_fails_that_ref_only() {
         .filter(|r| r.state == "failed")
         .collect();
     assert_eq!(failed[0].key.as_deref(), Some("k/0.webp"));
-    assert!(failed[0].reason.as_deref().unwrap_or("").contains("AccessDenied"));
+    assert!(
+        failed[0]
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("AccessDenied")
+    );
 }
 
 // ---- the token --------------------------------------------------------------

@@ -4,8 +4,8 @@
 mod support;
 
 mod backfill;
+mod bench_push;
 mod cli;
 mod fetch;
 mod push;
 mod snapshot;
-mod bench_push;

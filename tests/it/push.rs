@@ -892,7 +892,11 @@ fn killed_push_resumes_to_a_complete_destination() {
     let mut objects = bucket_objects(&s3, "resume");
     assert!(objects.remove(MANIFEST).is_some());
     assert!(objects.remove(CATALOG_COPY).is_some());
-    assert_same_keys(&objects, &want, "the destination holds every key, and only them");
+    assert_same_keys(
+        &objects,
+        &want,
+        "the destination holds every key, and only them",
+    );
     assert!(objects == want, "every key with its bytes");
     for (key, bytes) in &want {
         assert_eq!(
@@ -943,7 +947,10 @@ fn killed_push_to_a_directory_leaves_only_whole_files() {
     }
     let staging = files_under(&dest)
         .keys()
-        .filter(|k| k.rsplit_once('#').is_some_and(|(_, n)| n.parse::<u32>().is_ok()))
+        .filter(|k| {
+            k.rsplit_once('#')
+                .is_some_and(|(_, n)| n.parse::<u32>().is_ok())
+        })
         .count();
     eprintln!("{staging} partial files left by the kills");
     exec(&mut push_cmd(&archive, &url, None)).code(0);
@@ -953,6 +960,29 @@ fn killed_push_to_a_directory_leaves_only_whole_files() {
     assert_same_keys(&files, &want, "no partial or temporary file left behind");
     assert!(files == want);
     exec(&mut verify_cmd(&archive, &url, None)).code(0);
+}
+
+#[test]
+fn partial_files_of_a_killed_push_to_a_directory_are_removed() {
+    // What a push killed between writing `<key>#<n>` and renaming it leaves.
+    let fx = fetched_fixture();
+    let dest = fx.dir.path().join("dest");
+    let key = "stickers/100000004/00000000-0000-4000-8000-000000000201/1741172400000_1.webp";
+    let planted = [format!("{key}#1"), format!("{CATALOG_COPY}#3")];
+    let foreign = "stickers/100000004/notes.txt#1";
+    for name in planted.iter().map(String::as_str).chain([foreign]) {
+        let path = dest.join(name);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, b"half a file").expect("plant");
+    }
+    exec(&mut push_cmd(&fx.archive, &dest.to_string_lossy(), None)).code(0);
+    for name in &planted {
+        assert!(!dest.join(name).exists(), "{name} left behind");
+    }
+    assert!(dest.join(foreign).exists(), "a file that is no key of ours stays");
+    let mut files = files_under(&dest);
+    files.remove(foreign);
+    assert_mirror(&files);
 }
 
 #[test]
@@ -970,12 +1000,29 @@ fn changed_file_at_a_known_key_is_uploaded_again() {
     for (version, file_id) in [(1u64, "tg-v1"), (2, "tg-v2")] {
         std::fs::write(bucket.join(key), sticker_bytes(version, 400)).expect("write");
         let mut db = Db::default();
-        db.session("s1", "1", "prod", None, None)
-            .sticker("st-1", "1", "s1", Some(file_id), Some(key));
+        db.session("s1", "1", "prod", None, None).sticker(
+            "st-1",
+            "1",
+            "s1",
+            Some(file_id),
+            Some(key),
+        );
         db.write(&dir.path().join("db"));
-        exec(starchive(&archive).args(["snapshot", "--db"]).arg(dir.path().join("db"))).code(0);
-        exec(starchive(&archive).args(["fetch", "--storage"]).arg(&bucket)).code(0);
-        let doc = exec(&mut push_cmd(&archive, &url, Some(&s3))).code(0).json();
+        exec(
+            starchive(&archive)
+                .args(["snapshot", "--db"])
+                .arg(dir.path().join("db")),
+        )
+        .code(0);
+        exec(
+            starchive(&archive)
+                .args(["fetch", "--storage"])
+                .arg(&bucket),
+        )
+        .code(0);
+        let doc = exec(&mut push_cmd(&archive, &url, Some(&s3)))
+            .code(0)
+            .json();
         assert_eq!(doc["done"], 1, "version {version}: {doc}");
         assert_eq!(
             s3.get_file("changed", key),
@@ -1061,6 +1108,7 @@ fn hostile_key_writes_nothing_outside_the_root() {
         "tg-evil-5",
         "tg-evil-6",
         "tg-evil-7",
+        "tg-evil-8",
         "tg-sheet",
     ]
     .iter()
@@ -1117,7 +1165,15 @@ fn hostile_key_writes_nothing_outside_the_root() {
             Some("stickers\\..\\..\\outside-6.webp"),
         )
         // Percent signs are plain characters in a key: it stays inside.
-        .sticker("evil-7", "1", "s1", Some("tg-evil-7"), Some(literal));
+        .sticker("evil-7", "1", "s1", Some("tg-evil-7"), Some(literal))
+        // starchive's own files are not the bot's to overwrite.
+        .sticker(
+            "evil-8",
+            "1",
+            "s1",
+            Some("tg-evil-8"),
+            Some("_starchive/manifest.jsonl.zst"),
+        );
     db.write(&root.join("db"));
     let archive = root.join("archive");
     exec(
@@ -1174,6 +1230,8 @@ fn hostile_key_writes_nothing_outside_the_root() {
         .collect();
     let want: BTreeSet<String> = [good.to_string(), literal.to_string()].into();
     assert_eq!(written, want);
+    let manifest = manifest_lines(&std::fs::read(dest.join(MANIFEST)).expect("manifest"));
+    assert_eq!(manifest[0]["format"], 1, "the manifest is starchive's");
     // Each refused ref is a push failure with its reason.
     let status = exec(starchive(&archive).args(["--json", "status"]))
         .code(0)
@@ -1184,11 +1242,12 @@ fn hostile_key_writes_nothing_outside_the_root() {
         .iter()
         .filter(|f| f["stage"] == "push")
         .collect();
-    assert!(push_failures.len() >= 4, "{status}");
+    assert!(push_failures.len() >= 5, "{status}");
     assert!(
-        push_failures
-            .iter()
-            .all(|f| f["reason"].as_str().unwrap_or("").contains("unsafe key")),
+        push_failures.iter().all(|f| {
+            let reason = f["reason"].as_str().unwrap_or("");
+            reason.contains("unsafe key") || reason.contains("_starchive/")
+        }),
         "{status}"
     );
 }

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Benchmarks of `starchive fetch` (tests/it/fetch/bench.rs), on a release build:
+# - 5,000 files of 2-60 KB from the loopback S3 server, beside `rclone copy`
+#   of the same bucket at the same concurrency (3 rounds, alternating, medians);
+# - the fake Bot API with 20 ms per request, at --jobs 1, 8 and 32.
+# Needs rclone (apt-get install -y rclone). Extra arguments go to the test binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+exec cargo test --release --test it -- --ignored --nocapture --test-threads 1 bench_fetch "$@"

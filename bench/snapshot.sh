@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Benchmark of `starchive snapshot` from a local PostgreSQL.
+#
+# For N stickers rows (default 100,000 and 1,000,000; plus N/10 sessions),
+# in a throwaway cluster: the release binary's rows/s and peak RSS (from
+# /usr/bin/time -v), for a first snapshot into an empty archive and for a
+# second one over the unchanged database; beside it a reference, psql
+# `\copy (SELECT to_jsonb(t)::text FROM TABLE t) TO '/dev/null'` over the
+# same tables (the bare cost of getting every row out as JSON).
+# Target: >= 100,000 rows/s and a peak RSS that does not grow with N.
+#
+# Usage: bench/snapshot.sh                  (RUNS=3 runs each, medians)
+#        SIZES="100000 1000000 3000000" RUNS=1 bench/snapshot.sh
+#
+# Needs cargo, PostgreSQL's server binaries (initdb, pg_ctl: on PATH or in
+# /usr/lib/postgresql/*/bin), psql and /usr/bin/time (Debian package `time`).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+SIZES=${SIZES:-"100000 1000000"}
+RUNS=${RUNS:-3}
+
+# Nothing from this machine's environment may steer starchive or psql.
+for var in $(compgen -e); do
+    case "$var" in
+        AWS_* | STARCHIVE_* | TELEGRAM_* | DATABASE_URL | PG*) unset "$var" ;;
+    esac
+done
+
+if [ ! -x /usr/bin/time ]; then
+    echo "bench: /usr/bin/time missing; installing the Debian package 'time'" >&2
+    apt-get install -y time >/dev/null
+fi
+
+# PostgreSQL's server binaries, as tests/it/support/pg.rs finds them.
+if command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1; then
+    PGBIN=$(dirname "$(readlink -f "$(command -v initdb)")")
+else
+    PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+fi
+[ -x "$PGBIN/initdb" ] || { echo "bench: PostgreSQL's initdb not found" >&2; exit 1; }
+PSQL=$PGBIN/psql
+[ -x "$PSQL" ] || PSQL=$(command -v psql)
+
+echo "==> cargo build --release" >&2
+cargo build --release --quiet
+BIN=$ROOT/target/release/starchive
+
+WORK=$(mktemp -d /tmp/starchive-bench-XXXXXX)
+chmod 777 "$WORK"
+as_pg() {
+    if [ "$(id -u)" = 0 ]; then
+        (cd "$WORK" && runuser -u postgres -- "$@")
+    else
+        "$@"
+    fi
+}
+cleanup() {
+    if [ -f "$WORK/data/postmaster.pid" ]; then
+        as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -m immediate -w stop >/dev/null 2>&1 || true
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+[ "$(id -u)" = 0 ] && chown postgres "$WORK"
+as_pg "$PGBIN/initdb" -D "$WORK/data" -A trust -U postgres --no-sync -E UTF8 --locale=C >/dev/null
+as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/postgres.log" -w -t 60 \
+    -o "-k $WORK -c listen_addresses=127.0.0.1 -p $PORT -c fsync=off -c synchronous_commit=off -c shared_buffers=256MB" \
+    start >/dev/null
+psql_db() { "$PSQL" -X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres -d "$1" "${@:2}"; }
+url() { echo "postgres://postgres@127.0.0.1:$PORT/$1"; }
+
+# Schema as the tests load it (pgcrypto only when the contrib package is there).
+schema() {
+    if [ "$(psql_db postgres -c "select count(*) from pg_available_extensions where name = 'pgcrypto'")" = 1 ]; then
+        cat tests/it/schema.sql
+    else
+        grep -vi 'create extension if not exists pgcrypto' tests/it/schema.sql
+    fi
+}
+
+# N stickers (single and pack, with and without storage keys) and N/10 sessions.
+load() {
+    local db=$1 n=$2 s=$(($2 / 10))
+    psql_db postgres -c "create database $db" >/dev/null
+    schema | psql_db "$db" >/dev/null
+    psql_db "$db" >/dev/null <<SQL
+INSERT INTO sessions (id, user_id, env, mode, photos, last_sticker_file_id, last_sticker_storage_path, created_at, updated_at)
+SELECT ('00000000-0000-4000-8000-' || lpad(g::text, 12, '0'))::uuid, 100000000 + g % 50000,
+       CASE WHEN g % 5 = 0 THEN 'test' ELSE 'prod' END,
+       CASE WHEN g % 3 = 0 THEN 'pack' ELSE 'single' END,
+       jsonb_build_array('AgACAgIAAxkBAAI' || md5(g::text)),
+       'CAACAgIAAxkBAAI' || md5('s' || g) || '-' || g,
+       CASE WHEN g % 2 = 0 THEN 'stickers/' || (100000000 + g % 50000) || '/' || g || '.webp' END,
+       timestamptz '2025-01-01' + g * interval '1 second', timestamptz '2025-01-01' + g * interval '2 second'
+FROM generate_series(1, $s) g;
+INSERT INTO stickers (id, user_id, session_id, pack_index, style_preset_id, telegram_file_id, result_storage_path, created_at)
+SELECT ('00000000-0000-4000-9000-' || lpad(g::text, 12, '0'))::uuid, 100000000 + (g % $s + 1) % 50000,
+       ('00000000-0000-4000-8000-' || lpad((g % $s + 1)::text, 12, '0'))::uuid,
+       CASE WHEN g % 4 = 0 THEN g % 9 END, 'cartoon',
+       'CAACAgIAAxkBAAI' || md5(g::text) || '-' || g,
+       CASE WHEN g % 10 <> 0 THEN 'stickers/' || (100000000 + (g % $s + 1) % 50000) || '/' || g || '.webp' END,
+       timestamptz '2025-01-01' + g * interval '1 second'
+FROM generate_series(1, $n) g;
+VACUUM ANALYZE;
+SQL
+}
+
+# Runs "$@" under /usr/bin/time -v; prints "WALL_SECONDS PEAK_RSS_KB CPU_SECONDS"
+# (CPU: user + system time of the command itself, not of the server).
+measure() {
+    local t0 t1
+    t0=$(date +%s.%N)
+    /usr/bin/time -v -o "$WORK/time.txt" "$@" >"$WORK/out.txt" 2>"$WORK/err.txt" || {
+        echo "bench: command failed: $*" >&2
+        cat "$WORK/err.txt" >&2
+        exit 1
+    }
+    t1=$(date +%s.%N)
+    echo "$(echo "$t1 - $t0" | bc -l)" \
+        "$(awk -F': ' '/Maximum resident set size/ {print $2}' "$WORK/time.txt")" \
+        "$(awk -F': ' '/User time|System time/ {t += $2} END {print t}' "$WORK/time.txt")"
+}
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}'; }
+
+echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at start"
+printf '\n%-10s %-12s %9s %10s %10s %9s %9s\n' "stickers" "what" "rows" "rows/s" "peak MB" "wall s" "cpu s"
+for n in $SIZES; do
+    db=bench_$n
+    echo "==> loading $n stickers and $((n / 10)) sessions" >&2
+    load "$db" "$n"
+    rows=$((n + n / 10))
+    first_s=() first_kb=() first_cpu=() again_s=() again_kb=() again_cpu=() ref_s=() ref_kb=() ref_cpu=()
+    for run in $(seq "$RUNS"); do
+        # Alternate which goes first: the machine is shared and noisy.
+        for which in $( ((run % 2)) && echo "ref star" || echo "star ref"); do
+            if [ "$which" = ref ]; then
+                read -r s kb cpu < <(measure "$PSQL" -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d "$db" \
+                    -c "\\copy (SELECT to_jsonb(t)::text FROM sessions t) TO '/dev/null'" \
+                    -c "\\copy (SELECT to_jsonb(t)::text FROM stickers t) TO '/dev/null'")
+                ref_s+=("$s") ref_kb+=("$kb") ref_cpu+=("$cpu")
+            else
+                rm -rf "$WORK/archive"
+                read -r s kb cpu < <(measure "$BIN" --archive "$WORK/archive" snapshot --json --db "$(url "$db")")
+                first_s+=("$s") first_kb+=("$kb") first_cpu+=("$cpu")
+                got=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1]))["tables"]; print(d["stickers"]["rows"] + d["sessions"]["rows"])' "$WORK/out.txt")
+                [ "$got" = "$rows" ] || { echo "bench: snapshot copied $got rows, expected $rows" >&2; exit 1; }
+                read -r s kb cpu < <(measure "$BIN" --archive "$WORK/archive" snapshot --json --db "$(url "$db")")
+                again_s+=("$s") again_kb+=("$kb") again_cpu+=("$cpu")
+            fi
+        done
+    done
+    catalog_mb=$(du -sm "$WORK/archive" | cut -f1)
+    for what in first again ref; do
+        declare -n S="${what}_s" KB="${what}_kb" CPU="${what}_cpu"
+        s=$(printf '%s\n' "${S[@]}" | median)
+        kb=$(printf '%s\n' "${KB[@]}" | median)
+        cpu=$(printf '%s\n' "${CPU[@]}" | median)
+        label=$what
+        case $what in
+            first) label="snapshot" ;;
+            again) label="re-snapshot" ;;
+            ref) label="psql \\copy" ;;
+        esac
+        printf '%-10s %-12s %9d %10.0f %10.1f %9.2f %9.2f\n' "$n" "$label" "$rows" "$(echo "$rows / $s" | bc -l)" \
+            "$(echo "$kb / 1024" | bc -l)" "$s" "$cpu"
+        unset -n S KB CPU
+    done
+    echo "           (catalog: $catalog_mb MB on disk; medians of $RUNS runs; rows = stickers + sessions;"
+    echo "            rows/s over wall time; cpu s: the client's own user+system time)"
+    psql_db postgres -c "drop database $db" >/dev/null
+done
