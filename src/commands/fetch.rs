@@ -111,34 +111,17 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
     // The bucket, once per key.
     match &storage {
         Some(store) if !keys.is_empty() => {
-            ctx.progress
-                .start("from the bucket", Some(keys.len() as u64));
-            let (store, blobs, bytes, stop) =
-                (store.clone(), blobs.clone(), bytes.clone(), stop.clone());
+            let (store, blobs, bytes) = (store.clone(), blobs.clone(), bytes.clone());
             let max = opts.max_file_size;
-            run_units(
-                &ctx.runtime,
-                ctx.progress.as_ref(),
-                keys,
-                opts.jobs,
-                move |work| {
-                    let (store, blobs, bytes, stop) =
-                        (store.clone(), blobs.clone(), bytes.clone(), stop.clone());
-                    async move {
-                        if stop.load(Ordering::Relaxed) {
-                            return Outcome::Cancelled;
-                        }
-                        let outcome =
-                            from_bucket(&store, &blobs, work.key, work.refs, max, &bytes).await;
-                        if matches!(outcome, Outcome::Fatal(_)) {
-                            stop.store(true, Ordering::Relaxed);
-                        }
-                        outcome
-                    }
-                },
-                |batch| commit(&mut catalog, batch, &mut fatal),
-            )?;
-            ctx.progress.finish();
+            let phase = Phase {
+                ctx,
+                jobs: opts.jobs,
+                stop: &stop,
+            };
+            phase.run("from the bucket", keys, &mut catalog, &mut fatal, move |work| {
+                let (store, blobs, bytes) = (store.clone(), blobs.clone(), bytes.clone());
+                async move { from_bucket(&store, &blobs, work.key, work.refs, max, &bytes).await }
+            })?;
         }
         None if !keys.is_empty() => {
             let n: usize = keys.iter().map(|k| k.refs.len()).sum();
@@ -166,44 +149,27 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
                     Telegram::new(&opts.telegram_api, token.to_string(), opts.telegram_rate)
                         .map_err(Error::Config)?;
                 let telegram = Arc::new(telegram);
-                ctx.progress
-                    .start("from Telegram", Some(file_ids.len() as u64));
                 let max = opts.max_file_size;
-                let (blobs, bytes, stop2) = (blobs.clone(), bytes.clone(), stop.clone());
-                run_units(
-                    &ctx.runtime,
-                    ctx.progress.as_ref(),
+                let (blobs, bytes) = (blobs.clone(), bytes.clone());
+                let phase = Phase {
+                    ctx,
+                    jobs: opts.jobs,
+                    stop: &stop,
+                };
+                phase.run(
+                    "from Telegram",
                     file_ids,
-                    opts.jobs,
+                    &mut catalog,
+                    &mut fatal,
                     move |work| {
-                        let (telegram, blobs, bytes, stop) = (
-                            telegram.clone(),
-                            blobs.clone(),
-                            bytes.clone(),
-                            stop2.clone(),
-                        );
+                        let (telegram, blobs, bytes) =
+                            (telegram.clone(), blobs.clone(), bytes.clone());
                         async move {
-                            if stop.load(Ordering::Relaxed) {
-                                return Outcome::Cancelled;
-                            }
-                            let outcome = from_telegram(
-                                &telegram,
-                                &blobs,
-                                work.file_id,
-                                work.refs,
-                                max,
-                                &bytes,
-                            )
-                            .await;
-                            if matches!(outcome, Outcome::Fatal(_)) {
-                                stop.store(true, Ordering::Relaxed);
-                            }
-                            outcome
+                            from_telegram(&telegram, &blobs, work.file_id, work.refs, max, &bytes)
+                                .await
                         }
                     },
-                    |batch| commit(&mut catalog, batch, &mut fatal),
                 )?;
-                ctx.progress.finish();
                 catalog::fetch::resolve_known(catalog.conn(), &envs)?;
             }
         }
@@ -221,6 +187,57 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
         seconds: started.elapsed().as_secs_f64(),
         notes,
     })
+}
+
+/// One stage of downloads: `work` runs for every unit, at most `jobs` at
+/// once, until one of them meets a configuration error (then the rest are
+/// skipped); outcomes are committed as they come.
+struct Phase<'a> {
+    ctx: &'a Context,
+    jobs: usize,
+    stop: &'a Arc<AtomicBool>,
+}
+
+impl Phase<'_> {
+    fn run<U, F, Fut>(
+        &self,
+        stage: &str,
+        units: Vec<U>,
+        catalog: &mut Catalog,
+        fatal: &mut Option<String>,
+        work: F,
+    ) -> Result<()>
+    where
+        U: Send + 'static,
+        F: Fn(U) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Outcome> + Send + 'static,
+    {
+        self.ctx.progress.start(stage, Some(units.len() as u64));
+        let stop = self.stop.clone();
+        run_units(
+            &self.ctx.runtime,
+            self.ctx.progress.as_ref(),
+            units,
+            self.jobs,
+            move |unit| {
+                let stop = stop.clone();
+                let download = work(unit);
+                async move {
+                    if stop.load(Ordering::Relaxed) {
+                        return Outcome::Cancelled;
+                    }
+                    let outcome = download.await;
+                    if matches!(outcome, Outcome::Fatal(_)) {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    outcome
+                }
+            },
+            |batch| commit(catalog, batch, fatal),
+        )?;
+        self.ctx.progress.finish();
+        Ok(())
+    }
 }
 
 fn commit(catalog: &mut Catalog, batch: Vec<Outcome>, fatal: &mut Option<String>) -> Result<()> {
