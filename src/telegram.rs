@@ -32,6 +32,9 @@ pub enum TgError {
     Transient(String),
     /// The download link expired (Telegram keeps them about an hour): ask `getFile` again.
     LinkExpired,
+    /// No connection could be made (refused, no route, DNS): retried, then
+    /// the run stops, since no file can be had.
+    Unreachable(String),
 }
 
 #[derive(Deserialize)]
@@ -153,8 +156,14 @@ impl Telegram {
         self.pacer.pause(wait);
     }
 
+    /// The API's base URL as it may be shown.
+    pub fn shown_base(&self) -> String {
+        crate::redact::url(&self.base)
+    }
+
     /// A transport error as text without URL or token.
     pub fn transport(&self, e: reqwest::Error) -> TgError {
+        let connect = e.is_connect();
         let e = e.without_url();
         let mut text = e.to_string();
         let mut cause = std::error::Error::source(&e);
@@ -163,7 +172,12 @@ impl Telegram {
             text.push_str(&c.to_string());
             cause = c.source();
         }
-        TgError::Transient(self.scrub(&text))
+        let text = self.scrub(&text);
+        if connect {
+            TgError::Unreachable(text)
+        } else {
+            TgError::Transient(text)
+        }
     }
 
     fn scrub(&self, text: &str) -> String {

@@ -384,6 +384,7 @@ async fn from_telegram(
 ) -> Outcome {
     let mut attempt = 0u32;
     let mut flood_waits = 0u32;
+    let mut unreachable = 0u32;
     let mut last_error = String::new();
     while attempt < ATTEMPTS {
         let step = download_once(telegram, blobs, &file_id, max).await;
@@ -398,6 +399,9 @@ async fn from_telegram(
             }
             Err(e) => e,
         };
+        if let TgError::Unreachable(_) = error {
+            unreachable += 1;
+        }
         match error {
             TgError::Refused(reason) => {
                 return Outcome::Failed {
@@ -425,7 +429,14 @@ async fn from_telegram(
                 attempt += 1;
                 last_error = "the download link expired again".into();
             }
-            TgError::Transient(reason) => {
+            TgError::Unreachable(reason) if unreachable >= ATTEMPTS => {
+                // Every attempt found no server: no file can be had this run.
+                return Outcome::Fatal(format!(
+                    "cannot reach the Telegram Bot API at {} ({reason}): check --telegram-api / TELEGRAM_API_URL and the network; what was fetched stays fetched",
+                    telegram.shown_base()
+                ));
+            }
+            TgError::Transient(reason) | TgError::Unreachable(reason) => {
                 attempt += 1;
                 tracing::debug!("{file_id}: {reason}; retrying");
                 last_error = reason;

@@ -1232,7 +1232,14 @@ fn token_never_appears_in_output_or_archive() {
             .env("STARCHIVE_LOG", "debug"));
         outputs.push(out);
     }
-    // A Bot API that cannot be reached: transport errors name the URL.
+    // The reasons of the failures were recorded, without the token.
+    let failed = refs(fx.path())
+        .into_iter()
+        .filter(|r| r.state == "failed")
+        .count();
+    assert!(failed >= 2, "the faults left failures to look at");
+    // A Bot API that cannot be reached stops the run (exit 1), naming the URL
+    // without the token; the refs stay pending.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let dead_url = format!("http://{}", dead.local_addr().expect("addr"));
     drop(dead);
@@ -1243,7 +1250,12 @@ fn token_never_appears_in_output_or_archive() {
         .env("TELEGRAM_BOT_TOKEN", TOKEN)
         .env("TELEGRAM_API_URL", &dead_url)
         .env("STARCHIVE_LOG", "debug"));
-    assert_eq!(out.code, Some(3), "{}", out.stderr);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot reach the Telegram Bot API") && out.stderr.contains(&dead_url),
+        "{}",
+        out.stderr
+    );
     outputs.push(out);
     for cmd in ["status", "plan"] {
         for json in [true, false] {
@@ -1264,12 +1276,6 @@ fn token_never_appears_in_output_or_archive() {
             );
         }
     }
-    // The reasons of the failures were recorded, without the token.
-    let failed = refs(fx.path())
-        .into_iter()
-        .filter(|r| r.state == "failed")
-        .count();
-    assert!(failed >= 2, "the faults left failures to look at");
     // No file of the archive holds it.
     let mut stack = vec![fx.path().to_path_buf()];
     let mut files = 0;
