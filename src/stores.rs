@@ -93,9 +93,18 @@ pub fn open(url: &str, role: Role) -> Result<Store> {
             .host_str()
             .filter(|b| !b.is_empty())
             .ok_or_else(|| usage("no bucket name (s3://BUCKET/prefix)".into()))?;
+        // Over TLS, which already guards the bytes, the payload is not signed
+        // (as boto3 and rclone do): no SHA-256 pass over every upload on
+        // either side. Over plain http the signature is the only check of
+        // the body in transit, so it stays. `unsigned_payload=` overrides.
+        let over_tls = parsed
+            .query_pairs()
+            .find(|(k, _)| AmazonS3ConfigKey::from_str(k).ok() == Some(AmazonS3ConfigKey::Endpoint))
+            .is_none_or(|(_, endpoint)| endpoint.starts_with("https://"));
         let mut builder = AmazonS3Builder::new()
             .with_bucket_name(bucket)
-            .with_region("us-east-1");
+            .with_region("us-east-1")
+            .with_unsigned_payload(over_tls);
         for (key, value) in parsed.query_pairs() {
             let lower = key.to_ascii_lowercase();
             if SECRET_OPTIONS

@@ -39,8 +39,13 @@ pub fn find_destination(conn: &Connection, url: &str) -> Result<Option<(i64, Str
         .optional()?)
 }
 
-/// Every fetched ref in scope, in a stable order (the one that owns a key first).
-pub fn fetched_refs(conn: &Connection, envs: &Option<String>) -> Result<Vec<FetchedRef>> {
+/// Every fetched ref in scope, in a stable order (the one that owns a key
+/// first), one at a time.
+pub fn for_each_fetched_ref(
+    conn: &Connection,
+    envs: &Option<String>,
+    mut each: impl FnMut(FetchedRef) -> Result<()>,
+) -> Result<()> {
     let mut stmt = conn.prepare(&format!(
         "SELECT r.id, r.class, r.row_id, r.slot, r.session_id, r.user_id, r.pack_batch_id,
                 r.storage_key,
@@ -73,7 +78,10 @@ pub fn fetched_refs(conn: &Connection, envs: &Option<String>) -> Result<Vec<Fetc
             kind: r.get(11)?,
         })
     })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    for row in rows {
+        each(row?)?;
+    }
+    Ok(())
 }
 
 /// Refs in scope that are not fetched (pending or failed at fetch).
@@ -144,8 +152,11 @@ pub fn set_object(
         reason,
         super::now_text()
     ])?;
+    // Without statistics, SQLite 3.50 would walk this destination's every
+    // placement by primary key (dest_id) for each object: quadratic.
     tx.prepare_cached(
-        "UPDATE placements SET state = ?3, reason = ?4 WHERE dest_id = ?1 AND key = ?2",
+        "UPDATE placements INDEXED BY placements_key SET state = ?3, reason = ?4
+         WHERE dest_id = ?1 AND key = ?2",
     )?
     .execute(params![dest, key, state, reason])?;
     Ok(())

@@ -6,13 +6,14 @@
 //! killed midway resumes with what is left. On a first push to a store that
 //! already holds objects, one listing finds what is there with the right size.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use futures::StreamExt;
 use object_store::{Attribute, Attributes, PutOptions, PutPayload, WriteMultipart};
+use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 
 use super::{Context, TransferReport};
@@ -28,6 +29,8 @@ use crate::transfer::run_units;
 pub const MULTIPART_THRESHOLD: u64 = 8 << 20;
 pub const MANIFEST_KEY: &str = "_starchive/manifest.jsonl.zst";
 pub const CATALOG_COPY_KEY: &str = "_starchive/catalog.sqlite";
+/// SQLite page cache of a push, in KiB (negative: SQLite's unit for KiB).
+const PUSH_CACHE_KIB: i64 = -8 * 1024;
 /// Version of the manifest's format, in its first line.
 pub const MANIFEST_FORMAT: u32 = 1;
 
@@ -56,83 +59,110 @@ pub struct PushPlan {
 }
 
 impl PushPlan {
-    /// Refs come in the catalog's order: those owning a storage key first, so
-    /// a key's bytes are those of the ref the database names it for.
-    pub fn build(refs: Vec<FetchedRef>, layout: Layout) -> PushPlan {
-        let mut by_key: BTreeMap<String, PlannedObject> = BTreeMap::new();
-        let mut refused = Vec::new();
-        for r in refs {
-            let key = match dest_key(layout, &r.place, &r.sha256, &r.kind) {
-                Ok(key) => key,
-                Err(reason) => {
-                    refused.push((r.id, None, reason));
-                    continue;
-                }
-            };
-            match by_key.get_mut(&key) {
-                Some(object) if object.sha256 == r.sha256 => object.refs.push(r.id),
-                Some(object) => refused.push((
-                    r.id,
-                    Some(key.clone()),
-                    format!(
-                        "key {key} already holds other bytes ({}) from another ref",
-                        &object.sha256[..12]
-                    ),
-                )),
-                None => {
-                    by_key.insert(
-                        key.clone(),
-                        PlannedObject {
-                            key,
-                            sha256: r.sha256,
-                            size: r.size,
-                            kind: r.kind,
-                            refs: vec![r.id],
-                        },
-                    );
-                }
+    /// The plan of every fetched ref in scope, read from the catalog as a
+    /// stream (no ref is held but the objects it adds to).
+    pub fn from_catalog(conn: &Connection, envs: &Option<String>, layout: Layout) -> Result<Self> {
+        let mut builder = PlanBuilder::default();
+        q::for_each_fetched_ref(conn, envs, |r| {
+            builder.add(r, layout);
+            Ok(())
+        })?;
+        Ok(builder.finish())
+    }
+}
+
+/// Builds a plan from refs in the catalog's order: those owning a storage
+/// key first, so that a key's bytes are those of the ref the database names
+/// it for.
+#[derive(Default)]
+struct PlanBuilder {
+    by_key: BTreeMap<String, PlannedObject>,
+    refused: Vec<(i64, Option<String>, String)>,
+}
+
+impl PlanBuilder {
+    fn add(&mut self, r: FetchedRef, layout: Layout) {
+        let key = match dest_key(layout, &r.place, &r.sha256, &r.kind) {
+            Ok(key) => key,
+            Err(reason) => {
+                self.refused.push((r.id, None, reason));
+                return;
+            }
+        };
+        match self.by_key.get_mut(&key) {
+            Some(object) if object.sha256 == r.sha256 => object.refs.push(r.id),
+            Some(object) => {
+                let reason = format!(
+                    "key {key} already holds other bytes ({}) from another ref",
+                    &object.sha256[..12]
+                );
+                self.refused.push((r.id, Some(key), reason));
+            }
+            None => {
+                self.by_key.insert(
+                    key.clone(),
+                    PlannedObject {
+                        key,
+                        sha256: r.sha256,
+                        size: r.size,
+                        kind: r.kind,
+                        refs: vec![r.id],
+                    },
+                );
             }
         }
+    }
+
+    fn finish(self) -> PushPlan {
         PushPlan {
-            objects: by_key.into_values().collect(),
-            refused,
+            objects: self.by_key.into_values().collect(),
+            refused: self.refused,
         }
     }
 }
 
-/// One blob to upload, and every key that needs it.
+/// One blob to upload, and every key that needs it with the number of refs placed there.
 struct Upload {
     sha256: String,
     size: u64,
     kind: String,
-    keys: Vec<String>,
+    keys: Vec<(String, u64)>,
 }
 
 struct KeyOutcome {
     key: String,
     sha256: String,
     size: u64,
+    /// Refs placed at the key.
+    refs: u64,
     result: Result<(), String>,
 }
 
 pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
     let started = Instant::now();
     let mut catalog = Catalog::open_existing(&ctx.archive)?;
+    // A push reads the catalog once and writes it in small batches: a small
+    // page cache does, and keeps memory low however many refs there are
+    // (the copy made by VACUUM INTO gets a cache of this size too).
+    catalog
+        .conn()
+        .pragma_update(None, "cache_size", PUSH_CACHE_KIB)?;
     let store = stores::open(&opts.to, Role::To)?;
     let envs = ctx.env_param();
     let dest = q::destination(catalog.conn(), &store.shown, opts.layout)?;
-    let plan = PushPlan::build(q::fetched_refs(catalog.conn(), &envs)?, opts.layout);
+    let PushPlan { objects, refused } = PushPlan::from_catalog(catalog.conn(), &envs, opts.layout)?;
     let pending = q::unfetched_count(catalog.conn(), &envs)?;
 
     // Placements first: what is known pushed stays so, the rest is pending.
-    // `todo` says, for each object left, whether an object of the right size
-    // found at its key may be taken for it: not when the catalog knows that
-    // key to hold other bytes (a ref whose file changed, same size or not).
-    let mut todo = Vec::new();
+    // `left[i]` says whether objects[i] is still to be pushed, and if so
+    // whether an object of the right size found at its key may be taken for
+    // it: not when the catalog knows that key to hold other bytes (a ref
+    // whose file changed, same size or not).
+    let mut left: Vec<Option<bool>> = Vec::with_capacity(objects.len());
     let mut skipped = 0u64;
     {
         let tx = catalog.conn_mut().transaction()?;
-        for object in &plan.objects {
+        for object in &objects {
             let recorded = q::recorded_object(&tx, dest, &object.key)?;
             let done = recorded.as_ref().is_some_and(|(sha, size, state)| {
                 state == "pushed" && *sha == object.sha256 && *size == object.size
@@ -143,51 +173,68 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
             }
             if done {
                 skipped += object.refs.len() as u64;
+                left.push(None);
             } else {
                 let other_bytes = recorded.is_some_and(|(sha, _, _)| sha != object.sha256);
-                todo.push((object, !other_bytes));
+                left.push(Some(!other_bytes));
             }
         }
-        for (id, key, reason) in &plan.refused {
+        for (id, key, reason) in &refused {
             q::set_placement(&tx, dest, *id, key.as_deref(), "failed", Some(reason))?;
         }
         tx.commit()?;
     }
 
-    let refs_at: HashMap<&str, u64> = plan
-        .objects
-        .iter()
-        .map(|o| (o.key.as_str(), o.refs.len() as u64))
-        .collect();
     let mut done = 0u64;
-    let mut failed = plan.refused.len() as u64;
+    let mut failed = refused.len() as u64;
+    drop(refused);
     let bytes = Arc::new(AtomicU64::new(0));
     let mut uploaded_any = false;
 
-    if !todo.is_empty() {
-        let present = ctx.runtime.block_on(list_sizes(&store))?;
-        remove_stale_staging(&store, todo.iter().map(|(o, _)| o.key.as_str()));
-        let mut uploads: BTreeMap<&str, Upload> = BTreeMap::new();
+    if left.iter().any(Option::is_some) {
+        let todo = || {
+            objects
+                .iter()
+                .zip(&left)
+                .filter_map(|(o, l)| l.map(|may_be_present| (o, may_be_present)))
+        };
+        let wanted: HashSet<&str> = todo()
+            .filter(|(_, may_be_present)| *may_be_present)
+            .map(|(o, _)| o.key.as_str())
+            .collect();
+        let present = ctx.runtime.block_on(list_sizes(&store, &wanted))?;
+        drop(wanted);
+        remove_stale_staging(&store, todo().map(|(o, _)| o.key.as_str()));
+        // The plan's objects move into the uploads, grouped by blob.
+        let mut uploads: BTreeMap<String, Upload> = BTreeMap::new();
         let tx = catalog.conn_mut().transaction()?;
-        for (object, may_be_present) in todo {
+        for (object, left) in objects.into_iter().zip(left) {
+            let Some(may_be_present) = left else {
+                continue;
+            };
+            let refs = object.refs.len() as u64;
             if may_be_present && present.get(&object.key) == Some(&object.size) {
                 q::set_object(&tx, dest, &object.key, &object.sha256, object.size, Ok(()))?;
-                skipped += object.refs.len() as u64;
+                skipped += refs;
                 continue;
             }
             uploads
-                .entry(object.sha256.as_str())
+                .entry(object.sha256)
                 .or_insert_with(|| Upload {
-                    sha256: object.sha256.clone(),
+                    sha256: String::new(),
                     size: object.size,
-                    kind: object.kind.clone(),
+                    kind: object.kind,
                     keys: Vec::new(),
                 })
                 .keys
-                .push(object.key.clone());
+                .push((object.key, refs));
         }
         tx.commit()?;
-        let uploads: Vec<Upload> = uploads.into_values().collect();
+        drop(present);
+        let uploads: Vec<Upload> = uploads
+            .into_iter()
+            .map(|(sha256, upload)| Upload { sha256, ..upload })
+            .collect();
         let total: u64 = uploads.iter().map(|u| u.keys.len() as u64).sum();
         ctx.progress.start("pushing", Some(total));
         let blobs = Arc::new(BlobStore::new(&ctx.archive));
@@ -204,14 +251,13 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
             |batch: Vec<Vec<KeyOutcome>>| {
                 let tx = catalog.conn_mut().transaction()?;
                 for outcome in batch.into_iter().flatten() {
-                    let n = refs_at.get(outcome.key.as_str()).copied().unwrap_or(0);
                     match &outcome.result {
                         Ok(()) => {
-                            done += n;
+                            done += outcome.refs;
                             uploaded_any = true;
                         }
                         Err(reason) => {
-                            failed += n;
+                            failed += outcome.refs;
                             tracing::warn!("push {}: {reason}", outcome.key);
                         }
                     }
@@ -243,8 +289,9 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
     })
 }
 
-/// Sizes of the objects already at the destination, keyed as the plan keys them.
-async fn list_sizes(store: &Store) -> Result<HashMap<String, u64>> {
+/// Sizes of the `wanted` objects already at the destination, keyed as the
+/// plan keys them (one listing; the rest of the listing is not kept).
+async fn list_sizes(store: &Store, wanted: &HashSet<&str>) -> Result<HashMap<String, u64>> {
     let prefix =
         (!store.prefix.is_empty()).then(|| object_store::path::Path::from(store.prefix.as_str()));
     let strip = if store.prefix.is_empty() {
@@ -260,7 +307,9 @@ async fn list_sizes(store: &Store) -> Result<HashMap<String, u64>> {
         })?;
         let key = meta.location.as_ref();
         let key = key.strip_prefix(&strip).unwrap_or(key);
-        sizes.insert(key.to_string(), meta.size);
+        if wanted.contains(key) {
+            sizes.insert(key.to_string(), meta.size);
+        }
     }
     Ok(sizes)
 }
@@ -275,8 +324,7 @@ fn remove_stale_staging<'a>(store: &Store, keys: impl IntoIterator<Item = &'a st
     let Some(root) = &store.local_root else {
         return;
     };
-    let mut by_dir: BTreeMap<std::path::PathBuf, std::collections::HashSet<String>> =
-        BTreeMap::new();
+    let mut by_dir: BTreeMap<std::path::PathBuf, HashSet<String>> = BTreeMap::new();
     for key in keys {
         let path = root.join(key);
         if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
@@ -316,20 +364,21 @@ async fn upload_blob(
         kind,
         keys,
     } = upload;
-    let outcome = |key: &str, result: Result<(), String>| KeyOutcome {
-        key: key.to_string(),
+    let outcome = |key: String, refs: u64, result: Result<(), String>| KeyOutcome {
+        key,
         sha256: sha256.clone(),
         size,
+        refs,
         result,
     };
     let file = blobs.path(&sha256);
     let mut out = Vec::with_capacity(keys.len());
     let mut first: Option<object_store::path::Path> = None;
-    for key in &keys {
-        let path = match store.path(key) {
+    for (key, refs) in keys {
+        let path = match store.path(&key) {
             Ok(p) => p,
             Err(reason) => {
-                out.push(outcome(key, Err(reason)));
+                out.push(outcome(key, refs, Err(reason)));
                 continue;
             }
         };
@@ -349,7 +398,7 @@ async fn upload_blob(
         if result.is_ok() && first.is_none() {
             first = Some(path);
         }
-        out.push(outcome(key, result));
+        out.push(outcome(key, refs, result));
     }
     out
 }

@@ -130,7 +130,7 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
             }
             _ => opts.layout.unwrap_or(Layout::Mirror),
         };
-        let plan = PushPlan::build(q::fetched_refs(catalog.conn(), &envs)?, layout);
+        let plan = PushPlan::from_catalog(catalog.conn(), &envs, layout)?;
         ctx.progress
             .start("checking the destination", Some(plan.objects.len() as u64));
         let deep = opts.deep;

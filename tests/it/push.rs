@@ -842,7 +842,7 @@ fn killed_push_resumes_to_a_complete_destination() {
     let s3 = TestS3::start();
     s3.create_bucket("resume");
     // A slow store, so that kills land while uploads are in flight.
-    s3.set_latency(Duration::from_millis(4));
+    s3.set_latency(Duration::from_millis(6));
     let url = s3.store_url("resume", "");
     let mut kills = 0;
     for round in 0..KILLS {
@@ -852,7 +852,7 @@ fn killed_push_resumes_to_a_complete_destination() {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn push");
-        let delay = Duration::from_millis(40 + next() % 700);
+        let delay = Duration::from_millis(40 + next() % 300);
         std::thread::sleep(delay);
         let finished = child.try_wait().expect("try_wait").is_some();
         child.kill().expect("kill -9");
@@ -979,7 +979,10 @@ fn partial_files_of_a_killed_push_to_a_directory_are_removed() {
     for name in &planted {
         assert!(!dest.join(name).exists(), "{name} left behind");
     }
-    assert!(dest.join(foreign).exists(), "a file that is no key of ours stays");
+    assert!(
+        dest.join(foreign).exists(),
+        "a file that is no key of ours stays"
+    );
     let mut files = files_under(&dest);
     files.remove(foreign);
     assert_mirror(&files);
