@@ -3,6 +3,7 @@
 
 use rusqlite::{Connection, Transaction, params};
 
+use super::push::{PLACE_COLUMNS, place_at};
 use crate::commands::ENV_FILTER;
 use crate::commands::status::REF_LABEL_SQL;
 use crate::error::Result;
@@ -22,15 +23,7 @@ pub struct Candidate {
 
 pub fn candidates(conn: &Connection, envs: &Option<String>) -> Result<Vec<Candidate>> {
     let mut stmt = conn.prepare(&format!(
-        "SELECT {REF_LABEL_SQL}, r.class, r.row_id, r.slot, r.session_id, r.user_id, r.pack_batch_id,
-                r.storage_key,
-                CASE WHEN r.class = 'session_sticker' AND r.telegram_file_id IS NOT NULL THEN
-                    (SELECT o.storage_key FROM refs o
-                     WHERE o.class = 'sticker' AND o.telegram_file_id = r.telegram_file_id
-                       AND o.storage_key IS NOT NULL
-                     ORDER BY o.row_id LIMIT 1)
-                END,
-                r.telegram_file_id, r.key_dangling, r.state, r.reason, r.sha256, b.size, b.type
+        "SELECT {REF_LABEL_SQL}, {PLACE_COLUMNS}, r.telegram_file_id, r.key_dangling, r.state, r.reason, r.sha256, b.size, b.type
          FROM refs r LEFT JOIN blobs b ON b.sha256 = r.sha256
          WHERE r.class IN ('sticker', 'session_sticker', 'pack_sheet')
            AND (r.storage_key IS NULL OR r.key_dangling = 1)
@@ -43,16 +36,7 @@ pub fn candidates(conn: &Connection, envs: &Option<String>) -> Result<Vec<Candid
         let kind: Option<String> = r.get(15)?;
         Ok(Candidate {
             label: r.get(0)?,
-            place: RefPlace {
-                class: r.get(1)?,
-                row_id: r.get(2)?,
-                slot: r.get(3)?,
-                session_id: r.get(4)?,
-                user_id: r.get(5)?,
-                pack_batch_id: r.get(6)?,
-                storage_key: r.get(7)?,
-                sticker_key: r.get(8)?,
-            },
+            place: place_at(r, 1)?,
             telegram_file_id: r.get(9)?,
             dangling: r.get::<_, i64>(10)? != 0,
             state: r.get(11)?,

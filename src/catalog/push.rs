@@ -39,6 +39,32 @@ pub fn find_destination(conn: &Connection, url: &str) -> Result<Option<(i64, Str
         .optional()?)
 }
 
+/// The eight columns a [`RefPlace`] is read from (`refs r`), for [`place_at`].
+/// A session sticker's `sticker_key` is the key of a `stickers` row with the
+/// same `file_id` (SPEC §5).
+pub(crate) const PLACE_COLUMNS: &str = "r.class, r.row_id, r.slot, r.session_id, r.user_id,
+    r.pack_batch_id, r.storage_key,
+    CASE WHEN r.class = 'session_sticker' AND r.telegram_file_id IS NOT NULL THEN
+        (SELECT o.storage_key FROM refs o
+         WHERE o.class = 'sticker' AND o.telegram_file_id = r.telegram_file_id
+           AND o.storage_key IS NOT NULL
+         ORDER BY o.row_id LIMIT 1)
+    END";
+
+/// Reads a [`RefPlace`] from [`PLACE_COLUMNS`] starting at column `at`.
+pub(crate) fn place_at(r: &rusqlite::Row, at: usize) -> rusqlite::Result<RefPlace> {
+    Ok(RefPlace {
+        class: r.get(at)?,
+        row_id: r.get(at + 1)?,
+        slot: r.get(at + 2)?,
+        session_id: r.get(at + 3)?,
+        user_id: r.get(at + 4)?,
+        pack_batch_id: r.get(at + 5)?,
+        storage_key: r.get(at + 6)?,
+        sticker_key: r.get(at + 7)?,
+    })
+}
+
 /// Every fetched ref in scope, in a stable order (the one that owns a key
 /// first), one at a time.
 pub fn for_each_fetched_ref(
@@ -47,15 +73,7 @@ pub fn for_each_fetched_ref(
     mut each: impl FnMut(FetchedRef) -> Result<()>,
 ) -> Result<()> {
     let mut stmt = conn.prepare(&format!(
-        "SELECT r.id, r.class, r.row_id, r.slot, r.session_id, r.user_id, r.pack_batch_id,
-                r.storage_key,
-                CASE WHEN r.class = 'session_sticker' AND r.telegram_file_id IS NOT NULL THEN
-                    (SELECT o.storage_key FROM refs o
-                     WHERE o.class = 'sticker' AND o.telegram_file_id = r.telegram_file_id
-                       AND o.storage_key IS NOT NULL
-                     ORDER BY o.row_id LIMIT 1)
-                END,
-                r.sha256, b.size, b.type
+        "SELECT r.id, {PLACE_COLUMNS}, r.sha256, b.size, b.type
          FROM refs r JOIN blobs b ON b.sha256 = r.sha256
          WHERE r.state = 'fetched' AND {ENV_FILTER}
          ORDER BY r.storage_key IS NULL, r.class, r.row_id, r.slot"
@@ -63,16 +81,7 @@ pub fn for_each_fetched_ref(
     let rows = stmt.query_map([envs], |r| {
         Ok(FetchedRef {
             id: r.get(0)?,
-            place: RefPlace {
-                class: r.get(1)?,
-                row_id: r.get(2)?,
-                slot: r.get(3)?,
-                session_id: r.get(4)?,
-                user_id: r.get(5)?,
-                pack_batch_id: r.get(6)?,
-                storage_key: r.get(7)?,
-                sticker_key: r.get(8)?,
-            },
+            place: place_at(r, 1)?,
             sha256: r.get(9)?,
             size: r.get(10)?,
             kind: r.get(11)?,

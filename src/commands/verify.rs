@@ -46,7 +46,40 @@ pub struct VerifyReport {
     pub problems: Vec<Problem>,
 }
 
+const BLOB: &str = "blob";
+const OBJECT: &str = "object";
+
 impl VerifyReport {
+    /// Counts one check of a local blob ([`BLOB`]) or a destination object ([`OBJECT`]).
+    fn record(&mut self, what: &'static str, name: String, check: Check) {
+        let blob = what == BLOB;
+        *if blob {
+            &mut self.blobs_checked
+        } else {
+            &mut self.objects_checked
+        } += 1;
+        let problem = match check {
+            Check::Good => return,
+            Check::Missing(p) if !blob => {
+                self.objects_missing += 1;
+                p
+            }
+            Check::Missing(p) | Check::Bad(p) => {
+                *if blob {
+                    &mut self.blobs_bad
+                } else {
+                    &mut self.objects_bad
+                } += 1;
+                p
+            }
+        };
+        self.problems.push(Problem {
+            what,
+            name,
+            problem,
+        });
+    }
+
     pub fn exit_code(&self) -> u8 {
         if self.blobs_bad + self.objects_missing + self.objects_bad > 0 {
             3
@@ -104,18 +137,7 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
         },
         |batch| {
             for (sha, check) in batch {
-                report.blobs_checked += 1;
-                match check {
-                    Check::Good => {}
-                    Check::Missing(p) | Check::Bad(p) => {
-                        report.blobs_bad += 1;
-                        report.problems.push(Problem {
-                            what: "blob",
-                            name: sha,
-                            problem: p,
-                        });
-                    }
-                }
+                report.record(BLOB, sha, check);
             }
             Ok(())
         },
@@ -150,26 +172,7 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
             },
             |batch| {
                 for (key, check) in batch {
-                    report.objects_checked += 1;
-                    match check {
-                        Check::Good => {}
-                        Check::Missing(p) => {
-                            report.objects_missing += 1;
-                            report.problems.push(Problem {
-                                what: "object",
-                                name: key,
-                                problem: p,
-                            });
-                        }
-                        Check::Bad(p) => {
-                            report.objects_bad += 1;
-                            report.problems.push(Problem {
-                                what: "object",
-                                name: key,
-                                problem: p,
-                            });
-                        }
-                    }
+                    report.record(OBJECT, key, check);
                 }
                 Ok(())
             },
