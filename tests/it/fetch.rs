@@ -1402,18 +1402,7 @@ fn killed_fetch_resumes_without_redownloading() {
     const FILES: usize = 400;
     const JOBS: u64 = 8;
     const KILLS: usize = 5;
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1);
-    eprintln!("killed_fetch_resumes_without_redownloading: seed {seed}");
-    let mut rng = seed | 1;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = crate::support::seeded_rng("killed_fetch_resumes_without_redownloading");
 
     let dir = temp_dir();
     let tg = FakeTelegram::new();

@@ -824,18 +824,7 @@ fn first_push_skips_objects_already_there_with_the_right_size() {
 fn killed_push_resumes_to_a_complete_destination() {
     const REFS: usize = 300;
     const KILLS: usize = 5;
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1);
-    eprintln!("killed_push_resumes_to_a_complete_destination: seed {seed}");
-    let mut rng = seed | 1;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = crate::support::seeded_rng("killed_push_resumes_to_a_complete_destination");
     let dir = temp_dir();
     let want = bucket_dataset(dir.path(), REFS, 500, 20_000);
     let archive = dir.path().join("archive");
@@ -917,18 +906,7 @@ fn killed_push_resumes_to_a_complete_destination() {
 #[test]
 fn killed_push_to_a_directory_leaves_only_whole_files() {
     const REFS: usize = 300;
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1);
-    eprintln!("killed_push_to_a_directory_leaves_only_whole_files: seed {seed}");
-    let mut rng = seed | 1;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = crate::support::seeded_rng("killed_push_to_a_directory_leaves_only_whole_files");
     let dir = temp_dir();
     let want = bucket_dataset(dir.path(), REFS, 20_000, 200_000);
     let archive = dir.path().join("archive");

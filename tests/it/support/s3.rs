@@ -39,7 +39,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 
-use super::{BackgroundServer, BoxError, HttpBody, full_body};
+use super::{BackgroundServer, BoxError, HttpBody, full_body, percent_decode};
 
 pub const ACCESS_KEY: &str = "starchive-test-key";
 pub const SECRET_KEY: &str = "starchive-test-secret";
@@ -440,34 +440,6 @@ fn s3_error_response(status: u16) -> Response<HttpBody> {
         .header("content-type", "application/xml")
         .body(full_body(body))
         .expect("build error response")
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let (Some(h), Some(l)) = (hex_val(bytes[i + 1]), hex_val(bytes[i + 2]))
-        {
-            out.push(h * 16 + l);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex_val(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 /// URL-safe base64 without padding, as s3s-fs names its sidecars.
