@@ -1076,13 +1076,14 @@ fn dangling_key_without_file_id_fails_with_a_reason() {
     assert_eq!(clean_blobs(&archive).len(), 2);
 }
 
-#[test]
-fn refused_bucket_credentials_stop_with_exit_1() {
+/// A bucket `stickers` holding `n` keys named by `n` sticker rows, snapshotted
+/// into `DIR/archive`.
+fn bucket_of_stickers(n: u64) -> (tempfile::TempDir, TestS3, std::path::PathBuf) {
     let dir = temp_dir();
     let s3 = TestS3::start();
     s3.create_bucket("stickers");
     let mut db = Db::new();
-    for i in 0..40 {
+    for i in 0..n {
         let key = format!("k/{i}.webp");
         s3.put_file("stickers", &key, sticker_bytes(i, 700));
         db.sticker("prod", None, Some(&key));
@@ -1090,6 +1091,12 @@ fn refused_bucket_credentials_stop_with_exit_1() {
     db.write(&dir.path().join("db"));
     let archive = dir.path().join("archive");
     snapshot(&archive, &dir.path().join("db"));
+    (dir, s3, archive)
+}
+
+#[test]
+fn refused_bucket_credentials_stop_with_exit_1() {
+    let (_dir, s3, archive) = bucket_of_stickers(40);
 
     let started = Instant::now();
     let out = run(fetch_cmd(&archive, Some((&s3, "stickers")), None)
@@ -1117,18 +1124,7 @@ fn refused_bucket_credentials_stop_with_exit_1() {
 
 #[test]
 fn access_denied_on_one_key_fails_that_ref_only() {
-    let dir = temp_dir();
-    let s3 = TestS3::start();
-    s3.create_bucket("stickers");
-    let mut db = Db::new();
-    for i in 0..5 {
-        let key = format!("k/{i}.webp");
-        s3.put_file("stickers", &key, sticker_bytes(i, 700));
-        db.sticker("prod", None, Some(&key));
-    }
-    db.write(&dir.path().join("db"));
-    let archive = dir.path().join("archive");
-    snapshot(&archive, &dir.path().join("db"));
+    let (_dir, s3, archive) = bucket_of_stickers(5);
 
     s3.fail_next("GET", 1, 403);
     let doc = run(fetch_cmd(&archive, Some((&s3, "stickers")), None).args(["--jobs", "1"]))
@@ -1443,17 +1439,8 @@ fn killed_fetch_resumes_without_redownloading() {
     let mut committed: Vec<BTreeMap<String, u64>> = Vec::new();
     let mut kills = 0;
     for round in 0..KILLS {
-        let mut child = fetch()
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn");
         let delay = Duration::from_millis(50 + next() % 650);
-        std::thread::sleep(delay);
-        let done_already = child.try_wait().expect("try_wait").is_some();
-        child.kill().expect("kill -9");
-        child.wait().expect("wait");
-        if done_already {
+        if crate::support::kill_after(&mut fetch(), delay) {
             eprintln!("round {round}: finished before the kill at {delay:?}");
             break;
         }

@@ -835,18 +835,9 @@ fn killed_push_resumes_to_a_complete_destination() {
     let url = s3.store_url("resume", "");
     let mut kills = 0;
     for round in 0..KILLS {
-        let mut child = push_cmd(&archive, &url, Some(&s3))
-            .args(["--jobs", "4"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn push");
         let delay = Duration::from_millis(40 + next() % 300);
-        std::thread::sleep(delay);
-        let finished = child.try_wait().expect("try_wait").is_some();
-        child.kill().expect("kill -9");
-        child.wait().expect("wait");
-        if finished {
+        let mut push = push_cmd(&archive, &url, Some(&s3));
+        if crate::support::kill_after(push.args(["--jobs", "4"]), delay) {
             eprintln!("round {round}: finished before the kill at {delay:?}");
             break;
         }

@@ -228,3 +228,18 @@ pub fn seeded_rng(test: &str) -> impl FnMut() -> u64 {
         rng
     }
 }
+
+/// Starts `cmd` (output discarded), lets it run for `delay`, then kills it
+/// with SIGKILL. Returns whether it had already finished before the kill.
+pub fn kill_after(cmd: &mut std::process::Command, delay: std::time::Duration) -> bool {
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(delay);
+    let finished = child.try_wait().expect("try_wait").is_some();
+    child.kill().expect("kill -9");
+    child.wait().expect("wait");
+    finished
+}
