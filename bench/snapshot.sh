@@ -83,13 +83,15 @@ schema() {
 }
 
 # N stickers (single and pack, with and without storage keys) and N/10 sessions.
+# Ids look random (md5 as uuid), as the bot's gen_random_uuid() ids do: in id
+# order, rows do not arrive in insertion order.
 load() {
     local db=$1 n=$2 s=$(($2 / 10))
     psql_db postgres -c "create database $db" >/dev/null
     schema | psql_db "$db" >/dev/null
     psql_db "$db" >/dev/null <<SQL
 INSERT INTO sessions (id, user_id, env, mode, photos, last_sticker_file_id, last_sticker_storage_path, created_at, updated_at)
-SELECT ('00000000-0000-4000-8000-' || lpad(g::text, 12, '0'))::uuid, 100000000 + g % 50000,
+SELECT md5('s' || g)::uuid, 100000000 + g % 50000,
        CASE WHEN g % 5 = 0 THEN 'test' ELSE 'prod' END,
        CASE WHEN g % 3 = 0 THEN 'pack' ELSE 'single' END,
        jsonb_build_array('AgACAgIAAxkBAAI' || md5(g::text)),
@@ -98,8 +100,8 @@ SELECT ('00000000-0000-4000-8000-' || lpad(g::text, 12, '0'))::uuid, 100000000 +
        timestamptz '2025-01-01' + g * interval '1 second', timestamptz '2025-01-01' + g * interval '2 second'
 FROM generate_series(1, $s) g;
 INSERT INTO stickers (id, user_id, session_id, pack_index, style_preset_id, telegram_file_id, result_storage_path, created_at)
-SELECT ('00000000-0000-4000-9000-' || lpad(g::text, 12, '0'))::uuid, 100000000 + (g % $s + 1) % 50000,
-       ('00000000-0000-4000-8000-' || lpad((g % $s + 1)::text, 12, '0'))::uuid,
+SELECT md5('t' || g)::uuid, 100000000 + (g % $s + 1) % 50000,
+       md5('s' || (g % $s + 1))::uuid,
        CASE WHEN g % 4 = 0 THEN g % 9 END, 'cartoon',
        'CAACAgIAAxkBAAI' || md5(g::text) || '-' || g,
        CASE WHEN g % 10 <> 0 THEN 'stickers/' || (100000000 + (g % $s + 1) % 50000) || '/' || g || '.webp' END,

@@ -78,6 +78,29 @@ impl Catalog {
         &mut self.conn
     }
 
+    /// Runs `work` with a rollback journal instead of the WAL. A snapshot
+    /// writes most of the catalog anew: the WAL would take every page twice
+    /// (the log, then the checkpoint), while a rollback journal writes pages
+    /// past the old end of the file once and journals only the pages it
+    /// overwrites. Crash safety is the same: a hot journal is rolled back on
+    /// the next open, which also puts the WAL back.
+    pub fn with_rollback_journal<T>(
+        &mut self,
+        work: impl FnOnce(&mut Catalog) -> Result<T>,
+    ) -> Result<T> {
+        // Refused (left in WAL) while another connection, e.g. a `sqlite3`
+        // shell, has the catalog open: then it is only slower.
+        let mode: String =
+            self.conn
+                .pragma_update_and_check(None, "journal_mode", "DELETE", |r| r.get(0))?;
+        tracing::debug!("journal mode for bulk writes: {mode}");
+        let out = work(self);
+        let back = self.conn.pragma_update(None, "journal_mode", "WAL");
+        let out = out?;
+        back?;
+        Ok(out)
+    }
+
     pub fn setting(&self, key: &str) -> Result<Option<String>> {
         use rusqlite::OptionalExtension;
         Ok(self

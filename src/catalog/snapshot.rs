@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::Catalog;
 use crate::error::Result;
 use crate::refs::{self, Table};
-use crate::source::SourceEvent;
+use crate::source::{CheckedRow, SourceEvent};
 
 /// How many skipped rows are logged one by one before only counting.
 const LOGGED_SKIPS: u64 = 20;
@@ -38,6 +38,8 @@ pub struct SnapshotWriter<'c> {
     id: i64,
     envs: Option<HashSet<String>>,
     sessions_in_scope: HashSet<String>,
+    /// Tables empty when the snapshot began: every row is new, no update to try.
+    fresh: HashSet<Table>,
     skipped: BTreeMap<Table, u64>,
     missing: Vec<Table>,
     taken_at: String,
@@ -53,11 +55,19 @@ impl<'c> SnapshotWriter<'c> {
             rusqlite::params![super::now_text(), source, envs_json],
         )?;
         let id = tx.last_insert_rowid();
+        let mut fresh = HashSet::new();
+        for table in Table::ALL {
+            let sql = format!("SELECT NOT EXISTS (SELECT 1 FROM {})", table.name());
+            if tx.query_row(&sql, [], |r| r.get(0))? {
+                fresh.insert(table);
+            }
+        }
         Ok(SnapshotWriter {
             tx,
             id,
             envs: (!envs.is_empty()).then(|| envs.iter().cloned().collect()),
             sessions_in_scope: HashSet::new(),
+            fresh,
             skipped: BTreeMap::new(),
             missing: Vec::new(),
             taken_at: super::now_text(),
@@ -75,62 +85,62 @@ impl<'c> SnapshotWriter<'c> {
                 }
             }
             SourceEvent::Malformed { table, at, reason } => self.skip(table, &at, &reason),
-            SourceEvent::Row { table, row, text } => {
-                let id = match refs::check_row(table, &row) {
-                    Ok(id) => id,
-                    Err(reason) => {
-                        let at = row_label(&row);
-                        self.skip(table, &at, &reason);
-                        return Ok(());
-                    }
-                };
-                if !self.in_scope(table, &id, &row) {
+            SourceEvent::Row { table, row } => {
+                if !self.in_scope(table, &row) {
                     return Ok(());
                 }
-                let data = match text {
-                    Some(text) => text,
-                    None => serde_json::Value::Object(row).to_string(),
-                };
-                let sql = format!(
-                    "INSERT INTO {t}(id, data, first_snapshot, changed_snapshot, seen_snapshot)
-                     VALUES (?1, ?2, ?3, ?3, ?3)
-                     ON CONFLICT(id) DO UPDATE SET
-                        seen_snapshot = excluded.seen_snapshot,
-                        changed_snapshot = CASE WHEN data = excluded.data
-                            THEN changed_snapshot ELSE excluded.seen_snapshot END,
-                        data = excluded.data
-                     WHERE seen_snapshot < excluded.seen_snapshot",
-                    t = table.name()
-                );
-                let written = self
-                    .tx
-                    .prepare_cached(&sql)?
-                    .execute(rusqlite::params![id, data, self.id])?;
-                if written == 0 {
-                    self.skip(table, &format!("id {id}"), "a second row with the same id");
+                if !self.write_row(table, &row.id, &row.data)? {
+                    self.skip(
+                        table,
+                        &format!("id {}", row.id),
+                        "a second row with the same id",
+                    );
                 }
             }
         }
         Ok(())
     }
 
-    fn in_scope(
-        &mut self,
-        table: Table,
-        id: &str,
-        row: &serde_json::Map<String, serde_json::Value>,
-    ) -> bool {
+    /// Inserts or refreshes one row; false when this snapshot saw its id already.
+    /// Not an upsert: SQLite computes every generated column of an upsert's
+    /// `excluded` row, which is a JSON parse per column per row.
+    fn write_row(&mut self, table: Table, id: &str, data: &str) -> Result<bool> {
+        let t = table.name();
+        if !self.fresh.contains(&table) {
+            let sql = format!(
+                "UPDATE {t} SET seen_snapshot = ?3,
+                    changed_snapshot = CASE WHEN data = ?2 THEN changed_snapshot ELSE ?3 END,
+                    data = ?2
+                 WHERE id = ?1 AND seen_snapshot < ?3"
+            );
+            let params = rusqlite::params![id, data, self.id];
+            if self.tx.prepare_cached(&sql)?.execute(params)? == 1 {
+                return Ok(true);
+            }
+        }
+        let sql = format!(
+            "INSERT OR IGNORE INTO {t}(id, data, first_snapshot, changed_snapshot, seen_snapshot)
+             VALUES (?1, ?2, ?3, ?3, ?3)"
+        );
+        let params = rusqlite::params![id, data, self.id];
+        Ok(self.tx.prepare_cached(&sql)?.execute(params)? == 1)
+    }
+
+    fn in_scope(&mut self, table: Table, row: &CheckedRow) -> bool {
         let Some(envs) = &self.envs else {
             return true;
         };
+        let Some(scope) = &row.scope else {
+            return false;
+        };
         if table == Table::Sessions {
-            let keep = refs::env_of_session(row).is_some_and(|e| envs.contains(e));
+            let keep = envs.contains(scope);
             if keep {
-                self.sessions_in_scope.insert(id.to_string());
+                self.sessions_in_scope.insert(row.id.clone());
             }
             keep
         } else {
-            refs::session_of(table, row).is_some_and(|s| self.sessions_in_scope.contains(&s))
+            self.sessions_in_scope.contains(scope)
         }
     }
 
@@ -195,12 +205,5 @@ impl<'c> SnapshotWriter<'c> {
             source,
             tables,
         })
-    }
-}
-
-fn row_label(row: &serde_json::Map<String, serde_json::Value>) -> String {
-    match row.get("id") {
-        Some(serde_json::Value::String(s)) if !s.is_empty() => format!("id {s}"),
-        _ => "a row".to_string(),
     }
 }

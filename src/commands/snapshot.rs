@@ -32,33 +32,38 @@ pub fn snapshot(ctx: &Context, db: &str) -> Result<SnapshotReport> {
             })
         }
     };
-    let mut writer = SnapshotWriter::begin(&mut catalog, &spec.describe(), &ctx.envs)?;
-    ctx.progress.start("reading rows", None);
-    let mut failed = None;
-    while let Some(batch) = rx.blocking_recv() {
-        let n = batch.len() as u64;
-        for event in batch {
-            if let Err(e) = writer.apply(event) {
-                failed = Some(e);
+    catalog.with_rollback_journal(|catalog| {
+        let mut writer = SnapshotWriter::begin(catalog, &spec.describe(), &ctx.envs)?;
+        ctx.progress.start("reading rows", None);
+        let mut failed = None;
+        while let Some(batch) = rx.blocking_recv() {
+            let n = batch.len() as u64;
+            for event in batch {
+                if let Err(e) = writer.apply(event) {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            if failed.is_some() {
                 break;
             }
+            ctx.progress.advance(n);
         }
-        if failed.is_some() {
-            break;
+        drop(rx);
+        let read = ctx
+            .runtime
+            .block_on(producer)
+            .map_err(|e| Error::Config(format!("the source reader stopped: {e}")))?;
+        ctx.progress.finish();
+        if let Some(e) = failed {
+            return Err(e);
         }
-        ctx.progress.advance(n);
-    }
-    drop(rx);
-    let read = ctx
-        .runtime
-        .block_on(producer)
-        .map_err(|e| Error::Config(format!("the source reader stopped: {e}")))?;
-    ctx.progress.finish();
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    read?;
-    writer.finish(include_photos)
+        read?;
+        ctx.progress.start("deriving refs", None);
+        let report = writer.finish(include_photos);
+        ctx.progress.finish();
+        report
+    })
 }
 
 impl std::fmt::Display for SnapshotReport {

@@ -69,11 +69,7 @@ fn read_table(table: Table, path: &Path, out: &mut Batcher) -> Result<()> {
     while let Some(record) = reader.next_record().map_err(|e| csv_err(e.to_string()))? {
         let at = format!("line {}", record.line);
         let event = match to_row(table, &header, record.fields) {
-            Ok(row) => SourceEvent::Row {
-                table,
-                row,
-                text: None,
-            },
+            Ok(row) => SourceEvent::row(table, row, None),
             Err(reason) => SourceEvent::Malformed { table, at, reason },
         };
         out.push_blocking(event)?;

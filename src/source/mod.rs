@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
-use crate::refs::Table;
+use crate::refs::{self, Table};
 
 /// Rows travel in batches of this many events.
 pub const BATCH: usize = 1024;
@@ -17,14 +17,17 @@ pub const BATCH: usize = 1024;
 #[derive(Debug)]
 pub enum SourceEvent {
     /// The source's consistent state was taken at this time (RFC 3339 UTC).
-    Began { taken_at: String },
+    Began {
+        taken_at: String,
+    },
     /// The table is about to be read; `present` is false when the source lacks it.
-    Table { table: Table, present: bool },
+    Table {
+        table: Table,
+        present: bool,
+    },
     Row {
         table: Table,
-        row: Map<String, Value>,
-        /// The row's JSON text as the source gave it, stored as is when present.
-        text: Option<String>,
+        row: CheckedRow,
     },
     /// A row that could not be read at all (wrong field count, bad encoding).
     Malformed {
@@ -32,6 +35,50 @@ pub enum SourceEvent {
         at: String,
         reason: String,
     },
+}
+
+/// A row checked in the reader's thread and reduced to what the writer
+/// keeps: the catalog's writer thread is the snapshot's bottleneck.
+#[derive(Debug)]
+pub struct CheckedRow {
+    pub id: String,
+    /// The row as JSON text, every column.
+    pub data: String,
+    /// What `--env` filters on: the env of a session, the session of any other row.
+    pub scope: Option<String>,
+}
+
+impl SourceEvent {
+    /// A source row as an event: `Row` when starchive can rely on it,
+    /// `Malformed` (skipped and counted) when not. `text` is the row's JSON
+    /// text as the source gave it, stored as is when present.
+    pub fn row(table: Table, row: Map<String, Value>, text: Option<String>) -> SourceEvent {
+        match refs::check_row(table, &row) {
+            Ok(id) => {
+                let scope = match table {
+                    Table::Sessions => refs::env_of_session(&row).map(str::to_string),
+                    _ => refs::session_of(table, &row),
+                };
+                let data = text.unwrap_or_else(|| Value::Object(row).to_string());
+                SourceEvent::Row {
+                    table,
+                    row: CheckedRow { id, data, scope },
+                }
+            }
+            Err(reason) => SourceEvent::Malformed {
+                table,
+                at: row_label(&row),
+                reason,
+            },
+        }
+    }
+}
+
+fn row_label(row: &Map<String, Value>) -> String {
+    match row.get("id") {
+        Some(Value::String(s)) if !s.is_empty() => format!("id {s}"),
+        _ => "a row".to_string(),
+    }
 }
 
 /// Where `snapshot --db` reads from.

@@ -68,19 +68,31 @@ pub async fn read(url: &str, out: &mut Batcher) -> Result<()> {
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL TIME ZONE 'UTC'")
         .await
         .map_err(db_err)?;
+    // Per table: whether it exists, and whether it has an `id` column.
+    let probes: Vec<String> = Table::ALL
+        .iter()
+        .map(|t| {
+            format!(
+                "to_regclass('public.{t}') IS NOT NULL, EXISTS (SELECT 1 FROM pg_attribute \
+                 WHERE attrelid = to_regclass('public.{t}') AND attname = 'id' AND NOT attisdropped)",
+                t = t.name()
+            )
+        })
+        .collect();
     let first = simple_values(
         &client,
-        "SELECT to_char(now(), 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
-         to_regclass('public.sessions') IS NOT NULL, \
-         to_regclass('public.pack_batches') IS NOT NULL, \
-         to_regclass('public.stickers') IS NOT NULL",
+        &format!(
+            "SELECT to_char(now(), 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), {}",
+            probes.join(", ")
+        ),
     )
     .await
     .map_err(db_err)?;
+    let yes = |i: usize| first.get(i).cloned().flatten().as_deref() == Some("t");
     let taken_at = first.first().cloned().flatten().unwrap_or_default();
     out.push(SourceEvent::Began { taken_at }).await?;
     for (i, table) in Table::ALL.into_iter().enumerate() {
-        let present = first.get(i + 1).cloned().flatten().as_deref() == Some("t");
+        let present = yes(1 + 2 * i);
         if !present && table.required() {
             return Err(Error::Database {
                 url: shown.clone(),
@@ -94,18 +106,21 @@ pub async fn read(url: &str, out: &mut Batcher) -> Result<()> {
         if !present {
             continue;
         }
-        let sql = format!("SELECT to_jsonb(t)::text FROM public.{} t", table.name());
+        // In id order (the primary key's index scan, no sort): the catalog's
+        // indexes on ids then grow at their end instead of at random pages,
+        // which makes a large snapshot several times cheaper to write.
+        let order = if yes(2 + 2 * i) { " ORDER BY t.id" } else { "" };
+        let sql = format!(
+            "SELECT to_jsonb(t)::text FROM public.{} t{order}",
+            table.name()
+        );
         let stream = client.simple_query_raw(&sql).await.map_err(db_err)?;
         futures::pin_mut!(stream);
         while let Some(msg) = stream.next().await {
             if let SimpleQueryMessage::Row(row) = msg.map_err(db_err)? {
                 let Some(text) = row.get(0) else { continue };
                 let event = match serde_json::from_str::<Map<String, Value>>(text) {
-                    Ok(row) => SourceEvent::Row {
-                        table,
-                        row,
-                        text: Some(text.to_string()),
-                    },
+                    Ok(row) => SourceEvent::row(table, row, Some(text.to_string())),
                     Err(e) => SourceEvent::Malformed {
                         table,
                         at: "a row".into(),
