@@ -2,9 +2,11 @@
 //! columns name files, and how rows become refs (SPEC §1).
 //!
 //! No other module names a column of the bot's tables; the catalog's typed
-//! columns (migrations) mirror `schema.sql` and are read only from here.
+//! columns (migrations) mirror `schema.sql` and are written and read only
+//! from here.
 
 use rusqlite::Connection;
+use rusqlite::types::Value as SqlValue;
 use serde_json::{Map, Value};
 
 use crate::error::Result;
@@ -102,6 +104,61 @@ fn column_kind(table: Table, column: &str) -> Option<Kind> {
         _ => return None,
     };
     Some(kind)
+}
+
+/// The catalog's typed columns of each table (migration 4), in the order
+/// [`typed_values`] gives their values.
+pub fn typed_columns(table: Table) -> &'static [&'static str] {
+    match table {
+        Table::Sessions => &[
+            "user_id",
+            "env",
+            "mode",
+            "current_photo_file_id",
+            "photos",
+            "last_sticker_file_id",
+            "last_sticker_storage_path",
+            "pack_sheet_file_id",
+            "created_at",
+            "updated_at",
+        ],
+        Table::PackBatches => &[
+            "session_id",
+            "user_id",
+            "status",
+            "cleaned_sheet_storage_path",
+            "created_at",
+        ],
+        Table::Stickers => &[
+            "user_id",
+            "session_id",
+            "pack_batch_id",
+            "pack_index",
+            "style_preset_id",
+            "telegram_file_id",
+            "result_storage_path",
+            "created_at",
+        ],
+    }
+}
+
+/// A row's values for [`typed_columns`], as `json_extract(data, '$.column')`
+/// gives them (the column's affinity then applies, as for any insert).
+pub fn typed_values(table: Table, row: &Map<String, Value>) -> Vec<SqlValue> {
+    typed_columns(table)
+        .iter()
+        .map(|column| match row.get(*column) {
+            None | Some(Value::Null) => SqlValue::Null,
+            Some(Value::Bool(b)) => SqlValue::Integer(i64::from(*b)),
+            Some(Value::Number(n)) => match (n.as_i64(), n.as_f64()) {
+                (Some(i), _) => SqlValue::Integer(i),
+                (None, Some(f)) => SqlValue::Real(f),
+                (None, None) => SqlValue::Text(n.to_string()),
+            },
+            Some(Value::String(s)) => SqlValue::Text(s.clone()),
+            Some(v @ (Value::Array(_) | Value::Object(_))) => SqlValue::Text(v.to_string()),
+        })
+        .collect()
 }
 
 /// Checks a row against what starchive relies on and returns its id.

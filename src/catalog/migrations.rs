@@ -164,6 +164,82 @@ CREATE TABLE backfill_journal (
     UNIQUE (table_name, row_id, column_name, value)
 );
 "#,
+    // 4: typed columns become plain columns, written by the snapshot from the
+    // row it parsed already. As generated columns, SQLite parsed every row's
+    // JSON again on insert and again on every read (deriving refs).
+    r#"
+DROP VIEW v_rows;
+
+CREATE TABLE sessions_4 (
+    id                        TEXT PRIMARY KEY NOT NULL,
+    data                      TEXT NOT NULL,
+    first_snapshot            INTEGER NOT NULL,
+    changed_snapshot          INTEGER NOT NULL,
+    seen_snapshot             INTEGER NOT NULL,
+    user_id                   TEXT,
+    env                       TEXT,
+    mode                      TEXT,
+    current_photo_file_id     TEXT,
+    photos                    TEXT,
+    last_sticker_file_id      TEXT,
+    last_sticker_storage_path TEXT,
+    pack_sheet_file_id        TEXT,
+    created_at                TEXT,
+    updated_at                TEXT
+);
+INSERT INTO sessions_4 SELECT id, data, first_snapshot, changed_snapshot, seen_snapshot,
+    user_id, env, mode, current_photo_file_id, photos, last_sticker_file_id,
+    last_sticker_storage_path, pack_sheet_file_id, created_at, updated_at
+FROM sessions;
+DROP TABLE sessions;
+ALTER TABLE sessions_4 RENAME TO sessions;
+
+CREATE TABLE pack_batches_4 (
+    id                         TEXT PRIMARY KEY NOT NULL,
+    data                       TEXT NOT NULL,
+    first_snapshot             INTEGER NOT NULL,
+    changed_snapshot           INTEGER NOT NULL,
+    seen_snapshot              INTEGER NOT NULL,
+    session_id                 TEXT,
+    user_id                    TEXT,
+    status                     TEXT,
+    cleaned_sheet_storage_path TEXT,
+    created_at                 TEXT
+);
+INSERT INTO pack_batches_4 SELECT id, data, first_snapshot, changed_snapshot, seen_snapshot,
+    session_id, user_id, status, cleaned_sheet_storage_path, created_at
+FROM pack_batches;
+DROP TABLE pack_batches;
+ALTER TABLE pack_batches_4 RENAME TO pack_batches;
+CREATE INDEX pack_batches_session ON pack_batches(session_id, created_at, id);
+
+CREATE TABLE stickers_4 (
+    id                  TEXT PRIMARY KEY NOT NULL,
+    data                TEXT NOT NULL,
+    first_snapshot      INTEGER NOT NULL,
+    changed_snapshot    INTEGER NOT NULL,
+    seen_snapshot       INTEGER NOT NULL,
+    user_id             TEXT,
+    session_id          TEXT,
+    pack_batch_id       TEXT,
+    pack_index          INTEGER,
+    style_preset_id     TEXT,
+    telegram_file_id    TEXT,
+    result_storage_path TEXT,
+    created_at          TEXT
+);
+INSERT INTO stickers_4 SELECT id, data, first_snapshot, changed_snapshot, seen_snapshot,
+    user_id, session_id, pack_batch_id, pack_index, style_preset_id, telegram_file_id,
+    result_storage_path, created_at
+FROM stickers;
+DROP TABLE stickers;
+ALTER TABLE stickers_4 RENAME TO stickers;
+
+CREATE VIEW v_rows(table_name, id, data) AS
+    SELECT 'sessions', id, data FROM sessions
+    UNION ALL SELECT 'stickers', id, data FROM stickers
+    UNION ALL SELECT 'pack_batches', id, data FROM pack_batches;
+"#,
 ];
 
 /// Applies the migrations this catalog lacks, in one exclusive transaction.
@@ -199,6 +275,43 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .expect("user_version");
         assert_eq!(v, MIGRATIONS.len() as i64);
+    }
+
+    /// A catalog written before migration 4 keeps its rows, and its typed
+    /// columns keep the values they were generated with.
+    #[test]
+    fn typed_columns_survive_migration_4() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        for sql in &MIGRATIONS[..3] {
+            conn.execute_batch(sql).expect("migrations 1-3");
+        }
+        conn.pragma_update(None, "user_version", 3).expect("set");
+        conn.execute_batch(
+            r#"INSERT INTO stickers(id, data, first_snapshot, changed_snapshot, seen_snapshot)
+               VALUES ('s1', '{"id":"s1","user_id":9007199254740993,"pack_index":7,"telegram_file_id":"F"}', 1, 1, 1);
+               INSERT INTO sessions(id, data, first_snapshot, changed_snapshot, seen_snapshot)
+               VALUES ('a', '{"id":"a","env":"prod","photos":["p1","p2"]}', 1, 1, 1);"#,
+        )
+        .expect("rows");
+        migrate(&mut conn, Path::new(":memory:")).expect("migrate");
+        let sticker: (String, i64, String) = conn
+            .query_row(
+                "SELECT user_id, pack_index, telegram_file_id FROM stickers",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .expect("sticker");
+        assert_eq!(sticker, ("9007199254740993".into(), 7, "F".into()));
+        let session: (String, String, String) = conn
+            .query_row(
+                "SELECT s.env, s.photos, v.data FROM v_rows v JOIN sessions s ON s.id = v.id",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .expect("session");
+        assert_eq!(session.0, "prod");
+        assert_eq!(session.1, r#"["p1","p2"]"#);
+        assert!(session.2.contains("p2"));
     }
 
     #[test]

@@ -52,6 +52,10 @@ impl Catalog {
         let path = dir.join(CATALOG_FILE);
         let mut conn = Connection::open(&path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // 16 KiB pages for a new catalog (an existing one keeps its own):
+        // a snapshot writes a GB per million rows, in a quarter of the
+        // system calls and B-tree pages of SQLite's default 4 KiB.
+        conn.pragma_update(None, "page_size", 16_384)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;

@@ -3,9 +3,10 @@
 //! (SQLite rolls the transaction back on the next open); a finished one
 //! replaces it, with counts of what was added, changed and removed.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rusqlite::Transaction;
+use rusqlite::types::ToSqlOutput as SqlRef;
 use serde::Serialize;
 
 use super::Catalog;
@@ -33,6 +34,39 @@ pub struct SnapshotReport {
     pub tables: BTreeMap<String, TableCounts>,
 }
 
+/// The statements writing one row of a table: `?1` id, `?2` data, `?3` the
+/// snapshot, then the typed columns.
+struct RowSql {
+    update: String,
+    insert: String,
+}
+
+impl RowSql {
+    fn new(table: Table) -> RowSql {
+        let t = table.name();
+        let typed = refs::typed_columns(table);
+        let sets: String = typed
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!(", {c} = ?{}", i + 4))
+            .collect();
+        let names: String = typed.iter().map(|c| format!(", {c}")).collect();
+        let values: String = (0..typed.len()).map(|i| format!(", ?{}", i + 4)).collect();
+        RowSql {
+            update: format!(
+                "UPDATE {t} SET seen_snapshot = ?3,
+                    changed_snapshot = CASE WHEN data = ?2 THEN changed_snapshot ELSE ?3 END,
+                    data = ?2{sets}
+                 WHERE id = ?1 AND seen_snapshot < ?3"
+            ),
+            insert: format!(
+                "INSERT OR IGNORE INTO {t}(id, data, first_snapshot, changed_snapshot, seen_snapshot{names})
+                 VALUES (?1, ?2, ?3, ?3, ?3{values})"
+            ),
+        }
+    }
+}
+
 pub struct SnapshotWriter<'c> {
     tx: Transaction<'c>,
     id: i64,
@@ -40,6 +74,7 @@ pub struct SnapshotWriter<'c> {
     sessions_in_scope: HashSet<String>,
     /// Tables empty when the snapshot began: every row is new, no update to try.
     fresh: HashSet<Table>,
+    sql: HashMap<Table, RowSql>,
     skipped: BTreeMap<Table, u64>,
     missing: Vec<Table>,
     taken_at: String,
@@ -68,6 +103,10 @@ impl<'c> SnapshotWriter<'c> {
             envs: (!envs.is_empty()).then(|| envs.iter().cloned().collect()),
             sessions_in_scope: HashSet::new(),
             fresh,
+            sql: Table::ALL
+                .into_iter()
+                .map(|t| (t, RowSql::new(t)))
+                .collect(),
             skipped: BTreeMap::new(),
             missing: Vec::new(),
             taken_at: super::now_text(),
@@ -89,7 +128,7 @@ impl<'c> SnapshotWriter<'c> {
                 if !self.in_scope(table, &row) {
                     return Ok(());
                 }
-                if !self.write_row(table, &row.id, &row.data)? {
+                if !self.write_row(table, &row)? {
                     self.skip(
                         table,
                         &format!("id {}", row.id),
@@ -102,28 +141,35 @@ impl<'c> SnapshotWriter<'c> {
     }
 
     /// Inserts or refreshes one row; false when this snapshot saw its id already.
-    /// Not an upsert: SQLite computes every generated column of an upsert's
-    /// `excluded` row, which is a JSON parse per column per row.
-    fn write_row(&mut self, table: Table, id: &str, data: &str) -> Result<bool> {
-        let t = table.name();
-        if !self.fresh.contains(&table) {
-            let sql = format!(
-                "UPDATE {t} SET seen_snapshot = ?3,
-                    changed_snapshot = CASE WHEN data = ?2 THEN changed_snapshot ELSE ?3 END,
-                    data = ?2
-                 WHERE id = ?1 AND seen_snapshot < ?3"
-            );
-            let params = rusqlite::params![id, data, self.id];
-            if self.tx.prepare_cached(&sql)?.execute(params)? == 1 {
-                return Ok(true);
-            }
+    /// Not an upsert: SQLite computes every column of an upsert's `excluded`
+    /// row, and an update first is wasted on a table that was empty.
+    fn write_row(&mut self, table: Table, row: &CheckedRow) -> Result<bool> {
+        let sql = &self.sql[&table];
+        let params = || {
+            let fixed = [
+                SqlRef::from(row.id.as_str()),
+                SqlRef::from(row.data.as_str()),
+                SqlRef::from(self.id),
+            ];
+            fixed
+                .into_iter()
+                .chain(row.typed.iter().map(SqlRef::from))
+                .collect::<Vec<_>>()
+        };
+        if !self.fresh.contains(&table)
+            && self
+                .tx
+                .prepare_cached(&sql.update)?
+                .execute(rusqlite::params_from_iter(params()))?
+                == 1
+        {
+            return Ok(true);
         }
-        let sql = format!(
-            "INSERT OR IGNORE INTO {t}(id, data, first_snapshot, changed_snapshot, seen_snapshot)
-             VALUES (?1, ?2, ?3, ?3, ?3)"
-        );
-        let params = rusqlite::params![id, data, self.id];
-        Ok(self.tx.prepare_cached(&sql)?.execute(params)? == 1)
+        let inserted = self
+            .tx
+            .prepare_cached(&sql.insert)?
+            .execute(rusqlite::params_from_iter(params()))?;
+        Ok(inserted == 1)
     }
 
     fn in_scope(&mut self, table: Table, row: &CheckedRow) -> bool {

@@ -46,6 +46,8 @@ pub struct CheckedRow {
     pub data: String,
     /// What `--env` filters on: the env of a session, the session of any other row.
     pub scope: Option<String>,
+    /// The values of the table's typed columns ([`refs::typed_columns`]).
+    pub typed: Vec<rusqlite::types::Value>,
 }
 
 impl SourceEvent {
@@ -59,10 +61,16 @@ impl SourceEvent {
                     Table::Sessions => refs::env_of_session(&row).map(str::to_string),
                     _ => refs::session_of(table, &row),
                 };
+                let typed = refs::typed_values(table, &row);
                 let data = text.unwrap_or_else(|| Value::Object(row).to_string());
                 SourceEvent::Row {
                     table,
-                    row: CheckedRow { id, data, scope },
+                    row: CheckedRow {
+                        id,
+                        data,
+                        scope,
+                        typed,
+                    },
                 }
             }
             Err(reason) => SourceEvent::Malformed {
