@@ -1008,6 +1008,29 @@ fn second_process_is_locked_out_and_changes_nothing() {
     assert_eq!(counts(&report, "stickers"), (15, 0, 0, 1, 0), "{report}");
 }
 
+/// A `sqlite3` user with the catalog open does not stop a snapshot (which
+/// then writes through the WAL), and sees the new snapshot once it is done.
+#[test]
+fn snapshot_runs_while_a_reader_has_the_catalog_open() {
+    let archive = temp_dir();
+    let first = snapshot_ok(archive.path(), FIXTURES_DB, &[]);
+    let reader = catalog(archive.path());
+    let refs_before: i64 = one(&reader, "SELECT count(*) FROM refs");
+    assert!(refs_before > 0);
+
+    let second = snapshot_ok(archive.path(), FIXTURES_DB, &[]);
+    for table in ["sessions", "stickers", "pack_batches"] {
+        let (rows, _, _, _, skipped) = counts(&first, table);
+        assert_eq!(counts(&second, table), (rows, 0, 0, 0, skipped), "{second}");
+    }
+    assert_eq!(one::<i64>(&reader, "SELECT count(*) FROM snapshots"), 2);
+    assert_eq!(
+        one::<i64>(&reader, "SELECT count(*) FROM refs"),
+        refs_before
+    );
+    assert_eq!(one::<String>(&reader, "PRAGMA journal_mode"), "wal");
+}
+
 /// A snapshot killed with SIGKILL while writing leaves the previous snapshot
 /// whole (its counts, its values), the catalog intact, and the next run succeeds.
 #[test]
