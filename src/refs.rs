@@ -236,34 +236,50 @@ pub fn derive(conn: &Connection, include_photos: bool) -> Result<()> {
         [],
         |r| r.get(0),
     )?;
-    // Into an empty table (a first snapshot) the file_id index is built
-    // after the load, in one sort, rather than maintained row by row.
-    let bulk = gen_ == 1;
-    if bulk {
+    let params = rusqlite::named_params! {":gen": gen_, ":photos": include_photos};
+    if gen_ == 1 {
+        // Into an empty table (a first snapshot): a plain insert, and the
+        // file_id index built after it in one sort rather than row by row.
         conn.execute_batch("DROP INDEX refs_file_id")?;
-    }
-    conn.execute(DERIVE_SQL, rusqlite::params![gen_, include_photos])?;
-    conn.execute("DELETE FROM refs WHERE derived_gen <> ?1", [gen_])?;
-    if bulk {
+        conn.execute(&format!("{FOUND_SQL} {INSERT_REFS} FROM found"), params)?;
         conn.execute_batch(REFS_FILE_ID_INDEX)?;
+        return Ok(());
     }
+    // Again: only new and changed refs are written, so that a snapshot of a
+    // database that changed little changes little of the catalog.
+    conn.execute(
+        &format!("CREATE TEMP TABLE found_refs AS {FOUND_SQL} SELECT * FROM found"),
+        rusqlite::named_params! {":photos": include_photos},
+    )?;
+    conn.execute(
+        &format!("{INSERT_REFS} FROM temp.found_refs WHERE true {UPDATE_REFS}"),
+        rusqlite::named_params! {":gen": gen_},
+    )?;
+    conn.execute_batch(
+        "CREATE INDEX temp.found_refs_place ON found_refs(class, row_table, row_id, slot);
+         DELETE FROM refs WHERE NOT EXISTS (
+             SELECT 1 FROM temp.found_refs f
+             WHERE f.class = refs.class AND f.row_table = refs.row_table
+               AND f.row_id = refs.row_id AND f.slot = refs.slot);
+         DROP TABLE temp.found_refs;",
+    )?;
     Ok(())
 }
 
 const REFS_FILE_ID_INDEX: &str = "CREATE INDEX refs_file_id ON refs(telegram_file_id)";
 
-/// Every ref of SPEC §1 as one `INSERT … SELECT`. `?1` is the derivation
-/// generation, `?2` whether photos are in scope. Empty strings count as NULL.
-const DERIVE_SQL: &str = r#"
+/// Every ref of SPEC §1, as the CTE `found`. `:photos` says whether photos
+/// are in scope. Empty strings count as NULL.
+const FOUND_SQL: &str = r#"
 WITH
--- Materialized: each session's JSON is read once, not once per sticker.
+-- Materialized: sessions are read once, not once per sticker.
 s AS MATERIALIZED (
     SELECT id, user_id, env,
            nullif(last_sticker_file_id, '') AS last_fid,
            nullif(last_sticker_storage_path, '') AS last_key,
            nullif(pack_sheet_file_id, '') AS sheet_fid,
            nullif(current_photo_file_id, '') AS photo_fid,
-           data
+           photos
     FROM sessions
 ),
 latest_batch AS (
@@ -298,18 +314,25 @@ found(class, row_table, row_id, slot, session_id, user_id, env, pack_batch_id,
     UNION ALL
     SELECT 'photo', 'sessions', s.id, 'current', s.id, s.user_id, s.env,
            NULL, NULL, s.photo_fid, NULL
-    FROM s WHERE ?2 AND s.photo_fid IS NOT NULL
+    FROM s WHERE :photos AND s.photo_fid IS NOT NULL
     UNION ALL
     SELECT 'photo', 'sessions', s.id, CAST(j.key AS TEXT), s.id, s.user_id, s.env,
            NULL, NULL, j.value, NULL
-    FROM s, json_each(s.data, '$.photos') j
-    WHERE ?2 AND j.type = 'text' AND j.value <> ''
+    FROM s, json_each(s.photos) j
+    WHERE :photos AND j.type = 'text' AND j.value <> ''
 )
+"#;
+
+/// Inserts the rows of `found` (or a table of its shape) as refs of
+/// derivation `:gen`; the caller appends `FROM …`.
+const INSERT_REFS: &str = "
 INSERT INTO refs (class, row_table, row_id, slot, session_id, user_id, env,
                   pack_batch_id, pack_index, telegram_file_id, storage_key, derived_gen)
 SELECT class, row_table, row_id, slot, session_id, user_id, env,
-       pack_batch_id, pack_index, telegram_file_id, storage_key, ?1
-FROM found WHERE true
+       pack_batch_id, pack_index, telegram_file_id, storage_key, :gen";
+
+/// A known ref is updated only when something of it changed.
+const UPDATE_REFS: &str = "
 ON CONFLICT (class, row_table, row_id, slot) DO UPDATE SET
     derived_gen = excluded.derived_gen,
     session_id = excluded.session_id,
@@ -333,7 +356,10 @@ ON CONFLICT (class, row_table, row_id, slot) DO UPDATE SET
     reason = CASE WHEN refs.telegram_file_id IS excluded.telegram_file_id
                    AND refs.storage_key IS excluded.storage_key
                   THEN refs.reason ELSE NULL END
-"#;
+WHERE (refs.session_id, refs.user_id, refs.env, refs.pack_batch_id, refs.pack_index,
+       refs.telegram_file_id, refs.storage_key)
+   IS NOT (excluded.session_id, excluded.user_id, excluded.env, excluded.pack_batch_id,
+           excluded.pack_index, excluded.telegram_file_id, excluded.storage_key)";
 
 /// Where the database records the storage key of a ref of `class`: (table, column).
 /// Photos have no such column.

@@ -474,6 +474,88 @@ fn resnapshot_counts_added_changed_removed() {
     assert_eq!(counts(&third, "pack_batches"), (3, 0, 0, 0, 0), "{third}");
 }
 
+/// A re-snapshot rewrites only the refs that changed: a fetched ref whose file
+/// is unchanged stays fetched even when its session's env changed (the env
+/// follows), a ref whose file changed is pending again, and a ref whose row
+/// no longer names any file is gone while the row stays.
+#[test]
+fn resnapshot_updates_only_changed_refs() {
+    let pg = TestPg::start();
+    let url = fixture_db(&pg, "bot");
+    let archive = temp_dir();
+    snapshot_ok(archive.path(), &url, &[]);
+    // As if fetch had stored every ref's file.
+    let conn = catalog(archive.path());
+    conn.execute_batch(
+        "INSERT INTO blobs(sha256, size, type, source, fetched_at)
+           VALUES ('ab', 1, 'webp', 'bucket', '2025-01-01T00:00:00Z');
+         UPDATE refs SET state = 'fetched', sha256 = 'ab', source = 'bucket';",
+    )
+    .expect("mark fetched");
+    drop(conn);
+
+    let session = fid(107);
+    pg.psql(
+        "bot",
+        &format!(
+            "UPDATE sessions SET env = 'staging' WHERE id = '{session}';
+             UPDATE stickers SET telegram_file_id = 'F-replaced' WHERE id = '{s304}';
+             UPDATE stickers SET telegram_file_id = NULL, result_storage_path = NULL
+               WHERE id = '{s305}';",
+            s304 = fid(304),
+            s305 = fid(305),
+        ),
+    );
+    snapshot_ok(archive.path(), &url, &[]);
+
+    let conn = catalog(archive.path());
+    let sticker_ref = |row: &str| -> Option<(String, String, Option<String>)> {
+        conn.query_row(
+            "SELECT env, state, sha256 FROM refs WHERE class = 'sticker' AND row_id = ?1",
+            [row],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .ok()
+    };
+    assert_eq!(
+        sticker_ref(&fid(304)),
+        Some(("staging".into(), "pending".into(), None)),
+        "a changed file is pending again, in the session's new env"
+    );
+    assert_eq!(
+        sticker_ref(&fid(305)),
+        None,
+        "a row naming no file has no ref"
+    );
+    let others: Vec<(String, String, Option<String>)> = {
+        let mut stmt = conn
+            .prepare(
+                "SELECT env, state, sha256 FROM refs
+                 WHERE class = 'sticker' AND session_id = ?1 AND row_id NOT IN (?2, ?3)",
+            )
+            .expect("prepare");
+        stmt.query_map([session.as_str(), &fid(304), &fid(305)], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+    };
+    assert!(!others.is_empty(), "the session has other stickers");
+    for other in others {
+        assert_eq!(
+            other,
+            ("staging".into(), "fetched".into(), Some("ab".into())),
+            "an unchanged file stays fetched; its env follows the session"
+        );
+    }
+    let v305: i64 = one(
+        &conn,
+        &format!("SELECT count(*) FROM stickers WHERE id = '{}'", fid(305)),
+    );
+    assert_eq!(v305, 1, "the row itself stays");
+}
+
 /// While a snapshot of big tables runs, another connection keeps committing
 /// groups (a session, its pack batch and 3 stickers in one transaction). The
 /// catalog holds every group whole or not at all, and exactly the groups
