@@ -88,6 +88,8 @@ pub struct Change {
     pub row_id: String,
     pub column: String,
     pub value: String,
+    /// The session of the changed row (its env decides `--env`).
+    pub session_id: Option<String>,
 }
 
 /// Journals changes before they are made, so that none can be made unrecorded:
@@ -97,14 +99,23 @@ pub struct Change {
 /// after its write but before its outcome must not leave it hidden from undo.
 pub fn plan_changes(tx: &Transaction, changes: &[&Change]) -> Result<()> {
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO backfill_journal(action, table_name, row_id, column_name, value, state, planned_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'planned', ?6)
+        "INSERT INTO backfill_journal(action, table_name, row_id, column_name, value, state, planned_at, session_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'planned', ?6, ?7)
          ON CONFLICT(table_name, row_id, column_name, value) DO UPDATE SET
-            state = CASE WHEN state = 'written' THEN state ELSE 'planned' END",
+            state = CASE WHEN state = 'written' THEN state ELSE 'planned' END,
+            session_id = coalesce(session_id, excluded.session_id)",
     )?;
     let now = super::now_text();
     for c in changes {
-        stmt.execute(params![c.action, c.table, c.row_id, c.column, c.value, now])?;
+        stmt.execute(params![
+            c.action,
+            c.table,
+            c.row_id,
+            c.column,
+            c.value,
+            now,
+            c.session_id
+        ])?;
     }
     Ok(())
 }
@@ -128,13 +139,26 @@ pub fn set_change_state(
     Ok(())
 }
 
-/// Changes that may still stand in the database (written, or planned when a run was killed).
-pub fn standing_changes(conn: &Connection) -> Result<Vec<Change>> {
-    let mut stmt = conn.prepare(
-        "SELECT action, table_name, row_id, column_name, value FROM backfill_journal
-         WHERE state IN ('planned', 'written') ORDER BY id",
-    )?;
-    let rows = stmt.query_map([], |r| {
+/// Changes that may still stand in the database (written, or planned when a
+/// run was killed), of rows whose session has one of `envs` (all when `None`).
+/// A change journaled before its session was recorded takes the session of
+/// its row in the catalog.
+pub fn standing_changes(conn: &Connection, envs: &Option<String>) -> Result<Vec<Change>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT action, table_name, row_id, column_name, value, session_id FROM (
+            SELECT j.*, (SELECT s.env FROM sessions s WHERE s.id = j.session_id) AS env
+            FROM (SELECT id, action, table_name, row_id, column_name, value, state,
+                         coalesce(session_id, CASE table_name
+                             WHEN 'sessions' THEN row_id
+                             WHEN 'stickers' THEN (SELECT session_id FROM stickers WHERE id = row_id)
+                             WHEN 'pack_batches' THEN (SELECT session_id FROM pack_batches WHERE id = row_id)
+                         END) AS session_id
+                  FROM backfill_journal) j
+         )
+         WHERE state IN ('planned', 'written') AND {ENV_FILTER}
+         ORDER BY id"
+    ))?;
+    let rows = stmt.query_map([envs], |r| {
         let action: String = r.get(0)?;
         Ok(Change {
             action: if action == "insert" { "insert" } else { "set" },
@@ -142,6 +166,7 @@ pub fn standing_changes(conn: &Connection) -> Result<Vec<Change>> {
             row_id: r.get(2)?,
             column: r.get(3)?,
             value: r.get(4)?,
+            session_id: r.get(5)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

@@ -240,6 +240,12 @@ CREATE VIEW v_rows(table_name, id, data) AS
     UNION ALL SELECT 'stickers', id, data FROM stickers
     UNION ALL SELECT 'pack_batches', id, data FROM pack_batches;
 "#,
+    // 5: the session of each journaled change, so that `--undo --env` can
+    // tell a change's env even for a row the catalog has not seen yet (a
+    // stickers row `--sync-stickers` added).
+    r#"
+ALTER TABLE backfill_journal ADD COLUMN session_id TEXT;
+"#,
 ];
 
 /// Applies the migrations this catalog lacks, in one exclusive transaction.

@@ -109,7 +109,7 @@ pub fn backfill(ctx: &Context, opts: &BackfillOptions) -> Result<BackfillReport>
     let client = Arc::new(ctx.runtime.block_on(postgres::connect(&opts.db))?);
     let blobs = Arc::new(BlobStore::new(&ctx.archive));
     let works = if opts.undo {
-        undo_works(&catalog)?
+        undo_works(&catalog, &ctx.env_param())?
     } else {
         plan(&catalog, &ctx.env_param(), opts.sync_stickers)?
     };
@@ -292,6 +292,7 @@ fn plan(catalog: &Catalog, envs: &Option<String>, sync_stickers: bool) -> Result
                     row_id,
                     column: column.to_string(),
                     value: key,
+                    session_id: c.place.session_id.clone(),
                 };
                 let blob = if step.upload { c.blob.clone() } else { None };
                 works.push(Work {
@@ -353,6 +354,7 @@ fn plan(catalog: &Catalog, envs: &Option<String>, sync_stickers: bool) -> Result
                 row_id: row.id.clone(),
                 column: "result_storage_path".into(),
                 value: key,
+                session_id: Some(s.session_id.clone()),
             };
             works.push(Work {
                 step,
@@ -365,8 +367,8 @@ fn plan(catalog: &Catalog, envs: &Option<String>, sync_stickers: bool) -> Result
     Ok(works)
 }
 
-fn undo_works(catalog: &Catalog) -> Result<Vec<Work>> {
-    Ok(q::standing_changes(catalog.conn())?
+fn undo_works(catalog: &Catalog, envs: &Option<String>) -> Result<Vec<Work>> {
+    Ok(q::standing_changes(catalog.conn(), envs)?
         .into_iter()
         .map(|c| Work {
             step: Step {

@@ -953,6 +953,44 @@ fn undo_restores_exactly_what_it_wrote() {
     assert_eq!(bot.checksums(), pre);
 }
 
+/// `--undo --env` reverts only the changes to rows of that env, stickers
+/// rows that `--sync-stickers` added included (the catalog has not seen them);
+/// a later `--undo` without `--env` reverts the rest.
+#[test]
+fn undo_with_env_reverts_only_that_env() {
+    let bot = Bot::fixtures();
+    let pre = bot.checksums();
+    bot.backfill(&["--apply", "--sync-stickers"]).expect_code(3);
+    assert!(bot.session_stickers_without_row().is_empty());
+    let test_sessions: BTreeSet<String> = [105, 106, 108, 110].into_iter().map(fx).collect();
+    let session_of = |table: &str, id: &str| match table {
+        "sessions" => id.to_string(),
+        _ => bot.sql(&format!(
+            "SELECT session_id FROM {table} WHERE id = '{id}';"
+        )),
+    };
+
+    let undo = bot.backfill(&["--undo", "--apply", "--env", "test"]);
+    undo.expect_code(0);
+    assert!(undo.outcomes("undone") > 0, "{}", undo.stdout);
+    for (table, id, column, _) in fixture_fills() {
+        let is_test = test_sessions.contains(&session_of(table, &id));
+        assert_eq!(
+            bot.value(table, &id, column).is_none(),
+            is_test,
+            "{table} {id}: only test rows set back to NULL"
+        );
+    }
+    assert_eq!(
+        bot.session_stickers_without_row(),
+        [fx(105), fx(106)],
+        "only the rows added for test sessions are removed"
+    );
+
+    bot.backfill(&["--undo", "--apply"]).expect_code(0);
+    assert_eq!(bot.checksums(), pre, "the rest undone without --env");
+}
+
 #[test]
 fn env_limits_backfill_to_its_rows() {
     let bot = Bot::fixtures();
