@@ -242,7 +242,7 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
         run_units(
             &ctx.runtime,
             ctx.progress.as_ref(),
-            uploads,
+            uploads.into_iter().map(Ok),
             opts.jobs,
             move |upload| {
                 let (store, blobs, bytes) = (store2.clone(), blobs.clone(), bytes2.clone());

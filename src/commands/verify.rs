@@ -114,7 +114,7 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
     run_units(
         &ctx.runtime,
         ctx.progress.as_ref(),
-        blobs,
+        blobs.into_iter().map(Ok),
         opts.jobs,
         move |(sha, size)| {
             let store = store.clone();
@@ -160,7 +160,7 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
         run_units(
             &ctx.runtime,
             ctx.progress.as_ref(),
-            plan.objects,
+            plan.objects.into_iter().map(Ok),
             opts.jobs,
             move |object| {
                 let dest = dest.clone();
