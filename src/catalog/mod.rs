@@ -121,6 +121,51 @@ impl Catalog {
     }
 }
 
+/// Items read from the catalog a page at a time: `next_page` returns the
+/// page after the one before it (keyset pagination; empty at the end), so
+/// that no statement stays open between pages and the connection is free
+/// for writes in between, and no more than a page is held.
+pub fn paged<T>(next_page: impl FnMut() -> Result<Vec<T>>) -> impl Iterator<Item = Result<T>> {
+    Paged {
+        next_page,
+        page: Vec::new().into_iter(),
+        ended: false,
+    }
+}
+
+struct Paged<T, F> {
+    next_page: F,
+    page: std::vec::IntoIter<T>,
+    ended: bool,
+}
+
+impl<T, F: FnMut() -> Result<Vec<T>>> Iterator for Paged<T, F> {
+    type Item = Result<T>;
+
+    fn next(&mut self) -> Option<Result<T>> {
+        if let Some(item) = self.page.next() {
+            return Some(Ok(item));
+        }
+        if self.ended {
+            return None;
+        }
+        match (self.next_page)() {
+            Ok(page) if page.is_empty() => {
+                self.ended = true;
+                None
+            }
+            Ok(page) => {
+                self.page = page.into_iter();
+                self.page.next().map(Ok)
+            }
+            Err(e) => {
+                self.ended = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
 fn lock_archive(dir: &Path) -> Result<File> {
     let path = dir.join(LOCK_FILE);
     let file = OpenOptions::new()
