@@ -225,6 +225,30 @@ mod tests {
     }
 
     #[test]
+    fn paged_yields_every_page_in_order_until_an_empty_one() {
+        let mut pages = vec![vec![1, 2], vec![3], Vec::new(), vec![99]].into_iter();
+        let items: Vec<i32> = paged(|| Ok(pages.next().unwrap_or_default()))
+            .collect::<Result<_>>()
+            .expect("pages");
+        assert_eq!(items, [1, 2, 3]);
+    }
+
+    #[test]
+    fn paged_stops_at_a_page_that_cannot_be_read() {
+        let mut calls = 0;
+        let items: Vec<Result<i32>> = paged(|| {
+            calls += 1;
+            match calls {
+                1 => Ok(vec![1]),
+                _ => Err(Error::Config("unreadable".into())),
+            }
+        })
+        .take(5)
+        .collect();
+        assert!(matches!(items.as_slice(), [Ok(1), Err(Error::Config(_))]));
+    }
+
+    #[test]
     fn second_open_is_locked_out() {
         let dir = tempfile::tempdir().expect("tempdir");
         let _first = Catalog::open_or_create(dir.path()).expect("first open");
