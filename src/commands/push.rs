@@ -5,6 +5,11 @@
 //! second push compares the plan with the catalog and sends nothing; a push
 //! killed midway resumes with what is left. On a first push to a store that
 //! already holds objects, one listing finds what is there with the right size.
+//!
+//! Memory does not grow with the number of refs: the plan is built in temp
+//! tables of the catalog's connection as the refs stream by, the listing is
+//! matched against it as it comes, and uploads are read back a page of
+//! blobs at a time.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
