@@ -134,6 +134,51 @@ impl Catalog {
     }
 }
 
+/// Items read from the catalog a page at a time: `next_page` returns the
+/// page after the one before it (keyset pagination; empty at the end), so
+/// that no statement stays open between pages and the connection is free
+/// for writes in between, and no more than a page is held.
+pub fn paged<T>(next_page: impl FnMut() -> Result<Vec<T>>) -> impl Iterator<Item = Result<T>> {
+    Paged {
+        next_page,
+        page: Vec::new().into_iter(),
+        ended: false,
+    }
+}
+
+struct Paged<T, F> {
+    next_page: F,
+    page: std::vec::IntoIter<T>,
+    ended: bool,
+}
+
+impl<T, F: FnMut() -> Result<Vec<T>>> Iterator for Paged<T, F> {
+    type Item = Result<T>;
+
+    fn next(&mut self) -> Option<Result<T>> {
+        if let Some(item) = self.page.next() {
+            return Some(Ok(item));
+        }
+        if self.ended {
+            return None;
+        }
+        match (self.next_page)() {
+            Ok(page) if page.is_empty() => {
+                self.ended = true;
+                None
+            }
+            Ok(page) => {
+                self.page = page.into_iter();
+                self.page.next().map(Ok)
+            }
+            Err(e) => {
+                self.ended = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
 fn lock_archive(dir: &Path) -> Result<File> {
     let path = dir.join(LOCK_FILE);
     let file = OpenOptions::new()
@@ -190,6 +235,30 @@ mod tests {
     fn utc_text_is_rfc3339() {
         assert_eq!(utc_text(0), "1970-01-01T00:00:00Z");
         assert_eq!(utc_text(1_764_064_800), "2025-11-25T10:00:00Z");
+    }
+
+    #[test]
+    fn paged_yields_every_page_in_order_until_an_empty_one() {
+        let mut pages = vec![vec![1, 2], vec![3], Vec::new(), vec![99]].into_iter();
+        let items: Vec<i32> = paged(|| Ok(pages.next().unwrap_or_default()))
+            .collect::<Result<_>>()
+            .expect("pages");
+        assert_eq!(items, [1, 2, 3]);
+    }
+
+    #[test]
+    fn paged_stops_at_a_page_that_cannot_be_read() {
+        let mut calls = 0;
+        let items: Vec<Result<i32>> = paged(|| {
+            calls += 1;
+            match calls {
+                1 => Ok(vec![1]),
+                _ => Err(Error::Config("unreadable".into())),
+            }
+        })
+        .take(5)
+        .collect();
+        assert!(matches!(items.as_slice(), [Ok(1), Err(Error::Config(_))]));
     }
 
     #[test]

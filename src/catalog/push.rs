@@ -1,6 +1,6 @@
 //! Catalog queries of the push and verify stages.
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::commands::ENV_FILTER;
 use crate::error::Result;
@@ -93,6 +93,268 @@ pub fn for_each_fetched_ref(
     Ok(())
 }
 
+/// Creates, empty, the temp tables a plan is built in.
+///
+/// A plan holds a row per fetched ref and per destination key, so it lives
+/// in SQLite's temp store (a file, read through a bounded page cache) rather
+/// than in memory: a push's memory does not grow with the number of refs.
+/// Temp tables belong to this connection and vanish with it.
+///
+/// `plan_objects.state`: `pushed`, the destination holds the object;
+/// `pending`, to push, unless an object of the right size is found at its
+/// key; `replace`, to push whatever is found there, because the catalog knows
+/// the key held other bytes (a ref whose file changed, same size or not).
+pub fn create_plan_tables(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "DROP TABLE IF EXISTS temp.plan_objects;
+         DROP TABLE IF EXISTS temp.plan_refs;
+         CREATE TEMP TABLE plan_objects (
+             key    TEXT PRIMARY KEY NOT NULL,
+             sha256 TEXT NOT NULL,
+             size   INTEGER NOT NULL,
+             kind   TEXT NOT NULL,
+             refs   INTEGER NOT NULL,
+             state  TEXT NOT NULL DEFAULT 'pending'
+                    CHECK (state IN ('pushed', 'pending', 'replace'))
+         ) WITHOUT ROWID;
+         CREATE TEMP TABLE plan_refs (
+             ref_id INTEGER PRIMARY KEY,
+             key    TEXT,
+             reason TEXT
+         );",
+    )?;
+    Ok(())
+}
+
+/// Places ref `ref_id` at `key` in the plan, unless an earlier ref put other
+/// bytes there: then nothing is added and the sha256 found there is returned.
+pub fn place_in_plan(
+    conn: &Connection,
+    ref_id: i64,
+    key: &str,
+    sha256: &str,
+    size: u64,
+    kind: &str,
+) -> Result<Option<String>> {
+    let added = conn
+        .prepare_cached(
+            "INSERT INTO temp.plan_objects(key, sha256, size, kind, refs) VALUES (?1, ?2, ?3, ?4, 1)
+             ON CONFLICT(key) DO UPDATE SET refs = refs + 1 WHERE sha256 = excluded.sha256",
+        )?
+        .execute(params![key, sha256, size, kind])?;
+    if added == 0 {
+        let held = conn
+            .prepare_cached("SELECT sha256 FROM temp.plan_objects WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))?;
+        return Ok(Some(held));
+    }
+    conn.prepare_cached("INSERT INTO temp.plan_refs(ref_id, key) VALUES (?1, ?2)")?
+        .execute(params![ref_id, key])?;
+    Ok(None)
+}
+
+/// Records in the plan that ref `ref_id` gets no object, and why.
+pub fn refuse_in_plan(
+    conn: &Connection,
+    ref_id: i64,
+    key: Option<&str>,
+    reason: &str,
+) -> Result<()> {
+    conn.prepare_cached("INSERT INTO temp.plan_refs(ref_id, key, reason) VALUES (?1, ?2, ?3)")?
+        .execute(params![ref_id, key, reason])?;
+    Ok(())
+}
+
+/// Sets the state of every planned object from what the catalog recorded at
+/// its key at `dest` (see [`create_plan_tables`]).
+pub fn settle_plan(conn: &Connection, dest: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE temp.plan_objects AS p SET state = CASE
+             WHEN o.state = 'pushed' AND o.sha256 = p.sha256 AND o.size = p.size THEN 'pushed'
+             WHEN o.sha256 <> p.sha256 THEN 'replace'
+             ELSE 'pending' END
+         FROM objects o WHERE o.dest_id = ?1 AND o.key = p.key",
+        [dest],
+    )?;
+    Ok(())
+}
+
+/// Writes every planned ref's placement at `dest`: pushed where its object
+/// is, failed where it gets none, pending otherwise. Rows that already say
+/// so are left untouched, so that a no-op push writes nothing.
+pub fn write_placements(conn: &Connection, dest: i64) -> Result<()> {
+    // `WHERE true`: without it SQLite would read `ON CONFLICT` as a join constraint.
+    conn.execute(
+        "INSERT INTO placements(dest_id, ref_id, key, state, reason)
+         SELECT ?1, r.ref_id, r.key,
+                CASE WHEN r.reason IS NOT NULL THEN 'failed'
+                     WHEN p.state = 'pushed' THEN 'pushed'
+                     ELSE 'pending' END,
+                r.reason
+         FROM temp.plan_refs r
+         LEFT JOIN temp.plan_objects p ON r.reason IS NULL AND p.key = r.key
+         WHERE true
+         ON CONFLICT(dest_id, ref_id) DO UPDATE SET
+            key = excluded.key, state = excluded.state, reason = excluded.reason
+         WHERE placements.key IS NOT excluded.key OR placements.state IS NOT excluded.state
+            OR placements.reason IS NOT excluded.reason",
+        [dest],
+    )?;
+    Ok(())
+}
+
+/// What a settled plan holds, in refs and in work.
+pub struct PlanCounts {
+    /// Refs placed at objects the destination holds.
+    pub refs_pushed: u64,
+    /// Refs that get no object.
+    pub refs_refused: u64,
+    /// Distinct blobs of the objects still to push.
+    pub blobs_to_push: u64,
+}
+
+pub fn plan_counts(conn: &Connection) -> Result<PlanCounts> {
+    Ok(conn.query_row(
+        "SELECT (SELECT coalesce(sum(refs), 0) FROM temp.plan_objects WHERE state = 'pushed'),
+                (SELECT count(*) FROM temp.plan_refs WHERE reason IS NOT NULL),
+                (SELECT count(DISTINCT sha256) FROM temp.plan_objects WHERE state <> 'pushed')",
+        [],
+        |r| {
+            Ok(PlanCounts {
+                refs_pushed: r.get(0)?,
+                refs_refused: r.get(1)?,
+                blobs_to_push: r.get(2)?,
+            })
+        },
+    )?)
+}
+
+/// Whether the plan puts an object still to push at `key`.
+pub fn is_planned_to_push(conn: &Connection, key: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT EXISTS(SELECT 1 FROM temp.plan_objects WHERE key = ?1 AND state <> 'pushed')",
+        )?
+        .query_row([key], |r| r.get(0))?)
+}
+
+/// Every directory holding a key still to push, once, as a key prefix:
+/// `a/b/`, or an empty string for the root.
+pub fn for_each_dir_to_push(
+    conn: &Connection,
+    mut each: impl FnMut(&str) -> Result<()>,
+) -> Result<()> {
+    // rtrim drops the characters of the key's last segment, up to its last
+    // `/`: the only character not in the set it is given.
+    let mut stmt = conn.prepare(
+        "SELECT DISTINCT rtrim(key, replace(key, '/', '')) FROM temp.plan_objects
+         WHERE state <> 'pushed'",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let dir: String = r.get(0)?;
+        each(&dir)?;
+    }
+    Ok(())
+}
+
+/// The planned object at `key` that an object of the right size found there
+/// may stand for: (sha256, size, refs placed there).
+pub fn planned_pending(conn: &Connection, key: &str) -> Result<Option<(String, u64, u64)>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT sha256, size, refs FROM temp.plan_objects WHERE key = ?1 AND state = 'pending'",
+        )?
+        .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?)
+}
+
+/// Marks the planned object at `key` as held by the destination.
+pub fn set_planned_pushed(conn: &Connection, key: &str) -> Result<()> {
+    conn.prepare_cached("UPDATE temp.plan_objects SET state = 'pushed' WHERE key = ?1")?
+        .execute([key])?;
+    Ok(())
+}
+
+/// Indexes the objects still to push by blob, for [`keys_to_push_after`].
+/// Built once the plan is settled rather than kept as it is built, which a
+/// no-op push would pay for and never use.
+pub fn index_keys_to_push(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS temp.plan_objects_to_push
+         ON plan_objects(sha256, key) WHERE state <> 'pushed'",
+    )?;
+    Ok(())
+}
+
+/// A key the plan still has to push, with its blob.
+pub struct KeyToPush {
+    pub sha256: String,
+    pub size: u64,
+    pub kind: String,
+    pub key: String,
+    /// Refs placed at the key.
+    pub refs: u64,
+}
+
+/// The keys still to push of the first `blobs` blobs after `after`, by
+/// sha256 then key: a blob's keys all come in one page.
+pub fn keys_to_push_after(
+    conn: &Connection,
+    after: Option<&str>,
+    blobs: usize,
+) -> Result<Vec<KeyToPush>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT sha256, size, kind, key, refs FROM temp.plan_objects
+         WHERE state <> 'pushed' AND sha256 IN (
+             SELECT DISTINCT sha256 FROM temp.plan_objects
+             WHERE state <> 'pushed' AND sha256 > coalesce(?1, '')
+             ORDER BY sha256 LIMIT ?2)
+         ORDER BY sha256, key",
+    )?;
+    let rows = stmt.query_map(params![after, blobs as i64], |r| {
+        Ok(KeyToPush {
+            sha256: r.get(0)?,
+            size: r.get(1)?,
+            kind: r.get(2)?,
+            key: r.get(3)?,
+            refs: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// An object the plan puts at a destination.
+pub struct PlannedObject {
+    pub key: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+pub fn planned_object_count(conn: &Connection) -> Result<u64> {
+    Ok(conn.query_row("SELECT count(*) FROM temp.plan_objects", [], |r| r.get(0))?)
+}
+
+/// The first `limit` planned objects after key `after`, by key.
+pub fn planned_objects_after(
+    conn: &Connection,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<PlannedObject>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT key, sha256, size FROM temp.plan_objects WHERE key > coalesce(?1, '')
+         ORDER BY key LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![after, limit as i64], |r| {
+        Ok(PlannedObject {
+            key: r.get(0)?,
+            sha256: r.get(1)?,
+            size: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// Refs in scope that are not fetched (pending or failed at fetch).
 pub fn unfetched_count(conn: &Connection, envs: &Option<String>) -> Result<u64> {
     Ok(conn.query_row(
@@ -102,40 +364,9 @@ pub fn unfetched_count(conn: &Connection, envs: &Option<String>) -> Result<u64> 
     )?)
 }
 
-/// The object recorded at `key`, whatever its state: (sha256, size, state).
-pub fn recorded_object(
-    conn: &Connection,
-    dest: i64,
-    key: &str,
-) -> Result<Option<(String, u64, String)>> {
-    Ok(conn
-        .prepare_cached("SELECT sha256, size, state FROM objects WHERE dest_id = ?1 AND key = ?2")?
-        .query_row(params![dest, key], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .optional()?)
-}
-
-pub fn set_placement(
-    tx: &Transaction,
-    dest: i64,
-    ref_id: i64,
-    key: Option<&str>,
-    state: &str,
-    reason: Option<&str>,
-) -> Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO placements(dest_id, ref_id, key, state, reason) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT(dest_id, ref_id) DO UPDATE SET
-            key = excluded.key, state = excluded.state, reason = excluded.reason",
-    )?
-    .execute(params![dest, ref_id, key, state, reason])?;
-    Ok(())
-}
-
 /// Records the object at `key` and the state of every ref placed there.
 pub fn set_object(
-    tx: &Transaction,
+    tx: &Connection,
     dest: i64,
     key: &str,
     sha256: &str,

@@ -157,7 +157,7 @@ pub fn backfill(ctx: &Context, opts: &BackfillOptions) -> Result<BackfillReport>
         run_units(
             &ctx.runtime,
             ctx.progress.as_ref(),
-            works,
+            works.into_iter().map(Ok),
             jobs,
             move |work| {
                 let (store, blobs, client) = (store.clone(), blobs.clone(), client.clone());

@@ -217,7 +217,7 @@ impl Phase<'_> {
         run_units(
             &self.ctx.runtime,
             self.ctx.progress.as_ref(),
-            units,
+            units.into_iter().map(Ok),
             self.jobs,
             move |unit| {
                 let stop = stop.clone();

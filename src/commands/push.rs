@@ -5,8 +5,12 @@
 //! second push compares the plan with the catalog and sends nothing; a push
 //! killed midway resumes with what is left. On a first push to a store that
 //! already holds objects, one listing finds what is there with the right size.
+//!
+//! Memory does not grow with the number of refs: the plan is built in temp
+//! tables of the catalog's connection as the refs stream by, the listing is
+//! matched against it as it comes, and uploads are read back a page of
+//! blobs at a time.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -18,10 +22,10 @@ use sha2::{Digest, Sha256};
 
 use super::{Context, TransferReport};
 use crate::blobs::{BlobStore, hex};
-use crate::catalog::Catalog;
-use crate::catalog::push::{self as q, FetchedRef};
+use crate::catalog::push::{self as q, KeyToPush};
+use crate::catalog::{Catalog, paged};
 use crate::error::{Error, Result};
-use crate::layout::{Layout, dest_key};
+use crate::layout::{Layout, RESERVED_PREFIX, dest_key};
 use crate::stores::{self, Role, Store};
 use crate::transfer::run_units;
 
@@ -30,7 +34,16 @@ pub const MULTIPART_THRESHOLD: u64 = 8 << 20;
 pub const MANIFEST_KEY: &str = "_starchive/manifest.jsonl.zst";
 pub const CATALOG_COPY_KEY: &str = "_starchive/catalog.sqlite";
 /// SQLite page cache of a push, in KiB (negative: SQLite's unit for KiB).
-const PUSH_CACHE_KIB: i64 = -8 * 1024;
+/// It also bounds the sorter of the plan's ordered read and the cache of the
+/// copy made by VACUUM INTO. A push reads and writes the catalog's pages in
+/// order, through the OS's file cache: at 100,000 refs a cache of 8 MiB was
+/// no faster than this one, and took 18 MB more at its peak.
+const PUSH_CACHE_KIB: i64 = -2 * 1024;
+/// Parts of one object uploaded while the next is read: each holds a part
+/// in memory, and `--jobs` already uploads objects side by side.
+const MULTIPART_PARTS_IN_FLIGHT: usize = 1;
+/// Blobs to upload read from the catalog at a time.
+const UPLOADS_PAGE: usize = 256;
 /// Version of the manifest's format, in its first line.
 pub const MANIFEST_FORMAT: u32 = 1;
 
@@ -40,85 +53,29 @@ pub struct PushOptions {
     pub jobs: usize,
 }
 
-/// One object the destination must hold, and the refs placed at its key.
-#[derive(Debug)]
-pub struct PlannedObject {
-    pub key: String,
-    pub sha256: String,
-    pub size: u64,
-    pub kind: String,
-    pub refs: Vec<i64>,
-}
-
-/// Where every fetched ref goes at a destination.
-#[derive(Debug, Default)]
-pub struct PushPlan {
-    pub objects: Vec<PlannedObject>,
-    /// Refs that get no object: no key can be named, or their key holds other bytes.
-    pub refused: Vec<(i64, Option<String>, String)>,
-}
-
-impl PushPlan {
-    /// The plan of every fetched ref in scope, read from the catalog as a
-    /// stream (no ref is held but the objects it adds to).
-    pub fn from_catalog(conn: &Connection, envs: &Option<String>, layout: Layout) -> Result<Self> {
-        let mut builder = PlanBuilder::default();
-        q::for_each_fetched_ref(conn, envs, |r| {
-            builder.add(r, layout);
-            Ok(())
-        })?;
-        Ok(builder.finish())
-    }
-}
-
-/// Builds a plan from refs in the catalog's order: those owning a storage
-/// key first, so that a key's bytes are those of the ref the database names
-/// it for.
-#[derive(Default)]
-struct PlanBuilder {
-    by_key: BTreeMap<String, PlannedObject>,
-    refused: Vec<(i64, Option<String>, String)>,
-}
-
-impl PlanBuilder {
-    fn add(&mut self, r: FetchedRef, layout: Layout) {
+/// Plans where every fetched ref in scope goes at a destination, into the
+/// connection's temp tables ([`q::create_plan_tables`]): the key each ref
+/// gets, or why it gets none. Refs come in the catalog's order, those owning
+/// a storage key first, so that a key's bytes are those of the ref the
+/// database names it for.
+pub(crate) fn build_plan(conn: &Connection, envs: &Option<String>, layout: Layout) -> Result<()> {
+    q::create_plan_tables(conn)?;
+    q::for_each_fetched_ref(conn, envs, |r| {
         let key = match dest_key(layout, &r.place, &r.sha256, &r.kind) {
             Ok(key) => key,
-            Err(reason) => {
-                self.refused.push((r.id, None, reason));
-                return;
-            }
+            Err(reason) => return q::refuse_in_plan(conn, r.id, None, &reason),
         };
-        match self.by_key.get_mut(&key) {
-            Some(object) if object.sha256 == r.sha256 => object.refs.push(r.id),
-            Some(object) => {
+        match q::place_in_plan(conn, r.id, &key, &r.sha256, r.size, &r.kind)? {
+            None => Ok(()),
+            Some(held) => {
                 let reason = format!(
                     "key {key} already holds other bytes ({}) from another ref",
-                    &object.sha256[..12]
+                    held.get(..12).unwrap_or(&held)
                 );
-                self.refused.push((r.id, Some(key), reason));
-            }
-            None => {
-                self.by_key.insert(
-                    key.clone(),
-                    PlannedObject {
-                        key,
-                        sha256: r.sha256,
-                        size: r.size,
-                        kind: r.kind,
-                        refs: vec![r.id],
-                    },
-                );
+                q::refuse_in_plan(conn, r.id, Some(&key), &reason)
             }
         }
-    }
-
-    fn finish(self) -> PushPlan {
-        PushPlan {
-            objects: self.by_key.into_values().collect(),
-            refused: self.refused,
-        }
-    }
+    })
 }
 
 /// One blob to upload, and every key that needs it with the number of refs placed there.
@@ -127,6 +84,23 @@ struct Upload {
     size: u64,
     kind: String,
     keys: Vec<(String, u64)>,
+}
+
+/// Groups keys to push, ordered by sha256, into one upload per blob.
+fn uploads(keys: Vec<KeyToPush>) -> Vec<Upload> {
+    let mut uploads: Vec<Upload> = Vec::new();
+    for k in keys {
+        match uploads.last_mut() {
+            Some(upload) if upload.sha256 == k.sha256 => upload.keys.push((k.key, k.refs)),
+            _ => uploads.push(Upload {
+                sha256: k.sha256,
+                size: k.size,
+                kind: k.kind,
+                keys: vec![(k.key, k.refs)],
+            }),
+        }
+    }
+    uploads
 }
 
 struct KeyOutcome {
@@ -141,115 +115,65 @@ struct KeyOutcome {
 pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
     let started = Instant::now();
     let mut catalog = Catalog::open_existing(&ctx.archive)?;
-    // A push reads the catalog once and writes it in small batches: a small
-    // page cache does, and keeps memory low however many refs there are
-    // (the copy made by VACUUM INTO gets a cache of this size too).
+    // A push streams through the catalog and writes it in small batches; the
+    // plan lives in temp tables. A small page cache does, and keeps memory
+    // low however many refs there are.
     catalog
         .conn()
         .pragma_update(None, "cache_size", PUSH_CACHE_KIB)?;
     let store = stores::open(&opts.to, Role::To)?;
     let envs = ctx.env_param();
     let dest = q::destination(catalog.conn(), &store.shown, opts.layout)?;
-    let PushPlan { objects, refused } = PushPlan::from_catalog(catalog.conn(), &envs, opts.layout)?;
-    let pending = q::unfetched_count(catalog.conn(), &envs)?;
 
     // Placements first: what is known pushed stays so, the rest is pending.
-    // `left[i]` says whether objects[i] is still to be pushed, and if so
-    // whether an object of the right size found at its key may be taken for
-    // it: not when the catalog knows that key to hold other bytes (a ref
-    // whose file changed, same size or not).
-    let mut left: Vec<Option<bool>> = Vec::with_capacity(objects.len());
-    let mut skipped = 0u64;
-    {
+    let counts = {
         let tx = catalog.conn_mut().transaction()?;
-        for object in &objects {
-            let recorded = q::recorded_object(&tx, dest, &object.key)?;
-            let done = recorded.as_ref().is_some_and(|(sha, size, state)| {
-                state == "pushed" && *sha == object.sha256 && *size == object.size
-            });
-            let state = if done { "pushed" } else { "pending" };
-            for id in &object.refs {
-                q::set_placement(&tx, dest, *id, Some(&object.key), state, None)?;
-            }
-            if done {
-                skipped += object.refs.len() as u64;
-                left.push(None);
-            } else {
-                let other_bytes = recorded.is_some_and(|(sha, _, _)| sha != object.sha256);
-                left.push(Some(!other_bytes));
-            }
-        }
-        for (id, key, reason) in &refused {
-            q::set_placement(&tx, dest, *id, key.as_deref(), "failed", Some(reason))?;
-        }
+        build_plan(&tx, &envs, opts.layout)?;
+        q::settle_plan(&tx, dest)?;
+        q::write_placements(&tx, dest)?;
+        let counts = q::plan_counts(&tx)?;
         tx.commit()?;
-    }
-
+        counts
+    };
+    let pending = q::unfetched_count(catalog.conn(), &envs)?;
+    let mut skipped = counts.refs_pushed;
     let mut done = 0u64;
-    let mut failed = refused.len() as u64;
-    drop(refused);
+    let mut failed = counts.refs_refused;
     let bytes = Arc::new(AtomicU64::new(0));
     let mut uploaded_any = false;
 
-    if left.iter().any(Option::is_some) {
-        let todo = || {
-            objects
-                .iter()
-                .zip(&left)
-                .filter_map(|(o, l)| l.map(|may_be_present| (o, may_be_present)))
-        };
-        let wanted: HashSet<&str> = todo()
-            .filter(|(_, may_be_present)| *may_be_present)
-            .map(|(o, _)| o.key.as_str())
-            .collect();
-        let present = ctx.runtime.block_on(list_sizes(&store, &wanted))?;
-        drop(wanted);
-        remove_stale_staging(&store, todo().map(|(o, _)| o.key.as_str()));
-        // The plan's objects move into the uploads, grouped by blob.
-        let mut uploads: BTreeMap<String, Upload> = BTreeMap::new();
-        let tx = catalog.conn_mut().transaction()?;
-        for (object, left) in objects.into_iter().zip(left) {
-            let Some(may_be_present) = left else {
-                continue;
-            };
-            let refs = object.refs.len() as u64;
-            if may_be_present && present.get(&object.key) == Some(&object.size) {
-                q::set_object(&tx, dest, &object.key, &object.sha256, object.size, Ok(()))?;
-                skipped += refs;
-                continue;
-            }
-            uploads
-                .entry(object.sha256)
-                .or_insert_with(|| Upload {
-                    sha256: String::new(),
-                    size: object.size,
-                    kind: object.kind,
-                    keys: Vec::new(),
-                })
-                .keys
-                .push((object.key, refs));
+    if counts.blobs_to_push > 0 {
+        let conn = catalog.conn();
+        remove_stale_staging_of_plan(&store, conn)?;
+        {
+            let tx = conn.unchecked_transaction()?;
+            skipped += take_objects_present(ctx, &store, &tx, dest)?;
+            tx.commit()?;
         }
-        tx.commit()?;
-        drop(present);
-        let uploads: Vec<Upload> = uploads
-            .into_iter()
-            .map(|(sha256, upload)| Upload { sha256, ..upload })
-            .collect();
-        let total: u64 = uploads.iter().map(|u| u.keys.len() as u64).sum();
+        q::index_keys_to_push(conn)?;
+        let total = q::plan_counts(conn)?.blobs_to_push;
         ctx.progress.start("pushing", Some(total));
+        let mut after: Option<String> = None;
+        let units = paged(move || {
+            let page = uploads(q::keys_to_push_after(conn, after.as_deref(), UPLOADS_PAGE)?);
+            after = page.last().map(|u| u.sha256.clone());
+            Ok(page)
+        });
         let blobs = Arc::new(BlobStore::new(&ctx.archive));
         let (store2, bytes2) = (store.clone(), bytes.clone());
         run_units(
             &ctx.runtime,
             ctx.progress.as_ref(),
-            uploads,
+            units,
             opts.jobs,
             move |upload| {
                 let (store, blobs, bytes) = (store2.clone(), blobs.clone(), bytes2.clone());
                 async move { upload_blob(&store, &blobs, upload, &bytes).await }
             },
             |batch: Vec<Vec<KeyOutcome>>| {
-                let tx = catalog.conn_mut().transaction()?;
+                // The page source reads this connection between commits: a
+                // shared borrow, hence the unchecked transaction (none is open).
+                let tx = conn.unchecked_transaction()?;
                 for outcome in batch.into_iter().flatten() {
                     match &outcome.result {
                         Ok(()) => {
@@ -289,9 +213,10 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
     })
 }
 
-/// Sizes of the `wanted` objects already at the destination, keyed as the
-/// plan keys them (one listing; the rest of the listing is not kept).
-async fn list_sizes(store: &Store, wanted: &HashSet<&str>) -> Result<HashMap<String, u64>> {
+/// Records as pushed the planned objects found at the destination with the
+/// right size, in one listing read as it comes; returns the refs placed at
+/// them. Only objects not known to hold other bytes are taken.
+fn take_objects_present(ctx: &Context, store: &Store, conn: &Connection, dest: i64) -> Result<u64> {
     let prefix =
         (!store.prefix.is_empty()).then(|| object_store::path::Path::from(store.prefix.as_str()));
     let strip = if store.prefix.is_empty() {
@@ -300,55 +225,68 @@ async fn list_sizes(store: &Store, wanted: &HashSet<&str>) -> Result<HashMap<Str
         format!("{}/", store.prefix)
     };
     let mut listing = store.inner.list(prefix.as_ref());
-    let mut sizes = HashMap::new();
-    while let Some(meta) = listing.next().await {
+    let mut refs = 0;
+    while let Some(meta) = ctx.runtime.block_on(listing.next()) {
         let meta = meta.map_err(|e| {
             Error::Config(format!("cannot list the destination {}: {e}", store.shown))
         })?;
         let key = meta.location.as_ref();
         let key = key.strip_prefix(&strip).unwrap_or(key);
-        if wanted.contains(key) {
-            sizes.insert(key.to_string(), meta.size);
+        if let Some((sha256, size, at_key)) = q::planned_pending(conn, key)?
+            && size == meta.size
+        {
+            q::set_object(conn, dest, key, &sha256, size, Ok(()))?;
+            q::set_planned_pushed(conn, key)?;
+            refs += at_key;
         }
     }
-    Ok(sizes)
+    Ok(refs)
 }
 
-/// Removes what killed pushes left beside `keys` in a local destination.
+/// [`remove_stale_staging`] beside every key the plan has still to push.
+fn remove_stale_staging_of_plan(store: &Store, conn: &Connection) -> Result<()> {
+    if store.local_root.is_none() {
+        return Ok(());
+    }
+    q::for_each_dir_to_push(conn, |dir| {
+        remove_stale_staging(store, dir, |key| q::is_planned_to_push(conn, key))
+    })
+}
+
+/// Removes what killed pushes left beside the keys this push is about to
+/// write in directory `dir` (a key prefix: `a/b/`, or empty for the root) of
+/// a local destination; `is_ours` says whether a key is one of them.
 ///
 /// `object_store` writes a local file as `<key>#<n>` and renames it into
 /// place; a push killed in between leaves that file behind, hidden from
-/// listings and never reused. Only such files beside keys this push is about
-/// to write are removed (one directory read per directory).
-fn remove_stale_staging<'a>(store: &Store, keys: impl IntoIterator<Item = &'a str>) {
+/// listings and never reused. Only such files are removed, one directory
+/// read per directory.
+fn remove_stale_staging(
+    store: &Store,
+    dir: &str,
+    mut is_ours: impl FnMut(&str) -> Result<bool>,
+) -> Result<()> {
     let Some(root) = &store.local_root else {
-        return;
+        return Ok(());
     };
-    let mut by_dir: BTreeMap<std::path::PathBuf, HashSet<String>> = BTreeMap::new();
-    for key in keys {
-        let path = root.join(key);
-        if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
-            by_dir
-                .entry(dir.to_path_buf())
-                .or_default()
-                .insert(name.to_string_lossy().into_owned());
-        }
-    }
-    for (dir, names) in by_dir {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
+    let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let Some((base, n)) = name.rsplit_once('#') else {
             continue;
         };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            let stale = name.rsplit_once('#').is_some_and(|(base, n)| {
-                !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && names.contains(base)
-            });
-            if stale && entry.file_type().is_ok_and(|t| t.is_file()) {
-                let _ = std::fs::remove_file(entry.path());
-            }
+        let staging = !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit());
+        if staging
+            && entry.file_type().is_ok_and(|t| t.is_file())
+            && is_ours(&format!("{dir}{base}"))?
+        {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
+    Ok(())
 }
 
 /// Uploads a blob at its first key and copies it on the server to the others.
@@ -461,7 +399,7 @@ pub(crate) async fn put_file(
                 }
                 total += n as u64;
                 writer
-                    .wait_for_capacity(4)
+                    .wait_for_capacity(MULTIPART_PARTS_IN_FLIGHT)
                     .await
                     .map_err(|e| e.to_string())?;
                 writer.write(&buf[..n]);
@@ -575,7 +513,9 @@ fn write_self_description(
 
     let _ = std::fs::remove_file(&copy);
     conn.execute("VACUUM INTO ?1", [copy.to_string_lossy()])?;
-    remove_stale_staging(store, [CATALOG_COPY_KEY, MANIFEST_KEY]);
+    remove_stale_staging(store, RESERVED_PREFIX, |key| {
+        Ok(key == CATALOG_COPY_KEY || key == MANIFEST_KEY)
+    })?;
     let result = ctx.runtime.block_on(async {
         for (key, file, sha) in [
             (CATALOG_COPY_KEY, &copy, None),

@@ -10,10 +10,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::Context;
-use super::push::PushPlan;
+use super::push::build_plan;
 use crate::blobs::{BlobStore, hex};
-use crate::catalog::Catalog;
 use crate::catalog::push as q;
+use crate::catalog::{Catalog, paged};
 use crate::commands::ENV_FILTER;
 use crate::error::Result;
 use crate::layout::Layout;
@@ -48,6 +48,8 @@ pub struct VerifyReport {
 
 const BLOB: &str = "blob";
 const OBJECT: &str = "object";
+/// Planned objects read from the catalog at a time.
+const OBJECTS_PAGE: usize = 1024;
 
 impl VerifyReport {
     /// Counts one check of a local blob ([`BLOB`]) or a destination object ([`OBJECT`]).
@@ -96,7 +98,7 @@ pub(crate) enum Check {
 }
 
 pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
-    let catalog = Catalog::open_existing(&ctx.archive)?;
+    let mut catalog = Catalog::open_existing(&ctx.archive)?;
     let envs = ctx.env_param();
     let mut report = VerifyReport::default();
 
@@ -114,7 +116,7 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
     run_units(
         &ctx.runtime,
         ctx.progress.as_ref(),
-        blobs,
+        blobs.into_iter().map(Ok),
         opts.jobs,
         move |(sha, size)| {
             let store = store.clone();
@@ -152,15 +154,28 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
             }
             _ => opts.layout.unwrap_or(Layout::Mirror),
         };
-        let plan = PushPlan::from_catalog(catalog.conn(), &envs, layout)?;
-        ctx.progress
-            .start("checking the destination", Some(plan.objects.len() as u64));
+        {
+            let tx = catalog.conn_mut().transaction()?;
+            build_plan(&tx, &envs, layout)?;
+            tx.commit()?;
+        }
+        let conn = catalog.conn();
+        ctx.progress.start(
+            "checking the destination",
+            Some(q::planned_object_count(conn)?),
+        );
+        let mut after: Option<String> = None;
+        let objects = paged(move || {
+            let page = q::planned_objects_after(conn, after.as_deref(), OBJECTS_PAGE)?;
+            after = page.last().map(|o| o.key.clone());
+            Ok(page)
+        });
         let deep = opts.deep;
         let dest = Arc::new(dest);
         run_units(
             &ctx.runtime,
             ctx.progress.as_ref(),
-            plan.objects,
+            objects,
             opts.jobs,
             move |object| {
                 let dest = dest.clone();

@@ -5,7 +5,8 @@
 //! ```text
 //! cargo test --release --test it -- --ignored --nocapture --test-threads 1 bench_push
 //! ```
-//! (`bench/push.sh` does just that.) The loopback S3 server is the test
+//! (`bench/push.sh` does just that.) `BENCH_ONLY=upload`, `noop` or `rss`
+//! runs one of the three measures below. The loopback S3 server is the test
 //! support server, in this process; `starchive` is the binary cargo built
 //! beside the tests (release with `--release`). Three measures:
 //!
@@ -44,6 +45,11 @@ fn rounds() -> usize {
         .and_then(|v| v.parse().ok())
         .filter(|n| *n > 0)
         .unwrap_or(ROUNDS)
+}
+
+/// Whether measure `name` runs: every one unless `BENCH_ONLY` names one.
+fn runs(name: &str) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |only| only == name)
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -227,19 +233,30 @@ fn dataset(dir: &Path, n: usize, min: usize, max: usize) -> (PathBuf, PathBuf, u
 #[ignore = "benchmark: cargo test --release --test it -- --ignored --nocapture bench_push"]
 fn bench_push_vs_rclone() {
     assert!(
-        tool_available("rclone", "version"),
+        !runs("upload") || tool_available("rclone", "version"),
         "rclone is needed: apt-get install -y rclone"
     );
     assert!(
-        tool_available("/usr/bin/time", "true"),
+        !runs("rss") || tool_available("/usr/bin/time", "true"),
         "/usr/bin/time is needed: apt-get install -y time"
     );
     println!(
         "bench_push_vs_rclone: binary {}",
         env!("CARGO_BIN_EXE_starchive")
     );
+    if runs("upload") {
+        bench_upload();
+    }
+    if runs("noop") {
+        bench_noop();
+    }
+    if runs("rss") {
+        bench_rss();
+    }
+}
 
-    // 1. Uploads, side by side.
+/// 1. Uploads, side by side.
+fn bench_upload() {
     let work = temp_dir();
     let s3 = TestS3::start();
     let (archive, bucket_dir, total) = dataset(work.path(), FILES, MIN_SIZE, MAX_SIZE);
@@ -322,10 +339,10 @@ fn bench_push_vs_rclone() {
         secs[2] / secs[0],
         secs[2] / secs[1]
     );
-    drop(s3);
-    drop(work);
+}
 
-    // 2. A no-op second push.
+/// 2. A no-op second push.
+fn bench_noop() {
     let work = temp_dir();
     let s3 = TestS3::start();
     s3.create_bucket("noop");
@@ -346,10 +363,10 @@ fn bench_push_vs_rclone() {
         median(again.clone()),
         again.iter().copied().fold(0.0, f64::max)
     );
-    drop(s3);
-    drop(work);
+}
 
-    // 3. Peak RSS by size.
+/// 3. Peak RSS by size.
+fn bench_rss() {
     println!("3. peak RSS of push (/usr/bin/time -v), small files (100-400 bytes)");
     println!(
         "   {:>8} {:>18} {:>10} {:>10}",
