@@ -58,6 +58,8 @@ pub struct Store {
     pub shown: String,
     /// The directory of a local store.
     pub local_root: Option<std::path::PathBuf>,
+    /// A local store as itself, to find an object's file.
+    local: Option<Arc<object_store::local::LocalFileSystem>>,
 }
 
 impl Store {
@@ -69,6 +71,27 @@ impl Store {
             format!("{}/{key}", self.prefix)
         };
         StorePath::parse(&full).map_err(|e| format!("unsafe key {key:?}: {e}"))
+    }
+
+    /// Makes the object at `path` durable before the catalog may say it is
+    /// there. A remote store has it durable once it acknowledged it; the
+    /// local store renames a finished file into place without an fsync, so
+    /// here the file and its directory are synced.
+    pub async fn make_durable(&self, path: &StorePath) -> Result<(), String> {
+        let Some(local) = &self.local else {
+            return Ok(());
+        };
+        let file = local.path_to_filesystem(path).map_err(|e| e.to_string())?;
+        tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&file)?.sync_all()?;
+            match file.parent() {
+                Some(dir) => std::fs::File::open(dir)?.sync_all(),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot make the object durable: {e}"))
     }
 
     /// Whether objects keep user metadata (`x-amz-meta-*`).
@@ -149,6 +172,7 @@ pub fn open(url: &str, role: Role) -> Result<Store> {
             kind: StoreKind::S3,
             shown,
             local_root: None,
+            local: None,
         });
     }
     if let Some(rest) = url.strip_prefix("memory://") {
@@ -158,6 +182,7 @@ pub fn open(url: &str, role: Role) -> Result<Store> {
             kind: StoreKind::Memory,
             shown,
             local_root: None,
+            local: None,
         });
     }
     let dir = match url.strip_prefix("file://") {
@@ -180,14 +205,17 @@ pub fn open(url: &str, role: Role) -> Result<Store> {
     } else if !dir.is_dir() {
         return Err(usage("no such directory".into()));
     }
-    let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
-        .map_err(|e| usage(e.to_string()))?;
+    let store = Arc::new(
+        object_store::local::LocalFileSystem::new_with_prefix(&dir)
+            .map_err(|e| usage(e.to_string()))?,
+    );
     Ok(Store {
-        inner: Arc::new(store),
+        inner: store.clone(),
         prefix: String::new(),
         kind: StoreKind::Local,
         shown,
         local_root: Some(dir),
+        local: Some(store),
     })
 }
 

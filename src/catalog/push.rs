@@ -392,13 +392,16 @@ pub fn set_object(
         reason,
         super::now_text()
     ])?;
-    // Without statistics, SQLite 3.50 would walk this destination's every
-    // placement by primary key (dest_id) for each object: quadratic.
+    // Only the refs of these bytes: a ref refused at this key because another
+    // ref's bytes own it stays failed. Without statistics, SQLite 3.50 would
+    // walk this destination's every placement by primary key (dest_id) for
+    // each object: quadratic.
     tx.prepare_cached(
         "UPDATE placements INDEXED BY placements_key SET state = ?3, reason = ?4
-         WHERE dest_id = ?1 AND key = ?2",
+         WHERE dest_id = ?1 AND key = ?2
+           AND (SELECT r.sha256 FROM refs r WHERE r.id = placements.ref_id) = ?5",
     )?
-    .execute(params![dest, key, state, reason])?;
+    .execute(params![dest, key, state, reason, sha256])?;
     Ok(())
 }
 

@@ -333,6 +333,10 @@ async fn upload_blob(
             },
             None => put().await,
         };
+        let result = match result {
+            Ok(()) => store.make_durable(&path).await,
+            Err(e) => Err(e),
+        };
         if result.is_ok() && first.is_none() {
             first = Some(path);
         }

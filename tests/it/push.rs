@@ -1263,6 +1263,20 @@ fn key_holding_other_bytes_fails_the_ref_and_exits_3() {
         std::fs::read(dest.join("stickers/1/same.webp")).expect("the first ref's bytes"),
         sticker_bytes(1, 300)
     );
+    // The refused ref stays failed once the key's object is pushed: status
+    // lists it, with why.
+    let status = exec(starchive(&archive).args(["--json", "status"]))
+        .code(0)
+        .json();
+    let push_failures: Vec<&Value> = status["failures"]
+        .as_array()
+        .expect("failures")
+        .iter()
+        .filter(|f| f["stage"] == "push")
+        .collect();
+    assert_eq!(push_failures.len(), 1, "{status}");
+    let reason = push_failures[0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("other bytes"), "{status}");
 }
 
 #[test]
