@@ -377,6 +377,21 @@ fn bucket_objects(s3: &TestS3, bucket: &str) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// The manifest's lines, decompressed by the `zstd` command-line tool.
+/// `status --json`, and the failures it lists for the push stage.
+fn push_failures(archive: &Path) -> (Value, Vec<Value>) {
+    let status = exec(starchive(archive).args(["--json", "status"]))
+        .code(0)
+        .json();
+    let failures = status["failures"]
+        .as_array()
+        .expect("failures")
+        .iter()
+        .filter(|f| f["stage"] == "push")
+        .cloned()
+        .collect();
+    (status, failures)
+}
+
 fn manifest_lines(compressed: &[u8]) -> Vec<Value> {
     let mut child = Command::new("zstd")
         .arg("-dc")
@@ -1205,15 +1220,7 @@ fn hostile_key_writes_nothing_outside_the_root() {
     let manifest = manifest_lines(&std::fs::read(dest.join(MANIFEST)).expect("manifest"));
     assert_eq!(manifest[0]["format"], 1, "the manifest is starchive's");
     // Each refused ref is a push failure with its reason.
-    let status = exec(starchive(&archive).args(["--json", "status"]))
-        .code(0)
-        .json();
-    let push_failures: Vec<&Value> = status["failures"]
-        .as_array()
-        .expect("failures")
-        .iter()
-        .filter(|f| f["stage"] == "push")
-        .collect();
+    let (status, push_failures) = push_failures(&archive);
     assert!(push_failures.len() >= 5, "{status}");
     assert!(
         push_failures.iter().all(|f| {
@@ -1265,15 +1272,7 @@ fn key_holding_other_bytes_fails_the_ref_and_exits_3() {
     );
     // The refused ref stays failed once the key's object is pushed: status
     // lists it, with why.
-    let status = exec(starchive(&archive).args(["--json", "status"]))
-        .code(0)
-        .json();
-    let push_failures: Vec<&Value> = status["failures"]
-        .as_array()
-        .expect("failures")
-        .iter()
-        .filter(|f| f["stage"] == "push")
-        .collect();
+    let (status, push_failures) = push_failures(&archive);
     assert_eq!(push_failures.len(), 1, "{status}");
     let reason = push_failures[0]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("other bytes"), "{status}");
