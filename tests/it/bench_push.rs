@@ -204,14 +204,8 @@ fn dataset(dir: &Path, n: usize, min: usize, max: usize) -> (PathBuf, PathBuf, u
         );
         total += size as u64;
     }
-    db.write(&dir.join("db"));
     let archive = dir.join("archive");
-    exec(
-        starchive(&archive)
-            .args(["snapshot", "--db"])
-            .arg(dir.join("db")),
-    )
-    .code(0);
+    db.snapshot(&dir.join("db"), &archive);
     let started = Instant::now();
     let doc = exec(
         starchive(&archive)

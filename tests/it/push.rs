@@ -538,6 +538,12 @@ impl Db {
         self
     }
 
+    /// Writes the CSV exports to `dir` and snapshots them into `archive`.
+    pub fn snapshot(&self, dir: &Path, archive: &Path) {
+        self.write(dir);
+        exec(starchive(archive).args(["snapshot", "--db"]).arg(dir)).code(0);
+    }
+
     pub fn write(&self, dir: &Path) {
         std::fs::create_dir_all(dir).expect("create db dir");
         let write = |name: &str, header: &str, lines: &[String]| {
@@ -994,13 +1000,7 @@ fn changed_file_at_a_known_key_is_uploaded_again() {
             Some(file_id),
             Some(key),
         );
-        db.write(&dir.path().join("db"));
-        exec(
-            starchive(&archive)
-                .args(["snapshot", "--db"])
-                .arg(dir.path().join("db")),
-        )
-        .code(0);
+        db.snapshot(&dir.path().join("db"), &archive);
         exec(
             starchive(&archive)
                 .args(["fetch", "--storage"])
@@ -1245,14 +1245,8 @@ fn key_holding_other_bytes_fails_the_ref_and_exits_3() {
     db.session("s1", "1", "prod", None, None)
         .sticker("a", "1", "s1", Some("tg-a"), Some("stickers/1/same.webp"))
         .sticker("b", "1", "s1", Some("tg-b"), Some("stickers/1/same.webp"));
-    db.write(&dir.path().join("db"));
     let archive = dir.path().join("archive");
-    exec(
-        starchive(&archive)
-            .args(["snapshot", "--db"])
-            .arg(dir.path().join("db")),
-    )
-    .code(0);
+    db.snapshot(&dir.path().join("db"), &archive);
     exec(
         starchive(&archive)
             .args(["fetch", "--telegram-rate", "1000", "--storage"])
