@@ -25,23 +25,23 @@ const FIXTURE_TELEGRAM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/te
 
 const DB: &str = "bot";
 const BUCKET: &str = "stickers";
-const TABLES: [&str; 3] = ["sessions", "pack_batches", "stickers"];
+pub(crate) const TABLES: [&str; 3] = ["sessions", "pack_batches", "stickers"];
 
 /// Sticker `...315` (env test) names this file_id; Telegram refuses it.
 const INVALID_FILE_ID: &str = "CAACAgIAAxkBAAI-invalid-file-id-0000000000000000000000000000";
 /// Sticker `...302` names this key; the bucket lacks it.
-const DANGLING_KEY: &str =
+pub(crate) const DANGLING_KEY: &str =
     "stickers/100000001/00000000-0000-4000-8000-000000000101/1740823320000.webp";
 
 /// Fixture uuid `00000000-0000-4000-8000-000000000NNN`.
-fn fx(n: u32) -> String {
+pub(crate) fn fx(n: u32) -> String {
     format!("00000000-0000-4000-8000-{n:012}")
 }
 
 /// The columns backfill can fill in the fixtures, with the key SPEC §5 gives
 /// each: `(table, row, column, key)`. Sessions `...101` and `...102` share
 /// their file with a `stickers` row that has a key: that key is reused.
-fn fixture_fills() -> Vec<(&'static str, String, &'static str, String)> {
+pub(crate) fn fixture_fills() -> Vec<(&'static str, String, &'static str, String)> {
     let session = |n: u32, key: String| ("sessions", fx(n), "last_sticker_storage_path", key);
     let sticker = |n: u32, key: String| ("stickers", fx(n), "result_storage_path", key);
     vec![

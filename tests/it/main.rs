@@ -6,6 +6,7 @@ mod support;
 mod backfill;
 mod bench_push;
 mod cli;
+mod conformance;
 mod fetch;
 mod push;
 mod snapshot;

@@ -18,11 +18,11 @@ use crate::support::{bin, sha256_hex, temp_dir};
 
 // ---- the known answer ----------------------------------------------------
 
-const FIXTURE_DB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/db");
-const FIXTURE_BUCKET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/bucket");
-const FIXTURE_TELEGRAM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/telegram");
+pub(crate) const FIXTURE_DB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/db");
+pub(crate) const FIXTURE_BUCKET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/bucket");
+pub(crate) const FIXTURE_TELEGRAM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/telegram");
 
-const MANIFEST: &str = "_starchive/manifest.jsonl.zst";
+pub(crate) const MANIFEST: &str = "_starchive/manifest.jsonl.zst";
 const CATALOG_COPY: &str = "_starchive/catalog.sqlite";
 
 /// Where a key's bytes come from in the fixtures.
@@ -216,13 +216,13 @@ const TEST_ENV_KEYS: &[&str] = &[
 ];
 
 const FIXTURE_REFS: usize = 26;
-const FIXTURE_PUSHED_REFS: u64 = 25;
-const FIXTURE_BLOBS: usize = 22;
-const FIXTURE_BLOB_BYTES: u64 = 1376;
+pub(crate) const FIXTURE_PUSHED_REFS: u64 = 25;
+pub(crate) const FIXTURE_BLOBS: usize = 22;
+pub(crate) const FIXTURE_BLOB_BYTES: u64 = 1376;
 const INVALID_STICKER: &str = "00000000-0000-4000-8000-000000000315";
 
 /// The mirror keys (one per distinct key) and their expected bytes.
-fn mirror_objects() -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn mirror_objects() -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
     for (_, _, key, src) in MIRROR {
         let bytes = match src {
@@ -307,12 +307,12 @@ fn verify_cmd(archive: &Path, to: &str, s3: Option<&TestS3>) -> Command {
 
 /// An archive with the fixture dataset snapshotted and fetched (from
 /// `fixtures/bucket` and the fake Bot API; the invalid file_id fails).
-struct Fixture {
-    dir: tempfile::TempDir,
-    archive: PathBuf,
+pub(crate) struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub archive: PathBuf,
 }
 
-fn fetched_fixture() -> Fixture {
+pub(crate) fn fetched_fixture() -> Fixture {
     let dir = temp_dir();
     let archive = dir.path().join("archive");
     exec(starchive(&archive).args(["--json", "snapshot", "--db", FIXTURE_DB])).code(0);

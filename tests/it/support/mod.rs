@@ -3,14 +3,21 @@
 //! - [`pg::TestPg`]: a throwaway PostgreSQL cluster on a free loopback port.
 //! - [`s3::TestS3`]: an in-process S3 server (s3s + s3s-fs) with request counters.
 //! - [`telegram::FakeTelegram`]: a fake Telegram Bot API with scriptable faults.
+//! - [`supabase::supabase`]: the real Supabase Storage server.
+//! - [`moto::moto`]: the `moto` server (AWS S3's behaviour).
+//! - [`objects::Objects`]: the test's own client of a bucket or directory.
 //!
 //! The two HTTP servers run on a background thread with their own tokio
 //! runtime ([`BackgroundServer`]), so they keep serving whether the test is a
 //! plain `#[test]` that blocks on the starchive binary or a `#[tokio::test]`.
 #![allow(dead_code)]
 
+pub mod backend;
+pub mod moto;
+pub mod objects;
 pub mod pg;
 pub mod s3;
+pub mod supabase;
 pub mod telegram;
 
 use std::convert::Infallible;
@@ -44,6 +51,31 @@ pub fn bin() -> Command {
         }
     }
     cmd
+}
+
+/// `s3://bucket/prefix?endpoint=ENDPOINT&region=REGION&allow_http=true`
+/// (no `/prefix` when `prefix` is empty).
+pub fn s3_url(endpoint: &str, region: &str, bucket: &str, prefix: &str) -> String {
+    let prefix = prefix.trim_matches('/');
+    let path = if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("/{prefix}")
+    };
+    format!("s3://{bucket}{path}?endpoint={endpoint}&region={region}&allow_http=true")
+}
+
+/// `STARCHIVE_{ROLE}_ACCESS_KEY_ID` and `STARCHIVE_{ROLE}_SECRET_ACCESS_KEY`
+/// for role `STORAGE` (`--storage`) or `TO` (`--to`).
+pub fn s3_env(role: &str, key: &str, secret: &str) -> Vec<(String, String)> {
+    let role = role.to_ascii_uppercase();
+    vec![
+        (format!("STARCHIVE_{role}_ACCESS_KEY_ID"), key.to_owned()),
+        (
+            format!("STARCHIVE_{role}_SECRET_ACCESS_KEY"),
+            secret.to_owned(),
+        ),
+    ]
 }
 
 /// Lower-case hex SHA-256 of `bytes`.

@@ -240,32 +240,13 @@ impl TestS3 {
     /// `s3://bucket/prefix?endpoint=http://127.0.0.1:PORT&region=us-east-1&allow_http=true`
     /// (no `/prefix` when `prefix` is empty).
     pub fn store_url(&self, bucket: &str, prefix: &str) -> String {
-        let prefix = prefix.trim_matches('/');
-        let path = if prefix.is_empty() {
-            String::new()
-        } else {
-            format!("/{prefix}")
-        };
-        format!(
-            "s3://{bucket}{path}?endpoint={}&region={REGION}&allow_http=true",
-            self.endpoint()
-        )
+        super::s3_url(&self.endpoint(), REGION, bucket, prefix)
     }
 
     /// `STARCHIVE_{ROLE}_ACCESS_KEY_ID` and `STARCHIVE_{ROLE}_SECRET_ACCESS_KEY`
     /// for role `STORAGE` (`--storage`) or `TO` (`--to`).
     pub fn env(&self, role: &str) -> Vec<(String, String)> {
-        let role = role.to_ascii_uppercase();
-        vec![
-            (
-                format!("STARCHIVE_{role}_ACCESS_KEY_ID"),
-                ACCESS_KEY.to_owned(),
-            ),
-            (
-                format!("STARCHIVE_{role}_SECRET_ACCESS_KEY"),
-                SECRET_KEY.to_owned(),
-            ),
-        ]
+        super::s3_env(role, ACCESS_KEY, SECRET_KEY)
     }
 
     /// Requests received in a category, case-insensitive:

@@ -1,0 +1,374 @@
+//! The store conformance suite: the same tests of fetch (from the bucket),
+//! push (mirror and cas, multipart, server-side copy, sha256 metadata,
+//! Content-Type), verify (`--deep`) and backfill, written once against a
+//! [`Backend`] and run on each store starchive is tested with:
+//!
+//! - `conformance::local`: a local directory;
+//! - `conformance::s3s`: s3s-fs, in process;
+//! - `conformance::supabase`: the real Supabase Storage server;
+//! - `conformance::moto`: AWS S3's behaviour as the moto server has it.
+//!
+//! `cargo test --test it conformance::supabase` runs it against Supabase
+//! Storage alone.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::backfill::{DANGLING_KEY, TABLES, fixture_fills, fx};
+use crate::push::{
+    FIXTURE_BLOB_BYTES, FIXTURE_BLOBS, FIXTURE_BUCKET, FIXTURE_DB, FIXTURE_PUSHED_REFS,
+    FIXTURE_TELEGRAM, MANIFEST, exec, fetched_fixture, mirror_objects, starchive, sticker_bytes,
+};
+use crate::support::backend::{Backend, Bucket, Kind};
+use crate::support::pg::TestPg;
+use crate::support::sha256_hex;
+use crate::support::telegram::FakeTelegram;
+
+/// Generates, for every test named, one `#[test]` per backend that runs it.
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        conformance!(@backend local Local $($test)*);
+        conformance!(@backend s3s S3s $($test)*);
+        conformance!(@backend supabase Supabase $($test)*);
+        conformance!(@backend moto Moto $($test)*);
+    };
+    (@backend $module:ident $kind:ident $($test:ident)*) => {
+        mod $module {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test(&super::Backend::new(super::Kind::$kind));
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    fetch_reads_every_object_of_the_bucket,
+    mirror_push_places_the_bot_keys_with_their_type_and_sha256,
+    cas_push_writes_each_blob_once_at_its_hash,
+    big_object_goes_up_in_parts,
+    deep_verify_names_bad_and_missing_objects,
+    backfill_writes_objects_and_keys,
+);
+
+/// The fixture refs whose storage key `fixtures/bucket` holds.
+const REFS_IN_THE_BUCKET: u64 = 15;
+
+/// `--to` with the bucket's credentials.
+fn with_to(cmd: &mut std::process::Command, bucket: &Bucket) {
+    cmd.args(["--to", bucket.url()]).envs(bucket.env("TO"));
+}
+
+/// The objects of `bucket` but those under `_starchive/`, which must hold
+/// the manifest.
+#[track_caller]
+fn stickers_in(bucket: &Bucket) -> BTreeMap<String, Vec<u8>> {
+    let mut objects = bucket.objects.all();
+    assert!(
+        objects.contains_key(MANIFEST),
+        "no manifest in {:?}",
+        objects.keys()
+    );
+    objects.retain(|k, _| !k.starts_with("_starchive/"));
+    objects
+}
+
+#[track_caller]
+fn assert_same(got: &BTreeMap<String, Vec<u8>>, want: &BTreeMap<String, Vec<u8>>) {
+    let keys = |m: &BTreeMap<String, Vec<u8>>| m.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(got), keys(want), "the keys");
+    for (key, bytes) in want {
+        assert!(got[key] == *bytes, "{key}: other bytes");
+    }
+}
+
+/// Content-Type and `x-amz-meta-sha256` of every object, where the store
+/// keeps them.
+#[track_caller]
+fn assert_described(bucket: &Bucket, objects: &BTreeMap<String, Vec<u8>>) {
+    if !bucket.keeps_metadata {
+        return;
+    }
+    for (key, bytes) in objects {
+        let head = bucket.objects.head(key);
+        assert_eq!(head.size, bytes.len() as u64, "{key}");
+        assert_eq!(
+            head.metadata.get("sha256"),
+            Some(&sha256_hex(bytes)),
+            "{key}: {head:?}"
+        );
+        let want = match key.rsplit('.').next() {
+            Some("webp") => "image/webp",
+            Some("png") => "image/png",
+            Some("jpg") => "image/jpeg",
+            Some("webm") => "video/webm",
+            Some("tgs") => "application/x-tgsticker",
+            _ => "application/octet-stream",
+        };
+        // The cas layout's keys have no extension: the type follows the bytes.
+        if key.contains('.') {
+            assert_eq!(head.content_type.as_deref(), Some(want), "{key}");
+        } else {
+            assert!(head.content_type.is_some(), "{key}: {head:?}");
+        }
+    }
+}
+
+fn fetch_reads_every_object_of_the_bucket(backend: &Backend) {
+    let source = backend.bucket();
+    assert_eq!(source.objects.put_dir(FIXTURE_BUCKET), 13);
+    let dir = crate::support::temp_dir();
+    let archive = dir.path().join("archive");
+    exec(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).code(0);
+    // The bucket alone first: every ref whose key it has is fetched from it,
+    // none is taken for dangling.
+    let doc = exec(
+        starchive(&archive)
+            .args(["--json", "fetch", "--storage", source.url()])
+            .envs(source.env("STORAGE")),
+    )
+    .code(0)
+    .json();
+    assert_eq!(doc["done"], REFS_IN_THE_BUCKET, "{doc}");
+    assert_eq!(doc["pending"], 11, "the refs only Telegram has: {doc}");
+    let tg = FakeTelegram::from_dir(FIXTURE_TELEGRAM);
+    let doc = exec(
+        starchive(&archive)
+            .args(["--json", "fetch", "--telegram-rate", "1000"])
+            .args(["--storage", source.url()])
+            .envs(source.env("STORAGE"))
+            .envs(tg.env()),
+    )
+    .code(3)
+    .json();
+    assert_eq!(doc["failed"], 1, "the invalid file_id alone: {doc}");
+    assert_eq!(doc["pending"], 0, "{doc}");
+    // Every blob, named by its hash.
+    let mut blobs = 0;
+    let mut stack = vec![archive.join("blobs")];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read blobs").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let name = path.file_name().and_then(|n| n.to_str()).expect("name");
+                let bytes = std::fs::read(&path).expect("blob");
+                assert!(name.starts_with(&sha256_hex(&bytes)), "{}", path.display());
+                blobs += 1;
+            }
+        }
+    }
+    assert_eq!(blobs, FIXTURE_BLOBS);
+}
+
+fn mirror_push_places_the_bot_keys_with_their_type_and_sha256(backend: &Backend) {
+    let fx = fetched_fixture();
+    let dest = backend.bucket();
+    let mut cmd = starchive(&fx.archive);
+    with_to(cmd.args(["--json", "push"]), &dest);
+    let doc = exec(&mut cmd).code(0).json();
+    assert_eq!(doc["done"], FIXTURE_PUSHED_REFS, "{doc}");
+    // Two keys share one blob: it is sent once and copied on the server.
+    assert_eq!(
+        doc["bytes"], FIXTURE_BLOB_BYTES,
+        "each blob sent once: {doc}"
+    );
+    let objects = stickers_in(&dest);
+    assert_same(&objects, &mirror_objects());
+    assert_described(&dest, &objects);
+
+    let mut again = starchive(&fx.archive);
+    with_to(again.args(["--json", "push"]), &dest);
+    let doc = exec(&mut again).code(0).json();
+    assert_eq!(
+        (doc["done"].as_u64(), doc["bytes"].as_u64()),
+        (Some(0), Some(0)),
+        "{doc}"
+    );
+    assert_eq!(doc["skipped"], FIXTURE_PUSHED_REFS, "{doc}");
+}
+
+fn cas_push_writes_each_blob_once_at_its_hash(backend: &Backend) {
+    let fx = fetched_fixture();
+    let dest = backend.bucket();
+    let mut cmd = starchive(&fx.archive);
+    with_to(cmd.args(["--json", "push", "--layout", "cas"]), &dest);
+    let doc = exec(&mut cmd).code(0).json();
+    assert_eq!(doc["done"], FIXTURE_PUSHED_REFS, "{doc}");
+    assert_eq!(doc["bytes"], FIXTURE_BLOB_BYTES, "{doc}");
+    let want: BTreeMap<String, Vec<u8>> = mirror_objects()
+        .into_values()
+        .map(|bytes| {
+            let sha = sha256_hex(&bytes);
+            (format!("blobs/sha256/{}/{sha}", &sha[..2]), bytes)
+        })
+        .collect();
+    let objects = stickers_in(&dest);
+    assert_same(&objects, &want);
+    assert_described(&dest, &objects);
+    let mut verify = starchive(&fx.archive);
+    with_to(verify.args(["verify", "--deep"]), &dest);
+    exec(&mut verify).code(0);
+}
+
+fn big_object_goes_up_in_parts(backend: &Backend) {
+    // Over the multipart threshold (8 MiB): a first part of 8 MiB, a last
+    // one smaller, as AWS (moto) wants them.
+    const BIG: usize = 9 * 1024 * 1024 + 12_345;
+    let dir = crate::support::temp_dir();
+    let tg = FakeTelegram::new();
+    let big = sticker_bytes(42, BIG);
+    tg.add_file("tg-big", "stickers/big.webp", big.clone());
+    let mut db = crate::push::Db::default();
+    db.session("s1", "7", "prod", None, None)
+        .sticker("big", "7", "s1", Some("tg-big"), None);
+    let archive = dir.path().join("archive");
+    db.snapshot(&dir.path().join("db"), &archive);
+    exec(
+        starchive(&archive)
+            .args([
+                "fetch",
+                "--max-file-size",
+                "20MiB",
+                "--telegram-rate",
+                "1000",
+            ])
+            .envs(tg.env()),
+    )
+    .code(0);
+    let dest = backend.bucket();
+    let mut cmd = starchive(&archive);
+    with_to(cmd.args(["--json", "push"]), &dest);
+    let doc = exec(&mut cmd).code(0).json();
+    assert_eq!(doc["done"], 1, "{doc}");
+    let key = "stickers/7/s1/backfill_big.webp";
+    let objects = stickers_in(&dest);
+    assert_same(&objects, &BTreeMap::from([(key.to_string(), big)]));
+    assert_described(&dest, &objects);
+    let mut verify = starchive(&archive);
+    with_to(verify.args(["verify", "--deep"]), &dest);
+    exec(&mut verify).code(0);
+}
+
+fn deep_verify_names_bad_and_missing_objects(backend: &Backend) {
+    let fx = fetched_fixture();
+    let dest = backend.bucket();
+    let mut push = starchive(&fx.archive);
+    with_to(push.arg("push"), &dest);
+    exec(&mut push).code(0);
+    let verify = || {
+        let mut cmd = starchive(&fx.archive);
+        with_to(cmd.args(["--json", "verify", "--deep"]), &dest);
+        exec(&mut cmd)
+    };
+    verify().code(0);
+
+    // Same size, other bytes, put by someone else (no sha256 metadata).
+    let bad = "stickers/100000004/00000000-0000-4000-8000-000000000201/1741172400000_1.webp";
+    let mut bytes = dest.objects.get(bad).expect("pushed");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    dest.objects.put(bad, bytes);
+    let gone = "pack_sheets/session_00000000-0000-4000-8000-000000000110.jpg";
+    dest.objects.delete(gone);
+
+    let doc = verify().code(3).json();
+    assert_eq!(doc["objects_bad"], 1, "{doc}");
+    assert_eq!(doc["objects_missing"], 1, "{doc}");
+    let named: Vec<&str> = doc["problems"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(named.contains(&bad) && named.contains(&gone), "{doc}");
+}
+
+fn backfill_writes_objects_and_keys(backend: &Backend) {
+    const DB: &str = "bot";
+    let pg = TestPg::start();
+    pg.create_db(DB);
+    pg.load_schema(DB);
+    pg.psql(
+        DB,
+        "ALTER TABLE sessions ADD COLUMN language_code text;
+         ALTER TABLE stickers ADD COLUMN prompt text;
+         ALTER TABLE pack_batches ADD COLUMN style text;
+         ALTER TABLE stickers DROP CONSTRAINT stickers_session_id_fkey;",
+    );
+    for table in TABLES {
+        let text = std::fs::read_to_string(Path::new(FIXTURE_DB).join(format!("{table}.csv")))
+            .expect("read fixture csv");
+        pg.copy_csv(DB, table, &text);
+    }
+    let db = pg.url(DB);
+    let bucket = backend.bucket();
+    bucket.objects.put_dir(FIXTURE_BUCKET);
+    let before = bucket.objects.all();
+    let dir = crate::support::temp_dir();
+    let archive = dir.path().join("archive");
+    let tg = FakeTelegram::from_dir(FIXTURE_TELEGRAM);
+    let run = |args: &[&str]| {
+        let mut cmd = starchive(&archive);
+        cmd.args(args)
+            .envs(bucket.env("STORAGE"))
+            .envs(bucket.env("TO"))
+            .envs(tg.env());
+        exec(&mut cmd)
+    };
+    run(&["snapshot", "--db", &db]).code(0);
+    run(&[
+        "fetch",
+        "--telegram-rate",
+        "1000",
+        "--storage",
+        bucket.url(),
+    ])
+    .code(3);
+    let doc = run(&[
+        "--json",
+        "backfill",
+        "--apply",
+        "--db",
+        &db,
+        "--to",
+        bucket.url(),
+    ])
+    .code(3)
+    .json();
+    assert_eq!(doc["failed"], 1, "only the refused file_id: {doc}");
+
+    let after = bucket.objects.all();
+    for (key, bytes) in &before {
+        assert!(after.get(key) == Some(bytes), "{key} was changed");
+    }
+    let gained: BTreeMap<String, Vec<u8>> = after
+        .into_iter()
+        .filter(|(k, _)| !before.contains_key(k))
+        .collect();
+    for (table, id, column, key) in fixture_fills() {
+        let value = pg.psql(
+            DB,
+            &format!("SELECT {column} FROM public.{table} WHERE id = '{id}';"),
+        );
+        assert_eq!(value.trim_end(), key, "{table} {id} {column}");
+        assert!(
+            gained.contains_key(&key) || before.contains_key(&key),
+            "{key} is in the bucket"
+        );
+    }
+    assert!(
+        gained.contains_key(DANGLING_KEY),
+        "the dangling key is written back"
+    );
+    assert_described(&bucket, &gained);
+    assert_eq!(
+        pg.psql(
+            DB,
+            "SELECT id FROM stickers WHERE result_storage_path IS NULL;"
+        )
+        .trim_end(),
+        fx(315)
+    );
+}
