@@ -41,6 +41,7 @@ pub enum Command {
     /// Count refs, what is fetched and pending, blobs, and the backfill volumes.
     Plan,
     /// Download every pending ref into the archive's blobs/.
+    #[command(after_help = TELEGRAM_HELP)]
     Fetch(FetchArgs),
     /// Upload every fetched ref to a destination store.
     Push(PushArgs),
@@ -51,8 +52,20 @@ pub enum Command {
     /// Repair the database: upload what has no storage key and write the key back.
     Backfill(BackfillArgs),
     /// snapshot, fetch and push in one go.
+    #[command(after_help = TELEGRAM_HELP)]
     Run(RunArgs),
 }
+
+/// How `fetch` finds its Bot API tokens (SPEC §1), shown after its options.
+const TELEGRAM_HELP: &str = "\
+Telegram tokens (environment only, never on the command line):
+  TELEGRAM_BOT_TOKEN        the bot token, for refs of any env
+  TELEGRAM_BOT_TOKEN_<ENV>  the token of one env's bot, for that env's refs: the env's
+                            name in upper case, every character other than a letter or
+                            digit as `_` (env `staging-eu`: TELEGRAM_BOT_TOKEN_STAGING_EU)
+A file_id works only with the bot that received it. A Bot API server run with --local
+answers with paths on its own disk: starchive reads those files when they are readable
+on this machine, and otherwise fails the refs, saying so.";
 
 #[derive(Args, Debug)]
 pub struct SnapshotArgs {

@@ -109,7 +109,7 @@ fn fetch_options(args: &cli::FetchArgs) -> commands::fetch::FetchOptions {
     commands::fetch::FetchOptions {
         storage: args.storage.clone(),
         telegram_api: args.telegram_api.clone(),
-        telegram_token: std::env::var("TELEGRAM_BOT_TOKEN").ok(),
+        telegram_tokens: commands::fetch::TelegramTokens::from_vars(std::env::vars_os()),
         jobs: args.jobs.jobs as usize,
         include_photos: args.include.contains(&cli::Include::Photos),
         retry_failed: args.retry_failed,

@@ -22,8 +22,12 @@ pub struct FileInfo {
 /// Failures, sorted by what the caller should do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TgError {
-    /// Telegram refuses this file for good (invalid `file_id`, too big, gone).
+    /// Telegram refuses this file for good (invalid `file_id`, too big).
     Refused(String),
+    /// `wrong file_id or the file is temporarily unavailable`: Telegram says
+    /// this of files it lost and of passing faults alike (and of a file_id
+    /// another bot received), so it is retried with backoff before it fails the ref.
+    Unavailable(String),
     /// Telegram refuses the token: a configuration error, nothing will work.
     Unauthorized(String),
     /// Flood control: every call waits this long.
@@ -120,6 +124,9 @@ impl Telegram {
                 Err(TgError::RetryAfter(Duration::from_secs(secs)))
             }
             401 | 404 => Err(TgError::Unauthorized(self.scrub(&description))),
+            400 if description.contains("temporarily unavailable") => {
+                Err(TgError::Unavailable(self.scrub(&description)))
+            }
             s if s >= 500 => Err(TgError::Transient(format!(
                 "getFile: {}",
                 self.scrub(&description)
@@ -180,7 +187,8 @@ impl Telegram {
         }
     }
 
-    fn scrub(&self, text: &str) -> String {
+    /// `text` without the token (a local Bot API server's paths hold it).
+    pub fn scrub(&self, text: &str) -> String {
         crate::redact::scrub(text, &self.token)
     }
 }

@@ -12,10 +12,10 @@ pub struct KeyWork {
     pub refs: Vec<i64>,
 }
 
-/// One Telegram file to download, and the pending refs it serves.
+/// One Telegram file to download, and the pending refs it serves with their env.
 pub struct FileIdWork {
     pub file_id: String,
-    pub refs: Vec<i64>,
+    pub refs: Vec<(i64, Option<String>)>,
 }
 
 /// `--retry-failed`: failed refs in scope are pending again, their keys re-checked.
@@ -86,25 +86,30 @@ pub fn pending_keys(conn: &Connection, envs: &Option<String>) -> Result<Vec<KeyW
     })
 }
 
-/// Pending refs that only Telegram can serve, grouped by `file_id`.
+/// Pending refs that only Telegram can serve, grouped by `file_id`, with
+/// their env (which says the bot, SPEC §1).
 pub fn pending_file_ids(conn: &Connection, envs: &Option<String>) -> Result<Vec<FileIdWork>> {
-    grouped(
-        conn,
-        &format!(
-            "SELECT telegram_file_id, id FROM refs
-             WHERE state = 'pending' AND telegram_file_id IS NOT NULL
-               AND (storage_key IS NULL OR key_dangling = 1)
-               AND {ENV_FILTER}
-             ORDER BY telegram_file_id, id"
-        ),
-        envs,
-    )
-    .map(|groups| {
-        groups
-            .into_iter()
-            .map(|(file_id, refs)| FileIdWork { file_id, refs })
-            .collect()
-    })
+    let mut stmt = conn.prepare(&format!(
+        "SELECT telegram_file_id, id, env FROM refs
+         WHERE state = 'pending' AND telegram_file_id IS NOT NULL
+           AND (storage_key IS NULL OR key_dangling = 1)
+           AND {ENV_FILTER}
+         ORDER BY telegram_file_id, id"
+    ))?;
+    let mut rows = stmt.query([envs])?;
+    let mut out: Vec<FileIdWork> = Vec::new();
+    while let Some(row) = rows.next()? {
+        let file_id: String = row.get(0)?;
+        let r = (row.get(1)?, row.get(2)?);
+        match out.last_mut() {
+            Some(last) if last.file_id == file_id => last.refs.push(r),
+            _ => out.push(FileIdWork {
+                file_id,
+                refs: vec![r],
+            }),
+        }
+    }
+    Ok(out)
 }
 
 fn grouped(conn: &Connection, sql: &str, envs: &Option<String>) -> Result<Vec<(String, Vec<i64>)>> {

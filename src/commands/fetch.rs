@@ -7,6 +7,10 @@
 //! of Telegram once. So a `file_id` some ref can get from the bucket is never
 //! asked of Telegram.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::OsString;
+use std::io::Read;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -19,19 +23,128 @@ use crate::catalog::{self, Catalog};
 use crate::error::{Error, Result};
 use crate::layout::check_key;
 use crate::stores::{self, Role, Store};
-use crate::telegram::{Telegram, TgError};
+use crate::telegram::{FileInfo, Telegram, TgError};
 use crate::transfer::{backoff, run_units};
 
 pub struct FetchOptions {
     pub storage: Option<String>,
     pub telegram_api: String,
-    /// From `TELEGRAM_BOT_TOKEN`; never printed.
-    pub telegram_token: Option<String>,
+    /// `TELEGRAM_BOT_TOKEN` and `TELEGRAM_BOT_TOKEN_<ENV>`; never printed.
+    pub telegram_tokens: TelegramTokens,
     pub jobs: usize,
     pub include_photos: bool,
     pub retry_failed: bool,
     pub max_file_size: u64,
     pub telegram_rate: f64,
+}
+
+/// The variable of the default bot token.
+pub const TOKEN_VAR: &str = "TELEGRAM_BOT_TOKEN";
+
+/// The Bot API tokens by variable (SPEC §1): `TELEGRAM_BOT_TOKEN_<ENV>` serves
+/// the refs of that env, `TELEGRAM_BOT_TOKEN` the others (refs with no env
+/// too). A variable set to an empty value counts as unset. Not `Debug`: it
+/// holds secrets.
+#[derive(Clone, Default)]
+pub struct TelegramTokens {
+    by_var: BTreeMap<String, String>,
+}
+
+impl TelegramTokens {
+    /// The tokens among `vars` (such as `std::env::vars_os()`); other variables are ignored.
+    pub fn from_vars(vars: impl IntoIterator<Item = (OsString, OsString)>) -> TelegramTokens {
+        let by_var = vars
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .filter(|(k, v)| k.starts_with(TOKEN_VAR) && !v.is_empty())
+            .collect();
+        TelegramTokens { by_var }
+    }
+
+    /// The variable that holds the token of `env`'s bot: `staging-eu` ->
+    /// `TELEGRAM_BOT_TOKEN_STAGING_EU` (upper case, every character other
+    /// than an ASCII letter or digit as `_`).
+    pub fn var_for_env(env: &str) -> String {
+        let suffix: String = env
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("{TOKEN_VAR}_{suffix}")
+    }
+
+    /// The variable and token serving the refs of `env`, if any is set.
+    pub fn for_env(&self, env: Option<&str>) -> Option<(&str, &str)> {
+        env.and_then(|env| self.by_var.get_key_value(&Self::var_for_env(env)))
+            .or_else(|| self.by_var.get_key_value(TOKEN_VAR))
+            .map(|(var, token)| (var.as_str(), token.as_str()))
+    }
+}
+
+/// A Bot API client and the variable its token came from (named in messages).
+struct Bot {
+    telegram: Telegram,
+    var: String,
+}
+
+/// One client per distinct token: each bot has its own rate and flood control at Telegram.
+#[derive(Default)]
+struct Bots(HashMap<String, Arc<Bot>>);
+
+impl Bots {
+    fn get(&mut self, var: &str, token: &str, api: &str, rate: f64) -> Result<Arc<Bot>> {
+        if let Some(bot) = self.0.get(token) {
+            return Ok(bot.clone());
+        }
+        let telegram = Telegram::new(api, token.to_string(), rate).map_err(Error::Config)?;
+        let bot = Arc::new(Bot {
+            telegram,
+            var: var.to_string(),
+        });
+        self.0.insert(token.to_string(), bot.clone());
+        Ok(bot)
+    }
+}
+
+/// One `file_id` to ask Telegram for, the refs it serves and the bots to ask
+/// (those of the refs' envs, in the order the refs come).
+struct TelegramWork {
+    file_id: String,
+    refs: Vec<i64>,
+    bots: Vec<Arc<Bot>>,
+}
+
+/// Why refs that only Telegram can serve are left pending: no token for their env.
+fn tokenless_note(left: &[catalog::fetch::FileIdWork], tokens: &TelegramTokens) -> Option<String> {
+    let mut n = 0;
+    let mut vars = BTreeSet::new();
+    for (_, env) in left.iter().flat_map(|w| &w.refs) {
+        if tokens.for_env(env.as_deref()).is_none() {
+            n += 1;
+            if let Some(env) = env {
+                vars.insert(TelegramTokens::var_for_env(env));
+            }
+        }
+    }
+    if n == 0 {
+        return None;
+    }
+    let per_env = if vars.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (or, for their env, {})",
+            vars.into_iter().collect::<Vec<_>>().join(", ")
+        )
+    };
+    Some(format!(
+        "{n} refs can only come from Telegram: set {TOKEN_VAR}{per_env} to fetch them"
+    ))
 }
 
 /// What one download did.
@@ -134,44 +247,59 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
     catalog::fetch::fail_unservable(catalog.conn(), &envs)?;
     catalog::fetch::resolve_known(catalog.conn(), &envs)?;
 
-    // Telegram, once per file_id.
+    // Telegram, once per file_id, through the bot of the refs' env.
     let file_ids = catalog::fetch::pending_file_ids(catalog.conn(), &envs)?;
     if !file_ids.is_empty() && fatal.is_none() {
-        match opts.telegram_token.as_deref().filter(|t| !t.is_empty()) {
-            None => {
-                let n: usize = file_ids.iter().map(|w| w.refs.len()).sum();
-                notes.push(format!(
-                    "{n} refs can only come from Telegram: set TELEGRAM_BOT_TOKEN to fetch them"
-                ));
-            }
-            Some(token) => {
-                let telegram =
-                    Telegram::new(&opts.telegram_api, token.to_string(), opts.telegram_rate)
-                        .map_err(Error::Config)?;
-                let telegram = Arc::new(telegram);
-                let max = opts.max_file_size;
-                let (blobs, bytes) = (blobs.clone(), bytes.clone());
-                let phase = Phase {
-                    ctx,
-                    jobs: opts.jobs,
-                    stop: &stop,
+        let mut bots = Bots::default();
+        let mut units = Vec::with_capacity(file_ids.len());
+        for work in file_ids {
+            let mut unit = TelegramWork {
+                file_id: work.file_id,
+                refs: Vec::with_capacity(work.refs.len()),
+                bots: Vec::new(),
+            };
+            for (id, env) in work.refs {
+                let Some((var, token)) = opts.telegram_tokens.for_env(env.as_deref()) else {
+                    continue;
                 };
-                phase.run(
-                    "from Telegram",
-                    file_ids,
-                    &mut catalog,
-                    &mut fatal,
-                    move |work| {
-                        let (telegram, blobs, bytes) =
-                            (telegram.clone(), blobs.clone(), bytes.clone());
-                        async move {
-                            from_telegram(&telegram, &blobs, work.file_id, work.refs, max, &bytes)
-                                .await
-                        }
-                    },
-                )?;
-                catalog::fetch::resolve_known(catalog.conn(), &envs)?;
+                let bot = bots.get(var, token, &opts.telegram_api, opts.telegram_rate)?;
+                if !unit.bots.iter().any(|b| Arc::ptr_eq(b, &bot)) {
+                    unit.bots.push(bot);
+                }
+                unit.refs.push(id);
             }
+            if !unit.refs.is_empty() {
+                units.push(unit);
+            }
+        }
+        if !units.is_empty() {
+            let max = opts.max_file_size;
+            let (blobs, bytes) = (blobs.clone(), bytes.clone());
+            let phase = Phase {
+                ctx,
+                jobs: opts.jobs,
+                stop: &stop,
+            };
+            phase.run(
+                "from Telegram",
+                units,
+                &mut catalog,
+                &mut fatal,
+                move |work| {
+                    let (blobs, bytes) = (blobs.clone(), bytes.clone());
+                    async move { from_telegram(work, &blobs, max, &bytes).await }
+                },
+            )?;
+            // Refs of an env without a token whose file_id another env's bot served.
+            catalog::fetch::resolve_known(catalog.conn(), &envs)?;
+        }
+        if fatal.is_none()
+            && let Some(note) = tokenless_note(
+                &catalog::fetch::pending_file_ids(catalog.conn(), &envs)?,
+                &opts.telegram_tokens,
+            )
+        {
+            notes.push(note);
         }
     }
     if let Some(message) = fatal {
@@ -374,88 +502,119 @@ async fn from_bucket(
     }
 }
 
+/// Asks the unit's bots for its file until one serves it. A bot that
+/// refuses the file for good is not asked again; when every bot refused, the
+/// refs fail with the last refusal. Passing faults (5xx, resets, truncated
+/// bodies, "temporarily unavailable") are retried with backoff, a round of
+/// every bot left per attempt.
 async fn from_telegram(
-    telegram: &Telegram,
+    work: TelegramWork,
     blobs: &BlobStore,
-    file_id: String,
-    refs: Vec<i64>,
     max: u64,
     bytes: &AtomicU64,
 ) -> Outcome {
+    let TelegramWork {
+        file_id,
+        refs,
+        mut bots,
+    } = work;
     let mut attempt = 0u32;
     let mut flood_waits = 0u32;
     let mut unreachable = 0u32;
     let mut last_error = String::new();
-    while attempt < ATTEMPTS {
-        let step = download_once(telegram, blobs, &file_id, max).await;
-        let error = match step {
-            Ok(blob) => {
-                bytes.fetch_add(blob.size, Ordering::Relaxed);
-                return Outcome::Fetched {
-                    refs,
-                    blob,
-                    source: "telegram",
-                };
-            }
-            Err(e) => e,
-        };
-        if let TgError::Unreachable(_) = error {
-            unreachable += 1;
-        }
-        match error {
-            TgError::Refused(reason) => {
-                return Outcome::Failed {
-                    refs,
-                    reason: format!("Telegram: {reason}"),
-                };
-            }
-            TgError::Unauthorized(reason) => {
-                return Outcome::Fatal(format!(
-                    "the Telegram Bot API refused the token ({reason}): check TELEGRAM_BOT_TOKEN; what was fetched stays fetched"
-                ));
-            }
-            TgError::RetryAfter(wait) => {
-                flood_waits += 1;
-                if flood_waits > MAX_FLOOD_WAITS {
-                    return Outcome::Failed {
+    let mut refusal = String::new();
+    while attempt < ATTEMPTS && !bots.is_empty() {
+        // Wait before the next round: only a fresh link is asked for at once.
+        let mut wait = false;
+        let mut i = 0;
+        while i < bots.len() {
+            let bot = bots[i].clone();
+            let error = match download_once(&bot.telegram, blobs, &file_id, max).await {
+                Ok(blob) => {
+                    bytes.fetch_add(blob.size, Ordering::Relaxed);
+                    return Outcome::Fetched {
                         refs,
-                        reason: "Telegram: too many flood-control waits".into(),
+                        blob,
+                        source: "telegram",
                     };
                 }
-                tracing::info!("Telegram asks to wait {} s (flood control)", wait.as_secs());
-                telegram.pause(wait);
+                Err(e) => e,
+            };
+            match error {
+                TgError::Refused(reason) => {
+                    refusal = reason;
+                    bots.remove(i);
+                    continue;
+                }
+                TgError::Unauthorized(reason) => {
+                    let var = &bot.var;
+                    return Outcome::Fatal(format!(
+                        "the Telegram Bot API refused the token of {var} ({reason}): check {var}; what was fetched stays fetched"
+                    ));
+                }
+                TgError::RetryAfter(pause) => {
+                    flood_waits += 1;
+                    if flood_waits > MAX_FLOOD_WAITS {
+                        return Outcome::Failed {
+                            refs,
+                            reason: "Telegram: too many flood-control waits".into(),
+                        };
+                    }
+                    tracing::info!(
+                        "Telegram asks to wait {} s (flood control)",
+                        pause.as_secs()
+                    );
+                    bot.telegram.pause(pause);
+                    // The same bot again, once the pause is over.
+                    continue;
+                }
+                TgError::LinkExpired => {
+                    last_error = "the download link expired again".into();
+                }
+                TgError::Unreachable(reason) => {
+                    unreachable += 1;
+                    if unreachable >= ATTEMPTS {
+                        // Every attempt found no server: no file can be had this run.
+                        return Outcome::Fatal(format!(
+                            "cannot reach the Telegram Bot API at {} ({reason}): check --telegram-api / TELEGRAM_API_URL and the network; what was fetched stays fetched",
+                            bot.telegram.shown_base()
+                        ));
+                    }
+                    tracing::debug!("{file_id}: {reason}; retrying");
+                    last_error = reason;
+                    wait = true;
+                }
+                TgError::Transient(reason) | TgError::Unavailable(reason) => {
+                    tracing::debug!("{file_id}: {reason}; retrying");
+                    last_error = reason;
+                    wait = true;
+                }
             }
-            TgError::LinkExpired => {
-                attempt += 1;
-                last_error = "the download link expired again".into();
-            }
-            TgError::Unreachable(reason) if unreachable >= ATTEMPTS => {
-                // Every attempt found no server: no file can be had this run.
-                return Outcome::Fatal(format!(
-                    "cannot reach the Telegram Bot API at {} ({reason}): check --telegram-api / TELEGRAM_API_URL and the network; what was fetched stays fetched",
-                    telegram.shown_base()
-                ));
-            }
-            TgError::Transient(reason) | TgError::Unreachable(reason) => {
-                attempt += 1;
-                tracing::debug!("{file_id}: {reason}; retrying");
-                last_error = reason;
-                tokio::time::sleep(backoff(
-                    attempt,
-                    Duration::from_millis(250),
-                    Duration::from_secs(8),
-                ))
-                .await;
-            }
+            i += 1;
+        }
+        if bots.is_empty() {
+            break;
+        }
+        attempt += 1;
+        if wait && attempt < ATTEMPTS {
+            tokio::time::sleep(backoff(
+                attempt,
+                Duration::from_millis(250),
+                Duration::from_secs(8),
+            ))
+            .await;
         }
     }
-    Outcome::Failed {
-        refs,
-        reason: format!("Telegram: {last_error} (after {ATTEMPTS} attempts)"),
-    }
+    let reason = if bots.is_empty() {
+        format!("Telegram: {refusal}")
+    } else {
+        format!("Telegram: {last_error} (after {ATTEMPTS} attempts)")
+    };
+    Outcome::Failed { refs, reason }
 }
 
-/// getFile, then the download into a published blob.
+/// getFile, then the download (or, from a local Bot API server, the read)
+/// into a published blob.
 async fn download_once(
     telegram: &Telegram,
     blobs: &BlobStore,
@@ -465,6 +624,9 @@ async fn download_once(
     let info = telegram.get_file(file_id).await?;
     if let Some(size) = info.file_size.filter(|s| *s > max) {
         return Err(TgError::Refused(too_big(size, max)));
+    }
+    if Path::new(&info.file_path).is_absolute() {
+        return read_local(telegram, blobs, info, max).await;
     }
     let mut response = telegram.download(&info.file_path).await?;
     let announced = response.content_length().or(info.file_size);
@@ -498,6 +660,66 @@ async fn download_once(
         ))),
         Err(PublishError::Io(e)) => Err(TgError::Transient(e.to_string())),
     }
+}
+
+/// A Bot API server run with `--local` names the file on its own disk
+/// (`/var/lib/telegram-bot-api/<TOKEN>/stickers/file_0.webp`) and serves no
+/// download: the file is read when this machine can, else the ref fails at
+/// once. Every text that shows the path has the token scrubbed.
+async fn read_local(
+    telegram: &Telegram,
+    blobs: &BlobStore,
+    info: FileInfo,
+    max: u64,
+) -> Result<BlobInfo, TgError> {
+    let shown = telegram.scrub(&info.file_path);
+    let staging = blobs
+        .stage()
+        .map_err(|e| TgError::Transient(e.to_string()))?;
+    let read = tokio::task::spawn_blocking(move || -> Result<BlobInfo, LocalError> {
+        let mut file = std::fs::File::open(&info.file_path).map_err(LocalError::Open)?;
+        let mut staging = staging;
+        let mut buf = vec![0u8; LOCAL_CHUNK];
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(LocalError::Read(e.to_string())),
+            };
+            if staging.size() + n as u64 > max {
+                return Err(LocalError::TooBig(staging.size() + n as u64));
+            }
+            staging
+                .write(&buf[..n])
+                .map_err(|e| LocalError::Read(e.to_string()))?;
+        }
+        staging
+            .publish(info.file_size)
+            .map_err(|e| LocalError::Read(e.to_string()))
+    })
+    .await
+    .map_err(|e| TgError::Transient(format!("reading {shown} stopped: {e}")))?;
+    read.map_err(|e| match e {
+        LocalError::Open(e) => TgError::Refused(telegram.scrub(&format!(
+            "the Bot API server runs with --local and keeps this file at {shown}, which cannot be read on this machine ({e}): run starchive where that directory is readable"
+        ))),
+        LocalError::TooBig(size) => TgError::Refused(too_big(size, max)),
+        LocalError::Read(e) => TgError::Transient(telegram.scrub(&format!("{shown}: {e}"))),
+    })
+}
+
+/// Bytes read from a local Bot API server's file at a time.
+const LOCAL_CHUNK: usize = 256 << 10;
+
+/// How reading a local Bot API server's file failed.
+enum LocalError {
+    /// Not readable here: the ref fails at once.
+    Open(std::io::Error),
+    /// Larger than `--max-file-size` (bytes read so far).
+    TooBig(u64),
+    /// Failed midway or does not match `file_size`: tried again.
+    Read(String),
 }
 
 /// fsync and rename off the async threads.
@@ -544,4 +766,51 @@ fn refused(store: &Store, key: String, refs: Vec<i64>, e: object_store::Error) -
 
 fn too_big(size: u64, max: u64) -> String {
     format!("the file has {size} bytes, more than --max-file-size ({max} bytes)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(vars: &[(&str, &str)]) -> TelegramTokens {
+        TelegramTokens::from_vars(vars.iter().map(|(k, v)| (k.into(), v.into())))
+    }
+
+    #[test]
+    fn an_envs_variable_is_its_name_in_upper_case_with_underscores() {
+        for (env, var) in [
+            ("prod", "TELEGRAM_BOT_TOKEN_PROD"),
+            ("staging-eu", "TELEGRAM_BOT_TOKEN_STAGING_EU"),
+            ("Test.v2 β", "TELEGRAM_BOT_TOKEN_TEST_V2__"),
+        ] {
+            assert_eq!(TelegramTokens::var_for_env(env), var);
+        }
+    }
+
+    #[test]
+    fn an_envs_token_overrides_the_default_one() {
+        let t = tokens(&[
+            ("TELEGRAM_BOT_TOKEN", "1:default"),
+            ("TELEGRAM_BOT_TOKEN_STAGING_EU", "2:eu"),
+            ("TELEGRAM_BOT_TOKEN_TEST", ""),
+            ("HOME", "/root"),
+        ]);
+        assert_eq!(
+            t.for_env(Some("staging-eu")),
+            Some(("TELEGRAM_BOT_TOKEN_STAGING_EU", "2:eu"))
+        );
+        assert_eq!(
+            t.for_env(Some("prod")),
+            Some(("TELEGRAM_BOT_TOKEN", "1:default"))
+        );
+        assert_eq!(
+            t.for_env(Some("test")),
+            Some(("TELEGRAM_BOT_TOKEN", "1:default")),
+            "an empty variable counts as unset"
+        );
+        assert_eq!(t.for_env(None), Some(("TELEGRAM_BOT_TOKEN", "1:default")));
+        let only_eu = tokens(&[("TELEGRAM_BOT_TOKEN_STAGING_EU", "2:eu")]);
+        assert_eq!(only_eu.for_env(Some("prod")), None);
+        assert_eq!(only_eu.for_env(None), None);
+    }
 }

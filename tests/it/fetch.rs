@@ -6,6 +6,7 @@
 //! `catalog.sqlite`) and from the servers' counters.
 
 mod bench;
+mod bots;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -213,6 +214,8 @@ fn fetched_refs_have_their_blob(archive: &Path, refs: &[Ref]) {
 #[derive(Default)]
 pub(super) struct Db {
     stickers: Vec<[Option<String>; 4]>,
+    /// Envs with a session besides `prod` and `test`.
+    envs: BTreeSet<String>,
 }
 
 impl Db {
@@ -220,12 +223,22 @@ impl Db {
         Db::default()
     }
 
-    /// A sticker of the `prod` (or `test`) session.
+    /// A sticker of the session of `env` (one session per env).
     pub fn sticker(&mut self, env: &str, file_id: Option<&str>, key: Option<&str>) -> &mut Db {
+        self.envs.insert(env.to_owned());
+        self.sticker_of(&format!("session-{env}"), file_id, key)
+    }
+
+    /// A sticker whose session is unknown: its refs have no env.
+    pub fn sticker_without_env(&mut self, file_id: Option<&str>, key: Option<&str>) -> &mut Db {
+        self.sticker_of("session-unknown", file_id, key)
+    }
+
+    fn sticker_of(&mut self, session: &str, file_id: Option<&str>, key: Option<&str>) -> &mut Db {
         let id = format!("sticker-{:05}", self.stickers.len() + 1);
         self.stickers.push([
             Some(id),
-            Some(format!("session-{env}")),
+            Some(session.to_owned()),
             file_id.map(str::to_owned),
             key.map(str::to_owned),
         ]);
@@ -238,7 +251,9 @@ impl Db {
         let mut sessions = String::from(
             "id,user_id,env,mode,current_photo_file_id,photos,last_sticker_file_id,last_sticker_storage_path,pack_sheet_file_id,created_at,updated_at\n",
         );
-        for env in ["prod", "test"] {
+        let mut envs = self.envs.clone();
+        envs.extend(["prod".to_owned(), "test".to_owned()]);
+        for env in envs {
             sessions.push_str(&format!(
                 "session-{env},1,{env},single,,[],,,,2025-01-01 00:00:00+00,2025-01-01 00:00:00+00\n"
             ));
@@ -867,8 +882,13 @@ fn refused_files_fail_with_telegram_reason_and_the_run_goes_on() {
     let doc = out.json();
     assert_eq!(doc["done"], 2, "{doc}");
     assert_eq!(doc["failed"], 3, "{doc}");
+    assert_eq!(tg.get_file_calls(&ids[0]), 1, "a refusal is final");
+    assert_eq!(
+        tg.get_file_calls(&ids[1]),
+        5,
+        "\"temporarily unavailable\" is retried, then final"
+    );
     for id in [&ids[0], &ids[1]] {
-        assert_eq!(tg.get_file_calls(id), 1, "a refusal is final: {id}");
         assert_eq!(tg.downloads(id), 0);
     }
 

@@ -8,6 +8,13 @@
 //! - `GET /file/bot<TOKEN>/<file_path>` serves the bytes; 404 for an unknown
 //!   path, 401 for a wrong token.
 //!
+//! Several bots can be served at once ([`FakeTelegram::add_bot`]): a file
+//! belongs to the bot it was added for, and another bot's getFile for it
+//! gets 400 `Bad Request: wrong file_id or the file is temporarily
+//! unavailable` (a file_id works only with the bot that received it).
+//! [`FakeTelegram::local`] makes it answer as `telegram-bot-api --local`:
+//! absolute paths on the server's disk, no `/file/` downloads.
+//!
 //! Faults are scripted per file_id; the counted ones apply to that file's
 //! next N matching requests, then clear. Every setter returns `&Self`, so
 //! they chain: `tg.fail_get_file_429("a", 1, 1).fail_download_502("a", 2);`
@@ -38,7 +45,10 @@ pub struct FakeTelegram {
 }
 
 struct State {
-    token: String,
+    /// Every bot's token; the first is the default one.
+    tokens: Mutex<Vec<String>>,
+    /// `--local`: getFile answers `<root>/<TOKEN>/<file_path>`.
+    local_root: Mutex<Option<std::path::PathBuf>>,
     latency: Mutex<Duration>,
     files: Mutex<HashMap<String, FileEntry>>,
     faults: Mutex<HashMap<String, Faults>>,
@@ -53,6 +63,8 @@ struct State {
 struct FileEntry {
     file_path: String,
     bytes: Bytes,
+    /// The token of the bot that received the file.
+    owner: String,
 }
 
 #[derive(Default)]
@@ -65,6 +77,7 @@ struct Faults {
     download_reset: u64,
     too_big: bool,
     gone: bool,
+    unavailable: u64,
     expire_armed: bool,
     link_stale: bool,
 }
@@ -77,7 +90,8 @@ impl FakeTelegram {
 
     pub fn with_token(token: &str) -> FakeTelegram {
         let state = Arc::new(State {
-            token: token.to_owned(),
+            tokens: Mutex::new(vec![token.to_owned()]),
+            local_root: Mutex::default(),
             latency: Mutex::new(Duration::ZERO),
             files: Mutex::default(),
             faults: Mutex::default(),
@@ -142,16 +156,56 @@ impl FakeTelegram {
         tg
     }
 
-    /// Adds (or replaces) a file.
+    /// Adds (or replaces) a file of the default bot.
     pub fn add_file(&self, file_id: &str, file_path: &str, bytes: impl Into<Bytes>) -> &Self {
+        let token = self.token();
+        self.add_file_of(&token, file_id, file_path, bytes)
+    }
+
+    /// Adds (or replaces) a file that the bot of `token` received.
+    pub fn add_file_of(
+        &self,
+        token: &str,
+        file_id: &str,
+        file_path: &str,
+        bytes: impl Into<Bytes>,
+    ) -> &Self {
         self.state.files.lock().expect("files lock").insert(
             file_id.to_owned(),
             FileEntry {
                 file_path: file_path.trim_start_matches('/').to_owned(),
                 bytes: bytes.into(),
+                owner: token.to_owned(),
             },
         );
         self
+    }
+
+    /// Serves another bot, with this token, besides the default one.
+    pub fn add_bot(&self, token: &str) -> &Self {
+        self.state
+            .tokens
+            .lock()
+            .expect("tokens lock")
+            .push(token.to_owned());
+        self
+    }
+
+    /// Answers as `telegram-bot-api --local` keeping its files under
+    /// `root`: getFile gives `<root>/<TOKEN>/<file_path>`, and downloads
+    /// answer 404. Nothing is written there: see [`FakeTelegram::local_path`].
+    pub fn local(&self, root: &Path) -> &Self {
+        *self.state.local_root.lock().expect("local lock") = Some(root.to_path_buf());
+        self
+    }
+
+    /// Where a `--local` server keeps `file_id` (its owner's token in the path).
+    pub fn local_path(&self, file_id: &str) -> Option<std::path::PathBuf> {
+        let root = self.state.local_root.lock().expect("local lock").clone()?;
+        let files = self.state.files.lock().expect("files lock");
+        files
+            .get(file_id)
+            .map(|f| root.join(&f.owner).join(&f.file_path))
     }
 
     /// `http://127.0.0.1:PORT` (what `--telegram-api` / `TELEGRAM_API_URL` takes).
@@ -159,14 +213,15 @@ impl FakeTelegram {
         self.server.url()
     }
 
-    pub fn token(&self) -> &str {
-        &self.state.token
+    /// The default bot's token.
+    pub fn token(&self) -> String {
+        self.state.tokens.lock().expect("tokens lock")[0].clone()
     }
 
     /// `TELEGRAM_BOT_TOKEN` and `TELEGRAM_API_URL` for this server.
     pub fn env(&self) -> Vec<(String, String)> {
         vec![
-            ("TELEGRAM_BOT_TOKEN".to_owned(), self.token().to_owned()),
+            ("TELEGRAM_BOT_TOKEN".to_owned(), self.token()),
             ("TELEGRAM_API_URL".to_owned(), self.url()),
         ]
     }
@@ -226,6 +281,12 @@ impl FakeTelegram {
     /// file_id or the file is temporarily unavailable` (a file Telegram lost).
     pub fn gone(&self, file_id: &str) -> &Self {
         self.fault(file_id, |f| f.gone = true)
+    }
+
+    /// The next `times` getFile calls for `file_id` answer 400 `Bad Request:
+    /// wrong file_id or the file is temporarily unavailable` (a passing fault).
+    pub fn unavailable(&self, file_id: &str, times: u64) -> &Self {
+        self.fault(file_id, |f| f.unavailable = times)
     }
 
     /// The next download of `file_id` answers 404, and so does every
@@ -316,19 +377,23 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Ht
     let path = req.uri().path().to_owned();
     if let Some(rest) = path.strip_prefix("/file/bot") {
         let (token, file_path) = rest.split_once('/').unwrap_or((rest, ""));
-        if token != state.token {
+        if !state.knows(token) {
             return Ok(api_error(401, "Unauthorized", None));
         }
-        return download(&state, &percent_decode(file_path));
+        if state.local_root.lock().expect("local lock").is_some() {
+            return Ok(api_error(404, "Not Found", None));
+        }
+        return download(&state, token, &percent_decode(file_path));
     }
     if let Some(rest) = path.strip_prefix("/bot") {
         let (token, method) = rest.split_once('/').unwrap_or((rest, ""));
-        if token != state.token {
+        if !state.knows(token) {
             return Ok(api_error(401, "Unauthorized", None));
         }
         if method.eq_ignore_ascii_case("getFile") {
+            let token = token.to_owned();
             let file_id = request_file_id(req).await;
-            return Ok(get_file(&state, file_id));
+            return Ok(get_file(&state, &token, file_id));
         }
     }
     Ok(api_error(404, "Not Found", None))
@@ -355,7 +420,19 @@ async fn request_file_id(req: Request<Incoming>) -> Option<String> {
     form_value(&String::from_utf8_lossy(&body), "file_id")
 }
 
-fn get_file(state: &State, file_id: Option<String>) -> Response<HttpBody> {
+impl State {
+    fn knows(&self, token: &str) -> bool {
+        self.tokens
+            .lock()
+            .expect("tokens lock")
+            .iter()
+            .any(|t| t == token)
+    }
+}
+
+const UNAVAILABLE: &str = "Bad Request: wrong file_id or the file is temporarily unavailable";
+
+fn get_file(state: &State, token: &str, file_id: Option<String>) -> Response<HttpBody> {
     let Some(file_id) = file_id.filter(|id| !id.is_empty()) else {
         return api_error(400, "Bad Request: file_id is empty", None);
     };
@@ -369,6 +446,9 @@ fn get_file(state: &State, file_id: Option<String>) -> Response<HttpBody> {
     let Some(entry) = entry else {
         return api_error(400, "Bad Request: invalid file_id", None);
     };
+    if entry.owner != token {
+        return api_error(400, UNAVAILABLE, None);
+    }
     {
         let mut faults = state.faults.lock().expect("faults lock");
         if let Some(f) = faults.get_mut(&file_id) {
@@ -394,33 +474,41 @@ fn get_file(state: &State, file_id: Option<String>) -> Response<HttpBody> {
                 return api_error(400, "Bad Request: file is too big", None);
             }
             if f.gone {
-                return api_error(
-                    400,
-                    "Bad Request: wrong file_id or the file is temporarily unavailable",
-                    None,
-                );
+                return api_error(400, UNAVAILABLE, None);
+            }
+            if f.unavailable > 0 {
+                f.unavailable -= 1;
+                return api_error(400, UNAVAILABLE, None);
             }
             f.link_stale = false;
         }
     }
+    let file_path = match &*state.local_root.lock().expect("local lock") {
+        Some(root) => root
+            .join(token)
+            .join(&entry.file_path)
+            .to_string_lossy()
+            .into_owned(),
+        None => entry.file_path,
+    };
     let body = serde_json::json!({
         "ok": true,
         "result": {
             "file_id": file_id,
             "file_unique_id": unique_id(&file_id),
             "file_size": entry.bytes.len(),
-            "file_path": entry.file_path,
+            "file_path": file_path,
         }
     });
     json_response(200, &body)
 }
 
-fn download(state: &State, file_path: &str) -> Result<Response<HttpBody>, BoxError> {
+fn download(state: &State, token: &str, file_path: &str) -> Result<Response<HttpBody>, BoxError> {
     let found = {
         let files = state.files.lock().expect("files lock");
         let mut matching: Vec<_> = files
             .iter()
-            .filter(|(_, f)| f.file_path == file_path)
+            .filter(|(_, f)| f.file_path == file_path && f.owner == token)
             .map(|(id, f)| (id.clone(), f.bytes.clone()))
             .collect();
         matching.sort_by(|a, b| a.0.cmp(&b.0));
