@@ -34,22 +34,14 @@ pub fn url(text: &str) -> String {
             parsed.set_path(&path);
             parsed.to_string()
         }
-        _ => key_value(text),
+        // libpq's `host=… password=…` form, or a URL the parser refuses
+        // (a raw `#` or `/` in a password).
+        _ => crate::source::conninfo::shown(text),
     }
 }
 
-/// libpq's `host=… password=…` form.
-fn key_value(text: &str) -> String {
-    text.split_whitespace()
-        .map(|part| match part.split_once('=') {
-            Some((k, _)) if is_secret_name(k) => format!("{k}={HIDDEN}"),
-            _ => part.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn is_secret_name(name: &str) -> bool {
+/// Whether a parameter of this name holds a secret.
+pub(crate) fn is_secret_name(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
     [
         "password",

@@ -2,6 +2,7 @@
 //! exports. A source sends [`SourceEvent`]s, in batches, to the catalog
 //! writer; it holds no rows itself, so memory stays flat at any table size.
 
+pub mod conninfo;
 pub mod csv;
 pub mod postgres;
 
@@ -109,14 +110,14 @@ impl SourceSpec {
         }
         Err(Error::Usage(format!(
             "--db {}: neither a postgres:// URL nor a directory of CSV exports",
-            crate::redact::url(db)
+            conninfo::shown(db)
         )))
     }
 
     /// The source as it may be shown: no password.
     pub fn describe(&self) -> String {
         match self {
-            SourceSpec::Postgres(url) => crate::redact::url(url),
+            SourceSpec::Postgres(url) => conninfo::shown(url),
             SourceSpec::CsvDir(path) => path.display().to_string(),
         }
     }

@@ -32,21 +32,32 @@ enum Verify {
 
 /// Connects to the database; the returned client's connection runs on the runtime.
 pub async fn connect(url: &str) -> Result<Client> {
-    let shown = crate::redact::url(url);
+    let shown = super::conninfo::shown(url);
     let (cleaned, mode, verify, root_cert) = split_ssl_options(url);
     let mut config: tokio_postgres::Config = cleaned.parse().map_err(|e| Error::Database {
         url: shown.clone(),
         message: format!("not a valid connection string: {}", pg_message(&e)),
     })?;
+    // Whatever the driver took as the password never appears in a message,
+    // even one of a library that quotes what it was given.
+    let password = config
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    let scrubbed = |message: String| match &password {
+        Some(p) => crate::redact::scrub(&message, p),
+        None => message,
+    };
     config.ssl_mode(mode);
-    config.application_name("starchive");
+    if config.get_application_name().is_none() {
+        config.application_name("starchive");
+    }
     let tls = tls_connector(verify, root_cert.as_deref()).map_err(|message| Error::Database {
         url: shown.clone(),
-        message,
+        message: scrubbed(message),
     })?;
     let (client, connection) = config.connect(tls).await.map_err(|e| Error::Database {
         url: shown.clone(),
-        message: pg_message(&e),
+        message: scrubbed(pg_message(&e)),
     })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -58,14 +69,20 @@ pub async fn connect(url: &str) -> Result<Client> {
 
 /// Reads the three tables in one consistent transaction into `out`.
 pub async fn read(url: &str, out: &mut Batcher) -> Result<()> {
-    let shown = crate::redact::url(url);
+    let shown = super::conninfo::shown(url);
     let db_err = |e: tokio_postgres::Error| Error::Database {
         url: shown.clone(),
         message: pg_message(&e),
     };
     let client = connect(url).await?;
+    // A role's timeouts (Supabase sets them) would cut the read of a large
+    // table, which goes only as fast as the catalog writes: lifted for this
+    // transaction alone, which a transaction pooler also honours.
     client
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL TIME ZONE 'UTC'")
+        .batch_execute(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL TIME ZONE 'UTC'; \
+             SET LOCAL statement_timeout = 0; SET LOCAL idle_in_transaction_session_timeout = 0",
+        )
         .await
         .map_err(db_err)?;
     // Per table: whether it exists, and whether it has an `id` column.
@@ -168,12 +185,13 @@ pub fn pg_message(e: &tokio_postgres::Error) -> String {
 }
 
 /// Takes libpq's `sslmode`/`sslrootcert` out of the connection string (the
-/// driver knows only three modes) and says how to honour them.
+/// driver knows only three modes) and says how to honour them; every other
+/// parameter stays as given, byte for byte.
 fn split_ssl_options(url: &str) -> (String, SslMode, Verify, Option<String>) {
     let mut mode = SslMode::Prefer;
     let mut verify = Verify::None;
     let mut root = None;
-    let mut apply = |key: &str, value: &str| match key {
+    let apply = |key: &str, value: &str| match key {
         "sslmode" => {
             (mode, verify) = match value {
                 "disable" => (SslMode::Disable, Verify::None),
@@ -189,28 +207,7 @@ fn split_ssl_options(url: &str) -> (String, SslMode, Verify, Option<String>) {
         }
         _ => false,
     };
-    let cleaned = match url::Url::parse(url) {
-        Ok(mut parsed) if url.contains("://") => {
-            let kept: Vec<(String, String)> = parsed
-                .query_pairs()
-                .filter(|(k, v)| !apply(k, v))
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
-            parsed.set_query(None);
-            if !kept.is_empty() {
-                parsed.query_pairs_mut().extend_pairs(kept);
-            }
-            parsed.to_string()
-        }
-        _ => url
-            .split_whitespace()
-            .filter(|part| match part.split_once('=') {
-                Some((k, v)) => !apply(k, v),
-                None => true,
-            })
-            .collect::<Vec<_>>()
-            .join(" "),
-    };
+    let cleaned = super::conninfo::without_params(url, apply);
     (cleaned, mode, verify, root)
 }
 
@@ -343,7 +340,7 @@ mod tests {
         assert_eq!((mode, verify), (SslMode::Require, Verify::None));
         let (url, mode, _, root) =
             split_ssl_options("host=h sslmode=verify-ca sslrootcert=/ca.pem");
-        assert_eq!(url, "host=h");
+        assert_eq!(url.trim(), "host=h");
         assert_eq!(mode, SslMode::Require);
         assert_eq!(root.as_deref(), Some("/ca.pem"));
     }

@@ -3,7 +3,7 @@
 //! with `sqlite3` (SPEC §1-§3, §7).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -1237,65 +1237,140 @@ fn snapshot_killed_midway_keeps_the_previous_one() {
 }
 
 /// The database password appears nowhere: not on stdout (text or JSON), not
-/// in logs or errors, not in the catalog; from `--db` and from `DATABASE_URL`,
-/// URL and `key=value` forms.
+/// in logs or errors, not in the catalog nor at a push destination; from
+/// `--db` and from `DATABASE_URL`, in every form the driver accepts (raw
+/// `# / @ :` in a URL, percent-encoded, a `password` query parameter,
+/// `key=value` quoted with spaces, spaces around `=`), also when the string
+/// does not parse or the connection fails.
 #[test]
 fn password_never_shown() {
-    const SECRET: &str = "Sup3r-s3cret-pa55";
     let pg = TestPg::start();
     let _ = fixture_db(&pg, "bot");
+    pg.psql(
+        "postgres",
+        "CREATE ROLE \"postgres.abcdef\" LOGIN SUPERUSER; CREATE ROLE kv LOGIN SUPERUSER;",
+    );
     let port = pg.port();
-    let url = format!("postgres://postgres:{SECRET}@127.0.0.1:{port}/bot");
+    // (what is given, the secrets it holds, whether it connects)
+    let cases: Vec<(String, Vec<&str>, bool)> = vec![
+        (
+            format!("postgres://postgres.abcdef:pa#ss/wd@127.0.0.1:{port}/bot?sslmode=disable"),
+            vec!["pa#ss/wd", "ss/wd"],
+            true,
+        ),
+        (
+            format!("postgres://postgres:Sup3r-s3cret-pa55@127.0.0.1:{port}/bot"),
+            vec!["Sup3r-s3cret-pa55"],
+            true,
+        ),
+        (
+            format!("postgresql://postgres:x%40y%23z%2Fw%25v%3Au@127.0.0.1:{port}/bot"),
+            vec!["x%40y%23z%2Fw%25v%3Au", "x@y#z/w%v:u", "y%23z"],
+            true,
+        ),
+        (
+            format!(
+                "postgres://postgres@127.0.0.1:{port}/bot?password=Qu3ry-s3cret&sslmode=disable"
+            ),
+            vec!["Qu3ry-s3cret"],
+            true,
+        ),
+        (
+            format!("host=127.0.0.1 port={port} user=kv password='Hj#aF xcv736 3cC^6' dbname=bot"),
+            vec!["Hj#aF", "xcv736", "3cC^6"],
+            true,
+        ),
+        (
+            format!(
+                "host = 127.0.0.1 port = {port} user = kv password = Sp4ced-s3cret dbname = bot"
+            ),
+            vec!["Sp4ced-s3cret"],
+            true,
+        ),
+        (
+            format!("host=127.0.0.1 port={port} user=kv password=Esc4pe\\ d-s3cr\\'et dbname=bot"),
+            vec!["Esc4pe", "d-s3cr"],
+            true,
+        ),
+        // Failures name the database, never the password.
+        (
+            "postgres://u:N0tap0rt-s3cret@host:notaport/db".into(),
+            vec!["N0tap0rt-s3cret"],
+            false,
+        ),
+        (
+            format!("postgres://postgres:pa#ss/wd@127.0.0.1:{port}/no_such_db"),
+            vec!["pa#ss/wd", "ss/wd"],
+            false,
+        ),
+        (
+            "postgres://postgres:Refu5ed-s3cret@127.0.0.1:1/bot".into(),
+            vec!["Refu5ed-s3cret"],
+            false,
+        ),
+        (
+            format!("host=127.0.0.1 port={port} user=kv password='Unclosed s3cret dbname=bot"),
+            vec!["Unclosed", "s3cret"],
+            false,
+        ),
+        (
+            format!("host=127.0.0.1 port={port} password = 'Hj#aF xcv736 3cC^6' dbname=no_such_db"),
+            vec!["Hj#aF", "xcv736", "3cC^6"],
+            false,
+        ),
+        (
+            format!("postgres://postgres:Tls-s3cret@127.0.0.1:{port}/bot?sslmode=require"),
+            vec!["Tls-s3cret"],
+            false,
+        ),
+    ];
     let archive = temp_dir();
     let mut outputs = Vec::new();
-
-    let out = starchive(archive.path(), &["snapshot", "--db", &url]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    outputs.push(out);
-    let out = bin()
-        .arg("--archive")
-        .arg(archive.path())
-        .args(["snapshot", "--json"])
-        .env("DATABASE_URL", &url)
-        .env("STARCHIVE_LOG", "debug")
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    outputs.push(out);
-    let kv = format!("host=127.0.0.1 port={port} user=postgres password={SECRET} dbname=bot");
-    let out = starchive(archive.path(), &["snapshot", "--db", &kv]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    outputs.push(out);
-
-    // Failures name the database, never the password.
-    for bad in [
-        format!("postgres://postgres:{SECRET}@127.0.0.1:{port}/no_such_db"),
-        format!("postgres://postgres:{SECRET}@127.0.0.1:1/bot"),
-        format!("host=127.0.0.1 port={port} user=postgres password={SECRET} dbname=no_such_db"),
-        format!("postgres://postgres:{SECRET}@127.0.0.1:{port}/bot?sslmode=require"),
-    ] {
-        let out = bin()
-            .arg("--archive")
-            .arg(archive.path())
-            .arg("snapshot")
-            .env("DATABASE_URL", &bad)
-            .env("STARCHIVE_LOG", "trace")
-            .output()
-            .expect("run");
-        assert_eq!(out.status.code(), Some(1), "{bad}: {}", stderr(&out));
-        assert!(
-            stderr(&out).contains("127.0.0.1"),
-            "the error names the database: {}",
-            stderr(&out)
-        );
+    let mut connected = 0;
+    for (i, (db, _, connects)) in cases.iter().enumerate() {
+        // Alternately on the command line and in DATABASE_URL, text and JSON.
+        let mut cmd = bin();
+        cmd.arg("--archive").arg(archive.path()).arg("snapshot");
+        if i % 2 == 0 {
+            cmd.args(["--db", db]);
+        } else {
+            cmd.arg("--json").env("DATABASE_URL", db);
+        }
+        let out = cmd.env("STARCHIVE_LOG", "trace").output().expect("run");
+        let want = if *connects { 0 } else { 1 };
+        assert_eq!(out.status.code(), Some(want), "{i}: {}", stderr(&out));
+        if *connects {
+            connected += 1;
+        } else {
+            let text = stderr(&out);
+            assert!(
+                text.contains("127.0.0.1") || text.contains("host:notaport"),
+                "the error names the database: {text}"
+            );
+        }
         outputs.push(out);
     }
+    let dest = temp_dir();
+    let out = starchive(
+        archive.path(),
+        &["push", "--to", &dest.path().display().to_string()],
+    );
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)),
+        "push: {}",
+        stderr(&out)
+    );
+    outputs.push(out);
+
+    let secrets: Vec<&str> = cases.iter().flat_map(|c| c.1.iter().copied()).collect();
     for out in &outputs {
         for text in [
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
         ] {
-            assert!(!text.contains(SECRET), "password shown:\n{text}");
+            for secret in &secrets {
+                assert!(!text.contains(secret), "{secret} shown:\n{text}");
+            }
         }
     }
     let conn = catalog(archive.path());
@@ -1308,22 +1383,107 @@ fn password_never_shown() {
             .map(|r| r.expect("row"))
             .collect()
     };
-    assert_eq!(sources.len(), 3);
+    assert_eq!(sources.len(), connected);
     assert!(
         sources.iter().all(|s| s.contains("127.0.0.1")),
         "{sources:?}"
     );
+    assert!(
+        sources
+            .iter()
+            .any(|s| s.contains("postgres.abcdef:***@127.0.0.1")),
+        "the user stays shown: {sources:?}"
+    );
     drop(conn);
-    let files: Vec<PathBuf> = std::fs::read_dir(archive.path())
-        .expect("archive dir")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    for file in files.iter().filter(|f| f.is_file()) {
-        let bytes = std::fs::read(file).expect("read archive file");
-        assert!(
-            !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
-            "password stored in {}",
-            file.display()
-        );
+    let mut files = Vec::new();
+    for root in [archive.path(), dest.path()] {
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).expect("read dir") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    files.push(path);
+                }
+            }
+        }
+    }
+    assert!(
+        files
+            .iter()
+            .any(|f| f.ends_with("_starchive/catalog.sqlite")),
+        "the destination holds the catalog copy: {files:?}"
+    );
+    for file in &files {
+        let bytes = std::fs::read(file).expect("read file");
+        for secret in &secrets {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret} stored in {}",
+                file.display()
+            );
+        }
+    }
+}
+
+/// A role whose `statement_timeout` and `idle_in_transaction_session_timeout`
+/// are 5 ms (Supabase sets such timeouts per role) snapshots tens of
+/// thousands of rows: the snapshot's transaction lifts both for itself.
+#[test]
+fn role_timeouts_do_not_cut_the_snapshot() {
+    const ROWS: u64 = 40_000;
+    let pg = TestPg::start();
+    pg.create_db("bot");
+    pg.load_schema("bot");
+    pg.psql(
+        "bot",
+        &format!(
+            "INSERT INTO sessions (user_id, env, last_sticker_file_id)
+               SELECT g, 'prod', 'fid_' || g FROM generate_series(1, {ROWS}) g;
+             INSERT INTO stickers (user_id, session_id, telegram_file_id)
+               SELECT user_id, id, 'st_' || user_id FROM sessions;
+             CREATE ROLE hurried LOGIN;
+             GRANT SELECT ON ALL TABLES IN SCHEMA public TO hurried;
+             ALTER ROLE hurried SET statement_timeout = '5ms';
+             ALTER ROLE hurried SET idle_in_transaction_session_timeout = '5ms';"
+        ),
+    );
+    let url = format!("postgres://hurried@127.0.0.1:{}/bot", pg.port());
+    let archive = temp_dir();
+    let report = snapshot_ok(archive.path(), &url, &[]);
+    assert_eq!(counts(&report, "sessions").0, ROWS);
+    assert_eq!(counts(&report, "stickers").0, ROWS);
+    let conn = catalog(archive.path());
+    assert_eq!(
+        one::<i64>(&conn, "SELECT count(*) FROM v_refs") as u64,
+        2 * ROWS
+    );
+}
+
+/// URL and `key=value` parameters reach the driver as written: a
+/// percent-encoded `options` means what it means to `psql` (re-encoded, `%20`
+/// would become `+` and the server would refuse `+statement_timeout`), and
+/// only starchive's own `sslmode` is taken out, wherever it stands.
+#[test]
+fn connection_parameters_reach_the_driver_unchanged() {
+    let pg = TestPg::start();
+    let base = fixture_db(&pg, "bot");
+    let port = pg.port();
+    for db in [
+        format!("{base}?sslmode=disable&options=-c%20statement_timeout%3D5min"),
+        format!("{base}?options=-c%20statement_timeout%3D5min&sslmode=disable"),
+        format!("{base}?options=-c%20statement_timeout%3D5min%20-c%20search_path%3Dpublic"),
+        format!("{base}?application_name=star%20chive&options=-c%20lock_timeout%3D1s"),
+        format!(
+            "host=127.0.0.1 port={port} user=postgres dbname=bot sslmode=disable options='-c statement_timeout=5min'"
+        ),
+        format!(
+            "host = 127.0.0.1 port = {port} user = postgres dbname = bot sslmode = disable options = '-c statement_timeout=5min'"
+        ),
+    ] {
+        let archive = temp_dir();
+        let report = snapshot_ok(archive.path(), &db, &[]);
+        assert!(counts(&report, "sessions").0 > 0, "{db}: {report}");
     }
 }
