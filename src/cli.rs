@@ -54,6 +54,8 @@ pub enum Command {
     /// snapshot, fetch and push in one go.
     #[command(after_help = TELEGRAM_HELP)]
     Run(RunArgs),
+    /// Hold the archive (and with --storage the bucket) against the database: packs with holes, blobs missing or bad, orphans, dangling keys.
+    Check(CheckArgs),
 }
 
 /// How `fetch` finds its Bot API tokens (SPEC §1), shown after its options.
@@ -201,6 +203,17 @@ pub struct RunArgs {
 
     #[arg(long, value_enum, default_value = "mirror")]
     pub layout: Layout,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Also list the bot's bucket (s3://bucket?endpoint=…, file:///path, or a directory) and classify every object.
+    #[arg(long, value_name = "URL")]
+    pub storage: Option<String>,
+
+    /// List every item (a text report otherwise shows the first 20 of each list).
+    #[arg(long)]
+    pub full: bool,
 }
 
 /// `1048576`, `512KiB`, `50MiB`, `1 GiB`.

@@ -17,6 +17,21 @@ pub fn check_key(key: &str) -> Result<(), String> {
     }
 }
 
+/// The folder a bot's key sits in: `stickers/{user_id}/{id}/…` gives
+/// `(user_id, id)`. The `id` is a session's (its single stickers) or a pack
+/// batch's (its stickers): the key alone does not say which, only the
+/// database does. Any other key has no folder.
+pub fn key_folder(key: &str) -> Option<(&str, &str)> {
+    let mut segments = key.split('/');
+    if segments.next()? != "stickers" {
+        return None;
+    }
+    let user = segments.next().filter(|s| !s.is_empty())?;
+    let id = segments.next().filter(|s| !s.is_empty())?;
+    segments.next().filter(|s| !s.is_empty())?;
+    Some((user, id))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,6 +53,23 @@ mod tests {
         }
         assert!(check_key("stickers/1/2/3.webp").is_ok());
         assert!(check_key("stickers/1/x..y.webp").is_ok());
+    }
+
+    #[test]
+    fn a_folder_is_the_third_segment_of_a_sticker_key() {
+        assert_eq!(key_folder("stickers/7/S/1.webp"), Some(("7", "S")));
+        assert_eq!(key_folder("stickers/7/B/x/1_0.webp"), Some(("7", "B")));
+        for key in [
+            "stickers/7/S",
+            "stickers/7/S/",
+            "stickers//S/1.webp",
+            "stickers/7//1.webp",
+            "pack_sheets/B.webp",
+            "other/7/S/1.webp",
+            "",
+        ] {
+            assert_eq!(key_folder(key), None, "{key:?}");
+        }
     }
 }
 

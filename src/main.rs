@@ -91,6 +91,15 @@ fn run(command: Command, ctx: &Context, printer: &Printer) -> Result<ExitCode, E
             printer.report(&report);
             return Ok(ExitCode::from(report.exit_code()));
         }
+        Command::Check(args) => {
+            let opts = commands::check::CheckOptions {
+                storage: args.storage,
+                full: args.full || printer.json,
+            };
+            let report = commands::check::check(ctx, &opts)?;
+            printer.report(&report);
+            return Ok(ExitCode::from(report.exit_code()));
+        }
         Command::Run(args) => {
             let report = commands::run::run(
                 ctx,

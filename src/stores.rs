@@ -10,6 +10,8 @@
 use std::str::FromStr;
 use std::sync::Arc;
 
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use object_store::ObjectStore;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as StorePath;
@@ -92,6 +94,28 @@ impl Store {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("cannot make the object durable: {e}"))
+    }
+
+    /// Every object under the store's prefix, as its key (relative to the
+    /// prefix) and size, streamed as the store pages its listing: nothing is
+    /// held beyond the page being read.
+    pub fn list_keys(&self) -> BoxStream<'static, object_store::Result<(String, u64)>> {
+        let prefix = (!self.prefix.is_empty()).then(|| StorePath::from(self.prefix.as_str()));
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        self.inner
+            .list(prefix.as_ref())
+            .map(move |meta| {
+                meta.map(|meta| {
+                    let key = meta.location.as_ref();
+                    let key = key.strip_prefix(&strip).unwrap_or(key);
+                    (key.to_string(), meta.size)
+                })
+            })
+            .boxed()
     }
 
     /// Whether objects keep user metadata (`x-amz-meta-*`).

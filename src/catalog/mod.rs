@@ -10,6 +10,7 @@
 //! and a catalog newer than this binary is refused rather than misread.
 
 pub mod backfill;
+pub mod check;
 pub mod fetch;
 mod migrations;
 pub mod push;

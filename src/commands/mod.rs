@@ -3,6 +3,7 @@
 //! these and renders the report.
 
 pub mod backfill;
+pub mod check;
 pub mod fetch;
 pub mod plan;
 pub mod push;

@@ -217,26 +217,17 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
 /// right size, in one listing read as it comes; returns the refs placed at
 /// them. Only objects not known to hold other bytes are taken.
 fn take_objects_present(ctx: &Context, store: &Store, conn: &Connection, dest: i64) -> Result<u64> {
-    let prefix =
-        (!store.prefix.is_empty()).then(|| object_store::path::Path::from(store.prefix.as_str()));
-    let strip = if store.prefix.is_empty() {
-        String::new()
-    } else {
-        format!("{}/", store.prefix)
-    };
-    let mut listing = store.inner.list(prefix.as_ref());
+    let mut listing = store.list_keys();
     let mut refs = 0;
-    while let Some(meta) = ctx.runtime.block_on(listing.next()) {
-        let meta = meta.map_err(|e| {
+    while let Some(object) = ctx.runtime.block_on(listing.next()) {
+        let (key, listed_size) = object.map_err(|e| {
             Error::Config(format!("cannot list the destination {}: {e}", store.shown))
         })?;
-        let key = meta.location.as_ref();
-        let key = key.strip_prefix(&strip).unwrap_or(key);
-        if let Some((sha256, size, at_key)) = q::planned_pending(conn, key)?
-            && size == meta.size
+        if let Some((sha256, size, at_key)) = q::planned_pending(conn, &key)?
+            && size == listed_size
         {
-            q::set_object(conn, dest, key, &sha256, size, Ok(()))?;
-            q::set_planned_pushed(conn, key)?;
+            q::set_object(conn, dest, &key, &sha256, size, Ok(()))?;
+            q::set_planned_pushed(conn, &key)?;
             refs += at_key;
         }
     }

@@ -5,6 +5,7 @@ mod support;
 
 mod backfill;
 mod bench_push;
+mod check;
 mod cli;
 mod conformance;
 mod fetch;

@@ -1,0 +1,529 @@
+//! `check`: packs, blobs and the bucket held against the database (SPEC §3).
+//!
+//! A bot is generated in a throwaway PostgreSQL with known faults (a pack
+//! batch missing a position and holding another twice, a key no object
+//! has), its files put in a bucket served by the in-process S3 server,
+//! snapshotted and fetched; then the archive and the bucket are damaged in
+//! known ways (a blob deleted, one corrupted, one no ref names, orphans of
+//! each kind uploaded) and the report must name exactly those.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::fetch::{Run, run};
+use crate::push::sticker_bytes;
+use crate::support::pg::TestPg;
+use crate::support::s3::TestS3;
+use crate::support::{bin, sha256_hex, temp_dir};
+
+const DB: &str = "bot";
+const BUCKET: &str = "stickers";
+
+/// Prod: user 100, a pack session with two batches and two single sessions.
+const S_PACK: &str = "00000000-0000-4000-8000-0000000000a1";
+const B_HOLES: &str = "00000000-0000-4000-8000-0000000000b1";
+const B_WHOLE: &str = "00000000-0000-4000-8000-0000000000b2";
+const S_SINGLE: &str = "00000000-0000-4000-8000-0000000000a2";
+const S_LAST: &str = "00000000-0000-4000-8000-0000000000a3";
+/// Test: user 200, one single session and one pack batch.
+const T_SINGLE: &str = "00000000-0000-4000-8000-0000000000c1";
+const T_BATCH: &str = "00000000-0000-4000-8000-0000000000d1";
+
+const SHEET_KEY: &str = "pack_sheets/b1.png";
+const LAST_KEY: &str = "stickers/100/00000000-0000-4000-8000-0000000000a3/last.webp";
+const SINGLE_KEY: &str = "stickers/100/00000000-0000-4000-8000-0000000000a2/1.webp";
+const GONE_KEY: &str = "stickers/100/00000000-0000-4000-8000-0000000000a3/gone.webp";
+
+/// Where the bot keeps its files: the in-process S3 server (s3s-fs).
+trait BotBucket {
+    fn put(&self, key: &str, bytes: &[u8]);
+    /// `--storage` URL.
+    fn url(&self) -> String;
+    /// Credentials for `--storage`.
+    fn env(&self) -> Vec<(String, String)>;
+}
+
+impl BotBucket for TestS3 {
+    fn put(&self, key: &str, bytes: &[u8]) {
+        self.put_file(BUCKET, key, bytes);
+    }
+
+    fn url(&self) -> String {
+        self.store_url(BUCKET, "")
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        TestS3::env(self, "STORAGE")
+    }
+}
+
+/// The bot: its database, its bucket and an archive of both.
+struct Bot<B: BotBucket> {
+    pg: TestPg,
+    bucket: B,
+    archive: tempfile::TempDir,
+    /// Every key a row names that the bucket holds, with its bytes.
+    files: BTreeMap<String, Vec<u8>>,
+    seed: u64,
+}
+
+impl<B: BotBucket> Bot<B> {
+    fn start(bucket: B) -> Bot<B> {
+        let pg = TestPg::start();
+        pg.create_db(DB);
+        pg.load_schema(DB);
+        Bot {
+            pg,
+            bucket,
+            archive: temp_dir(),
+            files: BTreeMap::new(),
+            seed: 0,
+        }
+    }
+
+    fn sql(&self, sql: &str) {
+        self.pg.psql(DB, sql);
+    }
+
+    /// Distinct bytes for the next file, put in the bucket at `key`.
+    fn file(&mut self, key: &str) {
+        self.seed += 1;
+        let bytes = sticker_bytes(self.seed, 200 + self.seed as usize);
+        self.bucket.put(key, &bytes);
+        self.files.insert(key.to_string(), bytes);
+    }
+
+    fn session(&mut self, id: &str, user: u64, env: &str, last_key: Option<&str>) {
+        if let Some(key) = last_key {
+            self.file(key);
+        }
+        let last = last_key.map_or("NULL".to_string(), |k| format!("'{k}'"));
+        self.sql(&format!(
+            "INSERT INTO sessions (id, user_id, env, last_sticker_storage_path)
+             VALUES ('{id}', {user}, '{env}', {last});"
+        ));
+    }
+
+    fn batch(&mut self, id: &str, session: &str, user: u64, sheet: Option<&str>) {
+        if let Some(key) = sheet {
+            self.file(key);
+        }
+        let sheet = sheet.map_or("NULL".to_string(), |k| format!("'{k}'"));
+        self.sql(&format!(
+            "INSERT INTO pack_batches (id, session_id, user_id, cleaned_sheet_storage_path)
+             VALUES ('{id}', '{session}', {user}, {sheet});"
+        ));
+    }
+
+    /// A sticker row at `key`; its file is put in the bucket unless `in_bucket` is false.
+    fn sticker(
+        &mut self,
+        session: &str,
+        user: u64,
+        pack: Option<(&str, i64)>,
+        key: &str,
+        in_bucket: bool,
+    ) {
+        if in_bucket {
+            self.file(key);
+        }
+        let (batch, index) = match pack {
+            Some((batch, index)) => (format!("'{batch}'"), index.to_string()),
+            None => ("NULL".into(), "NULL".into()),
+        };
+        self.sql(&format!(
+            "INSERT INTO stickers (user_id, session_id, pack_batch_id, pack_index, result_storage_path)
+             VALUES ({user}, '{session}', {batch}, {index}, '{key}');"
+        ));
+    }
+
+    /// A pack batch's stickers at these positions, each with its own file.
+    fn pack(&mut self, session: &str, user: u64, batch: &str, indexes: &[i64]) {
+        for (n, index) in indexes.iter().enumerate() {
+            let key = format!("stickers/{user}/{batch}/{n}_{index}.webp");
+            self.sticker(session, user, Some((batch, *index)), &key, true);
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = bin();
+        cmd.arg("--archive")
+            .arg(self.archive.path())
+            .args(args)
+            .envs(self.bucket.env());
+        cmd
+    }
+
+    fn snapshot_and_fetch(&self) {
+        run(&mut self.cmd(&["--json", "snapshot", "--db", &self.pg.url(DB)])).expect_code(0);
+        let fetched = run(&mut self.cmd(&["--json", "fetch", "--storage", &self.bucket.url()]));
+        assert!(
+            matches!(fetched.code, Some(0 | 3)),
+            "fetch: {}\n{}",
+            fetched.stdout,
+            fetched.stderr
+        );
+    }
+
+    fn check(&self, extra: &[&str]) -> Run {
+        let url = self.bucket.url();
+        let mut args = vec!["check", "--storage", &url];
+        args.extend_from_slice(extra);
+        run(&mut self.cmd(&args))
+    }
+
+    fn blob_path(&self, key: &str) -> PathBuf {
+        let sha = sha256_hex(&self.files[key]);
+        blob_path(self.archive.path(), &sha)
+    }
+}
+
+/// Sizes as the text report shows them.
+fn human(bytes: u64) -> String {
+    if bytes < 1024 {
+        format!("{bytes} bytes")
+    } else {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    }
+}
+
+fn blob_path(archive: &Path, sha: &str) -> PathBuf {
+    archive.join("blobs").join(&sha[..2]).join(sha)
+}
+
+/// The generated bot with its known faults, snapshotted and fetched.
+fn faulty_bot<B: BotBucket>(bucket: B) -> Bot<B> {
+    let mut bot = Bot::start(bucket);
+    bot.session(S_PACK, 100, "prod", None);
+    bot.batch(B_HOLES, S_PACK, 100, Some(SHEET_KEY));
+    // Position 2 missing, position 3 held twice.
+    bot.pack(S_PACK, 100, B_HOLES, &[0, 1, 3, 3, 4]);
+    bot.batch(B_WHOLE, S_PACK, 100, None);
+    bot.pack(S_PACK, 100, B_WHOLE, &[0, 1, 2]);
+    // A single sticker named by its stickers row and by its session: class sticker.
+    bot.session(S_SINGLE, 100, "prod", Some(SINGLE_KEY));
+    bot.sql(&format!(
+        "INSERT INTO stickers (user_id, session_id, result_storage_path)
+         VALUES (100, '{S_SINGLE}', '{SINGLE_KEY}');"
+    ));
+    // Named by its session only: class session_sticker. And a sticker whose key is gone.
+    bot.session(S_LAST, 100, "prod", Some(LAST_KEY));
+    bot.sticker(S_LAST, 100, None, GONE_KEY, false);
+    // Env test: complete, with its own single sticker.
+    bot.session(T_SINGLE, 200, "test", None);
+    bot.sticker(
+        T_SINGLE,
+        200,
+        None,
+        &format!("stickers/200/{T_SINGLE}/1.webp"),
+        true,
+    );
+    bot.batch(T_BATCH, T_SINGLE, 200, None);
+    bot.pack(T_SINGLE, 200, T_BATCH, &[0, 1]);
+    bot.snapshot_and_fetch();
+    bot
+}
+
+/// Orphans of every kind (and env) put in the bucket: key -> (size, kind).
+fn add_orphans<B: BotBucket>(bot: &Bot<B>) -> BTreeMap<String, (u64, &'static str)> {
+    let mut orphans = BTreeMap::new();
+    let mut put = |key: String, kind: &'static str, len: usize| {
+        bot.bucket.put(&key, &vec![b'o'; len]);
+        orphans.insert(key, (len as u64, kind));
+    };
+    put(format!("stickers/100/{B_HOLES}/old_7.webp"), "pack", 70);
+    put(format!("stickers/100/{S_SINGLE}/old.webp"), "single", 80);
+    put(format!("stickers/200/{T_SINGLE}/old.webp"), "single", 90);
+    put(format!("stickers/200/{T_BATCH}/old.webp"), "pack", 95);
+    put("stickers/200/not-a-row/x.webp".into(), "unknown", 60);
+    put("misc/readme.txt".into(), "unknown", 10);
+    // More unknown orphans than a text report shows.
+    for i in 0..22 {
+        put(
+            format!("stickers/100/deadbeef/{i:02}.webp"),
+            "unknown",
+            100 + i,
+        );
+    }
+    orphans
+}
+
+fn strings(v: &Value) -> BTreeSet<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|s| s.as_str().expect("a string").to_string())
+        .collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// The damage done to the archive: (deleted blob, corrupted blob, blob no ref names).
+fn damage_blobs<B: BotBucket>(bot: &Bot<B>) -> (String, String, String) {
+    let whole_first = format!("stickers/100/{B_WHOLE}/0_0.webp");
+    let deleted = sha256_hex(&bot.files[&whole_first]);
+    std::fs::remove_file(bot.blob_path(&whole_first)).expect("delete a blob");
+    let corrupted = sha256_hex(&bot.files[LAST_KEY]);
+    std::fs::write(bot.blob_path(LAST_KEY), b"flipped bits").expect("corrupt a blob");
+    let stray = b"a file some earlier snapshot named".to_vec();
+    let stray_sha = sha256_hex(&stray);
+    let path = blob_path(bot.archive.path(), &stray_sha);
+    std::fs::create_dir_all(path.parent().expect("fan")).expect("fan dir");
+    std::fs::write(path, stray).expect("stray blob");
+    (deleted, corrupted, stray_sha)
+}
+
+fn run_faulty_bot_report<B: BotBucket>(bot: &Bot<B>) {
+    let orphans = add_orphans(bot);
+    let (deleted, corrupted, stray) = damage_blobs(bot);
+
+    let doc = bot.check(&["--json"]).expect_code(3).json();
+    assert_eq!(doc["packs"]["batches"], 3, "{doc:#}");
+    assert_eq!(doc["packs"]["complete"], 2, "{doc:#}");
+    assert_eq!(
+        doc["packs"]["incomplete"],
+        json!([{
+            "pack_batch_id": B_HOLES,
+            "session_id": S_PACK,
+            "stickers": 5,
+            "missing_indexes": [2],
+            "duplicate_indexes": [3],
+            "unfetched": 0,
+            "has_sheet": true,
+        }])
+    );
+    assert_eq!(strings(&doc["blobs"]["missing"]), set(&[&deleted]));
+    assert_eq!(strings(&doc["blobs"]["bad"]), set(&[&corrupted]));
+    assert_eq!(strings(&doc["blobs"]["unreferenced"]), set(&[&stray]));
+
+    let bucket = &doc["bucket"];
+    let got: BTreeMap<String, (u64, String)> = bucket["orphans"]
+        .as_array()
+        .expect("orphans")
+        .iter()
+        .map(|o| {
+            (
+                o["key"].as_str().expect("key").to_string(),
+                (
+                    o["size"].as_u64().expect("size"),
+                    o["kind"].as_str().expect("kind").to_string(),
+                ),
+            )
+        })
+        .collect();
+    let want: BTreeMap<String, (u64, String)> = orphans
+        .iter()
+        .map(|(k, (size, kind))| (k.clone(), (*size, kind.to_string())))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(strings(&bucket["dangling"]), set(&[GONE_KEY]));
+
+    // Every object the rows name, by the class of the first ref naming it.
+    let class_of = |key: &str| match key {
+        SHEET_KEY => "pack_sheet",
+        LAST_KEY => "session_sticker",
+        _ => "sticker",
+    };
+    let mut want_classes: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for (key, bytes) in &bot.files {
+        let c = want_classes.entry(class_of(key)).or_default();
+        c.0 += 1;
+        c.1 += bytes.len() as u64;
+    }
+    want_classes.insert(
+        "orphan",
+        (orphans.len() as u64, orphans.values().map(|o| o.0).sum()),
+    );
+    for class in ["sticker", "session_sticker", "pack_sheet", "orphan"] {
+        let (objects, bytes) = want_classes[class];
+        assert_eq!(
+            bucket["classes"][class],
+            json!({"objects": objects, "bytes": bytes}),
+            "class {class}"
+        );
+    }
+    let total: (u64, u64) = want_classes
+        .values()
+        .fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1));
+    assert_eq!(
+        (bucket["objects"].as_u64(), bucket["bytes"].as_u64()),
+        (Some(total.0), Some(total.1))
+    );
+
+    // The text report: a summary with the orphans' bytes, then the details, lists cut.
+    let text = bot.check(&[]).expect_code(3).stdout.clone();
+    let orphan_bytes: u64 = orphans.values().map(|o| o.0).sum();
+    assert!(
+        text.starts_with("pack batches: 3, 2 complete, 1 incomplete\n"),
+        "{text}"
+    );
+    let summary = text.split("\n\n").next().expect("summary");
+    let orphan_line = summary
+        .lines()
+        .find(|l| l.trim_start().starts_with("orphan "))
+        .unwrap_or_else(|| panic!("no orphan line in the summary:\n{text}"));
+    assert!(
+        orphan_line.contains(&format!("{} objects", orphans.len()))
+            && orphan_line.contains(&human(orphan_bytes)),
+        "{orphan_line}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{B_HOLES} (session {S_PACK}): 5 stickers; missing positions 2; positions held twice 3"
+        )),
+        "{text}"
+    );
+    for sha in [&deleted, &corrupted, &stray] {
+        assert!(text.contains(sha.as_str()), "{sha} not named:\n{text}");
+    }
+    assert!(text.contains(GONE_KEY), "{text}");
+    assert!(
+        text.contains(&format!("… and {} more", orphans.len() - 20)),
+        "{text}"
+    );
+    assert!(
+        !text.contains("stickers/100/deadbeef/21.webp"),
+        "cut list shows too much:\n{text}"
+    );
+    let full = bot.check(&["--full"]).expect_code(3).stdout.clone();
+    for key in orphans.keys() {
+        assert!(
+            full.contains(key.as_str()),
+            "--full does not name {key}:\n{full}"
+        );
+    }
+    assert!(!full.contains("more (--full"), "{full}");
+}
+
+#[test]
+fn report_names_exactly_the_holes_damage_and_orphans() {
+    let s3 = TestS3::start();
+    s3.create_bucket(BUCKET);
+    let bot = faulty_bot(s3);
+    run_faulty_bot_report(&bot);
+}
+
+#[test]
+fn env_limits_packs_blobs_and_bucket_to_its_rows() {
+    let s3 = TestS3::start();
+    s3.create_bucket(BUCKET);
+    let bot = faulty_bot(s3);
+    let orphans = add_orphans(&bot);
+    damage_blobs(&bot);
+
+    let doc = bot
+        .check(&["--json", "--env", "test"])
+        .expect_code(3)
+        .json();
+    assert_eq!(
+        doc["packs"],
+        json!({"batches": 1, "complete": 1, "incomplete": []})
+    );
+    assert_eq!(doc["blobs"]["missing"], json!([]));
+    assert_eq!(doc["blobs"]["bad"], json!([]));
+    // A blob no ref names has no env: left out by any --env.
+    assert_eq!(doc["blobs"]["unreferenced"], json!([]));
+    assert_eq!(doc["blobs"]["checked"], 3);
+    let bucket = &doc["bucket"];
+    let got: BTreeSet<String> = bucket["orphans"]
+        .as_array()
+        .expect("orphans")
+        .iter()
+        .map(|o| o["key"].as_str().expect("key").to_string())
+        .collect();
+    let want: BTreeSet<String> = orphans
+        .keys()
+        .filter(|k| k.starts_with("stickers/200/"))
+        .cloned()
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(bucket["dangling"], json!([]));
+    assert_eq!(bucket["classes"]["sticker"]["objects"], 3);
+    assert_eq!(bucket["classes"]["session_sticker"]["objects"], 0);
+    assert_eq!(bucket["classes"]["pack_sheet"]["objects"], 0);
+    assert_eq!(bucket["objects"], 3 + want.len() as u64);
+
+    // Prod sees its own faults and none of test's orphans.
+    let prod = bot
+        .check(&["--json", "--env", "prod"])
+        .expect_code(3)
+        .json();
+    assert_eq!(prod["packs"]["batches"], 2);
+    assert_eq!(prod["bucket"]["dangling"], json!([GONE_KEY]));
+    assert!(
+        prod["bucket"]["orphans"]
+            .as_array()
+            .expect("orphans")
+            .iter()
+            .all(|o| !o["key"].as_str().expect("key").starts_with("stickers/200/")),
+        "{prod:#}"
+    );
+}
+
+#[test]
+fn consistent_archive_and_bucket_exit_0() {
+    let s3 = TestS3::start();
+    s3.create_bucket(BUCKET);
+    let mut bot = Bot::start(s3);
+    bot.session(S_PACK, 100, "prod", None);
+    bot.batch(B_WHOLE, S_PACK, 100, Some(SHEET_KEY));
+    bot.pack(S_PACK, 100, B_WHOLE, &[0, 1, 2]);
+    bot.session(S_SINGLE, 100, "prod", Some(SINGLE_KEY));
+    bot.snapshot_and_fetch();
+
+    let doc = bot.check(&["--json"]).expect_code(0).json();
+    assert_eq!(
+        doc["packs"],
+        json!({"batches": 1, "complete": 1, "incomplete": []})
+    );
+    assert_eq!(
+        doc["blobs"],
+        json!({"checked": 5, "missing": [], "bad": [], "unreferenced": []})
+    );
+    assert_eq!(doc["bucket"]["objects"], 5);
+    assert_eq!(
+        doc["bucket"]["classes"]["orphan"],
+        json!({"objects": 0, "bytes": 0})
+    );
+    assert_eq!(doc["bucket"]["orphans"], json!([]));
+    assert_eq!(doc["bucket"]["dangling"], json!([]));
+    let text = bot.check(&[]).expect_code(0).stdout.clone();
+    assert!(text.contains("consistent: nothing to report"), "{text}");
+
+    // Without --storage: the archive alone, and no bucket in the document.
+    let local = run(&mut bot.cmd(&["--json", "check"]))
+        .expect_code(0)
+        .json();
+    assert!(local.get("bucket").is_none(), "{local:#}");
+
+    // Before a fetch, the packs' stickers are not fetched: reported.
+    bot.sql(&format!(
+        "INSERT INTO stickers (user_id, session_id, pack_batch_id, pack_index, result_storage_path)
+         VALUES (100, '{S_PACK}', '{B_WHOLE}', 3, 'stickers/100/{B_WHOLE}/late_3.webp');"
+    ));
+    run(&mut bot.cmd(&["--json", "snapshot", "--db", &bot.pg.url(DB)])).expect_code(0);
+    let doc = run(&mut bot.cmd(&["--json", "check"]))
+        .expect_code(3)
+        .json();
+    assert_eq!(doc["packs"]["incomplete"][0]["unfetched"], 1, "{doc:#}");
+    assert_eq!(doc["packs"]["incomplete"][0]["missing_indexes"], json!([]));
+}
+
+#[test]
+fn a_bucket_that_cannot_be_listed_stops_the_check() {
+    let s3 = TestS3::start();
+    s3.create_bucket(BUCKET);
+    let mut bot = Bot::start(s3);
+    bot.session(S_SINGLE, 100, "prod", Some(SINGLE_KEY));
+    bot.snapshot_and_fetch();
+    // No such bucket: an error (exit 1), never every key reported dangling.
+    let url = bot.bucket.store_url("no-such-bucket", "");
+    let out = run(&mut bot.cmd(&["check", "--storage", &url]));
+    out.expect_code(1);
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    assert!(out.stderr.contains("no-such-bucket"), "{}", out.stderr);
+}
