@@ -14,12 +14,11 @@ use serde_json::{Value, json};
 
 use crate::fetch::{Run, run};
 use crate::push::sticker_bytes;
+use crate::support::backend::{Backend, Bucket, Kind};
 use crate::support::pg::TestPg;
-use crate::support::s3::TestS3;
 use crate::support::{bin, sha256_hex, temp_dir};
 
 const DB: &str = "bot";
-const BUCKET: &str = "stickers";
 
 /// Prod: user 100, a pack session with two batches and two single sessions.
 const S_PACK: &str = "00000000-0000-4000-8000-0000000000a1";
@@ -36,47 +35,28 @@ const LAST_KEY: &str = "stickers/100/00000000-0000-4000-8000-0000000000a3/last.w
 const SINGLE_KEY: &str = "stickers/100/00000000-0000-4000-8000-0000000000a2/1.webp";
 const GONE_KEY: &str = "stickers/100/00000000-0000-4000-8000-0000000000a3/gone.webp";
 
-/// Where the bot keeps its files: the in-process S3 server (s3s-fs).
-trait BotBucket {
-    fn put(&self, key: &str, bytes: &[u8]);
-    /// `--storage` URL.
-    fn url(&self) -> String;
-    /// Credentials for `--storage`.
-    fn env(&self) -> Vec<(String, String)>;
-}
-
-impl BotBucket for TestS3 {
-    fn put(&self, key: &str, bytes: &[u8]) {
-        self.put_file(BUCKET, key, bytes);
-    }
-
-    fn url(&self) -> String {
-        self.store_url(BUCKET, "")
-    }
-
-    fn env(&self) -> Vec<(String, String)> {
-        TestS3::env(self, "STORAGE")
-    }
-}
-
 /// The bot: its database, its bucket and an archive of both.
-struct Bot<B: BotBucket> {
+struct Bot {
     pg: TestPg,
-    bucket: B,
+    bucket: Bucket,
+    /// Declared after the bucket: a Supabase bucket is deleted before its server goes.
+    _backend: Backend,
     archive: tempfile::TempDir,
     /// Every key a row names that the bucket holds, with its bytes.
     files: BTreeMap<String, Vec<u8>>,
     seed: u64,
 }
 
-impl<B: BotBucket> Bot<B> {
-    fn start(bucket: B) -> Bot<B> {
+impl Bot {
+    fn start(kind: Kind) -> Bot {
         let pg = TestPg::start();
         pg.create_db(DB);
         pg.load_schema(DB);
+        let backend = Backend::new(kind);
         Bot {
             pg,
-            bucket,
+            bucket: backend.bucket(),
+            _backend: backend,
             archive: temp_dir(),
             files: BTreeMap::new(),
             seed: 0,
@@ -91,7 +71,7 @@ impl<B: BotBucket> Bot<B> {
     fn file(&mut self, key: &str) {
         self.seed += 1;
         let bytes = sticker_bytes(self.seed, 200 + self.seed as usize);
-        self.bucket.put(key, &bytes);
+        self.bucket.objects.put(key, bytes.clone());
         self.files.insert(key.to_string(), bytes);
     }
 
@@ -152,13 +132,13 @@ impl<B: BotBucket> Bot<B> {
         cmd.arg("--archive")
             .arg(self.archive.path())
             .args(args)
-            .envs(self.bucket.env());
+            .envs(self.bucket.env("STORAGE"));
         cmd
     }
 
     fn snapshot_and_fetch(&self) {
         run(&mut self.cmd(&["--json", "snapshot", "--db", &self.pg.url(DB)])).expect_code(0);
-        let fetched = run(&mut self.cmd(&["--json", "fetch", "--storage", &self.bucket.url()]));
+        let fetched = run(&mut self.cmd(&["--json", "fetch", "--storage", self.bucket.url()]));
         assert!(
             matches!(fetched.code, Some(0 | 3)),
             "fetch: {}\n{}",
@@ -168,8 +148,7 @@ impl<B: BotBucket> Bot<B> {
     }
 
     fn check(&self, extra: &[&str]) -> Run {
-        let url = self.bucket.url();
-        let mut args = vec!["check", "--storage", &url];
+        let mut args = vec!["check", "--storage", self.bucket.url()];
         args.extend_from_slice(extra);
         run(&mut self.cmd(&args))
     }
@@ -194,8 +173,8 @@ fn blob_path(archive: &Path, sha: &str) -> PathBuf {
 }
 
 /// The generated bot with its known faults, snapshotted and fetched.
-fn faulty_bot<B: BotBucket>(bucket: B) -> Bot<B> {
-    let mut bot = Bot::start(bucket);
+fn faulty_bot(kind: Kind) -> Bot {
+    let mut bot = Bot::start(kind);
     bot.session(S_PACK, 100, "prod", None);
     bot.batch(B_HOLES, S_PACK, 100, Some(SHEET_KEY));
     // Position 2 missing, position 3 held twice.
@@ -227,10 +206,10 @@ fn faulty_bot<B: BotBucket>(bucket: B) -> Bot<B> {
 }
 
 /// Orphans of every kind (and env) put in the bucket: key -> (size, kind).
-fn add_orphans<B: BotBucket>(bot: &Bot<B>) -> BTreeMap<String, (u64, &'static str)> {
+fn add_orphans(bot: &Bot) -> BTreeMap<String, (u64, &'static str)> {
     let mut orphans = BTreeMap::new();
     let mut put = |key: String, kind: &'static str, len: usize| {
-        bot.bucket.put(&key, &vec![b'o'; len]);
+        bot.bucket.objects.put(&key, vec![b'o'; len]);
         orphans.insert(key, (len as u64, kind));
     };
     put(format!("stickers/100/{B_HOLES}/old_7.webp"), "pack", 70);
@@ -263,7 +242,7 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 }
 
 /// The damage done to the archive: (deleted blob, corrupted blob, blob no ref names).
-fn damage_blobs<B: BotBucket>(bot: &Bot<B>) -> (String, String, String) {
+fn damage_blobs(bot: &Bot) -> (String, String, String) {
     let whole_first = format!("stickers/100/{B_WHOLE}/0_0.webp");
     let deleted = sha256_hex(&bot.files[&whole_first]);
     std::fs::remove_file(bot.blob_path(&whole_first)).expect("delete a blob");
@@ -277,9 +256,10 @@ fn damage_blobs<B: BotBucket>(bot: &Bot<B>) -> (String, String, String) {
     (deleted, corrupted, stray_sha)
 }
 
-fn run_faulty_bot_report<B: BotBucket>(bot: &Bot<B>) {
-    let orphans = add_orphans(bot);
-    let (deleted, corrupted, stray) = damage_blobs(bot);
+fn report_names_exactly_the_holes_damage_and_orphans(kind: Kind) {
+    let bot = faulty_bot(kind);
+    let orphans = add_orphans(&bot);
+    let (deleted, corrupted, stray) = damage_blobs(&bot);
 
     let doc = bot.check(&["--json"]).expect_code(3).json();
     assert_eq!(doc["packs"]["batches"], 3, "{doc:#}");
@@ -399,19 +379,21 @@ fn run_faulty_bot_report<B: BotBucket>(bot: &Bot<B>) {
     assert!(!full.contains("more (--full"), "{full}");
 }
 
+/// On the in-process S3 server.
 #[test]
-fn report_names_exactly_the_holes_damage_and_orphans() {
-    let s3 = TestS3::start();
-    s3.create_bucket(BUCKET);
-    let bot = faulty_bot(s3);
-    run_faulty_bot_report(&bot);
+fn report_names_exactly_the_holes_damage_and_orphans_s3s() {
+    report_names_exactly_the_holes_damage_and_orphans(Kind::S3s);
+}
+
+/// On the real Supabase Storage server, through its S3 protocol.
+#[test]
+fn report_names_exactly_the_holes_damage_and_orphans_supabase() {
+    report_names_exactly_the_holes_damage_and_orphans(Kind::Supabase);
 }
 
 #[test]
 fn env_limits_packs_blobs_and_bucket_to_its_rows() {
-    let s3 = TestS3::start();
-    s3.create_bucket(BUCKET);
-    let bot = faulty_bot(s3);
+    let bot = faulty_bot(Kind::S3s);
     let orphans = add_orphans(&bot);
     damage_blobs(&bot);
 
@@ -466,9 +448,7 @@ fn env_limits_packs_blobs_and_bucket_to_its_rows() {
 
 #[test]
 fn consistent_archive_and_bucket_exit_0() {
-    let s3 = TestS3::start();
-    s3.create_bucket(BUCKET);
-    let mut bot = Bot::start(s3);
+    let mut bot = Bot::start(Kind::S3s);
     bot.session(S_PACK, 100, "prod", None);
     bot.batch(B_WHOLE, S_PACK, 100, Some(SHEET_KEY));
     bot.pack(S_PACK, 100, B_WHOLE, &[0, 1, 2]);
@@ -515,13 +495,15 @@ fn consistent_archive_and_bucket_exit_0() {
 
 #[test]
 fn a_bucket_that_cannot_be_listed_stops_the_check() {
-    let s3 = TestS3::start();
-    s3.create_bucket(BUCKET);
-    let mut bot = Bot::start(s3);
+    let mut bot = Bot::start(Kind::S3s);
     bot.session(S_SINGLE, 100, "prod", Some(SINGLE_KEY));
     bot.snapshot_and_fetch();
     // No such bucket: an error (exit 1), never every key reported dangling.
-    let url = bot.bucket.store_url("no-such-bucket", "");
+    let url = bot
+        .bucket
+        .url()
+        .replacen("s3://bucket-", "s3://no-such-bucket-", 1);
+    assert_ne!(url, bot.bucket.url());
     let out = run(&mut bot.cmd(&["check", "--storage", &url]));
     out.expect_code(1);
     assert!(out.stdout.is_empty(), "{}", out.stdout);
