@@ -117,8 +117,8 @@ pub struct FetchArgs {
     #[arg(long, default_value = "50MiB", value_parser = parse_size, value_name = "SIZE")]
     pub max_file_size: u64,
 
-    /// Bot API requests per second at most.
-    #[arg(long, default_value_t = 20.0, value_name = "N")]
+    /// Bot API requests per second at most (0.001 to 1000000).
+    #[arg(long, default_value_t = 20.0, value_parser = parse_rate, value_name = "N")]
     pub telegram_rate: f64,
 }
 
@@ -216,7 +216,19 @@ pub struct CheckArgs {
     pub full: bool,
 }
 
-/// `1048576`, `512KiB`, `50MiB`, `1 GiB`.
+/// A request rate within [`starchive::telegram::RATES`]: not 0, negative, NaN,
+/// infinite or so small that its interval overflows a clock.
+pub fn parse_rate(text: &str) -> Result<f64, String> {
+    let (low, high) = starchive::telegram::RATES;
+    match text.trim().parse::<f64>() {
+        Ok(rate) if (low..=high).contains(&rate) => Ok(rate),
+        _ => Err(format!(
+            "{text:?} is not a rate: give requests per second from {low} to {high}"
+        )),
+    }
+}
+
+/// `1048576`, `512KiB`, `50MiB`, `1 GiB`: at least 1 byte.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -231,8 +243,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "GiB" => 1 << 30,
         other => return Err(format!("unknown size unit {other:?}: use KiB, MiB or GiB")),
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{text:?} is too large"))
+    match n.checked_mul(mult) {
+        Some(0) => Err(format!("{text:?}: a size must be at least 1 byte")),
+        Some(size) => Ok(size),
+        None => Err(format!("{text:?} is too large")),
+    }
 }
 
 #[cfg(test)]
@@ -247,5 +262,21 @@ mod tests {
         assert_eq!(parse_size("1GiB"), Ok(1 << 30));
         assert!(parse_size("5MB").is_err());
         assert!(parse_size("MiB").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("0GiB").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("18446744073709551615GiB").is_err());
+        assert!(parse_size("99999999999999999999").is_err());
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("20"), Ok(20.0));
+        assert_eq!(parse_rate("0.5"), Ok(0.5));
+        for bad in [
+            "0", "-1", "nan", "NaN", "inf", "-inf", "1e-20", "1e300", "", "x",
+        ] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -57,7 +57,8 @@ struct FileResult {
 
 #[derive(Deserialize)]
 struct Parameters {
-    retry_after: Option<u64>,
+    /// Any JSON number: a server may send what it likes ([`flood_wait`] bounds it).
+    retry_after: Option<f64>,
 }
 
 pub struct Telegram {
@@ -120,8 +121,8 @@ impl Telegram {
                     .and_then(|a| a.parameters)
                     .and_then(|p| p.retry_after)
                     .or(header_wait)
-                    .unwrap_or(1);
-                Err(TgError::RetryAfter(Duration::from_secs(secs)))
+                    .unwrap_or(1.0);
+                Err(TgError::RetryAfter(flood_wait(secs)))
             }
             401 | 404 => Err(TgError::Unauthorized(self.scrub(&description))),
             400 if description.contains("temporarily unavailable") => {
@@ -149,8 +150,8 @@ impl Telegram {
         match status {
             200 => Ok(response),
             404 => Err(TgError::LinkExpired),
-            429 => Err(TgError::RetryAfter(Duration::from_secs(
-                retry_after_header(&response).unwrap_or(1),
+            429 => Err(TgError::RetryAfter(flood_wait(
+                retry_after_header(&response).unwrap_or(1.0),
             ))),
             401 => Err(TgError::Unauthorized("Unauthorized".into())),
             s if s >= 500 => Err(TgError::Transient(format!("download: HTTP {s}"))),
@@ -193,7 +194,24 @@ impl Telegram {
     }
 }
 
-fn retry_after_header(response: &reqwest::Response) -> Option<u64> {
+/// The `--telegram-rate` values (requests per second) that make sense, inclusive:
+/// from one request every 1000 s to a million a second.
+pub const RATES: (f64, f64) = (0.001, 1_000_000.0);
+
+/// The longest flood-control wait taken at once: a server asking for more is
+/// asked again after it (and a run is not frozen for days by one answer).
+pub const MAX_FLOOD_WAIT: Duration = Duration::from_secs(3600);
+
+/// A server's `retry_after` seconds as a wait of 1 s to [`MAX_FLOOD_WAIT`]:
+/// negative, zero, tiny, huge or not a number, it never overflows a clock.
+pub fn flood_wait(secs: f64) -> Duration {
+    if secs.is_nan() {
+        return Duration::from_secs(1);
+    }
+    Duration::from_secs_f64(secs.clamp(1.0, MAX_FLOOD_WAIT.as_secs_f64()))
+}
+
+fn retry_after_header(response: &reqwest::Response) -> Option<f64> {
     response
         .headers()
         .get(reqwest::header::RETRY_AFTER)?
@@ -214,7 +232,7 @@ struct Pacer {
 impl Pacer {
     fn new(rate: f64) -> Pacer {
         let interval = if rate.is_finite() && rate > 0.0 {
-            Duration::from_secs_f64(1.0 / rate)
+            Duration::from_secs_f64(1.0 / rate.clamp(RATES.0, RATES.1))
         } else {
             Duration::ZERO
         };
@@ -257,6 +275,7 @@ impl Pacer {
 
     fn pause(&self, wait: Duration) {
         if let Ok(mut until) = self.paused_until.lock() {
+            let wait = wait.min(MAX_FLOOD_WAIT);
             *until = (*until).max(Instant::now() + wait);
         }
     }

@@ -19,12 +19,13 @@ use super::verify::{Check, check_object};
 use crate::blobs::BlobStore;
 use crate::catalog::Catalog;
 use crate::catalog::backfill::{self as q, Change};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::layout::{Layout, dest_key};
 use crate::refs::{NewStickerRow, Table, key_column};
-use crate::source::postgres::{self, literal};
+use crate::source::postgres;
 use crate::stores::{self, Role, Store};
 use crate::transfer::run_units;
+use postgres_protocol::escape::{escape_identifier, escape_literal as literal};
 
 pub struct BackfillOptions {
     pub db: String,
@@ -368,7 +369,18 @@ fn plan(catalog: &Catalog, envs: &Option<String>, sync_stickers: bool) -> Result
 }
 
 fn undo_works(catalog: &Catalog, envs: &Option<String>) -> Result<Vec<Work>> {
-    Ok(q::standing_changes(catalog.conn(), envs)?
+    let changes = q::standing_changes(catalog.conn(), envs)?;
+    // The journal is a file users can edit: only what backfill writes is undone.
+    if let Some(c) = changes
+        .iter()
+        .find(|c| !written_column(&c.table, &c.column))
+    {
+        return Err(Error::Config(format!(
+            "the backfill journal names {:?}.{:?}, which backfill never writes: the catalog was altered; nothing was undone",
+            c.table, c.column
+        )));
+    }
+    Ok(changes
         .into_iter()
         .map(|c| Work {
             step: Step {
@@ -450,30 +462,43 @@ async fn carry_out(
             None => (NAMED_ALREADY.into(), Some("kept")),
         });
     }
-    let (t, col, id, value) = (
-        &change.table,
-        &change.column,
+    let ((t, col), id, value) = (
+        target(change),
         literal(&change.row_id),
         literal(&change.value),
     );
     let n = postgres::execute(
         client,
-        &format!("UPDATE public.{t} SET {col} = {value} WHERE id = {id} AND {col} IS NULL"),
+        &format!("UPDATE {t} SET {col} = {value} WHERE id = {id} AND {col} IS NULL"),
     )
     .await?;
     if n == 1 {
         return Ok((WRITTEN.into(), Some("written")));
     }
-    match postgres::query_value(
-        client,
-        &format!("SELECT {col} FROM public.{t} WHERE id = {id}"),
-    )
-    .await?
-    {
-        None => Err(format!("the {t} row {} is gone", change.row_id)),
+    match postgres::query_value(client, &format!("SELECT {col} FROM {t} WHERE id = {id}")).await? {
+        None => Err(format!(
+            "the {} row {} is gone",
+            change.table, change.row_id
+        )),
         Some(Some(v)) if v == change.value => Ok((ALREADY.into(), Some("written"))),
         Some(_) => Ok((LEFT_ALONE.into(), Some("kept"))),
     }
+}
+
+/// The table (schema-qualified) and column a change writes, quoted as identifiers.
+fn target(change: &Change) -> (String, String) {
+    (
+        format!("public.{}", escape_identifier(&change.table)),
+        escape_identifier(&change.column),
+    )
+}
+
+/// Whether backfill writes this column: the storage key columns of §6.
+fn written_column(table: &str, column: &str) -> bool {
+    ["sticker", "session_sticker", "pack_sheet"]
+        .into_iter()
+        .filter_map(key_column)
+        .any(|(t, c)| t.name() == table && c == column)
 }
 
 /// What `carry_out` would answer, from reads only (the same words).
@@ -514,14 +539,19 @@ async fn dry_run(client: &tokio_postgres::Client, store: &Store, work: &Work) ->
         };
         return Ok((text.into(), None));
     }
-    let (t, col) = (&change.table, &change.column);
+    let (t, col) = target(change);
     let sql = format!(
-        "SELECT {col} FROM public.{t} WHERE id = {}",
+        "SELECT {col} FROM {t} WHERE id = {}",
         literal(&change.row_id)
     );
     Ok((
         match postgres::query_value(client, &sql).await? {
-            None => return Err(format!("the {t} row {} is gone", change.row_id)),
+            None => {
+                return Err(format!(
+                    "the {} row {} is gone",
+                    change.table, change.row_id
+                ));
+            }
             Some(None) => WOULD_WRITE.into(),
             Some(Some(v)) if v == change.value => ALREADY.into(),
             Some(Some(_)) => LEFT_ALONE.into(),
@@ -535,11 +565,10 @@ async fn undo_one(client: &tokio_postgres::Client, work: &Work, apply: bool) -> 
     let Some(c) = &work.change else {
         return Ok(("nothing to undo".into(), None));
     };
-    let (t, col, id, value) = (&c.table, &c.column, literal(&c.row_id), literal(&c.value));
+    let ((t, col), id, value) = (target(c), literal(&c.row_id), literal(&c.value));
     let guard = format!("WHERE id = {id} AND {col} = {value}");
     if !apply {
-        let held =
-            postgres::query_value(client, &format!("SELECT 1 FROM public.{t} {guard}")).await?;
+        let held = postgres::query_value(client, &format!("SELECT 1 FROM {t} {guard}")).await?;
         return Ok((
             if held.is_some() {
                 "would set back to NULL"
@@ -551,9 +580,9 @@ async fn undo_one(client: &tokio_postgres::Client, work: &Work, apply: bool) -> 
         ));
     }
     let sql = if work.insert.is_some() {
-        format!("DELETE FROM public.{t} {guard}")
+        format!("DELETE FROM {t} {guard}")
     } else {
-        format!("UPDATE public.{t} SET {col} = NULL {guard}")
+        format!("UPDATE {t} SET {col} = NULL {guard}")
     };
     Ok(if postgres::execute(client, &sql).await? == 1 {
         ("undone".into(), Some("undone"))

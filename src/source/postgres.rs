@@ -296,14 +296,6 @@ impl ServerCertVerifier for NoCertificateCheck {
     }
 }
 
-/// `text` as an SQL string literal. An `E''` literal means the same whatever
-/// `standard_conforming_strings` says; values are sent as literals because
-/// the simple protocol (pooler-safe) has no parameters, and an untyped
-/// literal takes the column's type (uuid, bigint or text ids alike).
-pub fn literal(text: &str) -> String {
-    format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
 /// Runs one statement in its own transaction; returns the rows it affected.
 pub async fn execute(client: &Client, sql: &str) -> Result<u64, String> {
     let messages = client.simple_query(sql).await.map_err(|e| pg_message(&e))?;

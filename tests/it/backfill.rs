@@ -953,6 +953,111 @@ fn undo_restores_exactly_what_it_wrote() {
     assert_eq!(bot.checksums(), pre);
 }
 
+/// `--undo` reads tables, columns, row ids and values back from the catalog's
+/// journal, a file anyone can edit: a journal that names a table or column
+/// backfill never writes is refused before anything is undone, and ids and
+/// values reach SQL only as escaped literals.
+#[test]
+fn undo_with_a_tampered_journal_runs_no_injected_sql() {
+    let bot = Bot::fixtures();
+    bot.backfill(&["--apply", "--sync-stickers"]).expect_code(3);
+    let applied = bot.checksums();
+    let journal = rusqlite::Connection::open(bot.archive.path().join("catalog.sqlite"))
+        .expect("open catalog");
+    let first = |table: &str| -> i64 {
+        journal
+            .query_row(
+                "SELECT min(id) FROM backfill_journal WHERE table_name = ?1 AND state = 'written'",
+                [table],
+                |r| r.get(0),
+            )
+            .expect("a written journal entry")
+    };
+    let (session_entry, sticker_entry) = (first("sessions"), first("stickers"));
+    let set = |id: i64, column: &str, value: &str| {
+        journal
+            .execute(
+                &format!("UPDATE backfill_journal SET {column} = ?1 WHERE id = ?2"),
+                rusqlite::params![value, id],
+            )
+            .expect("tamper with the journal");
+    };
+    for (column, bad) in [
+        (
+            "column_name",
+            "last_sticker_storage_path = NULL; DROP TABLE stickers; --",
+        ),
+        ("column_name", "user_id"),
+        ("column_name", "LAST_STICKER_STORAGE_PATH"),
+        ("table_name", "sessions; DROP TABLE stickers; --"),
+        ("table_name", "stickers"),
+    ] {
+        set(session_entry, column, bad);
+        for args in [&["--undo"][..], &["--undo", "--apply"]] {
+            let run = bot.backfill(args);
+            run.expect_code(1);
+            assert!(
+                run.stderr.contains("journal") && run.stderr.contains("nothing was undone"),
+                "{column} = {bad:?}: {}",
+                run.stderr
+            );
+        }
+        assert_eq!(
+            bot.checksums(),
+            applied,
+            "{column} = {bad:?}: the database changed"
+        );
+        set(
+            session_entry,
+            column,
+            if column == "table_name" {
+                "sessions"
+            } else {
+                "last_sticker_storage_path"
+            },
+        );
+    }
+
+    // Quotes and backslashes in ids and values stay inside their literals.
+    let value_of = |id: i64, column: &str| -> String {
+        journal
+            .query_row(
+                &format!("SELECT {column} FROM backfill_journal WHERE id = ?1"),
+                [id],
+                |r| r.get(0),
+            )
+            .expect("journal entry")
+    };
+    let (session_row, sticker_row) = (
+        value_of(session_entry, "row_id"),
+        value_of(sticker_entry, "row_id"),
+    );
+    let session_key = value_of(session_entry, "value");
+    set(session_entry, "value", "x\\'); DROP TABLE stickers; --");
+    set(sticker_entry, "row_id", "\\'; DROP TABLE sessions; --");
+    let undo = bot.backfill(&["--undo", "--apply"]);
+    assert!(matches!(undo.code, Some(0 | 3)), "{}", undo.stderr);
+    assert!(undo.outcomes("undone") > 0, "{}", undo.stdout);
+    assert_eq!(
+        bot.value("sessions", &session_row, "last_sticker_storage_path"),
+        Some(session_key),
+        "the entry whose value was altered is left alone"
+    );
+    assert!(
+        bot.value("stickers", &sticker_row, "result_storage_path")
+            .is_some(),
+        "the entry whose id was altered is left alone"
+    );
+    assert_eq!(
+        bot.sql(
+            "SELECT count(*) FROM information_schema.tables
+             WHERE table_schema = 'public' AND table_name IN ('sessions', 'stickers', 'pack_batches')"
+        ),
+        "3",
+        "a table was dropped"
+    );
+}
+
 /// `--undo --env` reverts only the changes to rows of that env, stickers
 /// rows that `--sync-stickers` added included (the catalog has not seen them);
 /// a later `--undo` without `--env` reverts the rest.

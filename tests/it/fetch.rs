@@ -719,6 +719,69 @@ fn refs_sharing_a_file_id_or_bytes_are_downloaded_once() {
 
 // ---- Telegram faults ------------------------------------------------------
 
+/// A `retry_after` that is negative, zero, tiny or not an integer is a short
+/// wait; one that is huge (near `u64::MAX`, `1e300`) is a wait bounded to an
+/// hour, never an overflow or a panic.
+#[test]
+fn extreme_retry_after_is_a_bounded_wait() {
+    let dir = temp_dir();
+    let small = ["-5", "0", "1e-30", "0.25", "-1e308"];
+    let (tg, ids) = telegram_with_files(small.len() + 1, 100);
+    for (id, secs) in ids.iter().zip(small) {
+        tg.fail_get_file_429_raw(id, 1, secs);
+    }
+    let mut db = Db::new();
+    for id in &ids[..small.len()] {
+        db.sticker("prod", Some(id.as_str()), None);
+    }
+    db.write(&dir.path().join("db"));
+    let archive = dir.path().join("archive");
+    snapshot(&archive, &dir.path().join("db"));
+    let started = Instant::now();
+    let doc = run(&mut fetch_cmd(&archive, None, Some(&tg)))
+        .expect_code(0)
+        .json();
+    assert_eq!(doc["done"], small.len(), "{doc}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    for id in &ids[..small.len()] {
+        assert_eq!(tg.get_file_calls(id), 2, "{id}: asked again after the wait");
+    }
+
+    for huge in ["18446744073709551615", "1e300", "9223372036854775807"] {
+        let dir = temp_dir();
+        let id = &ids[small.len()];
+        tg.fail_get_file_429_raw(id, 1, huge);
+        let mut db = Db::new();
+        db.sticker("prod", Some(id.as_str()), None);
+        db.write(&dir.path().join("db"));
+        let archive = dir.path().join("archive");
+        snapshot(&archive, &dir.path().join("db"));
+        let mut child = fetch_cmd(&archive, None, Some(&tg))
+            .env("STARCHIVE_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn fetch");
+        let asked = Instant::now();
+        while tg.get_file_calls(id) == 0 && asked.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        let still_waiting = child.try_wait().expect("try_wait").is_none();
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(still_waiting, "retry_after {huge}: fetch ended: {err}");
+        assert!(!err.contains("panicked"), "retry_after {huge}: {err}");
+        assert!(
+            err.contains("wait 3600 s"),
+            "retry_after {huge}: bounded: {err}"
+        );
+        assert_eq!(tg.get_file_calls(id), 1, "retry_after {huge}: waiting");
+        tg.reset_counts();
+    }
+}
+
 #[test]
 fn flood_control_waits_and_goes_on() {
     let dir = temp_dir();

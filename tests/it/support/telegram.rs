@@ -70,7 +70,8 @@ struct FileEntry {
 #[derive(Default)]
 struct Faults {
     get_file_429: u64,
-    retry_after: u64,
+    /// JSON number text, sent as is in the body and the header.
+    retry_after: String,
     get_file_500: u64,
     download_502: u64,
     download_truncate: u64,
@@ -243,9 +244,15 @@ impl FakeTelegram {
     /// The next `times` getFile calls for `file_id` get 429 with
     /// `parameters.retry_after` and a `Retry-After` header.
     pub fn fail_get_file_429(&self, file_id: &str, times: u64, retry_after_secs: u64) -> &Self {
+        self.fail_get_file_429_raw(file_id, times, &retry_after_secs.to_string())
+    }
+
+    /// As [`Self::fail_get_file_429`], with any JSON number as `retry_after`
+    /// (`-5`, `1e300`, `18446744073709551615`): what a faulty server may send.
+    pub fn fail_get_file_429_raw(&self, file_id: &str, times: u64, retry_after: &str) -> &Self {
         self.fault(file_id, |f| {
             f.get_file_429 = times;
-            f.retry_after = retry_after_secs;
+            f.retry_after = retry_after.to_string();
         })
     }
 
@@ -454,16 +461,16 @@ fn get_file(state: &State, token: &str, file_id: Option<String>) -> Response<Htt
         if let Some(f) = faults.get_mut(&file_id) {
             if f.get_file_429 > 0 {
                 f.get_file_429 -= 1;
-                let secs = f.retry_after;
+                let secs = f.retry_after.clone();
+                let number: serde_json::Value =
+                    serde_json::from_str(&secs).expect("retry_after is a JSON number");
                 let mut resp = api_error(
                     429,
                     &format!("Too Many Requests: retry after {secs}"),
-                    Some(serde_json::json!({ "retry_after": secs })),
+                    Some(serde_json::json!({ "retry_after": number })),
                 );
-                resp.headers_mut().insert(
-                    "retry-after",
-                    secs.to_string().parse().expect("header value"),
-                );
+                resp.headers_mut()
+                    .insert("retry-after", secs.parse().expect("header value"));
                 return resp;
             }
             if f.get_file_500 > 0 {
