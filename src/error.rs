@@ -25,6 +25,10 @@ pub enum Error {
     #[error("no catalog in {0}: run `starchive snapshot --db URL` first")]
     NoCatalog(PathBuf),
 
+    /// The catalog exists, but no snapshot was ever completed into it.
+    #[error("no snapshot yet in {0}: run `starchive snapshot --db URL` first")]
+    NoSnapshot(PathBuf),
+
     #[error(
         "the catalog {path} has format {found}, newer than this starchive knows ({known}); use a newer starchive"
     )]

@@ -13,6 +13,7 @@ pub mod progress;
 pub mod redact;
 pub mod refs;
 pub mod source;
+pub mod store_url;
 pub mod stores;
 pub mod telegram;
 pub mod transfer;

@@ -56,7 +56,8 @@ pub struct Store {
     pub inner: Arc<dyn ObjectStore>,
     pub prefix: String,
     pub kind: StoreKind,
-    /// The URL as it may be shown.
+    /// The store's identity ([`crate::store_url`]): how it is shown, without
+    /// secrets, and how a destination is recorded.
     pub shown: String,
     /// The directory of a local store.
     pub local_root: Option<std::path::PathBuf>,
@@ -131,9 +132,13 @@ const SECRET_OPTIONS: &[&str] = &[
     "token",
 ];
 
+/// Opens the store a URL names. A local directory must exist already: the
+/// commands that write there create it first
+/// ([`crate::store_url::create_local_dir`]).
 pub fn open(url: &str, role: Role) -> Result<Store> {
     let shown = crate::redact::url(url);
     let usage = |msg: String| Error::Usage(format!("{} {shown}: {msg}", role.option()));
+    crate::store_url::refuse_typo(url).map_err(usage)?;
     if let Some(rest) = url.strip_prefix("s3://") {
         let parsed = url::Url::parse(url).map_err(|e| usage(e.to_string()))?;
         let bucket = parsed
@@ -194,7 +199,7 @@ pub fn open(url: &str, role: Role) -> Result<Store> {
             inner: Arc::new(store),
             prefix,
             kind: StoreKind::S3,
-            shown,
+            shown: crate::store_url::s3_identity(&parsed),
             local_root: None,
             local: None,
         });
@@ -204,31 +209,26 @@ pub fn open(url: &str, role: Role) -> Result<Store> {
             inner: Arc::new(object_store::memory::InMemory::new()),
             prefix: rest.trim_matches('/').to_string(),
             kind: StoreKind::Memory,
-            shown,
+            shown: crate::store_url::identity(url).unwrap_or(shown),
             local_root: None,
             local: None,
         });
     }
-    let dir = match url.strip_prefix("file://") {
-        // Percent-escapes decoded (`file:///a%20b` is `/a b`), as a URL reads.
-        Some(path) if path.starts_with('/') => url::Url::parse(url)
-            .ok()
-            .and_then(|u| u.to_file_path().ok())
-            .ok_or_else(|| usage("not a usable file:// URL".into()))?,
-        Some(_) => return Err(usage("a file:// URL takes an absolute path".into())),
-        None if url.contains("://") => {
+    let dir = match crate::store_url::local_dir(url) {
+        Some(dir) => dir.map_err(usage)?,
+        None => {
             return Err(usage(
                 "unknown store: use s3://, file:///, memory:// or a directory".into(),
             ));
         }
-        None => std::path::PathBuf::from(url),
     };
-    if role == Role::To {
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
-    } else if !dir.is_dir() {
-        return Err(usage("no such directory".into()));
+    if !dir.is_dir() {
+        return Err(Error::Config(format!(
+            "{} {shown}: no such directory",
+            role.option()
+        )));
     }
+    let dir = crate::store_url::local_identity(&dir);
     let store = Arc::new(
         object_store::local::LocalFileSystem::new_with_prefix(&dir)
             .map_err(|e| usage(e.to_string()))?,
@@ -237,7 +237,7 @@ pub fn open(url: &str, role: Role) -> Result<Store> {
         inner: store.clone(),
         prefix: String::new(),
         kind: StoreKind::Local,
-        shown,
+        shown: dir.to_string_lossy().into_owned(),
         local_root: Some(dir),
         local: Some(store),
     })

@@ -176,6 +176,24 @@ pub fn mark_failed(tx: &Transaction, refs: &[i64], reason: &str) -> Result<()> {
     Ok(())
 }
 
+/// How refs are named in warnings: `class table/row_id` (as `status` lists
+/// them), the first few of `refs` and how many more there are.
+pub fn ref_names(conn: &Connection, refs: &[i64]) -> Result<String> {
+    const SHOWN: usize = 3;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT class || ' ' || {} FROM refs WHERE id = ?1",
+        crate::commands::status::REF_LABEL_SQL
+    ))?;
+    let mut names = Vec::with_capacity(SHOWN + 1);
+    for id in refs.iter().take(SHOWN) {
+        names.push(stmt.query_row([id], |r| r.get::<_, String>(0))?);
+    }
+    if refs.len() > SHOWN {
+        names.push(format!("{} more", refs.len() - SHOWN));
+    }
+    Ok(names.join(", "))
+}
+
 /// Counts of refs in scope by state: (fetched, failed, pending).
 pub fn state_counts(conn: &Connection, envs: &Option<String>) -> Result<(u64, u64, u64)> {
     Ok(conn.query_row(

@@ -246,13 +246,26 @@ CREATE VIEW v_rows(table_name, id, data) AS
     r#"
 ALTER TABLE backfill_journal ADD COLUMN session_id TEXT;
 "#,
+    // 6: destinations by identity, not spelling (`url` of a row with
+    // `canonical = 0` is the URL as typed, to be folded into its identity's
+    // row by the next push or verify); the manifest last written there, as
+    // the store described it, so that push can tell it is still there.
+    r#"
+ALTER TABLE destinations ADD COLUMN canonical INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE destinations ADD COLUMN manifest_size INTEGER;
+ALTER TABLE destinations ADD COLUMN manifest_etag TEXT;
+"#,
 ];
 
-/// Applies the migrations this catalog lacks, in one exclusive transaction.
-pub fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
-    let known = MIGRATIONS.len() as i64;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
-    let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+/// The number of migrations this starchive knows: the `user_version` of an
+/// up-to-date catalog.
+pub fn count() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+/// Refuses a catalog of `user_version` `found` newer than this starchive.
+pub fn check_version(found: i64, path: &Path) -> Result<()> {
+    let known = count();
     if found > known {
         return Err(Error::CatalogTooNew {
             path: path.to_path_buf(),
@@ -260,6 +273,14 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
             known,
         });
     }
+    Ok(())
+}
+
+/// Applies the migrations this catalog lacks, in one exclusive transaction.
+pub fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+    let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    check_version(found, path)?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", i as i64 + 1)?;

@@ -3,7 +3,9 @@
 //! One [`Catalog`] owns the SQLite connection and the archive's lock file.
 //! Locking: an exclusive OS lock on `catalog.lock` is taken before the
 //! database is opened and held until the value is dropped, so a second
-//! process fails at once and changes nothing. Durability: WAL with
+//! process fails at once and changes nothing; [`Catalog::open_read_only`]
+//! takes no lock, so `plan` and `status` run beside any command (the WAL
+//! gives them a consistent view while another process writes). Durability: WAL with
 //! `synchronous=FULL`, so a commit that returned survives power loss; every
 //! state change a command reports has been committed first. Compatibility:
 //! `PRAGMA user_version` numbers the migrations applied; they are append-only,
@@ -32,7 +34,8 @@ const CACHE_KIB: i64 = -8 * 1024;
 pub struct Catalog {
     conn: Connection,
     dir: PathBuf,
-    _lock: File,
+    /// The archive's lock; `None` for a read-only catalog.
+    _lock: Option<File>,
 }
 
 impl Catalog {
@@ -49,6 +52,36 @@ impl Catalog {
             return Err(Error::NoCatalog(dir.to_path_buf()));
         }
         Self::open_in(dir)
+    }
+
+    /// Opens the catalog of an existing archive to read only, without the
+    /// archive's lock, so that it can be read while another command writes.
+    /// A catalog that still lacks migrations is opened as a writer once,
+    /// to bring it up to date.
+    pub fn open_read_only(dir: &Path) -> Result<Catalog> {
+        let path = dir.join(CATALOG_FILE);
+        if !path.is_file() {
+            return Err(Error::NoCatalog(dir.to_path_buf()));
+        }
+        let conn = Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if found < migrations::count() {
+            drop(conn);
+            let catalog = Self::open_in(dir)?;
+            drop(catalog);
+            return Self::open_read_only(dir);
+        }
+        migrations::check_version(found, &path)?;
+        conn.pragma_update(None, "cache_size", CACHE_KIB)?;
+        Ok(Catalog {
+            conn,
+            dir: dir.to_path_buf(),
+            _lock: None,
+        })
     }
 
     fn open_in(dir: &Path) -> Result<Catalog> {
@@ -71,7 +104,7 @@ impl Catalog {
         Ok(Catalog {
             conn,
             dir: dir.to_path_buf(),
-            _lock: lock,
+            _lock: Some(lock),
         })
     }
 

@@ -15,28 +15,89 @@ pub struct FetchedRef {
     pub kind: String,
 }
 
-/// Records the destination (URL without secrets) and returns its id.
-pub fn destination(conn: &Connection, url: &str, layout: Layout) -> Result<i64> {
+/// Records the destination by its identity ([`crate::store_url`]) and
+/// returns its id, after folding into it the rows that name the same store
+/// ([`fold_legacy`]).
+pub fn destination(conn: &Connection, identity: &str, layout: Layout) -> Result<i64> {
+    fold_legacy(conn, identity)?;
     conn.execute(
-        "INSERT INTO destinations(url, layout) VALUES (?1, ?2)
-         ON CONFLICT(url) DO UPDATE SET layout = excluded.layout",
-        params![url, layout.name()],
+        "INSERT INTO destinations(url, layout, canonical) VALUES (?1, ?2, 1)
+         ON CONFLICT(url) DO UPDATE SET layout = excluded.layout, canonical = 1",
+        params![identity, layout.name()],
     )?;
-    Ok(
-        conn.query_row("SELECT id FROM destinations WHERE url = ?1", [url], |r| {
-            r.get(0)
-        })?,
-    )
+    Ok(conn.query_row(
+        "SELECT id FROM destinations WHERE url = ?1",
+        [identity],
+        |r| r.get(0),
+    )?)
 }
 
-pub fn find_destination(conn: &Connection, url: &str) -> Result<Option<(i64, String)>> {
+/// The destination of this identity, if one was recorded: (id, layout).
+pub fn find_destination(conn: &Connection, identity: &str) -> Result<Option<(i64, String)>> {
+    fold_legacy(conn, identity)?;
     Ok(conn
         .query_row(
             "SELECT id, layout FROM destinations WHERE url = ?1",
-            [url],
+            [identity],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?)
+}
+
+/// Folds the rows an older starchive recorded by the URL as typed
+/// (`canonical = 0`) whose URL names the store of `identity` into one row
+/// of that identity: their objects and placements join it (its own win).
+///
+/// A relative path is read from the current directory, which need not be
+/// the one it was typed in; so the row's manifest record is cleared, and
+/// the next push checks every object against a listing before it trusts
+/// what the folded rows say.
+pub fn fold_legacy(conn: &Connection, identity: &str) -> Result<()> {
+    let mut stmt = conn.prepare("SELECT id, url FROM destinations WHERE canonical = 0")?;
+    let same: Vec<i64> = stmt
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+        .filter_map(|row| match row {
+            Ok((id, url)) => {
+                (crate::store_url::identity(&url).as_deref() == Some(identity)).then_some(Ok(id))
+            }
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_, _>>()?;
+    let Some(&first) = same.first() else {
+        return Ok(());
+    };
+    let tx = conn.unchecked_transaction()?;
+    let keep: i64 = tx
+        .query_row(
+            "SELECT id FROM destinations WHERE url = ?1",
+            [identity],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(first);
+    tx.execute(
+        "UPDATE destinations SET url = ?2, canonical = 1, manifest_size = NULL,
+                manifest_etag = NULL, manifest_sha256 = NULL
+         WHERE id = ?1",
+        params![keep, identity],
+    )?;
+    for id in same.into_iter().filter(|&id| id != keep) {
+        tx.execute(
+            "INSERT OR IGNORE INTO objects(dest_id, key, sha256, size, state, reason, updated_at)
+             SELECT ?1, key, sha256, size, state, reason, updated_at FROM objects WHERE dest_id = ?2",
+            params![keep, id],
+        )?;
+        tx.execute(
+            "INSERT OR IGNORE INTO placements(dest_id, ref_id, key, state, reason)
+             SELECT ?1, ref_id, key, state, reason FROM placements WHERE dest_id = ?2",
+            params![keep, id],
+        )?;
+        tx.execute("DELETE FROM placements WHERE dest_id = ?1", [id])?;
+        tx.execute("DELETE FROM objects WHERE dest_id = ?1", [id])?;
+        tx.execute("DELETE FROM destinations WHERE id = ?1", [id])?;
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 /// The eight columns a [`RefPlace`] is read from (`refs r`), for [`place_at`].
@@ -166,15 +227,17 @@ pub fn refuse_in_plan(
 }
 
 /// Sets the state of every planned object from what the catalog recorded at
-/// its key at `dest` (see [`create_plan_tables`]).
-pub fn settle_plan(conn: &Connection, dest: i64) -> Result<()> {
+/// its key at `dest` (see [`create_plan_tables`]). Unless `trusted`, no
+/// record makes an object `pushed`: it must be found again.
+pub fn settle_plan(conn: &Connection, dest: i64, trusted: bool) -> Result<()> {
     conn.execute(
         "UPDATE temp.plan_objects AS p SET state = CASE
-             WHEN o.state = 'pushed' AND o.sha256 = p.sha256 AND o.size = p.size THEN 'pushed'
+             WHEN ?2 AND o.state = 'pushed' AND o.sha256 = p.sha256 AND o.size = p.size
+                THEN 'pushed'
              WHEN o.sha256 <> p.sha256 THEN 'replace'
              ELSE 'pending' END
          FROM objects o WHERE o.dest_id = ?1 AND o.key = p.key",
-        [dest],
+        params![dest, trusted],
     )?;
     Ok(())
 }
@@ -355,12 +418,16 @@ pub fn planned_objects_after(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Refs in scope that are not fetched (pending or failed at fetch).
-pub fn unfetched_count(conn: &Connection, envs: &Option<String>) -> Result<u64> {
+/// Refs in scope that are not fetched: (pending, failed at fetch).
+pub fn unfetched_counts(conn: &Connection, envs: &Option<String>) -> Result<(u64, u64)> {
     Ok(conn.query_row(
-        &format!("SELECT count(*) FROM refs WHERE state <> 'fetched' AND {ENV_FILTER}"),
+        &format!(
+            "SELECT count(*) FILTER (WHERE state = 'pending'),
+                    count(*) FILTER (WHERE state = 'failed')
+             FROM refs WHERE {ENV_FILTER}"
+        ),
         [envs],
-        |r| r.get(0),
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )?)
 }
 
@@ -413,10 +480,32 @@ pub fn manifest_sha256(conn: &Connection, dest: i64) -> Result<Option<String>> {
     )?)
 }
 
-pub fn set_manifest_sha256(conn: &Connection, dest: i64, sha: &str) -> Result<()> {
+/// The manifest last written to `dest` as the store described it once
+/// written: (size, etag).
+pub fn manifest_record(conn: &Connection, dest: i64) -> Result<Option<(u64, Option<String>)>> {
+    Ok(conn.query_row(
+        "SELECT manifest_size, manifest_etag FROM destinations WHERE id = ?1",
+        [dest],
+        |r| {
+            let etag: Option<String> = r.get(1)?;
+            Ok(r.get::<_, Option<u64>>(0)?.map(|size| (size, etag)))
+        },
+    )?)
+}
+
+/// Records the manifest just written to `dest`: the sha256 of its text, and
+/// its size and etag as the store describes it.
+pub fn set_manifest_record(
+    conn: &Connection,
+    dest: i64,
+    sha: &str,
+    size: u64,
+    etag: Option<&str>,
+) -> Result<()> {
     conn.execute(
-        "UPDATE destinations SET manifest_sha256 = ?2 WHERE id = ?1",
-        params![dest, sha],
+        "UPDATE destinations SET manifest_sha256 = ?2, manifest_size = ?3, manifest_etag = ?4
+         WHERE id = ?1",
+        params![dest, sha, size, etag],
     )?;
     Ok(())
 }

@@ -98,6 +98,14 @@ struct Work {
     insert: Option<NewStickerRow>,
 }
 
+/// Whether `--db` names a PostgreSQL database (a URL, or libpq's
+/// `key=value` form) rather than a directory of CSV exports.
+fn is_connection_string(db: &str) -> bool {
+    db.starts_with("postgres://")
+        || db.starts_with("postgresql://")
+        || (db.contains('=') && !std::path::Path::new(db).exists())
+}
+
 const WOULD_WRITE: &str = "would write";
 const WRITTEN: &str = "written";
 const ALREADY: &str = "already written";
@@ -105,7 +113,17 @@ const LEFT_ALONE: &str = "set by someone else: left alone";
 const NAMED_ALREADY: &str = "a stickers row names this file already: nothing added";
 
 pub fn backfill(ctx: &Context, opts: &BackfillOptions) -> Result<BackfillReport> {
+    if !is_connection_string(&opts.db) {
+        return Err(Error::Usage(format!(
+            "--db {}: backfill writes to the database, so it needs a postgres:// connection string (a directory of CSV exports can only be snapshotted)",
+            crate::redact::url(&opts.db)
+        )));
+    }
     let mut catalog = Catalog::open_existing(&ctx.archive)?;
+    ctx.warn_unknown_envs(&catalog)?;
+    if opts.apply {
+        crate::store_url::create_local_dir(&opts.to)?;
+    }
     let store = Arc::new(stores::open(&opts.to, Role::To)?);
     let client = Arc::new(ctx.runtime.block_on(postgres::connect(&opts.db))?);
     let blobs = Arc::new(BlobStore::new(&ctx.archive));

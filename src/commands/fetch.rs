@@ -174,6 +174,7 @@ const MAX_FLOOD_WAITS: u32 = 30;
 pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
     let started = Instant::now();
     let mut catalog = Catalog::open_existing(&ctx.archive)?;
+    ctx.warn_unknown_envs(&catalog)?;
     let storage = opts
         .storage
         .as_deref()
@@ -377,7 +378,8 @@ fn commit(catalog: &mut Catalog, batch: Vec<Outcome>, fatal: &mut Option<String>
             }
             Outcome::Dangling { refs } => catalog::fetch::mark_dangling(&tx, &refs)?,
             Outcome::Failed { refs, reason } => {
-                tracing::warn!("failed: {reason}");
+                let names = catalog::fetch::ref_names(&tx, &refs)?;
+                tracing::warn!("fetch failed for {names}: {reason}");
                 catalog::fetch::mark_failed(&tx, &refs, &reason)?
             }
             Outcome::Fatal(reason) => *fatal = Some(reason),

@@ -17,6 +17,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::catalog::Catalog;
+use crate::error::Result;
 use crate::progress::Progress;
 
 /// What every command is given.
@@ -33,6 +35,31 @@ impl Context {
     /// Used as `(?N IS NULL OR env IN (SELECT value FROM json_each(?N)))`.
     pub fn env_param(&self) -> Option<String> {
         (!self.envs.is_empty()).then(|| serde_json::Value::from(self.envs.clone()).to_string())
+    }
+}
+
+impl Context {
+    /// Warns about each `--env` that no session in the catalog has, naming
+    /// the envs there are: a misspelt env would otherwise give silent zeros.
+    pub fn warn_unknown_envs(&self, catalog: &Catalog) -> Result<()> {
+        if self.envs.is_empty() {
+            return Ok(());
+        }
+        let mut stmt = catalog
+            .conn()
+            .prepare("SELECT DISTINCT env FROM sessions WHERE env IS NOT NULL ORDER BY env")?;
+        let known: Vec<String> = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for env in self.envs.iter().filter(|e| !known.contains(e)) {
+            let there = if known.is_empty() {
+                "the catalog has no env".to_string()
+            } else {
+                format!("the envs are: {}", known.join(", "))
+            };
+            tracing::warn!("--env {env}: no session has this env ({there})");
+        }
+        Ok(())
     }
 }
 

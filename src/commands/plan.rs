@@ -40,7 +40,11 @@ pub struct PlanReport {
 }
 
 pub fn plan(ctx: &Context) -> Result<PlanReport> {
-    let catalog = Catalog::open_existing(&ctx.archive)?;
+    let catalog = Catalog::open_read_only(&ctx.archive)?;
+    ctx.warn_unknown_envs(&catalog)?;
+    if crate::catalog::push::latest_snapshot(catalog.conn())?.is_none() {
+        return Err(crate::Error::NoSnapshot(ctx.archive.clone()));
+    }
     let conn = catalog.conn();
     let envs = ctx.env_param();
     let mut classes: BTreeMap<String, Counts> = RefClass::ALL

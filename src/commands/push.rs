@@ -115,30 +115,44 @@ struct KeyOutcome {
 pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
     let started = Instant::now();
     let mut catalog = Catalog::open_existing(&ctx.archive)?;
+    ctx.warn_unknown_envs(&catalog)?;
     // A push streams through the catalog and writes it in small batches; the
     // plan lives in temp tables. A small page cache does, and keeps memory
     // low however many refs there are.
     catalog
         .conn()
         .pragma_update(None, "cache_size", PUSH_CACHE_KIB)?;
+    crate::store_url::create_local_dir(&opts.to)?;
     let store = stores::open(&opts.to, Role::To)?;
     let envs = ctx.env_param();
     let dest = q::destination(catalog.conn(), &store.shown, opts.layout)?;
+    let trusted = manifest_still_there(ctx, &store, catalog.conn(), dest)?;
 
     // Placements first: what is known pushed stays so, the rest is pending.
     let counts = {
         let tx = catalog.conn_mut().transaction()?;
         build_plan(&tx, &envs, opts.layout)?;
-        q::settle_plan(&tx, dest)?;
+        q::settle_plan(&tx, dest, trusted)?;
         q::write_placements(&tx, dest)?;
         let counts = q::plan_counts(&tx)?;
         tx.commit()?;
         counts
     };
-    let pending = q::unfetched_count(catalog.conn(), &envs)?;
+    let (pending, failed_at_fetch) = q::unfetched_counts(catalog.conn(), &envs)?;
+    let mut notes = Vec::new();
+    if pending > 0 {
+        notes.push(format!(
+            "{pending} refs are not fetched yet: run `starchive fetch`"
+        ));
+    }
+    if failed_at_fetch > 0 {
+        notes.push(format!(
+            "{failed_at_fetch} refs failed at fetch: `starchive fetch --retry-failed` tries them again"
+        ));
+    }
     let mut skipped = counts.refs_pushed;
     let mut done = 0u64;
-    let mut failed = counts.refs_refused;
+    let mut failed = counts.refs_refused + failed_at_fetch;
     let bytes = Arc::new(AtomicU64::new(0));
     let mut uploaded_any = false;
 
@@ -182,7 +196,7 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
                         }
                         Err(reason) => {
                             failed += outcome.refs;
-                            tracing::warn!("push {}: {reason}", outcome.key);
+                            tracing::warn!("push failed for {}: {reason}", outcome.key);
                         }
                     }
                     q::set_object(
@@ -201,7 +215,8 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
         ctx.progress.finish();
     }
 
-    write_self_description(ctx, &catalog, &store, dest, opts.layout, uploaded_any)?;
+    let changed = uploaded_any || !trusted;
+    write_self_description(ctx, &catalog, &store, dest, opts.layout, changed)?;
     Ok(TransferReport {
         done,
         skipped,
@@ -209,8 +224,36 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
         pending,
         bytes: bytes.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
-        notes: Vec::new(),
+        notes,
     })
+}
+
+/// Whether the catalog's records of `dest` can be trusted: the manifest the
+/// last push wrote there is still there, as it was written (one request).
+/// When it is not (the destination was deleted, replaced, or pushed to from
+/// another archive), every object is looked for again in a listing.
+fn manifest_still_there(ctx: &Context, store: &Store, conn: &Connection, dest: i64) -> Result<bool> {
+    let Some((size, etag)) = q::manifest_record(conn, dest)? else {
+        return Ok(false);
+    };
+    let path = store.path(MANIFEST_KEY).map_err(Error::Config)?;
+    let same = match ctx.runtime.block_on(store.inner.head(&path)) {
+        Ok(meta) => meta.size == size && (etag.is_none() || meta.e_tag == etag),
+        Err(object_store::Error::NotFound { .. }) => false,
+        Err(e) => {
+            return Err(Error::Config(format!(
+                "cannot read {MANIFEST_KEY} at {}: {e}",
+                store.shown
+            )));
+        }
+    };
+    if !same {
+        tracing::info!(
+            "{MANIFEST_KEY} at {} is not the one this archive wrote: checking every object against a listing",
+            store.shown
+        );
+    }
+    Ok(same)
 }
 
 /// Records as pushed the planned objects found at the destination with the
@@ -436,7 +479,9 @@ pub(crate) fn object_attributes(store: &Store, sha256: &str, kind: &str) -> Attr
 }
 
 /// Writes `_starchive/manifest.jsonl.zst` and `_starchive/catalog.sqlite` when
-/// something changed since the last push to this destination.
+/// something changed since the last push to this destination (or
+/// `must_write`), and records
+/// the manifest as the store describes it.
 ///
 /// The manifest streams from the catalog through zstd into a file of the
 /// archive, hashed on the way, so that memory stays flat however many refs
@@ -447,7 +492,7 @@ fn write_self_description(
     store: &Store,
     dest: i64,
     layout: Layout,
-    uploaded_any: bool,
+    must_write: bool,
 ) -> Result<()> {
     use std::io::Write;
 
@@ -486,7 +531,7 @@ fn write_self_description(
             encoder.write_all(&line).map_err(cannot)
         })?;
         let digest = hex(&text_hash.finalize());
-        if !uploaded_any && q::manifest_sha256(conn, dest)?.as_deref() == Some(digest.as_str()) {
+        if !must_write && q::manifest_sha256(conn, dest)?.as_deref() == Some(digest.as_str()) {
             return Ok(None);
         }
         let HashingWriter { mut inner, hasher } = encoder.finish().map_err(cannot)?;
@@ -536,7 +581,18 @@ fn write_self_description(
     let _ = std::fs::remove_file(&copy);
     let _ = std::fs::remove_file(&manifest);
     result?;
-    q::set_manifest_sha256(conn, dest, &digest)?;
+    let path = store.path(MANIFEST_KEY).map_err(Error::Config)?;
+    let written = ctx
+        .runtime
+        .block_on(store.inner.head(&path))
+        .map_err(|e| cannot_write(store, MANIFEST_KEY, e.to_string()))?;
+    q::set_manifest_record(
+        conn,
+        dest,
+        &digest,
+        written.size,
+        written.e_tag.as_deref(),
+    )?;
     Ok(())
 }
 

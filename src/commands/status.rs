@@ -31,7 +31,8 @@ pub struct StatusReport {
 pub const REF_LABEL_SQL: &str = "row_table || '/' || row_id || CASE WHEN slot = '' THEN '' ELSE '/' || class || '/' || slot END";
 
 pub fn status(ctx: &Context) -> Result<StatusReport> {
-    let catalog = Catalog::open_existing(&ctx.archive)?;
+    let catalog = Catalog::open_read_only(&ctx.archive)?;
+    ctx.warn_unknown_envs(&catalog)?;
     let conn = catalog.conn();
     let envs = ctx.env_param();
     let mut fetch: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();

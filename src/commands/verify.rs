@@ -99,6 +99,7 @@ pub(crate) enum Check {
 
 pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
     let mut catalog = Catalog::open_existing(&ctx.archive)?;
+    ctx.warn_unknown_envs(&catalog)?;
     let envs = ctx.env_param();
     let mut report = VerifyReport::default();
 

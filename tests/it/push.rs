@@ -23,6 +23,9 @@ pub(crate) const FIXTURE_BUCKET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fi
 pub(crate) const FIXTURE_TELEGRAM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/telegram");
 
 pub(crate) const MANIFEST: &str = "_starchive/manifest.jsonl.zst";
+/// A push of the fetched fixture exits 3: sticker 315 failed at fetch, and
+/// push counts it as failed.
+pub(crate) const FIXTURE_PUSH_EXIT: i32 = 3;
 const CATALOG_COPY: &str = "_starchive/catalog.sqlite";
 
 /// Where a key's bytes come from in the fixtures.
@@ -650,11 +653,11 @@ fn mirror_push_writes_exactly_the_bot_keys() {
     s3.create_bucket("mirror");
     let url = s3.store_url("mirror", "");
     let doc = exec(&mut push_cmd(&fx.archive, &url, Some(&s3)))
-        .code(0)
+        .code(FIXTURE_PUSH_EXIT)
         .json();
     assert_eq!(doc["done"], FIXTURE_PUSHED_REFS, "{doc}");
-    assert_eq!(doc["failed"], 0, "{doc}");
-    assert_eq!(doc["pending"], 1, "the ref that failed at fetch: {doc}");
+    assert_eq!(doc["failed"], 1, "sticker 315 failed at fetch: {doc}");
+    assert_eq!(doc["pending"], 0, "{doc}");
     assert_eq!(
         doc["bytes"], FIXTURE_BLOB_BYTES,
         "each blob sent once: {doc}"
@@ -679,7 +682,7 @@ fn mirror_push_to_a_directory_writes_the_same_keys() {
     let fx = fetched_fixture();
     let dest = fx.dir.path().join("dest");
     let url = format!("file://{}", dest.display());
-    let doc = exec(&mut push_cmd(&fx.archive, &url, None)).code(0).json();
+    let doc = exec(&mut push_cmd(&fx.archive, &url, None)).code(FIXTURE_PUSH_EXIT).json();
     assert_eq!(doc["done"], FIXTURE_PUSHED_REFS, "{doc}");
     assert_mirror(&files_under(&dest));
     exec(&mut verify_cmd(&fx.archive, &url, None)).code(0);
@@ -692,7 +695,7 @@ fn cas_push_writes_each_blob_once() {
     s3.create_bucket("cas");
     let url = s3.store_url("cas", "");
     let mut cmd = push_cmd(&fx.archive, &url, Some(&s3));
-    let doc = exec(cmd.args(["--layout", "cas"])).code(0).json();
+    let doc = exec(cmd.args(["--layout", "cas"])).code(FIXTURE_PUSH_EXIT).json();
     assert_eq!(doc["done"], FIXTURE_PUSHED_REFS, "{doc}");
     assert_eq!(doc["bytes"], FIXTURE_BLOB_BYTES, "{doc}");
 
@@ -742,7 +745,7 @@ fn shared_blob_is_uploaded_once_and_copied_on_the_server() {
         &s3.store_url("copies", ""),
         Some(&s3),
     ))
-    .code(0);
+    .code(FIXTURE_PUSH_EXIT);
     assert_eq!(s3.requests("COPY"), 1, "{:?}", s3.request_log());
     // 22 blobs + manifest + catalog copy, each sent once; the copy is a PUT too.
     assert_eq!(
@@ -772,13 +775,13 @@ fn second_push_makes_zero_puts() {
     for layout in ["mirror", "cas"] {
         let url = s3.store_url("twice", layout);
         let mut first = push_cmd(&fx.archive, &url, Some(&s3));
-        exec(first.args(["--layout", layout])).code(0);
+        exec(first.args(["--layout", layout])).code(FIXTURE_PUSH_EXIT);
         s3.reset_counts();
         let mut second = push_cmd(&fx.archive, &url, Some(&s3));
-        let doc = exec(second.args(["--layout", layout])).code(0).json();
+        let doc = exec(second.args(["--layout", layout])).code(FIXTURE_PUSH_EXIT).json();
         assert_eq!(s3.requests("PUT"), 0, "{layout}: {:?}", s3.request_log());
         assert_eq!(s3.requests("POST"), 0, "{layout}");
-        assert_eq!(s3.requests("TOTAL"), 0, "{layout}: nothing sent at all");
+        assert_eq!(s3.requests("TOTAL"), 1, "{layout}: one request: {:?}", s3.request_log());
         assert_eq!(doc["done"], 0, "{doc}");
         assert_eq!(doc["skipped"], FIXTURE_PUSHED_REFS, "{doc}");
         assert_eq!(doc["bytes"], 0, "{doc}");
@@ -820,7 +823,7 @@ fn first_push_skips_objects_already_there_with_the_right_size() {
         &s3.store_url("half", ""),
         Some(&s3),
     ))
-    .code(0)
+    .code(FIXTURE_PUSH_EXIT)
     .json();
     assert_eq!(
         s3.requests("LIST"),
@@ -828,7 +831,11 @@ fn first_push_skips_objects_already_there_with_the_right_size() {
         "one listing: {:?}",
         s3.request_log()
     );
-    assert_eq!(s3.requests("HEAD"), 0, "no per-object probe");
+    assert_eq!(
+        s3.requests("HEAD"),
+        1,
+        "no per-object probe; one of the manifest written, to record it"
+    );
     // 22 blobs - 10 present + manifest + catalog copy.
     assert_eq!(
         s3.requests("PUT") - s3.requests("COPY"),
@@ -912,7 +919,13 @@ fn killed_push_resumes_to_a_complete_destination() {
     exec(&mut verify_cmd(&archive, &url, Some(&s3))).code(0);
     s3.reset_counts();
     exec(&mut push_cmd(&archive, &url, Some(&s3))).code(0);
-    assert_eq!(s3.requests("TOTAL"), 0, "{:?}", s3.request_log());
+    assert_eq!(
+        s3.requests("TOTAL"),
+        s3.requests("HEAD"),
+        "{:?}",
+        s3.request_log()
+    );
+    assert_eq!(s3.requests("HEAD"), 1, "the manifest checked only");
 }
 
 #[test]
@@ -965,7 +978,7 @@ fn partial_files_of_a_killed_push_to_a_directory_are_removed() {
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
         std::fs::write(&path, b"half a file").expect("plant");
     }
-    exec(&mut push_cmd(&fx.archive, &dest.to_string_lossy(), None)).code(0);
+    exec(&mut push_cmd(&fx.archive, &dest.to_string_lossy(), None)).code(FIXTURE_PUSH_EXIT);
     for name in &planted {
         assert!(!dest.join(name).exists(), "{name} left behind");
     }
@@ -1028,10 +1041,10 @@ fn corrupted_object_fails_deep_verify_and_is_named() {
     let s3 = TestS3::start();
     s3.create_bucket("bad");
     let url = s3.store_url("bad", "");
-    exec(&mut push_cmd(&fx.archive, &url, Some(&s3))).code(0);
+    exec(&mut push_cmd(&fx.archive, &url, Some(&s3))).code(FIXTURE_PUSH_EXIT);
     let dir_dest = fx.dir.path().join("dest");
     let dir_url = dir_dest.to_string_lossy().into_owned();
-    exec(&mut push_cmd(&fx.archive, &dir_url, None)).code(0);
+    exec(&mut push_cmd(&fx.archive, &dir_url, None)).code(FIXTURE_PUSH_EXIT);
     exec(&mut verify_cmd(&fx.archive, &url, Some(&s3))).code(0);
 
     let corrupt = "stickers/100000004/00000000-0000-4000-8000-000000000201/1741172400000_1.webp";
@@ -1189,7 +1202,7 @@ fn hostile_key_writes_nothing_outside_the_root() {
     let doc = out.json();
     assert!(doc["failed"].as_u64().unwrap_or(0) >= 4, "{doc}");
     let mut cas = push_cmd(&archive, &root.join("cas").to_string_lossy(), None);
-    exec(cas.args(["--layout", "cas"])).code(0);
+    exec(cas.args(["--layout", "cas"])).code(3);
 
     // Nothing changed outside the archive and the two destinations.
     let after = files_under(root);
@@ -1287,7 +1300,7 @@ fn failed_upload_exits_3_and_the_next_push_completes() {
     assert!(doc["failed"].as_u64().unwrap_or(0) >= 1, "{doc}");
     assert_eq!(
         doc["done"].as_u64().unwrap_or(0) + doc["failed"].as_u64().unwrap_or(0),
-        FIXTURE_PUSHED_REFS,
+        FIXTURE_PUSHED_REFS + 1,
         "{doc}"
     );
     let status = exec(starchive(&fx.archive).args(["--json", "status"]))
@@ -1302,9 +1315,9 @@ fn failed_upload_exits_3_and_the_next_push_completes() {
         "status lists the push failure: {status}"
     );
     let doc = exec(&mut push_cmd(&fx.archive, &url, Some(&s3)))
-        .code(0)
+        .code(FIXTURE_PUSH_EXIT)
         .json();
-    assert_eq!(doc["failed"], 0, "{doc}");
+    assert_eq!(doc["failed"], 1, "sticker 315 failed at fetch: {doc}");
     assert_mirror(&bucket_objects(&s3, "flaky"));
 }
 
@@ -1315,7 +1328,7 @@ fn push_json_has_the_documented_keys() {
     let fx = fetched_fixture();
     let dest = fx.dir.path().join("dest");
     let doc = exec(&mut push_cmd(&fx.archive, &dest.to_string_lossy(), None))
-        .code(0)
+        .code(FIXTURE_PUSH_EXIT)
         .json();
     let keys: BTreeSet<&str> = doc
         .as_object()
@@ -1368,7 +1381,7 @@ fn unfetched_refs_are_counted_as_pending() {
 fn manifest_lists_every_ref() {
     let fx = fetched_fixture();
     let dest = fx.dir.path().join("dest");
-    exec(&mut push_cmd(&fx.archive, &dest.to_string_lossy(), None)).code(0);
+    exec(&mut push_cmd(&fx.archive, &dest.to_string_lossy(), None)).code(FIXTURE_PUSH_EXIT);
     let lines = manifest_lines(&std::fs::read(dest.join(MANIFEST)).expect("manifest"));
     let header = &lines[0];
     assert!(header["format"].is_u64(), "format version: {header}");
@@ -1435,9 +1448,9 @@ fn env_limits_push_to_its_refs() {
     let fx = fetched_fixture();
     let dest = fx.dir.path().join("dest");
     let mut cmd = push_cmd(&fx.archive, &dest.to_string_lossy(), None);
-    let doc = exec(cmd.args(["--env", "test"])).code(0).json();
+    let doc = exec(cmd.args(["--env", "test"])).code(FIXTURE_PUSH_EXIT).json();
     assert_eq!(doc["done"], TEST_ENV_KEYS.len() as u64, "{doc}");
-    assert_eq!(doc["pending"], 1, "sticker 315 failed at fetch: {doc}");
+    assert_eq!(doc["failed"], 1, "sticker 315 failed at fetch: {doc}");
     let files: BTreeSet<String> = files_under(&dest)
         .into_keys()
         .filter(|k| !k.starts_with("_starchive/"))
@@ -1455,7 +1468,7 @@ fn s3_prefix_puts_every_key_under_it() {
     let s3 = TestS3::start();
     s3.create_bucket("prefixed");
     let url = s3.store_url("prefixed", "backups/2025");
-    exec(&mut push_cmd(&fx.archive, &url, Some(&s3))).code(0);
+    exec(&mut push_cmd(&fx.archive, &url, Some(&s3))).code(FIXTURE_PUSH_EXIT);
     let objects = bucket_objects(&s3, "prefixed");
     assert!(
         objects.keys().all(|k| k.starts_with("backups/2025/")),
@@ -1471,7 +1484,7 @@ fn s3_prefix_puts_every_key_under_it() {
     let again = fetched_fixture();
     s3.reset_counts();
     let doc = exec(&mut push_cmd(&again.archive, &url, Some(&s3)))
-        .code(0)
+        .code(FIXTURE_PUSH_EXIT)
         .json();
     assert_eq!(doc["skipped"], FIXTURE_PUSHED_REFS, "{doc}");
     assert_eq!(
@@ -1488,14 +1501,14 @@ fn relative_path_and_file_url_are_directories() {
     let work = fx.dir.path().join("work");
     std::fs::create_dir_all(&work).expect("mkdir");
     let mut cmd = push_cmd(&fx.archive, "./backup", None);
-    exec(cmd.current_dir(&work)).code(0);
+    exec(cmd.current_dir(&work)).code(FIXTURE_PUSH_EXIT);
     assert_mirror(&files_under(&work.join("backup")));
     let mut verify = verify_cmd(&fx.archive, "./backup", None);
     exec(verify.current_dir(&work)).code(0);
 
     let abs = fx.dir.path().join("abs dest");
     let url = format!("file://{}", abs.display());
-    exec(&mut push_cmd(&fx.archive, &url, None)).code(0);
+    exec(&mut push_cmd(&fx.archive, &url, None)).code(FIXTURE_PUSH_EXIT);
     assert_mirror(&files_under(&abs));
 }
 
@@ -1526,7 +1539,7 @@ fn run_snapshots_fetches_and_pushes_in_one_go() {
     assert_eq!(doc["snapshot"]["tables"]["stickers"]["rows"], 16, "{doc}");
     assert_eq!(doc["fetch"]["failed"], 1, "{doc}");
     assert_eq!(doc["push"]["done"], FIXTURE_PUSHED_REFS, "{doc}");
-    assert_eq!(doc["push"]["pending"], 1, "{doc}");
+    assert_eq!(doc["push"]["failed"], 1, "{doc}");
     assert_mirror(&bucket_objects(&s3, "run"));
     exec(&mut verify_cmd(&archive, &url, Some(&s3))).code(0);
 }
@@ -1672,4 +1685,234 @@ fn no_secret_in_output_or_destination() {
             );
         }
     }
+}
+
+// ---- destinations by identity, and the manifest check (SPEC §4) -------------
+
+/// `status --json`'s destinations: identity -> states.
+fn destinations(archive: &Path) -> serde_json::Map<String, Value> {
+    let status = exec(starchive(archive).args(["--json", "status"]))
+        .code(0)
+        .json();
+    status["destinations"]
+        .as_object()
+        .expect("destinations")
+        .clone()
+}
+
+#[test]
+fn deleted_destination_is_pushed_again_whole() {
+    let fx = fetched_fixture();
+    let dest = fx.dir.path().join("dest");
+    let url = dest.to_string_lossy().into_owned();
+    exec(&mut push_cmd(&fx.archive, &url, None)).code(FIXTURE_PUSH_EXIT);
+    std::fs::remove_dir_all(&dest).expect("rm -r dest");
+    let doc = exec(&mut push_cmd(&fx.archive, &url, None))
+        .code(FIXTURE_PUSH_EXIT)
+        .json();
+    assert_eq!(doc["done"], FIXTURE_PUSHED_REFS, "{doc}");
+    assert_eq!(doc["bytes"], FIXTURE_BLOB_BYTES, "{doc}");
+    assert_mirror(&files_under(&dest));
+    exec(&mut verify_cmd(&fx.archive, &url, None)).code(0);
+}
+
+#[test]
+fn manifest_replaced_or_gone_makes_push_check_a_listing() {
+    let fx = fetched_fixture();
+    let s3 = TestS3::start();
+    s3.create_bucket("other");
+    let dir = fx.dir.path().join("dest");
+    let key = "stickers/100000004/00000000-0000-4000-8000-000000000201/1741172400000_1.webp";
+    // A manifest of the same size and other bytes, one of other bytes, and none.
+    type Tamper = fn(&[u8]) -> Option<Vec<u8>>;
+    let tampers: [(&str, Tamper); 3] = [
+        ("same size", |m| Some(m.iter().map(|b| b ^ 1).collect())),
+        ("other manifest", |_| Some(b"another archive's manifest".to_vec())),
+        ("deleted", |_| None),
+    ];
+    for (what, tamper) in tampers {
+        for s3_dest in [false, true] {
+            let (url, s3_arg) = if s3_dest {
+                (s3.store_url("other", what), Some(&s3))
+            } else {
+                (dir.join(what).to_string_lossy().into_owned(), None)
+            };
+            exec(&mut push_cmd(&fx.archive, &url, s3_arg)).code(FIXTURE_PUSH_EXIT);
+            // Another machine's push (or a hand) changed the destination.
+            let manifest_key = format!("{what}/{MANIFEST}");
+            let object_key = format!("{what}/{key}");
+            let manifest = if s3_dest {
+                s3.get_file("other", &manifest_key).expect("manifest")
+            } else {
+                std::fs::read(dir.join(&manifest_key)).expect("manifest")
+            };
+            match (tamper(&manifest), s3_dest) {
+                (Some(bytes), true) => s3.put_file("other", &manifest_key, bytes),
+                (Some(bytes), false) => {
+                    std::fs::write(dir.join(&manifest_key), bytes).expect("write")
+                }
+                (None, true) => {
+                    std::fs::remove_file(s3.bucket_dir("other").join(&manifest_key))
+                        .expect("rm manifest")
+                }
+                (None, false) => std::fs::remove_file(dir.join(&manifest_key)).expect("rm"),
+            }
+            if s3_dest {
+                std::fs::remove_file(s3.bucket_dir("other").join(&object_key)).expect("rm");
+            } else {
+                std::fs::remove_file(dir.join(&object_key)).expect("rm object");
+            }
+            let doc = exec(&mut push_cmd(&fx.archive, &url, s3_arg))
+                .code(FIXTURE_PUSH_EXIT)
+                .json();
+            assert_eq!(doc["done"], 1, "{what}, s3 {s3_dest}: {doc}");
+            assert_eq!(
+                doc["skipped"],
+                FIXTURE_PUSHED_REFS - 1,
+                "{what}, s3 {s3_dest}: {doc}"
+            );
+            let mut verify = verify_cmd(&fx.archive, &url, s3_arg);
+            exec(&mut verify).code(0);
+            let written = if s3_dest {
+                s3.get_file("other", &manifest_key).expect("manifest")
+            } else {
+                std::fs::read(dir.join(&manifest_key)).expect("manifest")
+            };
+            assert_eq!(
+                manifest_lines(&written)[1..].len(),
+                FIXTURE_REFS,
+                "{what}: the manifest written again"
+            );
+        }
+    }
+}
+
+#[test]
+fn one_directory_however_typed_is_one_destination() {
+    let fx = fetched_fixture();
+    let work = fx.dir.path().join("work");
+    let sub = work.join("sub");
+    std::fs::create_dir_all(&sub).expect("mkdir");
+    exec(push_cmd(&fx.archive, "backup", None).current_dir(&work)).code(FIXTURE_PUSH_EXIT);
+    let abs = work.join("backup");
+    for (typed, cwd) in [
+        ("./backup/".to_string(), &work),
+        ("../backup".to_string(), &sub),
+        ("../sub/../backup/.".to_string(), &sub),
+        (abs.display().to_string(), &sub),
+        (format!("file://{}/", abs.display()), &sub),
+    ] {
+        let doc = exec(push_cmd(&fx.archive, &typed, None).current_dir(cwd))
+            .code(FIXTURE_PUSH_EXIT)
+            .json();
+        assert_eq!(doc["done"], 0, "{typed}: {doc}");
+        assert_eq!(doc["skipped"], FIXTURE_PUSHED_REFS, "{typed}: {doc}");
+    }
+    let shown: Vec<String> = destinations(&fx.archive).keys().cloned().collect();
+    let canonical = std::fs::canonicalize(&abs).expect("canonical");
+    assert_eq!(shown, [canonical.display().to_string()]);
+}
+
+#[test]
+fn same_relative_path_from_two_directories_is_two_destinations() {
+    let fx = fetched_fixture();
+    let (a, b) = (fx.dir.path().join("a"), fx.dir.path().join("b"));
+    for cwd in [&a, &b] {
+        std::fs::create_dir_all(cwd).expect("mkdir");
+        let doc = exec(push_cmd(&fx.archive, "./backup", None).current_dir(cwd))
+            .code(FIXTURE_PUSH_EXIT)
+            .json();
+        assert_eq!(doc["done"], FIXTURE_PUSHED_REFS, "from {}: {doc}", cwd.display());
+        assert_mirror(&files_under(&cwd.join("backup")));
+    }
+    assert_eq!(destinations(&fx.archive).len(), 2);
+}
+
+#[test]
+fn s3_destination_is_endpoint_bucket_and_prefix_shown_readably() {
+    let fx = fetched_fixture();
+    let s3 = TestS3::start();
+    s3.create_bucket("named");
+    let url = s3.store_url("named", "backups/2025");
+    exec(&mut push_cmd(&fx.archive, &url, Some(&s3))).code(FIXTURE_PUSH_EXIT);
+    // The same store, spelt otherwise: trailing slashes, parameters in
+    // another order, the endpoint percent-encoded.
+    let respelt = format!(
+        "s3://named/backups/2025/?allow_http=true&endpoint={}%2F&region=us-east-1",
+        s3.endpoint().replace(':', "%3A").replace('/', "%2F")
+    );
+    let doc = exec(&mut push_cmd(&fx.archive, &respelt, Some(&s3)))
+        .code(FIXTURE_PUSH_EXIT)
+        .json();
+    assert_eq!(doc["done"], 0, "{doc}");
+    let shown: Vec<String> = destinations(&fx.archive).keys().cloned().collect();
+    assert_eq!(
+        shown,
+        [format!("s3://named/backups/2025?endpoint={}", s3.endpoint())]
+    );
+    let out = exec(starchive(&fx.archive).arg("status"));
+    let text = &out.code(0).stdout;
+    assert!(!text.contains("%3A") && !text.contains("region"), "{text}");
+}
+
+/// A catalog written before destinations had identities keyed them by the
+/// URL as typed: the next push folds every spelling of one store into one.
+#[test]
+fn destinations_recorded_as_typed_are_folded_into_one() {
+    let fx = fetched_fixture();
+    let work = fx.dir.path().join("work");
+    std::fs::create_dir_all(&work).expect("mkdir");
+    exec(push_cmd(&fx.archive, "./backup", None).current_dir(&work)).code(FIXTURE_PUSH_EXIT);
+    let abs = work.join("backup");
+    // As an older starchive left it: the same directory under three
+    // spellings (two copies of the records), none canonical, and a
+    // manifest record it did not keep.
+    {
+        let conn = rusqlite::Connection::open(fx.archive.join("catalog.sqlite")).expect("open");
+        conn.execute_batch(&format!(
+            "UPDATE destinations SET url = './backup', canonical = 0,
+                    manifest_size = NULL, manifest_etag = NULL;
+             INSERT INTO destinations(url, layout) VALUES ('file://{abs}/', 'mirror');
+             INSERT INTO objects SELECT (SELECT id FROM destinations WHERE url LIKE 'file:%'),
+                 key, sha256, size, state, reason, updated_at FROM objects;
+             INSERT INTO placements SELECT (SELECT id FROM destinations WHERE url LIKE 'file:%'),
+                 ref_id, key, state, reason FROM placements;
+             INSERT INTO destinations(url, layout) VALUES ('/elsewhere/backup', 'mirror');",
+            abs = abs.display()
+        ))
+        .expect("rewrite as an old catalog");
+    }
+    let doc = exec(push_cmd(&fx.archive, "backup", None).current_dir(&work))
+        .code(FIXTURE_PUSH_EXIT)
+        .json();
+    assert_eq!(doc["done"], 0, "every object found by the listing: {doc}");
+    assert_eq!(doc["skipped"], FIXTURE_PUSHED_REFS, "{doc}");
+    let shown = destinations(&fx.archive);
+    let canonical = std::fs::canonicalize(&abs).expect("canonical");
+    assert_eq!(
+        shown.keys().cloned().collect::<Vec<_>>(),
+        [canonical.display().to_string()],
+        "one destination; the unrelated row has no placements"
+    );
+    assert_eq!(
+        shown[&canonical.display().to_string()]["pushed"],
+        FIXTURE_PUSHED_REFS
+    );
+    let rows: Vec<(String, i64)> = {
+        let conn = catalog(&fx.archive);
+        let mut stmt = conn
+            .prepare("SELECT url, canonical FROM destinations ORDER BY url")
+            .expect("prepare");
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    };
+    assert_eq!(
+        rows,
+        [
+            ("/elsewhere/backup".to_string(), 0),
+            (canonical.display().to_string(), 1)
+        ]
+    );
 }

@@ -1,0 +1,213 @@
+//! What a store URL names, whatever way it was typed (SPEC §4).
+//!
+//! A destination is recorded by its identity: a local directory by its
+//! canonical absolute path (`backup`, `./backup/`, `file:///abs/backup` and the
+//! same directory typed from another working directory are one), an S3 store
+//! by its endpoint, bucket and prefix. The identity is also how a store is
+//! shown: readable, and without secrets. A plain path that looks like a
+//! mistyped URL is refused rather than taken for a directory.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use object_store::aws::AmazonS3ConfigKey;
+
+/// Schemes a store URL may have, for "did you mean" hints.
+const SCHEMES: &[&str] = &["s3", "file", "memory"];
+
+/// Refuses a plain path that looks like a mistyped URL (`s3//bucket`,
+/// `s3:/bucket`, `file:/tmp/x`), with the URL it probably meant.
+pub fn refuse_typo(text: &str) -> Result<(), String> {
+    if text.contains("://") {
+        return Ok(());
+    }
+    let first = text.split('/').next().unwrap_or("");
+    let (scheme, rest) = match first.split_once(':') {
+        // `name:…` in the first segment: a URL with too few slashes.
+        Some((scheme, _)) if looks_like_scheme(scheme) => {
+            (scheme, text[scheme.len() + 1..].trim_start_matches('/'))
+        }
+        // `s3//bucket`: a known scheme that lost its colon.
+        None if SCHEMES.contains(&first.to_ascii_lowercase().as_str())
+            && text[first.len()..].starts_with("//") =>
+        {
+            (first, text[first.len()..].trim_start_matches('/'))
+        }
+        _ => return Ok(()),
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    let hint = match scheme.as_str() {
+        "file" => format!(": did you mean file:///{rest}?"),
+        "s3" | "memory" => format!(": did you mean {scheme}://{rest}?"),
+        _ => String::new(),
+    };
+    Err(format!(
+        "{text:?} looks like a mistyped URL, not a directory{hint} (a directory whose name has a `:` can be given as ./{text})"
+    ))
+}
+
+fn looks_like_scheme(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+/// The directory a local store URL names (a plain path or `file:///abs`),
+/// as typed (not made absolute); `None` for a URL of another scheme.
+pub fn local_dir(text: &str) -> Option<Result<PathBuf, String>> {
+    match text.strip_prefix("file://") {
+        // Percent-escapes decoded (`file:///a%20b` is `/a b`), as a URL reads.
+        Some(path) if path.starts_with('/') => Some(
+            url::Url::parse(text)
+                .ok()
+                .and_then(|u| u.to_file_path().ok())
+                .ok_or_else(|| "not a usable file:// URL".to_string()),
+        ),
+        Some(_) => Some(Err("a file:// URL takes an absolute path".into())),
+        None if text.contains("://") => None,
+        None => Some(Ok(PathBuf::from(text))),
+    }
+}
+
+/// Creates the directory of a local store, for the commands that write there
+/// (`push`, `backfill --apply`); any other store is left alone.
+pub fn create_local_dir(text: &str) -> Result<(), crate::Error> {
+    refuse_typo(text).map_err(crate::Error::Usage)?;
+    match local_dir(text) {
+        Some(Ok(dir)) => std::fs::create_dir_all(&dir)
+            .map_err(|e| crate::Error::io(format!("cannot create {}", dir.display()), e)),
+        Some(Err(_)) | None => Ok(()),
+    }
+}
+
+/// The identity of a local directory: its canonical absolute path when it
+/// exists, else its absolute path with `.` and `..` resolved as text.
+pub fn local_identity(dir: &Path) -> PathBuf {
+    if let Ok(canonical) = std::fs::canonicalize(dir) {
+        return canonical;
+    }
+    let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mut out = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The identity of an `s3://` URL: `s3://bucket/prefix`, with
+/// `?endpoint=URL` (readable, without secrets) when it names one.
+pub fn s3_identity(parsed: &url::Url) -> String {
+    let bucket = parsed.host_str().unwrap_or("");
+    let prefix = parsed.path().trim_matches('/');
+    let mut out = format!("s3://{bucket}");
+    if !prefix.is_empty() {
+        out.push('/');
+        out.push_str(prefix);
+    }
+    let endpoint = parsed
+        .query_pairs()
+        .find(|(k, _)| AmazonS3ConfigKey::from_str(k).ok() == Some(AmazonS3ConfigKey::Endpoint));
+    if let Some((_, endpoint)) = endpoint {
+        let endpoint = crate::redact::url(&endpoint);
+        out.push_str("?endpoint=");
+        out.push_str(endpoint.trim_end_matches('/'));
+    }
+    out
+}
+
+/// The identity of any store URL, without opening it: how `push` records a
+/// destination and `status` shows it. `None` when the text is no store URL.
+pub fn identity(text: &str) -> Option<String> {
+    if refuse_typo(text).is_err() {
+        return None;
+    }
+    if text.starts_with("s3://") {
+        return url::Url::parse(text).ok().map(|u| s3_identity(&u));
+    }
+    if let Some(rest) = text.strip_prefix("memory://") {
+        return Some(format!("memory://{}", rest.trim_matches('/')));
+    }
+    match local_dir(text)? {
+        Ok(dir) => Some(local_identity(&dir).to_string_lossy().into_owned()),
+        Err(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mistyped_urls_are_refused_with_a_hint() {
+        for (typed, meant) in [
+            ("s3//bkt/p", "s3://bkt/p"),
+            ("s3:/bkt", "s3://bkt"),
+            ("s3:bkt/p", "s3://bkt/p"),
+            ("S3://bkt", ""),
+            ("file:/tmp/x", "file:///tmp/x"),
+            ("file://tmp/x", ""),
+            ("file//tmp/x", "file:///tmp/x"),
+            ("memory:/x", "memory://x"),
+            ("http:/host/x", ""),
+        ] {
+            match refuse_typo(typed) {
+                Err(message) => assert!(
+                    meant.is_empty() || message.contains(&format!("did you mean {meant}?")),
+                    "{typed}: {message}"
+                ),
+                Ok(()) if typed.contains("://") => {}
+                Ok(()) => panic!("{typed} was taken for a directory"),
+            }
+        }
+        for plain in ["backup", "./backup", "/tmp/x", "s3/backup", "./a:b", "dir/x:y"] {
+            assert_eq!(refuse_typo(plain), Ok(()), "{plain}");
+        }
+    }
+
+    #[test]
+    fn one_directory_has_one_identity_however_typed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backup = dir.path().join("backup");
+        std::fs::create_dir(&backup).expect("mkdir");
+        let canonical = std::fs::canonicalize(&backup).expect("canonical");
+        let want = Some(canonical.to_string_lossy().into_owned());
+        for typed in [
+            backup.display().to_string(),
+            format!("{}/", backup.display()),
+            format!("{}/./sub/..", backup.display()),
+            format!("file://{}", backup.display()),
+            format!("file://{}/", backup.display()),
+        ] {
+            assert_eq!(identity(&typed), want, "{typed}");
+        }
+        // Not there yet: the same path, made absolute as text.
+        let later = dir.path().join("later");
+        assert_eq!(
+            identity(&format!("{}/x/../", later.display())).map(PathBuf::from),
+            Some(local_identity(&later))
+        );
+    }
+
+    #[test]
+    fn s3_identity_is_endpoint_bucket_and_prefix() {
+        let a = identity(
+            "s3://bkt/some/prefix/?endpoint=http%3A%2F%2F127.0.0.1%3A9000%2F&region=eu-west-1&allow_http=true",
+        );
+        let b = identity("s3://bkt/some/prefix?allow_http=true&endpoint=http://127.0.0.1:9000");
+        assert_eq!(
+            a.as_deref(),
+            Some("s3://bkt/some/prefix?endpoint=http://127.0.0.1:9000")
+        );
+        assert_eq!(a, b);
+        assert_ne!(identity("s3://bkt/other?endpoint=http://127.0.0.1:9000"), a);
+        assert_eq!(identity("s3://bkt").as_deref(), Some("s3://bkt"));
+        let shown = identity("s3://bkt?endpoint=https://user:pw@host.example").expect("id");
+        assert!(!shown.contains("pw"), "{shown}");
+    }
+}
