@@ -165,7 +165,14 @@ mod tests {
                 Ok(()) => panic!("{typed} was taken for a directory"),
             }
         }
-        for plain in ["backup", "./backup", "/tmp/x", "s3/backup", "./a:b", "dir/x:y"] {
+        for plain in [
+            "backup",
+            "./backup",
+            "/tmp/x",
+            "s3/backup",
+            "./a:b",
+            "dir/x:y",
+        ] {
             assert_eq!(refuse_typo(plain), Ok(()), "{plain}");
         }
     }

@@ -54,15 +54,14 @@ pub fn find_destination(conn: &Connection, identity: &str) -> Result<Option<(i64
 /// what the folded rows say.
 pub fn fold_legacy(conn: &Connection, identity: &str) -> Result<()> {
     let mut stmt = conn.prepare("SELECT id, url FROM destinations WHERE canonical = 0")?;
-    let same: Vec<i64> = stmt
-        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
-        .filter_map(|row| match row {
-            Ok((id, url)) => {
-                (crate::store_url::identity(&url).as_deref() == Some(identity)).then_some(Ok(id))
-            }
-            Err(e) => Some(Err(e)),
-        })
-        .collect::<Result<_, _>>()?;
+    let same: Vec<i64> =
+        stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+            .filter_map(|row| match row {
+                Ok((id, url)) => (crate::store_url::identity(&url).as_deref() == Some(identity))
+                    .then_some(Ok(id)),
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<_, _>>()?;
     let Some(&first) = same.first() else {
         return Ok(());
     };

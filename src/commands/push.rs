@@ -232,7 +232,12 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
 /// last push wrote there is still there, as it was written (one request).
 /// When it is not (the destination was deleted, replaced, or pushed to from
 /// another archive), every object is looked for again in a listing.
-fn manifest_still_there(ctx: &Context, store: &Store, conn: &Connection, dest: i64) -> Result<bool> {
+fn manifest_still_there(
+    ctx: &Context,
+    store: &Store,
+    conn: &Connection,
+    dest: i64,
+) -> Result<bool> {
     let Some((size, etag)) = q::manifest_record(conn, dest)? else {
         return Ok(false);
     };
@@ -586,13 +591,7 @@ fn write_self_description(
         .runtime
         .block_on(store.inner.head(&path))
         .map_err(|e| cannot_write(store, MANIFEST_KEY, e.to_string()))?;
-    q::set_manifest_record(
-        conn,
-        dest,
-        &digest,
-        written.size,
-        written.e_tag.as_deref(),
-    )?;
+    q::set_manifest_record(conn, dest, &digest, written.size, written.e_tag.as_deref())?;
     Ok(())
 }
 

@@ -1,5 +1,12 @@
-//! The command line itself: usage errors, locking, missing archive.
+//! The command line itself: usage errors, locking, missing archive, stores
+//! as typed, and what a user is told.
 
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::push::{FIXTURE_DB, FIXTURE_REFS, FIXTURE_TELEGRAM, exec, fetched_fixture, starchive};
+use crate::support::telegram::FakeTelegram;
 use crate::support::{bin, temp_dir};
 
 #[test]
@@ -127,4 +134,235 @@ fn global_options_go_before_or_after_the_command() {
     assert_eq!(after.status.code(), Some(0));
     let doc: serde_json::Value = serde_json::from_slice(&after.stdout).expect("one JSON document");
     assert_eq!(doc["total"]["refs"], 17, "prod refs of the fixtures");
+}
+
+// ---- stores as typed (SPEC §4) -----------------------------------------------
+
+#[test]
+fn mistyped_urls_are_refused_and_create_nothing() {
+    let dir = temp_dir();
+    let archive = dir.path().join("archive");
+    exec(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).code(0);
+    let cwd = dir.path().join("cwd");
+    std::fs::create_dir_all(&cwd).expect("mkdir");
+    for (typed, meant) in [
+        ("s3//bkt/prefix", Some("s3://bkt/prefix")),
+        ("s3:/bkt", Some("s3://bkt")),
+        ("file:/tmp/x", Some("file:///tmp/x")),
+        ("file//tmp/x", Some("file:///tmp/x")),
+        ("https:/host/x", None),
+    ] {
+        for args in [
+            vec!["push", "--to", typed],
+            vec!["verify", "--to", typed],
+            vec!["fetch", "--storage", typed],
+        ] {
+            let out = exec(starchive(&archive).args(&args).current_dir(&cwd));
+            out.code(2);
+            assert!(
+                out.stderr.contains("mistyped URL"),
+                "{args:?}: {}",
+                out.stderr
+            );
+            if let Some(meant) = meant {
+                assert!(
+                    out.stderr.contains(&format!("did you mean {meant}?")),
+                    "{args:?}: {}",
+                    out.stderr
+                );
+            }
+        }
+    }
+    let left: Vec<_> = std::fs::read_dir(&cwd).expect("ls").collect();
+    assert!(left.is_empty(), "created {left:?}");
+    assert!(!Path::new("/tmp/x").exists() || Path::new("/tmp/x").is_dir());
+}
+
+#[test]
+fn verify_of_a_missing_directory_exits_1_and_creates_nothing() {
+    let fx = fetched_fixture();
+    let cwd = fx.dir.path().join("cwd");
+    std::fs::create_dir_all(&cwd).expect("mkdir");
+    for typed in ["./typo-dir", "typo-dir/sub"] {
+        let out = exec(
+            starchive(&fx.archive)
+                .args(["verify", "--to", typed])
+                .current_dir(&cwd),
+        );
+        out.code(1);
+        assert!(out.stderr.contains("no such directory"), "{}", out.stderr);
+    }
+    assert!(
+        !cwd.join("typo-dir").exists(),
+        "verify created the directory"
+    );
+    // push writes there: it creates it.
+    exec(
+        starchive(&fx.archive)
+            .args(["push", "--to", "./typo-dir"])
+            .current_dir(&cwd),
+    )
+    .code(3);
+    assert!(cwd.join("typo-dir/_starchive").is_dir());
+}
+
+// ---- reading beside a running command (SPEC §2) -----------------------------
+
+#[test]
+fn status_and_plan_run_beside_a_fetch() {
+    let dir = temp_dir();
+    let archive = dir.path().join("archive");
+    exec(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).code(0);
+    let tg = FakeTelegram::from_dir(FIXTURE_TELEGRAM);
+    tg.latency(Duration::from_millis(400));
+    let mut fetch = starchive(&archive)
+        .args(["fetch", "--jobs", "1", "--telegram-rate", "1000"])
+        .envs(tg.env())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn fetch");
+    // The fetch holds the archive once it asked Telegram for something.
+    let started = Instant::now();
+    while tg.total_requests() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "fetch never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = exec(starchive(&archive).args(["--json", "status"]));
+    let plan = exec(starchive(&archive).args(["plan", "--json"]));
+    let writer = exec(
+        starchive(&archive)
+            .args(["push", "--to"])
+            .arg(dir.path().join("d")),
+    );
+    let still_running = fetch.try_wait().expect("try_wait").is_none();
+    let _ = fetch.wait();
+    assert!(still_running, "the fetch ended before the readers ran");
+    let doc = status.code(0).json();
+    assert!(doc["fetch"]["sticker"].is_object(), "{doc}");
+    assert_eq!(plan.code(0).json()["total"]["refs"], FIXTURE_REFS);
+    writer.code(1);
+    assert!(
+        writer.stderr.contains("in use by another starchive"),
+        "{}",
+        writer.stderr
+    );
+}
+
+// ---- what the user is told (SPEC §3) ------------------------------------------
+
+#[test]
+fn push_before_fetch_says_to_run_fetch() {
+    let dir = temp_dir();
+    let archive = dir.path().join("archive");
+    exec(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).code(0);
+    let dest = dir.path().join("dest");
+    let want = format!("{FIXTURE_REFS} refs are not fetched yet: run `starchive fetch`");
+    let out = exec(starchive(&archive).args(["push", "--to"]).arg(&dest));
+    out.code(0);
+    assert!(out.stdout.contains(&want), "{}", out.stdout);
+    let doc = exec(
+        starchive(&archive)
+            .args(["--json", "push", "--to"])
+            .arg(&dest),
+    )
+    .code(0)
+    .json();
+    assert_eq!(doc["pending"], FIXTURE_REFS, "{doc}");
+    assert_eq!(doc["notes"][0], want.as_str(), "{doc}");
+}
+
+#[test]
+fn fetch_failure_is_named_and_counts_failed_in_push() {
+    let fx = fetched_fixture();
+    // The fixture's fetch warned with the ref's class and row id.
+    let tg = FakeTelegram::from_dir(FIXTURE_TELEGRAM);
+    let out = exec(
+        starchive(&fx.archive)
+            .args(["fetch", "--retry-failed", "--telegram-rate", "1000"])
+            .envs(tg.env()),
+    );
+    out.code(3);
+    assert!(
+        out.stderr
+            .contains("fetch failed for sticker stickers/00000000-0000-4000-8000-000000000315"),
+        "{}",
+        out.stderr
+    );
+    let out = exec(
+        starchive(&fx.archive)
+            .args(["push", "--to"])
+            .arg(fx.dir.path().join("d")),
+    );
+    out.code(3);
+    assert!(out.stdout.contains("failed 1, pending 0"), "{}", out.stdout);
+    assert!(out.stdout.contains("--retry-failed"), "{}", out.stdout);
+}
+
+#[test]
+fn backfill_from_a_csv_directory_says_it_needs_postgres() {
+    let fx = fetched_fixture();
+    let dest = fx.dir.path().join("dest");
+    let out = exec(
+        starchive(&fx.archive)
+            .args(["backfill", "--db", FIXTURE_DB, "--to"])
+            .arg(&dest),
+    );
+    out.code(2);
+    assert!(out.stderr.contains("postgres://"), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("connection string: unexpected"),
+        "{}",
+        out.stderr
+    );
+    assert!(!dest.exists());
+}
+
+#[test]
+fn unknown_env_warns_and_names_the_envs() {
+    let fx = fetched_fixture();
+    for args in [vec!["plan"], vec!["status"]] {
+        let out = exec(
+            starchive(&fx.archive)
+                .args(["--env", "nosuchenv", "--env", "prod"])
+                .args(&args),
+        );
+        out.code(0);
+        assert!(
+            out.stderr
+                .contains("--env nosuchenv: no session has this env")
+                && out.stderr.contains("prod, test"),
+            "{args:?}: {}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("--env prod"), "{}", out.stderr);
+    }
+}
+
+#[test]
+fn plan_after_a_failed_snapshot_says_no_snapshot_yet() {
+    let dir = temp_dir();
+    let archive = dir.path().join("archive");
+    // Nothing listens on port 1: the catalog is created, no snapshot taken.
+    let out = exec(starchive(&archive).args([
+        "snapshot",
+        "--db",
+        "postgres://nobody@127.0.0.1:1/none?connect_timeout=5",
+    ]));
+    out.code(1);
+    assert!(archive.join("catalog.sqlite").is_file());
+    for json in [false, true] {
+        let mut cmd = starchive(&archive);
+        cmd.arg("plan");
+        if json {
+            cmd.arg("--json");
+        }
+        let out = exec(&mut cmd);
+        out.code(1);
+        assert!(out.stderr.contains("no snapshot yet"), "{}", out.stderr);
+        assert!(out.stdout.is_empty(), "{}", out.stdout);
+    }
 }

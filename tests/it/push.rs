@@ -218,7 +218,7 @@ const TEST_ENV_KEYS: &[&str] = &[
     "stickers/100000005/00000000-0000-4000-8000-000000000203/1740060000000_2.webp",
 ];
 
-const FIXTURE_REFS: usize = 26;
+pub(crate) const FIXTURE_REFS: usize = 26;
 pub(crate) const FIXTURE_PUSHED_REFS: u64 = 25;
 pub(crate) const FIXTURE_BLOBS: usize = 22;
 pub(crate) const FIXTURE_BLOB_BYTES: u64 = 1376;
@@ -682,7 +682,9 @@ fn mirror_push_to_a_directory_writes_the_same_keys() {
     let fx = fetched_fixture();
     let dest = fx.dir.path().join("dest");
     let url = format!("file://{}", dest.display());
-    let doc = exec(&mut push_cmd(&fx.archive, &url, None)).code(FIXTURE_PUSH_EXIT).json();
+    let doc = exec(&mut push_cmd(&fx.archive, &url, None))
+        .code(FIXTURE_PUSH_EXIT)
+        .json();
     assert_eq!(doc["done"], FIXTURE_PUSHED_REFS, "{doc}");
     assert_mirror(&files_under(&dest));
     exec(&mut verify_cmd(&fx.archive, &url, None)).code(0);
@@ -695,7 +697,9 @@ fn cas_push_writes_each_blob_once() {
     s3.create_bucket("cas");
     let url = s3.store_url("cas", "");
     let mut cmd = push_cmd(&fx.archive, &url, Some(&s3));
-    let doc = exec(cmd.args(["--layout", "cas"])).code(FIXTURE_PUSH_EXIT).json();
+    let doc = exec(cmd.args(["--layout", "cas"]))
+        .code(FIXTURE_PUSH_EXIT)
+        .json();
     assert_eq!(doc["done"], FIXTURE_PUSHED_REFS, "{doc}");
     assert_eq!(doc["bytes"], FIXTURE_BLOB_BYTES, "{doc}");
 
@@ -778,10 +782,17 @@ fn second_push_makes_zero_puts() {
         exec(first.args(["--layout", layout])).code(FIXTURE_PUSH_EXIT);
         s3.reset_counts();
         let mut second = push_cmd(&fx.archive, &url, Some(&s3));
-        let doc = exec(second.args(["--layout", layout])).code(FIXTURE_PUSH_EXIT).json();
+        let doc = exec(second.args(["--layout", layout]))
+            .code(FIXTURE_PUSH_EXIT)
+            .json();
         assert_eq!(s3.requests("PUT"), 0, "{layout}: {:?}", s3.request_log());
         assert_eq!(s3.requests("POST"), 0, "{layout}");
-        assert_eq!(s3.requests("TOTAL"), 1, "{layout}: one request: {:?}", s3.request_log());
+        assert_eq!(
+            s3.requests("TOTAL"),
+            1,
+            "{layout}: one request: {:?}",
+            s3.request_log()
+        );
         assert_eq!(doc["done"], 0, "{doc}");
         assert_eq!(doc["skipped"], FIXTURE_PUSHED_REFS, "{doc}");
         assert_eq!(doc["bytes"], 0, "{doc}");
@@ -1448,7 +1459,9 @@ fn env_limits_push_to_its_refs() {
     let fx = fetched_fixture();
     let dest = fx.dir.path().join("dest");
     let mut cmd = push_cmd(&fx.archive, &dest.to_string_lossy(), None);
-    let doc = exec(cmd.args(["--env", "test"])).code(FIXTURE_PUSH_EXIT).json();
+    let doc = exec(cmd.args(["--env", "test"]))
+        .code(FIXTURE_PUSH_EXIT)
+        .json();
     assert_eq!(doc["done"], TEST_ENV_KEYS.len() as u64, "{doc}");
     assert_eq!(doc["failed"], 1, "sticker 315 failed at fetch: {doc}");
     let files: BTreeSet<String> = files_under(&dest)
@@ -1727,7 +1740,9 @@ fn manifest_replaced_or_gone_makes_push_check_a_listing() {
     type Tamper = fn(&[u8]) -> Option<Vec<u8>>;
     let tampers: [(&str, Tamper); 3] = [
         ("same size", |m| Some(m.iter().map(|b| b ^ 1).collect())),
-        ("other manifest", |_| Some(b"another archive's manifest".to_vec())),
+        ("other manifest", |_| {
+            Some(b"another archive's manifest".to_vec())
+        }),
         ("deleted", |_| None),
     ];
     for (what, tamper) in tampers {
@@ -1751,10 +1766,8 @@ fn manifest_replaced_or_gone_makes_push_check_a_listing() {
                 (Some(bytes), false) => {
                     std::fs::write(dir.join(&manifest_key), bytes).expect("write")
                 }
-                (None, true) => {
-                    std::fs::remove_file(s3.bucket_dir("other").join(&manifest_key))
-                        .expect("rm manifest")
-                }
+                (None, true) => std::fs::remove_file(s3.bucket_dir("other").join(&manifest_key))
+                    .expect("rm manifest"),
                 (None, false) => std::fs::remove_file(dir.join(&manifest_key)).expect("rm"),
             }
             if s3_dest {
@@ -1822,7 +1835,12 @@ fn same_relative_path_from_two_directories_is_two_destinations() {
         let doc = exec(push_cmd(&fx.archive, "./backup", None).current_dir(cwd))
             .code(FIXTURE_PUSH_EXIT)
             .json();
-        assert_eq!(doc["done"], FIXTURE_PUSHED_REFS, "from {}: {doc}", cwd.display());
+        assert_eq!(
+            doc["done"],
+            FIXTURE_PUSHED_REFS,
+            "from {}: {doc}",
+            cwd.display()
+        );
         assert_mirror(&files_under(&cwd.join("backup")));
     }
     assert_eq!(destinations(&fx.archive).len(), 2);
@@ -1848,7 +1866,10 @@ fn s3_destination_is_endpoint_bucket_and_prefix_shown_readably() {
     let shown: Vec<String> = destinations(&fx.archive).keys().cloned().collect();
     assert_eq!(
         shown,
-        [format!("s3://named/backups/2025?endpoint={}", s3.endpoint())]
+        [format!(
+            "s3://named/backups/2025?endpoint={}",
+            s3.endpoint()
+        )]
     );
     let out = exec(starchive(&fx.archive).arg("status"));
     let text = &out.code(0).stdout;
