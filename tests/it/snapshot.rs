@@ -1041,8 +1041,9 @@ fn missing_optional_tables_and_columns_still_snapshot() {
     assert!(stderr(&out).contains("sessions"), "{}", stderr(&out));
 }
 
-/// While one process holds the archive, a second `plan` or `snapshot` exits 1
-/// saying the archive is in use, and the catalog is unchanged.
+/// While one process holds the archive, a second `verify` or `snapshot`
+/// exits 1 saying the archive is in use, and the catalog is unchanged;
+/// `plan`, which only reads, runs.
 #[test]
 fn second_process_is_locked_out_and_changes_nothing() {
     let pg = TestPg::start();
@@ -1072,7 +1073,7 @@ fn second_process_is_locked_out_and_changes_nothing() {
     let holder =
         starchive::catalog::Catalog::open_or_create(archive.path()).expect("hold the lock");
     for args in [
-        vec!["plan"],
+        vec!["verify"],
         vec!["snapshot", "--db", url.as_str()],
         vec!["snapshot", "--db", FIXTURES_DB],
     ] {
@@ -1083,6 +1084,8 @@ fn second_process_is_locked_out_and_changes_nothing() {
         assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
         assert_eq!(state(holder.conn()), before, "{args:?} changed the catalog");
     }
+    let plan = starchive(archive.path(), &["plan"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", stderr(&plan));
     drop(holder);
     assert_eq!(state(&catalog(archive.path())), before);
     // Once the holder is gone, the next run goes through.
