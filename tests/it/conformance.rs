@@ -16,8 +16,9 @@ use std::path::Path;
 
 use crate::backfill::{DANGLING_KEY, TABLES, fixture_fills, fx};
 use crate::push::{
-    FIXTURE_BLOB_BYTES, FIXTURE_BLOBS, FIXTURE_BUCKET, FIXTURE_DB, FIXTURE_PUSHED_REFS,
-    FIXTURE_TELEGRAM, MANIFEST, exec, fetched_fixture, mirror_objects, starchive, sticker_bytes,
+    FIXTURE_BLOB_BYTES, FIXTURE_BLOBS, FIXTURE_BUCKET, FIXTURE_DB, FIXTURE_PUSH_EXIT,
+    FIXTURE_PUSHED_REFS, FIXTURE_TELEGRAM, MANIFEST, exec, fetched_fixture, mirror_objects,
+    starchive, sticker_bytes,
 };
 use crate::support::backend::{Backend, Bucket, Kind};
 use crate::support::pg::TestPg;
@@ -169,7 +170,7 @@ fn mirror_push_places_the_bot_keys_with_their_type_and_sha256(backend: &Backend)
     let dest = backend.bucket();
     let mut cmd = starchive(&fx.archive);
     with_to(cmd.args(["--json", "push"]), &dest);
-    let doc = exec(&mut cmd).code(0).json();
+    let doc = exec(&mut cmd).code(FIXTURE_PUSH_EXIT).json();
     assert_eq!(doc["done"], FIXTURE_PUSHED_REFS, "{doc}");
     // Two keys share one blob: it is sent once and copied on the server.
     assert_eq!(
@@ -182,7 +183,7 @@ fn mirror_push_places_the_bot_keys_with_their_type_and_sha256(backend: &Backend)
 
     let mut again = starchive(&fx.archive);
     with_to(again.args(["--json", "push"]), &dest);
-    let doc = exec(&mut again).code(0).json();
+    let doc = exec(&mut again).code(FIXTURE_PUSH_EXIT).json();
     assert_eq!(
         (doc["done"].as_u64(), doc["bytes"].as_u64()),
         (Some(0), Some(0)),
@@ -196,7 +197,7 @@ fn cas_push_writes_each_blob_once_at_its_hash(backend: &Backend) {
     let dest = backend.bucket();
     let mut cmd = starchive(&fx.archive);
     with_to(cmd.args(["--json", "push", "--layout", "cas"]), &dest);
-    let doc = exec(&mut cmd).code(0).json();
+    let doc = exec(&mut cmd).code(FIXTURE_PUSH_EXIT).json();
     assert_eq!(doc["done"], FIXTURE_PUSHED_REFS, "{doc}");
     assert_eq!(doc["bytes"], FIXTURE_BLOB_BYTES, "{doc}");
     let want: BTreeMap<String, Vec<u8>> = mirror_objects()
@@ -258,7 +259,7 @@ fn deep_verify_names_bad_and_missing_objects(backend: &Backend) {
     let dest = backend.bucket();
     let mut push = starchive(&fx.archive);
     with_to(push.arg("push"), &dest);
-    exec(&mut push).code(0);
+    exec(&mut push).code(FIXTURE_PUSH_EXIT);
     let verify = || {
         let mut cmd = starchive(&fx.archive);
         with_to(cmd.args(["--json", "verify", "--deep"]), &dest);
