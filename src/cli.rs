@@ -56,6 +56,15 @@ pub enum Command {
     Run(RunArgs),
     /// Hold the archive (and with --storage the bucket) against the database: packs with holes, blobs missing or bad, orphans, dangling keys.
     Check(CheckArgs),
+    /// Write a static site of the archive that a browser shows offline.
+    Gallery(GalleryArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GalleryArgs {
+    /// Where to write the site (default: ARCHIVE/gallery). Replaced on each run.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 /// How `fetch` finds its Bot API tokens (SPEC §1), shown after its options.

@@ -8,6 +8,7 @@ pub mod blobs;
 pub mod catalog;
 pub mod commands;
 pub mod error;
+pub mod gallery;
 pub mod layout;
 pub mod progress;
 pub mod redact;

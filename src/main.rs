@@ -100,6 +100,9 @@ fn run(command: Command, ctx: &Context, printer: &Printer) -> Result<ExitCode, E
             printer.report(&report);
             return Ok(ExitCode::from(report.exit_code()));
         }
+        Command::Gallery(args) => {
+            printer.report(&commands::gallery::gallery(ctx, args.out.as_deref())?);
+        }
         Command::Run(args) => {
             let report = commands::run::run(
                 ctx,

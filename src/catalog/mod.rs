@@ -14,6 +14,7 @@
 pub mod backfill;
 pub mod check;
 pub mod fetch;
+pub mod gallery;
 mod migrations;
 pub mod push;
 pub mod snapshot;

@@ -5,6 +5,7 @@
 pub mod backfill;
 pub mod check;
 pub mod fetch;
+pub mod gallery;
 pub mod plan;
 pub mod push;
 pub mod run;

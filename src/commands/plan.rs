@@ -45,8 +45,11 @@ pub fn plan(ctx: &Context) -> Result<PlanReport> {
     if crate::catalog::push::latest_snapshot(catalog.conn())?.is_none() {
         return Err(crate::Error::NoSnapshot(ctx.archive.clone()));
     }
-    let conn = catalog.conn();
-    let envs = ctx.env_param();
+    counts(catalog.conn(), &ctx.env_param())
+}
+
+/// `plan`'s counts over an open catalog, for the envs in `envs` (see [`Context::env_param`]).
+pub fn counts(conn: &rusqlite::Connection, envs: &Option<String>) -> Result<PlanReport> {
     let mut classes: BTreeMap<String, Counts> = RefClass::ALL
         .iter()
         .map(|c| (c.name().to_string(), Counts::default()))
@@ -58,7 +61,7 @@ pub fn plan(ctx: &Context) -> Result<PlanReport> {
                 count(*) FILTER (WHERE state = 'failed')
          FROM refs WHERE {ENV_FILTER} GROUP BY class"
     ))?;
-    let rows = stmt.query_map([&envs], |r| {
+    let rows = stmt.query_map([envs], |r| {
         Ok((
             r.get::<_, String>(0)?,
             Counts {
@@ -88,7 +91,7 @@ pub fn plan(ctx: &Context) -> Result<PlanReport> {
             "SELECT count(*), coalesce(sum(size), 0) FROM blobs
              WHERE sha256 IN (SELECT sha256 FROM refs WHERE {ENV_FILTER})"
         ),
-        [&envs],
+        [envs],
         |r| {
             Ok(BlobCounts {
                 count: r.get(0)?,
@@ -103,7 +106,7 @@ pub fn plan(ctx: &Context) -> Result<PlanReport> {
                     count(*) FILTER (WHERE class = 'sticker' AND storage_key IS NULL)
              FROM refs WHERE {ENV_FILTER}"
         ),
-        [&envs],
+        [envs],
         |r| {
             Ok(BackfillVolumes {
                 sessions_missing_storage_path: r.get(0)?,

@@ -9,5 +9,6 @@ mod check;
 mod cli;
 mod conformance;
 mod fetch;
+mod gallery;
 mod push;
 mod snapshot;

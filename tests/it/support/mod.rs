@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod media;
 pub mod moto;
 pub mod objects;
 pub mod pg;
