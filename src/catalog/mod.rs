@@ -18,6 +18,7 @@ pub mod gallery;
 mod migrations;
 pub mod push;
 pub mod snapshot;
+pub mod verify;
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};

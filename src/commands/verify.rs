@@ -43,6 +43,10 @@ pub struct VerifyReport {
     pub objects_checked: u64,
     pub objects_missing: u64,
     pub objects_bad: u64,
+    /// Refs put back to pending because their blob is missing or bad.
+    pub refs_to_fetch_again: u64,
+    /// Objects marked so that the next `push` uploads them again.
+    pub objects_to_push_again: u64,
     pub problems: Vec<Problem>,
 }
 
@@ -112,6 +116,8 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
         .collect::<Result<_, _>>()?;
     drop(stmt);
     let store = Arc::new(BlobStore::new(&ctx.archive));
+    let blob_store = store.clone();
+    let mut bad_blobs = Vec::new();
     ctx.progress
         .start("re-hashing blobs", Some(blobs.len() as u64));
     run_units(
@@ -140,18 +146,25 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
         },
         |batch| {
             for (sha, check) in batch {
+                if !matches!(check, Check::Good) {
+                    bad_blobs.push(sha.clone());
+                }
                 report.record(BLOB, sha, check);
             }
             Ok(())
         },
     )?;
     ctx.progress.finish();
+    if !bad_blobs.is_empty() {
+        report.refs_to_fetch_again = forget_blobs(&mut catalog, &blob_store, &bad_blobs)?;
+    }
 
     if let Some(url) = &opts.to {
         let dest = stores::open(url, Role::To)?;
-        let layout = match q::find_destination(catalog.conn(), &dest.shown)? {
+        let recorded = q::find_destination(catalog.conn(), &dest.shown)?;
+        let layout = match &recorded {
             Some((_, recorded)) if opts.layout.is_none() => {
-                Layout::parse(&recorded).unwrap_or(Layout::Mirror)
+                Layout::parse(recorded).unwrap_or(Layout::Mirror)
             }
             _ => opts.layout.unwrap_or(Layout::Mirror),
         };
@@ -172,7 +185,9 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
             Ok(page)
         });
         let deep = opts.deep;
+        let shown = dest.shown.clone();
         let dest = Arc::new(dest);
+        let mut bad_objects = Vec::new();
         run_units(
             &ctx.runtime,
             ctx.progress.as_ref(),
@@ -181,24 +196,98 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
             move |object| {
                 let dest = dest.clone();
                 async move {
-                    let check =
-                        check_object(&dest, &object.key, &object.sha256, object.size, deep).await;
-                    (object.key, check)
+                    let (check, held) =
+                        inspect_object(&dest, &object.key, &object.sha256, object.size, deep).await;
+                    (object.key, check, held)
                 }
             },
             |batch| {
-                for (key, check) in batch {
+                for (key, check, held) in batch {
+                    match &check {
+                        Check::Good => {}
+                        Check::Missing(p) | Check::Bad(p) => bad_objects.push(BadObject {
+                            key: key.clone(),
+                            held,
+                            problem: p.clone(),
+                        }),
+                    }
                     report.record(OBJECT, key, check);
                 }
                 Ok(())
             },
         )?;
         ctx.progress.finish();
+        if !bad_objects.is_empty() {
+            report.objects_to_push_again =
+                mark_objects(&mut catalog, recorded, &shown, layout, &bad_objects)?;
+        }
     }
     report
         .problems
         .sort_by(|a, b| (a.what, &a.name).cmp(&(b.what, &b.name)));
     Ok(report)
+}
+
+/// A blob missing or bad in `blobs/`: its refs pending again, its record
+/// gone (committed first), then its file removed, so that the next `fetch`
+/// downloads it again. Returns the refs put back to pending.
+fn forget_blobs(catalog: &mut Catalog, store: &BlobStore, shas: &[String]) -> Result<u64> {
+    let tx = catalog.conn_mut().transaction()?;
+    let mut refs = 0;
+    for sha in shas {
+        refs += crate::catalog::verify::forget_blob(&tx, sha)?;
+    }
+    tx.commit()?;
+    for sha in shas {
+        let path = store.path(sha);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // Harmless: the next fetch puts the right bytes in its place.
+            Err(e) => tracing::warn!("cannot remove the bad blob {}: {e}", path.display()),
+        }
+    }
+    Ok(refs)
+}
+
+/// An object found missing or bad at the destination.
+struct BadObject {
+    key: String,
+    /// The sha256 and size of other bytes of the right size found there.
+    held: Option<(String, u64)>,
+    problem: String,
+}
+
+/// Objects missing or bad at the destination (`recorded`: its id in the
+/// catalog, if pushed to before), marked so that the next `push` uploads
+/// them again. Returns how many.
+fn mark_objects(
+    catalog: &mut Catalog,
+    recorded: Option<(i64, String)>,
+    shown: &str,
+    layout: Layout,
+    bad: &[BadObject],
+) -> Result<u64> {
+    use crate::catalog::verify::{Found, mark_object};
+    let tx = catalog.conn_mut().transaction()?;
+    // A store never pushed to from this archive has no record to undo, but
+    // other bytes of the right size there would pass for pushed: record them.
+    let dest = match recorded {
+        Some((id, _)) => id,
+        None => q::destination(&tx, shown, layout)?,
+    };
+    for BadObject { key, held, problem } in bad {
+        let found = match held {
+            Some((sha256, size)) => Found::Other {
+                sha256,
+                size: *size,
+            },
+            None => Found::Unknown,
+        };
+        mark_object(&tx, dest, key, found, problem)?;
+    }
+    tx.commit()?;
+    Ok(bad.len() as u64)
 }
 
 /// Whether `key` holds `size` bytes hashing to `sha256` (by metadata, or by reading when `deep`).
@@ -209,9 +298,21 @@ pub(crate) async fn check_object(
     size: u64,
     deep: bool,
 ) -> Check {
+    inspect_object(dest, key, sha256, size, deep).await.0
+}
+
+/// [`check_object`], and, when the key holds other bytes of the right size,
+/// their sha256 (computed when `deep`, else from their metadata) and size.
+async fn inspect_object(
+    dest: &Store,
+    key: &str,
+    sha256: &str,
+    size: u64,
+    deep: bool,
+) -> (Check, Option<(String, u64)>) {
     let path = match dest.path(key) {
         Ok(p) => p,
-        Err(e) => return Check::Bad(e),
+        Err(e) => return (Check::Bad(e), None),
     };
     let opts = GetOptions {
         head: !deep,
@@ -219,19 +320,25 @@ pub(crate) async fn check_object(
     };
     let result = match dest.inner.get_opts(&path, opts).await {
         Ok(r) => r,
-        Err(object_store::Error::NotFound { .. }) => return Check::Missing("missing".into()),
-        Err(e) => return Check::Bad(format!("cannot read: {e}")),
+        Err(object_store::Error::NotFound { .. }) => {
+            return (Check::Missing("missing".into()), None);
+        }
+        Err(e) => return (Check::Bad(format!("cannot read: {e}")), None),
     };
     if result.meta.size != size {
-        return Check::Bad(format!("{} bytes, expected {size}", result.meta.size));
+        return (
+            Check::Bad(format!("{} bytes, expected {size}", result.meta.size)),
+            None,
+        );
     }
     if let Some(meta) = result.attributes.get(&Attribute::Metadata("sha256".into()))
         && meta.as_ref() != sha256
     {
-        return Check::Bad(format!(
-            "sha256 metadata {}, expected {sha256}",
-            meta.as_ref()
-        ));
+        let held = meta.as_ref().to_string();
+        return (
+            Check::Bad(format!("sha256 metadata {held}, expected {sha256}")),
+            Some((held, size)),
+        );
     }
     if deep {
         let mut hasher = Sha256::new();
@@ -239,15 +346,18 @@ pub(crate) async fn check_object(
         while let Some(chunk) = stream.next().await {
             match chunk {
                 Ok(chunk) => hasher.update(&chunk),
-                Err(e) => return Check::Bad(format!("cannot read: {e}")),
+                Err(e) => return (Check::Bad(format!("cannot read: {e}")), None),
             }
         }
         let got = hex(&hasher.finalize());
         if got != sha256 {
-            return Check::Bad(format!("bytes hash to {got}, expected {sha256}"));
+            return (
+                Check::Bad(format!("bytes hash to {got}, expected {sha256}")),
+                Some((got, size)),
+            );
         }
     }
-    Check::Good
+    (Check::Good, None)
 }
 
 impl std::fmt::Display for VerifyReport {
@@ -266,6 +376,20 @@ impl std::fmt::Display for VerifyReport {
         }
         for p in &self.problems {
             writeln!(f, "{} {}: {}", p.what, p.name, p.problem)?;
+        }
+        if self.refs_to_fetch_again > 0 {
+            writeln!(
+                f,
+                "{} refs are pending again: `starchive fetch` downloads their files again",
+                self.refs_to_fetch_again
+            )?;
+        }
+        if self.objects_to_push_again > 0 {
+            writeln!(
+                f,
+                "{} objects are marked: the next `starchive push --to` uploads them again",
+                self.objects_to_push_again
+            )?;
         }
         if self.problems.is_empty() {
             writeln!(f, "all good")?;

@@ -51,6 +51,7 @@ conformance!(
     cas_push_writes_each_blob_once_at_its_hash,
     big_object_goes_up_in_parts,
     deep_verify_names_bad_and_missing_objects,
+    verify_marks_what_it_finds_for_the_next_push_and_fetch,
     backfill_writes_objects_and_keys,
 );
 
@@ -372,4 +373,112 @@ fn backfill_writes_objects_and_keys(backend: &Backend) {
         .trim_end(),
         fx(315)
     );
+}
+
+/// SPEC §3: an object `verify` finds missing or bad is uploaded again by the
+/// next `push`; a local blob it finds missing or bad puts its refs back to
+/// pending, and the next `fetch` downloads it again.
+fn verify_marks_what_it_finds_for_the_next_push_and_fetch(backend: &Backend) {
+    let source = backend.bucket();
+    source.objects.put_dir(FIXTURE_BUCKET);
+    let dir = crate::support::temp_dir();
+    let archive = dir.path().join("archive");
+    exec(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).code(0);
+    let fetch = || {
+        exec(
+            starchive(&archive)
+                .args(["--json", "fetch", "--storage", source.url()])
+                .envs(source.env("STORAGE")),
+        )
+    };
+    assert_eq!(fetch().code(0).json()["done"], REFS_IN_THE_BUCKET);
+    let dest = backend.bucket();
+    let push = || {
+        let mut cmd = starchive(&archive);
+        with_to(cmd.args(["--json", "push"]), &dest);
+        exec(&mut cmd)
+    };
+    let verify = |args: &[&str]| {
+        let mut cmd = starchive(&archive);
+        cmd.args(["--json", "verify"]).args(args);
+        if !args.is_empty() {
+            with_to(&mut cmd, &dest);
+        }
+        exec(&mut cmd)
+    };
+    assert_eq!(push().code(0).json()["done"], REFS_IN_THE_BUCKET);
+    let pushed = stickers_in(&dest);
+
+    // At the destination: other bytes of the same size (only --deep sees
+    // them), an object gone, one cut short.
+    let keys: Vec<&String> = pushed.keys().collect();
+    let (other, gone, short) = (keys[0], keys[1], keys[2]);
+    let mut bytes = pushed[other].clone();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    dest.objects.put(other, bytes);
+    dest.objects.delete(gone);
+    dest.objects.put(short, pushed[short][..10].to_vec());
+    let doc = verify(&["--deep"]).code(3).json();
+    assert_eq!(doc["objects_missing"], 1, "{doc}");
+    assert_eq!(doc["objects_bad"], 2, "{doc}");
+    assert_eq!(doc["objects_to_push_again"], 3, "{doc}");
+    let doc = push().code(0).json();
+    let done = doc["done"].as_u64().expect("done");
+    assert!(done >= 3, "the three objects' refs: {doc}");
+    assert_eq!(doc["skipped"].as_u64(), Some(REFS_IN_THE_BUCKET - done));
+    assert_same(&stickers_in(&dest), &pushed);
+    assert_eq!(verify(&["--deep"]).code(0).json()["objects_bad"], 0);
+    assert_eq!(push().code(0).json()["done"], 0, "nothing left to upload");
+
+    // In the archive: one blob gone, one with other bytes.
+    let blob_path = |sha: &str| archive.join("blobs").join(&sha[..2]).join(sha);
+    let shas: Vec<String> = {
+        let conn = rusqlite::Connection::open(archive.join("catalog.sqlite")).expect("catalog");
+        let mut stmt = conn
+            .prepare("SELECT sha256 FROM blobs ORDER BY sha256 LIMIT 2")
+            .expect("prepare");
+        stmt.query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    };
+    let originals: Vec<Vec<u8>> = shas
+        .iter()
+        .map(|sha| std::fs::read(blob_path(sha)).expect("blob"))
+        .collect();
+    std::fs::remove_file(blob_path(&shas[0])).expect("remove a blob");
+    let mut bytes = originals[1].clone();
+    bytes[0] ^= 0xff;
+    std::fs::write(blob_path(&shas[1]), bytes).expect("spoil a blob");
+    let pending = || -> u64 {
+        rusqlite::Connection::open(archive.join("catalog.sqlite"))
+            .expect("catalog")
+            .query_row(
+                "SELECT count(*) FROM v_refs WHERE state = 'pending'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count")
+    };
+    let pending_before = pending();
+    let doc = verify(&[]).code(3).json();
+    assert_eq!(doc["blobs_bad"], 2, "{doc}");
+    let again = doc["refs_to_fetch_again"]
+        .as_u64()
+        .expect("refs_to_fetch_again");
+    assert!(again >= 2, "{doc}");
+    assert!(!blob_path(&shas[1]).exists(), "the bad bytes are gone");
+    assert_eq!(pending() - pending_before, again, "the refs of both blobs");
+    let doc = fetch().code(0).json();
+    assert_eq!(doc["done"], again, "{doc}");
+    for (sha, bytes) in shas.iter().zip(&originals) {
+        assert!(
+            std::fs::read(blob_path(sha)).expect("fetched again") == *bytes,
+            "{sha}"
+        );
+    }
+    assert_eq!(verify(&[]).code(0).json()["blobs_bad"], 0);
+    // The destination still holds them: nothing to push.
+    assert_eq!(push().code(0).json()["done"], 0);
 }
