@@ -52,6 +52,7 @@ conformance!(
     big_object_goes_up_in_parts,
     deep_verify_names_bad_and_missing_objects,
     verify_marks_what_it_finds_for_the_next_push_and_fetch,
+    verify_before_a_first_push_marks_other_bytes_found_there,
     backfill_writes_objects_and_keys,
 );
 
@@ -481,4 +482,42 @@ fn verify_marks_what_it_finds_for_the_next_push_and_fetch(backend: &Backend) {
     assert_eq!(verify(&[]).code(0).json()["blobs_bad"], 0);
     // The destination still holds them: nothing to push.
     assert_eq!(push().code(0).json()["done"], 0);
+}
+
+/// A store never pushed to from this archive, holding other bytes of the
+/// right size at a key: a first push would take them for its own, but
+/// `verify --deep` saw them, so the push replaces them.
+fn verify_before_a_first_push_marks_other_bytes_found_there(backend: &Backend) {
+    let source = backend.bucket();
+    source.objects.put_dir(FIXTURE_BUCKET);
+    let dir = crate::support::temp_dir();
+    let archive = dir.path().join("archive");
+    exec(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).code(0);
+    exec(
+        starchive(&archive)
+            .args(["fetch", "--storage", source.url()])
+            .envs(source.env("STORAGE")),
+    )
+    .code(0);
+    let dest = backend.bucket();
+    dest.objects.put_dir(FIXTURE_BUCKET);
+    let want = dest.objects.all();
+    let stale = want.keys().next().expect("a key");
+    let mut bytes = want[stale].clone();
+    bytes[0] ^= 0xff;
+    dest.objects.put(stale, bytes);
+
+    let run = |args: &[&str]| {
+        let mut cmd = starchive(&archive);
+        with_to(cmd.arg("--json").args(args), &dest);
+        exec(&mut cmd)
+    };
+    let doc = run(&["verify", "--deep"]).code(3).json();
+    assert_eq!(doc["objects_bad"], 1, "{doc}");
+    assert_eq!(doc["objects_missing"], 0, "{doc}");
+    assert_eq!(doc["objects_to_push_again"], 1, "{doc}");
+    let doc = run(&["push"]).code(0).json();
+    assert!(doc["done"].as_u64() >= Some(1), "{doc}");
+    assert_same(&stickers_in(&dest), &want);
+    assert_eq!(run(&["verify", "--deep"]).code(0).json()["objects_bad"], 0);
 }

@@ -7,6 +7,7 @@
 
 mod bench;
 mod bots;
+mod repair;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
