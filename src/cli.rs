@@ -126,7 +126,7 @@ pub struct FetchArgs {
     #[arg(long, default_value = "50MiB", value_parser = parse_size, value_name = "SIZE")]
     pub max_file_size: u64,
 
-    /// Bot API requests per second at most (0.001 to 1000000).
+    /// Bot API requests per second at most, per bot (0.001 to 1000000).
     #[arg(long, default_value_t = 20.0, value_parser = parse_rate, value_name = "N")]
     pub telegram_rate: f64,
 }
