@@ -302,3 +302,30 @@ fn temporarily_unavailable_is_retried_and_other_refusals_are_final() {
     assert!(reason_of("no-such-file-id").contains("invalid file_id"));
     assert_eq!(state_of(&archive, &ids[3]), ["fetched"]);
 }
+
+#[test]
+fn a_local_file_shorter_than_get_file_says_is_never_stored() {
+    let dir = temp_dir();
+    let (tg, ids) = telegram_with_files(1, 4000);
+    let root = dir.path().join("srv");
+    tg.local(&root);
+    // The server is still writing it: half of it is on disk.
+    let path = tg.local_path(&ids[0]).expect("path");
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&path, &tg.file_bytes(&ids[0]).expect("bytes")[..2000]).expect("write");
+    let mut db = Db::new();
+    db.sticker("prod", Some(ids[0].as_str()), None);
+    db.write(&dir.path().join("db"));
+    let archive = dir.path().join("archive");
+    snapshot(&archive, &dir.path().join("db"));
+
+    let doc = run(&mut fetch_cmd(&archive, None, Some(&tg)))
+        .expect_code(3)
+        .json();
+    assert_eq!(doc["failed"], 1, "{doc}");
+    assert!(clean_blobs(&archive).is_empty(), "nothing stored");
+    assert_eq!(tg.get_file_calls(&ids[0]), 5, "read again, a few times");
+    let reason = refs(&archive)[0].reason.clone().expect("reason");
+    assert!(reason.contains("2000 bytes where 4000"), "{reason}");
+    assert!(!reason.contains(TOKEN), "{reason}");
+}
