@@ -155,9 +155,10 @@ impl<'c> Scope<'c> {
              CREATE TEMP TABLE g_counts AS
              SELECT pack_batch_id AS id, count(*) AS stickers,
                     count(*) FILTER (WHERE state = 'fetched') AS fetched,
+                    -- max - held + 1, in this order: no overflow even at i64::MAX.
                     CASE WHEN max(pack_index) >= 0
-                         THEN max(pack_index) + 1
-                              - count(DISTINCT pack_index) FILTER (WHERE pack_index >= 0)
+                         THEN max(pack_index)
+                              - count(DISTINCT pack_index) FILTER (WHERE pack_index >= 0) + 1
                          ELSE 0 END AS missing_positions,
                     count(pack_index) - count(DISTINCT pack_index) AS duplicate_positions
              FROM g_refs WHERE class = 'sticker' AND pack_batch_id IS NOT NULL
@@ -173,7 +174,9 @@ impl<'c> Scope<'c> {
             "WITH e(env) AS (SELECT env FROM g_sessions UNION SELECT env FROM g_refs
                              UNION SELECT env FROM g_batches)
              SELECT e.env,
-                    (SELECT count(DISTINCT user_id) FROM g_sessions s WHERE s.env IS e.env),
+                    (SELECT count(user_id) FROM (
+                         SELECT user_id FROM g_sessions s WHERE s.env IS e.env
+                         UNION SELECT user_id FROM g_refs r WHERE r.env IS e.env)),
                     (SELECT count(*) FROM g_sessions s WHERE s.env IS e.env),
                     (SELECT count(*) FROM g_batches b WHERE b.env IS e.env),
                     (SELECT count(*) FROM g_refs r WHERE r.env IS e.env),

@@ -763,3 +763,50 @@ fn the_browser_check_catches_a_broken_page() {
         assert!(failures.contains(expected), "{expected} in {failures}");
     }
 }
+
+/// Positions from the database are any i64: a pack at position i64::MAX
+/// gets one card for its gap, not billions, and negative positions show.
+#[test]
+fn extreme_pack_positions_make_one_gap_card() {
+    let dir = temp_dir();
+    let db = dir.path().join("db");
+    std::fs::create_dir_all(&db).expect("mkdir");
+    let (s, p) = (uuid(0xa1), uuid(0xb1));
+    std::fs::write(
+        db.join("sessions.csv"),
+        format!("id,user_id,env,mode,created_at\n{s},1,prod,pack,2025-01-01 00:00:00+00\n"),
+    )
+    .expect("csv");
+    std::fs::write(
+        db.join("pack_batches.csv"),
+        format!("id,session_id,user_id,created_at\n{p},{s},1,2025-01-01 00:00:00+00\n"),
+    )
+    .expect("csv");
+    let mut stickers =
+        String::from("id,user_id,session_id,pack_batch_id,pack_index,telegram_file_id\n");
+    for (n, index) in [(0xc1, "0"), (0xc2, "9223372036854775807"), (0xc3, "-5")] {
+        stickers.push_str(&format!("{},1,{s},{p},{index},CAAC-{n:x}\n", uuid(n)));
+    }
+    std::fs::write(db.join("stickers.csv"), stickers).expect("csv");
+    let archive = dir.path().join("archive");
+    run_ok(
+        bin()
+            .arg("--archive")
+            .arg(&archive)
+            .args(["snapshot", "--db"])
+            .arg(&db),
+    );
+    let report = gallery(&archive, &[]);
+    assert_eq!(report["stickers"], 3);
+    let html = std::fs::read_to_string(archive.join(format!("gallery/packs/{p}.html")))
+        .expect("pack page");
+    assert_eq!(html.matches("card gap").count(), 1);
+    assert!(html.contains("positions 1–9223372036854775806"));
+    assert!(
+        html.contains("<dd>9223372036854775806</dd>"),
+        "missing positions counted"
+    );
+    assert!(html.contains("sticker #-5"));
+    let order = rows_in_order(&html);
+    assert_eq!(order, [uuid(0xc3), uuid(0xc1), uuid(0xc2)]);
+}
