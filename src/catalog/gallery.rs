@@ -103,6 +103,9 @@ impl<'c> Scope<'c> {
     /// Builds the TEMP tables for the envs in `envs` (a JSON array, or
     /// `None` for every env; see `Context::env_param`).
     pub fn prepare(conn: &'c Connection, envs: &Option<String>) -> Result<Scope<'c>> {
+        // TEMP tables in a file (SQLite's default, said here because flat
+        // memory depends on it), cached like the catalog.
+        conn.pragma_update(None, "temp_store", "FILE")?;
         conn.execute_batch(
             "DROP TABLE IF EXISTS temp.g_refs;
              DROP TABLE IF EXISTS temp.g_sessions;
