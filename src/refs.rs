@@ -78,8 +78,11 @@ enum Kind {
     Id,
     Text,
     Integer,
-    /// jsonb array of file_id strings.
+    /// jsonb array of file_id strings. Only photo refs depend on it: a
+    /// malformed value drops those refs, not the row.
     FileIdArray,
+    /// timestamptz: compared as the instant it names.
+    Instant,
 }
 
 fn column_kind(table: Table, column: &str) -> Option<Kind> {
@@ -101,6 +104,7 @@ fn column_kind(table: Table, column: &str) -> Option<Kind> {
         (Table::Stickers, "session_id" | "pack_batch_id") => Id,
         (Table::Stickers, "pack_index") => Integer,
         (Table::Stickers, "style_preset_id" | "telegram_file_id" | "result_storage_path") => Text,
+        (_, "created_at") | (Table::Sessions, "updated_at") => Instant,
         _ => return None,
     };
     Some(kind)
@@ -143,11 +147,14 @@ pub fn typed_columns(table: Table) -> &'static [&'static str] {
 }
 
 /// A row's values for [`typed_columns`], as `json_extract(data, '$.column')`
-/// gives them (the column's affinity then applies, as for any insert).
-pub fn typed_values(table: Table, row: &Map<String, Value>) -> Vec<SqlValue> {
+/// gives them (the column's affinity then applies, as for any insert), but
+/// for a timestamp, which is its [`instant`] when it names one, and for the
+/// `dropped` columns ([`CheckedRow::dropped`]), which are NULL.
+pub fn typed_values(table: Table, row: &Map<String, Value>, dropped: &[String]) -> Vec<SqlValue> {
     typed_columns(table)
         .iter()
         .map(|column| match row.get(*column) {
+            _ if dropped.iter().any(|d| d == column) => SqlValue::Null,
             None | Some(Value::Null) => SqlValue::Null,
             Some(Value::Bool(b)) => SqlValue::Integer(i64::from(*b)),
             Some(Value::Number(n)) => match (n.as_i64(), n.as_f64()) {
@@ -155,21 +162,51 @@ pub fn typed_values(table: Table, row: &Map<String, Value>) -> Vec<SqlValue> {
                 (None, Some(f)) => SqlValue::Real(f),
                 (None, None) => SqlValue::Text(n.to_string()),
             },
-            Some(Value::String(s)) => SqlValue::Text(s.clone()),
+            Some(Value::String(s)) => match column_kind(table, column) {
+                Some(Kind::Instant) => SqlValue::Text(instant(s).unwrap_or_else(|| s.clone())),
+                _ => SqlValue::Text(s.clone()),
+            },
             Some(v @ (Value::Array(_) | Value::Object(_))) => SqlValue::Text(v.to_string()),
         })
         .collect()
 }
 
-/// Checks a row against what starchive relies on and returns its id.
-/// The error is the reason the row is skipped.
-pub fn check_row(table: Table, row: &Map<String, Value>) -> Result<String, String> {
+/// A `timestamptz` as Postgres writes it (`2025-10-26 02:30:00+02` in a CSV
+/// export, `2025-10-26T00:30:00.5+00:00` from `to_jsonb`) as the instant it
+/// names, in UTC and fixed width so that text order is time order
+/// (`2025-10-26T00:30:00.000000Z`); `None` when the text is not one.
+pub fn instant(text: &str) -> Option<String> {
+    let text = text.trim();
+    let parsed = ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"]
+        .iter()
+        .find_map(|format| chrono::DateTime::parse_from_str(text, format).ok())?;
+    Some(
+        parsed
+            .with_timezone(&chrono::Utc)
+            .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string(),
+    )
+}
+
+/// What [`check_row`] found in a row starchive can rely on.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RowCheck {
+    pub id: String,
+    /// Columns whose value is malformed but only some refs depend on (the
+    /// photos): those refs are dropped, the row and its other refs kept.
+    pub dropped: Vec<String>,
+}
+
+/// Checks a row against what starchive relies on and returns its id and
+/// the columns to drop. The error is the reason the row is skipped.
+pub fn check_row(table: Table, row: &Map<String, Value>) -> Result<RowCheck, String> {
     let id = match row.get("id") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
         Some(Value::Null) | None => return Err("no id".into()),
         Some(_) => return Err("id is not text".into()),
     };
+    let mut dropped = Vec::new();
     for (column, value) in row {
         let Some(kind) = column_kind(table, column) else {
             continue;
@@ -179,14 +216,19 @@ pub fn check_row(table: Table, row: &Map<String, Value>) -> Result<String, Strin
             (Kind::Id, Value::String(_) | Value::Number(_)) => true,
             (Kind::Text, Value::String(_)) => true,
             (Kind::Integer, Value::Number(n)) => n.is_i64(),
-            (Kind::FileIdArray, Value::Array(items)) => items.iter().all(Value::is_string),
+            (Kind::FileIdArray, Value::Array(items)) if items.iter().all(Value::is_string) => true,
+            (Kind::FileIdArray, _) => {
+                dropped.push(column.clone());
+                true
+            }
+            (Kind::Instant, Value::String(_)) => true,
             _ => false,
         };
         if !ok {
             return Err(format!("column {column} is malformed: {value}"));
         }
     }
-    Ok(id)
+    Ok(RowCheck { id, dropped })
 }
 
 /// The JSON value of a CSV field (`None` is an empty unquoted field: NULL).
@@ -205,10 +247,10 @@ pub fn csv_value(table: Table, column: &str, field: Option<String>) -> Result<Va
             Ok(n) => Value::from(n),
             Err(_) => return Err(format!("column {column} is not an integer: {text:?}")),
         },
-        Some(Kind::FileIdArray) => {
-            serde_json::from_str(&text).map_err(|e| format!("column {column} is not JSON: {e}"))?
-        }
-        Some(Kind::Text) | None => Value::String(text),
+        // Not JSON (an export cuts long cells): kept as text, and
+        // `check_row` drops the refs that depend on it.
+        Some(Kind::FileIdArray) => serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        Some(Kind::Text | Kind::Instant) | None => Value::String(text),
     })
 }
 
@@ -221,9 +263,11 @@ pub fn session_of(table: Table, row: &Map<String, Value>) -> Option<String> {
     }
 }
 
-/// The env a session row names.
+/// The env a session row names (an empty one is none, as in a CSV export).
 pub fn env_of_session(row: &Map<String, Value>) -> Option<&str> {
-    row.get("env").and_then(Value::as_str)
+    row.get("env")
+        .and_then(Value::as_str)
+        .filter(|env| !env.is_empty())
 }
 
 /// Rebuilds the `refs` table from the snapshot's rows, in the caller's
@@ -274,7 +318,7 @@ const FOUND_SQL: &str = r#"
 WITH
 -- Materialized: sessions are read once, not once per sticker.
 s AS MATERIALIZED (
-    SELECT id, user_id, env,
+    SELECT id, user_id, nullif(env, '') AS env,
            nullif(last_sticker_file_id, '') AS last_fid,
            nullif(last_sticker_storage_path, '') AS last_key,
            nullif(pack_sheet_file_id, '') AS sheet_fid,
@@ -282,10 +326,24 @@ s AS MATERIALIZED (
            photos
     FROM sessions
 ),
+-- A session's latest batch (SPEC §1): the one no other batch of the session
+-- is later than, by created_at (the typed column holds the instant in UTC,
+-- fixed width: text order is time order; NULL is earliest), then by id,
+-- numerically when both ids are integers, else as text.
 latest_batch AS (
     SELECT s.id AS session_id,
            (SELECT b.id FROM pack_batches b WHERE b.session_id = s.id
-            ORDER BY b.created_at DESC, b.id DESC LIMIT 1) AS batch_id
+            ORDER BY NOT EXISTS (
+                SELECT 1 FROM pack_batches c
+                WHERE c.session_id = b.session_id
+                  AND (coalesce(c.created_at, '') > coalesce(b.created_at, '')
+                       OR (coalesce(c.created_at, '') = coalesce(b.created_at, '')
+                           AND CASE WHEN CAST(CAST(c.id AS INTEGER) AS TEXT) = c.id
+                                     AND CAST(CAST(b.id AS INTEGER) AS TEXT) = b.id
+                                    THEN CAST(c.id AS INTEGER) > CAST(b.id AS INTEGER)
+                                    ELSE c.id > b.id END))
+            ) DESC, b.created_at DESC, b.id DESC
+            LIMIT 1) AS batch_id
     FROM s WHERE s.sheet_fid IS NOT NULL
 ),
 found(class, row_table, row_id, slot, session_id, user_id, env, pack_batch_id,
@@ -435,12 +493,24 @@ mod tests {
 
     #[test]
     fn wrong_types_are_malformed_and_unknown_columns_are_free() {
-        let bad = obj(json!({"id": "a", "photos": "not an array"}));
-        assert!(check_row(Table::Sessions, &bad).is_err());
+        let cut = obj(json!({"id": "a", "photos": "[\"AgAD1\", \"AgA"}));
+        let check = check_row(Table::Sessions, &cut).expect("the row is kept");
+        assert_eq!(check.dropped, vec!["photos".to_string()]);
+        let bad = obj(json!({"id": "a", "photos": {"x": 1}}));
+        assert_eq!(
+            check_row(Table::Sessions, &bad)
+                .expect("kept")
+                .dropped
+                .len(),
+            1
+        );
         let bad = obj(json!({"id": "a", "pack_index": "x"}));
         assert!(check_row(Table::Stickers, &bad).is_err());
         let ok = obj(json!({"id": "a", "user_id": 7, "anything": {"x": [1]}}));
-        assert_eq!(check_row(Table::Stickers, &ok), Ok("a".to_string()));
+        assert_eq!(
+            check_row(Table::Stickers, &ok).map(|c| c.id),
+            Ok("a".to_string())
+        );
     }
 
     #[test]
@@ -453,5 +523,32 @@ mod tests {
         let v = csv_value(Table::Sessions, "env", Some(String::new()));
         assert_eq!(v, Ok(json!("")));
         assert!(csv_value(Table::Stickers, "pack_index", Some("one".into())).is_err());
+        let v = csv_value(Table::Sessions, "photos", Some(r#"["a","b"#.into()));
+        assert_eq!(v, Ok(json!(r#"["a","b"#)), "cut JSON stays text");
+    }
+
+    #[test]
+    fn timestamps_are_instants() {
+        let utc = |t: &str| instant(t).unwrap_or_else(|| panic!("{t} is an instant"));
+        assert_eq!(utc("2025-10-26 02:30:00+02"), "2025-10-26T00:30:00.000000Z");
+        assert_eq!(utc("2025-10-26 02:10:00+01"), "2025-10-26T01:10:00.000000Z");
+        assert_eq!(
+            utc("2025-10-26T00:30:00.5+00:00"),
+            "2025-10-26T00:30:00.500000Z"
+        );
+        assert_eq!(
+            utc("2024-03-01 00:00:00.123456-05:30"),
+            "2024-03-01T05:30:00.123456Z"
+        );
+        assert_eq!(
+            utc("2024-12-31 23:59:59.999999-01"),
+            "2025-01-01T00:59:59.999999Z"
+        );
+        assert_eq!(instant("yesterday"), None);
+        assert_eq!(
+            instant("2025-10-26 02:30:00"),
+            None,
+            "no offset: not an instant"
+        );
     }
 }

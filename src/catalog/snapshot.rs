@@ -24,6 +24,8 @@ pub struct TableCounts {
     pub changed: u64,
     pub removed: u64,
     pub skipped: u64,
+    /// Rows kept with a malformed value whose refs were dropped (SPEC §7).
+    pub warnings: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -76,6 +78,7 @@ pub struct SnapshotWriter<'c> {
     fresh: HashSet<Table>,
     sql: HashMap<Table, RowSql>,
     skipped: BTreeMap<Table, u64>,
+    warnings: BTreeMap<Table, u64>,
     missing: Vec<Table>,
     taken_at: String,
     source: String,
@@ -108,6 +111,7 @@ impl<'c> SnapshotWriter<'c> {
                 .map(|t| (t, RowSql::new(t)))
                 .collect(),
             skipped: BTreeMap::new(),
+            warnings: BTreeMap::new(),
             missing: Vec::new(),
             taken_at: super::now_text(),
             source: source.to_string(),
@@ -134,6 +138,10 @@ impl<'c> SnapshotWriter<'c> {
                         &format!("id {}", row.id),
                         "a second row with the same id",
                     );
+                } else {
+                    for column in &row.dropped {
+                        self.warn(table, &row.id, column);
+                    }
                 }
             }
         }
@@ -200,12 +208,26 @@ impl<'c> SnapshotWriter<'c> {
         }
     }
 
+    fn warn(&mut self, table: Table, id: &str, column: &str) {
+        let n = self.warnings.entry(table).or_default();
+        *n += 1;
+        if *n <= LOGGED_SKIPS {
+            tracing::warn!(
+                "{} id {id}: column {column} is malformed (an export cut at its size limit?): the row is kept, the refs it names are left out",
+                table.name()
+            );
+        } else if *n == LOGGED_SKIPS + 1 {
+            tracing::warn!("{}: more malformed values; counting only", table.name());
+        }
+    }
+
     /// Removes the rows this snapshot did not see, rebuilds the refs and commits.
     pub fn finish(self, include_photos: bool) -> Result<SnapshotReport> {
         let SnapshotWriter {
             tx,
             id,
             skipped,
+            warnings,
             taken_at,
             source,
             ..
@@ -233,6 +255,7 @@ impl<'c> SnapshotWriter<'c> {
                     changed,
                     removed: removed as u64,
                     skipped: skipped.get(&table).copied().unwrap_or(0),
+                    warnings: warnings.get(&table).copied().unwrap_or(0),
                 },
             );
         }

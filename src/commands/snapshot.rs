@@ -75,14 +75,14 @@ impl std::fmt::Display for SnapshotReport {
         )?;
         writeln!(
             f,
-            "{:<14}{:>10}{:>10}{:>10}{:>10}{:>10}",
-            "table", "rows", "added", "changed", "removed", "skipped"
+            "{:<14}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}",
+            "table", "rows", "added", "changed", "removed", "skipped", "warnings"
         )?;
         for (name, c) in &self.tables {
             writeln!(
                 f,
-                "{:<14}{:>10}{:>10}{:>10}{:>10}{:>10}",
-                name, c.rows, c.added, c.changed, c.removed, c.skipped
+                "{:<14}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}",
+                name, c.rows, c.added, c.changed, c.removed, c.skipped, c.warnings
             )?;
         }
         Ok(())

@@ -1,13 +1,12 @@
-//! Reading the bot's tables from CSV exports (`sessions.csv`, `stickers.csv`,
-//! `pack_batches.csv`, as the Supabase dashboard writes them).
+//! Reading the bot's tables from CSV exports: `TABLE.csv` or `TABLE_rows.csv`
+//! (the Supabase dashboard's name), as its table editor or its SQL editor
+//! writes them (SPEC §7).
 //!
-//! The reader is our own RFC 4180 parser because NULL and the empty string
-//! differ only by quoting (an empty unquoted field is NULL, `""` is empty
-//! text), which general CSV readers do not report.
+//! The `csv` crate reads them: quoting, a UTF-8 byte order mark before the
+//! header, `\r\n` or `\n`. Supabase's exports do not tell NULL from an empty
+//! string, so every empty field, quoted or not, is NULL.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
@@ -15,26 +14,58 @@ use super::{Batcher, SourceEvent};
 use crate::error::{Error, Result};
 use crate::refs::{self, Table};
 
-/// Reads the three files of `dir` into `out` (runs on a plain thread).
+/// Reads the three tables of `dir` into `out` (runs on a plain thread).
 pub fn read(dir: &Path, out: &mut Batcher) -> Result<()> {
     out.push_blocking(SourceEvent::Began {
         taken_at: crate::catalog::now_text(),
     })?;
     for table in Table::ALL {
-        let path = dir.join(format!("{}.csv", table.name()));
-        let present = path.is_file();
-        if !present && table.required() {
+        let path = table_file(dir, table)?;
+        if path.is_none() && table.required() {
             return Err(Error::Csv {
-                path,
-                message: "not found: a CSV export directory needs sessions.csv (and stickers.csv, pack_batches.csv)".into(),
+                path: dir.join(format!("{}.csv", table.name())),
+                message: "not found: a CSV export directory needs sessions.csv or sessions_rows.csv (and the same for stickers, pack_batches)".into(),
             });
         }
-        out.push_blocking(SourceEvent::Table { table, present })?;
-        if present {
+        out.push_blocking(SourceEvent::Table {
+            table,
+            present: path.is_some(),
+        })?;
+        if let Some(path) = path {
             read_table(table, &path, out)?;
         }
     }
     out.flush_blocking()
+}
+
+/// The file of `table` in `dir`: `TABLE.csv` or `TABLE_rows.csv`; both is ambiguous.
+fn table_file(dir: &Path, table: Table) -> Result<Option<PathBuf>> {
+    let found: Vec<PathBuf> = [
+        format!("{}.csv", table.name()),
+        format!("{}_rows.csv", table.name()),
+    ]
+    .into_iter()
+    .map(|name| dir.join(name))
+    .filter(|path| path.is_file())
+    .collect();
+    match found.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.clone())),
+        [first, second, ..] => Err(Error::Csv {
+            path: dir.to_path_buf(),
+            message: format!(
+                "both {} and {} are there: keep the export to snapshot and move the other away",
+                file_name(first),
+                file_name(second)
+            ),
+        }),
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn read_table(table: Table, path: &Path, out: &mut Batcher) -> Result<()> {
@@ -42,207 +73,61 @@ fn read_table(table: Table, path: &Path, out: &mut Batcher) -> Result<()> {
         path: path.to_path_buf(),
         message,
     };
-    let file = File::open(path).map_err(|e| csv_err(e.to_string()))?;
-    let mut reader = RecordReader::new(BufReader::with_capacity(1 << 16, file));
-    let Some(header) = reader.next_record().map_err(|e| csv_err(e.to_string()))? else {
-        return Ok(());
-    };
-    let header: Vec<String> = header
-        .fields
-        .into_iter()
-        .enumerate()
-        .map(|(i, f)| {
-            let name = String::from_utf8_lossy(&f.unwrap_or_default())
-                .trim()
-                .to_string();
-            // The dashboard may start the file with a byte order mark.
-            if i == 0 {
-                name.trim_start_matches('\u{feff}').to_string()
-            } else {
-                name
-            }
-        })
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        // A line with the wrong number of fields is one malformed row, not the end of the file.
+        .flexible(true)
+        .from_path(path)
+        .map_err(|e| csv_err(e.to_string()))?;
+    let header: Vec<String> = reader
+        .byte_headers()
+        .map_err(|e| csv_err(e.to_string()))?
+        .iter()
+        .map(|name| String::from_utf8_lossy(name).trim().to_string())
         .collect();
+    if header.iter().all(String::is_empty) {
+        return Ok(()); // an empty file: an empty table
+    }
     if !header.iter().any(|h| h == "id") {
-        return Err(csv_err("the header has no `id` column".into()));
+        return Err(csv_err(format!(
+            "the header has no `id` column (it has {})",
+            header.join(", ")
+        )));
     }
-    while let Some(record) = reader.next_record().map_err(|e| csv_err(e.to_string()))? {
-        let at = format!("line {}", record.line);
-        let event = match to_row(table, &header, record.fields) {
-            Ok(row) => SourceEvent::row(table, row, None),
-            Err(reason) => SourceEvent::Malformed { table, at, reason },
-        };
-        out.push_blocking(event)?;
+    let mut record = csv::ByteRecord::new();
+    loop {
+        match reader.read_byte_record(&mut record) {
+            Ok(false) => return Ok(()),
+            Ok(true) => {
+                let at = format!("line {}", record.position().map_or(0, csv::Position::line));
+                let event = match to_row(table, &header, &record) {
+                    Ok(row) => SourceEvent::row(table, row, None),
+                    Err(reason) => SourceEvent::Malformed { table, at, reason },
+                };
+                out.push_blocking(event)?;
+            }
+            Err(e) => return Err(csv_err(e.to_string())),
+        }
     }
-    Ok(())
 }
 
 fn to_row(
     table: Table,
     header: &[String],
-    fields: Vec<Option<Vec<u8>>>,
+    record: &csv::ByteRecord,
 ) -> Result<Map<String, Value>, String> {
-    if fields.len() != header.len() {
+    if record.len() != header.len() {
         return Err(format!(
             "{} fields where the header has {}",
-            fields.len(),
+            record.len(),
             header.len()
         ));
     }
     let mut row = Map::new();
-    for (name, field) in header.iter().zip(fields) {
-        let text = field
-            .map(String::from_utf8)
-            .transpose()
-            .map_err(|_| format!("column {name} is not UTF-8"))?;
-        row.insert(name.clone(), refs::csv_value(table, name, text)?);
+    for (name, field) in header.iter().zip(record) {
+        let text = std::str::from_utf8(field).map_err(|_| format!("column {name} is not UTF-8"))?;
+        let value = (!text.is_empty()).then(|| text.to_string());
+        row.insert(name.clone(), refs::csv_value(table, name, value)?);
     }
     Ok(row)
-}
-
-/// One CSV record: its fields (`None` for an empty unquoted field) and the
-/// line it starts on.
-pub struct Record {
-    pub line: u64,
-    pub fields: Vec<Option<Vec<u8>>>,
-}
-
-pub struct RecordReader<R> {
-    inner: R,
-    line: u64,
-    buf: Vec<u8>,
-}
-
-impl<R: BufRead> RecordReader<R> {
-    pub fn new(inner: R) -> Self {
-        RecordReader {
-            inner,
-            line: 0,
-            buf: Vec::new(),
-        }
-    }
-
-    /// The next record, skipping blank lines; a record may span lines inside quotes.
-    pub fn next_record(&mut self) -> std::io::Result<Option<Record>> {
-        loop {
-            let start = self.line + 1;
-            let mut fields = Vec::new();
-            let mut field = Vec::new();
-            let mut quoted = false;
-            let mut in_quotes = false;
-            let mut any = false;
-            loop {
-                self.buf.clear();
-                if self.inner.read_until(b'\n', &mut self.buf)? == 0 {
-                    if !any {
-                        return Ok(None);
-                    }
-                    if in_quotes {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::InvalidData,
-                            format!("line {start}: a quoted field is never closed"),
-                        ));
-                    }
-                    break;
-                }
-                self.line += 1;
-                any = true;
-                let mut i = 0;
-                let line = &self.buf;
-                let mut ended = false;
-                while i < line.len() {
-                    let c = line[i];
-                    if in_quotes {
-                        if c == b'"' {
-                            if line.get(i + 1) == Some(&b'"') {
-                                field.push(b'"');
-                                i += 1;
-                            } else {
-                                in_quotes = false;
-                            }
-                        } else {
-                            field.push(c);
-                        }
-                    } else {
-                        match c {
-                            b',' => {
-                                fields.push(finish(&mut field, quoted));
-                                quoted = false;
-                            }
-                            b'"' if field.is_empty() && !quoted => {
-                                quoted = true;
-                                in_quotes = true;
-                            }
-                            b'\n' => {
-                                ended = true;
-                                break;
-                            }
-                            b'\r' if matches!(line.get(i + 1), Some(b'\n') | None) => {}
-                            _ => field.push(c),
-                        }
-                    }
-                    i += 1;
-                }
-                if !in_quotes && (ended || i >= line.len()) {
-                    break;
-                }
-            }
-            fields.push(finish(&mut field, quoted));
-            if fields.len() == 1 && fields[0].is_none() {
-                continue; // a blank line
-            }
-            return Ok(Some(Record {
-                line: start,
-                fields,
-            }));
-        }
-    }
-}
-
-fn finish(field: &mut Vec<u8>, quoted: bool) -> Option<Vec<u8>> {
-    let value = std::mem::take(field);
-    if value.is_empty() && !quoted {
-        None
-    } else {
-        Some(value)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn records(text: &str) -> Vec<Vec<Option<String>>> {
-        let mut r = RecordReader::new(text.as_bytes());
-        let mut out = Vec::new();
-        while let Some(rec) = r.next_record().expect("parse") {
-            out.push(
-                rec.fields
-                    .into_iter()
-                    .map(|f| f.map(|b| String::from_utf8(b).expect("utf8")))
-                    .collect(),
-            );
-        }
-        out
-    }
-
-    #[test]
-    fn empty_unquoted_is_null_and_quoted_empty_is_text() {
-        let got = records("id,a,b\r\n1,,\"\"\r\n");
-        assert_eq!(got[1], vec![Some("1".into()), None, Some(String::new())]);
-    }
-
-    #[test]
-    fn quotes_commas_and_newlines_inside_fields() {
-        let got = records("id,photos\n2,\"[\"\"x\"\",\"\"y\"\"]\"\n3,\"two\nlines\"\n\n");
-        assert_eq!(got.len(), 3);
-        assert_eq!(got[1][1].as_deref(), Some(r#"["x","y"]"#));
-        assert_eq!(got[2][1].as_deref(), Some("two\nlines"));
-    }
-
-    #[test]
-    fn last_line_without_newline() {
-        let got = records("id\n7");
-        assert_eq!(got, vec![vec![Some("id".into())], vec![Some("7".into())]]);
-    }
 }

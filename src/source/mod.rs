@@ -49,6 +49,8 @@ pub struct CheckedRow {
     pub scope: Option<String>,
     /// The values of the table's typed columns ([`refs::typed_columns`]).
     pub typed: Vec<rusqlite::types::Value>,
+    /// Malformed columns whose refs are dropped ([`refs::RowCheck::dropped`]).
+    pub dropped: Vec<String>,
 }
 
 impl SourceEvent {
@@ -57,12 +59,12 @@ impl SourceEvent {
     /// text as the source gave it, stored as is when present.
     pub fn row(table: Table, row: Map<String, Value>, text: Option<String>) -> SourceEvent {
         match refs::check_row(table, &row) {
-            Ok(id) => {
+            Ok(refs::RowCheck { id, dropped }) => {
                 let scope = match table {
                     Table::Sessions => refs::env_of_session(&row).map(str::to_string),
                     _ => refs::session_of(table, &row),
                 };
-                let typed = refs::typed_values(table, &row);
+                let typed = refs::typed_values(table, &row, &dropped);
                 let data = text.unwrap_or_else(|| Value::Object(row).to_string());
                 SourceEvent::Row {
                     table,
@@ -71,6 +73,7 @@ impl SourceEvent {
                         data,
                         scope,
                         typed,
+                        dropped,
                     },
                 }
             }

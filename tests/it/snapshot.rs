@@ -203,11 +203,17 @@ fn fid(n: u32) -> String {
 }
 
 /// A row's JSON without its time columns (their text form differs between
-/// `to_jsonb` and a CSV export).
+/// `to_jsonb` and a CSV export) and with empty strings as NULL (a CSV export
+/// does not tell them apart).
 fn without_times(v: &Value) -> Value {
     let mut m: Map<String, Value> = v.as_object().expect("row object").clone();
     m.remove("created_at");
     m.remove("updated_at");
+    for value in m.values_mut() {
+        if value.as_str() == Some("") {
+            *value = Value::Null;
+        }
+    }
     Value::Object(m)
 }
 
@@ -939,8 +945,9 @@ fn plan_counts_match_the_fixture_answers() {
 }
 
 /// Rows a snapshot cannot use are skipped and counted, never a crash: from
-/// Postgres (no id, a duplicate id, a photos column that is not an array of
-/// file ids) and from CSV (wrong field count, no id, a non-integer index).
+/// Postgres (no id, a duplicate id) and from CSV (wrong field count, no id, a
+/// non-integer index). A photos value that is not an array of file ids
+/// drops only the photo refs: the row is kept and counted as a warning.
 #[test]
 fn malformed_rows_are_skipped_and_counted() {
     let pg = TestPg::start();
@@ -962,10 +969,12 @@ fn malformed_rows_are_skipped_and_counted() {
     let out = starchive(archive.path(), &["snapshot", "--json", "--db", &url]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let report: Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(counts(&report, "sessions"), (11, 11, 0, 0, 2), "{report}");
+    assert_eq!(counts(&report, "sessions"), (13, 13, 0, 0, 0), "{report}");
+    assert_eq!(report["tables"]["sessions"]["warnings"], 2, "{report}");
     assert_eq!(counts(&report, "stickers"), (16, 16, 0, 0, 2), "{report}");
     assert_eq!(counts(&report, "pack_batches"), (4, 4, 0, 0, 0), "{report}");
     assert!(stderr(&out).contains("skipped"), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&fid(992)), "{}", stderr(&out));
     let conn = catalog(archive.path());
     let bad: i64 = one(
         &conn,
@@ -975,7 +984,7 @@ fn malformed_rows_are_skipped_and_counted() {
             fid(992)
         ),
     );
-    assert_eq!(bad, 0);
+    assert_eq!(bad, 2, "rows with malformed photos are kept");
     assert_eq!(
         refs_of(&conn).len(),
         26,
@@ -1006,7 +1015,8 @@ fn malformed_rows_are_skipped_and_counted() {
     let archive = temp_dir();
     let csv = dir.path().to_str().expect("utf-8 path");
     let report = snapshot_ok(archive.path(), csv, &[]);
-    assert_eq!(counts(&report, "sessions"), (11, 11, 0, 0, 3), "{report}");
+    assert_eq!(counts(&report, "sessions"), (12, 12, 0, 0, 2), "{report}");
+    assert_eq!(report["tables"]["sessions"]["warnings"], 1, "{report}");
     assert_eq!(counts(&report, "stickers"), (16, 16, 0, 0, 1), "{report}");
     assert_eq!(counts(&report, "pack_batches"), (4, 4, 0, 0, 0), "{report}");
 }
@@ -1489,4 +1499,446 @@ fn connection_parameters_reach_the_driver_unchanged() {
         let report = snapshot_ok(archive.path(), &db, &[]);
         assert!(counts(&report, "sessions").0 > 0, "{db}: {report}");
     }
+}
+
+// ---- CSV exports in every style against Postgres (SPEC §7) ------------------
+
+/// A small deterministic generator (xorshift64*), so that a failure replays.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len() as u64) as usize]
+    }
+
+    /// NULL, an empty string or `value`, as an SQL literal.
+    fn text(&mut self, value: &str) -> String {
+        match self.below(4) {
+            0 => "NULL".into(),
+            1 => "''".into(),
+            _ => format!("'{value}'"),
+        }
+    }
+
+    /// An empty string or `value`, as an SQL literal (a NOT NULL column).
+    fn text_or_empty(&mut self, value: &str) -> String {
+        if self.below(3) == 0 {
+            "''".into()
+        } else {
+            format!("'{value}'")
+        }
+    }
+
+    /// An instant near one of 2025's two DST changes in Europe/Berlin, as
+    /// a UTC literal; few distinct values, so that batches tie.
+    fn instant(&mut self) -> String {
+        let change = self.pick(&["2025-10-26 01:00:00+00", "2025-03-30 01:00:00+00"]);
+        let minutes = self.pick(&["-80", "-50", "-20", "-10", "10", "20", "50", "0.5"]);
+        format!("(timestamptz '{change}' + interval '{minutes} minutes')")
+    }
+}
+
+/// Loads a generated bot into `db`: NULLs and empty strings in typed
+/// columns, pack batches created around DST changes (in the database's time
+/// zone, Europe/Berlin, the same wall-clock hour happens twice), and ties.
+/// With `bigint_batches`, pack batch ids are integers whose text order is
+/// not their numeric order.
+fn generated_bot(pg: &TestPg, db: &str, seed: u64, bigint_batches: bool) {
+    pg.create_db(db);
+    pg.load_schema(db);
+    pg.psql(
+        "postgres",
+        &format!("ALTER DATABASE \"{db}\" SET timezone TO 'Europe/Berlin';"),
+    );
+    if bigint_batches {
+        pg.psql(
+            db,
+            "ALTER TABLE stickers DROP CONSTRAINT stickers_pack_batch_id_fkey;
+             ALTER TABLE pack_batches ALTER COLUMN id DROP DEFAULT;
+             ALTER TABLE pack_batches ALTER COLUMN id TYPE bigint USING 0;
+             ALTER TABLE stickers ALTER COLUMN pack_batch_id TYPE bigint USING NULL;",
+        );
+    }
+    let mut g = Gen(seed);
+    let mut sql = String::new();
+    let mut batch_ids = BTreeSet::new();
+    for s in 0..80u64 {
+        let session = format!("{:08x}-0000-4000-8000-{s:012x}", g.next() as u32);
+        let user = 1000 + g.below(5);
+        let env = g.pick(&["prod", "test", ""]);
+        let photos = g.pick(&["[]", r#"["ph_a", "ph_b"]"#, r#"["ph_c"]"#]);
+        sql.push_str(&format!(
+            "INSERT INTO sessions (id, user_id, env, mode, current_photo_file_id, photos,
+                 last_sticker_file_id, last_sticker_storage_path, pack_sheet_file_id,
+                 created_at, updated_at)
+             VALUES ('{session}', {user}, '{env}', {mode}, {photo}, '{photos}', {last},
+                 {last_key}, {sheet}, {at}, {at2});\n",
+            mode = g.text_or_empty("pack"),
+            photo = g.text(&format!("ph_{s}")),
+            last = g.text(&format!("last_{s}")),
+            last_key = g.text(&format!("stickers/{user}/{session}/last.webp")),
+            sheet = if g.below(5) == 0 {
+                g.text(&format!("sheet_{s}"))
+            } else {
+                format!("'sheet_{s}'")
+            },
+            at = g.instant(),
+            at2 = g.instant(),
+        ));
+        for b in 0..g.below(5) {
+            let batch = if bigint_batches {
+                let mut id = 1 + g.below(1200);
+                while !batch_ids.insert(id) {
+                    id = 1 + g.below(1200);
+                }
+                id.to_string()
+            } else {
+                format!("{:08x}-1111-4000-8000-{:012x}", g.next() as u32, s * 10 + b)
+            };
+            sql.push_str(&format!(
+                "INSERT INTO pack_batches (id, session_id, user_id, status,
+                     cleaned_sheet_storage_path, created_at)
+                 VALUES ('{batch}', '{session}', {user}, {status}, {key}, {at});\n",
+                status = g.text_or_empty("done"),
+                key = g.text(&format!("stickers/{user}/{batch}/sheet.png")),
+                at = g.instant(),
+            ));
+            for i in 0..g.below(4) {
+                sql.push_str(&format!(
+                    "INSERT INTO stickers (user_id, session_id, pack_batch_id, pack_index,
+                         style_preset_id, telegram_file_id, result_storage_path, created_at)
+                     VALUES ({user}, '{session}', '{batch}', {i}, {style}, {fid}, {key}, {at});\n",
+                    style = g.text("pop"),
+                    fid = g.text(&format!("st_{s}_{b}_{i}")),
+                    key = g.text(&format!("stickers/{user}/{batch}/{i}.webp")),
+                    at = g.instant(),
+                ));
+            }
+        }
+        if g.below(2) == 0 {
+            sql.push_str(&format!(
+                "INSERT INTO stickers (user_id, session_id, telegram_file_id, result_storage_path)
+                 VALUES ({user}, {session}, {fid}, {key});\n",
+                session = if g.below(4) == 0 {
+                    "NULL".to_string()
+                } else {
+                    format!("'{session}'")
+                },
+                fid = g.text(&format!("single_{s}")),
+                key = g.text(&format!("stickers/{user}/{session}/single.webp")),
+            ));
+        }
+    }
+    pg.psql(db, &sql);
+}
+
+/// How the Supabase dashboard writes a table's CSV (SPEC §7).
+#[derive(Clone, Copy, Debug)]
+enum ExportStyle {
+    /// Table editor: `TABLE_rows.csv`, `\r\n`, NULL and `''` both an empty
+    /// field, quoted only where needed.
+    TableEditor,
+    /// SQL editor "Download CSV": a byte order mark, every name and field
+    /// quoted, NULL and `''` both as `""`.
+    SqlEditor,
+}
+
+/// Exports the three tables of `db` with `psql \copy` (timestamps in the
+/// database's time zone) and rewrites them in `style` into `dir`.
+fn export_csv(pg: &TestPg, db: &str, dir: &Path, style: ExportStyle) {
+    std::fs::create_dir_all(dir).expect("export dir");
+    for table in TABLES {
+        let raw = dir.join(format!("{table}.psql"));
+        pg.psql(
+            db,
+            &format!(
+                "\\copy (SELECT * FROM public.{table}) TO '{}' WITH (FORMAT csv, HEADER)\n",
+                raw.display()
+            ),
+        );
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_path(&raw)
+            .expect("read psql export");
+        let (name, mut out) = match style {
+            ExportStyle::TableEditor => (
+                format!("{table}_rows.csv"),
+                csv::WriterBuilder::new()
+                    .terminator(csv::Terminator::CRLF)
+                    .quote_style(csv::QuoteStyle::Necessary)
+                    .from_writer(Vec::new()),
+            ),
+            ExportStyle::SqlEditor => (
+                format!("{table}.csv"),
+                csv::WriterBuilder::new()
+                    .quote_style(csv::QuoteStyle::Always)
+                    .from_writer(b"\xEF\xBB\xBF".to_vec()),
+            ),
+        };
+        for record in reader.records() {
+            out.write_record(&record.expect("psql csv record"))
+                .expect("write csv");
+        }
+        let bytes = out.into_inner().expect("csv bytes");
+        std::fs::write(dir.join(name), bytes).expect("write export");
+        std::fs::remove_file(raw).expect("remove psql export");
+    }
+}
+
+/// Each session's pack sheet and the batch it is attached to.
+fn sheet_batches(conn: &Connection) -> BTreeMap<String, Option<String>> {
+    let mut stmt = conn
+        .prepare("SELECT row_id, pack_batch_id FROM refs WHERE class = 'pack_sheet' AND row_table = 'sessions'")
+        .expect("prepare");
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect()
+}
+
+/// The same data gives the same refs from Postgres and from each of its
+/// dashboard export styles, and every pack sheet is attached to the batch
+/// Postgres itself calls the latest (`ORDER BY created_at DESC, id DESC`),
+/// across DST changes, ties, NULLs and empty strings, uuid and bigint ids.
+#[test]
+fn csv_exports_in_every_style_give_the_refs_postgres_gives() {
+    let pg = TestPg::start();
+    for (seed, bigint_batches) in [
+        (0x5eed_0001, false),
+        (0x5eed_0002, true),
+        (0x5eed_0003, false),
+    ] {
+        let db = format!("bot_{seed:x}");
+        generated_bot(&pg, &db, seed, bigint_batches);
+        let work = temp_dir();
+        let from_pg = work.path().join("pg");
+        let pg_report = snapshot_ok(&from_pg, &pg.url(&db), &[]);
+        let pg_conn = catalog(&from_pg);
+        let pg_refs = refs_of(&pg_conn);
+        let pg_sheets = sheet_batches(&pg_conn);
+
+        let latest: BTreeMap<String, Option<String>> = pg
+            .psql(
+                &db,
+                "SELECT DISTINCT ON (s.id) s.id, coalesce(b.id::text, '-')
+                 FROM sessions s LEFT JOIN pack_batches b ON b.session_id = s.id
+                 WHERE nullif(s.pack_sheet_file_id, '') IS NOT NULL
+                 ORDER BY s.id, b.created_at DESC, b.id DESC;",
+            )
+            .lines()
+            .map(|line| {
+                let (session, batch) = line.split_once('|').expect("session|batch");
+                (
+                    session.to_string(),
+                    (batch != "-").then(|| batch.to_string()),
+                )
+            })
+            .collect();
+        assert!(latest.len() > 40, "{seed:x}: the data has pack sheets");
+        assert_eq!(
+            pg_sheets, latest,
+            "{seed:x}: from Postgres, sheets on the latest batch"
+        );
+        assert!(pg_refs.len() > 150, "{seed:x}: {} refs", pg_refs.len());
+
+        for style in [ExportStyle::TableEditor, ExportStyle::SqlEditor] {
+            let exports = work.path().join(format!("{style:?}"));
+            export_csv(&pg, &db, &exports, style);
+            let archive = work.path().join(format!("{style:?}-archive"));
+            let report = snapshot_ok(&archive, &exports.display().to_string(), &[]);
+            for table in TABLES {
+                assert_eq!(
+                    counts(&report, table),
+                    counts(&pg_report, table),
+                    "{seed:x} {style:?} {table}: {report}"
+                );
+            }
+            let conn = catalog(&archive);
+            assert_eq!(
+                sheet_batches(&conn),
+                latest,
+                "{seed:x} {style:?}: sheets on the latest batch"
+            );
+            let csv_refs = refs_of(&conn);
+            let missing: Vec<_> = pg_refs.difference(&csv_refs).take(5).collect();
+            let extra: Vec<_> = csv_refs.difference(&pg_refs).take(5).collect();
+            assert!(
+                missing.is_empty() && extra.is_empty(),
+                "{seed:x} {style:?}: refs differ\nonly from Postgres: {missing:#?}\nonly from CSV: {extra:#?}"
+            );
+        }
+    }
+}
+
+/// What the Supabase dashboard really writes: `TABLE_rows.csv` with `\r\n`
+/// from the table editor; a byte order mark and every name and field quoted
+/// (NULL as `""`) from the SQL editor; a `photos` cell cut off at the export's
+/// size limit, which drops only that row's photo refs, with a warning naming
+/// the row and the column and a `warnings` count in the report; batches
+/// whose `created_at` texts order the other way round from their instants.
+#[test]
+fn dashboard_csv_exports_are_read_as_written() {
+    let dir = temp_dir();
+    let exports = dir.path().join("exports");
+    std::fs::create_dir_all(&exports).expect("mkdir");
+    let cut_photos = format!(
+        "\"[{}, \"\"AgACAgIAAxkBAAI",
+        (0..300)
+            .map(|i| format!("\"\"AgACAgIAAxkBAAI_{i:04}\"\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    std::fs::write(
+        exports.join("sessions_rows.csv"),
+        format!(
+            "id,user_id,env,mode,photos,current_photo_file_id,last_sticker_file_id,pack_sheet_file_id,created_at\r\n\
+             s-cut,7,prod,pack,{cut_photos}\",ph_cur,last_cut,sheet_cut,2025-10-26 02:30:00+02\r\n\
+             s-ok,8,,,\"[\"\"ph_ok_1\"\", \"\"ph_ok_2\"\"]\",,,sheet_ok,2025-10-26 02:10:00+01\r\n"
+        ),
+    )
+    .expect("write sessions");
+    std::fs::write(
+        exports.join("pack_batches_rows.csv"),
+        "id,session_id,user_id,status,cleaned_sheet_storage_path,created_at\r\n\
+         b-early,s-cut,7,done,,2025-10-26 02:30:00+02\r\n\
+         b-late,s-cut,7,done,,2025-10-26 02:10:00+01\r\n\
+         9,s-ok,8,done,,2025-03-30 03:00:00+02\r\n\
+         10,s-ok,8,done,,2025-03-30 01:00:00+00\r\n",
+    )
+    .expect("write batches");
+    std::fs::write(
+        exports.join("stickers.csv"),
+        "\u{feff}\"id\",\"user_id\",\"session_id\",\"pack_batch_id\",\"pack_index\",\"telegram_file_id\",\"result_storage_path\"\n\
+         \"t1\",\"7\",\"s-cut\",\"b-late\",\"0\",\"st_1\",\"\"\n\
+         \"t2\",\"7\",\"s-cut\",\"\",\"\",\"st_2\",\"\"\n\
+         \"t3\",\"8\",\"s-ok\",\"10\",\"\",\"\",\"stickers/8/10/0.webp\"\n",
+    )
+    .expect("write stickers");
+    let db = exports.display().to_string();
+
+    let archive = dir.path().join("archive");
+    let out = starchive(&archive, &["snapshot", "--json", "--db", &db]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json report");
+    assert_eq!(counts(&report, "sessions"), (2, 2, 0, 0, 0), "{report}");
+    assert_eq!(counts(&report, "pack_batches"), (4, 4, 0, 0, 0), "{report}");
+    assert_eq!(counts(&report, "stickers"), (3, 3, 0, 0, 0), "{report}");
+    assert_eq!(report["tables"]["sessions"]["warnings"], 1, "{report}");
+    assert_eq!(report["tables"]["stickers"]["warnings"], 0, "{report}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("sessions id s-cut") && err.contains("photos"),
+        "the warning names the row and the column: {err}"
+    );
+
+    // The text report counts the warnings too.
+    let text_archive = dir.path().join("text");
+    let out = starchive(&text_archive, &["snapshot", "--db", &db]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let header = text
+        .lines()
+        .find(|l| l.starts_with("table"))
+        .expect("table header");
+    assert!(header.split_whitespace().any(|w| w == "warnings"), "{text}");
+    let sessions = text
+        .lines()
+        .find(|l| l.starts_with("sessions"))
+        .expect("sessions line");
+    assert_eq!(sessions.split_whitespace().last(), Some("1"), "{text}");
+
+    // The cut row keeps its other refs; its sheet is on the batch created
+    // last (02:10+01 is after 02:30+02), and 10 is after 9 at the same instant.
+    let conn = catalog(&archive);
+    let refs: BTreeSet<(String, String, Option<String>, Option<String>)> = {
+        let mut stmt = conn
+            .prepare("SELECT class, row_id, pack_batch_id, telegram_file_id FROM refs")
+            .expect("prepare");
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .expect("query")
+            .map(|r| r.expect("row"))
+            .collect()
+    };
+    let want = |class: &str, row: &str, batch: Option<&str>, fid: Option<&str>| {
+        (
+            class.to_string(),
+            row.to_string(),
+            batch.map(str::to_string),
+            fid.map(str::to_string),
+        )
+    };
+    for r in [
+        want("session_sticker", "s-cut", None, Some("last_cut")),
+        want("pack_sheet", "s-cut", Some("b-late"), Some("sheet_cut")),
+        want("pack_sheet", "s-ok", Some("10"), Some("sheet_ok")),
+        want("sticker", "t1", Some("b-late"), Some("st_1")),
+        want("sticker", "t2", None, Some("st_2")),
+        want("sticker", "t3", Some("10"), None),
+    ] {
+        assert!(refs.contains(&r), "{r:?} missing from {refs:#?}");
+    }
+    assert_eq!(
+        one::<Option<i64>>(&conn, "SELECT pack_index FROM stickers WHERE id = 't2'"),
+        None,
+        "a quoted empty pack_index is NULL"
+    );
+    assert_eq!(
+        one::<Option<String>>(&conn, "SELECT env FROM v_refs WHERE row_id = 't3'"),
+        None,
+        "an empty env is no env"
+    );
+
+    // With photos in scope: the cut cell gives no photo ref, the other
+    // photo columns and rows do.
+    conn.execute(
+        "INSERT INTO settings(key, value) VALUES ('include_photos', 'true')",
+        [],
+    )
+    .expect("include photos");
+    drop(conn);
+    snapshot_ok(&archive, &db, &[]);
+    let conn = catalog(&archive);
+    let mut photos: Vec<(String, String)> = {
+        let mut stmt = conn
+            .prepare("SELECT row_id, telegram_file_id FROM refs WHERE class = 'photo'")
+            .expect("prepare");
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query")
+            .map(|r| r.expect("row"))
+            .collect()
+    };
+    photos.sort();
+    assert_eq!(
+        photos,
+        vec![
+            ("s-cut".to_string(), "ph_cur".to_string()),
+            ("s-ok".to_string(), "ph_ok_1".to_string()),
+            ("s-ok".to_string(), "ph_ok_2".to_string()),
+        ]
+    );
+
+    // Both names for one table: which one is meant is not guessed.
+    std::fs::copy(
+        exports.join("stickers.csv"),
+        exports.join("stickers_rows.csv"),
+    )
+    .expect("copy");
+    let out = starchive(&archive, &["snapshot", "--db", &db]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("stickers_rows.csv"),
+        "{}",
+        stderr(&out)
+    );
 }
