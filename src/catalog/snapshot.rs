@@ -84,6 +84,26 @@ pub struct SnapshotWriter<'c> {
     source: String,
 }
 
+/// Hides what an older starchive left readable in the sources of earlier
+/// snapshots (it missed passwords in some forms of connection string), so
+/// that no later push copies them to a destination.
+fn redact_older_sources(tx: &Transaction) -> Result<()> {
+    let sources: Vec<(i64, String)> = tx
+        .prepare("SELECT id, source FROM snapshots")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (id, source) in sources {
+        let shown = crate::source::conninfo::shown(&source);
+        if shown != source {
+            tx.execute(
+                "UPDATE snapshots SET source = ?1 WHERE id = ?2",
+                rusqlite::params![shown, id],
+            )?;
+        }
+    }
+    Ok(())
+}
+
 impl<'c> SnapshotWriter<'c> {
     pub fn begin(catalog: &'c mut Catalog, source: &str, envs: &[String]) -> Result<Self> {
         let tx = catalog.conn_mut().transaction()?;
@@ -93,6 +113,7 @@ impl<'c> SnapshotWriter<'c> {
             rusqlite::params![super::now_text(), source, envs_json],
         )?;
         let id = tx.last_insert_rowid();
+        redact_older_sources(&tx)?;
         let mut fresh = HashSet::new();
         for table in Table::ALL {
             let sql = format!("SELECT NOT EXISTS (SELECT 1 FROM {})", table.name());

@@ -1363,6 +1363,19 @@ fn password_never_shown() {
         }
         outputs.push(out);
     }
+    // A source an older starchive stored unredacted is hidden by the next snapshot.
+    let leaked = format!("postgres://postgres:Old-s3cret@127.0.0.1:{port}/bot");
+    catalog(archive.path())
+        .execute(
+            "INSERT INTO snapshots(taken_at, source) VALUES ('2020-01-01T00:00:00Z', ?1)",
+            [&leaked],
+        )
+        .expect("an old snapshot");
+    let out = starchive(archive.path(), &["snapshot", "--db", &cases[1].0]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    connected += 2;
+    let secrets_before: Vec<&str> = vec!["Old-s3cret"];
+
     let dest = temp_dir();
     let out = starchive(
         archive.path(),
@@ -1375,7 +1388,11 @@ fn password_never_shown() {
     );
     outputs.push(out);
 
-    let secrets: Vec<&str> = cases.iter().flat_map(|c| c.1.iter().copied()).collect();
+    let secrets: Vec<&str> = cases
+        .iter()
+        .flat_map(|c| c.1.iter().copied())
+        .chain(secrets_before)
+        .collect();
     for out in &outputs {
         for text in [
             String::from_utf8_lossy(&out.stdout),
