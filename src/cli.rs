@@ -44,12 +44,14 @@ pub enum Command {
     #[command(after_help = TELEGRAM_HELP)]
     Fetch(FetchArgs),
     /// Upload every fetched ref to a destination store.
+    #[command(after_help = TO_HELP)]
     Push(PushArgs),
     /// Re-hash local blobs; with --to, check the destination holds every object.
     Verify(VerifyArgs),
     /// Where every stage stands, with each failure and its reason.
     Status,
     /// Repair the database: upload what has no storage key and write the key back.
+    #[command(after_help = TO_HELP)]
     Backfill(BackfillArgs),
     /// snapshot, fetch and push in one go.
     #[command(after_help = TELEGRAM_HELP)]
@@ -78,6 +80,16 @@ A file_id works only with the bot that received it. A Bot API server run with --
 answers with paths on its own disk: starchive reads those files when they are readable
 on this machine, and otherwise fails the refs, saying so.";
 
+/// Where `--to` finds its credentials (SPEC §4), shown after its options.
+const TO_HELP: &str = "\
+Destination credentials (environment only, never in the URL):
+  STARCHIVE_TO_ACCESS_KEY_ID      else AWS_ACCESS_KEY_ID
+  STARCHIVE_TO_SECRET_ACCESS_KEY  else AWS_SECRET_ACCESS_KEY
+  STARCHIVE_TO_SESSION_TOKEN      else AWS_SESSION_TOKEN (temporary credentials)
+A destination is what it names, however typed: a directory by its absolute path
+(./backup, backup/ and file:///abs/backup are one), an s3:// store by endpoint,
+bucket and prefix.";
+
 #[derive(Args, Debug)]
 pub struct SnapshotArgs {
     #[command(flatten)]
@@ -99,10 +111,13 @@ pub enum Include {
 #[derive(Args, Debug)]
 pub struct FetchArgs {
     /// The source bucket (s3://bucket?endpoint=…, file:///path, or a directory).
+    ///
+    /// Credentials from STARCHIVE_STORAGE_ACCESS_KEY_ID, STARCHIVE_STORAGE_SECRET_ACCESS_KEY
+    /// and STARCHIVE_STORAGE_SESSION_TOKEN, each else its AWS_* variable.
     #[arg(long, value_name = "URL")]
     pub storage: Option<String>,
 
-    /// Base URL of the Telegram Bot API.
+    /// Base URL of the Telegram Bot API (a local Bot API server, or a stand-in).
     #[arg(
         long,
         env = "TELEGRAM_API_URL",
@@ -156,11 +171,20 @@ pub struct PushArgs {
     #[command(flatten)]
     pub to: ToArg,
 
-    #[arg(long, value_enum, default_value = "mirror")]
-    pub layout: Layout,
+    #[command(flatten)]
+    pub layout: LayoutArg,
 
     #[command(flatten)]
     pub jobs: JobsArg,
+}
+
+#[derive(Args, Debug)]
+pub struct LayoutArg {
+    /// Keys at the destination: `mirror` keeps the bot's storage keys (the bot
+    /// can switch its storage to the copy), `cas` stores each file once at
+    /// blobs/sha256/<first two hex>/<sha256>.
+    #[arg(long, value_enum, default_value = "mirror")]
+    pub layout: Layout,
 }
 
 #[derive(Args, Debug)]
@@ -210,8 +234,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub to: ToArg,
 
-    #[arg(long, value_enum, default_value = "mirror")]
-    pub layout: Layout,
+    #[command(flatten)]
+    pub layout: LayoutArg,
 }
 
 #[derive(Args, Debug)]

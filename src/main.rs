@@ -20,7 +20,8 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    init_logs();
+    let printer = Printer::new(cli.json);
+    init_logs(printer.log_writer());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -31,7 +32,6 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let printer = Printer { json: cli.json };
     let ctx = Context {
         archive: cli.archive.clone(),
         envs: cli.envs.clone(),
@@ -63,7 +63,7 @@ fn run(command: Command, ctx: &Context, printer: &Printer) -> Result<ExitCode, E
         }
         Command::Push(args) => {
             let report =
-                commands::push::push(ctx, &push_options(&args.to, args.layout, &args.jobs))?;
+                commands::push::push(ctx, &push_options(&args.to, args.layout.layout, &args.jobs))?;
             printer.report(&report);
             return Ok(ExitCode::from(report.exit_code()));
         }
@@ -108,7 +108,7 @@ fn run(command: Command, ctx: &Context, printer: &Printer) -> Result<ExitCode, E
                 ctx,
                 &args.db.db,
                 &fetch_options(&args.fetch),
-                &push_options(&args.to, args.layout, &args.fetch.jobs),
+                &push_options(&args.to, args.layout.layout, &args.fetch.jobs),
             )?;
             printer.report(&report);
             return Ok(ExitCode::from(report.exit_code()));
@@ -150,13 +150,13 @@ fn layout(arg: cli::Layout) -> starchive::layout::Layout {
 }
 
 /// Logs go to stderr; `STARCHIVE_LOG` takes `tracing` filter directives.
-fn init_logs() {
+fn init_logs(writer: printer::LogWriter) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("STARCHIVE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("starchive=info,warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .without_time()

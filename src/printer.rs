@@ -1,19 +1,32 @@
 //! The one place that decides what goes where: reports to stdout (text or one
-//! JSON document), logs to stderr, progress bars only on a terminal.
+//! JSON document), logs to stderr, progress bars only on a terminal. Log
+//! lines go through the bar ([`LogWriter`]), so that none is drawn over it and
+//! no stale bar line is left behind.
 
 use std::io::{IsTerminal, Write};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use serde::Serialize;
 
 use starchive::progress::Progress;
 
 pub struct Printer {
     pub json: bool,
+    /// The bars, on a terminal only.
+    bars: Option<Arc<Bars>>,
 }
 
 impl Printer {
+    pub fn new(json: bool) -> Printer {
+        Printer {
+            json,
+            bars: std::io::stderr()
+                .is_terminal()
+                .then(|| Arc::new(Bars::default())),
+        }
+    }
+
     pub fn report<T: Serialize + std::fmt::Display>(&self, report: &T) {
         let mut out = std::io::stdout().lock();
         let _ = if self.json {
@@ -27,11 +40,60 @@ impl Printer {
     }
 
     /// A progress sink: bars on a terminal, nothing elsewhere.
-    pub fn progress(&self) -> std::sync::Arc<dyn Progress> {
-        if std::io::stderr().is_terminal() {
-            std::sync::Arc::new(Bars::default())
-        } else {
-            std::sync::Arc::new(starchive::progress::NoProgress)
+    pub fn progress(&self) -> Arc<dyn Progress> {
+        match &self.bars {
+            Some(bars) => bars.clone(),
+            None => Arc::new(starchive::progress::NoProgress),
+        }
+    }
+
+    /// Where log lines go: stderr, around the bar.
+    pub fn log_writer(&self) -> LogWriter {
+        LogWriter(self.bars.clone())
+    }
+}
+
+/// Makes a writer per log event that writes the whole line to stderr at
+/// once, with the bar (if any) hidden meanwhile.
+#[derive(Clone)]
+pub struct LogWriter(Option<Arc<Bars>>);
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogLine;
+
+    fn make_writer(&'a self) -> LogLine {
+        LogLine {
+            buf: Vec::new(),
+            bars: self.0.clone(),
+        }
+    }
+}
+
+/// One log event, written out when dropped.
+pub struct LogLine {
+    buf: Vec<u8>,
+    bars: Option<Arc<Bars>>,
+}
+
+impl Write for LogLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        let write = || {
+            let _ = std::io::stderr().lock().write_all(&self.buf);
+        };
+        match &self.bars {
+            Some(bars) => bars.suspend(write),
+            None => write(),
         }
     }
 }
@@ -41,19 +103,29 @@ struct Bars {
     bar: Mutex<Option<ProgressBar>>,
 }
 
+impl Bars {
+    /// Runs `f` with the bar cleared, then draws it again.
+    fn suspend(&self, f: impl FnOnce()) {
+        match self.bar.lock() {
+            Ok(slot) => match slot.as_ref() {
+                Some(bar) => bar.suspend(f),
+                None => f(),
+            },
+            Err(_) => f(),
+        }
+    }
+}
+
 impl Progress for Bars {
     fn start(&self, stage: &str, total: Option<u64>) {
-        let bar = match total {
-            Some(n) => ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr()),
-            None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
-        };
+        let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
         let template = if total.is_some() {
-            "{msg} [{bar:30}] {pos}/{len} ({per_sec}, {eta})"
+            "{msg} [{bar:30}] {human_pos}/{human_len} ({rate}, {eta} left)"
         } else {
-            "{msg} {pos} ({per_sec})"
+            "{msg} {human_pos} ({rate})"
         };
         if let Ok(style) = ProgressStyle::with_template(template) {
-            bar.set_style(style.progress_chars("=> "));
+            bar.set_style(style.progress_chars("=> ").with_key("rate", rate));
         }
         bar.set_message(stage.to_string());
         if let Ok(mut slot) = self.bar.lock()
@@ -77,5 +149,32 @@ impl Progress for Bars {
         {
             bar.finish_and_clear();
         }
+    }
+}
+
+/// Items per second as a person reads them: `1243/s`, `12.5/s`, `0.25/s`.
+fn rate(state: &ProgressState, w: &mut dyn std::fmt::Write) {
+    let _ = write!(w, "{}/s", human_rate(state.per_sec()));
+}
+
+fn human_rate(per_sec: f64) -> String {
+    match per_sec {
+        r if !r.is_finite() || r <= 0.0 => "0".into(),
+        r if r >= 100.0 => format!("{}", indicatif::HumanCount(r.round() as u64)),
+        r if r >= 1.0 => format!("{r:.1}"),
+        r => format!("{r:.2}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_read_as_a_person_would() {
+        assert_eq!(human_rate(1242.7274), "1,243");
+        assert_eq!(human_rate(12.46), "12.5");
+        assert_eq!(human_rate(0.25), "0.25");
+        assert_eq!(human_rate(f64::NAN), "0");
     }
 }

@@ -92,8 +92,13 @@ impl std::fmt::Display for TransferReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "done {}, skipped {}, failed {}, pending {}; {} bytes in {:.1} s",
-            self.done, self.skipped, self.failed, self.pending, self.bytes, self.seconds
+            "done {}, skipped {}, failed {}, pending {}; {} in {:.1} s",
+            self.done,
+            self.skipped,
+            self.failed,
+            self.pending,
+            indicatif::HumanBytes(self.bytes),
+            self.seconds
         )?;
         for note in &self.notes {
             writeln!(f, "note: {note}")?;

@@ -139,8 +139,9 @@ impl std::fmt::Display for PlanReport {
         }
         writeln!(
             f,
-            "blobs: {} unique, {} bytes",
-            self.blobs.count, self.blobs.bytes
+            "blobs: {} unique, {}",
+            self.blobs.count,
+            indicatif::HumanBytes(self.blobs.bytes)
         )?;
         writeln!(
             f,

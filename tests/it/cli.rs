@@ -366,3 +366,127 @@ fn plan_after_a_failed_snapshot_says_no_snapshot_yet() {
         assert!(out.stdout.is_empty(), "{}", out.stdout);
     }
 }
+
+// ---- help and output a person reads --------------------------------------------
+
+#[test]
+fn help_names_the_layouts_and_every_variable() {
+    let help = |args: &[&str]| {
+        let out = exec(bin().args(args).arg("--help"));
+        out.code(0);
+        out.stdout.clone()
+    };
+    for command in ["push", "run"] {
+        let text = help(&[command]);
+        assert!(
+            text.contains("--layout <LAYOUT>")
+                && text.contains("`mirror` keeps the bot's storage keys"),
+            "{command}: {text}"
+        );
+    }
+    for command in ["fetch", "run"] {
+        let text = help(&[command]);
+        for var in [
+            "TELEGRAM_BOT_TOKEN ",
+            "TELEGRAM_BOT_TOKEN_<ENV>",
+            "TELEGRAM_API_URL",
+            "STARCHIVE_STORAGE_ACCESS_KEY_ID",
+        ] {
+            assert!(text.contains(var), "{command} --help names {var}: {text}");
+        }
+    }
+    for command in ["push", "backfill"] {
+        let text = help(&[command]);
+        for var in [
+            "STARCHIVE_TO_ACCESS_KEY_ID",
+            "STARCHIVE_TO_SECRET_ACCESS_KEY",
+            "STARCHIVE_TO_SESSION_TOKEN",
+            "AWS_ACCESS_KEY_ID",
+        ] {
+            assert!(text.contains(var), "{command} --help names {var}: {text}");
+        }
+    }
+}
+
+/// What a terminal shows of `raw` (output with `\r` and ANSI escapes): each
+/// line as it stands after its last carriage return, escapes removed.
+fn screen_lines(raw: &str) -> Vec<String> {
+    raw.split('\n')
+        .map(|line| {
+            let shown = line
+                .rsplit('\r')
+                .find(|part| !part.is_empty())
+                .unwrap_or("");
+            let mut out = String::new();
+            let mut chars = shown.chars();
+            while let Some(c) = chars.next() {
+                if c == '\u{1b}' {
+                    // CSI: ESC [ parameters final-byte.
+                    if chars.next() == Some('[') {
+                        for c in chars.by_ref() {
+                            if c.is_ascii_alphabetic() {
+                                break;
+                            }
+                        }
+                    }
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+/// On a terminal, a warning during a fetch is a line of its own: the bar is
+/// cleared before it and drawn again after, never left above it.
+#[test]
+fn log_lines_on_a_terminal_leave_no_stale_bar() {
+    let dir = temp_dir();
+    let archive = dir.path().join("archive");
+    exec(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).code(0);
+    let tg = FakeTelegram::from_dir(FIXTURE_TELEGRAM);
+    tg.latency(Duration::from_millis(100));
+    // `script` gives the binary a terminal; its output is what was drawn.
+    let command = format!(
+        "{} --archive '{}' fetch --jobs 1 --telegram-rate 1000",
+        env!("CARGO_BIN_EXE_starchive"),
+        archive.display()
+    );
+    let mut script = std::process::Command::new("script");
+    for (name, _) in std::env::vars() {
+        if ["AWS_", "STARCHIVE_", "TELEGRAM_"]
+            .iter()
+            .any(|p| name.starts_with(p))
+        {
+            script.env_remove(name);
+        }
+    }
+    let raw = script
+        .args(["-qefc", &command, "/dev/null"])
+        .envs(tg.env())
+        .env("COLUMNS", "200")
+        .output()
+        .expect("run script (bsdutils)");
+    assert_eq!(raw.status.code(), Some(3), "{raw:?}");
+    let text = String::from_utf8_lossy(&raw.stdout);
+    assert!(text.contains("] 1/"), "a bar was drawn: {text:?}");
+    let lines = screen_lines(&text);
+    let warning = lines
+        .iter()
+        .find(|l| l.contains("fetch failed for sticker"))
+        .unwrap_or_else(|| panic!("no warning in {lines:#?}"));
+    assert!(
+        warning.trim_start().starts_with("WARN"),
+        "the warning shares its line with a bar: {warning:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("] ") && l.contains("WARN")),
+        "{lines:#?}"
+    );
+    // The rates and sizes a person reads.
+    assert!(
+        !text.contains(".0000/s") && !text.contains("bytes in"),
+        "{text:?}"
+    );
+}
