@@ -141,13 +141,19 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
     let (pending, failed_at_fetch) = q::unfetched_counts(catalog.conn(), &envs)?;
     let mut notes = Vec::new();
     if pending > 0 {
-        notes.push(format!(
-            "{pending} refs are not fetched yet: run `starchive fetch`"
-        ));
+        notes.push(match pending {
+            1 => "1 ref is not fetched yet: run `starchive fetch`".to_string(),
+            n => format!("{n} refs are not fetched yet: run `starchive fetch`"),
+        });
     }
     if failed_at_fetch > 0 {
         notes.push(format!(
-            "{failed_at_fetch} refs failed at fetch: `starchive fetch --retry-failed` tries them again"
+            "{failed_at_fetch} {} at fetch: `starchive fetch --retry-failed` tries again",
+            if failed_at_fetch == 1 {
+                "ref failed"
+            } else {
+                "refs failed"
+            }
         ));
     }
     let mut skipped = counts.refs_pushed;
