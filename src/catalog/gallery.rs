@@ -50,6 +50,7 @@ pub struct UserRow {
     pub refs: u64,
 }
 
+/// A session of the selection.
 #[derive(Debug, Clone)]
 pub struct SessionRow {
     pub id: String,

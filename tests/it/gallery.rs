@@ -638,18 +638,23 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// `tests/browser`, with its npm dependencies installed (from the lockfile)
-/// when they are not yet.
+/// when they are not yet: once per test process, whichever test asks first.
 fn browser_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    if !dir.join("node_modules/playwright-core").is_dir() {
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .status()
-            .expect("npm: install Node.js and npm (.ci/run does)");
-        assert!(status.success(), "npm ci in {}", dir.display());
-    }
-    dir
+    static INSTALLED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+            if !dir.join("node_modules/playwright-core").is_dir() {
+                let status = Command::new("npm")
+                    .args(["ci", "--no-audit", "--no-fund"])
+                    .current_dir(&dir)
+                    .status()
+                    .expect("npm: install Node.js and npm (.ci/run does)");
+                assert!(status.success(), "npm ci in {}", dir.display());
+            }
+            dir
+        })
+        .clone()
 }
 
 /// The gallery in a real browser: chromium loads the index and a pack page
