@@ -815,3 +815,13 @@ fn extreme_pack_positions_make_one_gap_card() {
     let order = rows_in_order(&html);
     assert_eq!(order, [uuid(0xc3), uuid(0xc1), uuid(0xc2)]);
 }
+
+/// The gallery only reads the archive: it runs while another command holds
+/// the archive's lock (a long fetch, say).
+#[test]
+fn gallery_runs_beside_a_command_that_holds_the_archive() {
+    let media = MediaArchive::new();
+    let _writer = starchive::catalog::Catalog::open_existing(&media.archive).expect("lock");
+    let report = media.gallery(&[]);
+    assert_eq!(report["stickers"], refs_in_scope(&media.archive, None));
+}
