@@ -347,11 +347,7 @@ pub(super) fn envs(envs: &[EnvRow]) -> Markup {
                 }
             }
         }
-        p {
-            a href="#users" { "Users" } " · " a href="#sessions" { "Sessions" } " · "
-            a href="#packs" { "Pack batches" }
-            " (long lists continue on the next pages)"
-        }
+        p { "Users, sessions and pack batches follow; long lists continue on the next pages." }
     }
 }
 

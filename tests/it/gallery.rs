@@ -825,3 +825,50 @@ fn gallery_runs_beside_a_command_that_holds_the_archive() {
     let report = media.gallery(&[]);
     assert_eq!(report["stickers"], refs_in_scope(&media.archive, None));
 }
+
+/// A large bot's pages stay small: a user with 600 sessions gets three
+/// pages, the index two, linked in order, and every session's link lands on
+/// the page that shows it.
+#[test]
+fn long_pages_continue_on_further_pages() {
+    let dir = temp_dir();
+    let db = dir.path().join("db");
+    std::fs::create_dir_all(&db).expect("mkdir");
+    let mut sessions = String::from("id,user_id,env,mode,last_sticker_file_id,created_at\n");
+    for n in 0..600u32 {
+        sessions.push_str(&format!(
+            "{},1,prod,single,CAAC-{n},2025-01-01 00:{:02}:{:02}+00\n",
+            uuid(0x1000 + n),
+            n / 60,
+            n % 60
+        ));
+    }
+    std::fs::write(db.join("sessions.csv"), sessions).expect("csv");
+    std::fs::write(db.join("stickers.csv"), "id,session_id\n").expect("csv");
+    std::fs::write(db.join("pack_batches.csv"), "id,session_id\n").expect("csv");
+    let archive = dir.path().join("archive");
+    run_ok(bin().arg("--archive").arg(&archive).args(["snapshot", "--db"]).arg(&db));
+    let report = gallery(&archive, &[]);
+    let site = archive.join("gallery");
+    assert_eq!(report["stickers"], 600);
+    assert_eq!(report["placeholders"], 600, "none fetched");
+    let names: Vec<String> = pages(&site)
+        .iter()
+        .map(|p| p.strip_prefix(&site).expect("in site").display().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        ["index.html", "index.p2.html", "users/1.html", "users/1.p2.html", "users/1.p3.html"]
+    );
+    for page in pages(&site) {
+        let html = std::fs::read_to_string(&page).expect("page");
+        let items = html.matches("<tr>").count() + html.matches("<figure").count();
+        assert!(items <= 500 + 8, "{}: {items} items", page.display());
+    }
+    let second = std::fs::read_to_string(site.join("users/1.p2.html")).expect("page 2");
+    assert!(second.contains(r#"href="1.html""#) && second.contains(r#"href="1.p3.html""#));
+    // Every link (and every #anchor) resolves, across the pages.
+    check_links(&site);
+    let index = std::fs::read_to_string(site.join("index.p2.html")).expect("index 2");
+    assert!(index.contains(&format!("users/1.p3.html#s-{}", uuid(0x1000 + 599))));
+}
