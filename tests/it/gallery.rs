@@ -847,18 +847,35 @@ fn long_pages_continue_on_further_pages() {
     std::fs::write(db.join("stickers.csv"), "id,session_id\n").expect("csv");
     std::fs::write(db.join("pack_batches.csv"), "id,session_id\n").expect("csv");
     let archive = dir.path().join("archive");
-    run_ok(bin().arg("--archive").arg(&archive).args(["snapshot", "--db"]).arg(&db));
+    run_ok(
+        bin()
+            .arg("--archive")
+            .arg(&archive)
+            .args(["snapshot", "--db"])
+            .arg(&db),
+    );
     let report = gallery(&archive, &[]);
     let site = archive.join("gallery");
     assert_eq!(report["stickers"], 600);
     assert_eq!(report["placeholders"], 600, "none fetched");
     let names: Vec<String> = pages(&site)
         .iter()
-        .map(|p| p.strip_prefix(&site).expect("in site").display().to_string())
+        .map(|p| {
+            p.strip_prefix(&site)
+                .expect("in site")
+                .display()
+                .to_string()
+        })
         .collect();
     assert_eq!(
         names,
-        ["index.html", "index.p2.html", "users/1.html", "users/1.p2.html", "users/1.p3.html"]
+        [
+            "index.html",
+            "index.p2.html",
+            "users/1.html",
+            "users/1.p2.html",
+            "users/1.p3.html"
+        ]
     );
     for page in pages(&site) {
         let html = std::fs::read_to_string(&page).expect("page");
