@@ -114,8 +114,14 @@ fn start(dir: &Path, upload_limit: Option<u64>) -> Result<Supabase, String> {
         "starting the Supabase Storage server in {} (about 75 s the first time)",
         dir.display()
     );
-    let mut cmd = Command::new("flock");
-    cmd.arg(format!("{}.lock", dir.display()))
+    // The lock is held on a descriptor that the server does not inherit:
+    // with `flock LOCK start.sh`, the server it leaves running would hold
+    // the lock for ever and every later start would wait on it.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"exec 9>"$1" && flock 9 && "$2" "$3" 9>&-"#)
+        .arg("sh")
+        .arg(format!("{}.lock", dir.display()))
         .arg(&script)
         .arg(dir);
     if let Some(bytes) = upload_limit {
@@ -123,7 +129,7 @@ fn start(dir: &Path, upload_limit: Option<u64>) -> Result<Supabase, String> {
     }
     let out = cmd
         .output()
-        .map_err(|e| format!("cannot run flock {}: {e}", script.display()))?;
+        .map_err(|e| format!("cannot run sh (flock) {}: {e}", script.display()))?;
     if !out.status.success() {
         return Err(format!(
             "{} {} failed ({}):\n{}{}",
