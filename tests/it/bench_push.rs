@@ -52,7 +52,7 @@ fn runs(name: &str) -> bool {
     std::env::var("BENCH_ONLY").map_or(true, |only| only == name)
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
+pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
 }
@@ -102,8 +102,24 @@ fn measured(cmd: &mut Command, what: &str) -> Measure {
     }
 }
 
-/// `cmd` run under `/usr/bin/time -v`: (wall seconds, peak RSS in KiB).
+/// `cmd` run under `/usr/bin/time -v`, which must succeed: (wall seconds, peak RSS in KiB).
 fn with_peak_rss(cmd: &Command, report: &Path) -> (f64, u64) {
+    let (secs, kb, out) = time_v(cmd, report);
+    assert!(
+        out.status.success(),
+        "{:?} failed: {:?}\n{}\n{}",
+        cmd.get_program(),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (secs, kb)
+}
+
+/// `cmd` run under `/usr/bin/time -v` (report written to `report`):
+/// wall seconds, peak RSS in KiB and what it gave (its exit code is the
+/// command's own).
+pub(crate) fn time_v(cmd: &Command, report: &Path) -> (f64, u64, std::process::Output) {
     let mut timed = Command::new("/usr/bin/time");
     timed
         .arg("-v")
@@ -120,7 +136,9 @@ fn with_peak_rss(cmd: &Command, report: &Path) -> (f64, u64) {
     if let Some(dir) = cmd.get_current_dir() {
         timed.current_dir(dir);
     }
-    let m = measured(&mut timed, "push under /usr/bin/time");
+    let started = Instant::now();
+    let out = timed.output().expect("run under /usr/bin/time");
+    let secs = started.elapsed().as_secs_f64();
     let text = std::fs::read_to_string(report).expect("time -v report");
     let kb = text
         .lines()
@@ -130,13 +148,27 @@ fn with_peak_rss(cmd: &Command, report: &Path) -> (f64, u64) {
         })
         .and_then(|v| v.trim().parse().ok())
         .expect("peak RSS in the time -v report");
-    (m.secs, kb)
+    (secs, kb, out)
 }
 
 /// `rclone copy SRC x:BUCKET`, configured from the environment only (an
 /// empty config file, nothing of the caller's `RCLONE_*`/`AWS_*`), as
 /// DESIGN.md shows.
 fn rclone(s3: &TestS3, src: &Path, bucket: &str, jobs: usize, work: &Path) -> Command {
+    let mut cmd = rclone_for(s3, work);
+    cmd.arg("copy")
+        .arg(src)
+        .arg(format!("x:{bucket}"))
+        .args(["--transfers", &jobs.to_string()])
+        .args(["--checkers", &jobs.to_string()])
+        .arg("--quiet");
+    cmd
+}
+
+/// `rclone` with remote `x:` the loopback S3 server, configured from the
+/// environment only (an empty config file in `work`, nothing of the
+/// caller's `RCLONE_*`/`AWS_*`), as DESIGN.md shows.
+pub(crate) fn rclone_for(s3: &TestS3, work: &Path) -> Command {
     let mut cmd = Command::new("rclone");
     for (key, _) in std::env::vars_os() {
         let k = key.to_string_lossy();
@@ -154,17 +186,11 @@ fn rclone(s3: &TestS3, src: &Path, bucket: &str, jobs: usize, work: &Path) -> Co
         .env("RCLONE_CONFIG_X_REGION", REGION)
         .env("RCLONE_CONFIG_X_ACCESS_KEY_ID", ACCESS_KEY)
         .env("RCLONE_CONFIG_X_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("RCLONE_CONFIG_X_FORCE_PATH_STYLE", "true")
-        .arg("copy")
-        .arg(src)
-        .arg(format!("x:{bucket}"))
-        .args(["--transfers", &jobs.to_string()])
-        .args(["--checkers", &jobs.to_string()])
-        .arg("--quiet");
+        .env("RCLONE_CONFIG_X_FORCE_PATH_STYLE", "true");
     cmd
 }
 
-fn tool_available(program: &str, arg: &str) -> bool {
+pub(crate) fn tool_available(program: &str, arg: &str) -> bool {
     Command::new(program)
         .arg(arg)
         .stdout(Stdio::null())

@@ -4,6 +4,7 @@
 mod support;
 
 mod backfill;
+mod bench_check;
 mod bench_push;
 mod check;
 mod cli;
