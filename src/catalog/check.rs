@@ -35,24 +35,35 @@ pub fn for_each_batch(
     envs: &Option<String>,
     mut each: impl FnMut(Batch) -> Result<()>,
 ) -> Result<()> {
+    // The pack stickers, indexed by batch: `refs` has no index on
+    // `pack_batch_id`, and joining it directly would scan every sticker ref
+    // once per batch.
+    conn.execute_batch(
+        "DROP TABLE IF EXISTS temp.check_pack_stickers;
+         CREATE TEMP TABLE check_pack_stickers AS
+             SELECT pack_batch_id, pack_index, session_id, env, state = 'fetched' AS fetched
+             FROM refs WHERE class = 'sticker' AND pack_batch_id IS NOT NULL;
+         CREATE INDEX temp.check_pack_stickers_batch
+             ON check_pack_stickers(pack_batch_id, pack_index);",
+    )?;
     let mut stmt = conn.prepare(&format!(
         "WITH batches(id, session_id, env) AS (
              SELECT b.id, b.session_id, s.env
              FROM pack_batches b LEFT JOIN sessions s ON s.id = b.session_id
              UNION ALL
-             SELECT r.pack_batch_id, min(r.session_id), min(r.env) FROM refs r
-             WHERE r.class = 'sticker' AND r.pack_batch_id IS NOT NULL
-               AND NOT EXISTS (SELECT 1 FROM pack_batches b WHERE b.id = r.pack_batch_id)
-             GROUP BY r.pack_batch_id
+             SELECT t.pack_batch_id, min(t.session_id), min(t.env)
+             FROM temp.check_pack_stickers t
+             WHERE NOT EXISTS (SELECT 1 FROM pack_batches b WHERE b.id = t.pack_batch_id)
+             GROUP BY t.pack_batch_id
          ),
          sheets AS (
              SELECT DISTINCT pack_batch_id FROM refs
              WHERE class = 'pack_sheet' AND pack_batch_id IS NOT NULL
          )
          SELECT b.id, b.session_id, b.id IN sheets,
-                t.id IS NOT NULL, t.pack_index, t.state = 'fetched'
+                t.pack_batch_id IS NOT NULL, t.pack_index, t.fetched
          FROM (SELECT * FROM batches WHERE {ENV_FILTER}) b
-         LEFT JOIN refs t ON t.class = 'sticker' AND t.pack_batch_id = b.id
+         LEFT JOIN temp.check_pack_stickers t ON t.pack_batch_id = b.id
          ORDER BY b.id, t.pack_index"
     ))?;
     let mut rows = stmt.query([envs])?;
