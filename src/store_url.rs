@@ -42,7 +42,7 @@ pub fn refuse_typo(text: &str) -> Result<(), String> {
         _ => String::new(),
     };
     Err(format!(
-        "{text:?} looks like a mistyped URL, not a directory{hint} (a directory whose name has a `:` can be given as ./{text})"
+        "{text:?} looks like a mistyped URL, not a directory{hint} (to mean a directory, write ./{text})"
     ))
 }
 

@@ -99,7 +99,8 @@ pub fn for_each_batch(
 }
 
 /// Creates `temp.check_blobs`: every sha256 a ref names, and whether a
-/// fetched ref in scope names it (then its file is re-hashed).
+/// fetched ref in scope names it (then its file is re-hashed). A ref with no
+/// env is out of any `--env`: the filter gives NULL there, taken as no.
 pub fn create_blob_table(conn: &Connection, envs: &Option<String>) -> Result<()> {
     conn.execute_batch(
         "DROP TABLE IF EXISTS temp.check_blobs;
@@ -111,7 +112,7 @@ pub fn create_blob_table(conn: &Connection, envs: &Option<String>) -> Result<()>
     conn.execute(
         &format!(
             "INSERT INTO temp.check_blobs(sha256, rehash)
-             SELECT sha256, max(state = 'fetched' AND {ENV_FILTER}) FROM refs
+             SELECT sha256, coalesce(max(state = 'fetched' AND {ENV_FILTER}), 0) FROM refs
              WHERE sha256 IS NOT NULL GROUP BY sha256"
         ),
         [envs],

@@ -203,6 +203,7 @@ impl CheckReport {
 
 pub fn check(ctx: &Context, opts: &CheckOptions) -> Result<CheckReport> {
     let catalog = Catalog::open_existing(&ctx.archive)?;
+    ctx.warn_unknown_envs(&catalog)?;
     // Opened first: a bucket that cannot be used stops the check before any work.
     let storage = opts
         .storage
