@@ -18,6 +18,10 @@ use object_store::path::Path as StorePath;
 
 use crate::error::{Error, Result};
 
+mod probe;
+pub(crate) use probe::CREDENTIAL_ERRORS;
+pub use probe::{check, unusable};
+
 /// Whose credentials a store uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -187,6 +191,7 @@ pub fn open(url: &str, role: Role) -> Result<Store> {
         if let Some(v) = env("SESSION_TOKEN") {
             builder = builder.with_token(v);
         }
+        probe::settings(&builder, role, &shown)?;
         let store = builder.build().map_err(|e| usage(e.to_string()))?;
         let prefix = rest
             .split(['?', '#'])
@@ -250,7 +255,7 @@ mod tests {
     #[test]
     fn s3_url_gives_bucket_prefix_and_refuses_secrets() {
         let store = open(
-            "s3://bkt/some/prefix?endpoint=http://127.0.0.1:9&region=eu-west-1&allow_http=true",
+            "s3://bkt/some/prefix?endpoint=http://127.0.0.1:9&region=eu-west-1&allow_http=true&skip_signature=true",
             Role::To,
         )
         .expect("open");

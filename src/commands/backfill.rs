@@ -125,6 +125,7 @@ pub fn backfill(ctx: &Context, opts: &BackfillOptions) -> Result<BackfillReport>
         crate::store_url::create_local_dir(&opts.to)?;
     }
     let store = Arc::new(stores::open(&opts.to, Role::To)?);
+    ctx.runtime.block_on(stores::check(&store, Role::To))?;
     let client = Arc::new(ctx.runtime.block_on(postgres::connect(&opts.db))?);
     let blobs = Arc::new(BlobStore::new(&ctx.archive));
     let works = if opts.undo {

@@ -218,6 +218,12 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
             }),
         }
     }
+    // A bucket that cannot serve stops the run before any ref is marked.
+    if let Some(store) = &storage
+        && !keys.is_empty()
+    {
+        ctx.runtime.block_on(stores::check(store, Role::Storage))?;
+    }
     if !unsafe_keys.is_empty() {
         commit(&mut catalog, unsafe_keys, &mut fatal)?;
     }
@@ -735,16 +741,6 @@ async fn publish(staging: Staging, expected: Option<u64>) -> Result<BlobInfo, Pu
         })
 }
 
-/// S3 error codes that say the credentials themselves are refused.
-const CREDENTIAL_ERRORS: &[&str] = &[
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "ExpiredToken",
-    "InvalidToken",
-    "TokenRefreshRequired",
-    "InvalidSecurity",
-];
-
 /// 401/403 from the bucket. Refused credentials stop the run (nothing else
 /// would work); any other refusal (a policy on one key; S3 also answers 403
 /// for a missing key when listing is not allowed) fails that key's refs.
@@ -752,7 +748,9 @@ const CREDENTIAL_ERRORS: &[&str] = &[
 fn refused(store: &Store, key: String, refs: Vec<i64>, e: object_store::Error) -> Outcome {
     let text = e.to_string();
     let credentials = matches!(e, object_store::Error::Unauthenticated { .. })
-        || CREDENTIAL_ERRORS.iter().any(|code| text.contains(code));
+        || stores::CREDENTIAL_ERRORS
+            .iter()
+            .any(|code| text.contains(code));
     if credentials {
         Outcome::Fatal(format!(
             "the bucket {} refused the credentials ({text}): check STARCHIVE_STORAGE_ACCESS_KEY_ID and STARCHIVE_STORAGE_SECRET_ACCESS_KEY (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY); what was fetched stays fetched",

@@ -126,7 +126,15 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
     let store = stores::open(&opts.to, Role::To)?;
     let envs = ctx.env_param();
     let dest = q::destination(catalog.conn(), &store.shown, opts.layout)?;
-    let trusted = manifest_still_there(ctx, &store, catalog.conn(), dest)?;
+    // The manifest found where it was left shows the store serves; else one
+    // listing checks it can, before any ref is marked.
+    let trusted = match manifest_still_there(ctx, &store, catalog.conn(), dest) {
+        Ok(true) => true,
+        other => {
+            ctx.runtime.block_on(stores::check(&store, Role::To))?;
+            other?
+        }
+    };
 
     // Placements first: what is known pushed stays so, the rest is pending.
     let counts = {
@@ -274,9 +282,7 @@ fn take_objects_present(ctx: &Context, store: &Store, conn: &Connection, dest: i
     let mut listing = store.list_keys();
     let mut refs = 0;
     while let Some(object) = ctx.runtime.block_on(listing.next()) {
-        let (key, listed_size) = object.map_err(|e| {
-            Error::Config(format!("cannot list the destination {}: {e}", store.shown))
-        })?;
+        let (key, listed_size) = object.map_err(|e| stores::unusable(store, Role::To, &e))?;
         if let Some((sha256, size, at_key)) = q::planned_pending(conn, &key)?
             && size == listed_size
         {

@@ -106,6 +106,15 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
     ctx.warn_unknown_envs(&catalog)?;
     let envs = ctx.env_param();
     let mut report = VerifyReport::default();
+    // A destination that cannot serve is said before the blobs are re-hashed.
+    let dest = match &opts.to {
+        Some(url) => {
+            let dest = stores::open(url, Role::To)?;
+            ctx.runtime.block_on(stores::check(&dest, Role::To))?;
+            Some(dest)
+        }
+        None => None,
+    };
 
     let mut stmt = catalog.conn().prepare(&format!(
         "SELECT sha256, size FROM blobs
@@ -159,8 +168,7 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
         report.refs_to_fetch_again = forget_blobs(&mut catalog, &blob_store, &bad_blobs)?;
     }
 
-    if let Some(url) = &opts.to {
-        let dest = stores::open(url, Role::To)?;
+    if let Some(dest) = dest {
         let recorded = q::find_destination(catalog.conn(), &dest.shown)?;
         let layout = match &recorded {
             Some((_, recorded)) if opts.layout.is_none() => {

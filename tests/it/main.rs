@@ -13,3 +13,4 @@ mod fetch;
 mod gallery;
 mod push;
 mod snapshot;
+mod store_errors;

@@ -91,6 +91,28 @@ impl Moto {
         name
     }
 
+    /// Puts every file under `src` readable by anyone (`x-amz-acl:
+    /// public-read`, unsigned), as a public bucket's objects are.
+    pub fn put_public_dir(&self, bucket: &str, src: &std::path::Path) -> usize {
+        let files = super::objects::files(src);
+        for (key, path) in &files {
+            let url = format!("{}/{bucket}/{key}", self.endpoint);
+            let body = std::fs::read(path).expect("read file");
+            let status = runtime()
+                .block_on(
+                    reqwest::Client::new()
+                        .put(&url)
+                        .header("x-amz-acl", "public-read")
+                        .body(body)
+                        .send(),
+                )
+                .unwrap_or_else(|e| panic!("put {url}: {e}"))
+                .status();
+            assert!(status.is_success(), "put {url}: {status}");
+        }
+        files.len()
+    }
+
     pub fn objects(&self, bucket: &str) -> Objects {
         Objects::s3(&self.endpoint, REGION, ACCESS_KEY, SECRET_KEY, bucket)
     }

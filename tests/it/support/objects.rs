@@ -81,26 +81,11 @@ impl Objects {
     /// Puts every file under `src`, its path relative to `src` as the key.
     /// Returns the number of files.
     pub fn put_dir(&self, src: impl AsRef<Path>) -> usize {
-        let src = src.as_ref();
-        let mut stack = vec![src.to_path_buf()];
-        let mut n = 0;
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
-                let path = entry.path();
-                if path.is_dir() {
-                    stack.push(path);
-                    continue;
-                }
-                let rel = path.strip_prefix(src).expect("under src");
-                let key: Vec<String> = rel
-                    .components()
-                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                    .collect();
-                self.put(&key.join("/"), std::fs::read(&path).expect("read file"));
-                n += 1;
-            }
+        let files = files(src.as_ref());
+        for (key, path) in &files {
+            self.put(key, std::fs::read(path).expect("read file"));
         }
-        n
+        files.len()
     }
 
     /// The bytes at `key`, `None` when there is no such object.
@@ -179,4 +164,27 @@ impl Objects {
             self.delete(&key);
         }
     }
+}
+
+/// Every file under `src`, with its path relative to `src` as a key.
+pub fn files(src: &Path) -> Vec<(String, std::path::PathBuf)> {
+    let mut out = Vec::new();
+    let mut stack = vec![src.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let key: Vec<String> = path
+                .strip_prefix(src)
+                .expect("under src")
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            out.push((key.join("/"), path));
+        }
+    }
+    out
 }

@@ -70,6 +70,8 @@ struct Fault {
     category: String,
     remaining: u64,
     status: u16,
+    /// The S3 error code; `None`: the usual one for the status.
+    code: Option<String>,
 }
 
 impl TestS3 {
@@ -292,10 +294,21 @@ impl TestS3 {
     /// InternalError, 503 SlowDown, 403 AccessDenied, 404 NoSuchKey...)
     /// instead of reaching the store.
     pub fn fail_next(&self, category: &str, times: u64, status: u16) {
+        self.push_fault(category, times, status, None);
+    }
+
+    /// As [`TestS3::fail_next`], with the S3 error `code` of the answer
+    /// (`FeatureNotEnabled`, `SignatureDoesNotMatch`...).
+    pub fn fail_next_with_code(&self, category: &str, times: u64, status: u16, code: &str) {
+        self.push_fault(category, times, status, Some(code.to_owned()));
+    }
+
+    fn push_fault(&self, category: &str, times: u64, status: u16, code: Option<String>) {
         self.state.faults.lock().expect("faults lock").push(Fault {
             category: category.to_ascii_uppercase(),
             remaining: times,
             status,
+            code,
         });
     }
 
@@ -359,8 +372,8 @@ async fn handle(
         tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
     }
 
-    if let Some(status) = take_fault(&state, category, is_copy) {
-        return Ok(s3_error_response(status));
+    if let Some((status, code)) = take_fault(&state, category, is_copy) {
+        return Ok(s3_error_response(status, code.as_deref()));
     }
 
     // s3s-fs copies with a bare fs::copy: make the destination's directory.
@@ -387,7 +400,7 @@ async fn handle(
     Ok(resp.map(|b| b.boxed_unsync()))
 }
 
-fn take_fault(state: &State, category: &str, is_copy: bool) -> Option<u16> {
+fn take_fault(state: &State, category: &str, is_copy: bool) -> Option<(u16, Option<String>)> {
     let mut faults = state.faults.lock().expect("faults lock");
     let idx = faults.iter().position(|f| {
         f.remaining > 0
@@ -395,15 +408,15 @@ fn take_fault(state: &State, category: &str, is_copy: bool) -> Option<u16> {
     })?;
     let fault = &mut faults[idx];
     fault.remaining -= 1;
-    let status = fault.status;
+    let status = (fault.status, fault.code.clone());
     if fault.remaining == 0 {
         faults.remove(idx);
     }
     Some(status)
 }
 
-fn s3_error_response(status: u16) -> Response<HttpBody> {
-    let code = match status {
+fn s3_error_response(status: u16, code: Option<&str>) -> Response<HttpBody> {
+    let code = code.unwrap_or(match status {
         400 => "InvalidRequest",
         403 => "AccessDenied",
         404 => "NoSuchKey",
@@ -412,7 +425,7 @@ fn s3_error_response(status: u16) -> Response<HttpBody> {
         429 | 503 => "SlowDown",
         501 => "NotImplemented",
         _ => "InternalError",
-    };
+    });
     let body = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>injected by TestS3</Message></Error>"
     );

@@ -1,0 +1,196 @@
+//! A store that cannot serve is a configuration error, found before any ref
+//! is marked and said once (SPEC §4): settings that cannot work are refused
+//! when the store is opened, and one listing per command shows whether the
+//! server serves the bucket at all.
+//!
+//! The listing matters for a source bucket above all: Supabase Storage
+//! answers every GetObject of a bucket that does not exist with NoSuchKey,
+//! which would make every key look dangling; its listing says NoSuchBucket.
+
+use object_store::ObjectStore;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::client::{ClientConfigKey, HttpError, HttpErrorKind};
+use object_store::path::Path as StorePath;
+
+use super::{Role, Store, StoreKind};
+use crate::error::{Error, Result};
+
+/// Refuses S3 settings that cannot work, before any request: an `http://`
+/// endpoint without `allow_http=true` (every request would fail with
+/// "builder error"), and missing credentials (object_store would ask the
+/// cloud metadata service at 169.254.169.254 and wait on it) unless the URL
+/// says `skip_signature=true`.
+pub(super) fn settings(builder: &AmazonS3Builder, role: Role, shown: &str) -> Result<()> {
+    let value = |key: AmazonS3ConfigKey| builder.get_config_value(&key).filter(|v| !v.is_empty());
+    let is_true =
+        |key: AmazonS3ConfigKey| value(key).is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let option = role.option();
+    if let Some(endpoint) = value(AmazonS3ConfigKey::Endpoint)
+        && endpoint.to_ascii_lowercase().starts_with("http://")
+        && !is_true(AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp))
+    {
+        return Err(Error::Config(format!(
+            "{option} {shown}: the endpoint is plain http://: add allow_http=true to the URL \
+             (or use an https:// endpoint)"
+        )));
+    }
+    if is_true(AmazonS3ConfigKey::SkipSignature) {
+        return Ok(());
+    }
+    let prefix = role.env_prefix();
+    let missing = |name: &str| format!("{prefix}{name} (or AWS_{name})");
+    let key = value(AmazonS3ConfigKey::AccessKeyId).is_some();
+    let secret = value(AmazonS3ConfigKey::SecretAccessKey).is_some();
+    let what = match (key, secret) {
+        (true, true) => return Ok(()),
+        (false, false) => format!(
+            "no credentials: set {} and {}, or add skip_signature=true to the URL for a public bucket",
+            missing("ACCESS_KEY_ID"),
+            missing("SECRET_ACCESS_KEY")
+        ),
+        (true, false) => format!(
+            "the access key is set but not its secret: set {}",
+            missing("SECRET_ACCESS_KEY")
+        ),
+        (false, true) => format!(
+            "the secret is set but not its access key: set {}",
+            missing("ACCESS_KEY_ID")
+        ),
+    };
+    Err(Error::Config(format!("{option} {shown}: {what}")))
+}
+
+/// One listing under the store's prefix: `Ok` when the server serves the
+/// bucket, else the configuration error that names the likely cause and
+/// what to change. Local and in-memory stores are checked when opened.
+pub async fn check(store: &Store, role: Role) -> Result<()> {
+    if store.kind != StoreKind::S3 {
+        return Ok(());
+    }
+    let prefix = (!store.prefix.is_empty()).then(|| StorePath::from(store.prefix.as_str()));
+    match store.inner.list_with_delimiter(prefix.as_ref()).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(unusable(store, role, &e)),
+    }
+}
+
+/// The configuration error for a listing of `store` that failed with `e`.
+pub fn unusable(store: &Store, role: Role, e: &object_store::Error) -> Error {
+    Error::Config(format!(
+        "{} {}: {}",
+        role.option(),
+        store.shown,
+        cause(e, store, role)
+    ))
+}
+
+/// S3 error codes that say the credentials themselves are refused.
+pub(crate) const CREDENTIAL_ERRORS: &[&str] = &[
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "TokenRefreshRequired",
+    "InvalidSecurity",
+];
+
+/// What a failed listing most likely means, and what to change.
+fn cause(e: &object_store::Error, store: &Store, role: Role) -> String {
+    let text = e.to_string();
+    let said = server_said(&text);
+    let has = |code: &str| said.as_deref().is_some_and(|s| s.starts_with(code));
+    let prefix = role.env_prefix();
+    let variable = |name: &str| format!("{prefix}{name} (or AWS_{name})");
+    let credentials = format!(
+        "check {} and {}",
+        variable("ACCESS_KEY_ID"),
+        variable("SECRET_ACCESS_KEY")
+    );
+    let region = url::Url::parse(&store.shown)
+        .ok()
+        .and_then(|u| {
+            u.query_pairs()
+                .find(|(k, _)| k == "region")
+                .map(|(_, v)| v.into_owned())
+        })
+        .unwrap_or_else(|| "us-east-1".into());
+    let region_hint = format!(
+        "region= in the URL ({region} now) must be one the server serves: Supabase takes \
+         its project's region, us-east-1 or auto"
+    );
+    let why = said.as_deref().unwrap_or(&text);
+    if has("NoSuchBucket") {
+        format!(
+            "the bucket does not exist on this server: check the bucket name in {} and endpoint=",
+            role.option()
+        )
+    } else if has("SignatureDoesNotMatch") {
+        format!(
+            "the server refused the request's signature: {region_hint}; else check {} ({why})",
+            variable("SECRET_ACCESS_KEY")
+        )
+    } else if has("InvalidAccessKeyId") {
+        format!(
+            "the server does not know the access key: check {} ({why})",
+            variable("ACCESS_KEY_ID")
+        )
+    } else if has("FeatureNotEnabled") {
+        format!(
+            "the S3 protocol is not enabled for this Supabase project: turn on \
+             \"S3 protocol connection\" in the dashboard (Storage, Settings) ({why})"
+        )
+    } else if has("AccessDenied") {
+        format!(
+            "access denied: the server does not know these credentials or they may not list \
+             the bucket: {credentials} (Supabase: the S3 access keys of the project's Storage \
+             settings) ({why})"
+        )
+    } else if said.is_some() && matches!(status(&text), Some(401 | 403))
+        || CREDENTIAL_ERRORS.iter().any(|c| has(c))
+    {
+        format!("the server refused the credentials: {credentials} ({why})")
+    } else if matches!(status(&text), Some(401 | 403)) {
+        format!(
+            "the server refused the request (403) without a reason, as it does for a signing \
+             region it does not serve: {region_hint}; else {credentials}"
+        )
+    } else if connection_failed(e) {
+        format!("cannot reach the server: check endpoint= in the URL and the network ({text})")
+    } else {
+        format!("the server cannot list the bucket: check the URL and the credentials ({text})")
+    }
+}
+
+/// The HTTP status object_store reports in `text`. (Its listing errors
+/// are not sorted by status, and the error that has it is not public.)
+fn status(text: &str) -> Option<u16> {
+    let at = text.find("status code: ")? + "status code: ".len();
+    text.get(at..at + 3)?.parse().ok()
+}
+
+/// `Code: Message` of an S3 error document in `text`, when there is one.
+fn server_said(text: &str) -> Option<String> {
+    let element = |name: &str| {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let len = text[start..].find(&format!("</{name}>"))?;
+        Some(text[start..start + len].to_string())
+    };
+    let code = element("Code")?;
+    Some(match element("Message") {
+        Some(message) => format!("{code}: {message}"),
+        None => code,
+    })
+}
+
+/// Whether the error is a failure to connect at all.
+fn connection_failed(e: &object_store::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(http) = err.downcast_ref::<HttpError>() {
+            return http.kind() == HttpErrorKind::Connect;
+        }
+        source = err.source();
+    }
+    false
+}
