@@ -65,6 +65,8 @@ pub struct Store {
     pub shown: String,
     /// The directory of a local store.
     pub local_root: Option<std::path::PathBuf>,
+    /// The signing region of an S3 store, named when the server refuses it.
+    pub region: Option<String>,
     /// A local store as itself, to find an object's file.
     local: Option<Arc<object_store::local::LocalFileSystem>>,
 }
@@ -192,6 +194,7 @@ pub fn open(url: &str, role: Role) -> Result<Store> {
             builder = builder.with_token(v);
         }
         probe::settings(&builder, role, &shown)?;
+        let region = builder.get_config_value(&AmazonS3ConfigKey::Region);
         let store = builder.build().map_err(|e| usage(e.to_string()))?;
         let prefix = rest
             .split(['?', '#'])
@@ -206,6 +209,7 @@ pub fn open(url: &str, role: Role) -> Result<Store> {
             kind: StoreKind::S3,
             shown: crate::store_url::s3_identity(&parsed),
             local_root: None,
+            region,
             local: None,
         });
     }
@@ -216,6 +220,7 @@ pub fn open(url: &str, role: Role) -> Result<Store> {
             kind: StoreKind::Memory,
             shown: crate::store_url::identity(url).unwrap_or(shown),
             local_root: None,
+            region: None,
             local: None,
         });
     }
@@ -244,6 +249,7 @@ pub fn open(url: &str, role: Role) -> Result<Store> {
         kind: StoreKind::Local,
         shown: dir.to_string_lossy().into_owned(),
         local_root: Some(dir),
+        region: None,
         local: Some(store),
     })
 }

@@ -106,14 +106,7 @@ fn cause(e: &object_store::Error, store: &Store, role: Role) -> String {
         variable("ACCESS_KEY_ID"),
         variable("SECRET_ACCESS_KEY")
     );
-    let region = url::Url::parse(&store.shown)
-        .ok()
-        .and_then(|u| {
-            u.query_pairs()
-                .find(|(k, _)| k == "region")
-                .map(|(_, v)| v.into_owned())
-        })
-        .unwrap_or_else(|| "us-east-1".into());
+    let region = store.region.as_deref().unwrap_or("us-east-1");
     let region_hint = format!(
         "region= in the URL ({region} now) must be one the server serves: Supabase takes \
          its project's region, us-east-1 or auto"
