@@ -395,8 +395,7 @@ fn bucket(
     let mut tx = conn.unchecked_transaction()?;
     let mut in_tx = 0;
     while let Some(object) = ctx.runtime.block_on(listing.next()) {
-        let (key, size) = object
-            .map_err(|e| Error::Config(format!("cannot list the bucket {}: {e}", store.shown)))?;
+        let (key, size) = object.map_err(|e| stores::unusable(store, Role::Storage, &e))?;
         q::add_listed(&tx, &key, size, key_folder(&key))?;
         in_tx += 1;
         if in_tx == LISTING_BATCH {

@@ -57,8 +57,8 @@ fn with_bucket(url: &str, bucket: &str) -> String {
     format!("s3://{bucket}{}", &rest[at..])
 }
 
-/// Runs every command that uses a store (`fetch --storage`, `push --to`,
-/// `verify --to`, `backfill --to`) on `url` with `env`; asserts each exits 1
+/// Runs every command that uses a store (`fetch --storage`, `check
+/// --storage`, `push --to`, `verify --to`, `backfill --to`) on `url` with `env`; asserts each exits 1
 /// before marking anything, with a message holding every part of `says`
 /// (`{option}` standing for the command's option), and no secret.
 #[track_caller]
@@ -66,8 +66,9 @@ fn every_command_refuses(url: &str, env: &[(String, String)], says: &[&str]) {
     let dir = temp_dir();
     let archive = snapshotted(dir.path());
     let before = status(&archive);
-    let commands: [(&str, Vec<&str>); 4] = [
+    let commands: [(&str, Vec<&str>); 5] = [
         ("--storage", vec!["fetch", "--storage", url]),
+        ("--storage", vec!["check", "--storage", url]),
         ("--to", vec!["push", "--to", url]),
         ("--to", vec!["verify", "--to", url]),
         // The database is never reached: the store is checked first.
@@ -294,7 +295,7 @@ fn protocol_disabled_and_access_denied_are_named() {
     ] {
         let s3 = TestS3::start();
         s3.create_bucket("stickers");
-        s3.fail_next_with_code("LIST", 4, 403, code);
+        s3.fail_next_with_code("LIST", 5, 403, code);
         let mut env = s3.env("STORAGE");
         env.extend(s3.env("TO"));
         every_command_refuses(&s3.store_url("stickers", ""), &env, &[says, "{option}"]);
