@@ -5,7 +5,7 @@ mod printer;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use cli::{Cli, Command};
 use printer::Printer;
@@ -13,11 +13,23 @@ use starchive::Error;
 use starchive::commands::{self, Context};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, db_origin(&m))));
+    let (cli, db_origin) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            if !e.use_stderr() {
+                return ExitCode::SUCCESS;
+            }
+            // `--json` cannot be read from a command line clap refused: look for it.
+            if std::env::args_os().any(|a| a == "--json") {
+                let text = e.to_string();
+                let first = text.lines().next().unwrap_or_default();
+                Printer::new(true).error(first.trim_start_matches("error: "), 2);
+            }
+            return ExitCode::from(2);
         }
     };
     let printer = Printer::new(cli.json);
@@ -37,11 +49,16 @@ fn main() -> ExitCode {
         envs: cli.envs.clone(),
         runtime: runtime.handle().clone(),
         progress: printer.progress(),
+        db_origin,
     };
     let code = match run(cli.command, &ctx, &printer) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            let message = starchive::redact::text(&e.to_string());
+            eprintln!("error: {message}");
+            if printer.json {
+                printer.error(&message, e.exit_code());
+            }
             ExitCode::from(e.exit_code())
         }
     };
@@ -147,6 +164,16 @@ fn layout(arg: cli::Layout) -> starchive::layout::Layout {
         cli::Layout::Mirror => starchive::layout::Layout::Mirror,
         cli::Layout::Cas => starchive::layout::Layout::Cas,
     }
+}
+
+/// Where `--db` was given: `DATABASE_URL` when clap took it from there.
+fn db_origin(matches: &clap::ArgMatches) -> &'static str {
+    let from_env = matches
+        .subcommand()
+        .filter(|(_, m)| m.ids().any(|id| id == "db"))
+        .and_then(|(_, m)| m.value_source("db"))
+        == Some(clap::parser::ValueSource::EnvVariable);
+    if from_env { "DATABASE_URL" } else { "--db" }
 }
 
 /// Logs go to stderr; `STARCHIVE_LOG` takes `tracing` filter directives.

@@ -27,16 +27,30 @@ impl Printer {
         }
     }
 
+    /// Writes the report, scrubbed of secrets ([`starchive::redact::text`]):
+    /// a reason may quote a library's message.
     pub fn report<T: Serialize + std::fmt::Display>(&self, report: &T) {
-        let mut out = std::io::stdout().lock();
-        let _ = if self.json {
+        let text = if self.json {
             match serde_json::to_string_pretty(report) {
-                Ok(text) => writeln!(out, "{text}"),
-                Err(e) => writeln!(std::io::stderr(), "error: cannot render the report: {e}"),
+                Ok(text) => format!("{text}\n"),
+                Err(e) => {
+                    eprintln!("error: cannot render the report: {e}");
+                    return;
+                }
             }
         } else {
-            write!(out, "{report}")
+            report.to_string()
         };
+        let _ = std::io::stdout()
+            .lock()
+            .write_all(starchive::redact::text(&text).as_bytes());
+    }
+
+    /// The JSON document of a command that stopped on an error (`--json`):
+    /// `{"error": MESSAGE, "exit_code": N}`, so that stdout always holds one.
+    pub fn error(&self, message: &str, exit_code: u8) {
+        let doc = serde_json::json!({ "error": message, "exit_code": exit_code });
+        let _ = writeln!(std::io::stdout().lock(), "{doc:#}");
     }
 
     /// A progress sink: bars on a terminal, nothing elsewhere.
@@ -88,8 +102,10 @@ impl Write for LogLine {
 
 impl Drop for LogLine {
     fn drop(&mut self) {
+        // Every log line is scrubbed: a library's message may quote a URL.
+        let line = starchive::redact::text(&String::from_utf8_lossy(&self.buf));
         let write = || {
-            let _ = std::io::stderr().lock().write_all(&self.buf);
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
         };
         match &self.bars {
             Some(bars) => bars.suspend(write),

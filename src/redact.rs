@@ -1,9 +1,94 @@
 //! Turning URLs and connection strings into text that carries no secret.
 //!
-//! Redaction happens where a URL becomes text, never afterwards: every message
-//! that names a database, a store or a Telegram URL goes through here.
+//! Redaction happens where a URL becomes text: every message that names a
+//! database, a store or a Telegram URL goes through here. Text that other
+//! libraries wrote (their error messages may quote a URL we gave them) goes
+//! through [`text`] before it reaches output, logs or the catalog.
+
+use std::sync::{Mutex, OnceLock};
 
 const HIDDEN: &str = "***";
+
+/// Secrets this process read from its environment (store keys, bot tokens):
+/// [`text`] hides each wherever it appears.
+fn known() -> &'static Mutex<Vec<String>> {
+    static KNOWN: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    KNOWN.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// Remembers a secret, so that [`text`] hides it from every message.
+pub fn remember(secret: &str) {
+    // Shorter strings would hide ordinary words; no real key is that short.
+    if secret.len() < 6 {
+        return;
+    }
+    if let Ok(mut known) = known().lock()
+        && !known.iter().any(|k| k == secret)
+    {
+        known.push(secret.to_string());
+    }
+}
+
+/// Free text (an error message, a log line, a failure reason) without the
+/// `user:password@` of any URL in it, without a Telegram bot token and
+/// without any secret [`remember`]ed.
+pub fn text(message: &str) -> String {
+    let mut out = userinfo_hidden(message);
+    if let Ok(known) = known().lock() {
+        for secret in known.iter() {
+            out = scrub(&out, secret);
+        }
+    }
+    bot_tokens_hidden(&out)
+}
+
+/// Every `scheme://userinfo@` in `message` as `scheme://***@`. The userinfo
+/// runs to the last `@` before the URL ends (whitespace or a quote): a
+/// password may hold `/`, `?` or `#` unescaped.
+fn userinfo_hidden(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>'))
+            .unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(at) if at > 0 => {
+                out.push_str(HIDDEN);
+                rest = &tail[at..];
+            }
+            _ => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `bot<digits>:<token>` (as Telegram URLs carry it) as `bot***`.
+fn bot_tokens_hidden(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find("bot") {
+        out.push_str(&rest[..i + 3]);
+        let tail = &rest[i + 3..];
+        let digits = tail
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        if digits > 0 && tail[digits..].starts_with(':') {
+            let token_end = tail[digits + 1..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+                .map_or(tail.len(), |e| digits + 1 + e);
+            out.push_str(HIDDEN);
+            rest = &tail[token_end..];
+        } else {
+            rest = tail;
+        }
+    }
+    out.push_str(rest);
+    out
+}
 
 /// A URL (or libpq `key=value` connection string) without its password,
 /// query secrets or Telegram bot token.
@@ -16,15 +101,15 @@ pub fn url(text: &str) -> String {
             let pairs: Vec<(String, String)> = parsed
                 .query_pairs()
                 .map(|(k, v)| {
-                    let secret = is_secret_name(&k);
-                    (
-                        k.into_owned(),
-                        if secret {
-                            HIDDEN.into()
-                        } else {
-                            v.into_owned()
-                        },
-                    )
+                    let shown = if is_secret_name(&k) {
+                        HIDDEN.into()
+                    } else if v.contains("://") {
+                        // An endpoint URL in the query: its userinfo too.
+                        self::text(&v)
+                    } else {
+                        v.into_owned()
+                    };
+                    (k.into_owned(), shown)
                 })
                 .collect();
             if !pairs.is_empty() {
@@ -95,6 +180,41 @@ mod tests {
     fn key_value_password_is_hidden() {
         let shown = url("host=db port=5432 password=hunter2 user=me");
         assert_eq!(shown, "host=db port=5432 password=*** user=me");
+    }
+
+    #[test]
+    fn free_text_loses_userinfo_tokens_and_known_secrets() {
+        remember("Remembered-Secret-1");
+        for (given, want) in [
+            (
+                "Error performing GET http://AKUSER:StorUrlSecret@127.0.0.1:1/bkt/x in 1ms",
+                "Error performing GET http://***@127.0.0.1:1/bkt/x in 1ms",
+            ),
+            (
+                "a \"https://u:p/w#x@h/p\" and s3://k@b/o",
+                "a \"https://***@h/p\" and s3://***@b/o",
+            ),
+            (
+                "http://host/path no userinfo",
+                "http://host/path no userinfo",
+            ),
+            (
+                "GET https://api.example/bot123:AA-b_c/getFile failed",
+                "GET https://api.example/bot***/getFile failed",
+            ),
+            ("key Remembered-Secret-1 refused", "key *** refused"),
+            ("robot 12 not a token", "robot 12 not a token"),
+        ] {
+            assert_eq!(text(given), want, "{given}");
+        }
+    }
+
+    #[test]
+    fn endpoint_password_in_a_store_url_is_hidden() {
+        let shown = url("s3://bkt?endpoint=http://AK:EndpointPw@127.0.0.1:1&allow_http=true");
+        assert!(!shown.contains("EndpointPw"), "{shown}");
+        assert!(!shown.contains("AK"), "{shown}");
+        assert!(shown.contains("allow_http=true"), "{shown}");
     }
 
     #[test]

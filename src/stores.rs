@@ -138,11 +138,17 @@ const SECRET_OPTIONS: &[&str] = &[
     "token",
 ];
 
+/// Whether a URL carries a user name or password (`scheme://user:pass@host`).
+fn has_userinfo(url: &url::Url) -> bool {
+    !url.username().is_empty() || url.password().is_some()
+}
+
 /// Opens the store a URL names. A local directory must exist already: the
 /// commands that write there create it first
 /// ([`crate::store_url::create_local_dir`]).
 pub fn open(url: &str, role: Role) -> Result<Store> {
-    let shown = crate::redact::url(url);
+    // The whole userinfo hidden: an S3 user name is an access key id.
+    let shown = crate::redact::text(&crate::redact::url(url));
     let usage = |msg: String| Error::Usage(format!("{} {shown}: {msg}", role.option()));
     crate::store_url::refuse_typo(url).map_err(usage)?;
     if let Some(rest) = url.strip_prefix("s3://") {
@@ -163,17 +169,25 @@ pub fn open(url: &str, role: Role) -> Result<Store> {
             .with_bucket_name(bucket)
             .with_region("us-east-1")
             .with_unsigned_payload(over_tls);
+        let no_credentials_here = || {
+            usage(format!(
+                "credentials do not go on the command line: set {}ACCESS_KEY_ID and {}SECRET_ACCESS_KEY",
+                role.env_prefix(),
+                role.env_prefix()
+            ))
+        };
+        if has_userinfo(&parsed) {
+            return Err(no_credentials_here());
+        }
         for (key, value) in parsed.query_pairs() {
             let lower = key.to_ascii_lowercase();
-            if SECRET_OPTIONS
-                .iter()
-                .any(|s| lower.trim_start_matches("aws_") == *s)
+            let url_with_userinfo = url::Url::parse(&value).is_ok_and(|u| has_userinfo(&u));
+            if url_with_userinfo
+                || SECRET_OPTIONS
+                    .iter()
+                    .any(|s| lower.trim_start_matches("aws_") == *s)
             {
-                return Err(usage(format!(
-                    "credentials do not go on the command line: set {}ACCESS_KEY_ID and {}SECRET_ACCESS_KEY",
-                    role.env_prefix(),
-                    role.env_prefix()
-                )));
+                return Err(no_credentials_here());
             }
             let config = AmazonS3ConfigKey::from_str(&key)
                 .map_err(|_| usage(format!("unknown S3 option {key:?}")))?;
@@ -188,9 +202,11 @@ pub fn open(url: &str, role: Role) -> Result<Store> {
             builder = builder.with_access_key_id(v);
         }
         if let Some(v) = env("SECRET_ACCESS_KEY") {
+            crate::redact::remember(&v);
             builder = builder.with_secret_access_key(v);
         }
         if let Some(v) = env("SESSION_TOKEN") {
+            crate::redact::remember(&v);
             builder = builder.with_token(v);
         }
         probe::settings(&builder, role, &shown)?;
@@ -273,6 +289,20 @@ mod tests {
         );
         let err = open("s3://bkt?secret_access_key=x", Role::To).err();
         assert!(matches!(err, Some(Error::Usage(m)) if !m.contains("=x")));
+        for url in [
+            "s3://bkt?endpoint=http://AKUSER:UrlSecret1@127.0.0.1:1&allow_http=true",
+            "s3://bkt?endpoint=http%3A%2F%2FAKUSER%3AUrlSecret1%40127.0.0.1%3A1",
+            "s3://bkt?endpoint=http://AKUSER@127.0.0.1:1",
+            "s3://AKUSER:UrlSecret1@bkt/prefix",
+        ] {
+            match open(url, Role::Storage) {
+                Err(Error::Usage(m)) => {
+                    assert!(!m.contains("UrlSecret1"), "{m}");
+                    assert!(m.contains("STARCHIVE_STORAGE_SECRET_ACCESS_KEY"), "{m}");
+                }
+                other => panic!("{url}: {:?}", other.err()),
+            }
+        }
     }
 
     #[test]

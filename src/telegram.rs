@@ -76,6 +76,7 @@ impl Telegram {
             .read_timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| format!("cannot set up HTTP: {}", e.without_url()))?;
+        crate::redact::remember(&token);
         Ok(Telegram {
             http,
             base: base.trim_end_matches('/').to_string(),

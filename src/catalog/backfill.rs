@@ -127,6 +127,7 @@ pub fn set_change_state(
     reason: Option<&str>,
 ) -> Result<()> {
     let now = super::now_text();
+    let reason = reason.map(crate::redact::text);
     tx.prepare_cached(
         "UPDATE backfill_journal SET state = ?5, reason = ?6,
             written_at = CASE WHEN ?5 = 'written' THEN ?7 ELSE written_at END,

@@ -165,7 +165,10 @@ pub fn mark_dangling(tx: &Transaction, refs: &[i64]) -> Result<()> {
     Ok(())
 }
 
+/// Marks refs failed; the reason is scrubbed of secrets here, where every
+/// fetch failure enters the catalog.
 pub fn mark_failed(tx: &Transaction, refs: &[i64], reason: &str) -> Result<()> {
+    let reason = crate::redact::text(reason);
     let mut stmt = tx.prepare_cached(
         "UPDATE refs SET state = 'failed', reason = ?2, updated_at = ?3 WHERE id = ?1",
     )?;

@@ -439,9 +439,10 @@ pub fn set_object(
     size: u64,
     outcome: Result<(), &str>,
 ) -> Result<()> {
+    // Scrubbed here, where every push failure enters the catalog.
     let (state, reason) = match outcome {
         Ok(()) => ("pushed", None),
-        Err(reason) => ("failed", Some(reason)),
+        Err(reason) => ("failed", Some(crate::redact::text(reason))),
     };
     tx.prepare_cached(
         "INSERT INTO objects(dest_id, key, sha256, size, state, reason, updated_at)

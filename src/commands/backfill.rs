@@ -103,7 +103,7 @@ struct Work {
 fn is_connection_string(db: &str) -> bool {
     db.starts_with("postgres://")
         || db.starts_with("postgresql://")
-        || (db.contains('=') && !std::path::Path::new(db).exists())
+        || (crate::source::conninfo::starts_as_pairs(db) && !std::path::Path::new(db).exists())
 }
 
 const WOULD_WRITE: &str = "would write";
@@ -115,7 +115,8 @@ const NAMED_ALREADY: &str = "a stickers row names this file already: nothing add
 pub fn backfill(ctx: &Context, opts: &BackfillOptions) -> Result<BackfillReport> {
     if !is_connection_string(&opts.db) {
         return Err(Error::Usage(format!(
-            "--db {}: backfill writes to the database, so it needs a postgres:// connection string (a directory of CSV exports can only be snapshotted)",
+            "{} {}: backfill writes to the database, so it needs a postgres:// connection string (a directory of CSV exports can only be snapshotted)",
+            ctx.db_origin,
             crate::redact::url(&opts.db)
         )));
     }

@@ -29,6 +29,9 @@ pub struct Context {
     pub envs: Vec<String>,
     pub runtime: tokio::runtime::Handle,
     pub progress: Arc<dyn Progress>,
+    /// Where the database URL came from, to name it in messages: `--db` or
+    /// `DATABASE_URL`.
+    pub db_origin: &'static str,
 }
 
 impl Context {

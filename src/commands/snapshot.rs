@@ -12,7 +12,7 @@ use crate::source::{self, Batcher, SourceSpec};
 pub const INCLUDE_PHOTOS: &str = "include_photos";
 
 pub fn snapshot(ctx: &Context, db: &str) -> Result<SnapshotReport> {
-    let spec = SourceSpec::parse(db)?;
+    let spec = SourceSpec::parse(db, ctx.db_origin)?;
     let mut catalog = Catalog::open_or_create(&ctx.archive)?;
     let include_photos = catalog.setting(INCLUDE_PHOTOS)?.as_deref() == Some("true");
     let (tx, mut rx) = mpsc::channel(4);

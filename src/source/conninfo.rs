@@ -25,12 +25,25 @@ fn url_body(text: &str) -> Option<&str> {
 /// secret-named parameter replaced by `***`. In a URL everything between
 /// `://` and the last `@` but the user name is hidden; in a `key=value` list
 /// whatever cannot be read as one is hidden from there on.
+///
+/// Text that is neither (a mistyped scheme such as `postgres:/u:pw@h` or
+/// `postgres//u:pw@h`) is shown as a URL body: whatever follows a `:` before
+/// the last `@` is hidden.
 pub fn shown(text: &str) -> String {
     match text.split_once("://") {
         Some((scheme, rest)) => format!("{scheme}://{}", shown_url_body(rest)),
-        None if !text.contains('=') => text.to_string(),
-        None => shown_pairs(text),
+        None if starts_as_pairs(text) => shown_pairs(text),
+        None => shown_url_body(text),
     }
+}
+
+/// Whether `text` begins as a `key=value` list: a plain word, then `=`.
+pub fn starts_as_pairs(text: &str) -> bool {
+    let text = text.trim_start();
+    let key_end = text
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(text.len());
+    key_end > 0 && text[key_end..].trim_start().starts_with('=')
 }
 
 fn shown_url_body(rest: &str) -> String {
@@ -247,6 +260,35 @@ mod tests {
             ("host=h password='not closed", "host=h ***"),
             ("host=h password=", "host=h ***"),
             ("./a/dir", "./a/dir"),
+        ] {
+            assert_eq!(shown(given), want, "{given}");
+        }
+    }
+
+    #[test]
+    fn mistyped_urls_hide_what_follows_a_colon_before_the_at() {
+        for (given, want) in [
+            (
+                "postgres:/postgres:UrlPw2@127.0.0.1:55432/postgres",
+                "postgres:***@127.0.0.1:55432/postgres",
+            ),
+            (
+                "postgres//postgres:LeakA1@127.0.0.1:55432/postgres",
+                "postgres//postgres:***@127.0.0.1:55432/postgres",
+            ),
+            (
+                "postgres:LeakA2@127.0.0.1:55432/postgres",
+                "postgres:***@127.0.0.1:55432/postgres",
+            ),
+            (
+                "postgres:/u:Leak:A3@h/db?sslmode=require&password=LeakA4",
+                "postgres:***@h/db?sslmode=require&password=***",
+            ),
+            (
+                "postgresql:/h/db?password=LeakA5",
+                "postgresql:/h/db?password=***",
+            ),
+            ("./exports", "./exports"),
         ] {
             assert_eq!(shown(given), want, "{given}");
         }

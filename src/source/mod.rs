@@ -100,10 +100,11 @@ pub enum SourceSpec {
 }
 
 impl SourceSpec {
-    pub fn parse(db: &str) -> Result<SourceSpec> {
+    /// `origin` names where `db` came from (`--db`, `DATABASE_URL`) in messages.
+    pub fn parse(db: &str, origin: &str) -> Result<SourceSpec> {
         if db.starts_with("postgres://")
             || db.starts_with("postgresql://")
-            || (db.contains('=') && !std::path::Path::new(db).exists())
+            || (conninfo::starts_as_pairs(db) && !std::path::Path::new(db).exists())
         {
             return Ok(SourceSpec::Postgres(db.to_string()));
         }
@@ -112,7 +113,7 @@ impl SourceSpec {
             return Ok(SourceSpec::CsvDir(path.to_path_buf()));
         }
         Err(Error::Usage(format!(
-            "--db {}: neither a postgres:// URL nor a directory of CSV exports",
+            "{origin} {}: neither a postgres:// URL nor a directory of CSV exports",
             conninfo::shown(db)
         )))
     }

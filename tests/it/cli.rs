@@ -179,6 +179,75 @@ fn mistyped_urls_are_refused_and_create_nothing() {
 }
 
 #[test]
+fn credentials_in_a_store_url_are_refused_and_never_shown() {
+    let dir = temp_dir();
+    let archive = dir.path().join("archive");
+    exec(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).code(0);
+    for url in [
+        "s3://bkt?endpoint=http://AKUSER:StorUrlSecret@127.0.0.1:1&allow_http=true",
+        "s3://bkt/p?endpoint=https%3A%2F%2FAKUSER%3AStorUrlSecret%40127.0.0.1%3A1",
+        "s3://AKUSER:StorUrlSecret@bkt",
+    ] {
+        for (args, role) in [
+            (vec!["push", "--to", url], "TO"),
+            (vec!["verify", "--to", url], "TO"),
+            (vec!["fetch", "--storage", url], "STORAGE"),
+            (vec!["check", "--storage", url], "STORAGE"),
+        ] {
+            let out = exec(starchive(&archive).arg("--json").args(&args));
+            out.code(2);
+            for text in [&out.stdout, &out.stderr] {
+                assert!(!text.contains("StorUrlSecret"), "{args:?}: {text}");
+                assert!(!text.contains("AKUSER"), "{args:?}: {text}");
+            }
+            assert!(
+                out.stderr
+                    .contains(&format!("set STARCHIVE_{role}_ACCESS_KEY_ID")),
+                "{args:?}: {}",
+                out.stderr
+            );
+            let doc: serde_json::Value =
+                serde_json::from_str(&out.stdout).expect("one JSON document");
+            assert_eq!(doc["exit_code"], 2, "{doc}");
+        }
+    }
+    let status = exec(starchive(&archive).args(["--json", "status"]));
+    assert!(
+        !status.stdout.contains("StorUrlSecret"),
+        "{}",
+        status.stdout
+    );
+}
+
+#[test]
+fn json_errors_leave_one_document_on_stdout() {
+    let dir = temp_dir();
+    let none = dir.path().join("none");
+    for (args, code) in [
+        (vec!["plan", "--json"], 1),
+        (vec!["--json", "fetch", "--storage", "/nonexistent"], 1),
+        (vec!["--json", "plan", "--no-such-option"], 2),
+        (vec!["--json", "fetch", "--jobs", "0"], 2),
+    ] {
+        let out = exec(starchive(&none).args(&args));
+        out.code(code);
+        let doc: serde_json::Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: not one JSON document ({e}): {}", out.stdout));
+        assert_eq!(doc["exit_code"], code, "{doc}");
+        let message = doc["error"].as_str().expect("error text");
+        assert!(
+            !message.is_empty() && out.stderr.contains(message),
+            "{message}\n{}",
+            out.stderr
+        );
+    }
+    // Without --json, stdout stays empty.
+    let out = exec(starchive(&none).arg("plan"));
+    out.code(1);
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+}
+
+#[test]
 fn verify_of_a_missing_directory_exits_1_and_creates_nothing() {
     let fx = fetched_fixture();
     let cwd = fx.dir.path().join("cwd");
@@ -364,7 +433,17 @@ fn plan_after_a_failed_snapshot_says_no_snapshot_yet() {
         let out = exec(&mut cmd);
         out.code(1);
         assert!(out.stderr.contains("no snapshot yet"), "{}", out.stderr);
-        assert!(out.stdout.is_empty(), "{}", out.stdout);
+        if json {
+            let doc: serde_json::Value = serde_json::from_str(&out.stdout).expect("one document");
+            assert!(
+                doc["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("no snapshot yet")),
+                "{doc}"
+            );
+        } else {
+            assert!(out.stdout.is_empty(), "{}", out.stdout);
+        }
     }
 }
 

@@ -57,6 +57,19 @@ impl Run {
         })
     }
 
+    /// Asserts stdout holds only the error document of a stop (`--json`):
+    /// `{"error", "exit_code"}` and no report.
+    #[track_caller]
+    pub fn expect_error_doc(&self) {
+        let doc = self.json();
+        let keys: Vec<&String> = doc
+            .as_object()
+            .map(|o| o.keys().collect())
+            .unwrap_or_default();
+        assert_eq!(keys, ["error", "exit_code"], "{doc}");
+        assert_eq!(doc["exit_code"].as_i64(), self.code.map(i64::from), "{doc}");
+    }
+
     #[track_caller]
     pub fn expect_code(&self, code: i32) -> &Run {
         assert_eq!(
@@ -1258,7 +1271,7 @@ fn refused_token_stops_with_exit_1() {
         .args(["--jobs", "2"])
         .env("TELEGRAM_BOT_TOKEN", wrong));
     out.expect_code(1);
-    assert!(out.stdout.is_empty(), "no report on a stop: {}", out.stdout);
+    out.expect_error_doc();
     assert!(out.stderr.contains("TELEGRAM_BOT_TOKEN"), "{}", out.stderr);
     assert!(out.stderr.contains("refused the token"), "{}", out.stderr);
     assert!(!out.stderr.contains(wrong) && !out.stderr.contains("AAWRONG"));
@@ -1401,19 +1414,53 @@ fn exit_codes_say_done_failed_error_or_usage() {
     let archive = dir.path().join("archive");
     snapshot(&archive, &dir.path().join("db"));
 
-    // Bad usage: exit 2, nothing done.
+    // Bad usage: exit 2, nothing done, and (with --json) one JSON document
+    // on stdout that says why. Credentials in a store URL, in any form, are
+    // refused and never shown.
     for args in [
         &["--max-file-size", "5MB"][..],
         &["--storage", "ftp://host/bucket"][..],
         &["--storage", "s3://bucket?secret_access_key=hunter2"][..],
+        &[
+            "--storage",
+            "s3://bkt?endpoint=http://AKUSER:hunter2@127.0.0.1:1&allow_http=true",
+        ][..],
+        &[
+            "--storage",
+            "s3://bkt?allow_http=true&endpoint=http%3A%2F%2FAKUSER%3Ahunter2%40127.0.0.1%3A1",
+        ][..],
+        &["--storage", "s3://AKUSER:hunter2@bkt/prefix"][..],
         &["--jobs", "0"][..],
         &["--include", "everything"][..],
     ] {
         let out = run(fetch_cmd(&archive, None, Some(&tg)).args(args));
         out.expect_code(2);
         assert!(!out.stderr.contains("hunter2"), "{}", out.stderr);
+        assert!(!out.stdout.contains("hunter2"), "{}", out.stdout);
+        let doc = out.json();
+        assert_eq!(doc["exit_code"], 2, "{doc}");
+        let message = doc["error"].as_str().expect("error text");
+        assert!(
+            out.stderr.contains(message.lines().next().expect("a line")),
+            "{message}\n{}",
+            out.stderr
+        );
+        if args[1].contains("AKUSER") {
+            assert!(
+                message.contains("STARCHIVE_STORAGE_ACCESS_KEY_ID"),
+                "{message}"
+            );
+        }
     }
     assert_eq!(tg.total_requests(), 0, "bad usage did nothing");
+    let failed: i64 = catalog(&archive)
+        .query_row(
+            "SELECT count(*) FROM refs WHERE state = 'failed'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(failed, 0, "a refused store URL marked no ref failed");
 
     // All done: 0. Nothing left: 0 again.
     let doc = run(&mut fetch_cmd(&archive, None, Some(&tg)))

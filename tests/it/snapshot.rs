@@ -1959,3 +1959,48 @@ fn dashboard_csv_exports_are_read_as_written() {
         stderr(&out)
     );
 }
+
+/// A --db value that is neither a URL nor a directory (a mistyped scheme) is
+/// refused without showing its password, naming where it came from.
+#[test]
+fn a_mistyped_database_url_is_refused_without_its_password() {
+    let archive = temp_dir();
+    for (db, secret) in [
+        (
+            "postgres:/postgres:UrlPw2@127.0.0.1:55432/postgres",
+            "UrlPw2",
+        ),
+        (
+            "postgres//postgres:LeakA1@127.0.0.1:55432/postgres",
+            "LeakA1",
+        ),
+        ("postgres:LeakA2@127.0.0.1:55432/postgres", "LeakA2"),
+        ("postgresql:/u:Leak:A3@h/db?sslmode=require", "Leak:A3"),
+        ("postgres//h/db?sslmode=require&password=LeakA4", "LeakA4"),
+        ("postgre://u:LeakA5@h/db", "LeakA5"),
+    ] {
+        for (origin, json) in [("--db", false), ("DATABASE_URL", true)] {
+            let mut cmd = bin();
+            cmd.arg("--archive").arg(archive.path()).arg("snapshot");
+            if json {
+                cmd.arg("--json").env("DATABASE_URL", db);
+            } else {
+                cmd.args(["--db", db]).env_remove("DATABASE_URL");
+            }
+            let out = cmd.output().expect("run");
+            assert_eq!(out.status.code(), Some(2), "{db}: {}", stderr(&out));
+            let err = stderr(&out);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                !err.contains(secret) && !stdout.contains(secret),
+                "{db}: {err}{stdout}"
+            );
+            assert!(
+                err.contains(&format!("error: {origin} ")),
+                "{db}: names {origin}: {err}"
+            );
+            assert!(err.contains("neither a postgres:// URL"), "{err}");
+        }
+    }
+    assert!(!archive.path().join("catalog.sqlite").exists());
+}

@@ -171,7 +171,7 @@ fn a_token_refused_for_one_env_stops_the_fetch_and_names_its_variable() {
         .env("TELEGRAM_BOT_TOKEN_STAGING_EU", wrong)
         .env("STARCHIVE_LOG", "debug"));
     out.expect_code(1);
-    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    out.expect_error_doc();
     assert!(
         out.stderr
             .contains("refused the token of TELEGRAM_BOT_TOKEN_STAGING_EU"),
