@@ -140,33 +140,58 @@ pub fn cas_key(sha256: &str) -> String {
     format!("blobs/sha256/{}/{sha256}", sha256.get(..2).unwrap_or("xx"))
 }
 
+/// A value put into a key as one of its segments: refused unless it is one
+/// safe segment, so that an id holding `/` or `..` (a CSV or database can
+/// hold anything) can never give a key of another shape.
+fn segment<'a>(class: &str, what: &str, value: &'a str) -> Result<&'a str, String> {
+    let bad = value.is_empty()
+        || value == "."
+        || value == ".."
+        || value.contains(['/', '\\'])
+        || value.chars().any(char::is_control);
+    if bad {
+        Err(format!(
+            "unsafe key: the {class}'s {what} {value:?} is not a single path segment"
+        ))
+    } else {
+        Ok(value)
+    }
+}
+
 fn mirror_key(p: &RefPlace, ext: &str) -> Result<String, String> {
     if let Some(key) = &p.storage_key {
         return Ok(key.clone());
     }
-    let need = |v: &Option<String>, what: &str| {
-        v.clone()
-            .ok_or_else(|| format!("cannot name a mirror key: the {} has no {what}", p.class))
+    let class = p.class.as_str();
+    let need = |v: &Option<String>, what: &str| match v {
+        Some(v) => segment(class, what, v).map(str::to_string),
+        None => Err(format!(
+            "cannot name a mirror key: the {class} has no {what}"
+        )),
     };
-    Ok(match p.class.as_str() {
+    let row_id = || segment(class, "id", &p.row_id);
+    Ok(match class {
         "sticker" => {
             let user = need(&p.user_id, "user_id")?;
             let parent = match &p.pack_batch_id {
-                Some(batch) => batch.clone(),
+                Some(_) => need(&p.pack_batch_id, "pack_batch_id")?,
                 None => need(&p.session_id, "session_id")?,
             };
-            format!("stickers/{user}/{parent}/backfill_{}.{ext}", p.row_id)
+            format!("stickers/{user}/{parent}/backfill_{}.{ext}", row_id()?)
         }
         "session_sticker" => match &p.sticker_key {
             Some(key) => key.clone(),
             None => format!(
                 "stickers/{}/backfill_session/{}.{ext}",
                 need(&p.user_id, "user_id")?,
-                p.row_id
+                row_id()?
             ),
         },
         "pack_sheet" => match &p.pack_batch_id {
-            Some(batch) => format!("pack_sheets/{batch}.{ext}"),
+            Some(_) => format!(
+                "pack_sheets/{}.{ext}",
+                need(&p.pack_batch_id, "pack_batch_id")?
+            ),
             None => format!(
                 "pack_sheets/session_{}.{ext}",
                 need(&p.session_id, "session_id")?
@@ -176,7 +201,7 @@ fn mirror_key(p: &RefPlace, ext: &str) -> Result<String, String> {
             "photos/{}/{}/{}.{ext}",
             need(&p.user_id, "user_id")?,
             need(&p.session_id, "session_id")?,
-            p.slot
+            segment(class, "slot", &p.slot)?
         ),
         other => return Err(format!("no mirror key for class {other}")),
     })
@@ -246,6 +271,68 @@ mod key_tests {
             dest_key(Layout::Cas, &own, "ab12", "png"),
             Ok("blobs/sha256/ab/ab12".into())
         );
+    }
+
+    #[test]
+    fn an_id_that_is_not_one_segment_gives_no_key() {
+        let k = |p: &RefPlace| dest_key(Layout::Mirror, p, "ab12", "webp");
+        for bad in ["1/2", "..", ".", "", "a\\b", "../x", "a\nb", "/abs"] {
+            let some = || Some(bad.to_string());
+            for p in [
+                RefPlace {
+                    user_id: some(),
+                    ..place("sticker")
+                },
+                RefPlace {
+                    session_id: some(),
+                    ..place("sticker")
+                },
+                RefPlace {
+                    pack_batch_id: some(),
+                    ..place("sticker")
+                },
+                RefPlace {
+                    row_id: bad.into(),
+                    ..place("sticker")
+                },
+                RefPlace {
+                    user_id: some(),
+                    ..place("session_sticker")
+                },
+                RefPlace {
+                    row_id: bad.into(),
+                    ..place("session_sticker")
+                },
+                RefPlace {
+                    pack_batch_id: some(),
+                    ..place("pack_sheet")
+                },
+                RefPlace {
+                    session_id: some(),
+                    ..place("pack_sheet")
+                },
+                RefPlace {
+                    user_id: some(),
+                    slot: "current".into(),
+                    ..place("photo")
+                },
+                RefPlace {
+                    session_id: some(),
+                    slot: "current".into(),
+                    ..place("photo")
+                },
+                RefPlace {
+                    slot: bad.into(),
+                    ..place("photo")
+                },
+            ] {
+                let got = k(&p);
+                assert!(
+                    got.as_ref().is_err_and(|e| e.contains("unsafe key")),
+                    "{bad:?} in {p:?}: {got:?}"
+                );
+            }
+        }
     }
 
     fn pack_sheet(batch: Option<&str>) -> RefPlace {

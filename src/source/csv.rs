@@ -86,7 +86,12 @@ fn read_table(table: Table, path: &Path, out: &mut Batcher) -> Result<()> {
         .map(|name| String::from_utf8_lossy(name).trim().to_string())
         .collect();
     if header.iter().all(String::is_empty) {
-        return Ok(()); // an empty file: an empty table
+        // An export always has its header line, even of an empty table: a
+        // file without one was cut or never written, and reading it as an
+        // empty table would remove every row from the catalog.
+        return Err(csv_err(
+            "no header line: not a CSV export (an empty table's export still has its header line); export the table again".into(),
+        ));
     }
     if !header.iter().any(|h| h == "id") {
         return Err(csv_err(format!(

@@ -1258,6 +1258,65 @@ fn hostile_key_writes_nothing_outside_the_root() {
     );
 }
 
+/// An id that is not one path segment (`7/8`, `..`) from the database never
+/// gives a mirror key of another shape: that ref fails as an unsafe key.
+#[test]
+fn an_id_with_a_slash_fails_the_ref_instead_of_adding_folders() {
+    let dir = temp_dir();
+    let tg = FakeTelegram::new();
+    let mut db = Db::default();
+    db.session("s1", "7/8", "prod", None, None)
+        .session("s2", "9", "prod", None, None)
+        .session("..", "9", "prod", None, None);
+    for (i, (id, user, session)) in [
+        ("a", "7/8", "s1"),
+        ("c/d", "9", "s2"),
+        ("e", "9", ".."),
+        ("ok", "9", "s2"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let file_id = format!("tg-{i}");
+        tg.add_file(
+            &file_id,
+            &format!("stickers/{i}.webp"),
+            sticker_bytes(i as u64 + 1, 300),
+        );
+        db.sticker(id, user, session, Some(&file_id), None);
+    }
+    let archive = dir.path().join("archive");
+    db.snapshot(&dir.path().join("db"), &archive);
+    exec(
+        starchive(&archive)
+            .args(["fetch", "--telegram-rate", "1000"])
+            .envs(tg.env()),
+    )
+    .code(0);
+    let dest = dir.path().join("dest");
+    let doc = exec(&mut push_cmd(&archive, &dest.to_string_lossy(), None))
+        .code(3)
+        .json();
+    assert_eq!(doc["done"], 1, "{doc}");
+    assert_eq!(doc["failed"], 3, "{doc}");
+    let written: BTreeSet<String> = files_under(&dest)
+        .into_keys()
+        .filter(|k| !k.starts_with("_starchive/"))
+        .collect();
+    assert_eq!(
+        written,
+        BTreeSet::from(["stickers/9/s2/backfill_ok.webp".to_string()])
+    );
+    let (status, failures) = push_failures(&archive);
+    assert_eq!(failures.len(), 3, "{status}");
+    assert!(
+        failures.iter().all(|f| f["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("unsafe key"))),
+        "{status}"
+    );
+}
+
 #[test]
 fn key_holding_other_bytes_fails_the_ref_and_exits_3() {
     // Two refs name the same key; the bucket lacks it, so each is fetched

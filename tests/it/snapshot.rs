@@ -2004,3 +2004,64 @@ fn a_mistyped_database_url_is_refused_without_its_password() {
     }
     assert!(!archive.path().join("catalog.sqlite").exists());
 }
+
+/// A CSV file without a header line (0 bytes, or blank) is no export: the
+/// snapshot stops naming it and the catalog keeps its rows. A header-only
+/// file is an empty table.
+#[test]
+fn a_csv_file_without_a_header_line_is_refused() {
+    let archive = temp_dir();
+    let db = temp_dir();
+    for table in TABLES {
+        std::fs::copy(
+            Path::new(FIXTURES_DB).join(format!("{table}.csv")),
+            db.path().join(format!("{table}.csv")),
+        )
+        .expect("copy fixture");
+    }
+    let dir = db.path().display().to_string();
+    snapshot_ok(archive.path(), &dir, &[]);
+    let rows_before = catalog_rows(&catalog(archive.path()), "pack_batches");
+    let snapshots = |archive: &Path| -> i64 {
+        catalog(archive)
+            .query_row("SELECT count(*) FROM snapshots", [], |r| r.get(0))
+            .expect("count snapshots")
+    };
+    let taken = snapshots(archive.path());
+    let file = db.path().join("pack_batches.csv");
+    let header = std::fs::read_to_string(&file)
+        .expect("read")
+        .lines()
+        .next()
+        .expect("a header")
+        .to_string();
+    for (content, name) in [
+        ("", "pack_batches.csv"),
+        ("\n", "pack_batches.csv"),
+        ("\r\n\r\n", "pack_batches_rows.csv"),
+        ("\u{feff}", "pack_batches_rows.csv"),
+    ] {
+        let _ = std::fs::remove_file(db.path().join("pack_batches.csv"));
+        let _ = std::fs::remove_file(db.path().join("pack_batches_rows.csv"));
+        std::fs::write(db.path().join(name), content).expect("write");
+        let out = starchive(archive.path(), &["snapshot", "--db", &dir]);
+        assert_eq!(out.status.code(), Some(1), "{content:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(name), "{}", stderr(&out));
+        assert!(stderr(&out).contains("no header line"), "{}", stderr(&out));
+        assert_eq!(
+            snapshots(archive.path()),
+            taken,
+            "{content:?}: no snapshot taken"
+        );
+        assert_eq!(
+            catalog_rows(&catalog(archive.path()), "pack_batches"),
+            rows_before,
+            "{content:?}: the catalog kept its rows"
+        );
+    }
+    let _ = std::fs::remove_file(db.path().join("pack_batches_rows.csv"));
+    std::fs::write(&file, format!("{header}\n")).expect("write header only");
+    let report = snapshot_ok(archive.path(), &dir, &[]);
+    let (rows, _, _, removed, _) = counts(&report, "pack_batches");
+    assert_eq!((rows, removed as usize), (0, rows_before.len()), "{report}");
+}
