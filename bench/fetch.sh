@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks of `starchive fetch` (tests/it/fetch/bench.rs), on a release build:
-# - 5,000 files of 2-60 KB from the loopback S3 server, beside `rclone copy`
-#   of the same bucket at the same concurrency (3 rounds, alternating, medians);
+# - 3,000 files of 2-60 KB from the loopback S3 server, beside `rclone copy`
+#   of the same bucket at the same concurrency, at 8 and at 16 (BENCH_ROUNDS
+#   rounds each, 3 by default, alternating which goes first; medians);
 # - the fake Bot API with 20 ms per request, at --jobs 1, 8 and 32.
 # Needs rclone (apt-get install -y rclone). Extra arguments go to the test binary.
 set -euo pipefail

@@ -16,15 +16,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use tokio::sync::Semaphore;
 
 use super::{Context, TransferReport};
-use crate::blobs::{BlobInfo, BlobStore, PublishError, Staging};
+use crate::blobs::{BlobInfo, BlobStore, Publisher, Staged, WrongLength};
 use crate::catalog::{self, Catalog};
 use crate::error::{Error, Result};
 use crate::layout::check_key;
 use crate::stores::{self, Role, Store};
 use crate::telegram::{FileInfo, Telegram, TgError};
-use crate::transfer::{backoff, run_units};
+use crate::transfer::{COMMIT_BATCH, backoff, run_units};
 
 pub struct FetchOptions {
     pub storage: Option<String>,
@@ -168,8 +169,74 @@ enum Outcome {
     Cancelled,
 }
 
+/// A download whose bytes are staged, to be published for its refs.
+struct Downloaded {
+    staged: Staged,
+    refs: Vec<i64>,
+    source: &'static str,
+}
+
 const ATTEMPTS: u32 = 5;
 const MAX_FLOOD_WAITS: u32 = 30;
+
+/// What every download of a run shares.
+struct Shared {
+    blobs: BlobStore,
+    publisher: Publisher,
+    /// `--jobs` permits: a unit holds one until its bytes are staged (or it
+    /// gave up); a blob that waits for its group to be durable holds none,
+    /// so the next download starts meanwhile.
+    downloads: Semaphore,
+    /// Set by a configuration error: units not started yet are cancelled.
+    stop: AtomicBool,
+    bytes: AtomicU64,
+    max: u64,
+}
+
+impl Shared {
+    /// One unit: its download (with a permit), then the publication of its
+    /// blob (without).
+    async fn fetch_unit(
+        &self,
+        download: impl std::future::Future<Output = Result<Downloaded, Outcome>>,
+    ) -> Outcome {
+        let Ok(permit) = self.downloads.acquire().await else {
+            // Never closed; cancelling would be the answer if it were.
+            return Outcome::Cancelled;
+        };
+        if self.stop.load(Ordering::Relaxed) {
+            return Outcome::Cancelled;
+        }
+        let Downloaded {
+            staged,
+            refs,
+            source,
+        } = match download.await {
+            Ok(downloaded) => downloaded,
+            Err(outcome) => {
+                // Before the permit goes: no other download starts.
+                if matches!(outcome, Outcome::Fatal(_)) {
+                    self.stop.store(true, Ordering::Relaxed);
+                }
+                return outcome;
+            }
+        };
+        drop(permit);
+        match self.publisher.publish(staged).await {
+            Ok(blob) => {
+                self.bytes.fetch_add(blob.size, Ordering::Relaxed);
+                Outcome::Fetched { refs, blob, source }
+            }
+            Err(e) => Outcome::Failed {
+                refs,
+                reason: e.to_string(),
+            },
+        }
+    }
+}
+
+/// Units in flight beyond `--jobs`: those whose blob waits for its group.
+const PUBLISHING: usize = COMMIT_BATCH;
 
 pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
     let started = Instant::now();
@@ -180,8 +247,16 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
         .as_deref()
         .map(|url| stores::open(url, Role::Storage))
         .transpose()?;
-    let blobs = Arc::new(BlobStore::new(&ctx.archive));
+    let blobs = BlobStore::new(&ctx.archive);
     blobs.clear_staging()?;
+    let shared = Arc::new(Shared {
+        publisher: blobs.publisher()?,
+        blobs,
+        downloads: Semaphore::new(opts.jobs.max(1)),
+        stop: AtomicBool::new(false),
+        bytes: AtomicU64::new(0),
+        max: opts.max_file_size,
+    });
     let envs = ctx.env_param();
 
     if opts.include_photos {
@@ -198,8 +273,6 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
         catalog::fetch::retry_failed(catalog.conn(), &envs)?;
     }
     let (fetched_before, _, _) = catalog::fetch::state_counts(catalog.conn(), &envs)?;
-    let bytes = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
     let mut fatal: Option<String> = None;
     let mut notes = Vec::new();
 
@@ -231,17 +304,22 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
     // The bucket, once per key.
     match &storage {
         Some(store) if !keys.is_empty() => {
-            let (store, blobs, bytes) = (store.clone(), blobs.clone(), bytes.clone());
-            let max = opts.max_file_size;
+            let store = store.clone();
             let phase = Phase {
                 ctx,
                 jobs: opts.jobs,
-                stop: &stop,
+                shared: &shared,
             };
-            phase.run("from the bucket", keys, &mut catalog, &mut fatal, move |work| {
-                let (store, blobs, bytes) = (store.clone(), blobs.clone(), bytes.clone());
-                async move { from_bucket(&store, &blobs, work.key, work.refs, max, &bytes).await }
-            })?;
+            phase.run(
+                "from the bucket",
+                keys,
+                &mut catalog,
+                &mut fatal,
+                move |shared, work| {
+                    let store = store.clone();
+                    async move { from_bucket(&store, &shared, work.key, work.refs).await }
+                },
+            )?;
         }
         None if !keys.is_empty() => {
             let n: usize = keys.iter().map(|k| k.refs.len()).sum();
@@ -280,22 +358,17 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
             }
         }
         if !units.is_empty() {
-            let max = opts.max_file_size;
-            let (blobs, bytes) = (blobs.clone(), bytes.clone());
             let phase = Phase {
                 ctx,
                 jobs: opts.jobs,
-                stop: &stop,
+                shared: &shared,
             };
             phase.run(
                 "from Telegram",
                 units,
                 &mut catalog,
                 &mut fatal,
-                move |work| {
-                    let (blobs, bytes) = (blobs.clone(), bytes.clone());
-                    async move { from_telegram(work, &blobs, max, &bytes).await }
-                },
+                |shared, work| async move { from_telegram(work, &shared).await },
             )?;
             // Refs of an env without a token whose file_id another env's bot served.
             catalog::fetch::resolve_known(catalog.conn(), &envs)?;
@@ -318,19 +391,20 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
         skipped: fetched_before,
         failed,
         pending,
-        bytes: bytes.load(Ordering::Relaxed),
+        bytes: shared.bytes.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
         notes,
     })
 }
 
-/// One stage of downloads: `work` runs for every unit, at most `jobs` at
-/// once, until one of them meets a configuration error (then the rest are
+/// One stage of downloads: `work` downloads every unit, at most `jobs` at
+/// once (and [`PUBLISHING`] more units wait for their blob to be durable),
+/// until one of them meets a configuration error (then the rest are
 /// skipped); outcomes are committed as they come.
 struct Phase<'a> {
     ctx: &'a Context,
     jobs: usize,
-    stop: &'a Arc<AtomicBool>,
+    shared: &'a Arc<Shared>,
 }
 
 impl Phase<'_> {
@@ -344,29 +418,20 @@ impl Phase<'_> {
     ) -> Result<()>
     where
         U: Send + 'static,
-        F: Fn(U) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = Outcome> + Send + 'static,
+        F: Fn(Arc<Shared>, U) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Downloaded, Outcome>> + Send + 'static,
     {
         self.ctx.progress.start(stage, Some(units.len() as u64));
-        let stop = self.stop.clone();
+        let shared = self.shared.clone();
         run_units(
             &self.ctx.runtime,
             self.ctx.progress.as_ref(),
             units.into_iter().map(Ok),
-            self.jobs,
+            self.jobs.max(1) + PUBLISHING,
             move |unit| {
-                let stop = stop.clone();
-                let download = work(unit);
-                async move {
-                    if stop.load(Ordering::Relaxed) {
-                        return Outcome::Cancelled;
-                    }
-                    let outcome = download.await;
-                    if matches!(outcome, Outcome::Fatal(_)) {
-                        stop.store(true, Ordering::Relaxed);
-                    }
-                    outcome
-                }
+                let shared = shared.clone();
+                let download = work(shared.clone(), unit);
+                async move { shared.fetch_unit(download).await }
             },
             |batch| commit(catalog, batch, fatal),
         )?;
@@ -398,109 +463,37 @@ fn commit(catalog: &mut Catalog, batch: Vec<Outcome>, fatal: &mut Option<String>
 
 async fn from_bucket(
     store: &Store,
-    blobs: &BlobStore,
+    shared: &Shared,
     key: String,
     refs: Vec<i64>,
-    max: u64,
-    bytes: &AtomicU64,
-) -> Outcome {
+) -> Result<Downloaded, Outcome> {
     if let Err(reason) = check_key(&key) {
-        return Outcome::Failed { refs, reason };
+        return Err(Outcome::Failed { refs, reason });
     }
     let path = match store.path(&key) {
         Ok(p) => p,
-        Err(reason) => return Outcome::Failed { refs, reason },
+        Err(reason) => return Err(Outcome::Failed { refs, reason }),
     };
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let result = match store.inner.get(&path).await {
-            Ok(r) => r,
-            Err(object_store::Error::NotFound { .. }) => return Outcome::Dangling { refs },
-            Err(
-                e @ (object_store::Error::PermissionDenied { .. }
-                | object_store::Error::Unauthenticated { .. }),
-            ) => return refused(store, key, refs, e),
-            Err(e) => {
-                let reason = format!("bucket {key}: {e}");
-                if attempt >= ATTEMPTS {
-                    return Outcome::Failed { refs, reason };
-                }
-                tracing::debug!("{reason}; retrying");
-                tokio::time::sleep(backoff(
-                    attempt,
-                    Duration::from_millis(200),
-                    Duration::from_secs(5),
-                ))
-                .await;
-                continue;
-            }
-        };
-        let size = result.meta.size;
-        if size > max {
-            return Outcome::Failed {
-                refs,
-                reason: too_big(size, max),
-            };
-        }
-        let mut staging = match blobs.stage() {
-            Ok(s) => s,
-            Err(e) => {
-                return Outcome::Failed {
+        let reason = match read_object(store, shared, &path, &key).await {
+            Ok(staged) => {
+                return Ok(Downloaded {
+                    staged,
                     refs,
-                    reason: e.to_string(),
-                };
+                    source: "bucket",
+                });
             }
-        };
-        let mut stream = result.into_stream();
-        let mut broken = None;
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(chunk) => {
-                    if staging.size() + chunk.len() as u64 > max {
-                        return Outcome::Failed {
-                            refs,
-                            reason: too_big(staging.size() + chunk.len() as u64, max),
-                        };
-                    }
-                    if let Err(e) = staging.write(&chunk) {
-                        return Outcome::Failed {
-                            refs,
-                            reason: e.to_string(),
-                        };
-                    }
-                }
-                Err(e) => {
-                    broken = Some(format!("bucket {key}: {e}"));
-                    break;
-                }
-            }
-        }
-        let reason = match broken {
-            Some(reason) => reason,
-            None => match publish(staging, Some(size)).await {
-                Ok(blob) => {
-                    bytes.fetch_add(blob.size, Ordering::Relaxed);
-                    return Outcome::Fetched {
-                        refs,
-                        blob,
-                        source: "bucket",
-                    };
-                }
-                Err(PublishError::Length { expected, got }) => {
-                    format!("bucket {key}: body of {got} bytes where {expected} were announced")
-                }
-                Err(PublishError::Io(e)) => {
-                    return Outcome::Failed {
-                        refs,
-                        reason: e.to_string(),
-                    };
-                }
-            },
+            Err(ReadError::Dangling) => return Err(Outcome::Dangling { refs }),
+            Err(ReadError::Refused(e)) => return Err(refused(store, key, refs, e)),
+            Err(ReadError::Failed(reason)) => return Err(Outcome::Failed { refs, reason }),
+            Err(ReadError::Again(reason)) => reason,
         };
         if attempt >= ATTEMPTS {
-            return Outcome::Failed { refs, reason };
+            return Err(Outcome::Failed { refs, reason });
         }
+        tracing::debug!("{reason}; retrying");
         tokio::time::sleep(backoff(
             attempt,
             Duration::from_millis(200),
@@ -510,17 +503,71 @@ async fn from_bucket(
     }
 }
 
+/// Why one read of a bucket object gave no blob.
+enum ReadError {
+    /// The bucket has no such object.
+    Dangling,
+    /// 401/403: see [`refused`].
+    Refused(object_store::Error),
+    /// For good (too big, the local disk).
+    Failed(String),
+    /// A passing fault (an error answer, a broken or short body): try again.
+    Again(String),
+}
+
+/// One GET of `key` into a staged blob, whose length is the object's.
+async fn read_object(
+    store: &Store,
+    shared: &Shared,
+    path: &object_store::path::Path,
+    key: &str,
+) -> Result<Staged, ReadError> {
+    let max = shared.max;
+    let result = match store.inner.get(path).await {
+        Ok(r) => r,
+        Err(object_store::Error::NotFound { .. }) => return Err(ReadError::Dangling),
+        Err(
+            e @ (object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. }),
+        ) => return Err(ReadError::Refused(e)),
+        Err(e) => return Err(ReadError::Again(format!("bucket {key}: {e}"))),
+    };
+    let size = result.meta.size;
+    if size > max {
+        return Err(ReadError::Failed(too_big(size, max)));
+    }
+    let mut staging = shared
+        .blobs
+        .stage()
+        .map_err(|e| ReadError::Failed(e.to_string()))?;
+    let mut stream = result.into_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ReadError::Again(format!("bucket {key}: {e}")))?;
+        if staging.size() + chunk.len() as u64 > max {
+            return Err(ReadError::Failed(too_big(
+                staging.size() + chunk.len() as u64,
+                max,
+            )));
+        }
+        staging
+            .write(&chunk)
+            .map_err(|e| ReadError::Failed(e.to_string()))?;
+    }
+    staging
+        .finish(Some(size))
+        .map_err(|WrongLength { expected, got }| {
+            ReadError::Again(format!(
+                "bucket {key}: body of {got} bytes where {expected} were announced"
+            ))
+        })
+}
+
 /// Asks the unit's bots for its file until one serves it. A bot that
 /// refuses the file for good is not asked again; when every bot refused, the
 /// refs fail with the last refusal. Passing faults (5xx, resets, truncated
 /// bodies, "temporarily unavailable") are retried with backoff, a round of
 /// every bot left per attempt.
-async fn from_telegram(
-    work: TelegramWork,
-    blobs: &BlobStore,
-    max: u64,
-    bytes: &AtomicU64,
-) -> Outcome {
+async fn from_telegram(work: TelegramWork, shared: &Shared) -> Result<Downloaded, Outcome> {
     let TelegramWork {
         file_id,
         refs,
@@ -537,14 +584,13 @@ async fn from_telegram(
         let mut i = 0;
         while i < bots.len() {
             let bot = bots[i].clone();
-            let error = match download_once(&bot.telegram, blobs, &file_id, max).await {
-                Ok(blob) => {
-                    bytes.fetch_add(blob.size, Ordering::Relaxed);
-                    return Outcome::Fetched {
+            let error = match download_once(&bot.telegram, shared, &file_id).await {
+                Ok(staged) => {
+                    return Ok(Downloaded {
+                        staged,
                         refs,
-                        blob,
                         source: "telegram",
-                    };
+                    });
                 }
                 Err(e) => e,
             };
@@ -556,17 +602,17 @@ async fn from_telegram(
                 }
                 TgError::Unauthorized(reason) => {
                     let var = &bot.var;
-                    return Outcome::Fatal(format!(
+                    return Err(Outcome::Fatal(format!(
                         "the Telegram Bot API refused the token of {var} ({reason}): check {var}; what was fetched stays fetched"
-                    ));
+                    )));
                 }
                 TgError::RetryAfter(pause) => {
                     flood_waits += 1;
                     if flood_waits > MAX_FLOOD_WAITS {
-                        return Outcome::Failed {
+                        return Err(Outcome::Failed {
                             refs,
                             reason: "Telegram: too many flood-control waits".into(),
-                        };
+                        });
                     }
                     tracing::info!(
                         "Telegram asks to wait {} s (flood control)",
@@ -583,10 +629,10 @@ async fn from_telegram(
                     unreachable += 1;
                     if unreachable >= ATTEMPTS {
                         // Every attempt found no server: no file can be had this run.
-                        return Outcome::Fatal(format!(
+                        return Err(Outcome::Fatal(format!(
                             "cannot reach the Telegram Bot API at {} ({reason}): check --telegram-api / TELEGRAM_API_URL and the network; what was fetched stays fetched",
                             bot.telegram.shown_base()
-                        ));
+                        )));
                     }
                     tracing::debug!("{file_id}: {reason}; retrying");
                     last_error = reason;
@@ -618,30 +664,31 @@ async fn from_telegram(
     } else {
         format!("Telegram: {last_error} (after {ATTEMPTS} attempts)")
     };
-    Outcome::Failed { refs, reason }
+    Err(Outcome::Failed { refs, reason })
 }
 
 /// getFile, then the download (or, from a local Bot API server, the read)
-/// into a published blob.
+/// into a staged blob.
 async fn download_once(
     telegram: &Telegram,
-    blobs: &BlobStore,
+    shared: &Shared,
     file_id: &str,
-    max: u64,
-) -> Result<BlobInfo, TgError> {
+) -> Result<Staged, TgError> {
+    let max = shared.max;
     let info = telegram.get_file(file_id).await?;
     if let Some(size) = info.file_size.filter(|s| *s > max) {
         return Err(TgError::Refused(too_big(size, max)));
     }
     if Path::new(&info.file_path).is_absolute() {
-        return read_local(telegram, blobs, info, max).await;
+        return read_local(telegram, &shared.blobs, info, max).await;
     }
     let mut response = telegram.download(&info.file_path).await?;
     let announced = response.content_length().or(info.file_size);
     if let Some(size) = announced.filter(|s| *s > max) {
         return Err(TgError::Refused(too_big(size, max)));
     }
-    let mut staging = blobs
+    let mut staging = shared
+        .blobs
         .stage()
         .map_err(|e| TgError::Transient(e.to_string()))?;
     loop {
@@ -661,13 +708,11 @@ async fn download_once(
             Err(e) => return Err(telegram.transport(e)),
         }
     }
-    match publish(staging, announced).await {
-        Ok(blob) => Ok(blob),
-        Err(PublishError::Length { expected, got }) => Err(TgError::Transient(format!(
-            "truncated body: {got} of {expected} bytes"
-        ))),
-        Err(PublishError::Io(e)) => Err(TgError::Transient(e.to_string())),
-    }
+    staging
+        .finish(announced)
+        .map_err(|WrongLength { expected, got }| {
+            TgError::Transient(format!("truncated body: {got} of {expected} bytes"))
+        })
 }
 
 /// A Bot API server run with `--local` names the file on its own disk
@@ -679,12 +724,12 @@ async fn read_local(
     blobs: &BlobStore,
     info: FileInfo,
     max: u64,
-) -> Result<BlobInfo, TgError> {
+) -> Result<Staged, TgError> {
     let shown = telegram.scrub(&info.file_path);
     let staging = blobs
         .stage()
         .map_err(|e| TgError::Transient(e.to_string()))?;
-    let read = tokio::task::spawn_blocking(move || -> Result<BlobInfo, LocalError> {
+    let read = tokio::task::spawn_blocking(move || -> Result<Staged, LocalError> {
         let mut file = std::fs::File::open(&info.file_path).map_err(LocalError::Open)?;
         let mut staging = staging;
         let mut buf = vec![0u8; LOCAL_CHUNK];
@@ -703,7 +748,7 @@ async fn read_local(
                 .map_err(|e| LocalError::Read(e.to_string()))?;
         }
         staging
-            .publish(info.file_size)
+            .finish(info.file_size)
             .map_err(|e| LocalError::Read(e.to_string()))
     })
     .await
@@ -728,17 +773,6 @@ enum LocalError {
     TooBig(u64),
     /// Failed midway or does not match `file_size`: tried again.
     Read(String),
-}
-
-/// fsync and rename off the async threads.
-async fn publish(staging: Staging, expected: Option<u64>) -> Result<BlobInfo, PublishError> {
-    tokio::task::spawn_blocking(move || staging.publish(expected))
-        .await
-        .unwrap_or_else(|e| {
-            Err(PublishError::Io(Error::Config(format!(
-                "publish stopped: {e}"
-            ))))
-        })
 }
 
 /// 401/403 from the bucket. Refused credentials stop the run (nothing else
