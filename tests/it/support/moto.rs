@@ -61,11 +61,12 @@ cat >/dev/null"#,
     let stdin = child.stdin.take().ok_or("no stdin pipe")?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            let mut text = String::new();
-            let _ = std::fs::File::open(&log).and_then(|mut f| f.read_to_string(&mut text));
+        let mut text = String::new();
+        let _ = std::fs::File::open(&log).and_then(|mut f| f.read_to_string(&mut text));
+        // A missing command says so at once: no need to wait it out.
+        if Instant::now() > deadline || text.contains("not found") {
             return Err(format!(
-                "moto_server -p {port} did not answer within 60 s \
+                "moto_server -p {port} did not answer \
                  (install it with `pip install \"moto[server]\"`); its output:\n{text}"
             ));
         }
