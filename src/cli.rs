@@ -49,7 +49,7 @@ pub enum Command {
     /// Re-hash local blobs; with --to, check the destination holds every object.
     Verify(VerifyArgs),
     /// Where every stage stands, with each failure and its reason.
-    Status,
+    Status(StatusArgs),
     /// Repair the database: upload what has no storage key and write the key back.
     #[command(after_help = TO_HELP)]
     Backfill(BackfillArgs),
@@ -180,11 +180,12 @@ pub struct PushArgs {
 
 #[derive(Args, Debug)]
 pub struct LayoutArg {
-    /// Keys at the destination: `mirror` keeps the bot's storage keys (the bot
-    /// can switch its storage to the copy), `cas` stores each file once at
-    /// blobs/sha256/<first two hex>/<sha256>.
-    #[arg(long, value_enum, default_value = "mirror")]
-    pub layout: Layout,
+    /// Keys at the destination (default: the layout it holds, else mirror):
+    /// `mirror` keeps the bot's storage keys (the bot can switch its storage to
+    /// the copy), `cas` stores each file once at blobs/sha256/<first two
+    /// hex>/<sha256>. A destination keeps the layout it was first pushed with.
+    #[arg(long, value_enum)]
+    pub layout: Option<Layout>,
 }
 
 #[derive(Args, Debug)]
@@ -193,13 +194,29 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "URL")]
     pub to: Option<String>,
 
-    /// Layout to expect (default: the one last pushed there, else mirror).
+    /// Layout to expect (default: the one the destination holds, else mirror; another is refused).
     #[arg(long, value_enum)]
     pub layout: Option<Layout>,
 
     /// Download every object and check its SHA-256.
     #[arg(long)]
     pub deep: bool,
+
+    #[command(flatten)]
+    pub full: FullArg,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub full: FullArg,
+}
+
+#[derive(Args, Debug)]
+pub struct FullArg {
+    /// List every item (a text report otherwise shows the first 20 of each list).
+    #[arg(long)]
+    pub full: bool,
 }
 
 #[derive(Args, Debug)]

@@ -72,7 +72,9 @@ fn run(command: Command, ctx: &Context, printer: &Printer) -> Result<ExitCode, E
             printer.report(&commands::snapshot::snapshot(ctx, &args.db.db)?);
         }
         Command::Plan => printer.report(&commands::plan::plan(ctx)?),
-        Command::Status => printer.report(&commands::status::status(ctx)?),
+        Command::Status(args) => {
+            printer.report(&commands::status::status(ctx, args.full.full)?);
+        }
         Command::Fetch(args) => {
             let report = commands::fetch::fetch(ctx, &fetch_options(&args))?;
             printer.report(&report);
@@ -89,6 +91,7 @@ fn run(command: Command, ctx: &Context, printer: &Printer) -> Result<ExitCode, E
                 to: args.to,
                 layout: args.layout.map(layout),
                 deep: args.deep,
+                full: args.full.full,
                 jobs: 8,
             };
             let report = commands::verify::verify(ctx, &opts)?;
@@ -149,12 +152,12 @@ fn fetch_options(args: &cli::FetchArgs) -> commands::fetch::FetchOptions {
 
 fn push_options(
     to: &cli::ToArg,
-    layout_arg: cli::Layout,
+    layout_arg: Option<cli::Layout>,
     jobs: &cli::JobsArg,
 ) -> commands::push::PushOptions {
     commands::push::PushOptions {
         to: to.to.clone(),
-        layout: layout(layout_arg),
+        layout: layout_arg.map(layout),
         jobs: jobs.jobs as usize,
     }
 }

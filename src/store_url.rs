@@ -80,15 +80,27 @@ pub fn create_local_dir(text: &str) -> Result<(), crate::Error> {
     }
 }
 
-/// The identity of a local directory: its canonical absolute path when it
-/// exists, else its absolute path with `.` and `..` resolved as text.
+/// The identity of a local directory: its canonical absolute path. Of a
+/// directory not there yet, the canonical path of its deepest existing
+/// ancestor (symlinks resolved) with the rest appended, `.` and `..`
+/// resolved as text.
 pub fn local_identity(dir: &Path) -> PathBuf {
-    if let Ok(canonical) = std::fs::canonicalize(dir) {
-        return canonical;
-    }
     let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let mut out = PathBuf::new();
-    for part in absolute.components() {
+    let mut rest = Vec::new();
+    let mut base = absolute.as_path();
+    let mut out = loop {
+        if let Ok(canonical) = std::fs::canonicalize(base) {
+            break canonical;
+        }
+        match (base.parent(), base.components().next_back()) {
+            (Some(parent), Some(last)) => {
+                rest.push(last);
+                base = parent;
+            }
+            _ => break PathBuf::new(),
+        }
+    };
+    for part in rest.into_iter().rev() {
         match part {
             std::path::Component::ParentDir => {
                 out.pop();
@@ -98,6 +110,35 @@ pub fn local_identity(dir: &Path) -> PathBuf {
         }
     }
     out
+}
+
+/// Refuses (bad usage) a local store given to `option` that is the archive,
+/// lies inside it, or holds it, however typed (symlinks, `file://`, `..`):
+/// writing there would mix the copy with the archive's own files. Any other
+/// store is left alone.
+pub fn refuse_archive_overlap(
+    text: &str,
+    archive: &Path,
+    option: &str,
+) -> Result<(), crate::Error> {
+    let Some(Ok(dir)) = local_dir(text) else {
+        return Ok(());
+    };
+    let (dir, archive) = (local_identity(&dir), local_identity(archive));
+    let why = if dir == archive {
+        "is the archive itself"
+    } else if dir.starts_with(&archive) {
+        "is inside the archive"
+    } else if archive.starts_with(&dir) {
+        "holds the archive"
+    } else {
+        return Ok(());
+    };
+    Err(crate::Error::Usage(format!(
+        "{option} {text}: {} {why} ({}): choose a directory outside the archive",
+        dir.display(),
+        archive.display()
+    )))
 }
 
 /// The identity of an `s3://` URL: `s3://bucket/prefix`, with
@@ -199,6 +240,46 @@ mod tests {
             identity(&format!("{}/x/../", later.display())).map(PathBuf::from),
             Some(local_identity(&later))
         );
+    }
+
+    #[test]
+    fn a_store_overlapping_the_archive_is_refused_however_typed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let archive = dir.path().join("pga");
+        std::fs::create_dir_all(archive.join("blobs")).expect("mkdir");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&archive, &link).expect("symlink");
+        let a = archive.display();
+        for typed in [
+            format!("{a}"),
+            format!("{a}/"),
+            format!("{a}/blobs"),
+            format!("{a}/not-yet/deeper"),
+            format!("file://{a}/blobs"),
+            format!("{a}/../pga/blobs/.."),
+            format!("{}/blobs", link.display()),
+            format!("{}/new", link.display()),
+            format!("{}/x/..", link.display()),
+            dir.path().display().to_string(),
+            "/".to_string(),
+        ] {
+            let err = refuse_archive_overlap(&typed, &archive, "--to").expect_err(&typed);
+            assert_eq!(err.exit_code(), 2, "{typed}");
+        }
+        for fine in [
+            dir.path().join("backup").display().to_string(),
+            dir.path().join("pga2").display().to_string(),
+            format!("{a}/../backup"),
+            "s3://pga/blobs".to_string(),
+            "memory://".to_string(),
+        ] {
+            assert!(
+                refuse_archive_overlap(&fine, &archive, "--to").is_ok(),
+                "{fine}"
+            );
+        }
+        // The archive typed through the symlink is the same archive.
+        assert!(refuse_archive_overlap(&format!("{a}/blobs"), &link, "--to").is_err());
     }
 
     #[test]

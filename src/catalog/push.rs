@@ -44,6 +44,22 @@ pub fn find_destination(conn: &Connection, identity: &str) -> Result<Option<(i64
         .optional()?)
 }
 
+/// The layout of the destination of this identity once it holds something
+/// of this archive's (an object pushed, or a manifest written); `None`
+/// before, however often a push to it failed.
+pub fn held_layout(conn: &Connection, identity: &str) -> Result<Option<Layout>> {
+    let name: Option<String> = conn
+        .query_row(
+            "SELECT layout FROM destinations d WHERE url = ?1
+               AND (manifest_sha256 IS NOT NULL OR manifest_size IS NOT NULL
+                    OR EXISTS (SELECT 1 FROM objects o WHERE o.dest_id = d.id AND o.state = 'pushed'))",
+            [identity],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(name.as_deref().and_then(Layout::parse))
+}
+
 /// Folds the rows an older starchive recorded by the URL as typed
 /// (`canonical = 0`) whose URL names the store of `identity` into one row
 /// of that identity: their objects and placements join it (its own win).

@@ -120,6 +120,7 @@ pub fn backfill(ctx: &Context, opts: &BackfillOptions) -> Result<BackfillReport>
             crate::redact::url(&opts.db)
         )));
     }
+    crate::store_url::refuse_archive_overlap(&opts.to, &ctx.archive, "--to")?;
     let mut catalog = Catalog::open_existing(&ctx.archive)?;
     ctx.warn_unknown_envs(&catalog)?;
     if opts.apply {

@@ -34,6 +34,30 @@ pub struct Context {
     pub db_origin: &'static str,
 }
 
+/// Writes `items` one per line with `line`: the first [`check::CUT`] of
+/// them unless `full`, then `indent` and "… and N more". A text report stays readable
+/// however many items fail; `--full` (and `--json`) has them all.
+pub(crate) fn write_cut<T>(
+    f: &mut std::fmt::Formatter<'_>,
+    items: &[T],
+    full: bool,
+    indent: &str,
+    mut line: impl FnMut(&mut std::fmt::Formatter<'_>, &T) -> std::fmt::Result,
+) -> std::fmt::Result {
+    let shown = if full { items.len() } else { check::CUT };
+    for item in items.iter().take(shown) {
+        line(f, item)?;
+    }
+    if items.len() > shown {
+        writeln!(
+            f,
+            "{indent}… and {} more (--full lists them all)",
+            items.len() - shown
+        )?;
+    }
+    Ok(())
+}
+
 impl Context {
     /// `--env` as a SQL parameter: a JSON array, or NULL for every env.
     /// Used as `(?N IS NULL OR env IN (SELECT value FROM json_each(?N)))`.

@@ -49,7 +49,8 @@ pub const MANIFEST_FORMAT: u32 = 1;
 
 pub struct PushOptions {
     pub to: String,
-    pub layout: Layout,
+    /// `None`: the layout the destination holds, else mirror.
+    pub layout: Option<Layout>,
     pub jobs: usize,
 }
 
@@ -114,6 +115,7 @@ struct KeyOutcome {
 
 pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
     let started = Instant::now();
+    crate::store_url::refuse_archive_overlap(&opts.to, &ctx.archive, "--to")?;
     let mut catalog = Catalog::open_existing(&ctx.archive)?;
     ctx.warn_unknown_envs(&catalog)?;
     // A push streams through the catalog and writes it in small batches; the
@@ -125,21 +127,29 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
     crate::store_url::create_local_dir(&opts.to)?;
     let store = stores::open(&opts.to, Role::To)?;
     let envs = ctx.env_param();
-    let dest = q::destination(catalog.conn(), &store.shown, opts.layout)?;
+    let recorded = q::find_destination(catalog.conn(), &store.shown)?;
     // The manifest found where it was left shows the store serves; else one
     // listing checks it can, before any ref is marked.
-    let trusted = match manifest_still_there(ctx, &store, catalog.conn(), dest) {
+    let trusted = match &recorded {
+        Some((id, _)) => manifest_still_there(ctx, &store, catalog.conn(), *id),
+        None => Ok(false),
+    };
+    let trusted = match trusted {
         Ok(true) => true,
         other => {
             ctx.runtime.block_on(stores::check(&store, Role::To))?;
             other?
         }
     };
+    // A manifest this archive wrote names the layout recorded; any other
+    // (another machine's push) is read for the layout it names.
+    let layout = held_layout(ctx, &store, catalog.conn(), opts.layout, !trusted)?;
+    let dest = q::destination(catalog.conn(), &store.shown, layout)?;
 
     // Placements first: what is known pushed stays so, the rest is pending.
     let counts = {
         let tx = catalog.conn_mut().transaction()?;
-        build_plan(&tx, &envs, opts.layout)?;
+        build_plan(&tx, &envs, layout)?;
         q::settle_plan(&tx, dest, trusted)?;
         q::write_placements(&tx, dest)?;
         let counts = q::plan_counts(&tx)?;
@@ -230,7 +240,7 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
     }
 
     let changed = uploaded_any || !trusted;
-    write_self_description(ctx, &catalog, &store, dest, opts.layout, changed)?;
+    write_self_description(ctx, &catalog, &store, dest, layout, changed)?;
     Ok(TransferReport {
         done,
         skipped,
@@ -240,6 +250,96 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
         seconds: started.elapsed().as_secs_f64(),
         notes,
     })
+}
+
+/// The layout to use at `store`: the one it holds once something was pushed
+/// there (named by the manifest at the destination when `read_manifest`,
+/// else recorded in the catalog), else `requested`, else mirror. A
+/// destination has one layout: asking for another is bad usage, since the
+/// copy would hold both and its manifest describe only one.
+pub(crate) fn held_layout(
+    ctx: &Context,
+    store: &Store,
+    conn: &Connection,
+    requested: Option<Layout>,
+    read_manifest: bool,
+) -> Result<Layout> {
+    let found = match read_manifest {
+        true => manifest_layout(ctx, store)?.map(|l| (l, "named by the manifest there")),
+        false => None,
+    };
+    // What is there now wins over what this archive last did there.
+    let held = match found {
+        Some(found) => Some(found),
+        None => {
+            q::held_layout(conn, &store.shown)?.map(|l| (l, "recorded in this archive's catalog"))
+        }
+    };
+    if let (Some(requested), Some((layout, source))) = (requested, held)
+        && requested != layout
+    {
+        return Err(Error::Usage(format!(
+            "--to {}: it holds the {} layout ({source}), not {}: leave --layout out or use \
+             --layout {}, or push to another destination for a {} copy",
+            store.shown,
+            layout.name(),
+            requested.name(),
+            layout.name(),
+            requested.name(),
+        )));
+    }
+    Ok(requested.or(held.map(|(l, _)| l)).unwrap_or(Layout::Mirror))
+}
+
+/// Bytes of the manifest read to find its first line: more than a zstd
+/// block can take, so the first block is whole.
+const MANIFEST_HEAD_BYTES: usize = 256 << 10;
+
+/// The layout named by the first line of the manifest at `store`; `None`
+/// when there is none, or it is no manifest starchive reads (a warning).
+fn manifest_layout(ctx: &Context, store: &Store) -> Result<Option<Layout>> {
+    use std::io::BufRead;
+    let path = store.path(MANIFEST_KEY).map_err(Error::Config)?;
+    let head = ctx.runtime.block_on(async {
+        let mut stream = match store.inner.get(&path).await {
+            Ok(got) => got.into_stream(),
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut head = Vec::new();
+        while head.len() < MANIFEST_HEAD_BYTES
+            && let Some(chunk) = stream.next().await
+        {
+            head.extend_from_slice(&chunk?);
+        }
+        Ok(Some(head))
+    });
+    let head = match head {
+        Ok(Some(head)) => head,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            return Err(Error::Config(format!(
+                "cannot read {MANIFEST_KEY} at {}: {e}",
+                store.shown
+            )));
+        }
+    };
+    let mut line = String::new();
+    let read = zstd::Decoder::new(head.as_slice())
+        .map(std::io::BufReader::new)
+        .and_then(|mut r| r.read_line(&mut line));
+    let name = read
+        .ok()
+        .and_then(|_| serde_json::from_str::<serde_json::Value>(&line).ok())
+        .and_then(|v| v.get("layout")?.as_str().map(str::to_string));
+    let layout = name.as_deref().and_then(Layout::parse);
+    if layout.is_none() {
+        tracing::warn!(
+            "{MANIFEST_KEY} at {} names no layout starchive knows: it is not taken into account",
+            store.shown
+        );
+    }
+    Ok(layout)
 }
 
 /// Whether the catalog's records of `dest` can be trusted: the manifest the

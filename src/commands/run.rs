@@ -28,6 +28,8 @@ pub fn run(
     fetch_opts: &FetchOptions,
     push_opts: &PushOptions,
 ) -> Result<RunReport> {
+    // Refused before anything is done, not after a snapshot and a fetch.
+    crate::store_url::refuse_archive_overlap(&push_opts.to, &ctx.archive, "--to")?;
     let snapshot = snapshot(ctx, db)?;
     let fetch = fetch(ctx, fetch_opts)?;
     let push = push(ctx, push_opts)?;

@@ -25,12 +25,21 @@ pub struct StatusReport {
     pub fetch: BTreeMap<String, BTreeMap<String, u64>>,
     pub destinations: BTreeMap<String, BTreeMap<String, u64>>,
     pub failures: Vec<Failure>,
+    /// The text report lists every failure (`--full`).
+    #[serde(skip)]
+    pub full: bool,
 }
 
 /// How a ref is named in reports: `table/row_id`, plus the slot for photos.
 pub const REF_LABEL_SQL: &str = "row_table || '/' || row_id || CASE WHEN slot = '' THEN '' ELSE '/' || class || '/' || slot END";
 
-pub fn status(ctx: &Context) -> Result<StatusReport> {
+/// Where every stage stands; `full`: the text report lists every failure.
+///
+/// A destination is shown once this archive reached it: an object pushed
+/// there (or refused by it), or a manifest written. One that was never
+/// reached (a typo, a store that was down) is not: its pending placements
+/// say nothing about it.
+pub fn status(ctx: &Context, full: bool) -> Result<StatusReport> {
     let catalog = Catalog::open_read_only(&ctx.archive)?;
     ctx.warn_unknown_envs(&catalog)?;
     let conn = catalog.conn();
@@ -49,7 +58,10 @@ pub fn status(ctx: &Context) -> Result<StatusReport> {
     let mut stmt = conn.prepare(&format!(
         "SELECT d.url, p.state, count(*) FROM placements p
          JOIN destinations d ON d.id = p.dest_id JOIN refs r ON r.id = p.ref_id
-         WHERE {ENV_FILTER} GROUP BY d.url, p.state"
+         WHERE {ENV_FILTER}
+           AND (d.manifest_sha256 IS NOT NULL OR d.manifest_size IS NOT NULL
+                OR EXISTS (SELECT 1 FROM objects o WHERE o.dest_id = d.id))
+         GROUP BY d.url, p.state"
     ))?;
     for row in stmt.query_map([&envs], |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
@@ -94,6 +106,7 @@ pub fn status(ctx: &Context) -> Result<StatusReport> {
         fetch,
         destinations,
         failures,
+        full,
     })
 }
 
@@ -119,7 +132,7 @@ impl std::fmt::Display for StatusReport {
             writeln!(f, "no failures")?;
         } else {
             writeln!(f, "failures ({}):", self.failures.len())?;
-            for x in &self.failures {
+            super::write_cut(f, &self.failures, self.full, "  ", |f, x| {
                 let at = x
                     .destination
                     .as_deref()
@@ -129,8 +142,8 @@ impl std::fmt::Display for StatusReport {
                     f,
                     "  {} {} [{}{at}]: {}",
                     x.class, x.ref_, x.stage, x.reason
-                )?;
-            }
+                )
+            })?;
         }
         Ok(())
     }

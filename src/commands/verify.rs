@@ -10,7 +10,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::Context;
-use super::push::build_plan;
+use super::push::{build_plan, held_layout};
 use crate::blobs::{BlobStore, hex};
 use crate::catalog::push as q;
 use crate::catalog::{Catalog, paged};
@@ -22,9 +22,12 @@ use crate::transfer::run_units;
 
 pub struct VerifyOptions {
     pub to: Option<String>,
-    /// The layout to expect when the catalog has not pushed to this destination.
+    /// `--layout`: refused unless it is the one the destination holds
+    /// ([`held_layout`]); `None`: that one, else mirror.
     pub layout: Option<Layout>,
     pub deep: bool,
+    /// The text report lists every problem, not only the first ones.
+    pub full: bool,
     pub jobs: usize,
 }
 
@@ -48,6 +51,9 @@ pub struct VerifyReport {
     /// Objects marked so that the next `push` uploads them again.
     pub objects_to_push_again: u64,
     pub problems: Vec<Problem>,
+    /// The text report lists every problem (`--full`).
+    #[serde(skip)]
+    pub full: bool,
 }
 
 const BLOB: &str = "blob";
@@ -105,15 +111,20 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
     let mut catalog = Catalog::open_existing(&ctx.archive)?;
     ctx.warn_unknown_envs(&catalog)?;
     let envs = ctx.env_param();
-    let mut report = VerifyReport::default();
-    // A destination that cannot serve is said before the blobs are re-hashed.
+    // A destination that cannot serve, or a wrong --layout, is said before
+    // the blobs are re-hashed.
     let dest = match &opts.to {
         Some(url) => {
             let dest = stores::open(url, Role::To)?;
             ctx.runtime.block_on(stores::check(&dest, Role::To))?;
-            Some(dest)
+            let layout = held_layout(ctx, &dest, catalog.conn(), opts.layout, true)?;
+            Some((dest, layout))
         }
         None => None,
+    };
+    let mut report = VerifyReport {
+        full: opts.full,
+        ..VerifyReport::default()
     };
 
     let mut stmt = catalog.conn().prepare(&format!(
@@ -168,14 +179,8 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
         report.refs_to_fetch_again = forget_blobs(&mut catalog, &blob_store, &bad_blobs)?;
     }
 
-    if let Some(dest) = dest {
+    if let Some((dest, layout)) = dest {
         let recorded = q::find_destination(catalog.conn(), &dest.shown)?;
-        let layout = match &recorded {
-            Some((_, recorded)) if opts.layout.is_none() => {
-                Layout::parse(recorded).unwrap_or(Layout::Mirror)
-            }
-            _ => opts.layout.unwrap_or(Layout::Mirror),
-        };
         {
             let tx = catalog.conn_mut().transaction()?;
             build_plan(&tx, &envs, layout)?;
@@ -382,9 +387,9 @@ impl std::fmt::Display for VerifyReport {
                 self.objects_checked, self.objects_missing, self.objects_bad
             )?;
         }
-        for p in &self.problems {
-            writeln!(f, "{} {}: {}", p.what, p.name, p.problem)?;
-        }
+        super::write_cut(f, &self.problems, self.full, "", |f, p| {
+            writeln!(f, "{} {}: {}", p.what, p.name, p.problem)
+        })?;
         if self.refs_to_fetch_again > 0 {
             writeln!(
                 f,

@@ -342,7 +342,7 @@ fn catalog(archive: &Path) -> rusqlite::Connection {
 }
 
 /// Every regular file under `dir`, as `/`-joined relative paths, with its bytes.
-fn files_under(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn files_under(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -369,7 +369,7 @@ fn files_under(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// The objects in an S3 bucket, with their bytes.
-fn bucket_objects(s3: &TestS3, bucket: &str) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn bucket_objects(s3: &TestS3, bucket: &str) -> BTreeMap<String, Vec<u8>> {
     s3.object_keys(bucket)
         .into_iter()
         .map(|k| {
