@@ -7,8 +7,10 @@
 //! requests to `--telegram-rate` and pauses them all when Telegram answers
 //! 429 with `retry_after`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use serde::Deserialize;
 use tokio::time::Instant;
 
@@ -39,6 +41,69 @@ pub enum TgError {
     /// No connection could be made (refused, no route, DNS): retried, then
     /// the run stops, since no file can be had.
     Unreachable(String),
+    /// The answer is not the Bot API's (an HTML page, JSON of another
+    /// shape): retried like a passing fault; a server that never gives a
+    /// Bot API answer stops the run.
+    NotBotApi(String),
+}
+
+/// Checks `--telegram-api` before anything is done: an `http(s)://` URL with
+/// a host. The message shows the URL without secrets.
+pub fn check_api_url(text: &str) -> Result<(), String> {
+    let shown = crate::redact::url(text);
+    let parsed = url::Url::parse(text)
+        .map_err(|e| format!("--telegram-api {shown}: not a URL ({e}): give the Bot API's base URL, such as https://api.telegram.org"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || !parsed.has_host() {
+        return Err(format!(
+            "--telegram-api {shown}: the Bot API is reached over http:// or https:// (such as https://api.telegram.org); check --telegram-api / TELEGRAM_API_URL"
+        ));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(format!(
+            "--telegram-api {shown}: a base URL takes no ?query or #fragment"
+        ));
+    }
+    Ok(())
+}
+
+/// What a path segment keeps of a server-sent `file_path` unescaped:
+/// everything but controls, space and the characters a URL gives a meaning.
+const SEGMENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'/')
+    .add(b'\\');
+
+/// A `file_path` from getFile as the path after `/file/bot<TOKEN>/`: a
+/// relative path of safe segments, each percent-encoded, so that a server
+/// cannot make starchive ask for a path outside the bot's files.
+pub fn download_path(file_path: &str) -> Result<String, TgError> {
+    let unsafe_path = || {
+        TgError::Refused(format!(
+            "the Bot API server gave an unsafe file_path {file_path:?} (not a relative path of plain segments)"
+        ))
+    };
+    let mut out = Vec::new();
+    for segment in file_path.split('/') {
+        if segment.is_empty()
+            || segment == "."
+            || segment == ".."
+            || segment.contains('\\')
+            || segment.chars().any(char::is_control)
+        {
+            return Err(unsafe_path());
+        }
+        out.push(utf8_percent_encode(segment, SEGMENT).to_string());
+    }
+    Ok(out.join("/"))
 }
 
 #[derive(Deserialize)]
@@ -66,6 +131,8 @@ pub struct Telegram {
     base: String,
     token: String,
     pacer: Pacer,
+    /// Whether the server ever gave a usable Bot API answer (its JSON, below 500).
+    answered: AtomicBool,
 }
 
 impl Telegram {
@@ -82,6 +149,7 @@ impl Telegram {
             base: base.trim_end_matches('/').to_string(),
             token,
             pacer: Pacer::new(rate),
+            answered: AtomicBool::new(false),
         })
     }
 
@@ -99,11 +167,19 @@ impl Telegram {
         let header_wait = retry_after_header(&response);
         let body = response.bytes().await.map_err(|e| self.transport(e))?;
         let answer: Option<Answer> = serde_json::from_slice(&body).ok();
+        // A usable answer: the Bot API's JSON, not a server failing (5xx).
+        if answer.is_some() && status.as_u16() < 500 {
+            self.answered.store(true, Ordering::Relaxed);
+        }
         let description = answer
             .as_ref()
             .and_then(|a| a.description.clone())
             .unwrap_or_else(|| format!("HTTP {status}"));
         match status.as_u16() {
+            200 if answer.is_none() => Err(TgError::NotBotApi(self.scrub(&format!(
+                "getFile answered HTTP 200 with {}, not a Bot API answer",
+                what_body(&body)
+            )))),
             200 => {
                 let result = answer
                     .filter(|a| a.ok)
@@ -137,10 +213,17 @@ impl Telegram {
         }
     }
 
-    /// Starts the download of a file; the caller streams the body.
+    /// Whether the server ever gave a usable Bot API answer to getFile.
+    pub fn ever_answered(&self) -> bool {
+        self.answered.load(Ordering::Relaxed)
+    }
+
+    /// Starts the download of a file (its `file_path` checked and escaped
+    /// by [`download_path`]); the caller streams the body.
     pub async fn download(&self, file_path: &str) -> Result<reqwest::Response, TgError> {
+        let path = download_path(file_path)?;
         self.pacer.wait().await;
-        let url = format!("{}/file/bot{}/{}", self.base, self.token, file_path);
+        let url = format!("{}/file/bot{}/{path}", self.base, self.token);
         let response = self
             .http
             .get(url)
@@ -192,6 +275,18 @@ impl Telegram {
     /// `text` without the token (a local Bot API server's paths hold it).
     pub fn scrub(&self, text: &str) -> String {
         crate::redact::scrub(text, &self.token)
+    }
+}
+
+/// A body that is not a Bot API answer, described without quoting it
+/// whole: a server's page could hold anything.
+fn what_body(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let start: String = text.trim_start().chars().take(40).collect();
+    if start.is_empty() {
+        "an empty body".into()
+    } else {
+        format!("{} bytes starting {start:?}", body.len())
     }
 }
 
@@ -279,5 +374,60 @@ impl Pacer {
             let wait = wait.min(MAX_FLOOD_WAIT);
             *until = (*until).max(Instant::now() + wait);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_path_is_relative_plain_segments_escaped() {
+        assert_eq!(
+            download_path("stickers/file_0.webp"),
+            Ok("stickers/file_0.webp".into())
+        );
+        assert_eq!(
+            download_path("stickers/a b?#%.webp"),
+            Ok("stickers/a%20b%3F%23%25.webp".into())
+        );
+        for bad in [
+            "../etc/hostname",
+            "stickers/../../x",
+            "/etc/hostname",
+            "stickers//x",
+            "stickers/",
+            "./x",
+            "",
+            "a\\..\\b",
+            "a/\nb",
+        ] {
+            assert!(
+                matches!(download_path(bad), Err(TgError::Refused(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_api_url_is_http_or_https_with_a_host() {
+        for good in [
+            "https://api.telegram.org",
+            "http://127.0.0.1:8081/",
+            "http://h/prefix",
+        ] {
+            assert_eq!(check_api_url(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "htp://127.0.0.1:1",
+            "file:///tmp",
+            "api.telegram.org",
+            "https://",
+            "http://h/?q=1",
+        ] {
+            assert!(check_api_url(bad).is_err(), "{bad}");
+        }
+        let shown = check_api_url("htp://u:TgUrlPw@h").expect_err("refused");
+        assert!(!shown.contains("TgUrlPw"), "{shown}");
     }
 }

@@ -240,6 +240,7 @@ const PUBLISHING: usize = COMMIT_BATCH;
 
 pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
     let started = Instant::now();
+    crate::telegram::check_api_url(&opts.telegram_api).map_err(Error::Usage)?;
     let mut catalog = Catalog::open_existing(&ctx.archive)?;
     ctx.warn_unknown_envs(&catalog)?;
     let storage = opts
@@ -638,7 +639,9 @@ async fn from_telegram(work: TelegramWork, shared: &Shared) -> Result<Downloaded
                     last_error = reason;
                     wait = true;
                 }
-                TgError::Transient(reason) | TgError::Unavailable(reason) => {
+                TgError::Transient(reason)
+                | TgError::Unavailable(reason)
+                | TgError::NotBotApi(reason) => {
                     tracing::debug!("{file_id}: {reason}; retrying");
                     last_error = reason;
                     wait = true;
@@ -658,6 +661,16 @@ async fn from_telegram(work: TelegramWork, shared: &Shared) -> Result<Downloaded
             ))
             .await;
         }
+    }
+    if let Some(bot) = bots.first()
+        && bots.iter().all(|b| !b.telegram.ever_answered())
+    {
+        // Not one Bot API answer this run: the server is not the Bot API or
+        // is failing, and no ref would fare better. Stop, leaving them pending.
+        return Err(Outcome::Fatal(format!(
+            "the Telegram Bot API at {} gave no usable answer ({last_error}, after {ATTEMPTS} attempts): it is not a Bot API server or is failing: check --telegram-api / TELEGRAM_API_URL; what was fetched stays fetched",
+            bot.telegram.shown_base()
+        )));
     }
     let reason = if bots.is_empty() {
         format!("Telegram: {refusal}")
@@ -684,6 +697,9 @@ async fn download_once(
     }
     let mut response = telegram.download(&info.file_path).await?;
     let announced = response.content_length().or(info.file_size);
+    // getFile's file_size is what the file is: a body of another length is
+    // never stored, whatever the download's Content-Length says.
+    let expected = info.file_size.or(announced);
     if let Some(size) = announced.filter(|s| *s > max) {
         return Err(TgError::Refused(too_big(size, max)));
     }
@@ -709,9 +725,11 @@ async fn download_once(
         }
     }
     staging
-        .finish(announced)
+        .finish(expected)
         .map_err(|WrongLength { expected, got }| {
-            TgError::Transient(format!("truncated body: {got} of {expected} bytes"))
+            TgError::Transient(format!(
+                "the body has {got} bytes where {expected} were announced"
+            ))
         })
 }
 
@@ -726,6 +744,15 @@ async fn read_local(
     max: u64,
 ) -> Result<Staged, TgError> {
     let shown = telegram.scrub(&info.file_path);
+    // The server's own directory, named plainly: no `..` to climb out of it.
+    if Path::new(&info.file_path)
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(TgError::Refused(format!(
+            "the Bot API server gave an unsafe file_path {shown:?} (with ..)"
+        )));
+    }
     let staging = blobs
         .stage()
         .map_err(|e| TgError::Transient(e.to_string()))?;

@@ -30,6 +30,7 @@ pub fn run(
 ) -> Result<RunReport> {
     // Refused before anything is done, not after a snapshot and a fetch.
     crate::store_url::refuse_archive_overlap(&push_opts.to, &ctx.archive, "--to")?;
+    crate::telegram::check_api_url(&fetch_opts.telegram_api).map_err(crate::Error::Usage)?;
     let snapshot = snapshot(ctx, db)?;
     let fetch = fetch(ctx, fetch_opts)?;
     let push = push(ctx, push_opts)?;

@@ -7,6 +7,7 @@
 
 mod bench;
 mod bots;
+mod hostile_api;
 mod repair;
 
 use std::collections::{BTreeMap, BTreeSet};
