@@ -55,6 +55,12 @@ fn userinfo_hidden(message: &str) -> String {
             .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>'))
             .unwrap_or(tail.len());
         match tail[..end].rfind('@') {
+            // Already redacted where it was made (`user:***@`): the user
+            // stays, so that every place shows the same form.
+            Some(at) if tail[..at].ends_with(":***") && !tail[..at - 4].contains(':') => {
+                out.push_str(&tail[..at]);
+                rest = &tail[at..];
+            }
             Some(at) if at > 0 => {
                 out.push_str(HIDDEN);
                 rest = &tail[at..];
@@ -180,6 +186,16 @@ mod tests {
     fn key_value_password_is_hidden() {
         let shown = url("host=db port=5432 password=hunter2 user=me");
         assert_eq!(shown, "host=db port=5432 password=*** user=me");
+    }
+
+    #[test]
+    fn userinfo_redacted_at_its_source_keeps_its_user() {
+        assert_eq!(
+            text("cannot connect to postgres://bf:***@127.0.0.1:5432/db"),
+            "cannot connect to postgres://bf:***@127.0.0.1:5432/db"
+        );
+        // A password that merely ends like a mask is still a password.
+        assert_eq!(text("GET http://u:p:***@h/x"), "GET http://***@h/x");
     }
 
     #[test]
