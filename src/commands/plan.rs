@@ -54,13 +54,19 @@ pub fn counts(conn: &rusqlite::Connection, envs: &Option<String>) -> Result<Plan
         .iter()
         .map(|c| (c.name().to_string(), Counts::default()))
         .collect();
+    // One scan for every count, the backfill volumes too. NOT INDEXED: a
+    // scan of the table, then a sort of its classes; by the unique index,
+    // SQLite would visit the table once per ref in index order (2.5 s
+    // instead of 0.4 s at 1 M refs).
     let mut stmt = conn.prepare(&format!(
         "SELECT class, count(*), count(storage_key), count(*) - count(storage_key),
                 count(*) FILTER (WHERE state = 'fetched'),
                 count(*) FILTER (WHERE state = 'pending'),
-                count(*) FILTER (WHERE state = 'failed')
-         FROM refs WHERE {ENV_FILTER} GROUP BY class"
+                count(*) FILTER (WHERE state = 'failed'),
+                count(*) FILTER (WHERE telegram_file_id IS NOT NULL AND storage_key IS NULL)
+         FROM refs NOT INDEXED WHERE {ENV_FILTER} GROUP BY class"
     ))?;
+    let mut backfill = BackfillVolumes::default();
     let rows = stmt.query_map([envs], |r| {
         Ok((
             r.get::<_, String>(0)?,
@@ -72,10 +78,16 @@ pub fn counts(conn: &rusqlite::Connection, envs: &Option<String>) -> Result<Plan
                 pending: r.get(5)?,
                 failed: r.get(6)?,
             },
+            r.get::<_, u64>(7)?,
         ))
     })?;
     for row in rows {
-        let (class, counts) = row?;
+        let (class, counts, file_id_without_key) = row?;
+        if class == RefClass::SessionSticker.name() {
+            backfill.sessions_missing_storage_path = file_id_without_key;
+        } else if class == RefClass::Sticker.name() {
+            backfill.stickers_missing_storage_path = counts.telegram_only;
+        }
         classes.insert(class, counts);
     }
     let total = classes.values().fold(Counts::default(), |a, c| Counts {
@@ -96,21 +108,6 @@ pub fn counts(conn: &rusqlite::Connection, envs: &Option<String>) -> Result<Plan
             Ok(BlobCounts {
                 count: r.get(0)?,
                 bytes: r.get(1)?,
-            })
-        },
-    )?;
-    let backfill = conn.query_row(
-        &format!(
-            "SELECT count(*) FILTER (WHERE class = 'session_sticker'
-                                      AND telegram_file_id IS NOT NULL AND storage_key IS NULL),
-                    count(*) FILTER (WHERE class = 'sticker' AND storage_key IS NULL)
-             FROM refs WHERE {ENV_FILTER}"
-        ),
-        [envs],
-        |r| {
-            Ok(BackfillVolumes {
-                sessions_missing_storage_path: r.get(0)?,
-                stickers_missing_storage_path: r.get(1)?,
             })
         },
     )?;

@@ -45,8 +45,12 @@ pub fn status(ctx: &Context, full: bool) -> Result<StatusReport> {
     let conn = catalog.conn();
     let envs = ctx.env_param();
     let mut fetch: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    // NOT INDEXED here and below: a scan of the table rather than a visit of
+    // it once per ref in the order of its unique index (at 1 M refs, 0.4 s
+    // instead of 2.5 s for the counts; the failed refs are sorted alone).
     let mut stmt = conn.prepare(&format!(
-        "SELECT class, state, count(*) FROM refs WHERE {ENV_FILTER} GROUP BY class, state"
+        "SELECT class, state, count(*) FROM refs NOT INDEXED WHERE {ENV_FILTER}
+         GROUP BY class, state"
     ))?;
     for row in stmt.query_map([&envs], |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
@@ -55,14 +59,26 @@ pub fn status(ctx: &Context, full: bool) -> Result<StatusReport> {
         fetch.entry(class).or_default().insert(state, n);
     }
     let mut destinations: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    let mut stmt = conn.prepare(&format!(
-        "SELECT d.url, p.state, count(*) FROM placements p
-         JOIN destinations d ON d.id = p.dest_id JOIN refs r ON r.id = p.ref_id
-         WHERE {ENV_FILTER}
-           AND (d.manifest_sha256 IS NOT NULL OR d.manifest_size IS NOT NULL
-                OR EXISTS (SELECT 1 FROM objects o WHERE o.dest_id = d.id))
-         GROUP BY d.url, p.state"
-    ))?;
+    const REACHED: &str = "(d.manifest_sha256 IS NOT NULL OR d.manifest_size IS NOT NULL
+         OR EXISTS (SELECT 1 FROM objects o WHERE o.dest_id = d.id))";
+    // Without --env, the refs of the placements need not be read, and each
+    // destination is checked once (0.3 s instead of 1.2 s at 1 M placements).
+    let mut stmt = conn.prepare(&if envs.is_none() {
+        format!(
+            "SELECT d.url, c.state, c.n
+             FROM (SELECT dest_id, state, count(*) AS n FROM placements
+                   GROUP BY dest_id, state) c
+             JOIN destinations d ON d.id = c.dest_id
+             WHERE ?1 IS NULL AND {REACHED}"
+        )
+    } else {
+        format!(
+            "SELECT d.url, p.state, count(*) FROM placements p
+             JOIN destinations d ON d.id = p.dest_id JOIN refs r ON r.id = p.ref_id
+             WHERE {ENV_FILTER} AND {REACHED}
+             GROUP BY d.url, p.state"
+        )
+    })?;
     for row in stmt.query_map([&envs], |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
     })? {
@@ -71,7 +87,7 @@ pub fn status(ctx: &Context, full: bool) -> Result<StatusReport> {
     }
     let mut failures = Vec::new();
     let mut stmt = conn.prepare(&format!(
-        "SELECT class, {REF_LABEL_SQL}, coalesce(reason, 'unknown') FROM refs
+        "SELECT class, {REF_LABEL_SQL}, coalesce(reason, 'unknown') FROM refs NOT INDEXED
          WHERE state = 'failed' AND {ENV_FILTER} ORDER BY class, row_table, row_id, slot"
     ))?;
     for row in stmt.query_map([&envs], |r| {
