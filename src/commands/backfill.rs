@@ -114,6 +114,8 @@ const NAMED_ALREADY: &str = "a stickers row names this file already: nothing add
 
 pub fn backfill(ctx: &Context, opts: &BackfillOptions) -> Result<BackfillReport> {
     if !is_connection_string(&opts.db) {
+        // Neither a URL nor a directory: said as snapshot says it.
+        crate::source::SourceSpec::parse(&opts.db, ctx.db_origin)?;
         return Err(Error::Usage(format!(
             "{} {}: backfill writes to the database, so it needs a postgres:// connection string (a directory of CSV exports can only be snapshotted)",
             ctx.db_origin,

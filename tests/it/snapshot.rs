@@ -2001,6 +2001,26 @@ fn a_mistyped_database_url_is_refused_without_its_password() {
             );
             assert!(err.contains("neither a postgres:// URL"), "{err}");
         }
+        let out = bin()
+            .arg("--archive")
+            .arg(archive.path())
+            .args(["backfill", "--to"])
+            .arg(archive.path().join("dest"))
+            .env("DATABASE_URL", db)
+            .output()
+            .expect("run");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "backfill {db}: {}",
+            stderr(&out)
+        );
+        let err = stderr(&out);
+        assert!(!err.contains(secret), "{db}: {err}");
+        assert!(
+            err.contains("DATABASE_URL ") && err.contains("neither a postgres:// URL"),
+            "{err}"
+        );
     }
     assert!(!archive.path().join("catalog.sqlite").exists());
 }
