@@ -42,7 +42,8 @@ pub fn text(message: &str) -> String {
     bot_tokens_hidden(&out)
 }
 
-/// Every `scheme://userinfo@` in `message` as `scheme://***@`. The userinfo
+/// Every `scheme://user:password@` in `message` as `scheme://user:***@`
+/// (a userinfo without `:` may be a token: `scheme://***@`). The userinfo
 /// runs to the last `@` before the URL ends (whitespace or a quote): a
 /// password may hold `/`, `?` or `#` unescaped.
 fn userinfo_hidden(message: &str) -> String {
@@ -62,6 +63,13 @@ fn userinfo_hidden(message: &str) -> String {
                 rest = &tail[at..];
             }
             Some(at) if at > 0 => {
+                match tail[..at].split_once(':') {
+                    Some((user, _)) if !user.is_empty() && !user.contains('/') => {
+                        out.push_str(user);
+                        out.push(':');
+                    }
+                    _ => {}
+                }
                 out.push_str(HIDDEN);
                 rest = &tail[at..];
             }
@@ -204,11 +212,11 @@ mod tests {
         for (given, want) in [
             (
                 "Error performing GET http://AKUSER:StorUrlSecret@127.0.0.1:1/bkt/x in 1ms",
-                "Error performing GET http://***@127.0.0.1:1/bkt/x in 1ms",
+                "Error performing GET http://AKUSER:***@127.0.0.1:1/bkt/x in 1ms",
             ),
             (
                 "a \"https://u:p/w#x@h/p\" and s3://k@b/o",
-                "a \"https://***@h/p\" and s3://***@b/o",
+                "a \"https://u:***@h/p\" and s3://***@b/o",
             ),
             (
                 "http://host/path no userinfo",
@@ -229,7 +237,6 @@ mod tests {
     fn endpoint_password_in_a_store_url_is_hidden() {
         let shown = url("s3://bkt?endpoint=http://AK:EndpointPw@127.0.0.1:1&allow_http=true");
         assert!(!shown.contains("EndpointPw"), "{shown}");
-        assert!(!shown.contains("AK"), "{shown}");
         assert!(shown.contains("allow_http=true"), "{shown}");
     }
 

@@ -147,8 +147,7 @@ fn has_userinfo(url: &url::Url) -> bool {
 /// commands that write there create it first
 /// ([`crate::store_url::create_local_dir`]).
 pub fn open(url: &str, role: Role) -> Result<Store> {
-    // The whole userinfo hidden: an S3 user name is an access key id.
-    let shown = crate::redact::text(&crate::redact::url(url));
+    let shown = crate::redact::url(url);
     let usage = |msg: String| Error::Usage(format!("{} {shown}: {msg}", role.option()));
     crate::store_url::refuse_typo(url).map_err(usage)?;
     if let Some(rest) = url.strip_prefix("s3://") {

@@ -57,7 +57,7 @@ pub fn mark_object(
                 key,
                 sha256,
                 size,
-                format!("verify: {problem}"),
+                crate::redact::text(&format!("verify: {problem}")),
                 super::now_text()
             ])?,
     };
