@@ -13,14 +13,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     propagate_version = true
 )]
 pub struct Cli {
-    /// The local archive directory.
-    #[arg(
-        long,
-        global = true,
-        env = "STARCHIVE_DIR",
-        default_value = "./sticker-archive"
-    )]
-    pub archive: PathBuf,
+    /// The local archive directory [env: STARCHIVE_DIR] [default: ./sticker-archive]
+    // STARCHIVE_DIR is read by `archive_dir`, not by clap: clap names an
+    // option set from the environment in its usage line, which then makes
+    // `--archive` look required in every usage error.
+    #[arg(long, global = true, value_name = "ARCHIVE")]
+    pub archive: Option<PathBuf>,
 
     /// Print one JSON document on stdout instead of text.
     #[arg(long, global = true)]
@@ -32,6 +30,21 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The archive directory: `--archive`, else `STARCHIVE_DIR` (when set and
+    /// not empty), else `./sticker-archive`.
+    pub fn archive_dir(&self) -> PathBuf {
+        self.archive
+            .clone()
+            .or_else(|| {
+                std::env::var_os("STARCHIVE_DIR")
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+            })
+            .unwrap_or_else(|| PathBuf::from("./sticker-archive"))
+    }
 }
 
 #[derive(Subcommand, Debug)]

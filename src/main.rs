@@ -25,9 +25,10 @@ fn main() -> ExitCode {
             }
             // `--json` cannot be read from a command line clap refused: look for it.
             if std::env::args_os().any(|a| a == "--json") {
+                // The whole message (which argument, the valid values, the
+                // usage), as plain text: this build of clap writes no colours.
                 let text = e.to_string();
-                let first = text.lines().next().unwrap_or_default();
-                Printer::new(true).error(first.trim_start_matches("error: "), 2);
+                Printer::new(true).error(text.trim_start_matches("error: ").trim_end(), 2);
             }
             return ExitCode::from(2);
         }
@@ -45,7 +46,7 @@ fn main() -> ExitCode {
         }
     };
     let ctx = Context {
-        archive: cli.archive.clone(),
+        archive: cli.archive_dir(),
         envs: cli.envs.clone(),
         runtime: runtime.handle().clone(),
         progress: printer.progress(),

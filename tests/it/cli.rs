@@ -569,3 +569,55 @@ fn log_lines_on_a_terminal_leave_no_stale_bar() {
         "{text:?}"
     );
 }
+
+/// A usage error under `--json` carries clap's whole message (which argument
+/// is missing, the valid values of a bad one), not its first line; and the
+/// usage line names only what is required or typed, even with the archive
+/// set through `STARCHIVE_DIR`, which still selects the archive.
+#[test]
+fn json_usage_errors_carry_the_whole_message() {
+    let dir = temp_dir();
+    for (args, wanted) in [
+        (vec!["--json", "push"], vec!["--to <URL>"]),
+        (
+            vec!["push", "--json", "--to", "x", "--layout", "foo"],
+            vec!["'foo'", "mirror, cas"],
+        ),
+        (vec!["--json", "fetch", "--jobs", "0"], vec!["--jobs"]),
+    ] {
+        let out = bin()
+            .env("STARCHIVE_DIR", dir.path())
+            .args(&args)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let doc: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("one JSON document");
+        let message = doc["error"].as_str().expect("error text");
+        for part in wanted {
+            assert!(message.contains(part), "{args:?}: {part} not in {message}");
+        }
+        assert!(!message.contains('\u{1b}'), "ANSI codes in {message:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("--archive"), "{args:?}: {stderr}");
+    }
+    // STARCHIVE_DIR still names the archive; --archive wins over it.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).expect("mkdir");
+    let out = bin()
+        .env("STARCHIVE_DIR", &empty)
+        .arg("plan")
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&*empty.to_string_lossy()), "{stderr}");
+    let other = dir.path().join("other");
+    let out = bin()
+        .env("STARCHIVE_DIR", &empty)
+        .args(["plan", "--archive"])
+        .arg(&other)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&*other.to_string_lossy()), "{stderr}");
+}
