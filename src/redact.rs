@@ -106,6 +106,7 @@ pub fn url(text: &str) -> String {
             if parsed.password().is_some() {
                 let _ = parsed.set_password(Some(HIDDEN));
             }
+            let mut masked = false;
             let pairs: Vec<(String, String)> = parsed
                 .query_pairs()
                 .map(|(k, v)| {
@@ -115,12 +116,15 @@ pub fn url(text: &str) -> String {
                         // An endpoint URL in the query: its userinfo too.
                         self::text(&v)
                     } else {
-                        v.into_owned()
+                        v.to_string()
                     };
+                    masked |= shown != v;
                     (k.into_owned(), shown)
                 })
                 .collect();
-            if !pairs.is_empty() {
+            // Rewriting the query percent-encodes every value: only when a
+            // secret had to go, so that a URL without one reads as typed.
+            if masked {
                 parsed.query_pairs_mut().clear().extend_pairs(pairs);
             }
             let path = bot_token_redacted(parsed.path());

@@ -155,6 +155,15 @@ pub fn s3_identity(parsed: &url::Url) -> String {
         .query_pairs()
         .find(|(k, _)| AmazonS3ConfigKey::from_str(k).ok() == Some(AmazonS3ConfigKey::Endpoint));
     if let Some((_, endpoint)) = endpoint {
+        // Userinfo is no part of the identity (and is refused anyway): none
+        // shown, not even a masked one that reads like a password.
+        let endpoint = url::Url::parse(&endpoint)
+            .map(|mut u| {
+                let _ = u.set_password(None);
+                let _ = u.set_username("");
+                u.to_string()
+            })
+            .unwrap_or_else(|_| endpoint.into_owned());
         let endpoint = crate::redact::url(&endpoint);
         out.push_str("?endpoint=");
         out.push_str(endpoint.trim_end_matches('/'));

@@ -152,6 +152,10 @@ pub fn open(url: &str, role: Role) -> Result<Store> {
     crate::store_url::refuse_typo(url).map_err(usage)?;
     if let Some(rest) = url.strip_prefix("s3://") {
         let parsed = url::Url::parse(url).map_err(|e| usage(e.to_string()))?;
+        // From here on the store is shown by its identity, readable (the
+        // endpoint not percent-encoded) and as every later message shows it.
+        let shown = crate::store_url::s3_identity(&parsed);
+        let usage = |msg: String| Error::Usage(format!("{} {shown}: {msg}", role.option()));
         let bucket = parsed
             .host_str()
             .filter(|b| !b.is_empty())
@@ -222,7 +226,7 @@ pub fn open(url: &str, role: Role) -> Result<Store> {
             inner: Arc::new(store),
             prefix,
             kind: StoreKind::S3,
-            shown: crate::store_url::s3_identity(&parsed),
+            shown,
             local_root: None,
             region,
             local: None,

@@ -621,3 +621,69 @@ fn json_usage_errors_carry_the_whole_message() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&*other.to_string_lossy()), "{stderr}");
 }
+
+/// Every refusal of an S3 store shows it by the same readable identity
+/// (`s3://bucket/prefix?endpoint=http://host:port`), never percent-encoded,
+/// however the endpoint was typed, and without the userinfo of an endpoint.
+#[test]
+fn store_refusals_show_the_store_readably() {
+    let dir = temp_dir();
+    let archive = dir.path().join("archive");
+    exec(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).code(0);
+    let shown = "s3://bkt/p?endpoint=http://127.0.0.1:15000:";
+    for (query, says) in [
+        (
+            "endpoint=http://127.0.0.1:15000&region=eu-west-1",
+            "allow_http=true",
+        ),
+        (
+            "endpoint=http%3A%2F%2F127.0.0.1%3A15000&region=eu-west-1",
+            "allow_http=true",
+        ),
+        (
+            "endpoint=http://127.0.0.1:15000&allow_http=true&region=eu-west-1",
+            "no credentials",
+        ),
+        (
+            "region=eu-west-1&endpoint=http%3A%2F%2F127.0.0.1%3A15000&allow_http=true",
+            "no credentials",
+        ),
+        (
+            "endpoint=http://127.0.0.1:15000&allow_http=true&secret_access_key=Sx",
+            "do not go on",
+        ),
+        (
+            "endpoint=http://AK:Sx@127.0.0.1:15000&allow_http=true",
+            "do not go on",
+        ),
+        (
+            "endpoint=http://127.0.0.1:15000&allow_http=true&bogus=1",
+            "unknown S3 option",
+        ),
+    ] {
+        let url = format!("s3://bkt/p?{query}");
+        for (args, option) in [
+            (vec!["push", "--to", &url], "--to"),
+            (vec!["check", "--storage", &url], "--storage"),
+        ] {
+            let out = exec(starchive(&archive).arg("--json").args(&args));
+            assert!(
+                out.stderr.contains(&format!("error: {option} {shown} "))
+                    && out.stderr.contains(says),
+                "{url}: {}",
+                out.stderr
+            );
+            let doc: serde_json::Value = serde_json::from_str(&out.stdout).expect("one document");
+            let message = doc["error"].as_str().expect("error text");
+            assert!(
+                message.starts_with(&format!("{option} {shown} ")),
+                "{message}"
+            );
+            assert!(
+                !out.stderr.contains('%') && !out.stderr.contains("Sx"),
+                "{}",
+                out.stderr
+            );
+        }
+    }
+}
