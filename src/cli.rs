@@ -189,6 +189,11 @@ pub struct PushArgs {
 
     #[command(flatten)]
     pub jobs: JobsArg,
+
+    /// The largest object of the catalog copy. Hidden: the tests lower it
+    /// to get a copy of several parts from a small catalog.
+    #[arg(long, hide = true, default_value_t = starchive::manifest::CATALOG_PART_BYTES, value_parser = parse_size)]
+    pub catalog_part_size: u64,
 }
 
 #[derive(Args, Debug)]

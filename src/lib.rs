@@ -10,6 +10,7 @@ pub mod commands;
 pub mod error;
 pub mod gallery;
 pub mod layout;
+pub mod manifest;
 pub mod progress;
 pub mod redact;
 pub mod refs;

@@ -82,8 +82,9 @@ fn run(command: Command, ctx: &Context, printer: &Printer) -> Result<ExitCode, E
             return Ok(ExitCode::from(report.exit_code()));
         }
         Command::Push(args) => {
-            let report =
-                commands::push::push(ctx, &push_options(&args.to, args.layout.layout, &args.jobs))?;
+            let mut opts = push_options(&args.to, args.layout.layout, &args.jobs);
+            opts.catalog_part_bytes = args.catalog_part_size;
+            let report = commands::push::push(ctx, &opts)?;
             printer.report(&report);
             return Ok(ExitCode::from(report.exit_code()));
         }
@@ -160,6 +161,7 @@ fn push_options(
         to: to.to.clone(),
         layout: layout_arg.map(layout),
         jobs: jobs.jobs as usize,
+        catalog_part_bytes: starchive::manifest::CATALOG_PART_BYTES,
     }
 }
 

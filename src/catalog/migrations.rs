@@ -255,6 +255,13 @@ ALTER TABLE destinations ADD COLUMN canonical INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE destinations ADD COLUMN manifest_size INTEGER;
 ALTER TABLE destinations ADD COLUMN manifest_etag TEXT;
 "#,
+    // 7: the archive's identity, made once with the catalog (or on its
+    // first open by a starchive that knows it) and kept by every copy of
+    // it, so that `pull` tells a resumed pull from another archive.
+    r#"
+INSERT INTO settings(key, value) VALUES ('archive_id', lower(hex(randomblob(16))))
+ON CONFLICT(key) DO NOTHING;
+"#,
 ];
 
 /// The number of migrations this starchive knows: the `user_version` of an

@@ -29,6 +29,8 @@ use crate::error::{Error, Result};
 
 pub const CATALOG_FILE: &str = "catalog.sqlite";
 const LOCK_FILE: &str = "catalog.lock";
+/// The `settings` key of the archive's identity.
+pub const ARCHIVE_ID: &str = "archive_id";
 
 /// SQLite's page cache, in KiB (negative: SQLite's unit for KiB).
 const CACHE_KIB: i64 = -8 * 1024;
@@ -148,6 +150,12 @@ impl Catalog {
             tracing::debug!("journal mode not back to WAL yet: {e}");
         }
         out
+    }
+
+    /// The archive's identity (migration 6): kept by every copy of the catalog.
+    pub fn archive_id(&self) -> Result<String> {
+        self.setting(ARCHIVE_ID)?
+            .ok_or_else(|| Error::Config("the catalog has no archive id".into()))
     }
 
     pub fn setting(&self, key: &str) -> Result<Option<String>> {

@@ -395,6 +395,7 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
         bytes: shared.bytes.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
         notes,
+        refused: Vec::new(),
     })
 }
 

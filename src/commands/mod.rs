@@ -106,12 +106,20 @@ pub struct TransferReport {
     /// Why refs were left pending, when something was missing.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Objects of `_starchive/` the store refused for their size, each
+    /// named with what to do (push): the run exits 3.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
 }
 
 impl TransferReport {
-    /// Exit code: 3 when some refs failed.
+    /// Exit code: 3 when some refs failed or the store refused an object.
     pub fn exit_code(&self) -> u8 {
-        if self.failed > 0 { 3 } else { 0 }
+        if self.failed > 0 || !self.refused.is_empty() {
+            3
+        } else {
+            0
+        }
     }
 }
 
@@ -130,6 +138,9 @@ impl std::fmt::Display for TransferReport {
         for note in &self.notes {
             writeln!(f, "note: {note}")?;
         }
+        for refused in &self.refused {
+            writeln!(f, "error: {refused}")?;
+        }
         if self.failed > 0 {
             writeln!(
                 f,
@@ -137,5 +148,25 @@ impl std::fmt::Display for TransferReport {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_object_the_store_refused_exits_3() {
+        let mut report = TransferReport::default();
+        assert_eq!(report.exit_code(), 0);
+        report
+            .refused
+            .push("_starchive/catalog.sqlite.zst refused".into());
+        assert_eq!(report.exit_code(), 3);
+        assert!(
+            report
+                .to_string()
+                .contains("error: _starchive/catalog.sqlite.zst")
+        );
     }
 }

@@ -26,13 +26,12 @@ use crate::catalog::push::{self as q, KeyToPush};
 use crate::catalog::{Catalog, paged};
 use crate::error::{Error, Result};
 use crate::layout::{Layout, RESERVED_PREFIX, dest_key};
+use crate::manifest::{self, MANIFEST_KEY};
 use crate::stores::{self, Role, Store};
 use crate::transfer::run_units;
 
 /// Objects above this size are uploaded in parts.
 pub const MULTIPART_THRESHOLD: u64 = 8 << 20;
-pub const MANIFEST_KEY: &str = "_starchive/manifest.jsonl.zst";
-pub const CATALOG_COPY_KEY: &str = "_starchive/catalog.sqlite";
 /// SQLite page cache of a push, in KiB (negative: SQLite's unit for KiB).
 /// It also bounds the sorter of the plan's ordered read and the cache of the
 /// copy made by VACUUM INTO. A push reads and writes the catalog's pages in
@@ -44,14 +43,15 @@ const PUSH_CACHE_KIB: i64 = -2 * 1024;
 const MULTIPART_PARTS_IN_FLIGHT: usize = 1;
 /// Blobs to upload read from the catalog at a time.
 const UPLOADS_PAGE: usize = 256;
-/// Version of the manifest's format, in its first line.
-pub const MANIFEST_FORMAT: u32 = 1;
 
 pub struct PushOptions {
     pub to: String,
     /// `None`: the layout the destination holds, else mirror.
     pub layout: Option<Layout>,
     pub jobs: usize,
+    /// The largest object of the catalog copy
+    /// ([`manifest::CATALOG_PART_BYTES`]; smaller only in tests).
+    pub catalog_part_bytes: u64,
 }
 
 /// Plans where every fetched ref in scope goes at a destination, into the
@@ -240,7 +240,15 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
     }
 
     let changed = uploaded_any || !trusted;
-    write_self_description(ctx, &catalog, &store, dest, layout, changed)?;
+    let refused = write_self_description(
+        ctx,
+        &catalog,
+        &store,
+        dest,
+        layout,
+        opts.catalog_part_bytes,
+        changed,
+    )?;
     Ok(TransferReport {
         done,
         skipped,
@@ -249,6 +257,7 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
         bytes: bytes.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
         notes,
+        refused,
     })
 }
 
@@ -595,50 +604,66 @@ pub(crate) fn object_attributes(store: &Store, sha256: &str, kind: &str) -> Attr
     ])
 }
 
-/// Writes `_starchive/manifest.jsonl.zst` and `_starchive/catalog.sqlite` when
-/// something changed since the last push to this destination (or
-/// `must_write`), and records
-/// the manifest as the store describes it.
+/// Writes the manifest and the catalog copy (SPEC §5) when something changed
+/// since the last push to this destination (or `must_write`), and records
+/// the manifest as the store describes it. Returns the objects the store
+/// refused for their size, each named with what to do: the push then exits
+/// 3, and the next one writes them again.
 ///
-/// The manifest streams from the catalog through zstd into a file of the
-/// archive, hashed on the way, so that memory stays flat however many refs
-/// there are. Both objects carry their sha256 where the store keeps metadata.
+/// The manifest's ref lines stream from the catalog through zstd into a
+/// file of the archive, hashed on the way; its first line, which names the
+/// copy's objects, is a zstd frame of its own written before them once the
+/// copy is up (concatenated frames are one zstd stream). The copy is a
+/// consistent snapshot of the catalog (`VACUUM INTO`), compressed and
+/// uploaded a part at a time ([`manifest::write_catalog_copy`]). Memory
+/// stays flat however large the catalog is.
 fn write_self_description(
     ctx: &Context,
     catalog: &Catalog,
     store: &Store,
     dest: i64,
     layout: Layout,
+    part_bytes: u64,
     must_write: bool,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     use std::io::Write;
 
     let conn = catalog.conn();
     let envs = ctx.env_param();
     let (snapshot_id, taken_at) = q::latest_snapshot(conn)?.unwrap_or((0, String::new()));
     let (refs, placed) = q::manifest_counts(conn, dest, &envs)?;
-    let header = serde_json::json!({
-        "format": MANIFEST_FORMAT,
+    let mut header = serde_json::json!({
+        "format": manifest::MANIFEST_FORMAT,
         "tool": concat!("starchive ", env!("CARGO_PKG_VERSION")),
+        "archive_id": catalog.archive_id()?,
         "snapshot_id": snapshot_id,
         "snapshot_taken_at": taken_at,
         "layout": layout.name(),
         "envs": ctx.envs,
         "counts": {"refs": refs, "pushed": placed},
     });
+    let body = ctx.archive.join(".manifest-body.jsonl.zst");
     let manifest = ctx.archive.join(".manifest-copy.jsonl.zst");
     let copy = ctx.archive.join(".catalog-copy.sqlite");
-    let written = (|| -> Result<Option<(String, String)>> {
-        let cannot = |e: std::io::Error| Error::io("cannot write the manifest", e);
-        let file = std::fs::File::create(&manifest).map_err(cannot)?;
-        let mut encoder = zstd::Encoder::new(HashingWriter::new(std::io::BufWriter::new(file)), 3)
-            .map_err(cannot)?;
-        let mut text_hash = Sha256::new();
+    let part = ctx.archive.join(".catalog-copy.sqlite.zst.part");
+    let cleanup = || {
+        for file in [&body, &manifest, &copy, &part] {
+            let _ = std::fs::remove_file(file);
+        }
+    };
+    let cannot = |e: std::io::Error| Error::io("cannot write the manifest", e);
+    let to_line = |value: &serde_json::Value| -> Result<Vec<u8>> {
         let mut line =
-            serde_json::to_vec(&header).map_err(|e| Error::Config(format!("manifest: {e}")))?;
+            serde_json::to_vec(value).map_err(|e| Error::Config(format!("manifest: {e}")))?;
         line.push(b'\n');
-        text_hash.update(&line);
-        encoder.write_all(&line).map_err(cannot)?;
+        Ok(line)
+    };
+    let written = (|| -> Result<Option<String>> {
+        let file = std::fs::File::create(&body).map_err(cannot)?;
+        let mut encoder = zstd::Encoder::new(std::io::BufWriter::new(file), 3).map_err(cannot)?;
+        let mut text_hash = Sha256::new();
+        text_hash.update(to_line(&header)?);
+        let mut line = Vec::new();
         q::for_each_manifest_ref(conn, dest, &envs, |value| {
             line.clear();
             serde_json::to_writer(&mut line, &value)
@@ -651,66 +676,151 @@ fn write_self_description(
         if !must_write && q::manifest_sha256(conn, dest)?.as_deref() == Some(digest.as_str()) {
             return Ok(None);
         }
-        let HashingWriter { mut inner, hasher } = encoder.finish().map_err(cannot)?;
-        inner.flush().map_err(cannot)?;
-        let file_sha = hex(&hasher.finalize());
-        Ok(Some((digest, file_sha)))
+        encoder.finish().map_err(cannot)?.flush().map_err(cannot)?;
+        Ok(Some(digest))
     })();
-    let (digest, manifest_sha) = match written {
-        Ok(Some(done)) => done,
+    let digest = match written {
+        Ok(Some(digest)) => digest,
         Ok(None) => {
-            let _ = std::fs::remove_file(&manifest);
-            return Ok(());
+            cleanup();
+            return Ok(Vec::new());
         }
         Err(e) => {
-            let _ = std::fs::remove_file(&manifest);
+            cleanup();
             return Err(e);
         }
     };
 
-    let _ = std::fs::remove_file(&copy);
-    conn.execute("VACUUM INTO ?1", [copy.to_string_lossy()])?;
-    remove_stale_staging(store, RESERVED_PREFIX, |key| {
-        Ok(key == CATALOG_COPY_KEY || key == MANIFEST_KEY)
-    })?;
-    let result = ctx.runtime.block_on(async {
-        for (key, file, sha) in [
-            (CATALOG_COPY_KEY, &copy, None),
-            (MANIFEST_KEY, &manifest, Some(manifest_sha.as_str())),
-        ] {
-            let (size, sha) = match sha {
-                Some(sha) => (file_size(file)?, sha.to_string()),
-                None => hash_file(file)?,
-            };
-            let path = store.path(key).map_err(Error::Config)?;
-            put_file(
-                store,
-                &path,
-                file,
-                size,
-                object_attributes(store, &sha, "bin"),
-            )
-            .await
-            .map_err(|e| cannot_write(store, key, e))?;
+    let mut refused = Vec::new();
+    let result = (|| -> Result<()> {
+        let _ = std::fs::remove_file(&copy);
+        conn.execute("VACUUM INTO ?1", [copy.to_string_lossy()])?;
+        remove_stale_staging(store, RESERVED_PREFIX, |key| {
+            Ok(key == MANIFEST_KEY || manifest::is_catalog_copy_key(key))
+        })?;
+        let mut too_big = None;
+        let copied = manifest::write_catalog_copy(
+            &copy,
+            part.clone(),
+            part_bytes,
+            |key, file, size, sha| {
+                let result = put_reserved(ctx, store, key, file, size, sha);
+                if let Err(reason) = &result
+                    && refused_for_size(reason)
+                {
+                    too_big = Some(format!(
+                        "{} refused {key} ({size} bytes) as too large: \
+                         raise the store's object size limit, then push again",
+                        store.shown
+                    ));
+                }
+                result.map_err(|reason| cannot_write(store, key, reason))
+            },
+        );
+        let _ = std::fs::remove_file(&copy);
+        let objects = match (copied, too_big) {
+            (Ok(objects), _) => Some(objects),
+            (Err(_), Some(message)) => {
+                refused.push(message);
+                None
+            }
+            (Err(e), None) => return Err(e),
+        };
+        header["catalog"] =
+            serde_json::to_value(&objects).map_err(|e| Error::Config(format!("manifest: {e}")))?;
+        {
+            let mut file = std::fs::File::create(&manifest).map_err(cannot)?;
+            file.write_all(&zstd::encode_all(&to_line(&header)?[..], 3).map_err(cannot)?)
+                .map_err(cannot)?;
+            let mut rest = std::fs::File::open(&body).map_err(cannot)?;
+            std::io::copy(&mut rest, &mut file).map_err(cannot)?;
         }
-        Ok::<_, Error>(())
-    });
-    let _ = std::fs::remove_file(&copy);
-    let _ = std::fs::remove_file(&manifest);
-    result?;
-    let path = store.path(MANIFEST_KEY).map_err(Error::Config)?;
-    let written = ctx
-        .runtime
-        .block_on(store.inner.head(&path))
-        .map_err(|e| cannot_write(store, MANIFEST_KEY, e.to_string()))?;
-    q::set_manifest_record(conn, dest, &digest, written.size, written.e_tag.as_deref())?;
-    Ok(())
+        let (size, sha) = hash_file(&manifest)?;
+        match put_reserved(ctx, store, MANIFEST_KEY, &manifest, size, &sha) {
+            Ok(()) => {}
+            Err(reason) if refused_for_size(&reason) => refused.push(format!(
+                "{} refused {} ({size} bytes) as too large: \
+                 raise the store's object size limit, then push again",
+                store.shown, MANIFEST_KEY
+            )),
+            Err(reason) => return Err(cannot_write(store, MANIFEST_KEY, reason)),
+        }
+        // Recorded only when the copy is up too: otherwise the next push
+        // does not trust the manifest and writes both again.
+        if let Some(objects) = objects
+            && refused.is_empty()
+        {
+            remove_stale_copies(ctx, store, &objects);
+            let path = store.path(MANIFEST_KEY).map_err(Error::Config)?;
+            let written = ctx
+                .runtime
+                .block_on(store.inner.head(&path))
+                .map_err(|e| cannot_write(store, MANIFEST_KEY, e.to_string()))?;
+            q::set_manifest_record(conn, dest, &digest, written.size, written.e_tag.as_deref())?;
+        }
+        Ok(())
+    })();
+    cleanup();
+    result.map(|()| refused)
 }
 
-fn file_size(file: &std::path::Path) -> Result<u64> {
-    Ok(std::fs::metadata(file)
-        .map_err(|e| Error::io(format!("cannot read {}", file.display()), e))?
-        .len())
+/// PUT of one of starchive's own objects from a local file, durable before it returns.
+fn put_reserved(
+    ctx: &Context,
+    store: &Store,
+    key: &str,
+    file: &std::path::Path,
+    size: u64,
+    sha256: &str,
+) -> Result<(), String> {
+    let path = store.path(key)?;
+    ctx.runtime.block_on(async {
+        put_file(
+            store,
+            &path,
+            file,
+            size,
+            object_attributes(store, sha256, "bin"),
+        )
+        .await?;
+        store.make_durable(&path).await
+    })
+}
+
+/// Whether a store's refusal says the object is too large (S3's
+/// `EntityTooLarge`, HTTP 413: Supabase's per-file limit).
+fn refused_for_size(reason: &str) -> bool {
+    reason.contains("EntityTooLarge")
+        || reason.contains("status 413")
+        || reason.contains("413 Payload Too Large")
+}
+
+/// Deletes the objects of older catalog copies (a plain `catalog.sqlite`,
+/// parts beyond the current ones) once the manifest no longer names them.
+/// Readers only take what the manifest names, so one left behind (a
+/// failed delete) misleads nobody; it is only space.
+fn remove_stale_copies(ctx: &Context, store: &Store, current: &[manifest::CopyObject]) {
+    let Ok(dir) = store.path(RESERVED_PREFIX.trim_end_matches('/')) else {
+        return;
+    };
+    let strip = if store.prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{}/", store.prefix)
+    };
+    ctx.runtime.block_on(async {
+        let listed: Vec<_> = store.inner.list(Some(&dir)).collect().await;
+        for meta in listed.into_iter().flatten() {
+            let key = meta.location.as_ref();
+            let key = key.strip_prefix(&strip).unwrap_or(key);
+            if manifest::is_catalog_copy_key(key)
+                && !current.iter().any(|o| o.key == key)
+                && let Err(e) = store.inner.delete(&meta.location).await
+            {
+                tracing::warn!("cannot delete the stale {key}: {e}");
+            }
+        }
+    });
 }
 
 /// (size, sha256) of a local file.
@@ -720,33 +830,6 @@ fn hash_file(file: &std::path::Path) -> Result<(u64, String)> {
     let mut hasher = Sha256::new();
     let size = std::io::copy(&mut reader, &mut hasher).map_err(cannot)?;
     Ok((size, hex(&hasher.finalize())))
-}
-
-/// A writer that hashes what goes through it.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-}
-
-impl<W> HashingWriter<W> {
-    fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-        }
-    }
-}
-
-impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 fn cannot_write(store: &Store, key: &str, reason: String) -> Error {

@@ -9,6 +9,7 @@ mod bench_push;
 mod check;
 mod cli;
 mod conformance;
+mod copy;
 mod destinations;
 mod fetch;
 mod gallery;

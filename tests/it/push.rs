@@ -26,7 +26,7 @@ pub(crate) const MANIFEST: &str = "_starchive/manifest.jsonl.zst";
 /// A push of the fetched fixture exits 3: sticker 315 failed at fetch, and
 /// push counts it as failed.
 pub(crate) const FIXTURE_PUSH_EXIT: i32 = 3;
-const CATALOG_COPY: &str = "_starchive/catalog.sqlite";
+pub(crate) const CATALOG_COPY: &str = "_starchive/catalog.sqlite.zst";
 
 /// Where a key's bytes come from in the fixtures.
 #[derive(Clone, Copy, Debug)]
@@ -299,7 +299,7 @@ pub(crate) fn push_cmd(archive: &Path, to: &str, s3: Option<&TestS3>) -> Command
     cmd
 }
 
-fn verify_cmd(archive: &Path, to: &str, s3: Option<&TestS3>) -> Command {
+pub(crate) fn verify_cmd(archive: &Path, to: &str, s3: Option<&TestS3>) -> Command {
     let mut cmd = starchive(archive);
     cmd.args(["verify", "--deep", "--to", to]);
     if let Some(s3) = s3 {
@@ -333,7 +333,7 @@ pub(crate) fn fetched_fixture() -> Fixture {
 }
 
 /// The catalog, read-only.
-fn catalog(archive: &Path) -> rusqlite::Connection {
+pub(crate) fn catalog(archive: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open_with_flags(
         archive.join("catalog.sqlite"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -395,7 +395,7 @@ fn push_failures(archive: &Path) -> (Value, Vec<Value>) {
     (status, failures)
 }
 
-fn manifest_lines(compressed: &[u8]) -> Vec<Value> {
+pub(crate) fn manifest_lines(compressed: &[u8]) -> Vec<Value> {
     let mut child = Command::new("zstd")
         .arg("-dc")
         .stdin(Stdio::piped())
@@ -837,14 +837,17 @@ fn first_push_skips_objects_already_there_with_the_right_size() {
     .code(FIXTURE_PUSH_EXIT)
     .json();
     // One listing of the destination, besides the one-page check that the
-    // store can serve (with a delimiter).
+    // store can serve (with a delimiter) and, once the manifest is up, the
+    // listing of `_starchive/` that finds older catalog copies to delete.
     let listings = s3
         .request_log()
         .into_iter()
-        .filter(|(c, q)| c == "LIST" && !q.contains("delimiter="))
+        .filter(|(c, q)| {
+            c == "LIST" && !q.contains("delimiter=") && !q.contains("prefix=_starchive")
+        })
         .count();
     assert_eq!(listings, 1, "one listing: {:?}", s3.request_log());
-    assert_eq!(s3.requests("LIST"), 2, "{:?}", s3.request_log());
+    assert_eq!(s3.requests("LIST"), 3, "{:?}", s3.request_log());
     assert_eq!(
         s3.requests("HEAD"),
         1,
@@ -1245,7 +1248,7 @@ fn hostile_key_writes_nothing_outside_the_root() {
     let want: BTreeSet<String> = [good.to_string(), literal.to_string()].into();
     assert_eq!(written, want);
     let manifest = manifest_lines(&std::fs::read(dest.join(MANIFEST)).expect("manifest"));
-    assert_eq!(manifest[0]["format"], 1, "the manifest is starchive's");
+    assert_eq!(manifest[0]["format"], 2, "the manifest is starchive's");
     // Each refused ref is a push failure with its reason.
     let (status, push_failures) = push_failures(&archive);
     assert!(push_failures.len() >= 5, "{status}");
@@ -1503,8 +1506,15 @@ fn manifest_lists_every_ref() {
         "CAACAgIAAxkBAAI-invalid-file-id-0000000000000000000000000000"
     );
     // The catalog copy is a catalog: its refs table has every ref.
+    let copy_file = fx.dir.path().join("copy.sqlite");
+    let compressed = std::fs::read(dest.join(CATALOG_COPY)).expect("catalog copy");
+    std::fs::write(
+        &copy_file,
+        zstd::decode_all(&compressed[..]).expect("zstd stream"),
+    )
+    .expect("write the copy");
     let copy = rusqlite::Connection::open_with_flags(
-        dest.join(CATALOG_COPY),
+        &copy_file,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
     .expect("open the catalog copy");
@@ -1745,9 +1755,17 @@ fn no_secret_in_output_or_destination() {
                 .join("\n");
             files.push((format!("{k} (decompressed)"), text.into_bytes()));
         }
+        if k.ends_with(CATALOG_COPY) {
+            let copy = zstd::decode_all(&v[..]).expect("the catalog copy is a zstd stream");
+            files.push((format!("{k} (decompressed)"), copy));
+        }
         files.push((format!("dest/{k}"), v));
     }
-    assert!(files.iter().any(|(k, _)| k.ends_with("catalog.sqlite")));
+    assert!(
+        files
+            .iter()
+            .any(|(k, _)| k.ends_with("catalog.sqlite.zst (decompressed)"))
+    );
     for secret in secrets {
         for text in &outputs {
             assert!(!text.contains(secret), "{secret:?} in output:\n{text}");

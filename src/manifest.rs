@@ -1,0 +1,277 @@
+//! A destination's description of itself under `_starchive/` (SPEC §5): the
+//! manifest and the zstd-compressed copy of the catalog, cut into parts of
+//! at most [`CATALOG_PART_BYTES`] when larger. `push` writes them; `pull`
+//! reads them back.
+//!
+//! The manifest's first line names the copy's objects with their sizes and
+//! sha256, so a reader takes exactly those objects and checks each: objects
+//! of an older copy left beside them (a plain `catalog.sqlite`, more parts
+//! than now) are never read, and a copy rewritten under a manifest that does
+//! not describe it is refused rather than stitched together.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::blobs::hex;
+use crate::error::{Error, Result};
+
+pub const MANIFEST_KEY: &str = "_starchive/manifest.jsonl.zst";
+/// The catalog copy as one object, when it fits in one part.
+pub const CATALOG_COPY_KEY: &str = "_starchive/catalog.sqlite.zst";
+/// The uncompressed copy that manifests of format 1 describe.
+pub const LEGACY_CATALOG_COPY_KEY: &str = "_starchive/catalog.sqlite";
+/// The largest object of the catalog copy: under the 50 MB per file that
+/// Supabase's free plan accepts.
+pub const CATALOG_PART_BYTES: u64 = 45 << 20;
+/// Version of the manifest's format, in its first line. 2: the catalog
+/// copy is compressed, in parts, named in the first line with the archive id.
+pub const MANIFEST_FORMAT: u32 = 2;
+
+/// The key of part `index` of a catalog copy cut into parts.
+pub fn part_key(index: usize) -> String {
+    format!("{CATALOG_COPY_KEY}.{index:03}")
+}
+
+/// Whether `key` is an object of some catalog copy (this one's or an older one's).
+pub fn is_catalog_copy_key(key: &str) -> bool {
+    key == LEGACY_CATALOG_COPY_KEY
+        || key == CATALOG_COPY_KEY
+        || key
+            .strip_prefix(CATALOG_COPY_KEY)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// One object of the catalog copy, as the manifest's first line names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyObject {
+    pub key: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// The manifest's first line, as `pull` reads it (the writer adds more).
+#[derive(Clone, Debug, Deserialize)]
+pub struct Header {
+    pub format: u32,
+    #[serde(default)]
+    pub layout: Option<String>,
+    /// The pushing archive's identity (format 2 on).
+    #[serde(default)]
+    pub archive_id: Option<String>,
+    /// The catalog copy's objects, in order (format 2 on); absent when the
+    /// store refused the copy.
+    #[serde(default)]
+    pub catalog: Option<Vec<CopyObject>>,
+}
+
+/// Compresses a catalog copy into parts of at most `part_bytes`, giving each
+/// finished part to `upload` (its key, a file holding it, its size and
+/// sha256) as soon as it is known to be final: only one part is ever on disk
+/// and none in memory. A copy that fits in one part is the single object
+/// [`CATALOG_COPY_KEY`]; a larger one is parts `.000`, `.001`, …
+pub fn write_catalog_copy(
+    copy: &Path,
+    scratch: PathBuf,
+    part_bytes: u64,
+    upload: impl FnMut(&str, &Path, u64, &str) -> Result<()>,
+) -> Result<Vec<CopyObject>> {
+    let cannot_read = |e| Error::io(format!("cannot read {}", copy.display()), e);
+    let mut source = std::fs::File::open(copy).map_err(cannot_read)?;
+    let mut parts = Parts::new(scratch, part_bytes.max(1), upload)?;
+    let compressed = (|| {
+        let mut encoder = zstd::Encoder::new(&mut parts, 3)?;
+        std::io::copy(&mut source, &mut encoder)?;
+        encoder.finish()?.flush()
+    })();
+    if let Err(e) = compressed {
+        return Err(parts
+            .failure
+            .take()
+            .unwrap_or_else(|| Error::io("cannot compress the catalog copy", e)));
+    }
+    parts.finish()
+}
+
+/// The sink of [`write_catalog_copy`]: a part file that is handed over when
+/// full and the next byte arrives.
+struct Parts<F> {
+    path: PathBuf,
+    file: std::fs::File,
+    hasher: Sha256,
+    size: u64,
+    part_bytes: u64,
+    done: Vec<CopyObject>,
+    upload: F,
+    /// Why `upload` failed, returned instead of the io error that carried it.
+    failure: Option<Error>,
+}
+
+impl<F: FnMut(&str, &Path, u64, &str) -> Result<()>> Parts<F> {
+    fn new(path: PathBuf, part_bytes: u64, upload: F) -> Result<Self> {
+        let file = std::fs::File::create(&path)
+            .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+        Ok(Parts {
+            path,
+            file,
+            hasher: Sha256::new(),
+            size: 0,
+            part_bytes,
+            done: Vec::new(),
+            upload,
+            failure: None,
+        })
+    }
+
+    /// Uploads the part held under `key` and starts the next one, empty.
+    fn hand_over(&mut self, key: String) -> Result<()> {
+        self.file
+            .flush()
+            .map_err(|e| Error::io(format!("cannot write {}", self.path.display()), e))?;
+        let sha256 = hex(&std::mem::take(&mut self.hasher).finalize());
+        (self.upload)(&key, &self.path, self.size, &sha256)?;
+        self.done.push(CopyObject {
+            key,
+            size: self.size,
+            sha256,
+        });
+        self.file = std::fs::File::create(&self.path)
+            .map_err(|e| Error::io(format!("cannot write {}", self.path.display()), e))?;
+        self.size = 0;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Vec<CopyObject>> {
+        let key = if self.done.is_empty() {
+            CATALOG_COPY_KEY.to_string()
+        } else {
+            part_key(self.done.len())
+        };
+        self.hand_over(key)?;
+        Ok(std::mem::take(&mut self.done))
+    }
+}
+
+impl<F: FnMut(&str, &Path, u64, &str) -> Result<()>> Write for Parts<F> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.size == self.part_bytes {
+            let key = part_key(self.done.len());
+            if let Err(e) = self.hand_over(key) {
+                let text = e.to_string();
+                self.failure = Some(e);
+                return Err(std::io::Error::other(text));
+            }
+        }
+        let room = usize::try_from(self.part_bytes - self.size).unwrap_or(usize::MAX);
+        let n = buf.len().min(room);
+        self.file.write_all(&buf[..n])?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl<F> Drop for Parts<F> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo_random(len: usize) -> Vec<u8> {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Parts concatenated in order are the zstd stream of the copy; each is
+    /// at most the part size and named as SPEC §5 says.
+    #[test]
+    fn copy_in_parts_concatenates_to_the_stream() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let copy = dir.path().join("copy");
+        let data = pseudo_random(300_000);
+        std::fs::write(&copy, &data).expect("write");
+        let mut uploaded = Vec::new();
+        let objects = write_catalog_copy(
+            &copy,
+            dir.path().join("part"),
+            65_536,
+            |key, f, size, sha| {
+                let bytes = std::fs::read(f).expect("part");
+                assert_eq!(bytes.len() as u64, size);
+                assert_eq!(hex(&Sha256::digest(&bytes)), sha);
+                uploaded.push((key.to_string(), bytes));
+                Ok(())
+            },
+        )
+        .expect("copy");
+        assert!(objects.len() >= 4, "{} parts", objects.len());
+        let keys: Vec<_> = objects.iter().map(|o| o.key.clone()).collect();
+        let want: Vec<_> = (0..objects.len()).map(part_key).collect();
+        assert_eq!(keys, want);
+        assert!(objects.iter().all(|o| o.size <= 65_536));
+        let stream: Vec<u8> = uploaded.iter().flat_map(|(_, b)| b.clone()).collect();
+        assert_eq!(zstd::decode_all(&stream[..]).expect("decode"), data);
+        assert!(!dir.path().join("part").exists(), "no part file left");
+    }
+
+    #[test]
+    fn small_copy_is_one_object() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let copy = dir.path().join("copy");
+        std::fs::write(&copy, b"SQLite format 3\0").expect("write");
+        let objects = write_catalog_copy(
+            &copy,
+            dir.path().join("part"),
+            CATALOG_PART_BYTES,
+            |_, _, _, _| Ok(()),
+        )
+        .expect("copy");
+        assert_eq!(objects.len(), 1);
+        assert_eq!(objects[0].key, CATALOG_COPY_KEY);
+    }
+
+    #[test]
+    fn a_refused_part_stops_the_copy_with_its_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let copy = dir.path().join("copy");
+        std::fs::write(&copy, pseudo_random(200_000)).expect("write");
+        let err = write_catalog_copy(&copy, dir.path().join("part"), 50_000, |key, _, _, _| {
+            Err(Error::Config(format!("{key} refused")))
+        })
+        .err();
+        assert!(
+            matches!(&err, Some(Error::Config(m)) if m == "_starchive/catalog.sqlite.zst.000 refused"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn copy_keys_are_recognised() {
+        assert!(is_catalog_copy_key("_starchive/catalog.sqlite"));
+        assert!(is_catalog_copy_key("_starchive/catalog.sqlite.zst"));
+        assert!(is_catalog_copy_key("_starchive/catalog.sqlite.zst.012"));
+        assert!(!is_catalog_copy_key("_starchive/catalog.sqlite.zst.tmp"));
+        assert!(!is_catalog_copy_key("_starchive/manifest.jsonl.zst"));
+    }
+}
