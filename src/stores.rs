@@ -67,6 +67,9 @@ pub struct Store {
     pub local_root: Option<std::path::PathBuf>,
     /// The signing region of an S3 store, named when the server refuses it.
     pub region: Option<String>,
+    /// The `endpoint=` of an S3 store (none: AWS's), named when it cannot
+    /// be reached.
+    pub endpoint: Option<String>,
     /// A local store as itself, to find an object's file.
     local: Option<Arc<object_store::local::LocalFileSystem>>,
 }
@@ -214,6 +217,10 @@ pub fn open(url: &str, role: Role) -> Result<Store> {
         }
         probe::settings(&builder, role, &shown)?;
         let region = builder.get_config_value(&AmazonS3ConfigKey::Region);
+        let endpoint = builder
+            .get_config_value(&AmazonS3ConfigKey::Endpoint)
+            .filter(|e| !e.is_empty())
+            .map(|e| crate::redact::url(&e));
         let store = builder.build().map_err(|e| usage(e.to_string()))?;
         let prefix = rest
             .split(['?', '#'])
@@ -229,6 +236,7 @@ pub fn open(url: &str, role: Role) -> Result<Store> {
             shown,
             local_root: None,
             region,
+            endpoint,
             local: None,
         });
     }
@@ -240,6 +248,7 @@ pub fn open(url: &str, role: Role) -> Result<Store> {
             shown: crate::store_url::identity(url).unwrap_or(shown),
             local_root: None,
             region: None,
+            endpoint: None,
             local: None,
         });
     }
@@ -269,6 +278,7 @@ pub fn open(url: &str, role: Role) -> Result<Store> {
         shown: dir.to_string_lossy().into_owned(),
         local_root: Some(dir),
         region: None,
+        endpoint: None,
         local: Some(store),
     })
 }

@@ -147,8 +147,20 @@ fn cause(e: &object_store::Error, store: &Store, role: Role) -> String {
             "the server refused the request (403) without a reason, as it does for a signing \
              region it does not serve: {region_hint}; else {credentials}"
         )
-    } else if connection_failed(e) {
-        format!("cannot reach the server: check endpoint= in the URL and the network ({text})")
+    } else if let Some(reason) = connect_failure(e) {
+        // No answer at all (DNS, refused, TLS to a plain-http port):
+        // credentials play no part yet.
+        let endpoint = match &store.endpoint {
+            Some(endpoint) => endpoint.trim_end_matches('/').to_string(),
+            None => format!("https://s3.{region}.amazonaws.com"),
+        };
+        let tls_to_http = endpoint.starts_with("https://") && reason.contains("InvalidContentType");
+        let hint = if tls_to_http {
+            "the port answers without TLS: use an http:// endpoint with allow_http=true"
+        } else {
+            "check endpoint= in the URL and the network"
+        };
+        format!("cannot connect to {endpoint}: {reason}: {hint}")
     } else {
         format!("the server cannot list the bucket: check the URL and the credentials ({text})")
     }
@@ -176,14 +188,37 @@ fn server_said(text: &str) -> Option<String> {
     })
 }
 
-/// Whether the error is a failure to connect at all.
-fn connection_failed(e: &object_store::Error) -> bool {
+/// Why no connection was made, when the error is a failure to connect at
+/// all: the causes under the HTTP client's error, innermost last.
+fn connect_failure(e: &object_store::Error) -> Option<String> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
-        if let Some(http) = err.downcast_ref::<HttpError>() {
-            return http.kind() == HttpErrorKind::Connect;
+        // object_store's own error passes the client's on as its source.
+        let connect = err
+            .downcast_ref::<HttpError>()
+            .map(|h| h.kind() == HttpErrorKind::Connect)
+            .or_else(|| err.downcast_ref::<reqwest::Error>().map(|r| r.is_connect()));
+        match connect {
+            Some(true) => {
+                let mut causes: Vec<String> = Vec::new();
+                let mut cause = err.source();
+                while let Some(c) = cause {
+                    let said = c.to_string();
+                    // hyper's "client error (Connect)" only restates the kind.
+                    if !said.ends_with("(Connect)") && !causes.iter().any(|s| s.contains(&said)) {
+                        causes.push(said);
+                    }
+                    cause = c.source();
+                }
+                return Some(if causes.is_empty() {
+                    err.to_string()
+                } else {
+                    causes.join(": ")
+                });
+            }
+            Some(false) => return None,
+            None => source = err.source(),
         }
-        source = err.source();
     }
-    false
+    None
 }

@@ -302,3 +302,79 @@ fn protocol_disabled_and_access_denied_are_named() {
         assert_eq!(s3.requests("GET"), 0, "no object read");
     }
 }
+
+/// A store that cannot be connected to at all (no such host, a port nobody
+/// listens on, TLS to a port that speaks plain http) is named as such, with
+/// its endpoint and the reason, and without a hint at the credentials, which
+/// were never sent.
+#[test]
+fn unreachable_endpoints_say_cannot_connect() {
+    // A port that answers plain HTTP to anything, TLS handshakes included.
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let plain_port = plain.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in plain.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = [0u8; 1024];
+            let _ = std::io::Read::read(&mut conn, &mut buf);
+            let _ = std::io::Write::write_all(
+                &mut conn,
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n",
+            );
+        }
+    });
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let env: Vec<(String, String)> = ["STORAGE", "TO"]
+        .iter()
+        .flat_map(|role| {
+            [
+                (
+                    format!("STARCHIVE_{role}_ACCESS_KEY_ID"),
+                    "AKUNREACH".to_string(),
+                ),
+                (
+                    format!("STARCHIVE_{role}_SECRET_ACCESS_KEY"),
+                    "UnreachSecret".to_string(),
+                ),
+            ]
+        })
+        .collect();
+    let cases = [
+        (
+            "http://no-such-host.invalid:9000".to_string(),
+            "dns error",
+            "check endpoint=",
+        ),
+        (
+            format!("http://127.0.0.1:{closed_port}"),
+            "Connection refused",
+            "check endpoint=",
+        ),
+        (
+            format!("https://127.0.0.1:{plain_port}"),
+            "InvalidContentType",
+            "use an http:// endpoint with allow_http=true",
+        ),
+    ];
+    for (endpoint, reason, hint) in cases {
+        let url = format!("s3://bkt/p?endpoint={endpoint}&allow_http=true");
+        let cannot =
+            format!("{{option}} s3://bkt/p?endpoint={endpoint}: cannot connect to {endpoint}: ");
+        every_command_refuses(&url, &env, &[&cannot, reason, hint]);
+        let dir = temp_dir();
+        let archive = snapshotted(dir.path());
+        let out = exec(
+            starchive(&archive)
+                .args(["push", "--to", &url])
+                .envs(env.iter().map(|(k, v)| (k, v))),
+        );
+        assert!(
+            !out.stderr.contains("credentials") && !out.stderr.contains("ACCESS_KEY"),
+            "{}",
+            out.stderr
+        );
+    }
+}
