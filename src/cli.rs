@@ -73,6 +73,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Write a static site of the archive that a browser shows offline.
     Gallery(GalleryArgs),
+    /// Rebuild the archive from a destination that push wrote: catalog, then every blob.
+    Pull(PullArgs),
 }
 
 #[derive(Args, Debug)]
@@ -282,6 +284,19 @@ pub struct CheckArgs {
     /// List every item (a text report otherwise shows the first 20 of each list).
     #[arg(long)]
     pub full: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Credentials of an s3:// store: STARCHIVE_STORAGE_ACCESS_KEY_ID and STARCHIVE_STORAGE_SECRET_ACCESS_KEY (and STARCHIVE_STORAGE_SESSION_TOKEN), each falling back to AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN. Needs no database and no Telegram token."
+)]
+pub struct PullArgs {
+    /// The destination to read, as given to push --to (s3://bucket/prefix?endpoint=…, file:///path, or a directory).
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+
+    #[command(flatten)]
+    pub jobs: JobsArg,
 }
 
 /// A request rate within [`starchive::telegram::RATES`]: not 0, negative, NaN,

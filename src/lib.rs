@@ -7,6 +7,7 @@
 pub mod blobs;
 pub mod catalog;
 pub mod commands;
+pub mod download;
 pub mod error;
 pub mod gallery;
 pub mod layout;

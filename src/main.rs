@@ -125,6 +125,15 @@ fn run(command: Command, ctx: &Context, printer: &Printer) -> Result<ExitCode, E
         Command::Gallery(args) => {
             printer.report(&commands::gallery::gallery(ctx, args.out.as_deref())?);
         }
+        Command::Pull(args) => {
+            let opts = commands::pull::PullOptions {
+                from: args.from,
+                jobs: args.jobs.jobs as usize,
+            };
+            let report = commands::pull::pull(ctx, &opts)?;
+            printer.report(&report);
+            return Ok(ExitCode::from(report.exit_code()));
+        }
         Command::Run(args) => {
             let report = commands::run::run(
                 ctx,

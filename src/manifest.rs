@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::blobs::hex;
 use crate::error::{Error, Result};
+use crate::stores::Store;
 
 pub const MANIFEST_KEY: &str = "_starchive/manifest.jsonl.zst";
 /// The catalog copy as one object, when it fits in one part.
@@ -184,6 +185,234 @@ impl<F: FnMut(&str, &Path, u64, &str) -> Result<()>> Write for Parts<F> {
 impl<F> Drop for Parts<F> {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// One ref line of the manifest, as `pull` reads it.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Line {
+    #[serde(default)]
+    pub env: Option<String>,
+    /// The ref's key at the destination; none when it is not placed there.
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub size: Option<u64>,
+}
+
+/// An object of a store read as it streams, for a thread outside the
+/// async runtime (it blocks on each chunk).
+pub struct ObjectReader {
+    runtime: tokio::runtime::Handle,
+    stream: futures::stream::BoxStream<'static, object_store::Result<bytes::Bytes>>,
+    chunk: bytes::Bytes,
+}
+
+impl ObjectReader {
+    /// Opens `key` of `store`; `None` when the store has no such object.
+    pub fn open(
+        runtime: &tokio::runtime::Handle,
+        store: &Store,
+        key: &str,
+    ) -> Result<Option<Self>> {
+        let path = store.path(key).map_err(Error::Config)?;
+        match runtime.block_on(store.inner.get(&path)) {
+            Ok(got) => Ok(Some(ObjectReader {
+                runtime: runtime.clone(),
+                stream: got.into_stream(),
+                chunk: bytes::Bytes::new(),
+            })),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Error::Config(format!(
+                "cannot read {key} from {}: {e}",
+                store.shown
+            ))),
+        }
+    }
+}
+
+impl std::io::Read for ObjectReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use futures::StreamExt;
+        while self.chunk.is_empty() {
+            match self.runtime.block_on(self.stream.next()) {
+                Some(Ok(chunk)) => self.chunk = chunk,
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
+/// The manifest of a destination, read as it streams: its first line,
+/// then [`Manifest::for_each_line`].
+pub struct Manifest {
+    pub header: Header,
+    lines: std::io::BufReader<zstd::Decoder<'static, std::io::BufReader<ObjectReader>>>,
+    shown: String,
+}
+
+impl Manifest {
+    /// Reads the first line of `store`'s manifest; `None` when there is none.
+    pub fn open(runtime: &tokio::runtime::Handle, store: &Store) -> Result<Option<Manifest>> {
+        use std::io::BufRead;
+        let Some(reader) = ObjectReader::open(runtime, store, MANIFEST_KEY)? else {
+            return Ok(None);
+        };
+        let bad = |what: String| {
+            Error::Config(format!(
+                "the manifest {MANIFEST_KEY} of {} cannot be read ({what}): is a push writing it? run again once it is done",
+                store.shown
+            ))
+        };
+        let decoder = zstd::Decoder::new(reader).map_err(|e| bad(e.to_string()))?;
+        let mut lines = std::io::BufReader::new(decoder);
+        let mut first = String::new();
+        lines
+            .read_line(&mut first)
+            .map_err(|e| bad(e.to_string()))?;
+        let header: Header = serde_json::from_str(&first).map_err(|e| bad(e.to_string()))?;
+        if header.format > MANIFEST_FORMAT {
+            return Err(Error::Config(format!(
+                "the manifest of {} has format {}, newer than this starchive knows ({MANIFEST_FORMAT}): use a newer starchive",
+                store.shown, header.format
+            )));
+        }
+        Ok(Some(Manifest {
+            header,
+            lines,
+            shown: store.shown.clone(),
+        }))
+    }
+
+    /// Every ref line, in order.
+    pub fn for_each_line(mut self, mut each: impl FnMut(Line) -> Result<()>) -> Result<()> {
+        use std::io::BufRead;
+        let mut text = String::new();
+        loop {
+            text.clear();
+            let n = self.lines.read_line(&mut text).map_err(|e| {
+                Error::Config(format!(
+                    "the manifest {MANIFEST_KEY} of {} cannot be read ({e}): run again",
+                    self.shown
+                ))
+            })?;
+            if n == 0 {
+                return Ok(());
+            }
+            if text.trim().is_empty() {
+                continue;
+            }
+            let line: Line = serde_json::from_str(&text).map_err(|e| {
+                Error::Config(format!(
+                    "the manifest {MANIFEST_KEY} of {} has a line that is not a ref ({e})",
+                    self.shown
+                ))
+            })?;
+            each(line)?;
+        }
+    }
+}
+
+/// Writes the catalog copy that `header` names, from `store`, into the new
+/// file `out` (synced): the parts checked against their sizes and sha256 as
+/// they stream and decompressed on the way, or, for a manifest of format
+/// 1, the plain `catalog.sqlite`.
+pub fn restore_catalog_copy(
+    runtime: &tokio::runtime::Handle,
+    store: &Store,
+    header: &Header,
+    out: &Path,
+) -> Result<()> {
+    let cannot = |e: std::io::Error| Error::io(format!("cannot write {}", out.display()), e);
+    let file = std::fs::File::create(out).map_err(cannot)?;
+    let missing = |key: &str| {
+        Error::Config(format!(
+            "{} has no {key}, which its manifest names: is a push writing it? run again once it is done",
+            store.shown
+        ))
+    };
+    let file = match (&header.catalog, header.format) {
+        (Some(objects), _) => {
+            let mut decoder =
+                zstd::stream::write::Decoder::new(std::io::BufWriter::new(file)).map_err(cannot)?;
+            for object in objects {
+                let mut reader = ObjectReader::open(runtime, store, &object.key)?
+                    .ok_or_else(|| missing(&object.key))?;
+                let mut hashing = HashingWriter::new(&mut decoder);
+                let size = std::io::copy(&mut reader, &mut hashing).map_err(|e| {
+                    Error::Config(format!(
+                        "cannot read {} from {}: {e}",
+                        object.key, store.shown
+                    ))
+                })?;
+                let sha256 = hex(&hashing.hasher.finalize());
+                if size != object.size || sha256 != object.sha256 {
+                    return Err(Error::Config(format!(
+                        "{} of {} is not the object its manifest names ({size} bytes hashing to {sha256}, not {} bytes hashing to {}): is a push writing it? run again once it is done",
+                        object.key, store.shown, object.size, object.sha256
+                    )));
+                }
+            }
+            decoder.flush().map_err(cannot)?;
+            decoder
+                .into_inner()
+                .into_inner()
+                .map_err(|e| cannot(e.into_error()))?
+        }
+        (None, 1) => {
+            let mut reader = ObjectReader::open(runtime, store, LEGACY_CATALOG_COPY_KEY)?
+                .ok_or_else(|| missing(LEGACY_CATALOG_COPY_KEY))?;
+            let mut writer = std::io::BufWriter::new(file);
+            std::io::copy(&mut reader, &mut writer).map_err(|e| {
+                Error::Config(format!(
+                    "cannot read {LEGACY_CATALOG_COPY_KEY} from {}: {e}",
+                    store.shown
+                ))
+            })?;
+            writer.into_inner().map_err(|e| cannot(e.into_error()))?
+        }
+        (None, _) => {
+            return Err(Error::Config(format!(
+                "{} holds no catalog copy (the store refused it when it was pushed): push to it again, then pull",
+                store.shown
+            )));
+        }
+    };
+    file.sync_all().map_err(cannot)
+}
+
+/// A writer that hashes what goes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W> HashingWriter<W> {
+    fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+        }
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 

@@ -29,12 +29,15 @@ pub enum Role {
     Storage,
     /// `--to`: a destination.
     To,
+    /// `pull --from`: a destination read back, with the credentials of a
+    /// store read from (`STARCHIVE_STORAGE_*`).
+    From,
 }
 
 impl Role {
     fn env_prefix(self) -> &'static str {
         match self {
-            Role::Storage => "STARCHIVE_STORAGE_",
+            Role::Storage | Role::From => "STARCHIVE_STORAGE_",
             Role::To => "STARCHIVE_TO_",
         }
     }
@@ -43,6 +46,7 @@ impl Role {
         match self {
             Role::Storage => "--storage",
             Role::To => "--to",
+            Role::From => "--from",
         }
     }
 }

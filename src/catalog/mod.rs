@@ -16,6 +16,7 @@ pub mod check;
 pub mod fetch;
 pub mod gallery;
 mod migrations;
+pub mod pull;
 pub mod push;
 pub mod snapshot;
 pub mod verify;
@@ -39,14 +40,28 @@ pub struct Catalog {
     conn: Connection,
     dir: PathBuf,
     /// The archive's lock; `None` for a read-only catalog.
-    _lock: Option<File>,
+    _lock: Option<ArchiveLock>,
+}
+
+/// The archive's exclusive lock, held until dropped.
+pub struct ArchiveLock {
+    _file: File,
+}
+
+impl ArchiveLock {
+    /// Locks the archive `dir` (created when missing), or says who holds it.
+    pub fn take(dir: &Path) -> Result<ArchiveLock> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("cannot create the archive {}", dir.display()), e))?;
+        Ok(ArchiveLock {
+            _file: lock_archive(dir)?,
+        })
+    }
 }
 
 impl Catalog {
     /// Opens the archive's catalog, creating the archive when it does not exist.
     pub fn open_or_create(dir: &Path) -> Result<Catalog> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::io(format!("cannot create the archive {}", dir.display()), e))?;
         Self::open_in(dir)
     }
 
@@ -89,7 +104,12 @@ impl Catalog {
     }
 
     fn open_in(dir: &Path) -> Result<Catalog> {
-        let lock = lock_archive(dir)?;
+        Self::open_locked(dir, ArchiveLock::take(dir)?)
+    }
+
+    /// Opens (creating or migrating) the catalog of an archive whose lock
+    /// the caller took first, to look at the directory before it is opened.
+    pub fn open_locked(dir: &Path, lock: ArchiveLock) -> Result<Catalog> {
         let path = dir.join(CATALOG_FILE);
         let mut conn = Connection::open(&path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;

@@ -15,12 +15,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use tokio::sync::Semaphore;
 
 use super::{Context, TransferReport};
 use crate::blobs::{BlobInfo, BlobStore, Publisher, Staged, WrongLength};
 use crate::catalog::{self, Catalog};
+use crate::download::{ReadError, credentials_refused, read_object};
 use crate::error::{Error, Result};
 use crate::layout::check_key;
 use crate::stores::{self, Role, Store};
@@ -479,19 +479,26 @@ async fn from_bucket(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let reason = match read_object(store, shared, &path, &key).await {
-            Ok(staged) => {
-                return Ok(Downloaded {
-                    staged,
-                    refs,
-                    source: "bucket",
-                });
-            }
-            Err(ReadError::Dangling) => return Err(Outcome::Dangling { refs }),
-            Err(ReadError::Refused(e)) => return Err(refused(store, key, refs, e)),
-            Err(ReadError::Failed(reason)) => return Err(Outcome::Failed { refs, reason }),
-            Err(ReadError::Again(reason)) => reason,
-        };
+        let reason =
+            match read_object(store, &shared.blobs, &path, &key, shared.max, "bucket").await {
+                Ok(staged) => {
+                    return Ok(Downloaded {
+                        staged,
+                        refs,
+                        source: "bucket",
+                    });
+                }
+                Err(ReadError::Missing) => return Err(Outcome::Dangling { refs }),
+                Err(ReadError::TooBig(size)) => {
+                    return Err(Outcome::Failed {
+                        refs,
+                        reason: too_big(size, shared.max),
+                    });
+                }
+                Err(ReadError::Refused(e)) => return Err(refused(store, key, refs, e)),
+                Err(ReadError::Failed(reason)) => return Err(Outcome::Failed { refs, reason }),
+                Err(ReadError::Again(reason)) => reason,
+            };
         if attempt >= ATTEMPTS {
             return Err(Outcome::Failed { refs, reason });
         }
@@ -503,65 +510,6 @@ async fn from_bucket(
         ))
         .await;
     }
-}
-
-/// Why one read of a bucket object gave no blob.
-enum ReadError {
-    /// The bucket has no such object.
-    Dangling,
-    /// 401/403: see [`refused`].
-    Refused(object_store::Error),
-    /// For good (too big, the local disk).
-    Failed(String),
-    /// A passing fault (an error answer, a broken or short body): try again.
-    Again(String),
-}
-
-/// One GET of `key` into a staged blob, whose length is the object's.
-async fn read_object(
-    store: &Store,
-    shared: &Shared,
-    path: &object_store::path::Path,
-    key: &str,
-) -> Result<Staged, ReadError> {
-    let max = shared.max;
-    let result = match store.inner.get(path).await {
-        Ok(r) => r,
-        Err(object_store::Error::NotFound { .. }) => return Err(ReadError::Dangling),
-        Err(
-            e @ (object_store::Error::PermissionDenied { .. }
-            | object_store::Error::Unauthenticated { .. }),
-        ) => return Err(ReadError::Refused(e)),
-        Err(e) => return Err(ReadError::Again(format!("bucket {key}: {e}"))),
-    };
-    let size = result.meta.size;
-    if size > max {
-        return Err(ReadError::Failed(too_big(size, max)));
-    }
-    let mut staging = shared
-        .blobs
-        .stage()
-        .map_err(|e| ReadError::Failed(e.to_string()))?;
-    let mut stream = result.into_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ReadError::Again(format!("bucket {key}: {e}")))?;
-        if staging.size() + chunk.len() as u64 > max {
-            return Err(ReadError::Failed(too_big(
-                staging.size() + chunk.len() as u64,
-                max,
-            )));
-        }
-        staging
-            .write(&chunk)
-            .map_err(|e| ReadError::Failed(e.to_string()))?;
-    }
-    staging
-        .finish(Some(size))
-        .map_err(|WrongLength { expected, got }| {
-            ReadError::Again(format!(
-                "bucket {key}: body of {got} bytes where {expected} were announced"
-            ))
-        })
 }
 
 /// Asks the unit's bots for its file until one serves it. A bot that
@@ -809,11 +757,7 @@ enum LocalError {
 /// Neither is retried.
 fn refused(store: &Store, key: String, refs: Vec<i64>, e: object_store::Error) -> Outcome {
     let text = e.to_string();
-    let credentials = matches!(e, object_store::Error::Unauthenticated { .. })
-        || stores::CREDENTIAL_ERRORS
-            .iter()
-            .any(|code| text.contains(code));
-    if credentials {
+    if credentials_refused(&e) {
         Outcome::Fatal(format!(
             "the bucket {} refused the credentials ({text}): check STARCHIVE_STORAGE_ACCESS_KEY_ID and STARCHIVE_STORAGE_SECRET_ACCESS_KEY (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY); what was fetched stays fetched",
             store.shown

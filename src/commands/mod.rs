@@ -7,6 +7,7 @@ pub mod check;
 pub mod fetch;
 pub mod gallery;
 pub mod plan;
+pub mod pull;
 pub mod push;
 pub mod run;
 pub mod snapshot;

@@ -13,6 +13,7 @@ mod copy;
 mod destinations;
 mod fetch;
 mod gallery;
+mod pull;
 mod push;
 mod snapshot;
 mod store_errors;

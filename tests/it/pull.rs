@@ -1,0 +1,431 @@
+//! `pull --from URL` (SPEC §3, §5): an archive rebuilt from a destination
+//! that `push` wrote, on every store starchive is tested with (a local
+//! directory, s3s-fs, the real Supabase Storage server, moto), then used
+//! with no database and no token: `plan`, `status`, `verify`, `push`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::copy::refs_of;
+use crate::push::{
+    CATALOG_COPY, FIXTURE_BLOBS, FIXTURE_PUSH_EXIT, MANIFEST, Out, catalog, exec, fetched_fixture,
+    files_under, manifest_lines, mirror_objects, starchive,
+};
+use crate::support::backend::{Backend, Bucket, Kind};
+use crate::support::s3::TestS3;
+use crate::support::{kill_after, seeded_rng, sha256_hex, temp_dir};
+
+/// One `#[test]` per backend for every test named.
+macro_rules! on_every_store {
+    ($($test:ident),* $(,)?) => {
+        on_every_store!(@backend local Local $($test)*);
+        on_every_store!(@backend s3s S3s $($test)*);
+        on_every_store!(@backend supabase Supabase $($test)*);
+        on_every_store!(@backend moto Moto $($test)*);
+    };
+    (@backend $module:ident $kind:ident $($test:ident)*) => {
+        mod $module {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test(&super::Backend::new(super::Kind::$kind));
+                }
+            )*
+        }
+    };
+}
+
+on_every_store!(pull_rebuilds_the_archive_from_either_layout);
+
+/// `--json pull --from URL` into `archive`, with the store's credentials.
+fn pull(archive: &Path, from: &str, env: Vec<(String, String)>) -> Command {
+    let mut cmd = starchive(archive);
+    cmd.args(["--json", "pull", "--from", from]).envs(env);
+    cmd
+}
+
+/// `--json push --to URL`, with the store's credentials.
+fn push(archive: &Path, to: &str, env: Vec<(String, String)>) -> Command {
+    let mut cmd = starchive(archive);
+    cmd.args(["--json", "push", "--to", to]).envs(env);
+    cmd
+}
+
+/// `plan --json` of an archive.
+fn plan(archive: &Path) -> Value {
+    exec(starchive(archive).args(["--json", "plan"]))
+        .code(0)
+        .json()
+}
+
+/// Every file under `blobs/`, with its bytes.
+fn blobs_of(archive: &Path) -> BTreeMap<String, Vec<u8>> {
+    files_under(&archive.join("blobs"))
+}
+
+/// Asserts that `pulled` is the archive `origin` as a user sees it: the
+/// same refs, the same plan, the same blobs.
+#[track_caller]
+fn assert_same_archive(pulled: &Path, origin: &Path) {
+    assert_eq!(
+        refs_of(&catalog(pulled)),
+        refs_of(&catalog(origin)),
+        "v_refs"
+    );
+    assert_eq!(plan(pulled), plan(origin), "plan --json");
+    let (got, want) = (blobs_of(pulled), blobs_of(origin));
+    assert_eq!(want.len(), FIXTURE_BLOBS);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    assert!(got == want, "every blob with its bytes");
+}
+
+/// The objects of a bucket but `_starchive/`.
+fn stickers_in(bucket: &Bucket) -> BTreeMap<String, Vec<u8>> {
+    let mut objects = bucket.objects.all();
+    objects.retain(|k, _| !k.starts_with("_starchive/"));
+    objects
+}
+
+fn pull_rebuilds_the_archive_from_either_layout(backend: &Backend) {
+    let fx = fetched_fixture();
+    for layout in ["mirror", "cas"] {
+        let first = backend.bucket();
+        exec(push(&fx.archive, first.url(), first.env("TO")).args([
+            "--layout",
+            layout,
+            "--catalog-part-size",
+            "2KiB",
+        ]))
+        .code(FIXTURE_PUSH_EXIT);
+        let objects = first.objects.all();
+        let header = manifest_lines(&objects[MANIFEST]).swap_remove(0);
+        assert!(
+            header["catalog"].as_array().is_some_and(|c| c.len() > 1),
+            "a copy in parts: {header}"
+        );
+
+        let dir = temp_dir();
+        let pulled = dir.path().join("pulled");
+        let doc = exec(&mut pull(&pulled, first.url(), first.env("STORAGE")))
+            .code(0)
+            .json();
+        assert_eq!(doc["failed"], 0, "{layout}: {doc}");
+        assert_eq!(
+            doc["bytes"],
+            crate::push::FIXTURE_BLOB_BYTES,
+            "{layout}: {doc}"
+        );
+        assert_same_archive(&pulled, &fx.archive);
+
+        // A second pull downloads nothing.
+        let doc = exec(&mut pull(&pulled, first.url(), first.env("STORAGE")))
+            .code(0)
+            .json();
+        assert_eq!(
+            (doc["done"].as_u64(), doc["bytes"].as_u64()),
+            (Some(0), Some(0)),
+            "{doc}"
+        );
+        assert!(doc["skipped"].as_u64() > Some(0), "{doc}");
+
+        // No database, no token: status, verify and a push to another store.
+        exec(starchive(&pulled).args(["--json", "status"])).code(0);
+        exec(starchive(&pulled).args(["--json", "verify"])).code(0);
+        let second = backend.bucket();
+        exec(&mut push(&pulled, second.url(), second.env("TO"))).code(FIXTURE_PUSH_EXIT);
+        let copied = stickers_in(&second);
+        assert_eq!(
+            copied,
+            mirror_objects(),
+            "{layout}: the pulled archive's mirror"
+        );
+        let mut deep = starchive(&pulled);
+        deep.args(["--json", "verify", "--deep", "--to", second.url()])
+            .envs(second.env("TO"));
+        exec(&mut deep).code(0);
+        let cas = backend.bucket();
+        exec(push(&pulled, cas.url(), cas.env("TO")).args(["--layout", "cas"]))
+            .code(FIXTURE_PUSH_EXIT);
+        let first_cas = backend.bucket();
+        exec(push(&fx.archive, first_cas.url(), first_cas.env("TO")).args(["--layout", "cas"]))
+            .code(FIXTURE_PUSH_EXIT);
+        assert!(
+            stickers_in(&cas) == stickers_in(&first_cas),
+            "{layout}: the same cas objects as from the first archive"
+        );
+    }
+}
+
+/// A destination of the fixture in a local directory, and the archive that pushed it.
+struct Pushed {
+    fx: crate::push::Fixture,
+    dest: std::path::PathBuf,
+}
+
+fn pushed_to_a_directory(layout: &str) -> Pushed {
+    let fx = fetched_fixture();
+    let dest = fx.dir.path().join("dest");
+    exec(push(&fx.archive, &dest.to_string_lossy(), Vec::new()).args(["--layout", layout]))
+        .code(FIXTURE_PUSH_EXIT);
+    Pushed { fx, dest }
+}
+
+impl Pushed {
+    fn url(&self) -> String {
+        self.dest.to_string_lossy().into_owned()
+    }
+
+    fn pull(&self, archive: &Path) -> Out {
+        exec(&mut pull(archive, &self.url(), Vec::new()))
+    }
+}
+
+/// The manifest's lines with a key, by key.
+fn placed(dest: &Path) -> BTreeMap<String, Value> {
+    manifest_lines(&std::fs::read(dest.join(MANIFEST)).expect("manifest"))
+        .into_iter()
+        .skip(1)
+        .filter_map(|l| Some((l["key"].as_str()?.to_string(), l)))
+        .collect()
+}
+
+#[test]
+fn a_bad_or_missing_object_fails_only_its_refs() {
+    let p = pushed_to_a_directory("mirror");
+    let lines = placed(&p.dest);
+    let mut keys = lines.keys();
+    let corrupt = keys.next().expect("a key").clone();
+    let gone = keys.next().expect("another key").clone();
+    let good_bytes = std::fs::read(p.dest.join(&corrupt)).expect("object");
+    let mut bad_bytes = good_bytes.clone();
+    bad_bytes[good_bytes.len() / 2] ^= 0x55;
+    std::fs::write(p.dest.join(&corrupt), &bad_bytes).expect("corrupt");
+    let gone_bytes = std::fs::read(p.dest.join(&gone)).expect("object");
+    std::fs::remove_file(p.dest.join(&gone)).expect("remove");
+
+    let dir = temp_dir();
+    let pulled = dir.path().join("pulled");
+    let out = p.pull(&pulled);
+    out.code(3);
+    let doc = out.json();
+    let refs_of_blob = |sha: &Value| lines.values().filter(|l| l["sha256"] == *sha).count() as u64;
+    let want_failed =
+        refs_of_blob(&lines[&corrupt]["sha256"]) + refs_of_blob(&lines[&gone]["sha256"]);
+    assert_eq!(doc["failed"], want_failed, "{doc}");
+    let blobs = blobs_of(&pulled);
+    assert_eq!(blobs.len(), FIXTURE_BLOBS - 2, "every other blob is there");
+    assert!(
+        !blobs.values().any(|b| *b == bad_bytes),
+        "bytes that do not hash to their name are never stored"
+    );
+    let status = exec(starchive(&pulled).args(["--json", "status"]))
+        .code(0)
+        .json();
+    let reasons: Vec<String> = status["failures"]
+        .as_array()
+        .expect("failures")
+        .iter()
+        .map(|f| f["reason"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains(&corrupt) && r.contains("hash")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains(&gone) && r.contains("missing")),
+        "{reasons:?}"
+    );
+
+    // Repaired at the source, the next pull takes them.
+    std::fs::write(p.dest.join(&corrupt), &good_bytes).expect("repair");
+    std::fs::write(p.dest.join(&gone), &gone_bytes).expect("repair");
+    let doc = p.pull(&pulled).code(0).json();
+    assert_eq!(doc["done"], want_failed, "{doc}");
+    assert_same_archive(&pulled, &p.fx.archive);
+}
+
+#[test]
+fn a_pull_into_another_archive_is_refused_and_changes_nothing() {
+    let p = pushed_to_a_directory("cas");
+    // Another archive of the same bot: another identity.
+    let other = fetched_fixture();
+    let before = files_under(&other.archive);
+    let out = p.pull(&other.archive);
+    out.code(1);
+    assert!(out.stderr.contains("another archive"), "{}", out.stderr);
+    let after = files_under(&other.archive);
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>()
+    );
+    assert!(after == before, "the archive is left as it was");
+
+    // A directory that holds no archive is fine, and so is the archive
+    // that pushed (the same identity): it lacks nothing.
+    let dir = temp_dir();
+    std::fs::write(dir.path().join("notes.txt"), b"mine").expect("write");
+    p.pull(dir.path()).code(0);
+    assert_eq!(
+        std::fs::read(dir.path().join("notes.txt")).ok(),
+        Some(b"mine".to_vec())
+    );
+    let doc = p.pull(&p.fx.archive).code(0).json();
+    assert_eq!(doc["bytes"], 0, "{doc}");
+}
+
+#[test]
+fn a_killed_pull_resumes_to_the_whole_archive() {
+    let fx = fetched_fixture();
+    let s3 = TestS3::start();
+    s3.create_bucket("src");
+    let url = s3.store_url("src", "");
+    exec(push(&fx.archive, &url, s3.env("TO")).args(["--catalog-part-size", "2KiB"]))
+        .code(FIXTURE_PUSH_EXIT);
+    // Each request waits, so that the kills land in every phase: the
+    // manifest, the catalog's parts, the blobs.
+    s3.set_latency(Duration::from_millis(40));
+    let dir = temp_dir();
+    let pulled = dir.path().join("pulled");
+    let mut rng = seeded_rng("a_killed_pull_resumes_to_the_whole_archive");
+    let mut finished = 0;
+    for _ in 0..12 {
+        let delay = Duration::from_millis(20 + rng() % 700);
+        let mut cmd = pull(&pulled, &url, s3.env("STORAGE"));
+        cmd.args(["--jobs", "2"]);
+        if kill_after(&mut cmd, delay) {
+            finished += 1;
+        }
+        // What a kill leaves is never taken for whole.
+        if pulled.join("catalog.sqlite").exists() {
+            let conn = catalog(&pulled);
+            let ok: String = conn
+                .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                .expect("integrity_check");
+            assert_eq!(ok, "ok");
+        }
+        for (name, bytes) in blobs_of(&pulled) {
+            // `tmp/` holds staging files; a blob is `<aa>/<sha256>`.
+            if let Some((fan, sha)) = name.split_once('/')
+                && fan != "tmp"
+            {
+                assert_eq!(sha256_hex(&bytes), sha, "{name}");
+            }
+        }
+    }
+    eprintln!("{finished} of 12 pulls finished before their kill");
+    s3.set_latency(Duration::ZERO);
+    let doc = exec(&mut pull(&pulled, &url, s3.env("STORAGE")))
+        .code(0)
+        .json();
+    assert_eq!(doc["failed"], 0, "{doc}");
+    assert_same_archive(&pulled, &fx.archive);
+    assert!(
+        !pulled.join("blobs/tmp").exists()
+            || std::fs::read_dir(pulled.join("blobs/tmp"))
+                .map(|d| d.count() == 0)
+                .unwrap_or(true),
+        "no staging file left"
+    );
+    assert!(!pulled.join(".pull-catalog.sqlite").exists());
+}
+
+/// A destination written before the catalog copy was compressed (format 1):
+/// a plain `_starchive/catalog.sqlite` of a catalog that knows no archive id.
+#[test]
+fn a_format_1_destination_is_pulled_and_its_catalog_migrated() {
+    let p = pushed_to_a_directory("mirror");
+    let starchive_dir = p.dest.join("_starchive");
+    // The copy as format 1 wrote it: uncompressed, from before migration 6.
+    let copy = zstd::decode_all(
+        &std::fs::read(starchive_dir.join("catalog.sqlite.zst")).expect("copy")[..],
+    )
+    .expect("zstd");
+    let legacy = starchive_dir.join("catalog.sqlite");
+    std::fs::write(&legacy, copy).expect("write");
+    {
+        let conn = rusqlite::Connection::open(&legacy).expect("open");
+        conn.execute_batch(
+            "DELETE FROM settings WHERE key = 'archive_id'; PRAGMA user_version = 6;",
+        )
+        .expect("make it older");
+    }
+    std::fs::remove_file(starchive_dir.join("catalog.sqlite.zst")).expect("rm");
+    let mut lines = manifest_lines(&std::fs::read(p.dest.join(MANIFEST)).expect("manifest"));
+    let header = lines[0].as_object_mut().expect("header");
+    header.insert("format".into(), 1.into());
+    header.remove("catalog");
+    header.remove("archive_id");
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(
+        p.dest.join(MANIFEST),
+        zstd::encode_all(text.as_bytes(), 3).expect("zstd"),
+    )
+    .expect("write");
+    assert!(!p.dest.join(CATALOG_COPY).exists());
+
+    let dir = temp_dir();
+    let pulled = dir.path().join("pulled");
+    p.pull(&pulled).code(0);
+    assert_same_archive(&pulled, &p.fx.archive);
+    let id: String = catalog(&pulled)
+        .query_row(
+            "SELECT value FROM settings WHERE key = 'archive_id'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("migrated: an archive id");
+    assert_eq!(id.len(), 32);
+    // Resumed: the same destination, nothing to download.
+    let doc = p.pull(&pulled).code(0).json();
+    assert_eq!(doc["bytes"], 0, "{doc}");
+    // Another archive is still refused.
+    let other = temp_dir();
+    exec(starchive(other.path()).args(["--json", "snapshot", "--db", crate::push::FIXTURE_DB]))
+        .code(0);
+    p.pull(other.path()).code(1);
+}
+
+#[test]
+fn pull_help_names_the_credentials_it_reads() {
+    let out = exec(crate::support::bin().args(["pull", "--help"]));
+    out.code(0);
+    for var in [
+        "STARCHIVE_STORAGE_ACCESS_KEY_ID",
+        "STARCHIVE_STORAGE_SECRET_ACCESS_KEY",
+        "AWS_ACCESS_KEY_ID",
+    ] {
+        assert!(out.stdout.contains(var), "{var} in:\n{}", out.stdout);
+    }
+}
+
+#[test]
+fn a_store_that_is_no_destination_is_refused() {
+    let dir = temp_dir();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    let archive = dir.path().join("archive");
+    let out = exec(&mut pull(&archive, &empty.to_string_lossy(), Vec::new()));
+    out.code(1);
+    assert!(
+        out.stderr.contains("_starchive/manifest.jsonl.zst"),
+        "{}",
+        out.stderr
+    );
+    assert!(!archive.exists(), "nothing made");
+}
+
+#[allow(dead_code)]
+fn kinds() -> [Kind; 4] {
+    [Kind::Local, Kind::S3s, Kind::Supabase, Kind::Moto]
+}
