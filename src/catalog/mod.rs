@@ -4,9 +4,9 @@
 //! Locking: an exclusive OS lock on `catalog.lock` is taken before the
 //! database is opened and held until the value is dropped, so a second
 //! process fails at once and changes nothing; [`Catalog::open_read_only`]
-//! takes no lock, so `plan` and `status` run beside any command (the WAL
-//! gives them a consistent view while another process writes). Durability: WAL with
-//! `synchronous=FULL`, so a commit that returned survives power loss; every
+//! takes no lock, so `plan`, `status`, `gallery` and `check` run beside
+//! any command (the WAL gives them a consistent view while another process
+//! writes). Durability: WAL with `synchronous=FULL`, so a commit that returned survives power loss; every
 //! state change a command reports has been committed first. Compatibility:
 //! `PRAGMA user_version` numbers the migrations applied; they are append-only,
 //! and a catalog newer than this binary is refused rather than misread.

@@ -2,7 +2,10 @@
 //! against the database: pack batches with holes, blobs missing, bad or
 //! named by no ref, bucket objects by class, orphans and dangling keys.
 //!
-//! It reads the catalog and `blobs/` and changes neither. Memory stays flat
+//! It reads the catalog and `blobs/` and changes neither: the catalog is
+//! opened read-only without the archive's lock (a fetch may go on meanwhile)
+//! and read in one transaction, so that every part of the report holds the
+//! same catalog against the latest snapshot it names. Memory stays flat
 //! however large the archive or the bucket: rows stream from the catalog,
 //! the listing goes into the catalog's temp tables ([`crate::catalog::check`]),
 //! and the report keeps the first [`CUT`] items of each list unless asked for
@@ -12,6 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
+use rusqlite::Connection;
 use serde::{Serialize, Serializer};
 
 use super::Context;
@@ -31,8 +35,8 @@ pub const CUT: usize = 20;
 const MAX_MISSING_LISTED: u64 = 1_000;
 /// Blobs to re-hash read from the catalog at a time.
 const BLOBS_PAGE: usize = 1024;
-/// Listed objects written to the catalog per transaction.
-const LISTING_BATCH: usize = 1000;
+/// Listed objects between two advances of the progress bar.
+const PROGRESS_STEP: u64 = 1000;
 
 pub struct CheckOptions {
     /// The bot's bucket (`--storage`).
@@ -108,11 +112,18 @@ impl<T: Serialize> Serialize for Listed<T> {
 /// `check --json` (SPEC §3).
 #[derive(Debug, Serialize)]
 pub struct CheckReport {
+    /// The snapshot the archive is held against: the catalog's latest.
+    pub snapshot_id: i64,
+    /// When it was taken (RFC 3339, UTC).
+    pub snapshot_taken_at: String,
     pub packs: Packs,
     pub blobs: Blobs,
     /// Only with `--storage`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bucket: Option<Bucket>,
+    /// Whether the text lists every item (`--full`) or the first [`CUT`].
+    #[serde(skip)]
+    pub full: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -136,6 +147,12 @@ pub struct IncompleteBatch {
     pub missing_indexes_more: u64,
     /// Positions held by more than one sticker.
     pub duplicate_indexes: Vec<i64>,
+    /// Positions no sticker can hold (below 0), each once.
+    pub invalid_indexes: Vec<i64>,
+    /// The missing positions as ranges (`first..=last`), every one: the text
+    /// shows them so, however far a `pack_index` is out of range.
+    #[serde(skip)]
+    pub missing_ranges: Vec<(i64, i64)>,
     /// Its stickers not fetched.
     pub unfetched: u64,
     pub has_sheet: bool,
@@ -202,8 +219,12 @@ impl CheckReport {
 }
 
 pub fn check(ctx: &Context, opts: &CheckOptions) -> Result<CheckReport> {
-    let catalog = Catalog::open_existing(&ctx.archive)?;
+    let catalog = Catalog::open_read_only(&ctx.archive)?;
     ctx.warn_unknown_envs(&catalog)?;
+    // One read transaction: every part sees the same catalog, that of the
+    // snapshot named. The TEMP tables it fills are dropped with it.
+    let tx = catalog.conn().unchecked_transaction()?;
+    let (snapshot_id, snapshot_taken_at) = ctx.latest_snapshot(&catalog)?;
     // Opened first: a bucket that cannot be used stops the check before any work.
     let storage = opts
         .storage
@@ -211,29 +232,38 @@ pub fn check(ctx: &Context, opts: &CheckOptions) -> Result<CheckReport> {
         .map(|url| stores::open(url, Role::Storage))
         .transpose()?;
     let envs = ctx.env_param();
-    let packs = packs(&catalog, &envs, opts.full)?;
-    let blobs = blobs(ctx, &catalog, &envs, opts.full)?;
+    let packs = packs(&tx, &envs, opts.full)?;
+    let blobs = blobs(ctx, &tx, &envs, opts.full)?;
     let bucket = match storage {
-        Some(store) => Some(bucket(ctx, &catalog, &envs, &store, opts.full)?),
+        Some(store) => Some(bucket(ctx, &tx, &envs, &store, opts.full)?),
         None => None,
     };
     Ok(CheckReport {
+        snapshot_id,
+        snapshot_taken_at,
         packs,
         blobs,
         bucket,
+        full: opts.full,
     })
 }
 
-fn packs(catalog: &Catalog, envs: &Option<String>, full: bool) -> Result<Packs> {
+fn packs(conn: &Connection, envs: &Option<String>, full: bool) -> Result<Packs> {
     let mut packs = Packs {
         batches: 0,
         complete: 0,
         incomplete: Listed::new(full),
     };
-    q::for_each_batch(catalog.conn(), envs, |batch| {
+    q::for_each_batch(conn, envs, |batch| {
         packs.batches += 1;
-        let (missing, missing_more, duplicates) = positions(&batch.indexes);
-        if missing.is_empty() && duplicates.is_empty() && batch.unfetched == 0 {
+        // Ascending: the invalid (negative) positions come first.
+        let valid = batch.indexes.partition_point(|&i| i < 0);
+        let mut invalid = batch.indexes[..valid].to_vec();
+        invalid.dedup();
+        let (ranges, duplicates) = positions(&batch.indexes[valid..]);
+        let (missing, missing_more) = listed_missing(&ranges);
+        if ranges.is_empty() && duplicates.is_empty() && invalid.is_empty() && batch.unfetched == 0
+        {
             packs.complete += 1;
         } else {
             packs.incomplete.push(IncompleteBatch {
@@ -243,6 +273,8 @@ fn packs(catalog: &Catalog, envs: &Option<String>, full: bool) -> Result<Packs> 
                 missing_indexes: missing,
                 missing_indexes_more: missing_more,
                 duplicate_indexes: duplicates,
+                invalid_indexes: invalid,
+                missing_ranges: ranges,
                 unfetched: batch.unfetched,
                 has_sheet: batch.has_sheet,
             });
@@ -252,12 +284,11 @@ fn packs(catalog: &Catalog, envs: &Option<String>, full: bool) -> Result<Packs> 
     Ok(packs)
 }
 
-/// From the ascending positions stickers hold: the positions of
-/// `0..=max` held by none (the first [`MAX_MISSING_LISTED`], and how many
-/// more), and those held more than once.
-fn positions(sorted: &[i64]) -> (Vec<i64>, u64, Vec<i64>) {
+/// From the ascending positions (none below 0) stickers hold: the ranges
+/// of `0..=max` held by none (`first..=last`, at most one per sticker), and
+/// the positions held more than once.
+fn positions(sorted: &[i64]) -> (Vec<(i64, i64)>, Vec<i64>) {
     let mut missing = Vec::new();
-    let mut more = 0u64;
     let mut duplicates = Vec::new();
     let mut next = 0i64;
     for (i, &index) in sorted.iter().enumerate() {
@@ -267,17 +298,28 @@ fn positions(sorted: &[i64]) -> (Vec<i64>, u64, Vec<i64>) {
             }
             continue;
         }
-        let gap = index.abs_diff(next);
-        let listed = gap.min(MAX_MISSING_LISTED.saturating_sub(missing.len() as u64));
-        missing.extend((0..listed as i64).map(|k| next + k));
-        more += gap - listed;
+        if index > next {
+            missing.push((next, index - 1));
+        }
         next = index.saturating_add(1);
     }
-    (missing, more, duplicates)
+    (missing, duplicates)
 }
 
-fn blobs(ctx: &Context, catalog: &Catalog, envs: &Option<String>, full: bool) -> Result<Blobs> {
-    let conn = catalog.conn();
+/// The first [`MAX_MISSING_LISTED`] positions of `ranges`, and how many more there are.
+fn listed_missing(ranges: &[(i64, i64)]) -> (Vec<i64>, u64) {
+    let mut listed = Vec::new();
+    let mut more = 0u64;
+    for &(first, last) in ranges {
+        let len = last.abs_diff(first) + 1;
+        let take = len.min(MAX_MISSING_LISTED - listed.len() as u64);
+        listed.extend((0..take as i64).map(|k| first + k));
+        more += len - take;
+    }
+    (listed, more)
+}
+
+fn blobs(ctx: &Context, conn: &Connection, envs: &Option<String>, full: bool) -> Result<Blobs> {
     q::create_blob_table(conn, envs)?;
     let mut report = Blobs {
         checked: 0,
@@ -383,29 +425,23 @@ fn for_each_blob_file(
 
 fn bucket(
     ctx: &Context,
-    catalog: &Catalog,
+    conn: &Connection,
     envs: &Option<String>,
     store: &stores::Store,
     full: bool,
 ) -> Result<Bucket> {
-    let conn = catalog.conn();
     q::create_bucket_tables(conn, envs)?;
     ctx.progress.start("listing the bucket", None);
     let mut listing = store.list_keys();
-    let mut tx = conn.unchecked_transaction()?;
-    let mut in_tx = 0;
+    let mut listed = 0u64;
     while let Some(object) = ctx.runtime.block_on(listing.next()) {
         let (key, size) = object.map_err(|e| stores::unusable(store, Role::Storage, &e))?;
-        q::add_listed(&tx, &key, size, key_folder(&key))?;
-        in_tx += 1;
-        if in_tx == LISTING_BATCH {
-            tx.commit()?;
-            tx = conn.unchecked_transaction()?;
-            ctx.progress.advance(in_tx as u64);
-            in_tx = 0;
+        q::add_listed(conn, &key, size, key_folder(&key))?;
+        listed += 1;
+        if listed.is_multiple_of(PROGRESS_STEP) {
+            ctx.progress.advance(PROGRESS_STEP);
         }
     }
-    tx.commit()?;
     ctx.progress.finish();
 
     let mut classes: BTreeMap<String, ClassCount> = RefClass::ALL
@@ -467,13 +503,46 @@ fn human(bytes: u64) -> String {
     }
 }
 
-fn join(xs: &[i64]) -> String {
-    xs.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+/// `items` joined by commas: the first [`CUT`] of them unless `full`, then
+/// "… and N more", N what `more` counts in the rest (positions, for ranges).
+fn join_cut<T: std::fmt::Display>(items: &[T], full: bool, more: impl Fn(&[T]) -> u64) -> String {
+    let shown = if full {
+        items.len()
+    } else {
+        items.len().min(CUT)
+    };
+    let mut s = items[..shown]
+        .iter()
+        .map(T::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rest = more(&items[shown..]);
+    if rest > 0 {
+        s += &format!(" … and {rest} more");
+    }
+    s
+}
+
+/// A range of missing positions as `4` or `4–4999999`.
+struct Range((i64, i64));
+
+impl std::fmt::Display for Range {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            (first, last) if first == last => write!(f, "{first}"),
+            (first, last) => write!(f, "{first}–{last}"),
+        }
+    }
 }
 
 impl std::fmt::Display for CheckReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let p = &self.packs;
+        writeln!(
+            f,
+            "against snapshot {}, taken {}",
+            self.snapshot_id, self.snapshot_taken_at
+        )?;
         writeln!(
             f,
             "pack batches: {}, {} complete, {} incomplete",
@@ -532,14 +601,33 @@ impl std::fmt::Display for CheckReport {
                 write!(f, " (session {session})")?;
             }
             write!(f, ": {} stickers", b.stickers)?;
-            if !b.missing_indexes.is_empty() {
-                write!(f, "; missing positions {}", join(&b.missing_indexes))?;
-                if b.missing_indexes_more > 0 {
-                    write!(f, " … and {} more", b.missing_indexes_more)?;
-                }
+            let count = |xs: &[_]| xs.len() as u64;
+            if !b.missing_ranges.is_empty() {
+                let ranges: Vec<Range> = b.missing_ranges.iter().copied().map(Range).collect();
+                let positions = |rest: &[Range]| {
+                    rest.iter()
+                        .map(|r| r.0.1.abs_diff(r.0.0).saturating_add(1))
+                        .fold(0u64, u64::saturating_add)
+                };
+                write!(
+                    f,
+                    "; missing positions {}",
+                    join_cut(&ranges, self.full, positions)
+                )?;
             }
             if !b.duplicate_indexes.is_empty() {
-                write!(f, "; positions held twice {}", join(&b.duplicate_indexes))?;
+                write!(
+                    f,
+                    "; positions held twice {}",
+                    join_cut(&b.duplicate_indexes, self.full, count)
+                )?;
+            }
+            if !b.invalid_indexes.is_empty() {
+                write!(
+                    f,
+                    "; invalid positions {}",
+                    join_cut(&b.invalid_indexes, self.full, count)
+                )?;
             }
             if b.unfetched > 0 {
                 write!(f, "; {} not fetched", b.unfetched)?;
@@ -583,19 +671,42 @@ mod tests {
 
     #[test]
     fn positions_name_holes_and_doubles() {
-        assert_eq!(positions(&[]), (vec![], 0, vec![]));
-        assert_eq!(positions(&[0, 1, 2]), (vec![], 0, vec![]));
-        assert_eq!(positions(&[0, 2, 3, 3, 3, 5]), (vec![1, 4], 0, vec![3]));
-        assert_eq!(positions(&[1, 1, 2, 2]), (vec![0], 0, vec![1, 2]));
-        assert_eq!(positions(&[-1, -1, 0]), (vec![], 0, vec![-1]));
+        assert_eq!(positions(&[]), (vec![], vec![]));
+        assert_eq!(positions(&[0, 1, 2]), (vec![], vec![]));
+        assert_eq!(
+            positions(&[0, 2, 3, 3, 3, 5]),
+            (vec![(1, 1), (4, 4)], vec![3])
+        );
+        assert_eq!(positions(&[1, 1, 2, 2]), (vec![(0, 0)], vec![1, 2]));
+        assert_eq!(positions(&[3, 9]), (vec![(0, 2), (4, 8)], vec![]));
     }
 
     #[test]
     fn a_position_far_out_of_range_lists_a_bounded_number() {
-        let (missing, more, _) = positions(&[0, i64::MAX]);
+        let (ranges, _) = positions(&[0, i64::MAX]);
+        assert_eq!(ranges, [(1, i64::MAX - 1)]);
+        let (missing, more) = listed_missing(&ranges);
         assert_eq!(missing.len() as u64, MAX_MISSING_LISTED);
         assert_eq!(missing[0], 1);
         assert_eq!(more, (i64::MAX as u64 - 1) - MAX_MISSING_LISTED);
+        let (missing, more) = listed_missing(&[(0, 1), (5, 2000)]);
+        assert_eq!(&missing[..3], [0, 1, 5]);
+        assert_eq!((missing.len() as u64, more), (MAX_MISSING_LISTED, 998));
+    }
+
+    #[test]
+    fn text_lists_are_cut_and_ranges_count_their_positions() {
+        let ranges: Vec<Range> = [(4, 4), (6, 4_999_999)].into_iter().map(Range).collect();
+        let count = |rest: &[Range]| rest.iter().map(|r| r.0.1.abs_diff(r.0.0) + 1).sum();
+        assert_eq!(join_cut(&ranges, false, count), "4, 6–4999999");
+        let many: Vec<i64> = (0..CUT as i64 + 3).collect();
+        let count = |rest: &[i64]| rest.len() as u64;
+        let first: Vec<String> = (0..CUT).map(|i| i.to_string()).collect();
+        assert_eq!(
+            join_cut(&many, false, count),
+            format!("{} … and 3 more", first.join(", "))
+        );
+        assert_eq!(join_cut(&many, true, count).split(", ").count(), CUT + 3);
     }
 
     #[test]

@@ -14,9 +14,7 @@ use crate::gallery::GalleryReport;
 pub fn gallery(ctx: &Context, out: Option<&Path>) -> Result<GalleryReport> {
     let catalog = Catalog::open_read_only(&ctx.archive)?;
     ctx.warn_unknown_envs(&catalog)?;
-    if crate::catalog::push::latest_snapshot(catalog.conn())?.is_none() {
-        return Err(crate::Error::NoSnapshot(ctx.archive.clone()));
-    }
+    ctx.latest_snapshot(&catalog)?;
     let envs = ctx.env_param();
     // One read transaction: every page sees the same catalog. The TEMP
     // tables it fills are dropped with it.

@@ -68,6 +68,14 @@ impl Context {
 }
 
 impl Context {
+    /// The catalog's latest snapshot (its id and when it was taken), or
+    /// [`crate::Error::NoSnapshot`]: a catalog whose first snapshot failed
+    /// has no rows to report on, and an empty report would read as "all is well".
+    pub fn latest_snapshot(&self, catalog: &Catalog) -> Result<(i64, String)> {
+        crate::catalog::push::latest_snapshot(catalog.conn())?
+            .ok_or_else(|| crate::Error::NoSnapshot(self.archive.clone()))
+    }
+
     /// Warns about each `--env` that no session in the catalog has, naming
     /// the envs there are: a misspelt env would otherwise give silent zeros.
     pub fn warn_unknown_envs(&self, catalog: &Catalog) -> Result<()> {

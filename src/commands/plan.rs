@@ -42,9 +42,7 @@ pub struct PlanReport {
 pub fn plan(ctx: &Context) -> Result<PlanReport> {
     let catalog = Catalog::open_read_only(&ctx.archive)?;
     ctx.warn_unknown_envs(&catalog)?;
-    if crate::catalog::push::latest_snapshot(catalog.conn())?.is_none() {
-        return Err(crate::Error::NoSnapshot(ctx.archive.clone()));
-    }
+    ctx.latest_snapshot(&catalog)?;
     counts(catalog.conn(), &ctx.env_param())
 }
 

@@ -272,6 +272,7 @@ fn report_names_exactly_the_holes_damage_and_orphans(kind: Kind) {
             "stickers": 5,
             "missing_indexes": [2],
             "duplicate_indexes": [3],
+            "invalid_indexes": [],
             "unfetched": 0,
             "has_sheet": true,
         }])
@@ -338,7 +339,10 @@ fn report_names_exactly_the_holes_damage_and_orphans(kind: Kind) {
     let text = bot.check(&[]).expect_code(3).stdout.clone();
     let orphan_bytes: u64 = orphans.values().map(|o| o.0).sum();
     assert!(
-        text.starts_with("pack batches: 3, 2 complete, 1 incomplete\n"),
+        text.starts_with(&format!(
+            "against snapshot 1, taken {}\npack batches: 3, 2 complete, 1 incomplete\n",
+            doc["snapshot_taken_at"].as_str().expect("taken_at")
+        )),
         "{text}"
     );
     let summary = text.split("\n\n").next().expect("summary");
@@ -455,11 +459,21 @@ fn consistent_archive_and_bucket_exit_0() {
     bot.session(S_SINGLE, 100, "prod", Some(SINGLE_KEY));
     bot.snapshot_and_fetch();
 
+    // Read-only: it runs while another process holds the archive (a fetch, say).
+    let writer = starchive::catalog::Catalog::open_existing(bot.archive.path()).expect("lock");
     let doc = bot.check(&["--json"]).expect_code(0).json();
+    drop(writer);
     assert_eq!(
         doc["packs"],
         json!({"batches": 1, "complete": 1, "incomplete": []})
     );
+    // The snapshot it holds the archive against.
+    assert_eq!(doc["snapshot_id"], 1, "{doc:#}");
+    let taken_at = doc["snapshot_taken_at"]
+        .as_str()
+        .expect("taken_at")
+        .to_string();
+    assert!(taken_at.starts_with("20"), "{taken_at}");
     assert_eq!(
         doc["blobs"],
         json!({"checked": 5, "missing": [], "bad": [], "unreferenced": []})
@@ -473,6 +487,10 @@ fn consistent_archive_and_bucket_exit_0() {
     assert_eq!(doc["bucket"]["dangling"], json!([]));
     let text = bot.check(&[]).expect_code(0).stdout.clone();
     assert!(text.contains("consistent: nothing to report"), "{text}");
+    assert!(
+        text.starts_with(&format!("against snapshot 1, taken {taken_at}\n")),
+        "{text}"
+    );
 
     // Without --storage: the archive alone, and no bucket in the document.
     let local = run(&mut bot.cmd(&["--json", "check"]))
@@ -491,6 +509,102 @@ fn consistent_archive_and_bucket_exit_0() {
         .json();
     assert_eq!(doc["packs"]["incomplete"][0]["unfetched"], 1, "{doc:#}");
     assert_eq!(doc["packs"]["incomplete"][0]["missing_indexes"], json!([]));
+    assert_eq!(doc["snapshot_id"], 2, "{doc:#}");
+}
+
+/// An archive whose first snapshot failed has a catalog but nothing to hold
+/// the bucket against: an error (exit 1) like `plan`'s, never "consistent"
+/// nor every object of the bucket counted as an orphan.
+#[test]
+fn an_archive_without_a_snapshot_is_an_error() {
+    let mut bot = Bot::start(Kind::S3s);
+    bot.file(SINGLE_KEY);
+    let db = temp_dir();
+    std::fs::write(db.path().join("sessions.csv"), "").expect("csv");
+    let failed = run(&mut bot.cmd(&["snapshot", "--db", &db.path().display().to_string()]));
+    assert_ne!(failed.code, Some(0), "{}", failed.stdout);
+    assert!(bot.archive.path().join("catalog.sqlite").is_file());
+    for extra in [&["--json"][..], &[], &["--json", "--env", "prod"]] {
+        let mut args = extra.to_vec();
+        args.push("check");
+        for storage in [false, true] {
+            let mut args = args.clone();
+            if storage {
+                args.extend(["--storage", bot.bucket.url()]);
+            }
+            let out = run(&mut bot.cmd(&args));
+            out.expect_code(1);
+            // With --json the error is the document; else on stderr alone.
+            let error = if args[0] == "--json" {
+                out.json()["error"].as_str().expect("error").to_string()
+            } else {
+                assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
+                out.stderr.clone()
+            };
+            assert!(error.contains("no snapshot yet"), "{args:?}: {error}");
+        }
+    }
+}
+
+/// A `pack_index` far out of range lists its holes as ranges on a short
+/// line; one below 0 makes its batch incomplete and is named.
+#[test]
+fn positions_out_of_range_are_short_in_text_and_reported() {
+    const B_NEGATIVE: &str = "00000000-0000-4000-8000-0000000000b3";
+    let mut bot = Bot::start(Kind::S3s);
+    bot.session(S_PACK, 100, "prod", None);
+    bot.batch(B_HOLES, S_PACK, 100, None);
+    bot.pack(S_PACK, 100, B_HOLES, &[0, 1, 2, 3, 5_000_000]);
+    bot.batch(B_WHOLE, S_PACK, 100, None);
+    bot.pack(S_PACK, 100, B_WHOLE, &[-1, 0, 1]);
+    bot.batch(B_NEGATIVE, S_PACK, 100, None);
+    bot.pack(S_PACK, 100, B_NEGATIVE, &[-2, -2, 0, 2, 4, 4]);
+    bot.snapshot_and_fetch();
+
+    let doc = bot.check(&["--json"]).expect_code(3).json();
+    assert_eq!(doc["packs"]["complete"], 0, "{doc:#}");
+    let incomplete: BTreeMap<String, Value> = doc["packs"]["incomplete"]
+        .as_array()
+        .expect("incomplete")
+        .iter()
+        .map(|b| {
+            (
+                b["pack_batch_id"].as_str().expect("id").to_string(),
+                b.clone(),
+            )
+        })
+        .collect();
+    let far = &incomplete[B_HOLES];
+    let missing = far["missing_indexes"].as_array().expect("missing");
+    assert_eq!((missing.len(), &missing[0]), (1000, &json!(4)));
+    assert_eq!(far["missing_indexes_more"], 5_000_000 - 4 - 1000);
+    assert_eq!(far["invalid_indexes"], json!([]));
+    let negative = &incomplete[B_WHOLE];
+    assert_eq!(negative["invalid_indexes"], json!([-1]));
+    assert_eq!(negative["missing_indexes"], json!([]));
+    assert_eq!(negative["duplicate_indexes"], json!([]));
+    let mixed = &incomplete[B_NEGATIVE];
+    assert_eq!(mixed["invalid_indexes"], json!([-2]));
+    assert_eq!(mixed["missing_indexes"], json!([1, 3]));
+    assert_eq!(mixed["duplicate_indexes"], json!([4]));
+
+    let text = bot.check(&[]).expect_code(3).stdout.clone();
+    let line = |batch: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(batch))
+            .unwrap_or_else(|| panic!("{batch} in {text}"))
+    };
+    assert!(
+        line(B_HOLES).contains("; missing positions 4–4999999;"),
+        "{text}"
+    );
+    assert!(line(B_HOLES).len() < 200, "{text}");
+    assert!(line(B_WHOLE).contains("; invalid positions -1;"), "{text}");
+    assert!(
+        line(B_NEGATIVE)
+            .contains("; missing positions 1, 3; positions held twice 4; invalid positions -2;"),
+        "{text}"
+    );
 }
 
 #[test]
