@@ -56,28 +56,57 @@ fn looks_like_scheme(s: &str) -> bool {
 /// as typed (not made absolute); `None` for a URL of another scheme.
 pub fn local_dir(text: &str) -> Option<Result<PathBuf, String>> {
     match text.strip_prefix("file://") {
-        // Percent-escapes decoded (`file:///a%20b` is `/a b`), as a URL reads.
-        Some(path) if path.starts_with('/') => Some(
+        // `file:///abs` or `file://localhost/abs` (RFC 8089: the same file);
+        // percent-escapes decoded (`file:///a%20b` is `/a b`), as a URL reads.
+        Some(path) if path.starts_with('/') || starts_with_localhost(path) => Some(
             url::Url::parse(text)
                 .ok()
                 .and_then(|u| u.to_file_path().ok())
                 .ok_or_else(|| "not a usable file:// URL".to_string()),
         ),
-        Some(_) => Some(Err("a file:// URL takes an absolute path".into())),
+        Some(_) => Some(Err(
+            "a file:// URL takes an absolute path (file:///abs/path or file://localhost/abs/path)"
+                .into(),
+        )),
         None if text.contains("://") => None,
         None => Some(Ok(PathBuf::from(text))),
     }
 }
 
-/// Creates the directory of a local store, for the commands that write there
-/// (`push`, `backfill --apply`); any other store is left alone.
-pub fn create_local_dir(text: &str) -> Result<(), crate::Error> {
-    refuse_typo(text).map_err(crate::Error::Usage)?;
-    match local_dir(text) {
-        Some(Ok(dir)) => std::fs::create_dir_all(&dir)
-            .map_err(|e| crate::Error::io(format!("cannot create {}", dir.display()), e)),
-        Some(Err(_)) | None => Ok(()),
+/// Whether the rest of a `file://` URL names the host `localhost`.
+fn starts_with_localhost(rest: &str) -> bool {
+    rest.get(..10)
+        .is_some_and(|host| host.eq_ignore_ascii_case("localhost/"))
+}
+
+/// Why `dir` cannot be a local store although something is there: it is a
+/// file (or another thing that is no directory). `None` when it is a
+/// directory or nothing is there.
+pub fn not_a_dir(dir: &Path) -> Option<&'static str> {
+    let meta = std::fs::metadata(dir).ok()?;
+    if meta.is_dir() {
+        None
+    } else if meta.is_file() {
+        Some("is a file, not a directory")
+    } else {
+        Some("is not a directory")
     }
+}
+
+/// Creates the directory of a local store given as `option`, for the
+/// commands that write there (`push`, `backfill --apply`); any other store is
+/// left alone.
+pub fn create_local_dir(text: &str, option: &str) -> Result<(), crate::Error> {
+    refuse_typo(text).map_err(crate::Error::Usage)?;
+    let Some(Ok(dir)) = local_dir(text) else {
+        return Ok(());
+    };
+    let shown = crate::redact::url(text);
+    if let Some(why) = not_a_dir(&dir) {
+        return Err(crate::Error::Config(format!("{option} {shown}: {why}")));
+    }
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| crate::Error::io(format!("{option} {shown}: cannot create the directory"), e))
 }
 
 /// The identity of a local directory: its canonical absolute path. Of a

@@ -265,10 +265,8 @@ pub fn open(url: &str, role: Role) -> Result<Store> {
         }
     };
     if !dir.is_dir() {
-        return Err(Error::Config(format!(
-            "{} {shown}: no such directory",
-            role.option()
-        )));
+        let why = crate::store_url::not_a_dir(&dir).unwrap_or("no such directory");
+        return Err(Error::Config(format!("{} {shown}: {why}", role.option())));
     }
     let dir = crate::store_url::local_identity(&dir);
     let store = Arc::new(

@@ -126,7 +126,7 @@ pub fn backfill(ctx: &Context, opts: &BackfillOptions) -> Result<BackfillReport>
     let mut catalog = Catalog::open_existing(&ctx.archive)?;
     ctx.warn_unknown_envs(&catalog)?;
     if opts.apply {
-        crate::store_url::create_local_dir(&opts.to)?;
+        crate::store_url::create_local_dir(&opts.to, "--to")?;
     }
     let store = Arc::new(stores::open(&opts.to, Role::To)?);
     ctx.runtime.block_on(stores::check(&store, Role::To))?;

@@ -124,7 +124,7 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
     catalog
         .conn()
         .pragma_update(None, "cache_size", PUSH_CACHE_KIB)?;
-    crate::store_url::create_local_dir(&opts.to)?;
+    crate::store_url::create_local_dir(&opts.to, "--to")?;
     let store = stores::open(&opts.to, Role::To)?;
     let envs = ctx.env_param();
     let recorded = q::find_destination(catalog.conn(), &store.shown)?;

@@ -5,7 +5,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::push::{FIXTURE_DB, FIXTURE_REFS, FIXTURE_TELEGRAM, exec, fetched_fixture, starchive};
+use crate::push::{
+    FIXTURE_BUCKET, FIXTURE_DB, FIXTURE_REFS, FIXTURE_TELEGRAM, exec, fetched_fixture, starchive,
+};
 use crate::support::telegram::FakeTelegram;
 use crate::support::{bin, temp_dir};
 
@@ -686,4 +688,80 @@ fn store_refusals_show_the_store_readably() {
             );
         }
     }
+}
+
+/// A local store that is a regular file is named as one, whatever the
+/// command and however the path is typed (`push` no longer says "cannot
+/// create …: File exists" without the option); a store under a file cannot
+/// be created and says which option.
+#[test]
+fn a_file_given_as_a_store_is_named_a_file() {
+    let dir = temp_dir();
+    let archive = dir.path().join("archive");
+    exec(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).code(0);
+    let file = dir.path().join("afile");
+    std::fs::write(&file, b"not a store").expect("write");
+    let abs = file.display().to_string();
+    let as_url = format!("file://localhost{abs}");
+    for (args, says) in [
+        (
+            vec!["check", "--storage", "afile"],
+            "--storage afile: is a file, not a directory",
+        ),
+        (
+            vec!["fetch", "--storage", "afile"],
+            "--storage afile: is a file, not a directory",
+        ),
+        (
+            vec!["push", "--to", "afile"],
+            "--to afile: is a file, not a directory",
+        ),
+        (
+            vec!["verify", "--to", "afile"],
+            "--to afile: is a file, not a directory",
+        ),
+        (vec!["push", "--to", &as_url], "is a file, not a directory"),
+        (
+            vec!["push", "--to", "afile/sub"],
+            "--to afile/sub: cannot create the directory",
+        ),
+    ] {
+        let out = exec(starchive(&archive).current_dir(dir.path()).args(&args));
+        out.code(1);
+        assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
+        assert!(
+            !out.stderr.contains("no such directory"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(std::fs::read(&file).expect("read"), b"not a store");
+}
+
+/// `file://localhost/abs/path` is the same store as `file:///abs/path` and
+/// as the plain path (RFC 8089); another host is refused.
+#[test]
+fn file_urls_with_localhost_name_the_local_path() {
+    let dir = temp_dir();
+    let archive = dir.path().join("archive");
+    exec(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).code(0);
+    let check =
+        |store: &str| exec(starchive(&archive).args(["--json", "check", "--storage", store]));
+    let plain = check(FIXTURE_BUCKET);
+    for store in [
+        format!("file://localhost{FIXTURE_BUCKET}"),
+        format!("file://LocalHost{FIXTURE_BUCKET}"),
+        format!("file://{FIXTURE_BUCKET}"),
+    ] {
+        let out = check(&store);
+        assert_eq!(out.code, plain.code, "{store}: {}", out.stderr);
+        assert_eq!(out.stdout, plain.stdout, "{store}");
+    }
+    let out = check(&format!("file://elsewhere{FIXTURE_BUCKET}"));
+    out.code(2);
+    assert!(
+        out.stderr.contains("file://localhost/abs/path"),
+        "{}",
+        out.stderr
+    );
 }
