@@ -29,6 +29,10 @@ pub enum Found<'a> {
     /// Bytes hashing to (or described by sha256 metadata as) this: the next
     /// `push` replaces them whatever their size.
     Other { sha256: &'a str, size: u64 },
+    /// Bytes of this size not written by starchive (no sha256 metadata where
+    /// the store keeps it): recorded with an empty sha256, which no blob
+    /// has, so that the next `push` replaces them.
+    Foreign { size: u64 },
 }
 
 /// An object found missing or bad at destination `dest`: its record no
@@ -40,11 +44,16 @@ pub fn mark_object(
     found: Found,
     problem: &str,
 ) -> Result<()> {
-    match found {
-        Found::Unknown => conn
+    let held = match found {
+        Found::Unknown => None,
+        Found::Other { sha256, size } => Some((sha256, size)),
+        Found::Foreign { size } => Some(("", size)),
+    };
+    match held {
+        None => conn
             .prepare_cached("DELETE FROM objects WHERE dest_id = ?1 AND key = ?2")?
             .execute(params![dest, key])?,
-        Found::Other { sha256, size } => conn
+        Some((sha256, size)) => conn
             .prepare_cached(
                 "INSERT INTO objects(dest_id, key, sha256, size, state, reason, updated_at)
                  VALUES (?1, ?2, ?3, ?4, 'failed', ?5, ?6)

@@ -113,11 +113,17 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
     let envs = ctx.env_param();
     // A destination that cannot serve, or a wrong --layout, is said before
     // the blobs are re-hashed.
+    // The plan of what the destination should hold is made before a bad
+    // blob is forgotten: its object is checked too, against the catalog's
+    // sha256 and size.
     let dest = match &opts.to {
         Some(url) => {
             let dest = stores::open(url, Role::To)?;
             ctx.runtime.block_on(stores::check(&dest, Role::To))?;
             let layout = held_layout(ctx, &dest, catalog.conn(), opts.layout, true)?;
+            let tx = catalog.conn_mut().transaction()?;
+            build_plan(&tx, &envs, layout)?;
+            tx.commit()?;
             Some((dest, layout))
         }
         None => None,
@@ -153,9 +159,9 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
                     move || match store.rehash(&sha) {
                         Ok(None) => Check::Missing("missing from blobs/".into()),
                         Ok(Some((got, n))) if got == sha && n == size => Check::Good,
-                        Ok(Some((got, n))) => {
-                            Check::Bad(format!("{n} bytes hashing to {got}, expected {size}"))
-                        }
+                        Ok(Some((got, n))) => Check::Bad(format!(
+                            "{n} bytes hashing to {got}, expected {size} bytes hashing to {sha}"
+                        )),
                         Err(e) => Check::Bad(e.to_string()),
                     }
                 })
@@ -181,11 +187,6 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
 
     if let Some((dest, layout)) = dest {
         let recorded = q::find_destination(catalog.conn(), &dest.shown)?;
-        {
-            let tx = catalog.conn_mut().transaction()?;
-            build_plan(&tx, &envs, layout)?;
-            tx.commit()?;
-        }
         let conn = catalog.conn();
         ctx.progress.start(
             "checking the destination",
@@ -210,16 +211,18 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
                 let dest = dest.clone();
                 async move {
                     let (check, held) =
-                        inspect_object(&dest, &object.key, &object.sha256, object.size, deep).await;
-                    (object.key, check, held)
+                        inspect_object(&dest, &object.key, &object.sha256, object.size, deep, true)
+                            .await;
+                    (object.key, object.size, check, held)
                 }
             },
             |batch| {
-                for (key, check, held) in batch {
+                for (key, size, check, held) in batch {
                     match &check {
                         Check::Good => {}
                         Check::Missing(p) | Check::Bad(p) => bad_objects.push(BadObject {
                             key: key.clone(),
+                            size,
                             held,
                             problem: p.clone(),
                         }),
@@ -266,9 +269,20 @@ fn forget_blobs(catalog: &mut Catalog, store: &BlobStore, shas: &[String]) -> Re
 /// An object found missing or bad at the destination.
 struct BadObject {
     key: String,
-    /// The sha256 and size of other bytes of the right size found there.
-    held: Option<(String, u64)>,
+    /// The size it should have (that of what [`Held`] describes).
+    size: u64,
+    /// What is there instead, when the key holds bytes of the right size.
+    held: Option<Held>,
     problem: String,
+}
+
+/// Bytes of the right size found at a key, but not those it should hold.
+enum Held {
+    /// Bytes hashing to (or described by their metadata as) this sha256.
+    Other(String),
+    /// Bytes without the sha256 metadata starchive writes, on a store that
+    /// keeps it: not written by starchive, whatever they are.
+    Foreign,
 }
 
 /// Objects missing or bad at the destination (`recorded`: its id in the
@@ -289,12 +303,19 @@ fn mark_objects(
         Some((id, _)) => id,
         None => q::destination(&tx, shown, layout)?,
     };
-    for BadObject { key, held, problem } in bad {
+    for BadObject {
+        key,
+        size,
+        held,
+        problem,
+    } in bad
+    {
         let found = match held {
-            Some((sha256, size)) => Found::Other {
+            Some(Held::Other(sha256)) => Found::Other {
                 sha256,
                 size: *size,
             },
+            Some(Held::Foreign) => Found::Foreign { size: *size },
             None => Found::Unknown,
         };
         mark_object(&tx, dest, key, found, problem)?;
@@ -311,18 +332,22 @@ pub(crate) async fn check_object(
     size: u64,
     deep: bool,
 ) -> Check {
-    inspect_object(dest, key, sha256, size, deep).await.0
+    inspect_object(dest, key, sha256, size, deep, false).await.0
 }
 
 /// [`check_object`], and, when the key holds other bytes of the right size,
-/// their sha256 (computed when `deep`, else from their metadata) and size.
+/// what they are ([`Held`]: their sha256 computed when `deep`, else from
+/// their metadata). With `ours`, the key is one starchive writes: on a store
+/// that keeps metadata, bytes without its sha256 metadata are not its own
+/// and are bad whatever they hash to.
 async fn inspect_object(
     dest: &Store,
     key: &str,
     sha256: &str,
     size: u64,
     deep: bool,
-) -> (Check, Option<(String, u64)>) {
+    ours: bool,
+) -> (Check, Option<Held>) {
     let path = match dest.path(key) {
         Ok(p) => p,
         Err(e) => return (Check::Bad(e), None),
@@ -344,14 +369,27 @@ async fn inspect_object(
             None,
         );
     }
-    if let Some(meta) = result.attributes.get(&Attribute::Metadata("sha256".into()))
-        && meta.as_ref() != sha256
-    {
-        let held = meta.as_ref().to_string();
-        return (
-            Check::Bad(format!("sha256 metadata {held}, expected {sha256}")),
-            Some((held, size)),
-        );
+    let foreign = match result.attributes.get(&Attribute::Metadata("sha256".into())) {
+        Some(meta) if meta.as_ref() != sha256 => {
+            let held = meta.as_ref().to_string();
+            return (
+                Check::Bad(format!("sha256 metadata {held}, expected {sha256}")),
+                Some(Held::Other(held)),
+            );
+        }
+        Some(_) => false,
+        None => ours && dest.keeps_metadata(),
+    };
+    let not_ours = || {
+        (
+            Check::Bad(format!(
+                "no sha256 metadata: not written by starchive (expected {sha256})"
+            )),
+            Some(Held::Foreign),
+        )
+    };
+    if foreign && !deep {
+        return not_ours();
     }
     if deep {
         let mut hasher = Sha256::new();
@@ -366,9 +404,12 @@ async fn inspect_object(
         if got != sha256 {
             return (
                 Check::Bad(format!("bytes hash to {got}, expected {sha256}")),
-                Some((got, size)),
+                Some(Held::Other(got)),
             );
         }
+    }
+    if foreign {
+        return not_ours();
     }
     (Check::Good, None)
 }

@@ -1105,6 +1105,168 @@ fn corrupted_object_fails_deep_verify_and_is_named() {
     assert!(out.stdout.contains(gone), "{}", out.stdout);
 }
 
+/// `fetch` again from the fixture's bucket and Bot API (the invalid file_id fails again).
+fn fetch_again(archive: &Path) {
+    let tg = FakeTelegram::from_dir(FIXTURE_TELEGRAM);
+    exec(
+        starchive(archive)
+            .args(["--json", "fetch", "--storage", FIXTURE_BUCKET])
+            .args(["--telegram-rate", "1000"])
+            .envs(tg.env()),
+    )
+    .code(3);
+}
+
+/// `bytes` with the last byte flipped: same size, other sha256.
+fn flipped(bytes: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    if let Some(last) = out.last_mut() {
+        *last ^= 0xff;
+    }
+    out
+}
+
+#[test]
+fn verify_checks_the_objects_of_bad_local_blobs_too() {
+    let fx = fetched_fixture();
+    let want = mirror_objects();
+    let s3 = TestS3::start();
+    s3.create_bucket("both");
+    let url = s3.store_url("both", "");
+    let dir_dest = fx.dir.path().join("dest");
+    let dir_url = dir_dest.to_string_lossy().into_owned();
+    exec(&mut push_cmd(&fx.archive, &url, Some(&s3))).code(FIXTURE_PUSH_EXIT);
+    exec(&mut push_cmd(&fx.archive, &dir_url, None)).code(FIXTURE_PUSH_EXIT);
+    let blob_path = |bytes: &[u8]| {
+        let sha = sha256_hex(bytes);
+        fx.archive.join("blobs").join(&sha[..2]).join(&sha)
+    };
+    // Keys whose bytes no other key holds: one per case.
+    let unique: Vec<&String> = want
+        .iter()
+        .filter(|(_, b)| want.values().filter(|o| o == b).count() == 1)
+        .map(|(k, _)| k)
+        .collect();
+    let (k1, k2) = (unique[0].as_str(), unique[1].as_str());
+
+    // k1: its blob corrupted locally, and its object at S3 too (same size,
+    // the sha256 metadata of the right bytes left in place).
+    std::fs::write(blob_path(&want[k1]), flipped(&want[k1])).expect("corrupt blob");
+    std::fs::write(s3.bucket_dir("both").join(k1), flipped(&want[k1])).expect("corrupt object");
+    let doc = exec(verify_cmd(&fx.archive, &url, Some(&s3)).arg("--json"))
+        .code(3)
+        .json();
+    assert_eq!(doc["objects_checked"], want.len(), "every object: {doc}");
+    assert_eq!(doc["objects_bad"], 1, "{doc}");
+    assert_eq!(doc["blobs_bad"], 1, "{doc}");
+    let problems = doc["problems"].as_array().expect("problems");
+    let problem = |what: &str, name: &str| {
+        problems
+            .iter()
+            .find(|p| p["what"] == what && p["name"] == name)
+            .and_then(|p| p["problem"].as_str())
+            .unwrap_or_else(|| panic!("no {what} problem for {name}: {doc}"))
+            .to_string()
+    };
+    problem("object", k1);
+    let sha1 = sha256_hex(&want[k1]);
+    assert!(
+        problem("blob", &sha1).ends_with(&format!(
+            "expected {} bytes hashing to {sha1}",
+            want[k1].len()
+        )),
+        "the bad blob's message gives the expected sha256: {doc}"
+    );
+
+    // k2: its blob gone locally, its object in the directory corrupted.
+    std::fs::remove_file(blob_path(&want[k2])).expect("remove blob");
+    std::fs::write(dir_dest.join(k2), flipped(&want[k2])).expect("corrupt file");
+    let doc = exec(verify_cmd(&fx.archive, &dir_url, None).arg("--json"))
+        .code(3)
+        .json();
+    // k1's refs are pending since the last verify: their object is not planned.
+    assert_eq!(doc["objects_checked"], want.len() - 1, "{doc}");
+    assert_eq!(doc["objects_bad"], 1, "{doc}");
+    assert_eq!(doc["blobs_bad"], 1, "{doc}");
+    assert!(
+        doc["problems"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|p| p["what"] == "object" && p["name"] == k2)),
+        "{doc}"
+    );
+
+    // Fetched again and pushed, both destinations hold the right bytes.
+    fetch_again(&fx.archive);
+    exec(&mut push_cmd(&fx.archive, &url, Some(&s3))).code(FIXTURE_PUSH_EXIT);
+    exec(&mut push_cmd(&fx.archive, &dir_url, None)).code(FIXTURE_PUSH_EXIT);
+    assert_mirror(&bucket_objects(&s3, "both"));
+    for key in [k1, k2] {
+        assert_eq!(
+            std::fs::read(dir_dest.join(key)).ok().as_ref(),
+            Some(&want[key])
+        );
+    }
+    exec(&mut verify_cmd(&fx.archive, &url, Some(&s3))).code(0);
+    exec(&mut verify_cmd(&fx.archive, &dir_url, None)).code(0);
+}
+
+#[test]
+fn object_without_our_metadata_fails_plain_verify_and_is_pushed_again() {
+    let fx = fetched_fixture();
+    let want = mirror_objects();
+    let s3 = TestS3::start();
+    s3.create_bucket("meta");
+    let url = s3.store_url("meta", "");
+    exec(&mut push_cmd(&fx.archive, &url, Some(&s3))).code(FIXTURE_PUSH_EXIT);
+    let keys: Vec<&String> = want.keys().take(2).collect();
+    let (other, same) = (keys[0].as_str(), keys[1].as_str());
+    // Written by another tool, without metadata: other bytes of the same
+    // size, and the right bytes.
+    s3.put_file("meta", other, flipped(&want[other]));
+    s3.put_file("meta", same, &want[same]);
+    let plain = |s3: &TestS3| {
+        let mut cmd = starchive(&fx.archive);
+        cmd.args(["--json", "verify", "--to", &url])
+            .envs(s3.env("TO"));
+        cmd
+    };
+    let doc = exec(&mut plain(&s3)).code(3).json();
+    assert_eq!(doc["objects_bad"], 2, "{doc}");
+    assert_eq!(doc["objects_to_push_again"], 2, "{doc}");
+    for key in [other, same] {
+        assert!(
+            doc["problems"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|p| {
+                    p["name"] == key
+                        && p["problem"]
+                            .as_str()
+                            .is_some_and(|t| t.contains("no sha256 metadata"))
+                })),
+            "{key}: {doc}"
+        );
+    }
+    exec(&mut push_cmd(&fx.archive, &url, Some(&s3))).code(FIXTURE_PUSH_EXIT);
+    for key in [other, same] {
+        assert_eq!(s3.get_file("meta", key).as_ref(), Some(&want[key]), "{key}");
+        assert_eq!(
+            s3.user_metadata("meta", key).get("sha256"),
+            Some(&sha256_hex(&want[key])),
+            "{key}"
+        );
+    }
+    exec(&mut plain(&s3)).code(0);
+
+    // A directory keeps no metadata: other bytes of the right size pass a
+    // plain verify there; --deep finds them.
+    let dir_dest = fx.dir.path().join("dest");
+    let dir_url = dir_dest.to_string_lossy().into_owned();
+    exec(&mut push_cmd(&fx.archive, &dir_url, None)).code(FIXTURE_PUSH_EXIT);
+    std::fs::write(dir_dest.join(other), flipped(&want[other])).expect("overwrite");
+    exec(starchive(&fx.archive).args(["verify", "--to", &dir_url])).code(0);
+    exec(&mut verify_cmd(&fx.archive, &dir_url, None)).code(3);
+}
+
 // ---- bad input -----------------------------------------------------------------
 
 #[test]
