@@ -39,7 +39,7 @@ const ROUNDS: usize = 3;
 const NOOP_REFS: usize = 10_000;
 const RSS_SIZES: [usize; 2] = [1_000, 100_000];
 
-fn rounds() -> usize {
+pub(crate) fn rounds() -> usize {
     std::env::var("BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -72,13 +72,13 @@ fn cpu_seconds() -> (f64, f64) {
 }
 
 /// One measured run: wall seconds, server CPU seconds, client CPU seconds.
-struct Measure {
-    secs: f64,
-    server_cpu: f64,
-    client_cpu: f64,
+pub(crate) struct Measure {
+    pub secs: f64,
+    pub server_cpu: f64,
+    pub client_cpu: f64,
 }
 
-fn measured(cmd: &mut Command, what: &str) -> Measure {
+pub(crate) fn measured(cmd: &mut Command, what: &str) -> Measure {
     let (self0, child0) = cpu_seconds();
     let started = Instant::now();
     let out = cmd
@@ -155,10 +155,22 @@ pub(crate) fn time_v(cmd: &Command, report: &Path) -> (f64, u64, std::process::O
 /// empty config file, nothing of the caller's `RCLONE_*`/`AWS_*`), as
 /// DESIGN.md shows.
 fn rclone(s3: &TestS3, src: &Path, bucket: &str, jobs: usize, work: &Path) -> Command {
+    rclone_copy(
+        s3,
+        &src.to_string_lossy(),
+        &format!("x:{bucket}"),
+        jobs,
+        work,
+    )
+}
+
+/// `rclone copy FROM TO` at `jobs` transfers, where `x:BUCKET` names a
+/// bucket of `s3`.
+pub(crate) fn rclone_copy(s3: &TestS3, from: &str, to: &str, jobs: usize, work: &Path) -> Command {
     let mut cmd = rclone_for(s3, work);
     cmd.arg("copy")
-        .arg(src)
-        .arg(format!("x:{bucket}"))
+        .arg(from)
+        .arg(to)
         .args(["--transfers", &jobs.to_string()])
         .args(["--checkers", &jobs.to_string()])
         .arg("--quiet");
@@ -202,7 +214,7 @@ pub(crate) fn tool_available(program: &str, arg: &str) -> bool {
 /// `n` stickers with distinct bytes of `min..=max` bytes, as files of a
 /// local bucket directory named by their storage keys, snapshotted and
 /// fetched into an archive. Returns (archive, bucket dir, total bytes).
-fn dataset(dir: &Path, n: usize, min: usize, max: usize) -> (PathBuf, PathBuf, u64) {
+pub(crate) fn dataset(dir: &Path, n: usize, min: usize, max: usize) -> (PathBuf, PathBuf, u64) {
     let bucket = dir.join("bucket");
     let mut db = Db::default();
     let mut total = 0u64;

@@ -5,6 +5,7 @@ mod support;
 
 mod backfill;
 mod bench_check;
+mod bench_pull;
 mod bench_push;
 mod check;
 mod cli;
