@@ -127,7 +127,7 @@ impl BlobStore {
         let mut hasher = Sha256::new();
         let size = std::io::copy(&mut file, &mut hasher)
             .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
-        Ok(Some((hex(&hasher.finalize()), size)))
+        Ok(Some((hex::encode(hasher.finalize()), size)))
     }
 }
 
@@ -193,7 +193,7 @@ impl Staging {
         drop(self.file);
         Ok(Staged {
             info: BlobInfo {
-                sha256: hex(&self.hasher.finalize()),
+                sha256: hex::encode(self.hasher.finalize()),
                 size: self.size,
                 kind: sniff(&self.head),
             },
@@ -395,14 +395,6 @@ pub struct WrongLength {
     pub got: u64,
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
 /// The file type from its first bytes, as the extension used in keys.
 pub fn sniff(head: &[u8]) -> &'static str {
     match head {
@@ -509,13 +501,13 @@ mod tests {
             .collect();
         // The fan-out directory of one blob is taken by a file: that blob
         // alone cannot be renamed into place.
-        let blocked = hex(&Sha256::digest(&bodies[7]));
+        let blocked = hex::encode(Sha256::digest(&bodies[7]));
         std::fs::write(dir.path().join("blobs").join(&blocked[..2]), b"in the way").expect("block");
         let results = block_on(futures::future::join_all(
             bodies.iter().map(|b| publisher.publish(staged(&store, b))),
         ));
         for (body, result) in bodies.iter().zip(results) {
-            let sha = hex(&Sha256::digest(body));
+            let sha = hex::encode(Sha256::digest(body));
             if sha[..2] == blocked[..2] {
                 let e = result.expect_err("its fan-out directory is a file");
                 assert!(matches!(e, Error::Io { .. }), "{e}");

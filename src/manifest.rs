@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::blobs::hex;
 use crate::error::{Error, Result};
 use crate::stores::Store;
 
@@ -132,7 +131,7 @@ impl<F: FnMut(&str, &Path, u64, &str) -> Result<()>> Parts<F> {
         self.file
             .flush()
             .map_err(|e| Error::io(format!("cannot write {}", self.path.display()), e))?;
-        let sha256 = hex(&std::mem::take(&mut self.hasher).finalize());
+        let sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
         (self.upload)(&key, &self.path, self.size, &sha256)?;
         self.done.push(CopyObject {
             key,
@@ -353,7 +352,7 @@ pub fn restore_catalog_copy(
                         object.key, store.shown
                     ))
                 })?;
-                let sha256 = hex(&hashing.hasher.finalize());
+                let sha256 = hex::encode(hashing.hasher.finalize());
                 if size != object.size || sha256 != object.sha256 {
                     return Err(Error::Config(format!(
                         "{} of {} is not the object its manifest names ({size} bytes hashing to {sha256}, not {} bytes hashing to {}): is a push writing it? run again once it is done",
@@ -448,7 +447,7 @@ mod tests {
             |key, f, size, sha| {
                 let bytes = std::fs::read(f).expect("part");
                 assert_eq!(bytes.len() as u64, size);
-                assert_eq!(hex(&Sha256::digest(&bytes)), sha);
+                assert_eq!(hex::encode(Sha256::digest(&bytes)), sha);
                 uploaded.push((key.to_string(), bytes));
                 Ok(())
             },

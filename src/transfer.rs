@@ -115,8 +115,7 @@ where
 pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
     let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
     let capped = exp.min(cap);
-    let jitter = (uuid::Uuid::new_v4().as_u128() % 1000) as f64 / 1000.0;
-    capped.mul_f64(0.5 + jitter / 2.0)
+    capped.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
 #[cfg(test)]

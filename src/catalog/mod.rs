@@ -261,34 +261,10 @@ fn lock_archive(dir: &Path) -> Result<File> {
     }
 }
 
-/// Now, as RFC 3339 UTC text: how the catalog writes times.
+/// Now, as RFC 3339 UTC text to the second (`2025-11-25T10:00:00Z`): how
+/// the catalog writes times.
 pub fn now_text() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    utc_text(secs)
-}
-
-/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days, proleptic Gregorian).
-pub fn utc_text(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 #[cfg(test)]
@@ -296,9 +272,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn utc_text_is_rfc3339() {
-        assert_eq!(utc_text(0), "1970-01-01T00:00:00Z");
-        assert_eq!(utc_text(1_764_064_800), "2025-11-25T10:00:00Z");
+    fn now_text_is_rfc3339_utc_to_the_second() {
+        let text = now_text();
+        assert_eq!(text.len(), "2025-11-25T10:00:00Z".len(), "{text}");
+        assert!(text.ends_with('Z'), "{text}");
+        let parsed = chrono::DateTime::parse_from_rfc3339(&text).expect("RFC 3339");
+        let age = chrono::Utc::now().signed_duration_since(parsed);
+        assert!(age.num_seconds().abs() <= 5, "{text} is now");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 
 use super::{Context, TransferReport};
-use crate::blobs::{BlobStore, hex};
+use crate::blobs::BlobStore;
 use crate::catalog::push::{self as q, KeyToPush};
 use crate::catalog::{Catalog, paged};
 use crate::error::{Error, Result};
@@ -672,7 +672,7 @@ fn write_self_description(
             text_hash.update(&line);
             encoder.write_all(&line).map_err(cannot)
         })?;
-        let digest = hex(&text_hash.finalize());
+        let digest = hex::encode(text_hash.finalize());
         if !must_write && q::manifest_sha256(conn, dest)?.as_deref() == Some(digest.as_str()) {
             return Ok(None);
         }
@@ -829,7 +829,7 @@ fn hash_file(file: &std::path::Path) -> Result<(u64, String)> {
     let mut reader = std::fs::File::open(file).map_err(cannot)?;
     let mut hasher = Sha256::new();
     let size = std::io::copy(&mut reader, &mut hasher).map_err(cannot)?;
-    Ok((size, hex(&hasher.finalize())))
+    Ok((size, hex::encode(hasher.finalize())))
 }
 
 fn cannot_write(store: &Store, key: &str, reason: String) -> Error {

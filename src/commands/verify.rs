@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::Context;
 use super::push::{build_plan, held_layout};
-use crate::blobs::{BlobStore, hex};
+use crate::blobs::BlobStore;
 use crate::catalog::push as q;
 use crate::catalog::{Catalog, paged};
 use crate::commands::ENV_FILTER;
@@ -400,7 +400,7 @@ async fn inspect_object(
                 Err(e) => return (Check::Bad(format!("cannot read: {e}")), None),
             }
         }
-        let got = hex(&hasher.finalize());
+        let got = hex::encode(hasher.finalize());
         if got != sha256 {
             return (
                 Check::Bad(format!("bytes hash to {got}, expected {sha256}")),

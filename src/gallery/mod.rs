@@ -231,7 +231,7 @@ pub fn slug(id: Option<&str>) -> String {
         return id.to_string();
     }
     use sha2::Digest;
-    let hash = crate::blobs::hex(&sha2::Sha256::digest(id.as_bytes()));
+    let hash = hex::encode(sha2::Sha256::digest(id.as_bytes()));
     let clean: String = id
         .chars()
         .filter(char::is_ascii_alphanumeric)

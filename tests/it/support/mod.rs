@@ -82,12 +82,7 @@ pub fn s3_env(role: &str, key: &str, secret: &str) -> Vec<(String, String)> {
 /// Lower-case hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(bytes.as_ref());
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    hex::encode(sha2::Sha256::digest(bytes.as_ref()))
 }
 
 /// A fresh temporary directory (removed on drop).
@@ -218,31 +213,9 @@ impl Drop for BackgroundServer {
 
 /// `%XX` escapes decoded (URL paths and query values of the test servers).
 pub fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let (Some(h), Some(l)) = (hex_val(bytes[i + 1]), hex_val(bytes[i + 2]))
-        {
-            out.push(h * 16 + l);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex_val(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// A seeded xorshift generator for tests that kill the binary at random
