@@ -1,5 +1,13 @@
 //! One integration-test binary: a module per command, helpers in `support`
 //! (a throwaway PostgreSQL, an in-process S3 server, a fake Bot API).
+// A test fails by panicking, and the benches print their figures: the
+// manifest's no-panic and no-println lints are for the library and binary.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
 
 mod support;
 
