@@ -17,19 +17,61 @@ pub fn check_key(key: &str) -> Result<(), String> {
     }
 }
 
-/// The folder a bot's key sits in: `stickers/{user_id}/{id}/…` gives
-/// `(user_id, id)`. The `id` is a session's (its single stickers) or a pack
-/// batch's (its stickers): the key alone does not say which, only the
-/// database does. Any other key has no folder.
-pub fn key_folder(key: &str) -> Option<(&str, &str)> {
-    let mut segments = key.split('/');
-    if segments.next()? != "stickers" {
+/// Where a bot's key files its object: the user, when the key names one,
+/// and the id of the session or pack batch the object belongs to. Every key
+/// shape the bot and `backfill` write (SPEC §5) names one:
+/// - `stickers/{user_id}/{id}/…`: a session's single stickers or a pack
+///   batch's stickers (`{timestamp}.webp`, `{timestamp}_{pack_index}.webp`,
+///   `backfill_{sticker_id}.{ext}`);
+/// - `stickers/{user_id}/backfill_session/{session_id}.{ext}`: a session's last sticker;
+/// - `pack_sheets/{pack_batch_id}.{ext}` and
+///   `pack_sheets/session_{session_id}.{ext}`: a pack sheet.
+///
+/// Whether the id is a session's or a pack batch's the key alone does not
+/// say (`stickers/{user_id}/{id}/…` holds either): only the database does.
+/// Any other key has no owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyOwner<'a> {
+    pub user_id: Option<&'a str>,
+    pub id: &'a str,
+}
+
+/// The folder `stickers/{user_id}/…` of `backfill`'s session stickers.
+const BACKFILL_SESSION: &str = "backfill_session";
+/// The folder of pack sheets, and the prefix of a session's sheet in it.
+const PACK_SHEETS: &str = "pack_sheets";
+const SESSION_SHEET: &str = "session_";
+
+/// The owner a key names (see [`KeyOwner`]).
+pub fn key_owner(key: &str) -> Option<KeyOwner<'_>> {
+    let segments: Vec<&str> = key.split('/').collect();
+    if segments.iter().any(|s| s.is_empty()) {
         return None;
     }
-    let user = segments.next().filter(|s| !s.is_empty())?;
-    let id = segments.next().filter(|s| !s.is_empty())?;
-    segments.next().filter(|s| !s.is_empty())?;
-    Some((user, id))
+    let owner = match segments.as_slice() {
+        ["stickers", user, BACKFILL_SESSION, file] => KeyOwner {
+            user_id: Some(user),
+            id: stem(file),
+        },
+        ["stickers", user, id, _, ..] => KeyOwner {
+            user_id: Some(user),
+            id,
+        },
+        [PACK_SHEETS, file] => {
+            let id = stem(file);
+            KeyOwner {
+                user_id: None,
+                id: id.strip_prefix(SESSION_SHEET).unwrap_or(id),
+            }
+        }
+        _ => return None,
+    };
+    (!owner.id.is_empty()).then_some(owner)
+}
+
+/// `{id}.{ext}` gives `id` (an id may hold dots: only the last one goes).
+fn stem(name: &str) -> &str {
+    name.rsplit_once('.').map_or(name, |(id, _)| id)
 }
 
 #[cfg(test)]
@@ -56,19 +98,29 @@ mod tests {
     }
 
     #[test]
-    fn a_folder_is_the_third_segment_of_a_sticker_key() {
-        assert_eq!(key_folder("stickers/7/S/1.webp"), Some(("7", "S")));
-        assert_eq!(key_folder("stickers/7/B/x/1_0.webp"), Some(("7", "B")));
+    fn a_key_names_its_owner_in_every_shape_the_bot_writes() {
+        let owner = |user_id, id| Some(KeyOwner { user_id, id });
+        assert_eq!(key_owner("stickers/7/S/1.webp"), owner(Some("7"), "S"));
+        assert_eq!(key_owner("stickers/7/B/x/1_0.webp"), owner(Some("7"), "B"));
+        assert_eq!(
+            key_owner("stickers/7/backfill_session/S.webp"),
+            owner(Some("7"), "S")
+        );
+        assert_eq!(key_owner("pack_sheets/B.png"), owner(None, "B"));
+        assert_eq!(key_owner("pack_sheets/session_S.webp"), owner(None, "S"));
+        assert_eq!(key_owner("pack_sheets/b.1.png"), owner(None, "b.1"));
         for key in [
             "stickers/7/S",
             "stickers/7/S/",
             "stickers//S/1.webp",
             "stickers/7//1.webp",
-            "pack_sheets/B.webp",
+            "stickers/7/backfill_session/.webp",
+            "pack_sheets/session_.png",
+            "pack_sheets/x/B.png",
             "other/7/S/1.webp",
             "",
         ] {
-            assert_eq!(key_folder(key), None, "{key:?}");
+            assert_eq!(key_owner(key), None, "{key:?}");
         }
     }
 }
@@ -182,18 +234,18 @@ fn mirror_key(p: &RefPlace, ext: &str) -> Result<String, String> {
         "session_sticker" => match &p.sticker_key {
             Some(key) => key.clone(),
             None => format!(
-                "stickers/{}/backfill_session/{}.{ext}",
+                "stickers/{}/{BACKFILL_SESSION}/{}.{ext}",
                 need(&p.user_id, "user_id")?,
                 row_id()?
             ),
         },
         "pack_sheet" => match &p.pack_batch_id {
             Some(_) => format!(
-                "pack_sheets/{}.{ext}",
+                "{PACK_SHEETS}/{}.{ext}",
                 need(&p.pack_batch_id, "pack_batch_id")?
             ),
             None => format!(
-                "pack_sheets/session_{}.{ext}",
+                "{PACK_SHEETS}/{SESSION_SHEET}{}.{ext}",
                 need(&p.session_id, "session_id")?
             ),
         },
@@ -271,6 +323,25 @@ mod key_tests {
             dest_key(Layout::Cas, &own, "ab12", "png"),
             Ok("blobs/sha256/ab/ab12".into())
         );
+    }
+
+    #[test]
+    fn every_mirror_key_of_a_sticker_or_sheet_names_its_owner() {
+        let pack = RefPlace {
+            pack_batch_id: Some("B".into()),
+            ..place("sticker")
+        };
+        for (p, id) in [
+            (place("sticker"), "S"),
+            (pack, "B"),
+            // A session sticker's row is its session.
+            (place("session_sticker"), "R"),
+            (pack_sheet(Some("B")), "B"),
+            (pack_sheet(None), "S"),
+        ] {
+            let key = mirror_key(&p, "webp").expect("key");
+            assert_eq!(key_owner(&key).map(|o| o.id), Some(id), "{key}");
+        }
     }
 
     #[test]

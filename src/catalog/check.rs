@@ -12,6 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::commands::ENV_FILTER;
 use crate::error::Result;
+use crate::layout::KeyOwner;
 
 /// One pack batch in scope and the stickers it holds.
 #[derive(Debug, Default)]
@@ -153,7 +154,7 @@ pub fn blob_is_named(conn: &Connection, sha256: &str) -> Result<bool> {
 }
 
 /// Creates, empty, `temp.check_bucket` (the listing: key, size and the
-/// folder its key names) and fills `temp.check_keys`: every storage key a
+/// owner its key names) and fills `temp.check_keys`: every storage key a
 /// ref names, with the class of the first ref in scope that names it
 /// (`sticker` before `session_sticker` before `pack_sheet`), NULL when only
 /// refs of other envs do.
@@ -164,8 +165,8 @@ pub fn create_bucket_tables(conn: &Connection, envs: &Option<String>) -> Result<
          CREATE TEMP TABLE check_bucket (
              key         TEXT PRIMARY KEY NOT NULL,
              size        INTEGER NOT NULL,
-             folder_user TEXT,
-             folder_id   TEXT
+             owner_user  TEXT,
+             owner_id    TEXT
          ) WITHOUT ROWID;
          CREATE TEMP TABLE check_keys (
              key   TEXT PRIMARY KEY NOT NULL,
@@ -185,32 +186,32 @@ pub fn create_bucket_tables(conn: &Connection, envs: &Option<String>) -> Result<
     Ok(())
 }
 
-/// Records one listed object; `folder` is what [`crate::layout::key_folder`] read from its key.
+/// Records one listed object; `owner` is what [`crate::layout::key_owner`] read from its key.
 pub fn add_listed(
     conn: &Connection,
     key: &str,
     size: u64,
-    folder: Option<(&str, &str)>,
+    owner: Option<KeyOwner<'_>>,
 ) -> Result<()> {
     conn.prepare_cached(
-        "INSERT INTO temp.check_bucket(key, size, folder_user, folder_id) VALUES (?1, ?2, ?3, ?4)
+        "INSERT INTO temp.check_bucket(key, size, owner_user, owner_id) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT(key) DO UPDATE SET size = excluded.size",
     )?
     .execute(params![
         key,
         size as i64,
-        folder.map(|f| f.0),
-        folder.map(|f| f.1)
+        owner.and_then(|o| o.user_id),
+        owner.map(|o| o.id)
     ])?;
     Ok(())
 }
 
 /// Every listed object in scope with its class (that of a ref naming its
-/// key, else `orphan`) and, for an orphan, its kind: `pack` when its folder
-/// id is a pack batch's, `single` when a session's, `unknown` otherwise.
-/// With `--env` (`?1`), an object is in scope when a ref of those envs
-/// names it, or, named by none, when its folder is a batch or session of
-/// those envs, or an id of neither in the folder of one of their users.
+/// key, else `orphan`) and, for an orphan, its kind: `pack` when the owner
+/// its key names is a pack batch, `single` when a session, `unknown`
+/// otherwise. With `--env` (`?1`), an object is in scope when a ref of
+/// those envs names it, or, named by none, when its owner is a batch or
+/// session of those envs, or neither but in the folder of one of their users.
 const OBJECTS: &str = "
 WITH envs AS (SELECT value AS env FROM json_each(?1)),
 objects AS (
@@ -225,12 +226,12 @@ objects AS (
                 WHEN pb.id IS NOT NULL THEN
                     (SELECT ps.env FROM sessions ps WHERE ps.id = pb.session_id) IN (SELECT env FROM envs)
                 WHEN s.id IS NOT NULL THEN s.env IN (SELECT env FROM envs)
-                ELSE b.folder_user IN (SELECT user_id FROM sessions WHERE env IN (SELECT env FROM envs))
+                ELSE b.owner_user IN (SELECT user_id FROM sessions WHERE env IN (SELECT env FROM envs))
            END AS in_scope
     FROM temp.check_bucket b
     LEFT JOIN temp.check_keys k ON k.key = b.key
-    LEFT JOIN pack_batches pb ON pb.id = b.folder_id
-    LEFT JOIN sessions s ON s.id = b.folder_id
+    LEFT JOIN pack_batches pb ON pb.id = b.owner_id
+    LEFT JOIN sessions s ON s.id = b.owner_id
 )";
 
 /// Objects and bytes in scope per class (`orphan` among them).
@@ -287,6 +288,22 @@ pub fn for_each_dangling(
         each(r.get(0)?)?;
     }
     Ok(())
+}
+
+/// The first `limit` listed keys, in key order.
+pub fn first_listed(conn: &Connection, limit: usize) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare("SELECT key FROM temp.check_bucket ORDER BY key LIMIT ?1")?;
+    let rows = stmt.query_map([limit as i64], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Whether a ref in scope names the storage key `key`.
+pub fn key_is_named(conn: &Connection, key: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM temp.check_keys WHERE key = ?1 AND class IS NOT NULL")?
+        .query_row([key], |_| Ok(()))
+        .optional()?
+        .is_some())
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use crate::blobs::BlobStore;
 use crate::catalog::check as q;
 use crate::catalog::{Catalog, paged};
 use crate::error::{Error, Result};
-use crate::layout::key_folder;
+use crate::layout::key_owner;
 use crate::refs::RefClass;
 use crate::stores::{self, Role};
 use crate::transfer::run_units;
@@ -183,6 +183,10 @@ pub struct Bucket {
     pub classes: BTreeMap<String, ClassCount>,
     pub orphans: Listed<OrphanObject>,
     pub dangling: Listed<String>,
+    /// What is likely wrong when no key the rows name is in the bucket (a
+    /// wrong bucket or prefix, most often).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -436,7 +440,7 @@ fn bucket(
     let mut listed = 0u64;
     while let Some(object) = ctx.runtime.block_on(listing.next()) {
         let (key, size) = object.map_err(|e| stores::unusable(store, Role::Storage, &e))?;
-        q::add_listed(conn, &key, size, key_folder(&key))?;
+        q::add_listed(conn, &key, size, key_owner(&key))?;
         listed += 1;
         if listed.is_multiple_of(PROGRESS_STEP) {
             ctx.progress.advance(PROGRESS_STEP);
@@ -477,6 +481,12 @@ fn bucket(
         dangling.push(key);
         Ok(())
     })?;
+    let orphan_objects = classes.get("orphan").map_or(0, |c| c.objects);
+    let hint = if objects == orphan_objects && !dangling.is_empty() {
+        Some(prefix_hint(conn, store, dangling.len(), objects)?)
+    } else {
+        None
+    };
     Ok(Bucket {
         url: store.shown.clone(),
         objects,
@@ -484,7 +494,61 @@ fn bucket(
         classes,
         orphans,
         dangling,
+        hint,
     })
+}
+
+/// Listed objects [`prefix_hint`] looks at for keys the rows name.
+const HINT_SAMPLE: usize = 100;
+
+/// Why none of the `named` keys the rows name is among the `objects` the
+/// bucket lists: a wrong bucket or prefix, most often. When a listed object's
+/// key ends with a key the rows name, that names the prefix they sit under.
+fn prefix_hint(
+    conn: &Connection,
+    store: &stores::Store,
+    named: u64,
+    objects: u64,
+) -> Result<String> {
+    let under = if store.prefix.is_empty() {
+        "at its root".to_string()
+    } else {
+        format!("under the prefix '{}'", store.prefix)
+    };
+    if objects == 0 {
+        return Ok(format!(
+            "none of the {named} keys the rows name is in the bucket, which lists no object \
+             {under}: are the bucket and the prefix right?"
+        ));
+    }
+    for key in q::first_listed(conn, HINT_SAMPLE)? {
+        let full = if store.prefix.is_empty() {
+            key
+        } else {
+            format!("{}/{key}", store.prefix)
+        };
+        // The key itself, then what follows each '/'.
+        let starts = std::iter::once(0).chain(full.match_indices('/').map(|(i, _)| i + 1));
+        for start in starts {
+            if q::key_is_named(conn, &full[start..])? {
+                let prefix = full[..start].trim_end_matches('/');
+                let there = if prefix.is_empty() {
+                    "at the bucket's root".to_string()
+                } else {
+                    format!("under the prefix '{prefix}'")
+                };
+                return Ok(format!(
+                    "none of the {named} keys the rows name is in the bucket {under}, but they \
+                     seem to be {there} (the object '{full}' is at a key the rows name): \
+                     is the prefix right?"
+                ));
+            }
+        }
+    }
+    Ok(format!(
+        "none of the {named} keys the rows name is among the {objects} objects the bucket \
+         lists {under}: are the bucket and the prefix right?"
+    ))
 }
 
 /// `1234` as `1.2 KiB`: sizes for a person.
@@ -657,6 +721,9 @@ impl std::fmt::Display for CheckReport {
             bucket
                 .dangling
                 .show(f, "dangling keys, named by rows but not in the bucket", sha)?;
+        }
+        if let Some(hint) = self.bucket.as_ref().and_then(|b| b.hint.as_ref()) {
+            writeln!(f, "\nhint: {hint}")?;
         }
         if self.consistent() {
             writeln!(f, "\nconsistent: nothing to report")?;

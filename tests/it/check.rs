@@ -218,6 +218,33 @@ fn add_orphans(bot: &Bot) -> BTreeMap<String, (u64, &'static str)> {
     put(format!("stickers/200/{T_BATCH}/old.webp"), "pack", 95);
     put("stickers/200/not-a-row/x.webp".into(), "unknown", 60);
     put("misc/readme.txt".into(), "unknown", 10);
+    // The other shapes of the bot's and backfill's keys (SPEC §5): the id
+    // they name is looked up in the tables as well.
+    put(
+        format!("stickers/100/{B_HOLES}/backfill_x.webp"),
+        "pack",
+        71,
+    );
+    put(
+        format!("stickers/100/backfill_session/{S_SINGLE}.webp"),
+        "single",
+        81,
+    );
+    put(
+        format!("stickers/200/backfill_session/{T_SINGLE}.tgs"),
+        "single",
+        82,
+    );
+    put(
+        "stickers/100/backfill_session/not-a-row.webp".into(),
+        "unknown",
+        83,
+    );
+    put(format!("pack_sheets/{B_WHOLE}.webp"), "pack", 72);
+    put(format!("pack_sheets/{T_BATCH}.png"), "pack", 73);
+    put(format!("pack_sheets/session_{S_LAST}.webp"), "single", 84);
+    put("pack_sheets/session_not-a-row.webp".into(), "unknown", 61);
+    put("pack_sheets/not-a-row.webp".into(), "unknown", 62);
     // More unknown orphans than a text report shows.
     for i in 0..22 {
         put(
@@ -421,11 +448,14 @@ fn env_limits_packs_blobs_and_bucket_to_its_rows() {
         .iter()
         .map(|o| o["key"].as_str().expect("key").to_string())
         .collect();
-    let want: BTreeSet<String> = orphans
-        .keys()
-        .filter(|k| k.starts_with("stickers/200/"))
-        .cloned()
-        .collect();
+    // Those in user 200's folder and those whose key names a row of env test.
+    let of_test =
+        |k: &str| k.starts_with("stickers/200/") || k.contains(T_SINGLE) || k.contains(T_BATCH);
+    let want: BTreeSet<String> = orphans.keys().filter(|k| of_test(k)).cloned().collect();
+    assert!(
+        want.contains(&format!("pack_sheets/{T_BATCH}.png")),
+        "{want:?}"
+    );
     assert_eq!(got, want);
     assert_eq!(bucket["dangling"], json!([]));
     assert_eq!(bucket["classes"]["sticker"]["objects"], 3);
@@ -445,7 +475,15 @@ fn env_limits_packs_blobs_and_bucket_to_its_rows() {
             .as_array()
             .expect("orphans")
             .iter()
-            .all(|o| !o["key"].as_str().expect("key").starts_with("stickers/200/")),
+            .all(|o| !of_test(o["key"].as_str().expect("key"))),
+        "{prod:#}"
+    );
+    assert!(
+        prod["bucket"]["orphans"]
+            .as_array()
+            .expect("orphans")
+            .iter()
+            .any(|o| o["key"] == format!("pack_sheets/session_{S_LAST}.webp")),
         "{prod:#}"
     );
 }
@@ -622,4 +660,98 @@ fn a_bucket_that_cannot_be_listed_stops_the_check() {
     out.expect_code(1);
     assert!(out.stdout.is_empty(), "{}", out.stdout);
     assert!(out.stderr.contains("no-such-bucket"), "{}", out.stderr);
+}
+
+/// `--storage` with a wrong prefix (every object an orphan, every key the
+/// rows name dangling): the report says what is likely wrong, and where the
+/// bot's keys seem to be when the listing shows them.
+fn a_wrong_prefix_gets_a_hint(kind: Kind) {
+    let mut bot = Bot::start(kind);
+    bot.session(S_PACK, 100, "prod", None);
+    bot.batch(B_WHOLE, S_PACK, 100, Some(SHEET_KEY));
+    bot.pack(S_PACK, 100, B_WHOLE, &[0, 1]);
+    bot.session(S_SINGLE, 100, "prod", Some(SINGLE_KEY));
+    bot.snapshot_and_fetch();
+    let named = bot.files.len();
+    let with_prefix = |prefix: &str| bot.bucket.url().replacen('?', &format!("/{prefix}?"), 1);
+    let check = |url: &str, extra: &[&str]| {
+        let mut args = vec!["check", "--storage", url];
+        args.extend_from_slice(extra);
+        run(&mut bot.cmd(&args))
+    };
+
+    // The right bucket and prefix: no hint.
+    let right = check(bot.bucket.url(), &[]).expect_code(0).stdout.clone();
+    assert!(!right.contains("hint"), "{right}");
+    let doc = check(bot.bucket.url(), &["--json"]).expect_code(0).json();
+    assert!(doc["bucket"].get("hint").is_none(), "{doc:#}");
+
+    // One level too deep: the listing shows the keys, one level up.
+    let deep = with_prefix("stickers");
+    let doc = check(&deep, &["--json"]).expect_code(3).json();
+    assert_eq!(doc["bucket"]["classes"]["sticker"]["objects"], 0, "{doc:#}");
+    assert_eq!(
+        doc["bucket"]["dangling"].as_array().map(Vec::len),
+        Some(named)
+    );
+    let hint = doc["bucket"]["hint"].as_str().expect("a hint").to_string();
+    assert!(
+        hint.starts_with(&format!(
+            "none of the {named} keys the rows name is in the bucket under the prefix 'stickers', \
+             but they seem to be at the bucket's root"
+        )),
+        "{hint}"
+    );
+    let text = check(&deep, &[]).expect_code(3).stdout.clone();
+    assert!(text.contains(&format!("\nhint: {hint}\n")), "{text}");
+
+    // Bot's keys below the prefix: the listing shows them under a longer one.
+    for key in bot.files.keys() {
+        bot.bucket
+            .objects
+            .put(&format!("old/bot/{key}"), b"x".to_vec());
+    }
+    let doc = check(&with_prefix("old"), &["--json"])
+        .expect_code(3)
+        .json();
+    let hint = doc["bucket"]["hint"].as_str().expect("a hint");
+    assert!(
+        hint.contains("under the prefix 'old', but they seem to be under the prefix 'old/bot'"),
+        "{hint}"
+    );
+
+    // A prefix with no object at all.
+    let doc = check(&with_prefix("nothing-here"), &["--json"])
+        .expect_code(3)
+        .json();
+    assert_eq!(
+        doc["bucket"]["hint"],
+        format!(
+            "none of the {named} keys the rows name is in the bucket, which lists no object \
+             under the prefix 'nothing-here': are the bucket and the prefix right?"
+        )
+    );
+
+    // Objects, but none the rows name (another bot's bucket, say).
+    bot.bucket.objects.put("misc/a.txt", b"a".to_vec());
+    let doc = check(&with_prefix("misc"), &["--json"])
+        .expect_code(3)
+        .json();
+    assert_eq!(
+        doc["bucket"]["hint"],
+        format!(
+            "none of the {named} keys the rows name is among the 1 objects the bucket lists \
+             under the prefix 'misc': are the bucket and the prefix right?"
+        )
+    );
+}
+
+#[test]
+fn a_wrong_prefix_gets_a_hint_s3s() {
+    a_wrong_prefix_gets_a_hint(Kind::S3s);
+}
+
+#[test]
+fn a_wrong_prefix_gets_a_hint_supabase() {
+    a_wrong_prefix_gets_a_hint(Kind::Supabase);
 }
