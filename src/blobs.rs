@@ -74,27 +74,20 @@ impl BlobStore {
         }
     }
 
-    pub fn stage(&self) -> Result<Staging> {
-        let dir = self.staging_dir();
+    /// A new staging file under `blobs/tmp/`: named now, created by its
+    /// first write (or by [`Staging::finish`]). Writing is blocking work:
+    /// async callers do it through [`crate::blocking::run`].
+    pub fn stage(&self) -> Staging {
         let n = self.staged.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(n.to_string());
-        let cannot = |e| Error::io(format!("cannot create {}", path.display()), e);
-        let file = match File::create(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
-                File::create(&path).map_err(cannot)?
-            }
-            Err(e) => return Err(cannot(e)),
-        };
-        Ok(Staging {
-            file,
-            path: Removed(Some(path)),
+        let dir = self.staging_dir();
+        Staging {
+            file: None,
+            path: Removed(Some(dir.join(n.to_string()))),
+            dir,
             hasher: Sha256::new(),
             size: 0,
             head: Vec::with_capacity(HEAD),
-        })
+        }
     }
 
     /// Starts the thread that publishes this store's staged blobs; it stops
@@ -154,14 +147,17 @@ impl Drop for Removed {
 
 /// A blob being written. Dropped before it is published, it removes its file.
 pub struct Staging {
-    file: File,
+    /// Created by the first write (`None` until then).
+    file: Option<File>,
     path: Removed,
+    dir: PathBuf,
     hasher: Sha256,
     size: u64,
     head: Vec<u8>,
 }
 
 impl Staging {
+    /// Appends `chunk` (blocking: file I/O and hashing).
     pub fn write(&mut self, chunk: &[u8]) -> Result<()> {
         if self.head.len() < HEAD {
             let take = (HEAD - self.head.len()).min(chunk.len());
@@ -169,9 +165,29 @@ impl Staging {
         }
         self.hasher.update(chunk);
         self.size += chunk.len() as u64;
-        self.file
+        let path = self.path.path().to_path_buf();
+        self.file()?
             .write_all(chunk)
-            .map_err(|e| Error::io(format!("cannot write {}", self.path.path().display()), e))
+            .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
+    }
+
+    /// The staging file, created (with `blobs/tmp/`) if it is not yet.
+    fn file(&mut self) -> Result<&mut File> {
+        if let Some(ref mut file) = self.file {
+            return Ok(file);
+        }
+        let path = self.path.path();
+        let cannot = |e| Error::io(format!("cannot create {}", path.display()), e);
+        let file = match File::create(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&self.dir)
+                    .map_err(|e| Error::io(format!("cannot create {}", self.dir.display()), e))?;
+                File::create(path).map_err(cannot)?
+            }
+            Err(e) => return Err(cannot(e)),
+        };
+        Ok(self.file.insert(file))
     }
 
     pub fn size(&self) -> u64 {
@@ -180,15 +196,17 @@ impl Staging {
 
     /// The whole body is written. `expected` is the length the source
     /// announced; a body of another length is refused (and removed).
-    pub fn finish(self, expected: Option<u64>) -> Result<Staged, WrongLength> {
+    /// Blocking (an empty body's file is created here).
+    pub fn finish(mut self, expected: Option<u64>) -> Result<Staged, Unfinished> {
         if let Some(n) = expected
             && n != self.size
         {
-            return Err(WrongLength {
+            return Err(Unfinished::Length(WrongLength {
                 expected: n,
                 got: self.size,
-            });
+            }));
         }
+        self.file().map_err(Unfinished::Disk)?;
         // Closed here: a blob waiting for its group holds no descriptor.
         drop(self.file);
         Ok(Staged {
@@ -387,6 +405,16 @@ fn each_synced(paths: &[&Path]) -> std::io::Result<()> {
     paths.iter().try_for_each(|p| File::open(p)?.sync_all())
 }
 
+/// Why a staging file gave no [`Staged`] blob.
+#[derive(Debug, thiserror::Error)]
+pub enum Unfinished {
+    #[error(transparent)]
+    Length(#[from] WrongLength),
+    /// The (empty) file could not be created.
+    #[error(transparent)]
+    Disk(Error),
+}
+
 /// A body whose length is not the one its source announced.
 #[derive(Debug, thiserror::Error)]
 #[error("the body has {got} bytes where {expected} were announced")]
@@ -444,7 +472,7 @@ mod tests {
     }
 
     fn staged(store: &BlobStore, bytes: &[u8]) -> Staged {
-        let mut s = store.stage().expect("stage");
+        let mut s = store.stage();
         s.write(bytes).expect("write");
         s.finish(Some(bytes.len() as u64)).expect("finish")
     }
@@ -471,16 +499,22 @@ mod tests {
             b"abc"
         );
 
-        let mut s = store.stage().expect("stage");
+        let mut s = store.stage();
         s.write(b"ab").expect("write");
         assert!(matches!(
             s.finish(Some(3)),
-            Err(WrongLength {
+            Err(Unfinished::Length(WrongLength {
                 expected: 3,
                 got: 2
-            })
+            }))
         ));
-        let mut s = store.stage().expect("stage");
+        let empty = store.stage().finish(Some(0)).expect("an empty body");
+        assert_eq!(
+            block_on(publisher.publish(empty)).expect("publish").sha256,
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "an empty body is a blob too"
+        );
+        let mut s = store.stage();
         s.write(b"abandoned").expect("write");
         drop(s);
         drop(staged(&store, b"staged, never published"));

@@ -4,9 +4,10 @@
 //! destination through here; both publish what it stages with the
 //! archive's [`crate::blobs::Publisher`].
 
-use futures::StreamExt;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
 
-use crate::blobs::{BlobStore, Staged, WrongLength};
+use crate::blobs::{BlobStore, Staged, Unfinished, WrongLength};
 use crate::stores::Store;
 
 /// Why one read of an object gave no blob.
@@ -17,9 +18,14 @@ pub enum ReadError {
     Refused(object_store::Error),
     /// Larger than the most the caller takes (the size announced or read).
     TooBig(u64),
-    /// For good (the local disk).
+    /// For good: the local disk, or a fault the store's client already
+    /// retried (object_store's `RetryConfig` retries 5xx, 429, timeouts and
+    /// broken connections, and resumes a broken body with a ranged GET when
+    /// the object has an ETag).
     Failed(String),
-    /// A passing fault (an error answer, a broken or short body): try again.
+    /// A passing fault object_store does not retry: a broken body of an
+    /// object without an ETag, or a body of another length than announced.
+    /// Try again.
     Again(String),
 }
 
@@ -41,32 +47,99 @@ pub async fn read_object(
             e @ (object_store::Error::PermissionDenied { .. }
             | object_store::Error::Unauthenticated { .. }),
         ) => return Err(ReadError::Refused(e)),
-        Err(e) => return Err(ReadError::Again(format!("{what} {key}: {e}"))),
+        Err(e) => return Err(ReadError::Failed(format!("{what} {key}: {e}"))),
     };
     let size = result.meta.size;
+    let resumable = result.meta.e_tag.is_some();
     if size > max {
         return Err(ReadError::TooBig(size));
     }
-    let mut staging = blobs
-        .stage()
-        .map_err(|e| ReadError::Failed(e.to_string()))?;
-    let mut stream = result.into_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ReadError::Again(format!("{what} {key}: {e}")))?;
-        if staging.size() + chunk.len() as u64 > max {
-            return Err(ReadError::TooBig(staging.size() + chunk.len() as u64));
-        }
-        staging
-            .write(&chunk)
-            .map_err(|e| ReadError::Failed(e.to_string()))?;
-    }
-    staging
-        .finish(Some(size))
-        .map_err(|WrongLength { expected, got }| {
-            ReadError::Again(format!(
+    stage_body(blobs, result.into_stream(), max, Some(size))
+        .await
+        .map_err(|e| match e {
+            StageError::Body(e) if resumable => ReadError::Failed(format!("{what} {key}: {e}")),
+            StageError::Body(e) => ReadError::Again(format!("{what} {key}: {e}")),
+            StageError::TooBig(size) => ReadError::TooBig(size),
+            StageError::Disk(reason) => ReadError::Failed(reason),
+            StageError::Length(WrongLength { expected, got }) => ReadError::Again(format!(
                 "{what} {key}: body of {got} bytes where {expected} were announced"
-            ))
+            )),
         })
+}
+
+/// Why a body gave no staged blob.
+#[derive(Debug)]
+pub enum StageError<E> {
+    /// The body failed midway (the source's error).
+    Body(E),
+    /// More than the most taken: the bytes seen so far.
+    TooBig(u64),
+    /// The staging file could not be written (the local disk).
+    Disk(String),
+    /// The body's length is not the one announced.
+    Length(WrongLength),
+}
+
+/// Bytes gathered before one trip to the blocking pool: a sticker goes in
+/// one trip, a large file in steps of this much memory.
+const BATCH: usize = 1 << 20;
+
+/// Streams `body` into a staged blob of `blobs`, refused as soon as it
+/// passes `max` bytes, and unless it has `expected` bytes. The staging
+/// file's creation, its writes and the hashing run on the blocking pool
+/// ([`crate::blocking::run`]), a batch of chunks at a time, so the async
+/// workers only wait on the network.
+pub async fn stage_body<E>(
+    blobs: &BlobStore,
+    body: impl Stream<Item = Result<Bytes, E>>,
+    max: u64,
+    expected: Option<u64>,
+) -> Result<Staged, StageError<E>>
+where
+    E: Send + 'static,
+{
+    let mut body = std::pin::pin!(body);
+    let mut staging = blobs.stage();
+    let mut seen = 0u64;
+    let mut batch = Vec::new();
+    let mut batched = 0;
+    loop {
+        let chunk = body.next().await.transpose().map_err(StageError::Body)?;
+        let end = chunk.is_none();
+        if let Some(chunk) = chunk {
+            seen += chunk.len() as u64;
+            if seen > max {
+                return Err(StageError::TooBig(seen));
+            }
+            batched += chunk.len();
+            batch.push(chunk);
+            if batched < BATCH {
+                continue;
+            }
+        }
+        let chunks = std::mem::take(&mut batch);
+        batched = 0;
+        let step = crate::blocking::run(move || {
+            for chunk in &chunks {
+                staging
+                    .write(chunk)
+                    .map_err(|e| StageError::Disk(e.to_string()))?;
+            }
+            if !end {
+                return Ok(Err(staging));
+            }
+            staging.finish(expected).map(Ok).map_err(|e| match e {
+                Unfinished::Length(wrong) => StageError::Length(wrong),
+                Unfinished::Disk(e) => StageError::Disk(e.to_string()),
+            })
+        })
+        .await
+        .map_err(|e| StageError::Disk(e.to_string()))??;
+        match step {
+            Ok(staged) => return Ok(staged),
+            Err(more) => staging = more,
+        }
+    }
 }
 
 /// Whether a 401/403 says the credentials themselves are refused (then no
@@ -77,4 +150,77 @@ pub fn credentials_refused(e: &object_store::Error) -> bool {
         || crate::stores::CREDENTIAL_ERRORS
             .iter()
             .any(|code| text.contains(code))
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::Digest;
+
+    use super::*;
+
+    fn chunks(body: &[u8], size: usize) -> Vec<Result<Bytes, String>> {
+        body.chunks(size)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect()
+    }
+
+    fn stage(
+        blobs: &BlobStore,
+        body: Vec<Result<Bytes, String>>,
+        max: u64,
+        expected: Option<u64>,
+    ) -> Result<Staged, StageError<String>> {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime.block_on(stage_body(
+            blobs,
+            futures::stream::iter(body),
+            max,
+            expected,
+        ))
+    }
+
+    #[test]
+    fn a_body_over_several_batches_is_staged_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blobs = BlobStore::new(dir.path());
+        let body: Vec<u8> = (0..BATCH * 5 / 2).map(|i| (i % 251) as u8).collect();
+        let n = body.len() as u64;
+        let staged = stage(&blobs, chunks(&body, 60_000), n, Some(n)).expect("staged");
+        assert_eq!(staged.info().size, n);
+        assert_eq!(
+            staged.info().sha256,
+            hex::encode(sha2::Sha256::digest(&body))
+        );
+    }
+
+    #[test]
+    fn a_body_is_refused_once_it_passes_the_most_taken_or_the_announced_length() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blobs = BlobStore::new(dir.path());
+        let body = vec![7u8; 10_000];
+        assert!(matches!(
+            stage(&blobs, chunks(&body, 4000), 9_999, None),
+            Err(StageError::TooBig(10_000))
+        ));
+        assert!(matches!(
+            stage(&blobs, chunks(&body, 4000), 10_000, Some(10_001)),
+            Err(StageError::Length(WrongLength {
+                expected: 10_001,
+                got: 10_000
+            }))
+        ));
+        let mut broken = chunks(&body, 4000);
+        broken.push(Err("reset".into()));
+        assert!(matches!(
+            stage(&blobs, broken, 20_000, None),
+            Err(StageError::Body(e)) if e == "reset"
+        ));
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("blobs/tmp"))
+            .map(|d| d.collect())
+            .unwrap_or_default();
+        assert!(
+            left.is_empty(),
+            "a refused body leaves no staging file: {left:?}"
+        );
+    }
 }

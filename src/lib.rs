@@ -5,6 +5,7 @@
 //! interrupted at any instant and simply run again.
 
 pub mod blobs;
+pub mod blocking;
 pub mod catalog;
 pub mod commands;
 pub mod download;

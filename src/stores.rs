@@ -98,7 +98,7 @@ impl Store {
             return Ok(());
         };
         let file = local.path_to_filesystem(path).map_err(|e| e.to_string())?;
-        tokio::task::spawn_blocking(move || {
+        crate::blocking::run(move || {
             std::fs::File::open(&file)?.sync_all()?;
             match file.parent() {
                 Some(dir) => std::fs::File::open(dir)?.sync_all(),

@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 use super::{Context, TransferReport};
 use crate::blobs::{BlobInfo, BlobStore, Publisher, Staged, WrongLength};
 use crate::catalog::{self, Catalog};
-use crate::download::{ReadError, credentials_refused, read_object};
+use crate::download::{ReadError, StageError, credentials_refused, read_object, stage_body};
 use crate::error::{Error, Result};
 use crate::layout::check_key;
 use crate::stores::{self, Role, Store};
@@ -476,6 +476,9 @@ async fn from_bucket(
         Ok(p) => p,
         Err(reason) => return Err(Outcome::Failed { refs, reason }),
     };
+    // Only what object_store does not retry itself comes back as
+    // `ReadError::Again` (see there): a few more attempts for that, never
+    // attempts on top of its own retries.
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -644,7 +647,7 @@ async fn download_once(
     if Path::new(&info.file_path).is_absolute() {
         return read_local(telegram, &shared.blobs, info, max).await;
     }
-    let mut response = telegram.download(&info.file_path).await?;
+    let response = telegram.download(&info.file_path).await?;
     let announced = response.content_length().or(info.file_size);
     // getFile's file_size is what the file is: a body of another length is
     // never stored, whatever the download's Content-Length says.
@@ -652,33 +655,16 @@ async fn download_once(
     if let Some(size) = announced.filter(|s| *s > max) {
         return Err(TgError::Refused(too_big(size, max)));
     }
-    let mut staging = shared
-        .blobs
-        .stage()
-        .map_err(|e| TgError::Transient(e.to_string()))?;
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                if staging.size() + chunk.len() as u64 > max {
-                    return Err(TgError::Refused(too_big(
-                        staging.size() + chunk.len() as u64,
-                        max,
-                    )));
-                }
-                staging
-                    .write(&chunk)
-                    .map_err(|e| TgError::Transient(e.to_string()))?;
-            }
-            Ok(None) => break,
-            Err(e) => return Err(telegram.transport(e)),
-        }
-    }
-    staging
-        .finish(expected)
-        .map_err(|WrongLength { expected, got }| {
-            TgError::Transient(format!(
+    let body = response.bytes_stream();
+    stage_body(&shared.blobs, body, max, expected)
+        .await
+        .map_err(|e| match e {
+            StageError::Body(e) => telegram.transport(e),
+            StageError::TooBig(size) => TgError::Refused(too_big(size, max)),
+            StageError::Disk(reason) => TgError::Transient(reason),
+            StageError::Length(WrongLength { expected, got }) => TgError::Transient(format!(
                 "the body has {got} bytes where {expected} were announced"
-            ))
+            )),
         })
 }
 
@@ -702,12 +688,9 @@ async fn read_local(
             "the Bot API server gave an unsafe file_path {shown:?} (with ..)"
         )));
     }
-    let staging = blobs
-        .stage()
-        .map_err(|e| TgError::Transient(e.to_string()))?;
-    let read = tokio::task::spawn_blocking(move || -> Result<Staged, LocalError> {
+    let mut staging = blobs.stage();
+    let read = crate::blocking::run(move || -> Result<Staged, LocalError> {
         let mut file = std::fs::File::open(&info.file_path).map_err(LocalError::Open)?;
-        let mut staging = staging;
         let mut buf = vec![0u8; LOCAL_CHUNK];
         loop {
             let n = match file.read(&mut buf) {

@@ -60,6 +60,8 @@ const BLOB: &str = "blob";
 const OBJECT: &str = "object";
 /// Planned objects read from the catalog at a time.
 const OBJECTS_PAGE: usize = 1024;
+/// Chunks of an object at most hashed in one trip to the blocking pool.
+const HASH_BATCH: usize = 64;
 
 impl VerifyReport {
     /// Counts one check of a local blob ([`BLOB`]) or a destination object ([`OBJECT`]).
@@ -154,7 +156,7 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
         move |(sha, size)| {
             let store = store.clone();
             async move {
-                let check = tokio::task::spawn_blocking({
+                let check = crate::blocking::run({
                     let sha = sha.clone();
                     move || match store.rehash(&sha) {
                         Ok(None) => Check::Missing("missing from blobs/".into()),
@@ -392,13 +394,22 @@ async fn inspect_object(
         return not_ours();
     }
     if deep {
+        // Hashed on the blocking pool, the chunks that have come at a time.
         let mut hasher = Sha256::new();
-        let mut stream = result.into_stream();
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(chunk) => hasher.update(&chunk),
+        let mut batches = std::pin::pin!(result.into_stream().ready_chunks(HASH_BATCH));
+        while let Some(batch) = batches.next().await {
+            let chunks = match batch.into_iter().collect::<Result<Vec<_>, _>>() {
+                Ok(chunks) => chunks,
                 Err(e) => return (Check::Bad(format!("cannot read: {e}")), None),
-            }
+            };
+            let hashed = crate::blocking::run(move || {
+                chunks.iter().for_each(|chunk| hasher.update(chunk));
+                hasher
+            });
+            hasher = match hashed.await {
+                Ok(hasher) => hasher,
+                Err(e) => return (Check::Bad(e.to_string()), None),
+            };
         }
         let got = hex::encode(hasher.finalize());
         if got != sha256 {

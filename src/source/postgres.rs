@@ -51,10 +51,15 @@ pub async fn connect(url: &str) -> Result<Client> {
     if config.get_application_name().is_none() {
         config.application_name("starchive");
     }
-    let tls = tls_connector(verify, root_cert.as_deref()).map_err(|message| Error::Database {
-        url: shown.clone(),
-        message: scrubbed(message),
-    })?;
+    // Reading the system's certificates is file I/O.
+    let tls = crate::blocking::run(move || tls_connector(verify, root_cert.as_deref()))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|made| made)
+        .map_err(|message| Error::Database {
+            url: shown.clone(),
+            message: scrubbed(message),
+        })?;
     let (client, connection) = config.connect(tls).await.map_err(|e| Error::Database {
         url: shown.clone(),
         message: scrubbed(pg_message(&e)),
