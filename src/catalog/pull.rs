@@ -68,6 +68,27 @@ pub fn mark_present(conn: &Connection, is_present: impl Fn(&str) -> bool) -> Res
     Ok(left)
 }
 
+/// `pull_refs`: the refs whose blob is still to download and that a pull
+/// may change (fetched or failed), by sha256. Made once, in one pass over
+/// `refs`, after [`mark_present`]: `refs` has no index by sha256, and a
+/// search of it per blob made a pull quadratic in its refs (most of its CPU
+/// at 5,000 refs).
+pub fn index_refs_to_pull(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS pull_refs (
+             sha256 TEXT NOT NULL,
+             ref_id INTEGER NOT NULL,
+             PRIMARY KEY (sha256, ref_id)
+         ) WITHOUT ROWID;
+         DELETE FROM pull_refs;
+         INSERT INTO pull_refs(sha256, ref_id)
+             SELECT sha256, id FROM refs
+             WHERE state IN ('fetched', 'failed')
+               AND sha256 IN (SELECT sha256 FROM pull_blobs WHERE outcome IS NULL);",
+    )?;
+    Ok(())
+}
+
 /// Up to `limit` blobs still to download after `after`, by sha256.
 pub fn blobs_to_pull_after(
     conn: &Connection,
@@ -89,7 +110,8 @@ pub fn blobs_to_pull_after(
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// A blob is stored: its refs that an earlier pull failed are fetched again.
+/// A blob is stored: its refs that an earlier pull failed are fetched
+/// again (found through [`index_refs_to_pull`]).
 pub fn mark_pulled(conn: &Connection, blob: &BlobInfo) -> Result<()> {
     let now = super::now_text();
     conn.prepare_cached(
@@ -99,7 +121,7 @@ pub fn mark_pulled(conn: &Connection, blob: &BlobInfo) -> Result<()> {
     .execute(params![blob.sha256, blob.size, blob.kind, now])?;
     conn.prepare_cached(
         "UPDATE refs SET state = 'fetched', reason = NULL, updated_at = ?2
-         WHERE sha256 = ?1 AND state = 'failed'",
+         WHERE id IN (SELECT ref_id FROM pull_refs WHERE sha256 = ?1) AND state = 'failed'",
     )?
     .execute(params![blob.sha256, now])?;
     conn.prepare_cached("UPDATE pull_blobs SET outcome = 'downloaded' WHERE sha256 = ?1")?
@@ -107,12 +129,14 @@ pub fn mark_pulled(conn: &Connection, blob: &BlobInfo) -> Result<()> {
     Ok(())
 }
 
-/// A blob could not be had: its refs fail with `reason` and keep their
-/// sha256, so that the next pull tries it again.
+/// A blob could not be had: its refs (found through [`index_refs_to_pull`])
+/// fail with `reason` and keep their sha256, so that the next pull tries it
+/// again.
 pub fn mark_pull_failed(conn: &Connection, sha256: &str, reason: &str) -> Result<()> {
     conn.prepare_cached(
         "UPDATE refs SET state = 'failed', reason = ?2, updated_at = ?3
-         WHERE sha256 = ?1 AND state IN ('fetched', 'failed')",
+         WHERE id IN (SELECT ref_id FROM pull_refs WHERE sha256 = ?1)
+           AND state IN ('fetched', 'failed')",
     )?
     .execute(params![sha256, reason, super::now_text()])?;
     conn.prepare_cached("UPDATE pull_blobs SET outcome = 'failed' WHERE sha256 = ?1")?

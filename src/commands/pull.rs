@@ -101,6 +101,7 @@ pub fn pull(ctx: &Context, opts: &PullOptions) -> Result<TransferReport> {
         tx.commit()?;
     }
     let left = q::mark_present(conn, |sha256| blobs.path(sha256).is_file())?;
+    q::index_refs_to_pull(conn)?;
 
     let shared = Arc::new(Shared {
         store,
