@@ -135,9 +135,13 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
         ..VerifyReport::default()
     };
 
+    // The blobs of fetched refs: a failed ref may name a blob that is not
+    // here (a pull whose source object was bad or missing keeps its sha256
+    // for the next pull), which is a failure `status` reports, not a bad blob.
     let mut stmt = catalog.conn().prepare(&format!(
         "SELECT sha256, size FROM blobs
-         WHERE sha256 IN (SELECT sha256 FROM refs WHERE {ENV_FILTER}) ORDER BY sha256"
+         WHERE sha256 IN (SELECT sha256 FROM refs WHERE state = 'fetched' AND {ENV_FILTER})
+         ORDER BY sha256"
     ))?;
     let blobs: Vec<(String, u64)> = stmt
         .query_map([&envs], |r| Ok((r.get(0)?, r.get(1)?)))?

@@ -247,6 +247,24 @@ fn a_bad_or_missing_object_fails_only_its_refs() {
         "{reasons:?}"
     );
 
+    // Their refs failed (at the source), no blob here is bad: verify finds
+    // nothing to repair and leaves them failed, with the sha256 the next
+    // pull needs.
+    let verified = exec(starchive(&pulled).args(["--json", "verify"]))
+        .code(0)
+        .json();
+    assert_eq!(
+        verified["blobs_checked"],
+        (FIXTURE_BLOBS - 2) as u64,
+        "{verified}"
+    );
+    assert_eq!(verified["blobs_bad"], 0, "{verified}");
+    assert_eq!(verified["refs_to_fetch_again"], 0, "{verified}");
+    let after = exec(starchive(&pulled).args(["--json", "status"]))
+        .code(0)
+        .json();
+    assert_eq!(after, status, "verify changed no ref");
+
     // Repaired at the source, the next pull takes them.
     std::fs::write(p.dest.join(&corrupt), &good_bytes).expect("repair");
     std::fs::write(p.dest.join(&gone), &gone_bytes).expect("repair");
