@@ -13,6 +13,8 @@ pub mod error;
 pub mod gallery;
 pub mod layout;
 pub mod manifest;
+pub mod object_check;
+pub mod placement;
 pub mod progress;
 pub mod redact;
 pub mod refs;
@@ -21,5 +23,6 @@ pub mod store_url;
 pub mod stores;
 pub mod telegram;
 pub mod transfer;
+pub mod upload;
 
 pub use error::{Error, Result};

@@ -135,12 +135,14 @@ fn run(command: Command, ctx: &Context, printer: &Printer) -> Result<ExitCode, E
             return Ok(ExitCode::from(report.exit_code()));
         }
         Command::Run(args) => {
-            let report = commands::run::run(
-                ctx,
-                &args.db.db,
-                &fetch_options(&args.fetch),
-                &push_options(&args.to, args.layout.layout, &args.fetch.jobs),
-            )?;
+            let fetch_opts = fetch_options(&args.fetch);
+            let push_opts = push_options(&args.to, args.layout.layout, &args.fetch.jobs);
+            commands::run::check_options(ctx, &push_opts.to, &fetch_opts.telegram_api)?;
+            let report = commands::run::RunReport {
+                snapshot: commands::snapshot::snapshot(ctx, &args.db.db)?,
+                fetch: commands::fetch::fetch(ctx, &fetch_opts)?,
+                push: commands::push::push(ctx, &push_opts)?,
+            };
             printer.report(&report);
             return Ok(ExitCode::from(report.exit_code()));
         }

@@ -3,9 +3,9 @@
 
 use rusqlite::{Connection, Transaction, params};
 
+use super::ENV_FILTER;
+use super::REF_LABEL_SQL;
 use super::push::{PLACE_COLUMNS, place_at};
-use crate::commands::ENV_FILTER;
-use crate::commands::status::REF_LABEL_SQL;
 use crate::error::Result;
 use crate::layout::RefPlace;
 

@@ -2,8 +2,8 @@
 
 use rusqlite::{Connection, Transaction, params};
 
+use super::ENV_FILTER;
 use crate::blobs::BlobInfo;
-use crate::commands::ENV_FILTER;
 use crate::error::Result;
 
 /// One bucket object to download, and the pending refs it serves.
@@ -185,7 +185,7 @@ pub fn ref_names(conn: &Connection, refs: &[i64]) -> Result<String> {
     const SHOWN: usize = 3;
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT class || ' ' || {} FROM refs WHERE id = ?1",
-        crate::commands::status::REF_LABEL_SQL
+        super::REF_LABEL_SQL
     ))?;
     let mut names = Vec::with_capacity(SHOWN + 1);
     for id in refs.iter().take(SHOWN) {

@@ -16,6 +16,7 @@ pub mod check;
 pub mod fetch;
 pub mod gallery;
 mod migrations;
+pub mod plan;
 pub mod pull;
 pub mod push;
 pub mod snapshot;
@@ -32,6 +33,16 @@ pub const CATALOG_FILE: &str = "catalog.sqlite";
 const LOCK_FILE: &str = "catalog.lock";
 /// The `settings` key of the archive's identity.
 pub const ARCHIVE_ID: &str = "archive_id";
+/// The `settings` key that keeps photo refs in scope once
+/// `fetch --include photos` asked for them.
+pub const INCLUDE_PHOTOS: &str = "include_photos";
+
+/// The SQL condition that keeps refs of the selected envs: `?1` is a JSON
+/// array of envs, or NULL for every env (`Context::env_param`).
+pub const ENV_FILTER: &str = "(?1 IS NULL OR env IN (SELECT value FROM json_each(?1)))";
+
+/// How a ref is named in reports: `table/row_id`, plus the slot for photos.
+pub const REF_LABEL_SQL: &str = "row_table || '/' || row_id || CASE WHEN slot = '' THEN '' ELSE '/' || class || '/' || slot END";
 
 /// SQLite's page cache, in KiB (negative: SQLite's unit for KiB).
 const CACHE_KIB: i64 = -8 * 1024;
@@ -189,13 +200,18 @@ impl Catalog {
     }
 
     pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO settings(key, value) VALUES (?1, ?2)
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [key, value],
-        )?;
-        Ok(())
+        set_setting(&self.conn, key, value)
     }
+}
+
+/// Sets a `settings` value on `conn` (a transaction, say).
+pub fn set_setting(conn: &Connection, key: &str, value: &str) -> Result<()> {
+    conn.execute(
+        "INSERT INTO settings(key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [key, value],
+    )?;
+    Ok(())
 }
 
 /// Items read from the catalog a page at a time: `next_page` returns the

@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::commands::ENV_FILTER;
+use super::ENV_FILTER;
 use crate::error::Result;
 use crate::layout::{Layout, RefPlace};
 

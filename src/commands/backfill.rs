@@ -14,17 +14,17 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::Context;
-use super::push::{object_attributes, put_file};
-use super::verify::{Check, check_object};
 use crate::blobs::BlobStore;
 use crate::catalog::Catalog;
 use crate::catalog::backfill::{self as q, Change};
 use crate::error::{Error, Result};
 use crate::layout::{Layout, dest_key};
+use crate::object_check::{Check, check_object};
 use crate::refs::{NewStickerRow, Table, key_column};
 use crate::source::postgres;
 use crate::stores::{self, Role, Store};
 use crate::transfer::run_units;
+use crate::upload::{object_attributes, put_file};
 use postgres_protocol::escape::{escape_identifier, escape_literal as literal};
 
 pub struct BackfillOptions {

@@ -18,7 +18,7 @@ use futures::StreamExt;
 use rusqlite::Connection;
 use serde::{Serialize, Serializer};
 
-use super::Context;
+use super::{CUT, Context};
 use crate::blobs::BlobStore;
 use crate::catalog::check as q;
 use crate::catalog::{Catalog, paged};
@@ -28,8 +28,6 @@ use crate::refs::RefClass;
 use crate::stores::{self, Role};
 use crate::transfer::run_units;
 
-/// Items of each list a text report shows (the rest are counted).
-pub const CUT: usize = 20;
 /// Missing positions listed per pack batch at most: a `pack_index` far out
 /// of range (a typo in the database) must not list a billion of them.
 const MAX_MISSING_LISTED: u64 = 1_000;

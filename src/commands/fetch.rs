@@ -262,11 +262,7 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
 
     if opts.include_photos {
         let tx = catalog.conn_mut().transaction()?;
-        tx.execute(
-            "INSERT INTO settings(key, value) VALUES (?1, 'true')
-             ON CONFLICT(key) DO UPDATE SET value = 'true'",
-            [super::snapshot::INCLUDE_PHOTOS],
-        )?;
+        catalog::set_setting(&tx, catalog::INCLUDE_PHOTOS, "true")?;
         crate::refs::derive(&tx, true)?;
         tx.commit()?;
     }

@@ -19,7 +19,7 @@ pub fn gallery(ctx: &Context, out: Option<&Path>) -> Result<GalleryReport> {
     // One read transaction: every page sees the same catalog. The TEMP
     // tables it fills are dropped with it.
     let tx = catalog.conn().unchecked_transaction()?;
-    let counts = super::plan::counts(&tx, &envs)?;
+    let counts = crate::catalog::plan::counts(&tx, &envs)?;
     let scope = Scope::prepare(&tx, &envs)?;
     let out = crate::gallery::out_dir(&ctx.archive, out);
     crate::gallery::write(&scope, &ctx.archive, &out, &counts)

@@ -35,7 +35,10 @@ pub struct Context {
     pub db_origin: &'static str,
 }
 
-/// Writes `items` one per line with `line`: the first [`check::CUT`] of
+/// Items of each list a text report shows (the rest are counted).
+pub const CUT: usize = 20;
+
+/// Writes `items` one per line with `line`: the first [`CUT`] of
 /// them unless `full`, then `indent` and "… and N more". A text report stays readable
 /// however many items fail; `--full` (and `--json`) has them all.
 pub(crate) fn write_cut<T>(
@@ -45,7 +48,7 @@ pub(crate) fn write_cut<T>(
     indent: &str,
     mut line: impl FnMut(&mut std::fmt::Formatter<'_>, &T) -> std::fmt::Result,
 ) -> std::fmt::Result {
-    let shown = if full { items.len() } else { check::CUT };
+    let shown = if full { items.len() } else { CUT };
     for item in items.iter().take(shown) {
         line(f, item)?;
     }
@@ -99,9 +102,6 @@ impl Context {
         Ok(())
     }
 }
-
-/// The SQL condition that keeps refs of the selected envs (`?1` is [`Context::env_param`]).
-pub const ENV_FILTER: &str = "(?1 IS NULL OR env IN (SELECT value FROM json_each(?1)))";
 
 /// `fetch --json` and `push --json` (SPEC §3).
 #[derive(Debug, Default, Serialize)]

@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use futures::StreamExt;
-use object_store::{Attribute, Attributes, PutOptions, PutPayload, WriteMultipart};
 use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 
@@ -25,22 +24,19 @@ use crate::blobs::BlobStore;
 use crate::catalog::push::{self as q, KeyToPush};
 use crate::catalog::{Catalog, paged};
 use crate::error::{Error, Result};
-use crate::layout::{Layout, RESERVED_PREFIX, dest_key};
+use crate::layout::{Layout, RESERVED_PREFIX};
 use crate::manifest::{self, MANIFEST_KEY};
+use crate::placement::{build_plan, held_layout};
 use crate::stores::{self, Role, Store};
 use crate::transfer::run_units;
+use crate::upload;
 
-/// Objects above this size are uploaded in parts.
-pub const MULTIPART_THRESHOLD: u64 = 8 << 20;
 /// SQLite page cache of a push, in KiB (negative: SQLite's unit for KiB).
 /// It also bounds the sorter of the plan's ordered read and the cache of the
 /// copy made by VACUUM INTO. A push reads and writes the catalog's pages in
 /// order, through the OS's file cache: at 100,000 refs a cache of 8 MiB was
 /// no faster than this one, and took 18 MB more at its peak.
 const PUSH_CACHE_KIB: i64 = -2 * 1024;
-/// Parts of one object uploaded while the next is read: each holds a part
-/// in memory, and `--jobs` already uploads objects side by side.
-const MULTIPART_PARTS_IN_FLIGHT: usize = 1;
 /// Blobs to upload read from the catalog at a time.
 const UPLOADS_PAGE: usize = 256;
 
@@ -52,31 +48,6 @@ pub struct PushOptions {
     /// The largest object of the catalog copy
     /// ([`manifest::CATALOG_PART_BYTES`]; smaller only in tests).
     pub catalog_part_bytes: u64,
-}
-
-/// Plans where every fetched ref in scope goes at a destination, into the
-/// connection's temp tables ([`q::create_plan_tables`]): the key each ref
-/// gets, or why it gets none. Refs come in the catalog's order, those owning
-/// a storage key first, so that a key's bytes are those of the ref the
-/// database names it for.
-pub(crate) fn build_plan(conn: &Connection, envs: &Option<String>, layout: Layout) -> Result<()> {
-    q::create_plan_tables(conn)?;
-    q::for_each_fetched_ref(conn, envs, |r| {
-        let key = match dest_key(layout, &r.place, &r.sha256, &r.kind) {
-            Ok(key) => key,
-            Err(reason) => return q::refuse_in_plan(conn, r.id, None, &reason),
-        };
-        match q::place_in_plan(conn, r.id, &key, &r.sha256, r.size, &r.kind)? {
-            None => Ok(()),
-            Some(held) => {
-                let reason = format!(
-                    "key {key} already holds other bytes ({}) from another ref",
-                    held.get(..12).unwrap_or(&held)
-                );
-                q::refuse_in_plan(conn, r.id, Some(&key), &reason)
-            }
-        }
-    })
 }
 
 /// One blob to upload, and every key that needs it with the number of refs placed there.
@@ -143,7 +114,7 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
     };
     // A manifest this archive wrote names the layout recorded; any other
     // (another machine's push) is read for the layout it names.
-    let layout = held_layout(ctx, &store, catalog.conn(), opts.layout, !trusted)?;
+    let layout = held_layout(&ctx.runtime, &store, catalog.conn(), opts.layout, !trusted)?;
     let dest = q::destination(catalog.conn(), &store.shown, layout)?;
 
     // Placements first: what is known pushed stays so, the rest is pending.
@@ -261,96 +232,6 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
     })
 }
 
-/// The layout to use at `store`: the one it holds once something was pushed
-/// there (named by the manifest at the destination when `read_manifest`,
-/// else recorded in the catalog), else `requested`, else mirror. A
-/// destination has one layout: asking for another is bad usage, since the
-/// copy would hold both and its manifest describe only one.
-pub(crate) fn held_layout(
-    ctx: &Context,
-    store: &Store,
-    conn: &Connection,
-    requested: Option<Layout>,
-    read_manifest: bool,
-) -> Result<Layout> {
-    let found = match read_manifest {
-        true => manifest_layout(ctx, store)?.map(|l| (l, "named by the manifest there")),
-        false => None,
-    };
-    // What is there now wins over what this archive last did there.
-    let held = match found {
-        Some(found) => Some(found),
-        None => {
-            q::held_layout(conn, &store.shown)?.map(|l| (l, "recorded in this archive's catalog"))
-        }
-    };
-    if let (Some(requested), Some((layout, source))) = (requested, held)
-        && requested != layout
-    {
-        return Err(Error::Usage(format!(
-            "--to {}: it holds the {} layout ({source}), not {}: leave --layout out or use \
-             --layout {}, or push to another destination for a {} copy",
-            store.shown,
-            layout.name(),
-            requested.name(),
-            layout.name(),
-            requested.name(),
-        )));
-    }
-    Ok(requested.or(held.map(|(l, _)| l)).unwrap_or(Layout::Mirror))
-}
-
-/// Bytes of the manifest read to find its first line: more than a zstd
-/// block can take, so the first block is whole.
-const MANIFEST_HEAD_BYTES: usize = 256 << 10;
-
-/// The layout named by the first line of the manifest at `store`; `None`
-/// when there is none, or it is no manifest starchive reads (a warning).
-fn manifest_layout(ctx: &Context, store: &Store) -> Result<Option<Layout>> {
-    use std::io::BufRead;
-    let path = store.path(MANIFEST_KEY).map_err(Error::Config)?;
-    let head = ctx.runtime.block_on(async {
-        let mut stream = match store.inner.get(&path).await {
-            Ok(got) => got.into_stream(),
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let mut head = Vec::new();
-        while head.len() < MANIFEST_HEAD_BYTES
-            && let Some(chunk) = stream.next().await
-        {
-            head.extend_from_slice(&chunk?);
-        }
-        Ok(Some(head))
-    });
-    let head = match head {
-        Ok(Some(head)) => head,
-        Ok(None) => return Ok(None),
-        Err(e) => {
-            return Err(Error::Config(format!(
-                "cannot read {MANIFEST_KEY} at {}: {e}",
-                store.shown
-            )));
-        }
-    };
-    let mut line = String::new();
-    let read = zstd::Decoder::new(head.as_slice())
-        .map(std::io::BufReader::new)
-        .and_then(|mut r| r.read_line(&mut line));
-    let name = read
-        .ok()
-        .and_then(|_| serde_json::from_str::<serde_json::Value>(&line).ok())
-        .and_then(|v| v.get("layout")?.as_str().map(str::to_string));
-    let layout = name.as_deref().and_then(Layout::parse);
-    if layout.is_none() {
-        tracing::warn!(
-            "{MANIFEST_KEY} at {} names no layout starchive knows: it is not taken into account",
-            store.shown
-        );
-    }
-    Ok(layout)
-}
-
 /// Whether the catalog's records of `dest` can be trusted: the manifest the
 /// last push wrote there is still there, as it was written (one request).
 /// When it is not (the destination was deleted, replaced, or pushed to from
@@ -403,50 +284,14 @@ fn take_objects_present(ctx: &Context, store: &Store, conn: &Connection, dest: i
     Ok(refs)
 }
 
-/// [`remove_stale_staging`] beside every key the plan has still to push.
+/// [`upload::remove_stale_staging`] beside every key the plan has still to push.
 fn remove_stale_staging_of_plan(store: &Store, conn: &Connection) -> Result<()> {
     if store.local_root.is_none() {
         return Ok(());
     }
     q::for_each_dir_to_push(conn, |dir| {
-        remove_stale_staging(store, dir, |key| q::is_planned_to_push(conn, key))
+        upload::remove_stale_staging(store, dir, |key| q::is_planned_to_push(conn, key))
     })
-}
-
-/// Removes what killed pushes left beside the keys this push is about to
-/// write in directory `dir` (a key prefix: `a/b/`, or empty for the root) of
-/// a local destination; `is_ours` says whether a key is one of them.
-///
-/// `object_store` writes a local file as `<key>#<n>` and renames it into
-/// place; a push killed in between leaves that file behind, hidden from
-/// listings and never reused. Only such files are removed, one directory
-/// read per directory.
-fn remove_stale_staging(
-    store: &Store,
-    dir: &str,
-    mut is_ours: impl FnMut(&str) -> Result<bool>,
-) -> Result<()> {
-    let Some(root) = &store.local_root else {
-        return Ok(());
-    };
-    let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
-        return Ok(());
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let Some((base, n)) = name.rsplit_once('#') else {
-            continue;
-        };
-        let staging = !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit());
-        if staging
-            && entry.file_type().is_ok_and(|t| t.is_file())
-            && is_ours(&format!("{dir}{base}"))?
-        {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
-    Ok(())
 }
 
 /// Uploads a blob at its first key and copies it on the server to the others.
@@ -481,8 +326,8 @@ async fn upload_blob(
             }
         };
         let put = || async {
-            let attributes = object_attributes(store, &sha256, &kind);
-            put_file(store, &path, &file, size, attributes).await?;
+            let attributes = upload::object_attributes(store, &sha256, &kind);
+            upload::put_file(store, &path, &file, size, attributes).await?;
             bytes.fetch_add(size, Ordering::Relaxed);
             Ok(())
         };
@@ -503,105 +348,6 @@ async fn upload_blob(
         out.push(outcome(key, refs, result));
     }
     out
-}
-
-/// PUT of a local file of `size` bytes, in parts above [`MULTIPART_THRESHOLD`].
-pub(crate) async fn put_file(
-    store: &Store,
-    path: &object_store::path::Path,
-    file: &std::path::Path,
-    size: u64,
-    attributes: Attributes,
-) -> Result<(), String> {
-    if size <= MULTIPART_THRESHOLD {
-        let data = tokio::fs::read(file)
-            .await
-            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        if data.len() as u64 != size {
-            return Err(format!(
-                "{} has {} bytes, not {size}: run `starchive verify`",
-                file.display(),
-                data.len()
-            ));
-        }
-        let opts = PutOptions {
-            attributes,
-            ..PutOptions::default()
-        };
-        store
-            .inner
-            .put_opts(path, PutPayload::from(data), opts)
-            .await
-            .map_err(|e| e.to_string())?;
-    } else {
-        let opts = object_store::PutMultipartOptions {
-            attributes,
-            ..Default::default()
-        };
-        let upload = store
-            .inner
-            .put_multipart_opts(path, opts)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, MULTIPART_THRESHOLD as usize);
-        // Every way out but success aborts the upload, so that the store
-        // keeps no orphaned parts.
-        let written: Result<(), String> = async {
-            use tokio::io::AsyncReadExt;
-            let mut reader = tokio::fs::File::open(file)
-                .await
-                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            let mut buf = vec![0u8; 1 << 20];
-            let mut total = 0u64;
-            loop {
-                let n = reader
-                    .read(&mut buf)
-                    .await
-                    .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-                if n == 0 {
-                    break;
-                }
-                total += n as u64;
-                writer
-                    .wait_for_capacity(MULTIPART_PARTS_IN_FLIGHT)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                writer.write(&buf[..n]);
-            }
-            if total != size {
-                return Err(format!(
-                    "{} has {total} bytes, not {size}: run `starchive verify`",
-                    file.display()
-                ));
-            }
-            writer.wait_for_capacity(0).await.map_err(|e| e.to_string())
-        }
-        .await;
-        if let Err(e) = written {
-            let _ = writer.abort().await;
-            return Err(e);
-        }
-        writer.finish().await.map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
-
-pub(crate) fn object_attributes(store: &Store, sha256: &str, kind: &str) -> Attributes {
-    if !store.keeps_metadata() {
-        return Attributes::new();
-    }
-    let content_type = match kind {
-        "webp" => "image/webp",
-        "png" => "image/png",
-        "jpg" => "image/jpeg",
-        "webm" => "video/webm",
-        "tgs" => "application/x-tgsticker",
-        _ => "application/octet-stream",
-    };
-    Attributes::from_iter([
-        (Attribute::Metadata("sha256".into()), sha256.to_string()),
-        (Attribute::ContentType, content_type.to_string()),
-    ])
 }
 
 /// Writes the manifest and the catalog copy (SPEC §5) when something changed
@@ -695,7 +441,7 @@ fn write_self_description(
     let result = (|| -> Result<()> {
         let _ = std::fs::remove_file(&copy);
         conn.execute("VACUUM INTO ?1", [copy.to_string_lossy()])?;
-        remove_stale_staging(store, RESERVED_PREFIX, |key| {
+        upload::remove_stale_staging(store, RESERVED_PREFIX, |key| {
             Ok(key == MANIFEST_KEY || manifest::is_catalog_copy_key(key))
         })?;
         let mut too_big = None;
@@ -704,9 +450,11 @@ fn write_self_description(
             part.clone(),
             part_bytes,
             |key, file, size, sha| {
-                let result = put_reserved(ctx, store, key, file, size, sha);
+                let result = ctx
+                    .runtime
+                    .block_on(upload::put_durable(store, key, file, size, sha));
                 if let Err(reason) = &result
-                    && refused_for_size(reason)
+                    && upload::refused_for_size(reason)
                 {
                     too_big = Some(format!(
                         "{} refused {key} ({size} bytes) as too large: \
@@ -736,9 +484,15 @@ fn write_self_description(
             std::io::copy(&mut rest, &mut file).map_err(cannot)?;
         }
         let (size, sha) = hash_file(&manifest)?;
-        match put_reserved(ctx, store, MANIFEST_KEY, &manifest, size, &sha) {
+        match ctx.runtime.block_on(upload::put_durable(
+            store,
+            MANIFEST_KEY,
+            &manifest,
+            size,
+            &sha,
+        )) {
             Ok(()) => {}
-            Err(reason) if refused_for_size(&reason) => refused.push(format!(
+            Err(reason) if upload::refused_for_size(&reason) => refused.push(format!(
                 "{} refused {} ({size} bytes) as too large: \
                  raise the store's object size limit, then push again",
                 store.shown, MANIFEST_KEY
@@ -762,37 +516,6 @@ fn write_self_description(
     })();
     cleanup();
     result.map(|()| refused)
-}
-
-/// PUT of one of starchive's own objects from a local file, durable before it returns.
-fn put_reserved(
-    ctx: &Context,
-    store: &Store,
-    key: &str,
-    file: &std::path::Path,
-    size: u64,
-    sha256: &str,
-) -> Result<(), String> {
-    let path = store.path(key)?;
-    ctx.runtime.block_on(async {
-        put_file(
-            store,
-            &path,
-            file,
-            size,
-            object_attributes(store, sha256, "bin"),
-        )
-        .await?;
-        store.make_durable(&path).await
-    })
-}
-
-/// Whether a store's refusal says the object is too large (S3's
-/// `EntityTooLarge`, HTTP 413: Supabase's per-file limit).
-fn refused_for_size(reason: &str) -> bool {
-    reason.contains("EntityTooLarge")
-        || reason.contains("status 413")
-        || reason.contains("413 Payload Too Large")
 }
 
 /// Deletes the objects of older catalog copies (a plain `catalog.sqlite`,

@@ -1,10 +1,7 @@
-//! `run`: snapshot, fetch and push in one go.
+//! `run`: snapshot, fetch and push in one go (the binary calls them in turn).
 
 use serde::Serialize;
 
-use super::fetch::{FetchOptions, fetch};
-use super::push::{PushOptions, push};
-use super::snapshot::snapshot;
 use super::{Context, TransferReport};
 use crate::catalog::snapshot::SnapshotReport;
 use crate::error::Result;
@@ -22,23 +19,12 @@ impl RunReport {
     }
 }
 
-pub fn run(
-    ctx: &Context,
-    db: &str,
-    fetch_opts: &FetchOptions,
-    push_opts: &PushOptions,
-) -> Result<RunReport> {
-    // Refused before anything is done, not after a snapshot and a fetch.
-    crate::store_url::refuse_archive_overlap(&push_opts.to, &ctx.archive, "--to")?;
-    crate::telegram::check_api_url(&fetch_opts.telegram_api).map_err(crate::Error::Usage)?;
-    let snapshot = snapshot(ctx, db)?;
-    let fetch = fetch(ctx, fetch_opts)?;
-    let push = push(ctx, push_opts)?;
-    Ok(RunReport {
-        snapshot,
-        fetch,
-        push,
-    })
+/// What `run` refuses before anything is done, not after a snapshot and a
+/// fetch: a `--to` inside the archive, a `--telegram-api` that is no URL.
+/// The binary then runs snapshot, fetch and push in turn into a [`RunReport`].
+pub fn check_options(ctx: &Context, to: &str, telegram_api: &str) -> Result<()> {
+    crate::store_url::refuse_archive_overlap(to, &ctx.archive, "--to")?;
+    crate::telegram::check_api_url(telegram_api).map_err(crate::Error::Usage)
 }
 
 impl std::fmt::Display for RunReport {

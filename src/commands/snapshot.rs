@@ -3,13 +3,10 @@
 use tokio::sync::mpsc;
 
 use super::Context;
-use crate::catalog::Catalog;
 use crate::catalog::snapshot::{SnapshotReport, SnapshotWriter};
+use crate::catalog::{Catalog, INCLUDE_PHOTOS};
 use crate::error::{Error, Result};
 use crate::source::{self, Batcher, SourceSpec};
-
-/// Setting that keeps photo refs in scope once `fetch --include photos` asked for them.
-pub const INCLUDE_PHOTOS: &str = "include_photos";
 
 pub fn snapshot(ctx: &Context, db: &str) -> Result<SnapshotReport> {
     let spec = SourceSpec::parse(db, ctx.db_origin)?;

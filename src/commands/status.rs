@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{Context, ENV_FILTER};
-use crate::catalog::Catalog;
+use super::Context;
+use crate::catalog::{Catalog, ENV_FILTER, REF_LABEL_SQL};
 use crate::error::Result;
 
 #[derive(Debug, Serialize)]
@@ -29,9 +29,6 @@ pub struct StatusReport {
     #[serde(skip)]
     pub full: bool,
 }
-
-/// How a ref is named in reports: `table/row_id`, plus the slot for photos.
-pub const REF_LABEL_SQL: &str = "row_table || '/' || row_id || CASE WHEN slot = '' THEN '' ELSE '/' || class || '/' || slot END";
 
 /// Where every stage stands; `full`: the text report lists every failure.
 ///

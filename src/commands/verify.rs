@@ -4,20 +4,17 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
-use object_store::{Attribute, GetOptions};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::Context;
-use super::push::{build_plan, held_layout};
 use crate::blobs::BlobStore;
 use crate::catalog::push as q;
-use crate::catalog::{Catalog, paged};
-use crate::commands::ENV_FILTER;
+use crate::catalog::{Catalog, ENV_FILTER, paged};
 use crate::error::Result;
 use crate::layout::Layout;
-use crate::stores::{self, Role, Store};
+use crate::object_check::{Check, Held, inspect_object};
+use crate::placement::{build_plan, held_layout};
+use crate::stores::{self, Role};
 use crate::transfer::run_units;
 
 pub struct VerifyOptions {
@@ -60,8 +57,6 @@ const BLOB: &str = "blob";
 const OBJECT: &str = "object";
 /// Planned objects read from the catalog at a time.
 const OBJECTS_PAGE: usize = 1024;
-/// Chunks of an object at most hashed in one trip to the blocking pool.
-const HASH_BATCH: usize = 64;
 
 impl VerifyReport {
     /// Counts one check of a local blob ([`BLOB`]) or a destination object ([`OBJECT`]).
@@ -103,12 +98,6 @@ impl VerifyReport {
     }
 }
 
-pub(crate) enum Check {
-    Good,
-    Missing(String),
-    Bad(String),
-}
-
 pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
     let mut catalog = Catalog::open_existing(&ctx.archive)?;
     ctx.warn_unknown_envs(&catalog)?;
@@ -122,7 +111,7 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
         Some(url) => {
             let dest = stores::open(url, Role::To)?;
             ctx.runtime.block_on(stores::check(&dest, Role::To))?;
-            let layout = held_layout(ctx, &dest, catalog.conn(), opts.layout, true)?;
+            let layout = held_layout(&ctx.runtime, &dest, catalog.conn(), opts.layout, true)?;
             let tx = catalog.conn_mut().transaction()?;
             build_plan(&tx, &envs, layout)?;
             tx.commit()?;
@@ -282,15 +271,6 @@ struct BadObject {
     problem: String,
 }
 
-/// Bytes of the right size found at a key, but not those it should hold.
-enum Held {
-    /// Bytes hashing to (or described by their metadata as) this sha256.
-    Other(String),
-    /// Bytes without the sha256 metadata starchive writes, on a store that
-    /// keeps it: not written by starchive, whatever they are.
-    Foreign,
-}
-
 /// Objects missing or bad at the destination (`recorded`: its id in the
 /// catalog, if pushed to before), marked so that the next `push` uploads
 /// them again. Returns how many.
@@ -328,105 +308,6 @@ fn mark_objects(
     }
     tx.commit()?;
     Ok(bad.len() as u64)
-}
-
-/// Whether `key` holds `size` bytes hashing to `sha256` (by metadata, or by reading when `deep`).
-pub(crate) async fn check_object(
-    dest: &Store,
-    key: &str,
-    sha256: &str,
-    size: u64,
-    deep: bool,
-) -> Check {
-    inspect_object(dest, key, sha256, size, deep, false).await.0
-}
-
-/// [`check_object`], and, when the key holds other bytes of the right size,
-/// what they are ([`Held`]: their sha256 computed when `deep`, else from
-/// their metadata). With `ours`, the key is one starchive writes: on a store
-/// that keeps metadata, bytes without its sha256 metadata are not its own
-/// and are bad whatever they hash to.
-async fn inspect_object(
-    dest: &Store,
-    key: &str,
-    sha256: &str,
-    size: u64,
-    deep: bool,
-    ours: bool,
-) -> (Check, Option<Held>) {
-    let path = match dest.path(key) {
-        Ok(p) => p,
-        Err(e) => return (Check::Bad(e), None),
-    };
-    let opts = GetOptions {
-        head: !deep,
-        ..GetOptions::default()
-    };
-    let result = match dest.inner.get_opts(&path, opts).await {
-        Ok(r) => r,
-        Err(object_store::Error::NotFound { .. }) => {
-            return (Check::Missing("missing".into()), None);
-        }
-        Err(e) => return (Check::Bad(format!("cannot read: {e}")), None),
-    };
-    if result.meta.size != size {
-        return (
-            Check::Bad(format!("{} bytes, expected {size}", result.meta.size)),
-            None,
-        );
-    }
-    let foreign = match result.attributes.get(&Attribute::Metadata("sha256".into())) {
-        Some(meta) if meta.as_ref() != sha256 => {
-            let held = meta.as_ref().to_string();
-            return (
-                Check::Bad(format!("sha256 metadata {held}, expected {sha256}")),
-                Some(Held::Other(held)),
-            );
-        }
-        Some(_) => false,
-        None => ours && dest.keeps_metadata(),
-    };
-    let not_ours = || {
-        (
-            Check::Bad(format!(
-                "no sha256 metadata: not written by starchive (expected {sha256})"
-            )),
-            Some(Held::Foreign),
-        )
-    };
-    if foreign && !deep {
-        return not_ours();
-    }
-    if deep {
-        // Hashed on the blocking pool, the chunks that have come at a time.
-        let mut hasher = Sha256::new();
-        let mut batches = std::pin::pin!(result.into_stream().ready_chunks(HASH_BATCH));
-        while let Some(batch) = batches.next().await {
-            let chunks = match batch.into_iter().collect::<Result<Vec<_>, _>>() {
-                Ok(chunks) => chunks,
-                Err(e) => return (Check::Bad(format!("cannot read: {e}")), None),
-            };
-            let hashed = crate::blocking::run(move || {
-                chunks.iter().for_each(|chunk| hasher.update(chunk));
-                hasher
-            });
-            hasher = match hashed.await {
-                Ok(hasher) => hasher,
-                Err(e) => return (Check::Bad(e.to_string()), None),
-            };
-        }
-        let got = hex::encode(hasher.finalize());
-        if got != sha256 {
-            return (
-                Check::Bad(format!("bytes hash to {got}, expected {sha256}")),
-                Some(Held::Other(got)),
-            );
-        }
-    }
-    if foreign {
-        return not_ours();
-    }
-    (Check::Good, None)
 }
 
 impl std::fmt::Display for VerifyReport {

@@ -34,7 +34,7 @@ use maud::Markup;
 use serde::Serialize;
 
 use crate::catalog::gallery::{Card, Scope};
-use crate::commands::plan::PlanReport;
+use crate::catalog::plan::PlanReport;
 use crate::error::{Error, Result};
 
 /// Rows or cards on one page.

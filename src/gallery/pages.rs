@@ -7,7 +7,7 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use super::{Item, Media, Shown, slug};
 use crate::catalog::gallery::{BatchRow, Card, EnvRow, SessionRow, UserRow};
-use crate::commands::plan::PlanReport;
+use crate::catalog::plan::PlanReport;
 
 /// Pages may load only files: no request ever leaves the machine, even for
 /// a URL an animation's data might name.

@@ -928,7 +928,7 @@ fn plan_counts_match_the_fixture_answers() {
     {
         let catalog = starchive::catalog::Catalog::open_or_create(archive.path()).expect("open");
         catalog
-            .set_setting(starchive::commands::snapshot::INCLUDE_PHOTOS, "true")
+            .set_setting(starchive::catalog::INCLUDE_PHOTOS, "true")
             .expect("set include_photos");
     }
     let again = snapshot_ok(archive.path(), &url, &[]);

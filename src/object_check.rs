@@ -1,0 +1,124 @@
+//! The object check: whether a key of a store holds the bytes it should,
+//! by size and sha256 metadata, or (deep) by hashing them as they stream.
+//! `verify --to` checks a destination with it, `backfill` the bucket.
+
+use futures::StreamExt;
+use object_store::{Attribute, GetOptions};
+use sha2::{Digest, Sha256};
+
+use crate::stores::Store;
+
+/// Chunks of an object at most hashed in one trip to the blocking pool.
+const HASH_BATCH: usize = 64;
+
+/// What a key was found to hold.
+pub enum Check {
+    /// The right size, and the right sha256 (metadata, or bytes when deep).
+    Good,
+    /// No object at the key; why, in words.
+    Missing(String),
+    /// Other bytes, or a key that cannot be read; why, in words.
+    Bad(String),
+}
+
+/// Bytes of the right size found at a key, but not those it should hold.
+pub enum Held {
+    /// Bytes hashing to (or described by their metadata as) this sha256.
+    Other(String),
+    /// Bytes without the sha256 metadata starchive writes, on a store that
+    /// keeps it: not written by starchive, whatever they are.
+    Foreign,
+}
+
+/// Whether `key` holds `size` bytes hashing to `sha256` (by metadata, or by reading when `deep`).
+pub async fn check_object(dest: &Store, key: &str, sha256: &str, size: u64, deep: bool) -> Check {
+    inspect_object(dest, key, sha256, size, deep, false).await.0
+}
+
+/// [`check_object`], and, when the key holds other bytes of the right size,
+/// what they are ([`Held`]: their sha256 computed when `deep`, else from
+/// their metadata). With `ours`, the key is one starchive writes: on a store
+/// that keeps metadata, bytes without its sha256 metadata are not its own
+/// and are bad whatever they hash to.
+pub async fn inspect_object(
+    dest: &Store,
+    key: &str,
+    sha256: &str,
+    size: u64,
+    deep: bool,
+    ours: bool,
+) -> (Check, Option<Held>) {
+    let path = match dest.path(key) {
+        Ok(p) => p,
+        Err(e) => return (Check::Bad(e), None),
+    };
+    let opts = GetOptions {
+        head: !deep,
+        ..GetOptions::default()
+    };
+    let result = match dest.inner.get_opts(&path, opts).await {
+        Ok(r) => r,
+        Err(object_store::Error::NotFound { .. }) => {
+            return (Check::Missing("missing".into()), None);
+        }
+        Err(e) => return (Check::Bad(format!("cannot read: {e}")), None),
+    };
+    if result.meta.size != size {
+        return (
+            Check::Bad(format!("{} bytes, expected {size}", result.meta.size)),
+            None,
+        );
+    }
+    let foreign = match result.attributes.get(&Attribute::Metadata("sha256".into())) {
+        Some(meta) if meta.as_ref() != sha256 => {
+            let held = meta.as_ref().to_string();
+            return (
+                Check::Bad(format!("sha256 metadata {held}, expected {sha256}")),
+                Some(Held::Other(held)),
+            );
+        }
+        Some(_) => false,
+        None => ours && dest.keeps_metadata(),
+    };
+    let not_ours = || {
+        (
+            Check::Bad(format!(
+                "no sha256 metadata: not written by starchive (expected {sha256})"
+            )),
+            Some(Held::Foreign),
+        )
+    };
+    if foreign && !deep {
+        return not_ours();
+    }
+    if deep {
+        // Hashed on the blocking pool, the chunks that have come at a time.
+        let mut hasher = Sha256::new();
+        let mut batches = std::pin::pin!(result.into_stream().ready_chunks(HASH_BATCH));
+        while let Some(batch) = batches.next().await {
+            let chunks = match batch.into_iter().collect::<Result<Vec<_>, _>>() {
+                Ok(chunks) => chunks,
+                Err(e) => return (Check::Bad(format!("cannot read: {e}")), None),
+            };
+            let hashed = crate::blocking::run(move || {
+                chunks.iter().for_each(|chunk| hasher.update(chunk));
+                hasher
+            });
+            hasher = match hashed.await {
+                Ok(hasher) => hasher,
+                Err(e) => return (Check::Bad(e.to_string()), None),
+            };
+        }
+        let got = hex::encode(hasher.finalize());
+        if got != sha256 {
+            return (
+                Check::Bad(format!("bytes hash to {got}, expected {sha256}")),
+                Some(Held::Other(got)),
+            );
+        }
+    }
+    if foreign {
+        return not_ours();
+    }
+    (Check::Good, None)
+}

@@ -1,0 +1,127 @@
+//! The push plan: where every fetched ref goes at a destination, and which
+//! layout a destination holds. `push` builds it to upload what is left,
+//! `verify --to` to check what should be there.
+
+use futures::StreamExt;
+use rusqlite::Connection;
+
+use crate::catalog::push as q;
+use crate::error::{Error, Result};
+use crate::layout::{Layout, dest_key};
+use crate::manifest::MANIFEST_KEY;
+use crate::stores::Store;
+
+/// Plans where every fetched ref in scope goes at a destination, into the
+/// connection's temp tables ([`q::create_plan_tables`]): the key each ref
+/// gets, or why it gets none. Refs come in the catalog's order, those owning
+/// a storage key first, so that a key's bytes are those of the ref the
+/// database names it for.
+pub fn build_plan(conn: &Connection, envs: &Option<String>, layout: Layout) -> Result<()> {
+    q::create_plan_tables(conn)?;
+    q::for_each_fetched_ref(conn, envs, |r| {
+        let key = match dest_key(layout, &r.place, &r.sha256, &r.kind) {
+            Ok(key) => key,
+            Err(reason) => return q::refuse_in_plan(conn, r.id, None, &reason),
+        };
+        match q::place_in_plan(conn, r.id, &key, &r.sha256, r.size, &r.kind)? {
+            None => Ok(()),
+            Some(held) => {
+                let reason = format!(
+                    "key {key} already holds other bytes ({}) from another ref",
+                    held.get(..12).unwrap_or(&held)
+                );
+                q::refuse_in_plan(conn, r.id, Some(&key), &reason)
+            }
+        }
+    })
+}
+
+/// The layout to use at `store`: the one it holds once something was pushed
+/// there (named by the manifest at the destination when `read_manifest`,
+/// else recorded in the catalog), else `requested`, else mirror. A
+/// destination has one layout: asking for another is bad usage, since the
+/// copy would hold both and its manifest describe only one.
+pub fn held_layout(
+    runtime: &tokio::runtime::Handle,
+    store: &Store,
+    conn: &Connection,
+    requested: Option<Layout>,
+    read_manifest: bool,
+) -> Result<Layout> {
+    let found = match read_manifest {
+        true => manifest_layout(runtime, store)?.map(|l| (l, "named by the manifest there")),
+        false => None,
+    };
+    // What is there now wins over what this archive last did there.
+    let held = match found {
+        Some(found) => Some(found),
+        None => {
+            q::held_layout(conn, &store.shown)?.map(|l| (l, "recorded in this archive's catalog"))
+        }
+    };
+    if let (Some(requested), Some((layout, source))) = (requested, held)
+        && requested != layout
+    {
+        return Err(Error::Usage(format!(
+            "--to {}: it holds the {} layout ({source}), not {}: leave --layout out or use \
+             --layout {}, or push to another destination for a {} copy",
+            store.shown,
+            layout.name(),
+            requested.name(),
+            layout.name(),
+            requested.name(),
+        )));
+    }
+    Ok(requested.or(held.map(|(l, _)| l)).unwrap_or(Layout::Mirror))
+}
+
+/// Bytes of the manifest read to find its first line: more than a zstd
+/// block can take, so the first block is whole.
+const MANIFEST_HEAD_BYTES: usize = 256 << 10;
+
+/// The layout named by the first line of the manifest at `store`; `None`
+/// when there is none, or it is no manifest starchive reads (a warning).
+fn manifest_layout(runtime: &tokio::runtime::Handle, store: &Store) -> Result<Option<Layout>> {
+    use std::io::BufRead;
+    let path = store.path(MANIFEST_KEY).map_err(Error::Config)?;
+    let head = runtime.block_on(async {
+        let mut stream = match store.inner.get(&path).await {
+            Ok(got) => got.into_stream(),
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut head = Vec::new();
+        while head.len() < MANIFEST_HEAD_BYTES
+            && let Some(chunk) = stream.next().await
+        {
+            head.extend_from_slice(&chunk?);
+        }
+        Ok(Some(head))
+    });
+    let head = match head {
+        Ok(Some(head)) => head,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            return Err(Error::Config(format!(
+                "cannot read {MANIFEST_KEY} at {}: {e}",
+                store.shown
+            )));
+        }
+    };
+    let mut line = String::new();
+    let read = zstd::Decoder::new(head.as_slice())
+        .map(std::io::BufReader::new)
+        .and_then(|mut r| r.read_line(&mut line));
+    let name = read
+        .ok()
+        .and_then(|_| serde_json::from_str::<serde_json::Value>(&line).ok())
+        .and_then(|v| v.get("layout")?.as_str().map(str::to_string));
+    let layout = name.as_deref().and_then(Layout::parse);
+    if layout.is_none() {
+        tracing::warn!(
+            "{MANIFEST_KEY} at {} names no layout starchive knows: it is not taken into account",
+            store.shown
+        );
+    }
+    Ok(layout)
+}
