@@ -262,6 +262,50 @@ ALTER TABLE destinations ADD COLUMN manifest_etag TEXT;
 INSERT INTO settings(key, value) VALUES ('archive_id', lower(hex(randomblob(16))))
 ON CONFLICT(key) DO NOTHING;
 "#,
+    // 8: a snapshot writes only the rows whose JSON text changed. Every
+    // row of a table is in the latest snapshot, so `seen_snapshot` goes
+    // (rewriting it was rewriting the whole catalog on every snapshot).
+    // The typed columns of `stickers` become virtual: the catalog's
+    // largest table kept each value twice, and its refs a third time.
+    // `refs_orphans` finds the sticker refs whose session was unknown when
+    // a snapshot brings it. The typed columns of sessions and pack batches
+    // are written again by the next snapshot (`refresh_typed`), in case an
+    // older starchive left them as `json_extract` gave them.
+    r#"
+DROP VIEW v_rows;
+
+ALTER TABLE sessions DROP COLUMN seen_snapshot;
+ALTER TABLE pack_batches DROP COLUMN seen_snapshot;
+
+CREATE TABLE stickers_8 (
+    id                  TEXT PRIMARY KEY NOT NULL,
+    data                TEXT NOT NULL,
+    first_snapshot      INTEGER NOT NULL,
+    changed_snapshot    INTEGER NOT NULL,
+    user_id             TEXT AS (json_extract(data, '$.user_id')),
+    session_id          TEXT AS (json_extract(data, '$.session_id')),
+    pack_batch_id       TEXT AS (json_extract(data, '$.pack_batch_id')),
+    pack_index          INTEGER AS (json_extract(data, '$.pack_index')),
+    style_preset_id     TEXT AS (json_extract(data, '$.style_preset_id')),
+    telegram_file_id    TEXT AS (json_extract(data, '$.telegram_file_id')),
+    result_storage_path TEXT AS (json_extract(data, '$.result_storage_path')),
+    created_at          TEXT AS (json_extract(data, '$.created_at'))
+);
+INSERT INTO stickers_8(id, data, first_snapshot, changed_snapshot)
+    SELECT id, data, first_snapshot, changed_snapshot FROM stickers ORDER BY id;
+DROP TABLE stickers;
+ALTER TABLE stickers_8 RENAME TO stickers;
+
+CREATE INDEX refs_orphans ON refs(session_id) WHERE env IS NULL AND session_id IS NOT NULL;
+
+INSERT INTO settings(key, value) VALUES ('refresh_typed', 'true')
+ON CONFLICT(key) DO NOTHING;
+
+CREATE VIEW v_rows(table_name, id, data) AS
+    SELECT 'sessions', id, data FROM sessions
+    UNION ALL SELECT 'stickers', id, data FROM stickers
+    UNION ALL SELECT 'pack_batches', id, data FROM pack_batches;
+"#,
 ];
 
 /// The number of migrations this starchive knows: the `user_version` of an

@@ -3,10 +3,10 @@
 //! (SQLite rolls the transaction back on the next open); a finished one
 //! replaces it, with counts of what was added, changed and removed.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
-use rusqlite::Transaction;
 use rusqlite::types::ToSqlOutput as SqlRef;
+use rusqlite::{OptionalExtension, Transaction};
 use serde::Serialize;
 
 use super::Catalog;
@@ -36,37 +36,103 @@ pub struct SnapshotReport {
     pub tables: BTreeMap<String, TableCounts>,
 }
 
-/// The statements writing one row of a table: `?1` id, `?2` data, `?3` the
-/// snapshot, then the typed columns.
-struct RowSql {
+/// The statements writing one row of a table, and what the snapshot
+/// learnt of the table so far.
+struct TableWriter {
+    table: Table,
+    /// `?1` id: the row's rowid, JSON text, and [`refs::noted_column`].
+    lookup: String,
+    /// `?1` rowid, `?2` data, `?3` the snapshot, then the typed columns.
     update: String,
+    /// The typed columns alone (`?1` rowid, then the typed columns).
+    refresh: Option<String>,
+    /// `?1` id, `?2` data, `?3` the snapshot, then the typed columns.
     insert: String,
+    /// Empty when the snapshot began: every row is new, nothing to look up.
+    fresh: bool,
+    /// Rows in the table when the snapshot began.
+    before: u64,
+    /// Rowids of the rows this snapshot saw, to tell the removed ones and a
+    /// second row with the same id.
+    seen: RowidSet,
+    counts: TableCounts,
 }
 
-impl RowSql {
-    fn new(table: Table) -> RowSql {
+impl TableWriter {
+    fn new(tx: &Transaction, table: Table) -> Result<TableWriter> {
         let t = table.name();
         let typed = refs::typed_columns(table);
-        let sets: String = typed
+        let sets = |first: usize| -> String {
+            typed
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{c} = ?{}", i + first))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let names: String = typed.iter().map(|c| format!(", {c}")).collect();
+        let values: String = (0..typed.len()).map(|i| format!(", ?{}", i + 4)).collect();
+        let update_sets: String = typed
             .iter()
             .enumerate()
             .map(|(i, c)| format!(", {c} = ?{}", i + 4))
             .collect();
-        let names: String = typed.iter().map(|c| format!(", {c}")).collect();
-        let values: String = (0..typed.len()).map(|i| format!(", ?{}", i + 4)).collect();
-        RowSql {
+        let before: u64 = tx.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))?;
+        Ok(TableWriter {
+            table,
+            lookup: format!(
+                "SELECT rowid, data, {} FROM {t} WHERE id = ?1",
+                refs::noted_column(table).unwrap_or("NULL")
+            ),
             update: format!(
-                "UPDATE {t} SET seen_snapshot = ?3,
-                    changed_snapshot = CASE WHEN data = ?2 THEN changed_snapshot ELSE ?3 END,
-                    data = ?2{sets}
-                 WHERE id = ?1 AND seen_snapshot < ?3"
+                "UPDATE {t} SET data = ?2, changed_snapshot = ?3{update_sets} WHERE rowid = ?1"
             ),
+            refresh: (!typed.is_empty())
+                .then(|| format!("UPDATE {t} SET {} WHERE rowid = ?1", sets(2))),
             insert: format!(
-                "INSERT OR IGNORE INTO {t}(id, data, first_snapshot, changed_snapshot, seen_snapshot{names})
-                 VALUES (?1, ?2, ?3, ?3, ?3{values})"
+                "INSERT OR IGNORE INTO {t}(id, data, first_snapshot, changed_snapshot{names})
+                 VALUES (?1, ?2, ?3, ?3{values})"
             ),
-        }
+            fresh: before == 0,
+            before,
+            seen: RowidSet::default(),
+            counts: TableCounts::default(),
+        })
     }
+}
+
+/// A set of rowids, one bit each: flat memory for any table a snapshot reads.
+#[derive(Default)]
+struct RowidSet(Vec<u64>);
+
+impl RowidSet {
+    /// Adds `rowid`; false when it was there already.
+    fn insert(&mut self, rowid: i64) -> bool {
+        let Ok(i) = usize::try_from(rowid) else {
+            return true;
+        };
+        let (word, bit) = (i / 64, 1u64 << (i % 64));
+        if word >= self.0.len() {
+            self.0.resize(word + 1, 0);
+        }
+        let new = self.0[word] & bit == 0;
+        self.0[word] |= bit;
+        new
+    }
+
+    fn contains(&self, rowid: i64) -> bool {
+        usize::try_from(rowid)
+            .ok()
+            .and_then(|i| self.0.get(i / 64).map(|w| w & (1u64 << (i % 64)) != 0))
+            .unwrap_or(false)
+    }
+}
+
+/// What a row was before this snapshot changed or removed it.
+struct Before {
+    id: String,
+    /// The value of [`refs::noted_column`].
+    noted: Option<String>,
 }
 
 pub struct SnapshotWriter<'c> {
@@ -74,9 +140,15 @@ pub struct SnapshotWriter<'c> {
     id: i64,
     envs: Option<HashSet<String>>,
     sessions_in_scope: HashSet<String>,
-    /// Tables empty when the snapshot began: every row is new, no update to try.
-    fresh: HashSet<Table>,
-    sql: HashMap<Table, RowSql>,
+    tables: Vec<TableWriter>,
+    /// Whether the snapshot lists its changes for [`refs::derive_changed`];
+    /// false once they are many (deriving every ref is then cheaper).
+    listing: bool,
+    /// Changes listed so far, and how many make deriving every ref cheaper.
+    listed: u64,
+    most_listed: u64,
+    /// The typed columns of unchanged rows are written again (migration 8).
+    refresh_typed: bool,
     skipped: BTreeMap<Table, u64>,
     warnings: BTreeMap<Table, u64>,
     missing: Vec<Table>,
@@ -104,8 +176,12 @@ fn redact_older_sources(tx: &Transaction) -> Result<()> {
     Ok(())
 }
 
+/// The setting migration 8 leaves for the next snapshot.
+const REFRESH_TYPED: &str = "refresh_typed";
+
 impl<'c> SnapshotWriter<'c> {
     pub fn begin(catalog: &'c mut Catalog, source: &str, envs: &[String]) -> Result<Self> {
+        let refresh_typed = catalog.setting(REFRESH_TYPED)?.is_some();
         let tx = catalog.conn_mut().transaction()?;
         let envs_json = (!envs.is_empty()).then(|| serde_json::to_string(envs).unwrap_or_default());
         tx.execute(
@@ -114,23 +190,25 @@ impl<'c> SnapshotWriter<'c> {
         )?;
         let id = tx.last_insert_rowid();
         redact_older_sources(&tx)?;
-        let mut fresh = HashSet::new();
-        for table in Table::ALL {
-            let sql = format!("SELECT NOT EXISTS (SELECT 1 FROM {})", table.name());
-            if tx.query_row(&sql, [], |r| r.get(0))? {
-                fresh.insert(table);
-            }
-        }
+        let tables = Table::ALL
+            .into_iter()
+            .map(|t| TableWriter::new(&tx, t))
+            .collect::<Result<Vec<_>>>()?;
+        let has_refs: bool =
+            tx.query_row("SELECT EXISTS (SELECT 1 FROM refs)", [], |r| r.get(0))?;
+        let rows: u64 = tables.iter().map(|t| t.before).sum();
+        tx.execute_batch(refs::DROP_CHANGE_TABLES)?;
+        tx.execute_batch(refs::CHANGE_TABLES)?;
         Ok(SnapshotWriter {
             tx,
             id,
             envs: (!envs.is_empty()).then(|| envs.iter().cloned().collect()),
             sessions_in_scope: HashSet::new(),
-            fresh,
-            sql: Table::ALL
-                .into_iter()
-                .map(|t| (t, RowSql::new(t)))
-                .collect(),
+            tables,
+            listing: has_refs,
+            listed: 0,
+            most_listed: (rows / 4).max(1000),
+            refresh_typed,
             skipped: BTreeMap::new(),
             warnings: BTreeMap::new(),
             missing: Vec::new(),
@@ -169,36 +247,130 @@ impl<'c> SnapshotWriter<'c> {
         Ok(())
     }
 
-    /// Inserts or refreshes one row; false when this snapshot saw its id already.
-    /// Not an upsert: SQLite computes every column of an upsert's `excluded`
-    /// row, and an update first is wasted on a table that was empty.
+    /// Writes one row if it is new or its JSON text changed; false when
+    /// this snapshot saw its id already. An unchanged row costs one lookup
+    /// and writes nothing.
     fn write_row(&mut self, table: Table, row: &CheckedRow) -> Result<bool> {
-        let sql = &self.sql[&table];
-        let params = || {
-            let fixed = [
-                SqlRef::from(row.id.as_str()),
-                SqlRef::from(row.data.as_str()),
-                SqlRef::from(self.id),
-            ];
-            fixed
-                .into_iter()
-                .chain(row.typed.iter().map(SqlRef::from))
-                .collect::<Vec<_>>()
-        };
-        if !self.fresh.contains(&table)
-            && self
-                .tx
-                .prepare_cached(&sql.update)?
-                .execute(rusqlite::params_from_iter(params()))?
-                == 1
-        {
-            return Ok(true);
+        let SnapshotWriter {
+            tx,
+            id,
+            tables,
+            refresh_typed,
+            ..
+        } = self;
+        let w = &mut tables[table_index(table)];
+        if !w.fresh {
+            let found = tx
+                .prepare_cached(&w.lookup)?
+                .query_row([&row.id], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get_ref(1)?.as_str()? == row.data,
+                        r.get::<_, Option<String>>(2)?,
+                    ))
+                })
+                .optional()?;
+            if let Some((rowid, same, noted)) = found {
+                if !w.seen.insert(rowid) {
+                    return Ok(false);
+                }
+                w.counts.rows += 1;
+                if same {
+                    if let (true, Some(refresh)) = (*refresh_typed, &w.refresh) {
+                        let typed = std::iter::once(SqlRef::from(rowid))
+                            .chain(row.typed.iter().map(SqlRef::from));
+                        tx.prepare_cached(refresh)?
+                            .execute(rusqlite::params_from_iter(typed))?;
+                    }
+                    return Ok(true);
+                }
+                tx.prepare_cached(&w.update)?
+                    .execute(rusqlite::params_from_iter(row_params(rowid, row, *id)))?;
+                w.counts.changed += 1;
+                let before = Before {
+                    id: row.id.clone(),
+                    noted,
+                };
+                self.list(table, &before, Some(row))?;
+                return Ok(true);
+            }
         }
-        let inserted = self
-            .tx
-            .prepare_cached(&sql.insert)?
-            .execute(rusqlite::params_from_iter(params()))?;
-        Ok(inserted == 1)
+        let inserted = tx
+            .prepare_cached(&w.insert)?
+            .execute(rusqlite::params_from_iter(row_params(
+                row.id.as_str(),
+                row,
+                *id,
+            )))?;
+        if inserted == 0 {
+            return Ok(false);
+        }
+        if !w.fresh {
+            w.seen.insert(tx.last_insert_rowid());
+        }
+        w.counts.rows += 1;
+        w.counts.added += 1;
+        self.list_new(table, row)?;
+        Ok(true)
+    }
+
+    /// Lists a row that changed (`now`: its new state) or is gone (`None`).
+    fn list(&mut self, table: Table, before: &Before, now: Option<&CheckedRow>) -> Result<()> {
+        if !self.note_listed() {
+            return Ok(());
+        }
+        self.tx
+            .prepare_cached("INSERT OR IGNORE INTO temp.snap_rows(row_table, id) VALUES (?1, ?2)")?
+            .execute([table.name(), before.id.as_str()])?;
+        match table {
+            Table::Sessions => {
+                let env_now = now.and_then(|row| typed_value(table, row, "env"));
+                if now.is_none() || env_now.as_deref() != before.noted.as_deref() {
+                    self.tx
+                        .prepare_cached(
+                            "INSERT OR IGNORE INTO temp.snap_env(id, known) VALUES (?1, 1)",
+                        )?
+                        .execute([&before.id])?;
+                }
+            }
+            Table::PackBatches => {
+                if let Some(session) = &before.noted {
+                    self.tx
+                        .prepare_cached("INSERT OR IGNORE INTO temp.snap_sessions(id) VALUES (?1)")?
+                        .execute([session])?;
+                }
+            }
+            Table::Stickers => {}
+        }
+        Ok(())
+    }
+
+    /// Lists a row this snapshot added.
+    fn list_new(&mut self, table: Table, row: &CheckedRow) -> Result<()> {
+        if !self.note_listed() {
+            return Ok(());
+        }
+        self.tx
+            .prepare_cached("INSERT OR IGNORE INTO temp.snap_rows(row_table, id) VALUES (?1, ?2)")?
+            .execute([table.name(), row.id.as_str()])?;
+        if table == Table::Sessions {
+            self.tx
+                .prepare_cached("INSERT OR IGNORE INTO temp.snap_env(id, known) VALUES (?1, 0)")?
+                .execute([&row.id])?;
+        }
+        Ok(())
+    }
+
+    /// Counts one more listed change; false once listing stopped paying.
+    fn note_listed(&mut self) -> bool {
+        if !self.listing {
+            return false;
+        }
+        self.listed += 1;
+        if self.listed > self.most_listed {
+            self.listing = false;
+        }
+        self.listing
     }
 
     fn in_scope(&mut self, table: Table, row: &CheckedRow) -> bool {
@@ -242,51 +414,53 @@ impl<'c> SnapshotWriter<'c> {
         }
     }
 
-    /// Removes the rows this snapshot did not see, rebuilds the refs and commits.
-    pub fn finish(self, include_photos: bool) -> Result<SnapshotReport> {
+    /// Removes the rows this snapshot did not see, derives the refs and commits.
+    pub fn finish(mut self, include_photos: bool) -> Result<SnapshotReport> {
+        let started = std::time::Instant::now();
+        for at in 0..self.tables.len() {
+            self.remove_unseen(at)?;
+        }
+        tracing::debug!("snapshot: removed rows in {:?}", started.elapsed());
         let SnapshotWriter {
             tx,
             id,
+            tables: writers,
+            listing,
+            refresh_typed,
             skipped,
             warnings,
             taken_at,
             source,
             ..
         } = self;
-        let started = std::time::Instant::now();
         let mut tables = BTreeMap::new();
-        for table in Table::ALL {
-            let t = table.name();
-            let removed = tx.execute(&format!("DELETE FROM {t} WHERE seen_snapshot < ?1"), [id])?;
-            let (rows, added, changed): (u64, u64, u64) = tx.query_row(
-                &format!(
-                    "SELECT count(*),
-                            count(*) FILTER (WHERE first_snapshot = ?1),
-                            count(*) FILTER (WHERE changed_snapshot = ?1 AND first_snapshot < ?1)
-                     FROM {t}"
-                ),
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )?;
-            tables.insert(
-                t.to_string(),
-                TableCounts {
-                    rows,
-                    added,
-                    changed,
-                    removed: removed as u64,
-                    skipped: skipped.get(&table).copied().unwrap_or(0),
-                    warnings: warnings.get(&table).copied().unwrap_or(0),
-                },
-            );
+        for w in writers {
+            let counts = TableCounts {
+                skipped: skipped.get(&w.table).copied().unwrap_or(0),
+                warnings: warnings.get(&w.table).copied().unwrap_or(0),
+                ..w.counts
+            };
+            tables.insert(w.table.name().to_string(), counts);
         }
         tx.execute(
             "UPDATE snapshots SET taken_at = ?1 WHERE id = ?2",
             rusqlite::params![taken_at, id],
         )?;
-        tracing::debug!("snapshot: rows counted in {:?}", started.elapsed());
-        refs::derive(&tx, include_photos)?;
-        tracing::debug!("snapshot: refs derived in {:?}", started.elapsed());
+        if refresh_typed {
+            tx.execute("DELETE FROM settings WHERE key = ?1", [REFRESH_TYPED])?;
+        }
+        let listing = listing && refs::can_derive_changed(&tx, include_photos)?;
+        if listing {
+            refs::derive_changed(&tx, include_photos)?;
+        } else {
+            refs::derive(&tx, include_photos)?;
+        }
+        tx.execute_batch(refs::DROP_CHANGE_TABLES)?;
+        tracing::debug!(
+            "snapshot: refs derived ({}) in {:?}",
+            if listing { "changed rows" } else { "all rows" },
+            started.elapsed()
+        );
         tx.commit()?;
         tracing::debug!("snapshot: committed in {:?}", started.elapsed());
         Ok(SnapshotReport {
@@ -295,5 +469,78 @@ impl<'c> SnapshotWriter<'c> {
             source,
             tables,
         })
+    }
+
+    /// Deletes the rows of table `at` that this snapshot did not see (none
+    /// to look for when it saw as many as there were).
+    fn remove_unseen(&mut self, at: usize) -> Result<()> {
+        let w = &self.tables[at];
+        let seen_before = w.counts.rows - w.counts.added;
+        if seen_before >= w.before {
+            return Ok(());
+        }
+        let table = w.table;
+        let gone: Vec<(i64, Before)> = self
+            .tx
+            .prepare(&format!(
+                "SELECT rowid, id, {} FROM {}",
+                refs::noted_column(table).unwrap_or("NULL"),
+                table.name()
+            ))?
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    Before {
+                        id: r.get(1)?,
+                        noted: r.get(2)?,
+                    },
+                ))
+            })?
+            .filter(|found| match found {
+                Ok((rowid, _)) => !w.seen.contains(*rowid),
+                Err(_) => true,
+            })
+            .collect::<Result<_, _>>()?;
+        let delete = format!("DELETE FROM {} WHERE rowid = ?1", table.name());
+        for (rowid, before) in &gone {
+            self.tx.prepare_cached(&delete)?.execute([rowid])?;
+            self.list(table, before, None)?;
+        }
+        self.tables[at].counts.removed = gone.len() as u64;
+        Ok(())
+    }
+}
+
+/// The parameters of a row's update or insert: `key` (rowid or id), its
+/// JSON text, the snapshot, then its typed columns.
+fn row_params<'a>(
+    key: impl Into<SqlRef<'a>>,
+    row: &'a CheckedRow,
+    snapshot: i64,
+) -> impl Iterator<Item = SqlRef<'a>> {
+    [
+        key.into(),
+        SqlRef::from(row.data.as_str()),
+        SqlRef::from(snapshot),
+    ]
+    .into_iter()
+    .chain(row.typed.iter().map(SqlRef::from))
+}
+
+/// The position of `table` in [`Table::ALL`].
+fn table_index(table: Table) -> usize {
+    Table::ALL.iter().position(|t| *t == table).unwrap_or(0)
+}
+
+/// The value of the typed column `column` of a row, as text.
+fn typed_value(table: Table, row: &CheckedRow, column: &str) -> Option<String> {
+    let i = refs::typed_columns(table)
+        .iter()
+        .position(|c| *c == column)?;
+    match row.typed.get(i)? {
+        rusqlite::types::Value::Text(s) => Some(s.clone()),
+        rusqlite::types::Value::Integer(n) => Some(n.to_string()),
+        rusqlite::types::Value::Real(f) => Some(f.to_string()),
+        _ => None,
     }
 }

@@ -373,8 +373,13 @@ fn a_format_1_destination_is_pulled_and_its_catalog_migrated() {
     std::fs::write(&legacy, copy).expect("write");
     {
         let conn = rusqlite::Connection::open(&legacy).expect("open");
+        // Migrations 7 and 8 undone (8 drops `seen_snapshot`).
         conn.execute_batch(
-            "DELETE FROM settings WHERE key = 'archive_id'; PRAGMA user_version = 6;",
+            "DELETE FROM settings WHERE key = 'archive_id';
+             DROP INDEX refs_orphans;
+             ALTER TABLE sessions ADD COLUMN seen_snapshot INTEGER NOT NULL DEFAULT 1;
+             ALTER TABLE pack_batches ADD COLUMN seen_snapshot INTEGER NOT NULL DEFAULT 1;
+             PRAGMA user_version = 6;",
         )
         .expect("make it older");
     }

@@ -562,6 +562,102 @@ fn resnapshot_updates_only_changed_refs() {
     assert_eq!(v305, 1, "the row itself stays");
 }
 
+/// A re-snapshot derives again only the refs of what changed (and of what
+/// depends on it: a session's env in its stickers' refs, a session's latest
+/// batch). After each round of changes its refs are the refs a first
+/// snapshot of the same database gives, and a fetched file whose ref did
+/// not change stays fetched.
+#[test]
+fn resnapshot_refs_equal_a_first_snapshot_of_the_same_database() {
+    let pg = TestPg::start();
+    let url = fixture_db(&pg, "bot");
+    let archive = temp_dir();
+    snapshot_ok(archive.path(), &url, &[]);
+    let conn = catalog(archive.path());
+    conn.execute_batch(
+        "INSERT INTO blobs(sha256, size, type, source, fetched_at)
+           VALUES ('ab', 1, 'webp', 'bucket', '2025-01-01T00:00:00Z');
+         UPDATE refs SET state = 'fetched', sha256 = 'ab', source = 'bucket';",
+    )
+    .expect("mark fetched");
+    drop(conn);
+    let rounds = [
+        // A session's env, a sticker's file, a sticker that names no file any more.
+        format!(
+            "UPDATE sessions SET env = 'staging' WHERE id = '{s107}';
+             UPDATE stickers SET telegram_file_id = 'F-new' WHERE id = '{t304}';
+             UPDATE stickers SET telegram_file_id = NULL, result_storage_path = NULL
+               WHERE id = '{t305}';",
+            s107 = fid(107),
+            t304 = fid(304),
+            t305 = fid(305),
+        ),
+        // The session an orphan sticker names arrives; a later batch with a
+        // cleaned sheet becomes session 107's latest; a new sticker.
+        format!(
+            "INSERT INTO sessions (id, user_id, env, pack_sheet_file_id)
+               VALUES ('{s199}', 100000002, 'test', 'SHEET-199');
+             INSERT INTO pack_batches (id, session_id, user_id, cleaned_sheet_storage_path, created_at)
+               VALUES ('{b205}', '{s107}', 100000004, 'pack_sheets/x/205_clean.png', '2025-04-01 00:00:00+00'),
+                      ('{b206}', '{s199}', 100000002, 'pack_sheets/x/206_clean.png', '2025-04-01 00:00:00+00');
+             INSERT INTO stickers (id, user_id, session_id, pack_batch_id, pack_index, telegram_file_id)
+               VALUES ('{t390}', 100000004, '{s107}', '{b205}', 0, 'F-390');",
+            s199 = fid(199),
+            s107 = fid(107),
+            b205 = fid(205),
+            b206 = fid(206),
+            t390 = fid(390),
+        ),
+        // The latest batch goes (the one before is latest again), a batch
+        // moves to another session, a session goes (its stickers lose their
+        // env), a sticker goes.
+        format!(
+            "DELETE FROM stickers WHERE pack_batch_id = '{b205}';
+             DELETE FROM pack_batches WHERE id = '{b205}';
+             UPDATE pack_batches SET session_id = '{s107}', created_at = '2025-05-01 00:00:00+00'
+               WHERE id = '{b206}';
+             DELETE FROM pack_batches WHERE session_id = '{s199}';
+             DELETE FROM sessions WHERE id = '{s199}';
+             DELETE FROM stickers WHERE id = '{t301}';",
+            b205 = fid(205),
+            b206 = fid(206),
+            s107 = fid(107),
+            s199 = fid(199),
+            t301 = fid(301),
+        ),
+    ];
+    for (i, sql) in rounds.iter().enumerate() {
+        pg.psql("bot", sql);
+        let report = snapshot_ok(archive.path(), &url, &[]);
+        let fresh = temp_dir();
+        snapshot_ok(fresh.path(), &url, &[]);
+        let again = refs_of(&catalog(archive.path()));
+        let first = refs_of(&catalog(fresh.path()));
+        assert_eq!(again, first, "round {i}: {report}");
+        let conn = catalog(archive.path());
+        let (fetched, pending): (i64, i64) = conn
+            .query_row(
+                "SELECT count(*) FILTER (WHERE state = 'fetched'),
+                        count(*) FILTER (WHERE state = 'pending') FROM refs",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("states");
+        assert!(fetched > 20, "round {i}: unchanged refs stay fetched");
+        assert!(pending > 0, "round {i}: changed refs are pending");
+    }
+    // Unchanged rows are not written: their `changed_snapshot` stays.
+    let conn = catalog(archive.path());
+    let unchanged: i64 = one(
+        &conn,
+        &format!(
+            "SELECT changed_snapshot FROM stickers WHERE id = '{}'",
+            fid(302)
+        ),
+    );
+    assert_eq!(unchanged, 1);
+}
+
 /// While a snapshot of big tables runs, another connection keeps committing
 /// groups (a session, its pack batch and 3 stickers in one transaction). The
 /// catalog holds every group whole or not at all, and exactly the groups
