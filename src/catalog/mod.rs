@@ -20,6 +20,7 @@ pub mod plan;
 pub mod pull;
 pub mod push;
 pub mod snapshot;
+pub mod status;
 pub mod verify;
 
 use std::fs::{File, OpenOptions, TryLockError};
@@ -155,6 +156,13 @@ impl Catalog {
         &mut self.conn
     }
 
+    /// Sets SQLite's page cache of this connection, in KiB.
+    pub fn set_cache_kib(&self, kib: u32) -> Result<()> {
+        self.conn
+            .pragma_update(None, "cache_size", -i64::from(kib))?;
+        Ok(())
+    }
+
     /// Runs `work` with a rollback journal instead of the WAL. A snapshot
     /// writes most of the catalog anew: the WAL would take every page twice
     /// (the log, then the checkpoint), while a rollback journal writes pages
@@ -202,6 +210,23 @@ impl Catalog {
     pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
         set_setting(&self.conn, key, value)
     }
+}
+
+/// The envs the sessions of the latest snapshot name, in order.
+pub fn known_envs(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt =
+        conn.prepare("SELECT DISTINCT env FROM sessions WHERE env IS NOT NULL ORDER BY env")?;
+    let envs = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(envs)
+}
+
+/// A consistent copy of the catalog at `path` (`VACUUM INTO`), readable
+/// while the catalog is written.
+pub fn copy_into(conn: &Connection, path: &Path) -> Result<()> {
+    conn.execute("VACUUM INTO ?1", [path.to_string_lossy()])?;
+    Ok(())
 }
 
 /// Sets a `settings` value on `conn` (a transaction, say).

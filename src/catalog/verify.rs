@@ -3,7 +3,25 @@
 
 use rusqlite::{Connection, params};
 
+use super::ENV_FILTER;
 use crate::error::Result;
+
+/// The blobs `verify` re-hashes, (sha256, size) in sha256 order: those of
+/// the fetched refs of the envs in `envs`. A failed ref may name a blob
+/// that is not here (a pull whose source object was bad or missing keeps
+/// its sha256 for the next pull), which is a failure `status` reports, not
+/// a bad blob.
+pub fn blobs_to_rehash(conn: &Connection, envs: &Option<String>) -> Result<Vec<(String, u64)>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT sha256, size FROM blobs
+         WHERE sha256 IN (SELECT sha256 FROM refs WHERE state = 'fetched' AND {ENV_FILTER})
+         ORDER BY sha256"
+    ))?;
+    let blobs = stmt
+        .query_map([envs], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(blobs)
+}
 
 /// A local blob found missing or bad: every ref that names it (whatever its
 /// env: the blob is gone for all) is pending again, and the blob's record is

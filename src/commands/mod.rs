@@ -85,12 +85,7 @@ impl Context {
         if self.envs.is_empty() {
             return Ok(());
         }
-        let mut stmt = catalog
-            .conn()
-            .prepare("SELECT DISTINCT env FROM sessions WHERE env IS NOT NULL ORDER BY env")?;
-        let known: Vec<String> = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
+        let known = crate::catalog::known_envs(catalog.conn())?;
         for env in self.envs.iter().filter(|e| !known.contains(e)) {
             let there = if known.is_empty() {
                 "the catalog has no env".to_string()

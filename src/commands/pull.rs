@@ -301,11 +301,7 @@ fn restore_catalog(ctx: &Context, store: &Store, header: &Header) -> Result<()> 
                     store.shown
                 )));
             }
-            conn.execute(
-                "INSERT INTO settings(key, value) VALUES (?1, ?2)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                [PULLED_FROM, store.shown.as_str()],
-            )?;
+            crate::catalog::set_setting(&conn, PULLED_FROM, &store.shown)?;
         }
         let sync = |path: &std::path::Path| {
             std::fs::File::open(path)

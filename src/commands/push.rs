@@ -31,12 +31,12 @@ use crate::stores::{self, Role, Store};
 use crate::transfer::run_units;
 use crate::upload;
 
-/// SQLite page cache of a push, in KiB (negative: SQLite's unit for KiB).
+/// SQLite page cache of a push, in KiB.
 /// It also bounds the sorter of the plan's ordered read and the cache of the
 /// copy made by VACUUM INTO. A push reads and writes the catalog's pages in
 /// order, through the OS's file cache: at 100,000 refs a cache of 8 MiB was
 /// no faster than this one, and took 18 MB more at its peak.
-const PUSH_CACHE_KIB: i64 = -2 * 1024;
+const PUSH_CACHE_KIB: u32 = 2 * 1024;
 /// Blobs to upload read from the catalog at a time.
 const UPLOADS_PAGE: usize = 256;
 
@@ -92,9 +92,7 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
     // A push streams through the catalog and writes it in small batches; the
     // plan lives in temp tables. A small page cache does, and keeps memory
     // low however many refs there are.
-    catalog
-        .conn()
-        .pragma_update(None, "cache_size", PUSH_CACHE_KIB)?;
+    catalog.set_cache_kib(PUSH_CACHE_KIB)?;
     crate::store_url::create_local_dir(&opts.to, "--to")?;
     let store = stores::open(&opts.to, Role::To)?;
     let envs = ctx.env_param();
@@ -440,7 +438,7 @@ fn write_self_description(
     let mut refused = Vec::new();
     let result = (|| -> Result<()> {
         let _ = std::fs::remove_file(&copy);
-        conn.execute("VACUUM INTO ?1", [copy.to_string_lossy()])?;
+        crate::catalog::copy_into(conn, &copy)?;
         upload::remove_stale_staging(store, RESERVED_PREFIX, |key| {
             Ok(key == MANIFEST_KEY || manifest::is_catalog_copy_key(key))
         })?;

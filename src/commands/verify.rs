@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::Context;
 use crate::blobs::BlobStore;
 use crate::catalog::push as q;
-use crate::catalog::{Catalog, ENV_FILTER, paged};
+use crate::catalog::{Catalog, paged};
 use crate::error::Result;
 use crate::layout::Layout;
 use crate::object_check::{Check, Held, inspect_object};
@@ -124,18 +124,7 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
         ..VerifyReport::default()
     };
 
-    // The blobs of fetched refs: a failed ref may name a blob that is not
-    // here (a pull whose source object was bad or missing keeps its sha256
-    // for the next pull), which is a failure `status` reports, not a bad blob.
-    let mut stmt = catalog.conn().prepare(&format!(
-        "SELECT sha256, size FROM blobs
-         WHERE sha256 IN (SELECT sha256 FROM refs WHERE state = 'fetched' AND {ENV_FILTER})
-         ORDER BY sha256"
-    ))?;
-    let blobs: Vec<(String, u64)> = stmt
-        .query_map([&envs], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    drop(stmt);
+    let blobs = crate::catalog::verify::blobs_to_rehash(catalog.conn(), &envs)?;
     let store = Arc::new(BlobStore::new(&ctx.archive));
     let blob_store = store.clone();
     let mut bad_blobs = Vec::new();
