@@ -6,6 +6,7 @@
 
 pub mod blobs;
 pub mod blocking;
+pub mod bot;
 pub mod catalog;
 pub mod commands;
 pub mod download;

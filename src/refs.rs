@@ -1,9 +1,9 @@
 //! What starchive knows of the bot's schema: its tables, which of their
 //! columns name files, and how rows become refs (SPEC §1).
 //!
-//! No other module names a column of the bot's tables; the catalog's typed
-//! columns (migrations) mirror `schema.sql` and are written and read only
-//! from here.
+//! No other module names a column of the bot's tables but [`crate::bot`],
+//! which holds backfill's writes to them; the catalog's typed columns
+//! (migrations) mirror `schema.sql` and are written and read only from here.
 
 use rusqlite::Connection;
 use rusqlite::types::Value as SqlValue;
@@ -69,6 +69,11 @@ impl RefClass {
             RefClass::PackSheet => "pack_sheet",
             RefClass::Photo => "photo",
         }
+    }
+
+    /// The class of this [`RefClass::name`].
+    pub fn parse(name: &str) -> Option<RefClass> {
+        RefClass::ALL.into_iter().find(|c| c.name() == name)
     }
 }
 
@@ -586,60 +591,6 @@ WHERE (refs.session_id, refs.user_id, refs.env, refs.pack_batch_id, refs.pack_in
        refs.telegram_file_id, refs.storage_key)
    IS NOT (excluded.session_id, excluded.user_id, excluded.env, excluded.pack_batch_id,
            excluded.pack_index, excluded.telegram_file_id, excluded.storage_key)";
-
-/// Where the database records the storage key of a ref of `class`: (table, column).
-/// Photos have no such column.
-pub fn key_column(class: &str) -> Option<(Table, &'static str)> {
-    match class {
-        "sticker" => Some((Table::Stickers, "result_storage_path")),
-        "session_sticker" => Some((Table::Sessions, "last_sticker_storage_path")),
-        "pack_sheet" => Some((Table::PackBatches, "cleaned_sheet_storage_path")),
-        _ => None,
-    }
-}
-
-/// The `stickers` row `--sync-stickers` adds for a session sticker that has
-/// none: its id, and the columns to fill. The id is derived from the session
-/// and the file, so a re-run (or two runs at once) can never add it twice.
-pub struct NewStickerRow {
-    pub id: String,
-    pub user_id: Option<String>,
-    pub session_id: String,
-    pub telegram_file_id: String,
-    pub result_storage_path: String,
-}
-
-impl NewStickerRow {
-    pub fn new(session_id: &str, user_id: Option<String>, file_id: &str, key: &str) -> Self {
-        let name = format!("starchive/sync-stickers/{session_id}/{file_id}");
-        NewStickerRow {
-            id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes()).to_string(),
-            user_id,
-            session_id: session_id.to_string(),
-            telegram_file_id: file_id.to_string(),
-            result_storage_path: key.to_string(),
-        }
-    }
-
-    /// The guarded insert: nothing when a row names this file already.
-    pub fn insert_sql(&self, quote: impl Fn(&str) -> String) -> String {
-        let user = self
-            .user_id
-            .as_deref()
-            .map(&quote)
-            .unwrap_or_else(|| "NULL".into());
-        format!(
-            "INSERT INTO public.stickers (id, user_id, session_id, telegram_file_id, result_storage_path)
-             SELECT {id}, {user}, {session}, {fid}, {key}
-             WHERE NOT EXISTS (SELECT 1 FROM public.stickers WHERE telegram_file_id = {fid})
-             ON CONFLICT (id) DO NOTHING",
-            id = quote(&self.id),
-            session = quote(&self.session_id),
-            fid = quote(&self.telegram_file_id),
-            key = quote(&self.result_storage_path),
-        )
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -15,17 +15,19 @@ use serde::Serialize;
 
 use super::Context;
 use crate::blobs::BlobStore;
+use crate::bot::{
+    Inserted, KeyCell, NewStickerRow, STICKER_KEY_COLUMN, Written, key_column, written_column,
+};
 use crate::catalog::Catalog;
 use crate::catalog::backfill::{self as q, Change};
 use crate::error::{Error, Result};
 use crate::layout::{Layout, dest_key};
 use crate::object_check::{Check, check_object};
-use crate::refs::{NewStickerRow, Table, key_column};
+use crate::refs::{RefClass, Table};
 use crate::source::postgres;
 use crate::stores::{self, Role, Store};
 use crate::transfer::run_units;
 use crate::upload::{object_attributes, put_file};
-use postgres_protocol::escape::{escape_identifier, escape_literal as literal};
 
 pub struct BackfillOptions {
     pub db: String,
@@ -271,7 +273,7 @@ fn plan(catalog: &Catalog, envs: &Option<String>, sync_stickers: bool) -> Result
             });
             continue;
         }
-        let Some((table, column)) = key_column(&class) else {
+        let Some((table, column)) = RefClass::parse(&class).and_then(key_column) else {
             continue;
         };
         let row_id = match table {
@@ -306,7 +308,7 @@ fn plan(catalog: &Catalog, envs: &Option<String>, sync_stickers: bool) -> Result
         };
         match key {
             Ok(key) => {
-                if class == "session_sticker" {
+                if class == RefClass::SessionSticker.name() {
                     session_keys.insert(c.place.row_id.clone(), key.clone());
                 }
                 step.key = Some(key.clone());
@@ -352,7 +354,7 @@ fn plan(catalog: &Catalog, envs: &Option<String>, sync_stickers: bool) -> Result
                 table: Some(Table::Stickers.name().into()),
                 key: key.clone(),
                 ..Step::new(
-                    "session_sticker",
+                    RefClass::SessionSticker.name(),
                     format!("sessions/{}", s.session_id),
                     "insert",
                 )
@@ -371,12 +373,12 @@ fn plan(catalog: &Catalog, envs: &Option<String>, sync_stickers: bool) -> Result
             let row =
                 NewStickerRow::new(&s.session_id, s.user_id.clone(), &s.telegram_file_id, &key);
             step.id = Some(row.id.clone());
-            step.column = Some("result_storage_path".into());
+            step.column = Some(STICKER_KEY_COLUMN.into());
             let change = Change {
                 action: "insert",
                 table: Table::Stickers.name().into(),
                 row_id: row.id.clone(),
-                column: "result_storage_path".into(),
+                column: STICKER_KEY_COLUMN.into(),
                 value: key,
                 session_id: Some(s.session_id.clone()),
             };
@@ -473,55 +475,26 @@ async fn carry_out(
         return Ok((text.into(), None));
     };
     if let Some(row) = &work.insert {
-        if postgres::execute(client, &row.insert_sql(literal)).await? == 1 {
-            return Ok((WRITTEN.into(), Some("written")));
-        }
-        let ours = format!(
-            "SELECT 1 FROM public.stickers WHERE id = {}",
-            literal(&row.id)
-        );
-        return Ok(match postgres::query_value(client, &ours).await? {
-            Some(_) => (ALREADY.into(), Some("written")),
-            None => (NAMED_ALREADY.into(), Some("kept")),
+        return Ok(match row.insert(client).await? {
+            Inserted::Now => (WRITTEN.into(), Some("written")),
+            Inserted::Already => (ALREADY.into(), Some("written")),
+            Inserted::NamedElsewhere => (NAMED_ALREADY.into(), Some("kept")),
         });
     }
-    let ((t, col), id, value) = (
-        target(change),
-        literal(&change.row_id),
-        literal(&change.value),
-    );
-    let n = postgres::execute(
-        client,
-        &format!("UPDATE {t} SET {col} = {value} WHERE id = {id} AND {col} IS NULL"),
-    )
-    .await?;
-    if n == 1 {
-        return Ok((WRITTEN.into(), Some("written")));
-    }
-    match postgres::query_value(client, &format!("SELECT {col} FROM {t} WHERE id = {id}")).await? {
-        None => Err(format!(
-            "the {} row {} is gone",
-            change.table, change.row_id
-        )),
-        Some(Some(v)) if v == change.value => Ok((ALREADY.into(), Some("written"))),
-        Some(_) => Ok((LEFT_ALONE.into(), Some("kept"))),
-    }
+    Ok(match cell(change).write(client, &change.value).await? {
+        Written::Now => (WRITTEN.into(), Some("written")),
+        Written::Already => (ALREADY.into(), Some("written")),
+        Written::Other => (LEFT_ALONE.into(), Some("kept")),
+    })
 }
 
-/// The table (schema-qualified) and column a change writes, quoted as identifiers.
-fn target(change: &Change) -> (String, String) {
-    (
-        format!("public.{}", escape_identifier(&change.table)),
-        escape_identifier(&change.column),
-    )
-}
-
-/// Whether backfill writes this column: the storage key columns of §6.
-fn written_column(table: &str, column: &str) -> bool {
-    ["sticker", "session_sticker", "pack_sheet"]
-        .into_iter()
-        .filter_map(key_column)
-        .any(|(t, c)| t.name() == table && c == column)
+/// The cell of the bot's database a change writes.
+fn cell(change: &Change) -> KeyCell<'_> {
+    KeyCell {
+        table: &change.table,
+        column: &change.column,
+        row_id: &change.row_id,
+    }
 }
 
 /// What `carry_out` would answer, from reads only (the same words).
@@ -539,48 +512,19 @@ async fn dry_run(client: &tokio_postgres::Client, store: &Store, work: &Work) ->
         return Ok(("would upload".into(), None));
     };
     if let Some(row) = &work.insert {
-        let ours = postgres::query_value(
-            client,
-            &format!(
-                "SELECT 1 FROM public.stickers WHERE id = {}",
-                literal(&row.id)
-            ),
-        )
-        .await?;
-        let named = postgres::query_value(
-            client,
-            &format!(
-                "SELECT 1 FROM public.stickers WHERE telegram_file_id = {} LIMIT 1",
-                literal(&row.telegram_file_id)
-            ),
-        )
-        .await?;
-        let text = match (ours, named) {
-            (Some(_), _) => ALREADY,
-            (None, Some(_)) => NAMED_ALREADY,
-            (None, None) => "would insert",
+        let text = match row.would_insert(client).await? {
+            Inserted::Already => ALREADY,
+            Inserted::NamedElsewhere => NAMED_ALREADY,
+            Inserted::Now => "would insert",
         };
         return Ok((text.into(), None));
     }
-    let (t, col) = target(change);
-    let sql = format!(
-        "SELECT {col} FROM {t} WHERE id = {}",
-        literal(&change.row_id)
-    );
-    Ok((
-        match postgres::query_value(client, &sql).await? {
-            None => {
-                return Err(format!(
-                    "the {} row {} is gone",
-                    change.table, change.row_id
-                ));
-            }
-            Some(None) => WOULD_WRITE.into(),
-            Some(Some(v)) if v == change.value => ALREADY.into(),
-            Some(Some(_)) => LEFT_ALONE.into(),
-        },
-        None,
-    ))
+    let text = match cell(change).would_write(client, &change.value).await? {
+        Written::Now => WOULD_WRITE,
+        Written::Already => ALREADY,
+        Written::Other => LEFT_ALONE,
+    };
+    Ok((text.into(), None))
 }
 
 /// Sets back to NULL (or removes the row we added) where our value still stands.
@@ -588,12 +532,10 @@ async fn undo_one(client: &tokio_postgres::Client, work: &Work, apply: bool) -> 
     let Some(c) = &work.change else {
         return Ok(("nothing to undo".into(), None));
     };
-    let ((t, col), id, value) = (target(c), literal(&c.row_id), literal(&c.value));
-    let guard = format!("WHERE id = {id} AND {col} = {value}");
+    let cell = cell(c);
     if !apply {
-        let held = postgres::query_value(client, &format!("SELECT 1 FROM {t} {guard}")).await?;
         return Ok((
-            if held.is_some() {
+            if cell.holds(client, &c.value).await? {
                 "would set back to NULL"
             } else {
                 "changed since: would be left alone"
@@ -602,16 +544,13 @@ async fn undo_one(client: &tokio_postgres::Client, work: &Work, apply: bool) -> 
             None,
         ));
     }
-    let sql = if work.insert.is_some() {
-        format!("DELETE FROM {t} {guard}")
-    } else {
-        format!("UPDATE {t} SET {col} = NULL {guard}")
-    };
-    Ok(if postgres::execute(client, &sql).await? == 1 {
-        ("undone".into(), Some("undone"))
-    } else {
-        ("changed since: left alone".into(), Some("changed"))
-    })
+    Ok(
+        if cell.undo(client, &c.value, work.insert.is_some()).await? {
+            ("undone".into(), Some("undone"))
+        } else {
+            ("changed since: left alone".into(), Some("changed"))
+        },
+    )
 }
 
 /// The object at `key` holds the blob: uploaded unless already there, then

@@ -460,7 +460,7 @@ fn bucket(
 
     let mut classes: BTreeMap<String, ClassCount> = RefClass::ALL
         .iter()
-        .filter(|c| crate::refs::key_column(c.name()).is_some())
+        .filter(|c| crate::bot::key_column(**c).is_some())
         .map(|c| c.name())
         .chain(["orphan"])
         .map(|name| (name.to_string(), ClassCount::default()))

@@ -301,27 +301,6 @@ impl ServerCertVerifier for NoCertificateCheck {
     }
 }
 
-/// Runs one statement in its own transaction; returns the rows it affected.
-pub async fn execute(client: &Client, sql: &str) -> Result<u64, String> {
-    let messages = client.simple_query(sql).await.map_err(|e| pg_message(&e))?;
-    Ok(messages
-        .iter()
-        .map(|m| match m {
-            SimpleQueryMessage::CommandComplete(n) => *n,
-            _ => 0,
-        })
-        .sum())
-}
-
-/// The first column of the first row: `None` when there is no row, `Some(None)` for NULL.
-pub async fn query_value(client: &Client, sql: &str) -> Result<Option<Option<String>>, String> {
-    let messages = client.simple_query(sql).await.map_err(|e| pg_message(&e))?;
-    Ok(messages.iter().find_map(|m| match m {
-        SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_string)),
-        _ => None,
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
