@@ -14,14 +14,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::support::dataset::{FIXTURE_BUCKET, FIXTURE_TELEGRAM};
+use crate::support::objects::files;
 use crate::support::pg::TestPg;
+use crate::support::run::{Run, run};
 use crate::support::s3::{SECRET_KEY, TestS3};
 use crate::support::telegram::{FakeTelegram, TOKEN};
 use crate::support::{bin, sha256_hex, temp_dir};
-
-const FIXTURE_DB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/db");
-const FIXTURE_BUCKET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/bucket");
-const FIXTURE_TELEGRAM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/telegram");
 
 const DB: &str = "bot";
 const BUCKET: &str = "stickers";
@@ -90,45 +89,8 @@ pub(crate) fn fixture_fills() -> Vec<(&'static str, String, &'static str, String
     ]
 }
 
-/// What one run of the binary gave.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
+/// Backfill's report, read from a run of it.
 impl Run {
-    fn of(cmd: &mut Command) -> Run {
-        let out = cmd.output().expect("run starchive");
-        Run {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    /// The one JSON document on stdout.
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!(
-                "stdout is not one JSON document ({e}):\n{}\nstderr:\n{}",
-                self.stdout, self.stderr
-            )
-        })
-    }
-
-    #[track_caller]
-    fn expect_code(&self, code: i32) -> &Run {
-        assert_eq!(
-            self.code,
-            Some(code),
-            "exit code\nstdout:\n{}\nstderr:\n{}",
-            self.stdout,
-            self.stderr
-        );
-        self
-    }
-
     fn steps(&self) -> Vec<Value> {
         self.json()["steps"]
             .as_array()
@@ -206,17 +168,7 @@ impl Bot {
     /// the fixtures' extra columns, and no row; the bucket is empty.
     fn start(tg: FakeTelegram) -> Bot {
         let pg = TestPg::start();
-        pg.create_db(DB);
-        pg.load_schema(DB);
-        // The fixtures hold a sticker whose session is gone, and columns
-        // beyond schema.sql.
-        pg.psql(
-            DB,
-            "ALTER TABLE sessions ADD COLUMN language_code text;
-             ALTER TABLE stickers ADD COLUMN prompt text;
-             ALTER TABLE pack_batches ADD COLUMN style text;
-             ALTER TABLE stickers DROP CONSTRAINT stickers_session_id_fkey;",
-        );
+        pg.create_fixture_schema(DB);
         let s3 = TestS3::start();
         s3.create_bucket(BUCKET);
         let db = pg.url(DB);
@@ -233,11 +185,7 @@ impl Bot {
     /// file_id is refused by Telegram).
     fn fixtures() -> Bot {
         let bot = Bot::start(FakeTelegram::from_dir(FIXTURE_TELEGRAM));
-        for table in TABLES {
-            let text = std::fs::read_to_string(Path::new(FIXTURE_DB).join(format!("{table}.csv")))
-                .expect("read fixture csv");
-            bot.pg.copy_csv(DB, table, &text);
-        }
+        bot.pg.copy_fixture_rows(DB);
         bot.s3.put_dir(BUCKET, FIXTURE_BUCKET);
         bot.snapshot();
         bot.fetch(&[]).expect_code(3);
@@ -290,7 +238,7 @@ impl Bot {
     }
 
     fn run(&self, args: &[&str]) -> Run {
-        Run::of(&mut self.cmd(args))
+        run(&mut self.cmd(args))
     }
 
     fn snapshot(&self) {
@@ -314,7 +262,7 @@ impl Bot {
     }
 
     fn backfill(&self, extra: &[&str]) -> Run {
-        Run::of(&mut self.backfill_cmd(extra))
+        run(&mut self.backfill_cmd(extra))
     }
 
     fn sql(&self, sql: &str) -> String {
@@ -1354,7 +1302,7 @@ fn password_never_appears_in_output_or_catalog() {
     // The password in the environment instead of on the command line.
     let mut env_cmd = bot.cmd(&["backfill", "--to", &to, "--apply"]);
     env_cmd.env("DATABASE_URL", &good);
-    let env_run = Run::of(&mut env_cmd);
+    let env_run = run(&mut env_cmd);
     env_run.expect_code(3);
     assert!(
         bot.value("stickers", &fx(306), "result_storage_path")
@@ -1395,17 +1343,5 @@ fn password_never_appears_in_output_or_catalog() {
 
 /// Every file under `dir`.
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files
+    files(dir).into_iter().map(|(_, path)| path).collect()
 }

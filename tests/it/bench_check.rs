@@ -29,8 +29,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::bench_push::{median, rclone_for, time_v, tool_available};
-use crate::push::{Db, starchive};
+use crate::support::bench::{env_number, median, rclone_for, rounds, time_v, tool_available};
+use crate::support::dataset::Db;
+use crate::support::run::starchive;
 use crate::support::s3::TestS3;
 use crate::support::temp_dir;
 
@@ -40,23 +41,10 @@ const SIDE_BY_SIDE: usize = 10_000;
 const BUCKET: &str = "stickers";
 /// Stickers per session.
 const PER_SESSION: usize = 50;
-const ROUNDS: usize = 3;
 
 /// Objects in the bucket (env `BENCH_OBJECTS` overrides).
 fn objects() -> usize {
-    std::env::var("BENCH_OBJECTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n >= 20)
-        .unwrap_or(OBJECTS)
-}
-
-fn rounds() -> usize {
-    std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(ROUNDS)
+    env_number("BENCH_OBJECTS", OBJECTS, 20)
 }
 
 /// `n` objects in bucket `stickers` of `s3`, and an archive whose catalog
@@ -145,11 +133,7 @@ fn bench_check_vs_rclone_lsjson() {
 
 /// Objects of the side-by-side measure (env `BENCH_SIDE_OBJECTS` overrides).
 fn side_by_side_objects() -> usize {
-    std::env::var("BENCH_SIDE_OBJECTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n >= 20)
-        .unwrap_or(SIDE_BY_SIDE)
+    env_number("BENCH_SIDE_OBJECTS", SIDE_BY_SIDE, 20)
 }
 
 /// The orphans the text report of `check` counts.

@@ -11,8 +11,10 @@
 //! at least 1.5x rclone). Both download every object; rclone writes them
 //! under their keys, starchive under their hashes, with the catalog first.
 
-use crate::bench_push::{dataset, measured, median, rclone_copy, rounds, tool_available};
-use crate::push::{exec, push_cmd, starchive};
+use crate::bench_push::dataset;
+use crate::push::push_cmd;
+use crate::support::bench::{measured, median, rclone_copy, rounds, tool_available};
+use crate::support::run::{run, starchive};
 use crate::support::s3::TestS3;
 use crate::support::temp_dir;
 
@@ -32,12 +34,12 @@ fn bench_pull_vs_rclone() {
     let (archive, _, total) = dataset(work.path(), FILES, MIN_SIZE, MAX_SIZE);
     let s3 = TestS3::start();
     s3.create_bucket("dest");
-    exec(&mut push_cmd(
+    run(&mut push_cmd(
         &archive,
         &s3.store_url("dest", ""),
         Some(&s3),
     ))
-    .code(0);
+    .expect_code(0);
     let mb = total as f64 / 1e6;
     let rounds = rounds();
     println!(
@@ -68,8 +70,8 @@ fn bench_pull_vs_rclone() {
             let b = run_theirs();
             (run_ours(), b)
         };
-        let plan = exec(starchive(&pulled).args(["--json", "plan"]))
-            .code(0)
+        let plan = run(starchive(&pulled).args(["--json", "plan"]))
+            .expect_code(0)
             .json();
         assert_eq!(plan["total"]["fetched"], FILES as u64, "{plan}");
         println!(

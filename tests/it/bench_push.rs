@@ -23,83 +23,28 @@
 //! is that of the child, read from `/proc/self/stat` once it was waited for.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
-use crate::push::{Db, exec, push_cmd, starchive, sticker_bytes};
-use crate::support::s3::{ACCESS_KEY, REGION, SECRET_KEY, TestS3};
+use crate::push::push_cmd;
+use crate::support::bench::{
+    Measure, measured, median, rclone_copy, rounds, time_v, tool_available,
+};
+use crate::support::dataset::{Db, sticker_bytes};
+use crate::support::run::{run, starchive};
+use crate::support::s3::TestS3;
 use crate::support::temp_dir;
 
 const FILES: usize = 5_000;
 const MIN_SIZE: usize = 2 * 1024;
 const MAX_SIZE: usize = 60 * 1024;
 const JOBS: usize = 16;
-/// Rounds of each measure (env `BENCH_ROUNDS` overrides).
-const ROUNDS: usize = 3;
 const NOOP_REFS: usize = 10_000;
 const RSS_SIZES: [usize; 2] = [1_000, 100_000];
-
-pub(crate) fn rounds() -> usize {
-    std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(ROUNDS)
-}
 
 /// Whether measure `name` runs: every one unless `BENCH_ONLY` names one.
 fn runs(name: &str) -> bool {
     std::env::var("BENCH_ONLY").map_or(true, |only| only == name)
-}
-
-pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
-
-/// CPU seconds of this process and of its waited-for children so far
-/// (`/proc/self/stat`: utime, stime, cutime, cstime, in 1/100 s).
-fn cpu_seconds() -> (f64, f64) {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-    // Fields after the command name, which is in parentheses.
-    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
-    // rest[0] is field 3 (state): utime is field 14, i.e. rest[11].
-    ((f[11] + f[12]) / 100.0, (f[13] + f[14]) / 100.0)
-}
-
-/// One measured run: wall seconds, server CPU seconds, client CPU seconds.
-pub(crate) struct Measure {
-    pub secs: f64,
-    pub server_cpu: f64,
-    pub client_cpu: f64,
-}
-
-pub(crate) fn measured(cmd: &mut Command, what: &str) -> Measure {
-    let (self0, child0) = cpu_seconds();
-    let started = Instant::now();
-    let out = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("run");
-    let secs = started.elapsed().as_secs_f64();
-    let (self1, child1) = cpu_seconds();
-    assert!(
-        out.status.success(),
-        "{what} failed: {:?}\n{}\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Measure {
-        secs,
-        server_cpu: self1 - self0,
-        client_cpu: child1 - child0,
-    }
 }
 
 /// `cmd` run under `/usr/bin/time -v`, which must succeed: (wall seconds, peak RSS in KiB).
@@ -116,41 +61,6 @@ fn with_peak_rss(cmd: &Command, report: &Path) -> (f64, u64) {
     (secs, kb)
 }
 
-/// `cmd` run under `/usr/bin/time -v` (report written to `report`):
-/// wall seconds, peak RSS in KiB and what it gave (its exit code is the
-/// command's own).
-pub(crate) fn time_v(cmd: &Command, report: &Path) -> (f64, u64, std::process::Output) {
-    let mut timed = Command::new("/usr/bin/time");
-    timed
-        .arg("-v")
-        .arg("-o")
-        .arg(report)
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
-    for (key, value) in cmd.get_envs() {
-        match value {
-            Some(v) => timed.env(key, v),
-            None => timed.env_remove(key),
-        };
-    }
-    if let Some(dir) = cmd.get_current_dir() {
-        timed.current_dir(dir);
-    }
-    let started = Instant::now();
-    let out = timed.output().expect("run under /usr/bin/time");
-    let secs = started.elapsed().as_secs_f64();
-    let text = std::fs::read_to_string(report).expect("time -v report");
-    let kb = text
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("Maximum resident set size (kbytes): ")
-        })
-        .and_then(|v| v.trim().parse().ok())
-        .expect("peak RSS in the time -v report");
-    (secs, kb, out)
-}
-
 /// `rclone copy SRC x:BUCKET`, configured from the environment only (an
 /// empty config file, nothing of the caller's `RCLONE_*`/`AWS_*`), as
 /// DESIGN.md shows.
@@ -162,53 +72,6 @@ fn rclone(s3: &TestS3, src: &Path, bucket: &str, jobs: usize, work: &Path) -> Co
         jobs,
         work,
     )
-}
-
-/// `rclone copy FROM TO` at `jobs` transfers, where `x:BUCKET` names a
-/// bucket of `s3`.
-pub(crate) fn rclone_copy(s3: &TestS3, from: &str, to: &str, jobs: usize, work: &Path) -> Command {
-    let mut cmd = rclone_for(s3, work);
-    cmd.arg("copy")
-        .arg(from)
-        .arg(to)
-        .args(["--transfers", &jobs.to_string()])
-        .args(["--checkers", &jobs.to_string()])
-        .arg("--quiet");
-    cmd
-}
-
-/// `rclone` with remote `x:` the loopback S3 server, configured from the
-/// environment only (an empty config file in `work`, nothing of the
-/// caller's `RCLONE_*`/`AWS_*`), as DESIGN.md shows.
-pub(crate) fn rclone_for(s3: &TestS3, work: &Path) -> Command {
-    let mut cmd = Command::new("rclone");
-    for (key, _) in std::env::vars_os() {
-        let k = key.to_string_lossy();
-        if k.starts_with("RCLONE_") || k.starts_with("AWS_") {
-            cmd.env_remove(&key);
-        }
-    }
-    let empty_config = work.join("rclone.conf");
-    std::fs::write(&empty_config, "").expect("write empty rclone config");
-    cmd.env("RCLONE_CONFIG", &empty_config)
-        .env("RCLONE_CONFIG_X_TYPE", "s3")
-        .env("RCLONE_CONFIG_X_PROVIDER", "Other")
-        .env("RCLONE_CONFIG_X_ENV_AUTH", "false")
-        .env("RCLONE_CONFIG_X_ENDPOINT", s3.endpoint())
-        .env("RCLONE_CONFIG_X_REGION", REGION)
-        .env("RCLONE_CONFIG_X_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("RCLONE_CONFIG_X_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("RCLONE_CONFIG_X_FORCE_PATH_STYLE", "true");
-    cmd
-}
-
-pub(crate) fn tool_available(program: &str, arg: &str) -> bool {
-    Command::new(program)
-        .arg(arg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// `n` stickers with distinct bytes of `min..=max` bytes, as files of a
@@ -245,12 +108,10 @@ pub(crate) fn dataset(dir: &Path, n: usize, min: usize, max: usize) -> (PathBuf,
     let archive = dir.join("archive");
     db.snapshot(&dir.join("db"), &archive);
     let started = Instant::now();
-    let doc = exec(
-        starchive(&archive)
-            .args(["--json", "fetch", "--jobs", "16", "--storage"])
-            .arg(&bucket),
-    )
-    .code(0)
+    let doc = run(starchive(&archive)
+        .args(["--json", "fetch", "--jobs", "16", "--storage"])
+        .arg(&bucket))
+    .expect_code(0)
     .json();
     assert_eq!(doc["done"], n as u64, "{doc}");
     println!(

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::fetch::{Run, run};
-use crate::push::sticker_bytes;
 use crate::support::backend::{Backend, Bucket, Kind};
+use crate::support::dataset::sticker_bytes;
 use crate::support::pg::TestPg;
+use crate::support::run::{Run, run};
 use crate::support::{bin, sha256_hex, temp_dir};
 
 const DB: &str = "bot";

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::push::{
-    FIXTURE_BUCKET, FIXTURE_DB, FIXTURE_REFS, FIXTURE_TELEGRAM, exec, fetched_fixture, starchive,
-};
+use crate::push::{FIXTURE_REFS, fetched_fixture};
+use crate::support::dataset::{FIXTURE_BUCKET, FIXTURE_DB, FIXTURE_TELEGRAM};
+use crate::support::run::{run, starchive};
 use crate::support::telegram::FakeTelegram;
 use crate::support::{bin, temp_dir};
 
@@ -144,7 +144,7 @@ fn global_options_go_before_or_after_the_command() {
 fn mistyped_urls_are_refused_and_create_nothing() {
     let dir = temp_dir();
     let archive = dir.path().join("archive");
-    exec(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).code(0);
+    run(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).expect_code(0);
     let cwd = dir.path().join("cwd");
     std::fs::create_dir_all(&cwd).expect("mkdir");
     for (typed, meant) in [
@@ -159,8 +159,8 @@ fn mistyped_urls_are_refused_and_create_nothing() {
             vec!["verify", "--to", typed],
             vec!["fetch", "--storage", typed],
         ] {
-            let out = exec(starchive(&archive).args(&args).current_dir(&cwd));
-            out.code(2);
+            let out = run(starchive(&archive).args(&args).current_dir(&cwd));
+            out.expect_code(2);
             assert!(
                 out.stderr.contains("mistyped URL"),
                 "{args:?}: {}",
@@ -184,7 +184,7 @@ fn mistyped_urls_are_refused_and_create_nothing() {
 fn credentials_in_a_store_url_are_refused_and_never_shown() {
     let dir = temp_dir();
     let archive = dir.path().join("archive");
-    exec(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).code(0);
+    run(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).expect_code(0);
     for url in [
         "s3://bkt?endpoint=http://AKUSER:StorUrlSecret@127.0.0.1:1&allow_http=true",
         "s3://bkt/p?endpoint=https%3A%2F%2FAKUSER%3AStorUrlSecret%40127.0.0.1%3A1",
@@ -196,8 +196,8 @@ fn credentials_in_a_store_url_are_refused_and_never_shown() {
             (vec!["fetch", "--storage", url], "STORAGE"),
             (vec!["check", "--storage", url], "STORAGE"),
         ] {
-            let out = exec(starchive(&archive).arg("--json").args(&args));
-            out.code(2);
+            let out = run(starchive(&archive).arg("--json").args(&args));
+            out.expect_code(2);
             for text in [&out.stdout, &out.stderr] {
                 assert!(!text.contains("StorUrlSecret"), "{args:?}: {text}");
             }
@@ -212,7 +212,7 @@ fn credentials_in_a_store_url_are_refused_and_never_shown() {
             assert_eq!(doc["exit_code"], 2, "{doc}");
         }
     }
-    let status = exec(starchive(&archive).args(["--json", "status"]));
+    let status = run(starchive(&archive).args(["--json", "status"]));
     assert!(
         !status.stdout.contains("StorUrlSecret"),
         "{}",
@@ -230,8 +230,8 @@ fn json_errors_leave_one_document_on_stdout() {
         (vec!["--json", "plan", "--no-such-option"], 2),
         (vec!["--json", "fetch", "--jobs", "0"], 2),
     ] {
-        let out = exec(starchive(&none).args(&args));
-        out.code(code);
+        let out = run(starchive(&none).args(&args));
+        out.expect_code(code);
         let doc: serde_json::Value = serde_json::from_str(&out.stdout)
             .unwrap_or_else(|e| panic!("{args:?}: not one JSON document ({e}): {}", out.stdout));
         assert_eq!(doc["exit_code"], code, "{doc}");
@@ -243,8 +243,8 @@ fn json_errors_leave_one_document_on_stdout() {
         );
     }
     // Without --json, stdout stays empty.
-    let out = exec(starchive(&none).arg("plan"));
-    out.code(1);
+    let out = run(starchive(&none).arg("plan"));
+    out.expect_code(1);
     assert!(out.stdout.is_empty(), "{}", out.stdout);
 }
 
@@ -254,12 +254,10 @@ fn verify_of_a_missing_directory_exits_1_and_creates_nothing() {
     let cwd = fx.dir.path().join("cwd");
     std::fs::create_dir_all(&cwd).expect("mkdir");
     for typed in ["./typo-dir", "typo-dir/sub"] {
-        let out = exec(
-            starchive(&fx.archive)
-                .args(["verify", "--to", typed])
-                .current_dir(&cwd),
-        );
-        out.code(1);
+        let out = run(starchive(&fx.archive)
+            .args(["verify", "--to", typed])
+            .current_dir(&cwd));
+        out.expect_code(1);
         assert!(out.stderr.contains("no such directory"), "{}", out.stderr);
     }
     assert!(
@@ -267,12 +265,10 @@ fn verify_of_a_missing_directory_exits_1_and_creates_nothing() {
         "verify created the directory"
     );
     // push writes there: it creates it.
-    exec(
-        starchive(&fx.archive)
-            .args(["push", "--to", "./typo-dir"])
-            .current_dir(&cwd),
-    )
-    .code(3);
+    run(starchive(&fx.archive)
+        .args(["push", "--to", "./typo-dir"])
+        .current_dir(&cwd))
+    .expect_code(3);
     assert!(cwd.join("typo-dir/_starchive").is_dir());
 }
 
@@ -282,7 +278,7 @@ fn verify_of_a_missing_directory_exits_1_and_creates_nothing() {
 fn status_and_plan_run_beside_a_fetch() {
     let dir = temp_dir();
     let archive = dir.path().join("archive");
-    exec(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).code(0);
+    run(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).expect_code(0);
     let tg = FakeTelegram::from_dir(FIXTURE_TELEGRAM);
     tg.latency(Duration::from_millis(400));
     let mut fetch = starchive(&archive)
@@ -301,20 +297,18 @@ fn status_and_plan_run_beside_a_fetch() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let status = exec(starchive(&archive).args(["--json", "status"]));
-    let plan = exec(starchive(&archive).args(["plan", "--json"]));
-    let writer = exec(
-        starchive(&archive)
-            .args(["push", "--to"])
-            .arg(dir.path().join("d")),
-    );
+    let status = run(starchive(&archive).args(["--json", "status"]));
+    let plan = run(starchive(&archive).args(["plan", "--json"]));
+    let writer = run(starchive(&archive)
+        .args(["push", "--to"])
+        .arg(dir.path().join("d")));
     let still_running = fetch.try_wait().expect("try_wait").is_none();
     let _ = fetch.wait();
     assert!(still_running, "the fetch ended before the readers ran");
-    let doc = status.code(0).json();
+    let doc = status.expect_code(0).json();
     assert!(doc["fetch"]["sticker"].is_object(), "{doc}");
-    assert_eq!(plan.code(0).json()["total"]["refs"], FIXTURE_REFS);
-    writer.code(1);
+    assert_eq!(plan.expect_code(0).json()["total"]["refs"], FIXTURE_REFS);
+    writer.expect_code(1);
     assert!(
         writer.stderr.contains("in use by another starchive"),
         "{}",
@@ -328,18 +322,16 @@ fn status_and_plan_run_beside_a_fetch() {
 fn push_before_fetch_says_to_run_fetch() {
     let dir = temp_dir();
     let archive = dir.path().join("archive");
-    exec(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).code(0);
+    run(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).expect_code(0);
     let dest = dir.path().join("dest");
     let want = format!("{FIXTURE_REFS} refs are not fetched yet: run `starchive fetch`");
-    let out = exec(starchive(&archive).args(["push", "--to"]).arg(&dest));
-    out.code(0);
+    let out = run(starchive(&archive).args(["push", "--to"]).arg(&dest));
+    out.expect_code(0);
     assert!(out.stdout.contains(&want), "{}", out.stdout);
-    let doc = exec(
-        starchive(&archive)
-            .args(["--json", "push", "--to"])
-            .arg(&dest),
-    )
-    .code(0)
+    let doc = run(starchive(&archive)
+        .args(["--json", "push", "--to"])
+        .arg(&dest))
+    .expect_code(0)
     .json();
     assert_eq!(doc["pending"], FIXTURE_REFS, "{doc}");
     assert_eq!(doc["notes"][0], want.as_str(), "{doc}");
@@ -350,24 +342,20 @@ fn fetch_failure_is_named_and_counts_failed_in_push() {
     let fx = fetched_fixture();
     // The fixture's fetch warned with the ref's class and row id.
     let tg = FakeTelegram::from_dir(FIXTURE_TELEGRAM);
-    let out = exec(
-        starchive(&fx.archive)
-            .args(["fetch", "--retry-failed", "--telegram-rate", "1000"])
-            .envs(tg.env()),
-    );
-    out.code(3);
+    let out = run(starchive(&fx.archive)
+        .args(["fetch", "--retry-failed", "--telegram-rate", "1000"])
+        .envs(tg.env()));
+    out.expect_code(3);
     assert!(
         out.stderr
             .contains("fetch failed for sticker stickers/00000000-0000-4000-8000-000000000315"),
         "{}",
         out.stderr
     );
-    let out = exec(
-        starchive(&fx.archive)
-            .args(["push", "--to"])
-            .arg(fx.dir.path().join("d")),
-    );
-    out.code(3);
+    let out = run(starchive(&fx.archive)
+        .args(["push", "--to"])
+        .arg(fx.dir.path().join("d")));
+    out.expect_code(3);
     assert!(out.stdout.contains("failed 1, pending 0"), "{}", out.stdout);
     assert!(out.stdout.contains("--retry-failed"), "{}", out.stdout);
 }
@@ -376,12 +364,10 @@ fn fetch_failure_is_named_and_counts_failed_in_push() {
 fn backfill_from_a_csv_directory_says_it_needs_postgres() {
     let fx = fetched_fixture();
     let dest = fx.dir.path().join("dest");
-    let out = exec(
-        starchive(&fx.archive)
-            .args(["backfill", "--db", FIXTURE_DB, "--to"])
-            .arg(&dest),
-    );
-    out.code(2);
+    let out = run(starchive(&fx.archive)
+        .args(["backfill", "--db", FIXTURE_DB, "--to"])
+        .arg(&dest));
+    out.expect_code(2);
     assert!(out.stderr.contains("postgres://"), "{}", out.stderr);
     assert!(
         !out.stderr.contains("connection string: unexpected"),
@@ -395,11 +381,9 @@ fn backfill_from_a_csv_directory_says_it_needs_postgres() {
 fn unknown_env_warns_and_names_the_envs() {
     let fx = fetched_fixture();
     for args in [vec!["plan"], vec!["status"], vec!["check"], vec!["verify"]] {
-        let out = exec(
-            starchive(&fx.archive)
-                .args(["--env", "nosuchenv", "--env", "prod"])
-                .args(&args),
-        );
+        let out = run(starchive(&fx.archive)
+            .args(["--env", "nosuchenv", "--env", "prod"])
+            .args(&args));
         // check reports the fixture's incomplete packs: exit 3.
         assert!(matches!(out.code, Some(0 | 3)), "{args:?}: {}", out.stderr);
         assert!(
@@ -418,12 +402,12 @@ fn plan_after_a_failed_snapshot_says_no_snapshot_yet() {
     let dir = temp_dir();
     let archive = dir.path().join("archive");
     // Nothing listens on port 1: the catalog is created, no snapshot taken.
-    let out = exec(starchive(&archive).args([
+    let out = run(starchive(&archive).args([
         "snapshot",
         "--db",
         "postgres://nobody@127.0.0.1:1/none?connect_timeout=5",
     ]));
-    out.code(1);
+    out.expect_code(1);
     assert!(archive.join("catalog.sqlite").is_file());
     for json in [false, true] {
         let mut cmd = starchive(&archive);
@@ -431,8 +415,8 @@ fn plan_after_a_failed_snapshot_says_no_snapshot_yet() {
         if json {
             cmd.arg("--json");
         }
-        let out = exec(&mut cmd);
-        out.code(1);
+        let out = run(&mut cmd);
+        out.expect_code(1);
         assert!(out.stderr.contains("no snapshot yet"), "{}", out.stderr);
         if json {
             let doc: serde_json::Value = serde_json::from_str(&out.stdout).expect("one document");
@@ -453,8 +437,8 @@ fn plan_after_a_failed_snapshot_says_no_snapshot_yet() {
 #[test]
 fn help_names_the_layouts_and_every_variable() {
     let help = |args: &[&str]| {
-        let out = exec(bin().args(args).arg("--help"));
-        out.code(0);
+        let out = run(bin().args(args).arg("--help"));
+        out.expect_code(0);
         out.stdout.clone()
     };
     for command in ["push", "run"] {
@@ -525,7 +509,7 @@ fn screen_lines(raw: &str) -> Vec<String> {
 fn log_lines_on_a_terminal_leave_no_stale_bar() {
     let dir = temp_dir();
     let archive = dir.path().join("archive");
-    exec(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).code(0);
+    run(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).expect_code(0);
     let tg = FakeTelegram::from_dir(FIXTURE_TELEGRAM);
     tg.latency(Duration::from_millis(100));
     // `script` gives the binary a terminal; its output is what was drawn.
@@ -631,7 +615,7 @@ fn json_usage_errors_carry_the_whole_message() {
 fn store_refusals_show_the_store_readably() {
     let dir = temp_dir();
     let archive = dir.path().join("archive");
-    exec(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).code(0);
+    run(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).expect_code(0);
     let shown = "s3://bkt/p?endpoint=http://127.0.0.1:15000:";
     for (query, says) in [
         (
@@ -668,7 +652,7 @@ fn store_refusals_show_the_store_readably() {
             (vec!["push", "--to", &url], "--to"),
             (vec!["check", "--storage", &url], "--storage"),
         ] {
-            let out = exec(starchive(&archive).arg("--json").args(&args));
+            let out = run(starchive(&archive).arg("--json").args(&args));
             assert!(
                 out.stderr.contains(&format!("error: {option} {shown} "))
                     && out.stderr.contains(says),
@@ -698,7 +682,7 @@ fn store_refusals_show_the_store_readably() {
 fn a_file_given_as_a_store_is_named_a_file() {
     let dir = temp_dir();
     let archive = dir.path().join("archive");
-    exec(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).code(0);
+    run(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).expect_code(0);
     let file = dir.path().join("afile");
     std::fs::write(&file, b"not a store").expect("write");
     let abs = file.display().to_string();
@@ -726,8 +710,8 @@ fn a_file_given_as_a_store_is_named_a_file() {
             "--to afile/sub: cannot create the directory",
         ),
     ] {
-        let out = exec(starchive(&archive).current_dir(dir.path()).args(&args));
-        out.code(1);
+        let out = run(starchive(&archive).current_dir(dir.path()).args(&args));
+        out.expect_code(1);
         assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
         assert!(
             !out.stderr.contains("no such directory"),
@@ -744,9 +728,9 @@ fn a_file_given_as_a_store_is_named_a_file() {
 fn file_urls_with_localhost_name_the_local_path() {
     let dir = temp_dir();
     let archive = dir.path().join("archive");
-    exec(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).code(0);
+    run(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).expect_code(0);
     let check =
-        |store: &str| exec(starchive(&archive).args(["--json", "check", "--storage", store]));
+        |store: &str| run(starchive(&archive).args(["--json", "check", "--storage", store]));
     let plain = check(FIXTURE_BUCKET);
     for store in [
         format!("file://localhost{FIXTURE_BUCKET}"),
@@ -758,7 +742,7 @@ fn file_urls_with_localhost_name_the_local_path() {
         assert_eq!(out.stdout, plain.stdout, "{store}");
     }
     let out = check(&format!("file://elsewhere{FIXTURE_BUCKET}"));
-    out.code(2);
+    out.expect_code(2);
     assert!(
         out.stderr.contains("file://localhost/abs/path"),
         "{}",

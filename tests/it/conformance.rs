@@ -12,16 +12,16 @@
 //! Storage alone.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
-use crate::backfill::{DANGLING_KEY, TABLES, fixture_fills, fx};
+use crate::backfill::{DANGLING_KEY, fixture_fills, fx};
 use crate::push::{
-    FIXTURE_BLOB_BYTES, FIXTURE_BLOBS, FIXTURE_BUCKET, FIXTURE_DB, FIXTURE_PUSH_EXIT,
-    FIXTURE_PUSHED_REFS, FIXTURE_TELEGRAM, MANIFEST, exec, fetched_fixture, mirror_objects,
-    starchive, sticker_bytes,
+    FIXTURE_BLOB_BYTES, FIXTURE_BLOBS, FIXTURE_PUSH_EXIT, FIXTURE_PUSHED_REFS, MANIFEST,
+    fetched_fixture, mirror_objects,
 };
 use crate::support::backend::{Backend, Bucket, Kind};
+use crate::support::dataset::{FIXTURE_BUCKET, FIXTURE_DB, FIXTURE_TELEGRAM, sticker_bytes};
 use crate::support::pg::TestPg;
+use crate::support::run::{run, starchive};
 use crate::support::sha256_hex;
 use crate::support::telegram::FakeTelegram;
 
@@ -124,27 +124,23 @@ fn fetch_reads_every_object_of_the_bucket(backend: &Backend) {
     assert_eq!(source.objects.put_dir(FIXTURE_BUCKET), 13);
     let dir = crate::support::temp_dir();
     let archive = dir.path().join("archive");
-    exec(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).code(0);
+    run(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).expect_code(0);
     // The bucket alone first: every ref whose key it has is fetched from it,
     // none is taken for dangling.
-    let doc = exec(
-        starchive(&archive)
-            .args(["--json", "fetch", "--storage", source.url()])
-            .envs(source.env("STORAGE")),
-    )
-    .code(0)
+    let doc = run(starchive(&archive)
+        .args(["--json", "fetch", "--storage", source.url()])
+        .envs(source.env("STORAGE")))
+    .expect_code(0)
     .json();
     assert_eq!(doc["done"], REFS_IN_THE_BUCKET, "{doc}");
     assert_eq!(doc["pending"], 11, "the refs only Telegram has: {doc}");
     let tg = FakeTelegram::from_dir(FIXTURE_TELEGRAM);
-    let doc = exec(
-        starchive(&archive)
-            .args(["--json", "fetch", "--telegram-rate", "1000"])
-            .args(["--storage", source.url()])
-            .envs(source.env("STORAGE"))
-            .envs(tg.env()),
-    )
-    .code(3)
+    let doc = run(starchive(&archive)
+        .args(["--json", "fetch", "--telegram-rate", "1000"])
+        .args(["--storage", source.url()])
+        .envs(source.env("STORAGE"))
+        .envs(tg.env()))
+    .expect_code(3)
     .json();
     assert_eq!(doc["failed"], 1, "the invalid file_id alone: {doc}");
     assert_eq!(doc["pending"], 0, "{doc}");
@@ -172,7 +168,7 @@ fn mirror_push_places_the_bot_keys_with_their_type_and_sha256(backend: &Backend)
     let dest = backend.bucket();
     let mut cmd = starchive(&fx.archive);
     with_to(cmd.args(["--json", "push"]), &dest);
-    let doc = exec(&mut cmd).code(FIXTURE_PUSH_EXIT).json();
+    let doc = run(&mut cmd).expect_code(FIXTURE_PUSH_EXIT).json();
     assert_eq!(doc["done"], FIXTURE_PUSHED_REFS, "{doc}");
     // Two keys share one blob: it is sent once and copied on the server.
     assert_eq!(
@@ -185,7 +181,7 @@ fn mirror_push_places_the_bot_keys_with_their_type_and_sha256(backend: &Backend)
 
     let mut again = starchive(&fx.archive);
     with_to(again.args(["--json", "push"]), &dest);
-    let doc = exec(&mut again).code(FIXTURE_PUSH_EXIT).json();
+    let doc = run(&mut again).expect_code(FIXTURE_PUSH_EXIT).json();
     assert_eq!(
         (doc["done"].as_u64(), doc["bytes"].as_u64()),
         (Some(0), Some(0)),
@@ -199,7 +195,7 @@ fn cas_push_writes_each_blob_once_at_its_hash(backend: &Backend) {
     let dest = backend.bucket();
     let mut cmd = starchive(&fx.archive);
     with_to(cmd.args(["--json", "push", "--layout", "cas"]), &dest);
-    let doc = exec(&mut cmd).code(FIXTURE_PUSH_EXIT).json();
+    let doc = run(&mut cmd).expect_code(FIXTURE_PUSH_EXIT).json();
     assert_eq!(doc["done"], FIXTURE_PUSHED_REFS, "{doc}");
     assert_eq!(doc["bytes"], FIXTURE_BLOB_BYTES, "{doc}");
     let want: BTreeMap<String, Vec<u8>> = mirror_objects()
@@ -214,7 +210,7 @@ fn cas_push_writes_each_blob_once_at_its_hash(backend: &Backend) {
     assert_described(&dest, &objects);
     let mut verify = starchive(&fx.archive);
     with_to(verify.args(["verify", "--deep"]), &dest);
-    exec(&mut verify).code(0);
+    run(&mut verify).expect_code(0);
 }
 
 fn big_object_goes_up_in_parts(backend: &Backend) {
@@ -225,27 +221,25 @@ fn big_object_goes_up_in_parts(backend: &Backend) {
     let tg = FakeTelegram::new();
     let big = sticker_bytes(42, BIG);
     tg.add_file("tg-big", "stickers/big.webp", big.clone());
-    let mut db = crate::push::Db::default();
+    let mut db = crate::support::dataset::Db::default();
     db.session("s1", "7", "prod", None, None)
         .sticker("big", "7", "s1", Some("tg-big"), None);
     let archive = dir.path().join("archive");
     db.snapshot(&dir.path().join("db"), &archive);
-    exec(
-        starchive(&archive)
-            .args([
-                "fetch",
-                "--max-file-size",
-                "20MiB",
-                "--telegram-rate",
-                "1000",
-            ])
-            .envs(tg.env()),
-    )
-    .code(0);
+    run(starchive(&archive)
+        .args([
+            "fetch",
+            "--max-file-size",
+            "20MiB",
+            "--telegram-rate",
+            "1000",
+        ])
+        .envs(tg.env()))
+    .expect_code(0);
     let dest = backend.bucket();
     let mut cmd = starchive(&archive);
     with_to(cmd.args(["--json", "push"]), &dest);
-    let doc = exec(&mut cmd).code(0).json();
+    let doc = run(&mut cmd).expect_code(0).json();
     assert_eq!(doc["done"], 1, "{doc}");
     let key = "stickers/7/s1/backfill_big.webp";
     let objects = stickers_in(&dest);
@@ -253,7 +247,7 @@ fn big_object_goes_up_in_parts(backend: &Backend) {
     assert_described(&dest, &objects);
     let mut verify = starchive(&archive);
     with_to(verify.args(["verify", "--deep"]), &dest);
-    exec(&mut verify).code(0);
+    run(&mut verify).expect_code(0);
 }
 
 fn deep_verify_names_bad_and_missing_objects(backend: &Backend) {
@@ -261,13 +255,13 @@ fn deep_verify_names_bad_and_missing_objects(backend: &Backend) {
     let dest = backend.bucket();
     let mut push = starchive(&fx.archive);
     with_to(push.arg("push"), &dest);
-    exec(&mut push).code(FIXTURE_PUSH_EXIT);
+    run(&mut push).expect_code(FIXTURE_PUSH_EXIT);
     let verify = || {
         let mut cmd = starchive(&fx.archive);
         with_to(cmd.args(["--json", "verify", "--deep"]), &dest);
-        exec(&mut cmd)
+        run(&mut cmd)
     };
-    verify().code(0);
+    verify().expect_code(0);
 
     // Same size, other bytes, put by someone else (no sha256 metadata).
     let bad = "stickers/100000004/00000000-0000-4000-8000-000000000201/1741172400000_1.webp";
@@ -278,7 +272,7 @@ fn deep_verify_names_bad_and_missing_objects(backend: &Backend) {
     let gone = "pack_sheets/session_00000000-0000-4000-8000-000000000110.jpg";
     dest.objects.delete(gone);
 
-    let doc = verify().code(3).json();
+    let doc = verify().expect_code(3).json();
     assert_eq!(doc["objects_bad"], 1, "{doc}");
     assert_eq!(doc["objects_missing"], 1, "{doc}");
     let named: Vec<&str> = doc["problems"]
@@ -291,20 +285,7 @@ fn deep_verify_names_bad_and_missing_objects(backend: &Backend) {
 fn backfill_writes_objects_and_keys(backend: &Backend) {
     const DB: &str = "bot";
     let pg = TestPg::start();
-    pg.create_db(DB);
-    pg.load_schema(DB);
-    pg.psql(
-        DB,
-        "ALTER TABLE sessions ADD COLUMN language_code text;
-         ALTER TABLE stickers ADD COLUMN prompt text;
-         ALTER TABLE pack_batches ADD COLUMN style text;
-         ALTER TABLE stickers DROP CONSTRAINT stickers_session_id_fkey;",
-    );
-    for table in TABLES {
-        let text = std::fs::read_to_string(Path::new(FIXTURE_DB).join(format!("{table}.csv")))
-            .expect("read fixture csv");
-        pg.copy_csv(DB, table, &text);
-    }
+    pg.fixture_db(DB);
     let db = pg.url(DB);
     let bucket = backend.bucket();
     bucket.objects.put_dir(FIXTURE_BUCKET);
@@ -318,9 +299,9 @@ fn backfill_writes_objects_and_keys(backend: &Backend) {
             .envs(bucket.env("STORAGE"))
             .envs(bucket.env("TO"))
             .envs(tg.env());
-        exec(&mut cmd)
+        run(&mut cmd)
     };
-    run(&["snapshot", "--db", &db]).code(0);
+    run(&["snapshot", "--db", &db]).expect_code(0);
     run(&[
         "fetch",
         "--telegram-rate",
@@ -328,7 +309,7 @@ fn backfill_writes_objects_and_keys(backend: &Backend) {
         "--storage",
         bucket.url(),
     ])
-    .code(3);
+    .expect_code(3);
     let doc = run(&[
         "--json",
         "backfill",
@@ -338,7 +319,7 @@ fn backfill_writes_objects_and_keys(backend: &Backend) {
         "--to",
         bucket.url(),
     ])
-    .code(3)
+    .expect_code(3)
     .json();
     assert_eq!(doc["failed"], 1, "only the refused file_id: {doc}");
 
@@ -384,20 +365,18 @@ fn verify_marks_what_it_finds_for_the_next_push_and_fetch(backend: &Backend) {
     source.objects.put_dir(FIXTURE_BUCKET);
     let dir = crate::support::temp_dir();
     let archive = dir.path().join("archive");
-    exec(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).code(0);
+    run(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).expect_code(0);
     let fetch = || {
-        exec(
-            starchive(&archive)
-                .args(["--json", "fetch", "--storage", source.url()])
-                .envs(source.env("STORAGE")),
-        )
+        run(starchive(&archive)
+            .args(["--json", "fetch", "--storage", source.url()])
+            .envs(source.env("STORAGE")))
     };
-    assert_eq!(fetch().code(0).json()["done"], REFS_IN_THE_BUCKET);
+    assert_eq!(fetch().expect_code(0).json()["done"], REFS_IN_THE_BUCKET);
     let dest = backend.bucket();
     let push = || {
         let mut cmd = starchive(&archive);
         with_to(cmd.args(["--json", "push"]), &dest);
-        exec(&mut cmd)
+        run(&mut cmd)
     };
     let verify = |args: &[&str]| {
         let mut cmd = starchive(&archive);
@@ -405,9 +384,9 @@ fn verify_marks_what_it_finds_for_the_next_push_and_fetch(backend: &Backend) {
         if !args.is_empty() {
             with_to(&mut cmd, &dest);
         }
-        exec(&mut cmd)
+        run(&mut cmd)
     };
-    assert_eq!(push().code(0).json()["done"], REFS_IN_THE_BUCKET);
+    assert_eq!(push().expect_code(0).json()["done"], REFS_IN_THE_BUCKET);
     let pushed = stickers_in(&dest);
 
     // At the destination: other bytes of the same size (only --deep sees
@@ -420,17 +399,21 @@ fn verify_marks_what_it_finds_for_the_next_push_and_fetch(backend: &Backend) {
     dest.objects.put(other, bytes);
     dest.objects.delete(gone);
     dest.objects.put(short, pushed[short][..10].to_vec());
-    let doc = verify(&["--deep"]).code(3).json();
+    let doc = verify(&["--deep"]).expect_code(3).json();
     assert_eq!(doc["objects_missing"], 1, "{doc}");
     assert_eq!(doc["objects_bad"], 2, "{doc}");
     assert_eq!(doc["objects_to_push_again"], 3, "{doc}");
-    let doc = push().code(0).json();
+    let doc = push().expect_code(0).json();
     let done = doc["done"].as_u64().expect("done");
     assert!(done >= 3, "the three objects' refs: {doc}");
     assert_eq!(doc["skipped"].as_u64(), Some(REFS_IN_THE_BUCKET - done));
     assert_same(&stickers_in(&dest), &pushed);
-    assert_eq!(verify(&["--deep"]).code(0).json()["objects_bad"], 0);
-    assert_eq!(push().code(0).json()["done"], 0, "nothing left to upload");
+    assert_eq!(verify(&["--deep"]).expect_code(0).json()["objects_bad"], 0);
+    assert_eq!(
+        push().expect_code(0).json()["done"],
+        0,
+        "nothing left to upload"
+    );
 
     // In the archive: one blob gone, one with other bytes.
     let blob_path = |sha: &str| archive.join("blobs").join(&sha[..2]).join(sha);
@@ -463,7 +446,7 @@ fn verify_marks_what_it_finds_for_the_next_push_and_fetch(backend: &Backend) {
             .expect("count")
     };
     let pending_before = pending();
-    let doc = verify(&[]).code(3).json();
+    let doc = verify(&[]).expect_code(3).json();
     assert_eq!(doc["blobs_bad"], 2, "{doc}");
     let again = doc["refs_to_fetch_again"]
         .as_u64()
@@ -471,7 +454,7 @@ fn verify_marks_what_it_finds_for_the_next_push_and_fetch(backend: &Backend) {
     assert!(again >= 2, "{doc}");
     assert!(!blob_path(&shas[1]).exists(), "the bad bytes are gone");
     assert_eq!(pending() - pending_before, again, "the refs of both blobs");
-    let doc = fetch().code(0).json();
+    let doc = fetch().expect_code(0).json();
     assert_eq!(doc["done"], again, "{doc}");
     for (sha, bytes) in shas.iter().zip(&originals) {
         assert!(
@@ -479,9 +462,9 @@ fn verify_marks_what_it_finds_for_the_next_push_and_fetch(backend: &Backend) {
             "{sha}"
         );
     }
-    assert_eq!(verify(&[]).code(0).json()["blobs_bad"], 0);
+    assert_eq!(verify(&[]).expect_code(0).json()["blobs_bad"], 0);
     // The destination still holds them: nothing to push.
-    assert_eq!(push().code(0).json()["done"], 0);
+    assert_eq!(push().expect_code(0).json()["done"], 0);
 }
 
 /// A store never pushed to from this archive, holding other bytes of the
@@ -494,13 +477,11 @@ fn verify_before_a_first_push_marks_other_bytes_found_there(backend: &Backend) {
     source.objects.put_dir(FIXTURE_BUCKET);
     let dir = crate::support::temp_dir();
     let archive = dir.path().join("archive");
-    exec(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).code(0);
-    exec(
-        starchive(&archive)
-            .args(["fetch", "--storage", source.url()])
-            .envs(source.env("STORAGE")),
-    )
-    .code(0);
+    run(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).expect_code(0);
+    run(starchive(&archive)
+        .args(["fetch", "--storage", source.url()])
+        .envs(source.env("STORAGE")))
+    .expect_code(0);
     let dest = backend.bucket();
     dest.objects.put_dir(FIXTURE_BUCKET);
     let want = dest.objects.all();
@@ -512,16 +493,16 @@ fn verify_before_a_first_push_marks_other_bytes_found_there(backend: &Backend) {
     let run = |args: &[&str]| {
         let mut cmd = starchive(&archive);
         with_to(cmd.arg("--json").args(args), &dest);
-        exec(&mut cmd)
+        run(&mut cmd)
     };
     let bad = if dest.keeps_metadata { want.len() } else { 1 };
     let doc = run(&["verify"])
-        .code(if dest.keeps_metadata { 3 } else { 0 })
+        .expect_code(if dest.keeps_metadata { 3 } else { 0 })
         .json();
     assert_eq!(doc["objects_checked"], want.len(), "{doc}");
     let plain_bad = if dest.keeps_metadata { want.len() } else { 0 };
     assert_eq!(doc["objects_bad"], plain_bad, "plain: by metadata: {doc}");
-    let doc = run(&["verify", "--deep"]).code(3).json();
+    let doc = run(&["verify", "--deep"]).expect_code(3).json();
     assert_eq!(doc["objects_bad"], bad, "{doc}");
     assert_eq!(doc["objects_missing"], 0, "{doc}");
     assert_eq!(doc["objects_to_push_again"], bad, "{doc}");
@@ -531,10 +512,13 @@ fn verify_before_a_first_push_marks_other_bytes_found_there(backend: &Backend) {
         .and_then(|p| p["problem"].as_str())
         .unwrap_or_default();
     assert!(stale_problem.starts_with("bytes hash to"), "{doc}");
-    let doc = run(&["push"]).code(0).json();
+    let doc = run(&["push"]).expect_code(0).json();
     assert!(doc["done"].as_u64() >= Some(1), "{doc}");
     assert_same(&stickers_in(&dest), &want);
     assert_described(&dest, &want);
-    assert_eq!(run(&["verify"]).code(0).json()["objects_bad"], 0);
-    assert_eq!(run(&["verify", "--deep"]).code(0).json()["objects_bad"], 0);
+    assert_eq!(run(&["verify"]).expect_code(0).json()["objects_bad"], 0);
+    assert_eq!(
+        run(&["verify", "--deep"]).expect_code(0).json()["objects_bad"],
+        0
+    );
 }

@@ -11,9 +11,11 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::push::{
-    CATALOG_COPY, FIXTURE_PUSH_EXIT, MANIFEST, bucket_objects, catalog, exec, fetched_fixture,
-    files_under, manifest_lines, mirror_objects, push_cmd, starchive,
+    CATALOG_COPY, FIXTURE_PUSH_EXIT, MANIFEST, bucket_objects, fetched_fixture, manifest_lines,
+    mirror_objects, push_cmd,
 };
+use crate::support::objects::files_under;
+use crate::support::run::{catalog, run, starchive};
 use crate::support::s3::TestS3;
 use crate::support::sha256_hex;
 use crate::support::supabase::supabase_with_upload_limit;
@@ -92,8 +94,8 @@ fn catalog_copy_in_parts_at_s3_is_the_catalog() {
     let s3 = TestS3::start();
     s3.create_bucket("parts");
     let url = s3.store_url("parts", "");
-    exec(push_cmd(&fx.archive, &url, Some(&s3)).args(["--catalog-part-size", "2KiB"]))
-        .code(FIXTURE_PUSH_EXIT);
+    run(push_cmd(&fx.archive, &url, Some(&s3)).args(["--catalog-part-size", "2KiB"]))
+        .expect_code(FIXTURE_PUSH_EXIT);
     let objects = bucket_objects(&s3, "parts");
     let (header, copy) = read_copy(&objects, fx.dir.path());
     let named: Vec<&str> = header["catalog"]
@@ -138,8 +140,8 @@ fn catalog_copy_in_parts_at_a_directory_replaces_older_copies() {
     let stale_part = format!("{CATALOG_COPY}.077");
     std::fs::write(dest.join(&stale_part), b"an old part").expect("plant");
 
-    exec(push_cmd(&fx.archive, &url, None).args(["--catalog-part-size", "3KiB"]))
-        .code(FIXTURE_PUSH_EXIT);
+    run(push_cmd(&fx.archive, &url, None).args(["--catalog-part-size", "3KiB"]))
+        .expect_code(FIXTURE_PUSH_EXIT);
     let files = files_under(&dest);
     let (header, copy) = read_copy(&files, fx.dir.path());
     let n = header["catalog"].as_array().expect("objects").len();
@@ -150,8 +152,8 @@ fn catalog_copy_in_parts_at_a_directory_replaces_older_copies() {
     // Smaller parts, more of them; then one object: what the last push
     // wrote is all there is.
     forget_manifest(&fx.archive);
-    exec(push_cmd(&fx.archive, &url, None).args(["--catalog-part-size", "1KiB"]))
-        .code(FIXTURE_PUSH_EXIT);
+    run(push_cmd(&fx.archive, &url, None).args(["--catalog-part-size", "1KiB"]))
+        .expect_code(FIXTURE_PUSH_EXIT);
     let files = files_under(&dest);
     let (header, _) = read_copy(&files, fx.dir.path());
     let more = header["catalog"].as_array().expect("objects").len();
@@ -159,7 +161,7 @@ fn catalog_copy_in_parts_at_a_directory_replaces_older_copies() {
     assert_eq!(copy_keys(&files), parts(more));
 
     forget_manifest(&fx.archive);
-    exec(&mut push_cmd(&fx.archive, &url, None)).code(FIXTURE_PUSH_EXIT);
+    run(&mut push_cmd(&fx.archive, &url, None)).expect_code(FIXTURE_PUSH_EXIT);
     let files = files_under(&dest);
     let (header, copy) = read_copy(&files, fx.dir.path());
     assert_eq!(header["catalog"].as_array().map(Vec::len), Some(1));
@@ -189,10 +191,10 @@ fn supabase_size_limit_refuses_a_whole_copy_and_takes_it_in_parts() {
         if let Some(size) = part_size {
             cmd.args(["--catalog-part-size", size]);
         }
-        exec(&mut cmd)
+        run(&mut cmd)
     };
     let out = push(None);
-    out.code(3);
+    out.expect_code(3);
     let doc = out.json();
     assert_eq!(doc["failed"], 1, "only the ref whose fetch failed: {doc}");
     assert!(
@@ -214,7 +216,7 @@ fn supabase_size_limit_refuses_a_whole_copy_and_takes_it_in_parts() {
     assert_eq!(header["catalog"], Value::Null, "no copy to name: {header}");
 
     // Parts under the limit: the next push writes the copy it could not.
-    let doc = push(Some("4KiB")).code(FIXTURE_PUSH_EXIT).json();
+    let doc = push(Some("4KiB")).expect_code(FIXTURE_PUSH_EXIT).json();
     assert_eq!(doc.get("refused"), None, "{doc}");
     assert_eq!(doc["done"], 0, "the stickers stay pushed: {doc}");
     let objects = bucket.objects.all();

@@ -8,9 +8,12 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::push::{
-    FIXTURE_BUCKET, FIXTURE_DB, FIXTURE_PUSH_EXIT, FIXTURE_PUSHED_REFS, FIXTURE_TELEGRAM, MANIFEST,
-    bucket_objects, exec, fetched_fixture, files_under, mirror_objects, push_cmd, starchive,
+    FIXTURE_PUSH_EXIT, FIXTURE_PUSHED_REFS, MANIFEST, bucket_objects, fetched_fixture,
+    mirror_objects, push_cmd,
 };
+use crate::support::dataset::{FIXTURE_BUCKET, FIXTURE_DB, FIXTURE_TELEGRAM};
+use crate::support::objects::files_under;
+use crate::support::run::{run, starchive};
 use crate::support::s3::TestS3;
 use crate::support::telegram::FakeTelegram;
 use crate::support::temp_dir;
@@ -63,8 +66,8 @@ fn a_destination_that_is_in_or_holds_the_archive_is_refused() {
             if command == "backfill" {
                 cmd.args(["--db", "postgres://u@127.0.0.1:9/db", "--apply"]);
             }
-            let out = exec(&mut cmd);
-            out.code(2);
+            let out = run(&mut cmd);
+            out.expect_code(2);
             assert!(
                 out.stderr.contains("archive") && out.stderr.contains(typed.as_str()),
                 "{command} --to {typed}: {}",
@@ -75,8 +78,8 @@ fn a_destination_that_is_in_or_holds_the_archive_is_refused() {
     }
     // A neighbour whose name starts like the archive's is no part of it.
     let beside = format!("{a}-copy");
-    let doc = exec(&mut push_cmd(&fx.archive, &beside, None))
-        .code(FIXTURE_PUSH_EXIT)
+    let doc = run(&mut push_cmd(&fx.archive, &beside, None))
+        .expect_code(FIXTURE_PUSH_EXIT)
         .json();
     assert_eq!(doc["done"], FIXTURE_PUSHED_REFS, "{doc}");
     assert_eq!(tree(&fx.archive), before);
@@ -87,13 +90,11 @@ fn run_into_the_archive_is_refused_before_it_does_anything() {
     let dir = temp_dir();
     let archive = dir.path().join("archive");
     let tg = FakeTelegram::from_dir(FIXTURE_TELEGRAM);
-    let out = exec(
-        starchive(&archive)
-            .args(["run", "--db", FIXTURE_DB, "--storage", FIXTURE_BUCKET])
-            .args(["--to", &format!("{}/blobs", archive.display())])
-            .envs(tg.env()),
-    );
-    out.code(2);
+    let out = run(starchive(&archive)
+        .args(["run", "--db", FIXTURE_DB, "--storage", FIXTURE_BUCKET])
+        .args(["--to", &format!("{}/blobs", archive.display())])
+        .envs(tg.env()));
+    out.expect_code(2);
     assert!(out.stderr.contains("inside the archive"), "{}", out.stderr);
     assert!(
         !archive.join("blobs").exists(),
@@ -107,12 +108,12 @@ fn push_with(
     to: &str,
     layout: Option<&str>,
     s3: Option<&TestS3>,
-) -> crate::push::Out {
+) -> crate::support::run::Run {
     let mut cmd = push_cmd(archive, to, s3);
     if let Some(layout) = layout {
         cmd.args(["--layout", layout]);
     }
-    exec(&mut cmd)
+    run(&mut cmd)
 }
 
 /// `verify --to URL [--layout LAYOUT]`.
@@ -121,7 +122,7 @@ fn verify_with(
     to: &str,
     layout: Option<&str>,
     s3: Option<&TestS3>,
-) -> crate::push::Out {
+) -> crate::support::run::Run {
     let mut cmd = starchive(archive);
     cmd.args(["verify", "--to", to]);
     if let Some(layout) = layout {
@@ -130,7 +131,7 @@ fn verify_with(
     if let Some(s3) = s3 {
         cmd.envs(s3.env("TO"));
     }
-    exec(&mut cmd)
+    run(&mut cmd)
 }
 
 fn has_cas_keys<V>(objects: &BTreeMap<String, V>) -> bool {
@@ -149,11 +150,11 @@ fn a_destination_keeps_the_layout_it_was_pushed_with() {
         let url = dest.display().to_string();
         // `--layout mirror` is the default: say it or not.
         let given = (first == "cas").then_some(first);
-        push_with(&fx.archive, &url, given, None).code(FIXTURE_PUSH_EXIT);
+        push_with(&fx.archive, &url, given, None).expect_code(FIXTURE_PUSH_EXIT);
         let mut held = files_under(&dest);
         for _ in 0..2 {
             let out = push_with(&fx.archive, &url, Some(other), None);
-            out.code(2);
+            out.expect_code(2);
             assert!(
                 out.stderr.contains(&format!("holds the {first} layout")),
                 "{first}: {}",
@@ -165,7 +166,7 @@ fn a_destination_keeps_the_layout_it_was_pushed_with() {
                 "{first}: push --layout {other} wrote"
             );
             let out = verify_with(&fx.archive, &url, Some(other), None);
-            out.code(2);
+            out.expect_code(2);
             assert!(out.stderr.contains(first), "{}", out.stderr);
             // The catalog remembers the layout even without the manifest.
             std::fs::remove_file(dest.join(MANIFEST)).ok();
@@ -173,16 +174,16 @@ fn a_destination_keeps_the_layout_it_was_pushed_with() {
         }
         // Without --layout: the layout it holds.
         let doc = push_with(&fx.archive, &url, None, None)
-            .code(FIXTURE_PUSH_EXIT)
+            .expect_code(FIXTURE_PUSH_EXIT)
             .json();
         assert_eq!(doc["done"], 0, "{first}: {doc}");
         let objects = files_under(&dest);
         assert_eq!(has_cas_keys(&objects), first == "cas", "{first}");
         assert_eq!(has_mirror_keys(&objects), first == "mirror", "{first}");
-        verify_with(&fx.archive, &url, None, None).code(0);
-        verify_with(&fx.archive, &url, Some(first), None).code(0);
-        let status = exec(starchive(&fx.archive).args(["--json", "status"]))
-            .code(0)
+        verify_with(&fx.archive, &url, None, None).expect_code(0);
+        verify_with(&fx.archive, &url, Some(first), None).expect_code(0);
+        let status = run(starchive(&fx.archive).args(["--json", "status"]))
+            .expect_code(0)
             .json();
         let canonical = std::fs::canonicalize(&dest).expect("canonical");
         assert_eq!(
@@ -201,22 +202,22 @@ fn the_layout_named_by_another_machines_manifest_is_kept() {
     let second = fetched_fixture();
     for (layout, other, prefix) in [("cas", "mirror", "c"), ("mirror", "cas", "m")] {
         let url = s3.store_url("shared", prefix);
-        push_with(&first.archive, &url, Some(layout), Some(&s3)).code(FIXTURE_PUSH_EXIT);
+        push_with(&first.archive, &url, Some(layout), Some(&s3)).expect_code(FIXTURE_PUSH_EXIT);
         let held = bucket_objects(&s3, "shared");
         // The second archive never pushed there: the manifest says what it holds.
         let out = push_with(&second.archive, &url, Some(other), Some(&s3));
-        out.code(2);
+        out.expect_code(2);
         assert!(
             out.stderr.contains(&format!("holds the {layout} layout"))
                 && out.stderr.contains("manifest"),
             "{}",
             out.stderr
         );
-        verify_with(&second.archive, &url, Some(other), Some(&s3)).code(2);
+        verify_with(&second.archive, &url, Some(other), Some(&s3)).expect_code(2);
         assert_eq!(bucket_objects(&s3, "shared"), held, "refused, yet written");
-        verify_with(&second.archive, &url, None, Some(&s3)).code(0);
+        verify_with(&second.archive, &url, None, Some(&s3)).expect_code(0);
         let doc = push_with(&second.archive, &url, None, Some(&s3))
-            .code(FIXTURE_PUSH_EXIT)
+            .expect_code(FIXTURE_PUSH_EXIT)
             .json();
         assert_eq!(doc["done"], 0, "{layout}: {doc}");
         assert_eq!(doc["skipped"], FIXTURE_PUSHED_REFS, "{layout}: {doc}");
@@ -247,18 +248,18 @@ fn run_again_with_another_layout_is_refused() {
         if let Some(layout) = layout {
             cmd.args(["--layout", layout]);
         }
-        exec(&mut cmd)
+        run(&mut cmd)
     };
-    run(None).code(3);
+    run(None).expect_code(3);
     let out = run(Some("cas"));
-    out.code(2);
+    out.expect_code(2);
     assert!(
         out.stderr.contains("holds the mirror layout"),
         "{}",
         out.stderr
     );
     assert!(!has_cas_keys(&files_under(&dest)), "cas objects written");
-    verify_with(&archive, &dest.display().to_string(), None, None).code(0);
+    verify_with(&archive, &dest.display().to_string(), None, None).expect_code(0);
 }
 
 /// The problem lines of a text `verify` report.
@@ -271,7 +272,7 @@ fn long_lists_are_cut_in_text_unless_full() {
     let fx = fetched_fixture();
     let dest = fx.dir.path().join("dest");
     let url = dest.display().to_string();
-    push_with(&fx.archive, &url, None, None).code(FIXTURE_PUSH_EXIT);
+    push_with(&fx.archive, &url, None, None).expect_code(FIXTURE_PUSH_EXIT);
     let keys = mirror_objects().len();
     assert!(
         keys > 20,
@@ -282,10 +283,10 @@ fn long_lists_are_cut_in_text_unless_full() {
     }
     let verify = |args: &[&str]| {
         let mut cmd = starchive(&fx.archive);
-        exec(cmd.args(["verify", "--to", &url]).args(args))
+        run(cmd.args(["verify", "--to", &url]).args(args))
     };
     let out = verify(&[]);
-    out.code(3);
+    out.expect_code(3);
     assert_eq!(problem_lines(&out.stdout), 20, "{}", out.stdout);
     assert!(
         out.stdout
@@ -294,10 +295,10 @@ fn long_lists_are_cut_in_text_unless_full() {
         out.stdout
     );
     let out = verify(&["--full"]);
-    out.code(3);
+    out.expect_code(3);
     assert_eq!(problem_lines(&out.stdout), keys, "{}", out.stdout);
     assert!(!out.stdout.contains("more"), "{}", out.stdout);
-    let doc = verify(&["--json"]).code(3).json();
+    let doc = verify(&["--json"]).expect_code(3).json();
     assert_eq!(doc["objects_missing"], keys as u64, "{doc}");
     assert_eq!(
         doc["problems"].as_array().map(Vec::len),
@@ -311,16 +312,16 @@ fn long_lists_are_cut_in_text_unless_full() {
     for folder in ["stickers", "pack_sheets"] {
         std::fs::write(blocked.join(folder), b"in the way").expect("write");
     }
-    push_with(&fx.archive, &blocked.display().to_string(), None, None).code(3);
+    push_with(&fx.archive, &blocked.display().to_string(), None, None).expect_code(3);
     let status = |args: &[&str]| {
-        exec(starchive(&fx.archive).arg("status").args(args))
-            .code(0)
+        run(starchive(&fx.archive).arg("status").args(args))
+            .expect_code(0)
             .stdout
             .clone()
     };
     let failure_lines = |text: &str| text.lines().filter(|l| l.contains(" [push to ")).count();
-    let json = exec(starchive(&fx.archive).args(["--json", "status"]))
-        .code(0)
+    let json = run(starchive(&fx.archive).args(["--json", "status"]))
+        .expect_code(0)
         .json();
     let failures = json["failures"].as_array().map(Vec::len).unwrap_or(0);
     assert!(failures > 21, "{json}");
@@ -343,21 +344,21 @@ fn status_shows_only_destinations_reached() {
     // A bucket that does not exist (a typo): the push fails, nothing is there.
     let typo = s3.store_url("reel", "");
     let out = push_with(&fx.archive, &typo, None, Some(&s3));
-    out.code(1);
+    out.expect_code(1);
     let destinations = |archive: &Path| -> Value {
-        exec(starchive(archive).args(["--json", "status"]))
-            .code(0)
+        run(starchive(archive).args(["--json", "status"]))
+            .expect_code(0)
             .json()["destinations"]
             .clone()
     };
     assert_eq!(destinations(&fx.archive), serde_json::json!({}));
-    let text = exec(starchive(&fx.archive).arg("status"))
-        .code(0)
+    let text = run(starchive(&fx.archive).arg("status"))
+        .expect_code(0)
         .stdout
         .clone();
     assert!(text.contains("none pushed yet"), "{text}");
     let real = s3.store_url("real", "");
-    push_with(&fx.archive, &real, None, Some(&s3)).code(FIXTURE_PUSH_EXIT);
+    push_with(&fx.archive, &real, None, Some(&s3)).expect_code(FIXTURE_PUSH_EXIT);
     // What a push killed before its first upload leaves (or an older
     // starchive's push to a store it never reached): every ref pending there.
     let conn = rusqlite::Connection::open(fx.archive.join("catalog.sqlite")).expect("catalog");
@@ -373,8 +374,8 @@ fn status_shows_only_destinations_reached() {
     let shown: Vec<&String> = shown.as_object().expect("object").keys().collect();
     assert_eq!(shown.len(), 1, "{shown:?}");
     assert!(shown[0].starts_with("s3://real?endpoint="), "{shown:?}");
-    let text = exec(starchive(&fx.archive).arg("status"))
-        .code(0)
+    let text = run(starchive(&fx.archive).arg("status"))
+        .expect_code(0)
         .stdout
         .clone();
     assert!(!text.contains("never"), "{text}");

@@ -12,81 +12,24 @@ mod repair;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::support::dataset::{
+    Db, FIXTURE_BUCKET, FIXTURE_DB, FIXTURE_EXPECTED, FIXTURE_TELEGRAM, sticker_bytes,
+};
+use crate::support::run::{Run, catalog, run};
 use crate::support::s3::TestS3;
 use crate::support::telegram::{FakeTelegram, TOKEN};
 use crate::support::{bin, sha256_hex, temp_dir};
 
 // ---- helpers ------------------------------------------------------------
 
-const FIXTURE_DB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/db");
-const FIXTURE_BUCKET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/bucket");
-const FIXTURE_TELEGRAM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/telegram");
-const FIXTURE_EXPECTED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/expected.json");
-
 const INVALID_FILE_ID: &str = "CAACAgIAAxkBAAI-invalid-file-id-0000000000000000000000000000";
 const DANGLING_KEY: &str =
     "stickers/100000001/00000000-0000-4000-8000-000000000101/1740823320000.webp";
-
-/// What one run of the binary gave.
-pub(super) struct Run {
-    pub code: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Run {
-    fn from(out: Output) -> Run {
-        Run {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    /// The one JSON document on stdout.
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!(
-                "stdout is not one JSON document ({e}):\n{}\nstderr:\n{}",
-                self.stdout, self.stderr
-            )
-        })
-    }
-
-    /// Asserts stdout holds only the error document of a stop (`--json`):
-    /// `{"error", "exit_code"}` and no report.
-    #[track_caller]
-    pub fn expect_error_doc(&self) {
-        let doc = self.json();
-        let keys: Vec<&String> = doc
-            .as_object()
-            .map(|o| o.keys().collect())
-            .unwrap_or_default();
-        assert_eq!(keys, ["error", "exit_code"], "{doc}");
-        assert_eq!(doc["exit_code"].as_i64(), self.code.map(i64::from), "{doc}");
-    }
-
-    #[track_caller]
-    pub fn expect_code(&self, code: i32) -> &Run {
-        assert_eq!(
-            self.code,
-            Some(code),
-            "exit code\nstdout:\n{}\nstderr:\n{}",
-            self.stdout,
-            self.stderr
-        );
-        self
-    }
-}
-
-pub(super) fn run(cmd: &mut Command) -> Run {
-    Run::from(cmd.output().expect("run starchive"))
-}
 
 /// `starchive --archive DIR snapshot --db DB`, which must succeed.
 pub(super) fn snapshot(archive: &Path, db: &Path) {
@@ -115,15 +58,6 @@ pub(super) fn fetch_cmd(
         cmd.envs(tg.env());
     }
     cmd
-}
-
-/// The catalog, read-only.
-pub(super) fn catalog(archive: &Path) -> rusqlite::Connection {
-    rusqlite::Connection::open_with_flags(
-        archive.join("catalog.sqlite"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open catalog")
 }
 
 /// One ref as the catalog has it.
@@ -222,92 +156,6 @@ fn fetched_refs_have_their_blob(archive: &Path, refs: &[Ref]) {
             .expect("the blob is in the blobs table");
         assert_eq!(size as usize, files[sha].len(), "{r:?}: size");
     }
-}
-
-/// A small dataset written as CSV exports: two sessions (env `prod` and
-/// `test`) and stickers naming files by `file_id`, by storage key or both.
-#[derive(Default)]
-pub(super) struct Db {
-    stickers: Vec<[Option<String>; 4]>,
-    /// Envs with a session besides `prod` and `test`.
-    envs: BTreeSet<String>,
-}
-
-impl Db {
-    pub fn new() -> Db {
-        Db::default()
-    }
-
-    /// A sticker of the session of `env` (one session per env).
-    pub fn sticker(&mut self, env: &str, file_id: Option<&str>, key: Option<&str>) -> &mut Db {
-        self.envs.insert(env.to_owned());
-        self.sticker_of(&format!("session-{env}"), file_id, key)
-    }
-
-    /// A sticker whose session is unknown: its refs have no env.
-    pub fn sticker_without_env(&mut self, file_id: Option<&str>, key: Option<&str>) -> &mut Db {
-        self.sticker_of("session-unknown", file_id, key)
-    }
-
-    fn sticker_of(&mut self, session: &str, file_id: Option<&str>, key: Option<&str>) -> &mut Db {
-        let id = format!("sticker-{:05}", self.stickers.len() + 1);
-        self.stickers.push([
-            Some(id),
-            Some(session.to_owned()),
-            file_id.map(str::to_owned),
-            key.map(str::to_owned),
-        ]);
-        self
-    }
-
-    /// Writes `sessions.csv` and `stickers.csv` into `dir`.
-    pub fn write(&self, dir: &Path) {
-        std::fs::create_dir_all(dir).expect("create db dir");
-        let mut sessions = String::from(
-            "id,user_id,env,mode,current_photo_file_id,photos,last_sticker_file_id,last_sticker_storage_path,pack_sheet_file_id,created_at,updated_at\n",
-        );
-        let mut envs = self.envs.clone();
-        envs.extend(["prod".to_owned(), "test".to_owned()]);
-        for env in envs {
-            sessions.push_str(&format!(
-                "session-{env},1,{env},single,,[],,,,2025-01-01 00:00:00+00,2025-01-01 00:00:00+00\n"
-            ));
-        }
-        std::fs::write(dir.join("sessions.csv"), sessions).expect("write sessions.csv");
-        let mut stickers = String::from(
-            "id,user_id,session_id,pack_batch_id,pack_index,style_preset_id,telegram_file_id,result_storage_path,created_at\n",
-        );
-        for [id, session, file_id, key] in &self.stickers {
-            let field = |v: &Option<String>| match v {
-                None => String::new(),
-                Some(s) => format!("\"{}\"", s.replace('"', "\"\"")),
-            };
-            stickers.push_str(&format!(
-                "{},1,{},,,,{},{},2025-01-01 00:00:00+00\n",
-                field(id),
-                field(session),
-                field(file_id),
-                field(key)
-            ));
-        }
-        std::fs::write(dir.join("stickers.csv"), stickers).expect("write stickers.csv");
-    }
-}
-
-/// Deterministic pseudo-random bytes (xorshift64*), `len` long, starting
-/// with a WebP header so that they look like stickers.
-pub(super) fn sticker_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len);
-    out.extend_from_slice(b"RIFF\0\0\0\0WEBPVP8L");
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// A fake Bot API serving `n` distinct files `tg-file-0000..`, and the ids.
@@ -688,21 +536,21 @@ fn refs_sharing_a_file_id_or_bytes_are_downloaded_once() {
     s3.create_bucket("stickers");
     s3.put_file("stickers", "a/one.webp", sticker_bytes(1, 3000));
     s3.put_file("stickers", "a/two.webp", sticker_bytes(2, 3000));
-    let mut db = Db::new();
+    let mut db = Db::per_env();
     for _ in 0..5 {
-        db.sticker("prod", Some(ids[0].as_str()), None);
+        db.in_env("prod", Some(ids[0].as_str()), None);
     }
-    db.sticker("prod", Some(ids[1].as_str()), None)
-        .sticker("test", Some(ids[1].as_str()), None)
-        .sticker("prod", Some(ids[2].as_str()), None)
-        .sticker("prod", Some("tg-file-same"), None)
+    db.in_env("prod", Some(ids[1].as_str()), None)
+        .in_env("test", Some(ids[1].as_str()), None)
+        .in_env("prod", Some(ids[2].as_str()), None)
+        .in_env("prod", Some("tg-file-same"), None)
         // Two refs, one key: one GET; the same bytes as tg-file-0000.
-        .sticker("prod", None, Some("a/one.webp"))
-        .sticker("test", None, Some("a/one.webp"))
+        .in_env("prod", None, Some("a/one.webp"))
+        .in_env("test", None, Some("a/one.webp"))
         // A key and a file_id: the bucket serves it, Telegram is not asked;
         // a ref with the same file_id and no key shares the blob.
-        .sticker("prod", Some("tg-file-keyed"), Some("a/two.webp"))
-        .sticker("prod", Some("tg-file-keyed"), None);
+        .in_env("prod", Some("tg-file-keyed"), Some("a/two.webp"))
+        .in_env("prod", Some("tg-file-keyed"), None);
     tg.add_file(
         "tg-file-keyed",
         "stickers/keyed.webp",
@@ -745,9 +593,9 @@ fn extreme_retry_after_is_a_bounded_wait() {
     for (id, secs) in ids.iter().zip(small) {
         tg.fail_get_file_429_raw(id, 1, secs);
     }
-    let mut db = Db::new();
+    let mut db = Db::per_env();
     for id in &ids[..small.len()] {
-        db.sticker("prod", Some(id.as_str()), None);
+        db.in_env("prod", Some(id.as_str()), None);
     }
     db.write(&dir.path().join("db"));
     let archive = dir.path().join("archive");
@@ -766,8 +614,8 @@ fn extreme_retry_after_is_a_bounded_wait() {
         let dir = temp_dir();
         let id = &ids[small.len()];
         tg.fail_get_file_429_raw(id, 1, huge);
-        let mut db = Db::new();
-        db.sticker("prod", Some(id.as_str()), None);
+        let mut db = Db::per_env();
+        db.in_env("prod", Some(id.as_str()), None);
         db.write(&dir.path().join("db"));
         let archive = dir.path().join("archive");
         snapshot(&archive, &dir.path().join("db"));
@@ -804,9 +652,9 @@ fn flood_control_waits_and_goes_on() {
     tg.latency(Duration::from_millis(40));
     // The first file_id in the order fetch takes them: flood control at once.
     tg.fail_get_file_429(&ids[0], 1, 1);
-    let mut db = Db::new();
+    let mut db = Db::per_env();
     for id in &ids {
-        db.sticker("prod", Some(id.as_str()), None);
+        db.in_env("prod", Some(id.as_str()), None);
     }
     db.write(&dir.path().join("db"));
     let archive = dir.path().join("archive");
@@ -855,11 +703,11 @@ fn server_errors_resets_and_truncated_bodies_are_retried() {
     s3.create_bucket("stickers");
     s3.put_file("stickers", "k/one.webp", sticker_bytes(100, 4000));
     s3.fail_next("GET", 2, 503);
-    let mut db = Db::new();
+    let mut db = Db::per_env();
     for id in &ids {
-        db.sticker("prod", Some(id.as_str()), None);
+        db.in_env("prod", Some(id.as_str()), None);
     }
-    db.sticker("prod", None, Some("k/one.webp"));
+    db.in_env("prod", None, Some("k/one.webp"));
     db.write(&dir.path().join("db"));
     let archive = dir.path().join("archive");
     snapshot(&archive, &dir.path().join("db"));
@@ -889,9 +737,9 @@ fn truncated_body_is_never_stored() {
     let dir = temp_dir();
     let (tg, ids) = telegram_with_files(2, 6000);
     tg.truncate_download(&ids[0], 1000);
-    let mut db = Db::new();
-    db.sticker("prod", Some(ids[0].as_str()), None)
-        .sticker("prod", Some(ids[1].as_str()), None);
+    let mut db = Db::per_env();
+    db.in_env("prod", Some(ids[0].as_str()), None)
+        .in_env("prod", Some(ids[1].as_str()), None);
     db.write(&dir.path().join("db"));
     let archive = dir.path().join("archive");
     snapshot(&archive, &dir.path().join("db"));
@@ -926,9 +774,9 @@ fn expired_link_is_renewed() {
     let dir = temp_dir();
     let (tg, ids) = telegram_with_files(3, 2000);
     tg.expire_link_once(&ids[1]);
-    let mut db = Db::new();
+    let mut db = Db::per_env();
     for id in &ids {
-        db.sticker("prod", Some(id.as_str()), None);
+        db.in_env("prod", Some(id.as_str()), None);
     }
     db.write(&dir.path().join("db"));
     let archive = dir.path().join("archive");
@@ -946,11 +794,11 @@ fn refused_files_fail_with_telegram_reason_and_the_run_goes_on() {
     let dir = temp_dir();
     let (tg, ids) = telegram_with_files(4, 1500);
     tg.too_big(&ids[0]).gone(&ids[1]);
-    let mut db = Db::new();
+    let mut db = Db::per_env();
     for id in &ids {
-        db.sticker("prod", Some(id.as_str()), None);
+        db.in_env("prod", Some(id.as_str()), None);
     }
-    db.sticker("prod", Some("no-such-file-id"), None);
+    db.in_env("prod", Some("no-such-file-id"), None);
     db.write(&dir.path().join("db"));
     let archive = dir.path().join("archive");
     snapshot(&archive, &dir.path().join("db"));
@@ -1021,11 +869,11 @@ fn file_larger_than_max_file_size_is_refused() {
     s3.create_bucket("stickers");
     s3.put_file("stickers", "k/big.webp", sticker_bytes(3, 3000));
     s3.put_file("stickers", "k/small.webp", sticker_bytes(4, 2048));
-    let mut db = Db::new();
-    db.sticker("prod", Some("tg-big"), None)
-        .sticker("prod", Some("tg-small"), None)
-        .sticker("prod", None, Some("k/big.webp"))
-        .sticker("prod", None, Some("k/small.webp"));
+    let mut db = Db::per_env();
+    db.in_env("prod", Some("tg-big"), None)
+        .in_env("prod", Some("tg-small"), None)
+        .in_env("prod", None, Some("k/big.webp"))
+        .in_env("prod", None, Some("k/small.webp"));
     db.write(&dir.path().join("db"));
     let archive = dir.path().join("archive");
     snapshot(&archive, &dir.path().join("db"));
@@ -1075,13 +923,13 @@ fn unsafe_key_fails_the_ref_and_reads_nothing() {
         "stickers\\..\\x.webp",
         "stickers/a\u{1}b.webp",
     ];
-    let mut db = Db::new();
-    db.sticker("prod", None, Some("ok/fine.webp"));
+    let mut db = Db::per_env();
+    db.in_env("prod", None, Some("ok/fine.webp"));
     for key in hostile {
-        db.sticker("prod", None, Some(key));
+        db.in_env("prod", None, Some(key));
     }
     // A bad key with a file_id: still failed, never asked of Telegram.
-    db.sticker("prod", Some("tg-behind-bad-key"), Some("../secret.webp"));
+    db.in_env("prod", Some("tg-behind-bad-key"), Some("../secret.webp"));
     db.write(&dir.path().join("db"));
     let archive = dir.path().join("archive");
     snapshot(&archive, &dir.path().join("db"));
@@ -1122,8 +970,8 @@ fn unsafe_key_fails_even_without_a_bucket() {
         "stickers/x.webp",
         sticker_bytes(9, 500),
     );
-    let mut db = Db::new();
-    db.sticker("prod", Some("tg-behind-bad-key"), Some("../../etc/passwd"));
+    let mut db = Db::per_env();
+    db.in_env("prod", Some("tg-behind-bad-key"), Some("../../etc/passwd"));
     db.write(&dir.path().join("db"));
     let archive = dir.path().join("archive");
     snapshot(&archive, &dir.path().join("db"));
@@ -1146,9 +994,9 @@ fn dangling_key_without_file_id_fails_with_a_reason() {
     let s3 = TestS3::start();
     s3.create_bucket("stickers");
     s3.put_file("stickers", "k/here.webp", sticker_bytes(1, 900));
-    let mut db = Db::new();
-    db.sticker("prod", None, Some("k/here.webp"))
-        .sticker("prod", None, Some("k/gone.webp"));
+    let mut db = Db::per_env();
+    db.in_env("prod", None, Some("k/here.webp"))
+        .in_env("prod", None, Some("k/gone.webp"));
     db.write(&dir.path().join("db"));
     let archive = dir.path().join("archive");
     snapshot(&archive, &dir.path().join("db"));
@@ -1182,11 +1030,11 @@ fn bucket_of_stickers(n: u64) -> (tempfile::TempDir, TestS3, std::path::PathBuf)
     let dir = temp_dir();
     let s3 = TestS3::start();
     s3.create_bucket("stickers");
-    let mut db = Db::new();
+    let mut db = Db::per_env();
     for i in 0..n {
         let key = format!("k/{i}.webp");
         s3.put_file("stickers", &key, sticker_bytes(i, 700));
-        db.sticker("prod", None, Some(&key));
+        db.in_env("prod", None, Some(&key));
     }
     db.write(&dir.path().join("db"));
     let archive = dir.path().join("archive");
@@ -1257,11 +1105,11 @@ fn refused_token_stops_with_exit_1() {
     s3.create_bucket("stickers");
     s3.put_file("stickers", "k/a.webp", sticker_bytes(50, 900));
     s3.put_file("stickers", "k/b.webp", sticker_bytes(51, 900));
-    let mut db = Db::new();
-    db.sticker("prod", None, Some("k/a.webp"))
-        .sticker("prod", None, Some("k/b.webp"));
+    let mut db = Db::per_env();
+    db.in_env("prod", None, Some("k/a.webp"))
+        .in_env("prod", None, Some("k/b.webp"));
     for id in &ids {
-        db.sticker("prod", Some(id.as_str()), None);
+        db.in_env("prod", Some(id.as_str()), None);
     }
     db.write(&dir.path().join("db"));
     let archive = dir.path().join("archive");
@@ -1407,9 +1255,9 @@ fn exit_codes_say_done_failed_error_or_usage() {
     assert!(out.stderr.contains("starchive snapshot"), "{}", out.stderr);
 
     let (tg, ids) = telegram_with_files(2, 600);
-    let mut db = Db::new();
+    let mut db = Db::per_env();
     for id in &ids {
-        db.sticker("prod", Some(id.as_str()), None);
+        db.in_env("prod", Some(id.as_str()), None);
     }
     db.write(&dir.path().join("db"));
     let archive = dir.path().join("archive");
@@ -1497,9 +1345,9 @@ fn without_token_or_bucket_refs_stay_pending_and_the_report_says_why() {
 fn request_rate_stays_under_telegram_rate() {
     let dir = temp_dir();
     let (tg, ids) = telegram_with_files(12, 700);
-    let mut db = Db::new();
+    let mut db = Db::per_env();
     for id in &ids {
-        db.sticker("prod", Some(id.as_str()), None);
+        db.in_env("prod", Some(id.as_str()), None);
     }
     db.write(&dir.path().join("db"));
     let archive = dir.path().join("archive");
@@ -1538,7 +1386,7 @@ fn killed_fetch_resumes_without_redownloading() {
     let tg = FakeTelegram::new();
     tg.latency(Duration::from_millis(40));
     let mut ids = Vec::new();
-    let mut db = Db::new();
+    let mut db = Db::per_env();
     for i in 0..FILES {
         let id = format!("kill-file-{i:04}");
         let len = 1000 + (next() % 7000) as usize;
@@ -1547,14 +1395,14 @@ fn killed_fetch_resumes_without_redownloading() {
             &format!("stickers/k{i}.webp"),
             sticker_bytes(next(), len),
         );
-        db.sticker(
+        db.in_env(
             if i % 3 == 0 { "test" } else { "prod" },
             Some(id.as_str()),
             None,
         );
         // Some file_ids named twice: still one download.
         if i % 10 == 0 {
-            db.sticker("prod", Some(id.as_str()), None);
+            db.in_env("prod", Some(id.as_str()), None);
         }
         ids.push(id);
     }

@@ -430,19 +430,9 @@ fn every_link_resolves_on_this_machine_and_every_fetched_blob_is_shown() {
 }
 
 fn walk_files(dir: &Path) -> impl Iterator<Item = String> {
-    let mut out = Vec::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).expect("read_dir") {
-            let p = e.expect("entry").path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else {
-                out.push(p.display().to_string());
-            }
-        }
-    }
-    out.into_iter()
+    crate::support::objects::files(dir)
+        .into_iter()
+        .map(|(_, path)| path.display().to_string())
 }
 
 /// The `data-row` of each card of a page, in order, and the text around.

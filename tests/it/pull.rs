@@ -12,10 +12,12 @@ use serde_json::Value;
 
 use crate::copy::refs_of;
 use crate::push::{
-    CATALOG_COPY, FIXTURE_BLOBS, FIXTURE_PUSH_EXIT, MANIFEST, Out, catalog, exec, fetched_fixture,
-    files_under, manifest_lines, mirror_objects, starchive,
+    CATALOG_COPY, FIXTURE_BLOBS, FIXTURE_PUSH_EXIT, MANIFEST, fetched_fixture, manifest_lines,
+    mirror_objects,
 };
 use crate::support::backend::{Backend, Bucket, Kind};
+use crate::support::objects::files_under;
+use crate::support::run::{Run, catalog, run, starchive};
 use crate::support::s3::TestS3;
 use crate::support::{kill_after, seeded_rng, sha256_hex, temp_dir};
 
@@ -57,8 +59,8 @@ fn push(archive: &Path, to: &str, env: Vec<(String, String)>) -> Command {
 
 /// `plan --json` of an archive.
 fn plan(archive: &Path) -> Value {
-    exec(starchive(archive).args(["--json", "plan"]))
-        .code(0)
+    run(starchive(archive).args(["--json", "plan"]))
+        .expect_code(0)
         .json()
 }
 
@@ -97,13 +99,13 @@ fn pull_rebuilds_the_archive_from_either_layout(backend: &Backend) {
     let fx = fetched_fixture();
     for layout in ["mirror", "cas"] {
         let first = backend.bucket();
-        exec(push(&fx.archive, first.url(), first.env("TO")).args([
+        run(push(&fx.archive, first.url(), first.env("TO")).args([
             "--layout",
             layout,
             "--catalog-part-size",
             "2KiB",
         ]))
-        .code(FIXTURE_PUSH_EXIT);
+        .expect_code(FIXTURE_PUSH_EXIT);
         let objects = first.objects.all();
         let header = manifest_lines(&objects[MANIFEST]).swap_remove(0);
         assert!(
@@ -113,8 +115,8 @@ fn pull_rebuilds_the_archive_from_either_layout(backend: &Backend) {
 
         let dir = temp_dir();
         let pulled = dir.path().join("pulled");
-        let doc = exec(&mut pull(&pulled, first.url(), first.env("STORAGE")))
-            .code(0)
+        let doc = run(&mut pull(&pulled, first.url(), first.env("STORAGE")))
+            .expect_code(0)
             .json();
         assert_eq!(doc["failed"], 0, "{layout}: {doc}");
         assert_eq!(
@@ -125,8 +127,8 @@ fn pull_rebuilds_the_archive_from_either_layout(backend: &Backend) {
         assert_same_archive(&pulled, &fx.archive);
 
         // A second pull downloads nothing.
-        let doc = exec(&mut pull(&pulled, first.url(), first.env("STORAGE")))
-            .code(0)
+        let doc = run(&mut pull(&pulled, first.url(), first.env("STORAGE")))
+            .expect_code(0)
             .json();
         assert_eq!(
             (doc["done"].as_u64(), doc["bytes"].as_u64()),
@@ -136,10 +138,10 @@ fn pull_rebuilds_the_archive_from_either_layout(backend: &Backend) {
         assert!(doc["skipped"].as_u64() > Some(0), "{doc}");
 
         // No database, no token: status, verify and a push to another store.
-        exec(starchive(&pulled).args(["--json", "status"])).code(0);
-        exec(starchive(&pulled).args(["--json", "verify"])).code(0);
+        run(starchive(&pulled).args(["--json", "status"])).expect_code(0);
+        run(starchive(&pulled).args(["--json", "verify"])).expect_code(0);
         let second = backend.bucket();
-        exec(&mut push(&pulled, second.url(), second.env("TO"))).code(FIXTURE_PUSH_EXIT);
+        run(&mut push(&pulled, second.url(), second.env("TO"))).expect_code(FIXTURE_PUSH_EXIT);
         let copied = stickers_in(&second);
         assert_eq!(
             copied,
@@ -149,13 +151,13 @@ fn pull_rebuilds_the_archive_from_either_layout(backend: &Backend) {
         let mut deep = starchive(&pulled);
         deep.args(["--json", "verify", "--deep", "--to", second.url()])
             .envs(second.env("TO"));
-        exec(&mut deep).code(0);
+        run(&mut deep).expect_code(0);
         let cas = backend.bucket();
-        exec(push(&pulled, cas.url(), cas.env("TO")).args(["--layout", "cas"]))
-            .code(FIXTURE_PUSH_EXIT);
+        run(push(&pulled, cas.url(), cas.env("TO")).args(["--layout", "cas"]))
+            .expect_code(FIXTURE_PUSH_EXIT);
         let first_cas = backend.bucket();
-        exec(push(&fx.archive, first_cas.url(), first_cas.env("TO")).args(["--layout", "cas"]))
-            .code(FIXTURE_PUSH_EXIT);
+        run(push(&fx.archive, first_cas.url(), first_cas.env("TO")).args(["--layout", "cas"]))
+            .expect_code(FIXTURE_PUSH_EXIT);
         assert!(
             stickers_in(&cas) == stickers_in(&first_cas),
             "{layout}: the same cas objects as from the first archive"
@@ -172,8 +174,8 @@ struct Pushed {
 fn pushed_to_a_directory(layout: &str) -> Pushed {
     let fx = fetched_fixture();
     let dest = fx.dir.path().join("dest");
-    exec(push(&fx.archive, &dest.to_string_lossy(), Vec::new()).args(["--layout", layout]))
-        .code(FIXTURE_PUSH_EXIT);
+    run(push(&fx.archive, &dest.to_string_lossy(), Vec::new()).args(["--layout", layout]))
+        .expect_code(FIXTURE_PUSH_EXIT);
     Pushed { fx, dest }
 }
 
@@ -182,8 +184,8 @@ impl Pushed {
         self.dest.to_string_lossy().into_owned()
     }
 
-    fn pull(&self, archive: &Path) -> Out {
-        exec(&mut pull(archive, &self.url(), Vec::new()))
+    fn pull(&self, archive: &Path) -> Run {
+        run(&mut pull(archive, &self.url(), Vec::new()))
     }
 }
 
@@ -213,7 +215,7 @@ fn a_bad_or_missing_object_fails_only_its_refs() {
     let dir = temp_dir();
     let pulled = dir.path().join("pulled");
     let out = p.pull(&pulled);
-    out.code(3);
+    out.expect_code(3);
     let doc = out.json();
     let refs_of_blob = |sha: &Value| lines.values().filter(|l| l["sha256"] == *sha).count() as u64;
     let want_failed =
@@ -225,8 +227,8 @@ fn a_bad_or_missing_object_fails_only_its_refs() {
         !blobs.values().any(|b| *b == bad_bytes),
         "bytes that do not hash to their name are never stored"
     );
-    let status = exec(starchive(&pulled).args(["--json", "status"]))
-        .code(0)
+    let status = run(starchive(&pulled).args(["--json", "status"]))
+        .expect_code(0)
         .json();
     let reasons: Vec<String> = status["failures"]
         .as_array()
@@ -250,8 +252,8 @@ fn a_bad_or_missing_object_fails_only_its_refs() {
     // Their refs failed (at the source), no blob here is bad: verify finds
     // nothing to repair and leaves them failed, with the sha256 the next
     // pull needs.
-    let verified = exec(starchive(&pulled).args(["--json", "verify"]))
-        .code(0)
+    let verified = run(starchive(&pulled).args(["--json", "verify"]))
+        .expect_code(0)
         .json();
     assert_eq!(
         verified["blobs_checked"],
@@ -260,15 +262,15 @@ fn a_bad_or_missing_object_fails_only_its_refs() {
     );
     assert_eq!(verified["blobs_bad"], 0, "{verified}");
     assert_eq!(verified["refs_to_fetch_again"], 0, "{verified}");
-    let after = exec(starchive(&pulled).args(["--json", "status"]))
-        .code(0)
+    let after = run(starchive(&pulled).args(["--json", "status"]))
+        .expect_code(0)
         .json();
     assert_eq!(after, status, "verify changed no ref");
 
     // Repaired at the source, the next pull takes them.
     std::fs::write(p.dest.join(&corrupt), &good_bytes).expect("repair");
     std::fs::write(p.dest.join(&gone), &gone_bytes).expect("repair");
-    let doc = p.pull(&pulled).code(0).json();
+    let doc = p.pull(&pulled).expect_code(0).json();
     assert_eq!(doc["done"], want_failed, "{doc}");
     assert_same_archive(&pulled, &p.fx.archive);
 }
@@ -280,7 +282,7 @@ fn a_pull_into_another_archive_is_refused_and_changes_nothing() {
     let other = fetched_fixture();
     let before = files_under(&other.archive);
     let out = p.pull(&other.archive);
-    out.code(1);
+    out.expect_code(1);
     assert!(out.stderr.contains("another archive"), "{}", out.stderr);
     let after = files_under(&other.archive);
     assert_eq!(
@@ -293,12 +295,12 @@ fn a_pull_into_another_archive_is_refused_and_changes_nothing() {
     // that pushed (the same identity): it lacks nothing.
     let dir = temp_dir();
     std::fs::write(dir.path().join("notes.txt"), b"mine").expect("write");
-    p.pull(dir.path()).code(0);
+    p.pull(dir.path()).expect_code(0);
     assert_eq!(
         std::fs::read(dir.path().join("notes.txt")).ok(),
         Some(b"mine".to_vec())
     );
-    let doc = p.pull(&p.fx.archive).code(0).json();
+    let doc = p.pull(&p.fx.archive).expect_code(0).json();
     assert_eq!(doc["bytes"], 0, "{doc}");
 }
 
@@ -308,8 +310,8 @@ fn a_killed_pull_resumes_to_the_whole_archive() {
     let s3 = TestS3::start();
     s3.create_bucket("src");
     let url = s3.store_url("src", "");
-    exec(push(&fx.archive, &url, s3.env("TO")).args(["--catalog-part-size", "2KiB"]))
-        .code(FIXTURE_PUSH_EXIT);
+    run(push(&fx.archive, &url, s3.env("TO")).args(["--catalog-part-size", "2KiB"]))
+        .expect_code(FIXTURE_PUSH_EXIT);
     // Each request waits, so that the kills land in every phase: the
     // manifest, the catalog's parts, the blobs.
     s3.set_latency(Duration::from_millis(40));
@@ -343,8 +345,8 @@ fn a_killed_pull_resumes_to_the_whole_archive() {
     }
     eprintln!("{finished} of 12 pulls finished before their kill");
     s3.set_latency(Duration::ZERO);
-    let doc = exec(&mut pull(&pulled, &url, s3.env("STORAGE")))
-        .code(0)
+    let doc = run(&mut pull(&pulled, &url, s3.env("STORAGE")))
+        .expect_code(0)
         .json();
     assert_eq!(doc["failed"], 0, "{doc}");
     assert_same_archive(&pulled, &fx.archive);
@@ -399,7 +401,7 @@ fn a_format_1_destination_is_pulled_and_its_catalog_migrated() {
 
     let dir = temp_dir();
     let pulled = dir.path().join("pulled");
-    p.pull(&pulled).code(0);
+    p.pull(&pulled).expect_code(0);
     assert_same_archive(&pulled, &p.fx.archive);
     let id: String = catalog(&pulled)
         .query_row(
@@ -410,19 +412,24 @@ fn a_format_1_destination_is_pulled_and_its_catalog_migrated() {
         .expect("migrated: an archive id");
     assert_eq!(id.len(), 32);
     // Resumed: the same destination, nothing to download.
-    let doc = p.pull(&pulled).code(0).json();
+    let doc = p.pull(&pulled).expect_code(0).json();
     assert_eq!(doc["bytes"], 0, "{doc}");
     // Another archive is still refused.
     let other = temp_dir();
-    exec(starchive(other.path()).args(["--json", "snapshot", "--db", crate::push::FIXTURE_DB]))
-        .code(0);
-    p.pull(other.path()).code(1);
+    run(starchive(other.path()).args([
+        "--json",
+        "snapshot",
+        "--db",
+        crate::support::dataset::FIXTURE_DB,
+    ]))
+    .expect_code(0);
+    p.pull(other.path()).expect_code(1);
 }
 
 #[test]
 fn pull_help_names_the_credentials_it_reads() {
-    let out = exec(crate::support::bin().args(["pull", "--help"]));
-    out.code(0);
+    let out = run(crate::support::bin().args(["pull", "--help"]));
+    out.expect_code(0);
     for var in [
         "STARCHIVE_STORAGE_ACCESS_KEY_ID",
         "STARCHIVE_STORAGE_SECRET_ACCESS_KEY",
@@ -438,8 +445,8 @@ fn a_store_that_is_no_destination_is_refused() {
     let empty = dir.path().join("empty");
     std::fs::create_dir_all(&empty).expect("mkdir");
     let archive = dir.path().join("archive");
-    let out = exec(&mut pull(&archive, &empty.to_string_lossy(), Vec::new()));
-    out.code(1);
+    let out = run(&mut pull(&archive, &empty.to_string_lossy(), Vec::new()));
+    out.expect_code(1);
     assert!(
         out.stderr.contains("_starchive/manifest.jsonl.zst"),
         "{}",

@@ -12,15 +12,15 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::support::dataset::{Db, FIXTURE_BUCKET, FIXTURE_DB, FIXTURE_TELEGRAM, sticker_bytes};
+use crate::support::objects::files_under;
+use crate::support::run::{catalog, run, starchive};
 use crate::support::s3::{ACCESS_KEY, SECRET_KEY, TestS3};
 use crate::support::telegram::{FakeTelegram, TOKEN};
-use crate::support::{bin, sha256_hex, temp_dir};
+use crate::support::{sha256_hex, temp_dir};
+use crate::verify::verify_cmd;
 
 // ---- the known answer ----------------------------------------------------
-
-pub(crate) const FIXTURE_DB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/db");
-pub(crate) const FIXTURE_BUCKET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/bucket");
-pub(crate) const FIXTURE_TELEGRAM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/telegram");
 
 pub(crate) const MANIFEST: &str = "_starchive/manifest.jsonl.zst";
 /// A push of the fetched fixture exits 3: sticker 315 failed at fetch, and
@@ -243,65 +243,10 @@ pub(crate) fn mirror_objects() -> BTreeMap<String, Vec<u8>> {
 
 // ---- helpers ---------------------------------------------------------------
 
-/// What one run of the binary gave.
-pub(crate) struct Out {
-    pub code: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Out {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!(
-                "stdout is not one JSON document ({e}):\n{}\nstderr:\n{}",
-                self.stdout, self.stderr
-            )
-        })
-    }
-
-    #[track_caller]
-    pub fn code(&self, code: i32) -> &Out {
-        assert_eq!(
-            self.code,
-            Some(code),
-            "exit code\nstdout:\n{}\nstderr:\n{}",
-            self.stdout,
-            self.stderr
-        );
-        self
-    }
-}
-
-pub(crate) fn exec(cmd: &mut Command) -> Out {
-    let out = cmd.output().expect("run starchive");
-    Out {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// `starchive --archive DIR`.
-pub(crate) fn starchive(archive: &Path) -> Command {
-    let mut cmd = bin();
-    cmd.arg("--archive").arg(archive);
-    cmd
-}
-
 /// `push --json --to URL` with the destination's credentials when it is S3.
 pub(crate) fn push_cmd(archive: &Path, to: &str, s3: Option<&TestS3>) -> Command {
     let mut cmd = starchive(archive);
     cmd.args(["--json", "push", "--to", to]);
-    if let Some(s3) = s3 {
-        cmd.envs(s3.env("TO"));
-    }
-    cmd
-}
-
-pub(crate) fn verify_cmd(archive: &Path, to: &str, s3: Option<&TestS3>) -> Command {
-    let mut cmd = starchive(archive);
-    cmd.args(["verify", "--deep", "--to", to]);
     if let Some(s3) = s3 {
         cmd.envs(s3.env("TO"));
     }
@@ -318,54 +263,16 @@ pub(crate) struct Fixture {
 pub(crate) fn fetched_fixture() -> Fixture {
     let dir = temp_dir();
     let archive = dir.path().join("archive");
-    exec(starchive(&archive).args(["--json", "snapshot", "--db", FIXTURE_DB])).code(0);
+    run(starchive(&archive).args(["--json", "snapshot", "--db", FIXTURE_DB])).expect_code(0);
     let tg = FakeTelegram::from_dir(FIXTURE_TELEGRAM);
-    let doc = exec(
-        starchive(&archive)
-            .args(["--json", "fetch", "--storage", FIXTURE_BUCKET])
-            .args(["--telegram-rate", "1000"])
-            .envs(tg.env()),
-    )
-    .code(3)
+    let doc = run(starchive(&archive)
+        .args(["--json", "fetch", "--storage", FIXTURE_BUCKET])
+        .args(["--telegram-rate", "1000"])
+        .envs(tg.env()))
+    .expect_code(3)
     .json();
     assert_eq!(doc["failed"], 1, "{doc}");
     Fixture { dir, archive }
-}
-
-/// The catalog, read-only.
-pub(crate) fn catalog(archive: &Path) -> rusqlite::Connection {
-    rusqlite::Connection::open_with_flags(
-        archive.join("catalog.sqlite"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open catalog")
-}
-
-/// Every regular file under `dir`, as `/`-joined relative paths, with its bytes.
-pub(crate) fn files_under(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let ft = entry.file_type().expect("file type");
-            if ft.is_dir() {
-                stack.push(path);
-            } else {
-                let rel: Vec<String> = path
-                    .strip_prefix(dir)
-                    .expect("under dir")
-                    .components()
-                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                    .collect();
-                out.insert(rel.join("/"), std::fs::read(&path).unwrap_or_default());
-            }
-        }
-    }
-    out
 }
 
 /// The objects in an S3 bucket, with their bytes.
@@ -382,8 +289,8 @@ pub(crate) fn bucket_objects(s3: &TestS3, bucket: &str) -> BTreeMap<String, Vec<
 /// The manifest's lines, decompressed by the `zstd` command-line tool.
 /// `status --json`, and the failures it lists for the push stage.
 fn push_failures(archive: &Path) -> (Value, Vec<Value>) {
-    let status = exec(starchive(archive).args(["--json", "status"]))
-        .code(0)
+    let status = run(starchive(archive).args(["--json", "status"]))
+        .expect_code(0)
         .json();
     let failures = status["failures"]
         .as_array()
@@ -419,7 +326,7 @@ pub(crate) fn manifest_lines(compressed: &[u8]) -> Vec<Value> {
 /// Asserts that `objects` (a destination's content) holds exactly the
 /// fixture's mirror keys with their bytes, plus `_starchive/`.
 #[track_caller]
-fn assert_mirror(objects: &BTreeMap<String, Vec<u8>>) {
+pub(crate) fn assert_mirror(objects: &BTreeMap<String, Vec<u8>>) {
     let want = mirror_objects();
     let mut want_keys: BTreeSet<String> = want.keys().cloned().collect();
     want_keys.insert(MANIFEST.into());
@@ -455,124 +362,6 @@ fn assert_same_keys<V>(got: &BTreeMap<String, V>, want: &BTreeMap<String, V>, wh
         want.difference(&got).collect::<Vec<_>>(),
         got.difference(&want).collect::<Vec<_>>()
     );
-}
-
-/// Deterministic pseudo-random bytes (xorshift64*), `len` long, starting
-/// with a WebP header so that they are typed `webp`.
-pub(crate) fn sticker_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len);
-    out.extend_from_slice(b"RIFF\0\0\0\0WEBPVP8L");
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-/// A CSV field: `None` is an empty unquoted field (NULL), text is quoted.
-fn field(v: Option<&str>) -> String {
-    match v {
-        None => String::new(),
-        Some(s) => format!("\"{}\"", s.replace('"', "\"\"")),
-    }
-}
-
-/// A dataset written as the dashboard's CSV exports.
-#[derive(Default)]
-pub(crate) struct Db {
-    sessions: Vec<String>,
-    stickers: Vec<String>,
-    batches: Vec<String>,
-}
-
-impl Db {
-    /// A session: id, user, env, last sticker file_id, pack sheet file_id.
-    pub fn session(
-        &mut self,
-        id: &str,
-        user: &str,
-        env: &str,
-        last_file_id: Option<&str>,
-        sheet_file_id: Option<&str>,
-    ) -> &mut Db {
-        self.sessions.push(format!(
-            "{},{},{},single,,\"[]\",{},,{},2025-01-01 00:00:00+00,2025-01-01 00:00:00+00",
-            field(Some(id)),
-            field(Some(user)),
-            field(Some(env)),
-            field(last_file_id),
-            field(sheet_file_id),
-        ));
-        self
-    }
-
-    /// A single sticker: id, user, session, file_id, storage key.
-    pub fn sticker(
-        &mut self,
-        id: &str,
-        user: &str,
-        session: &str,
-        file_id: Option<&str>,
-        key: Option<&str>,
-    ) -> &mut Db {
-        self.stickers.push(format!(
-            "{},{},{},,,,{},{},2025-01-01 00:00:00+00",
-            field(Some(id)),
-            field(Some(user)),
-            field(Some(session)),
-            field(file_id),
-            field(key),
-        ));
-        self
-    }
-
-    /// A pack batch without a cleaned sheet.
-    pub fn batch(&mut self, id: &str, session: &str, user: &str) -> &mut Db {
-        self.batches.push(format!(
-            "{},{},{},done,,2025-01-01 00:00:00+00",
-            field(Some(id)),
-            field(Some(session)),
-            field(Some(user)),
-        ));
-        self
-    }
-
-    /// Writes the CSV exports to `dir` and snapshots them into `archive`.
-    pub fn snapshot(&self, dir: &Path, archive: &Path) {
-        self.write(dir);
-        exec(starchive(archive).args(["snapshot", "--db"]).arg(dir)).code(0);
-    }
-
-    pub fn write(&self, dir: &Path) {
-        std::fs::create_dir_all(dir).expect("create db dir");
-        let write = |name: &str, header: &str, lines: &[String]| {
-            let mut text = format!("{header}\n");
-            for l in lines {
-                text.push_str(l);
-                text.push('\n');
-            }
-            std::fs::write(dir.join(name), text).expect("write csv");
-        };
-        write(
-            "sessions.csv",
-            "id,user_id,env,mode,current_photo_file_id,photos,last_sticker_file_id,last_sticker_storage_path,pack_sheet_file_id,created_at,updated_at",
-            &self.sessions,
-        );
-        write(
-            "stickers.csv",
-            "id,user_id,session_id,pack_batch_id,pack_index,style_preset_id,telegram_file_id,result_storage_path,created_at",
-            &self.stickers,
-        );
-        write(
-            "pack_batches.csv",
-            "id,session_id,user_id,status,cleaned_sheet_storage_path,created_at",
-            &self.batches,
-        );
-    }
 }
 
 /// `n` stickers whose storage keys are files of a local bucket directory
@@ -615,18 +404,14 @@ fn bucket_dataset(
     }
     db.write(&dir.join("db"));
     let archive = dir.join("archive");
-    exec(
-        starchive(&archive)
-            .args(["--json", "snapshot", "--db"])
-            .arg(dir.join("db")),
-    )
-    .code(0);
-    let doc = exec(
-        starchive(&archive)
-            .args(["--json", "fetch", "--jobs", "8", "--storage"])
-            .arg(&bucket),
-    )
-    .code(0)
+    run(starchive(&archive)
+        .args(["--json", "snapshot", "--db"])
+        .arg(dir.join("db")))
+    .expect_code(0);
+    let doc = run(starchive(&archive)
+        .args(["--json", "fetch", "--jobs", "8", "--storage"])
+        .arg(&bucket))
+    .expect_code(0)
     .json();
     assert_eq!(doc["done"], n as u64, "{doc}");
     objects
@@ -652,8 +437,8 @@ fn mirror_push_writes_exactly_the_bot_keys() {
     let s3 = TestS3::start();
     s3.create_bucket("mirror");
     let url = s3.store_url("mirror", "");
-    let doc = exec(&mut push_cmd(&fx.archive, &url, Some(&s3)))
-        .code(FIXTURE_PUSH_EXIT)
+    let doc = run(&mut push_cmd(&fx.archive, &url, Some(&s3)))
+        .expect_code(FIXTURE_PUSH_EXIT)
         .json();
     assert_eq!(doc["done"], FIXTURE_PUSHED_REFS, "{doc}");
     assert_eq!(doc["failed"], 1, "sticker 315 failed at fetch: {doc}");
@@ -674,7 +459,7 @@ fn mirror_push_writes_exactly_the_bot_keys() {
             "{key}: x-amz-meta-sha256"
         );
     }
-    exec(&mut verify_cmd(&fx.archive, &url, Some(&s3))).code(0);
+    run(&mut verify_cmd(&fx.archive, &url, Some(&s3))).expect_code(0);
 }
 
 #[test]
@@ -682,12 +467,12 @@ fn mirror_push_to_a_directory_writes_the_same_keys() {
     let fx = fetched_fixture();
     let dest = fx.dir.path().join("dest");
     let url = format!("file://{}", dest.display());
-    let doc = exec(&mut push_cmd(&fx.archive, &url, None))
-        .code(FIXTURE_PUSH_EXIT)
+    let doc = run(&mut push_cmd(&fx.archive, &url, None))
+        .expect_code(FIXTURE_PUSH_EXIT)
         .json();
     assert_eq!(doc["done"], FIXTURE_PUSHED_REFS, "{doc}");
     assert_mirror(&files_under(&dest));
-    exec(&mut verify_cmd(&fx.archive, &url, None)).code(0);
+    run(&mut verify_cmd(&fx.archive, &url, None)).expect_code(0);
 }
 
 #[test]
@@ -697,8 +482,8 @@ fn cas_push_writes_each_blob_once() {
     s3.create_bucket("cas");
     let url = s3.store_url("cas", "");
     let mut cmd = push_cmd(&fx.archive, &url, Some(&s3));
-    let doc = exec(cmd.args(["--layout", "cas"]))
-        .code(FIXTURE_PUSH_EXIT)
+    let doc = run(cmd.args(["--layout", "cas"]))
+        .expect_code(FIXTURE_PUSH_EXIT)
         .json();
     assert_eq!(doc["done"], FIXTURE_PUSHED_REFS, "{doc}");
     assert_eq!(doc["bytes"], FIXTURE_BLOB_BYTES, "{doc}");
@@ -735,7 +520,7 @@ fn cas_push_writes_each_blob_once() {
         );
     }
     let mut verify = verify_cmd(&fx.archive, &url, Some(&s3));
-    exec(verify.arg("--json")).code(0);
+    run(verify.arg("--json")).expect_code(0);
 }
 
 #[test]
@@ -744,12 +529,12 @@ fn shared_blob_is_uploaded_once_and_copied_on_the_server() {
     let fx = fetched_fixture();
     let s3 = TestS3::start();
     s3.create_bucket("copies");
-    exec(&mut push_cmd(
+    run(&mut push_cmd(
         &fx.archive,
         &s3.store_url("copies", ""),
         Some(&s3),
     ))
-    .code(FIXTURE_PUSH_EXIT);
+    .expect_code(FIXTURE_PUSH_EXIT);
     assert_eq!(s3.requests("COPY"), 1, "{:?}", s3.request_log());
     // 22 blobs + manifest + catalog copy, each sent once; the copy is a PUT too.
     assert_eq!(
@@ -779,11 +564,11 @@ fn second_push_makes_zero_puts() {
     for layout in ["mirror", "cas"] {
         let url = s3.store_url("twice", layout);
         let mut first = push_cmd(&fx.archive, &url, Some(&s3));
-        exec(first.args(["--layout", layout])).code(FIXTURE_PUSH_EXIT);
+        run(first.args(["--layout", layout])).expect_code(FIXTURE_PUSH_EXIT);
         s3.reset_counts();
         let mut second = push_cmd(&fx.archive, &url, Some(&s3));
-        let doc = exec(second.args(["--layout", layout]))
-            .code(FIXTURE_PUSH_EXIT)
+        let doc = run(second.args(["--layout", layout]))
+            .expect_code(FIXTURE_PUSH_EXIT)
             .json();
         assert_eq!(s3.requests("PUT"), 0, "{layout}: {:?}", s3.request_log());
         assert_eq!(s3.requests("POST"), 0, "{layout}");
@@ -829,12 +614,12 @@ fn first_push_skips_objects_already_there_with_the_right_size() {
         .filter(|(_, _, key, _)| present.iter().any(|p| p.as_str() == *key))
         .count() as u64;
 
-    let doc = exec(&mut push_cmd(
+    let doc = run(&mut push_cmd(
         &fx.archive,
         &s3.store_url("half", ""),
         Some(&s3),
     ))
-    .code(FIXTURE_PUSH_EXIT)
+    .expect_code(FIXTURE_PUSH_EXIT)
     .json();
     // One listing of the destination, besides the one-page check that the
     // store can serve (with a delimiter) and, once the manifest is up, the
@@ -904,8 +689,8 @@ fn killed_push_resumes_to_a_complete_destination() {
     assert!(kills >= 2, "the push finished too fast to be killed");
     s3.set_latency(Duration::ZERO);
 
-    let doc = exec(&mut push_cmd(&archive, &url, Some(&s3)))
-        .code(0)
+    let doc = run(&mut push_cmd(&archive, &url, Some(&s3)))
+        .expect_code(0)
         .json();
     assert_eq!(doc["failed"], 0, "{doc}");
     assert_eq!(doc["pending"], 0, "{doc}");
@@ -933,9 +718,9 @@ fn killed_push_resumes_to_a_complete_destination() {
     let manifest = manifest_lines(&s3.get_file("resume", MANIFEST).expect("manifest"));
     assert_eq!(manifest.len(), REFS + 1);
     assert!(manifest[1..].iter().all(|l| l["state"] == "pushed"));
-    exec(&mut verify_cmd(&archive, &url, Some(&s3))).code(0);
+    run(&mut verify_cmd(&archive, &url, Some(&s3))).expect_code(0);
     s3.reset_counts();
-    exec(&mut push_cmd(&archive, &url, Some(&s3))).code(0);
+    run(&mut push_cmd(&archive, &url, Some(&s3))).expect_code(0);
     assert_eq!(
         s3.requests("TOTAL"),
         s3.requests("HEAD"),
@@ -973,13 +758,13 @@ fn killed_push_to_a_directory_leaves_only_whole_files() {
         })
         .count();
     eprintln!("{staging} partial files left by the kills");
-    exec(&mut push_cmd(&archive, &url, None)).code(0);
+    run(&mut push_cmd(&archive, &url, None)).expect_code(0);
     let mut files = files_under(&dest);
     assert!(files.remove(MANIFEST).is_some());
     assert!(files.remove(CATALOG_COPY).is_some());
     assert_same_keys(&files, &want, "no partial or temporary file left behind");
     assert!(files == want);
-    exec(&mut verify_cmd(&archive, &url, None)).code(0);
+    run(&mut verify_cmd(&archive, &url, None)).expect_code(0);
 }
 
 #[test]
@@ -995,7 +780,7 @@ fn partial_files_of_a_killed_push_to_a_directory_are_removed() {
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
         std::fs::write(&path, b"half a file").expect("plant");
     }
-    exec(&mut push_cmd(&fx.archive, &dest.to_string_lossy(), None)).code(FIXTURE_PUSH_EXIT);
+    run(&mut push_cmd(&fx.archive, &dest.to_string_lossy(), None)).expect_code(FIXTURE_PUSH_EXIT);
     for name in &planted {
         assert!(!dest.join(name).exists(), "{name} left behind");
     }
@@ -1031,14 +816,12 @@ fn changed_file_at_a_known_key_is_uploaded_again() {
             Some(key),
         );
         db.snapshot(&dir.path().join("db"), &archive);
-        exec(
-            starchive(&archive)
-                .args(["fetch", "--storage"])
-                .arg(&bucket),
-        )
-        .code(0);
-        let doc = exec(&mut push_cmd(&archive, &url, Some(&s3)))
-            .code(0)
+        run(starchive(&archive)
+            .args(["fetch", "--storage"])
+            .arg(&bucket))
+        .expect_code(0);
+        let doc = run(&mut push_cmd(&archive, &url, Some(&s3)))
+            .expect_code(0)
             .json();
         assert_eq!(doc["done"], 1, "version {version}: {doc}");
         assert_eq!(
@@ -1047,224 +830,7 @@ fn changed_file_at_a_known_key_is_uploaded_again() {
             "version {version}"
         );
     }
-    exec(&mut verify_cmd(&archive, &url, Some(&s3))).code(0);
-}
-
-// ---- verify ------------------------------------------------------------------
-
-#[test]
-fn corrupted_object_fails_deep_verify_and_is_named() {
-    let fx = fetched_fixture();
-    let s3 = TestS3::start();
-    s3.create_bucket("bad");
-    let url = s3.store_url("bad", "");
-    exec(&mut push_cmd(&fx.archive, &url, Some(&s3))).code(FIXTURE_PUSH_EXIT);
-    let dir_dest = fx.dir.path().join("dest");
-    let dir_url = dir_dest.to_string_lossy().into_owned();
-    exec(&mut push_cmd(&fx.archive, &dir_url, None)).code(FIXTURE_PUSH_EXIT);
-    exec(&mut verify_cmd(&fx.archive, &url, Some(&s3))).code(0);
-
-    let corrupt = "stickers/100000004/00000000-0000-4000-8000-000000000201/1741172400000_1.webp";
-    let mut bytes = s3.get_file("bad", corrupt).expect("object");
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0xff;
-    // Same size, other bytes, no metadata left to give it away.
-    s3.put_file("bad", corrupt, &bytes);
-    let out = exec(&mut verify_cmd(&fx.archive, &url, Some(&s3)));
-    out.code(3);
-    assert!(
-        out.stdout.contains(corrupt),
-        "the key is named:\n{}",
-        out.stdout
-    );
-    let doc = exec(verify_cmd(&fx.archive, &url, Some(&s3)).arg("--json"))
-        .code(3)
-        .json();
-    assert_eq!(doc["objects_bad"], 1, "{doc}");
-    assert_eq!(doc["objects_missing"], 0, "{doc}");
-    assert_eq!(doc["blobs_bad"], 0, "{doc}");
-
-    // A missing object too, in a directory destination.
-    let gone = "pack_sheets/session_00000000-0000-4000-8000-000000000110.jpg";
-    std::fs::write(dir_dest.join(corrupt), &bytes).expect("corrupt the file");
-    std::fs::remove_file(dir_dest.join(gone)).expect("remove");
-    let doc = exec(verify_cmd(&fx.archive, &dir_url, None).arg("--json"))
-        .code(3)
-        .json();
-    assert_eq!(doc["objects_bad"], 1, "{doc}");
-    assert_eq!(doc["objects_missing"], 1, "{doc}");
-    let named: Vec<&str> = doc["problems"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|p| p["name"].as_str()).collect())
-        .unwrap_or_default();
-    assert!(named.contains(&corrupt) && named.contains(&gone), "{doc}");
-    // Without --deep, the missing object is still found.
-    let mut shallow = starchive(&fx.archive);
-    let out = exec(shallow.args(["verify", "--to", &dir_url]));
-    out.code(3);
-    assert!(out.stdout.contains(gone), "{}", out.stdout);
-}
-
-/// `fetch` again from the fixture's bucket and Bot API (the invalid file_id fails again).
-fn fetch_again(archive: &Path) {
-    let tg = FakeTelegram::from_dir(FIXTURE_TELEGRAM);
-    exec(
-        starchive(archive)
-            .args(["--json", "fetch", "--storage", FIXTURE_BUCKET])
-            .args(["--telegram-rate", "1000"])
-            .envs(tg.env()),
-    )
-    .code(3);
-}
-
-/// `bytes` with the last byte flipped: same size, other sha256.
-fn flipped(bytes: &[u8]) -> Vec<u8> {
-    let mut out = bytes.to_vec();
-    if let Some(last) = out.last_mut() {
-        *last ^= 0xff;
-    }
-    out
-}
-
-#[test]
-fn verify_checks_the_objects_of_bad_local_blobs_too() {
-    let fx = fetched_fixture();
-    let want = mirror_objects();
-    let s3 = TestS3::start();
-    s3.create_bucket("both");
-    let url = s3.store_url("both", "");
-    let dir_dest = fx.dir.path().join("dest");
-    let dir_url = dir_dest.to_string_lossy().into_owned();
-    exec(&mut push_cmd(&fx.archive, &url, Some(&s3))).code(FIXTURE_PUSH_EXIT);
-    exec(&mut push_cmd(&fx.archive, &dir_url, None)).code(FIXTURE_PUSH_EXIT);
-    let blob_path = |bytes: &[u8]| {
-        let sha = sha256_hex(bytes);
-        fx.archive.join("blobs").join(&sha[..2]).join(&sha)
-    };
-    // Keys whose bytes no other key holds: one per case.
-    let unique: Vec<&String> = want
-        .iter()
-        .filter(|(_, b)| want.values().filter(|o| o == b).count() == 1)
-        .map(|(k, _)| k)
-        .collect();
-    let (k1, k2) = (unique[0].as_str(), unique[1].as_str());
-
-    // k1: its blob corrupted locally, and its object at S3 too (same size,
-    // the sha256 metadata of the right bytes left in place).
-    std::fs::write(blob_path(&want[k1]), flipped(&want[k1])).expect("corrupt blob");
-    std::fs::write(s3.bucket_dir("both").join(k1), flipped(&want[k1])).expect("corrupt object");
-    let doc = exec(verify_cmd(&fx.archive, &url, Some(&s3)).arg("--json"))
-        .code(3)
-        .json();
-    assert_eq!(doc["objects_checked"], want.len(), "every object: {doc}");
-    assert_eq!(doc["objects_bad"], 1, "{doc}");
-    assert_eq!(doc["blobs_bad"], 1, "{doc}");
-    let problems = doc["problems"].as_array().expect("problems");
-    let problem = |what: &str, name: &str| {
-        problems
-            .iter()
-            .find(|p| p["what"] == what && p["name"] == name)
-            .and_then(|p| p["problem"].as_str())
-            .unwrap_or_else(|| panic!("no {what} problem for {name}: {doc}"))
-            .to_string()
-    };
-    problem("object", k1);
-    let sha1 = sha256_hex(&want[k1]);
-    assert!(
-        problem("blob", &sha1).ends_with(&format!(
-            "expected {} bytes hashing to {sha1}",
-            want[k1].len()
-        )),
-        "the bad blob's message gives the expected sha256: {doc}"
-    );
-
-    // k2: its blob gone locally, its object in the directory corrupted.
-    std::fs::remove_file(blob_path(&want[k2])).expect("remove blob");
-    std::fs::write(dir_dest.join(k2), flipped(&want[k2])).expect("corrupt file");
-    let doc = exec(verify_cmd(&fx.archive, &dir_url, None).arg("--json"))
-        .code(3)
-        .json();
-    // k1's refs are pending since the last verify: their object is not planned.
-    assert_eq!(doc["objects_checked"], want.len() - 1, "{doc}");
-    assert_eq!(doc["objects_bad"], 1, "{doc}");
-    assert_eq!(doc["blobs_bad"], 1, "{doc}");
-    assert!(
-        doc["problems"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|p| p["what"] == "object" && p["name"] == k2)),
-        "{doc}"
-    );
-
-    // Fetched again and pushed, both destinations hold the right bytes.
-    fetch_again(&fx.archive);
-    exec(&mut push_cmd(&fx.archive, &url, Some(&s3))).code(FIXTURE_PUSH_EXIT);
-    exec(&mut push_cmd(&fx.archive, &dir_url, None)).code(FIXTURE_PUSH_EXIT);
-    assert_mirror(&bucket_objects(&s3, "both"));
-    for key in [k1, k2] {
-        assert_eq!(
-            std::fs::read(dir_dest.join(key)).ok().as_ref(),
-            Some(&want[key])
-        );
-    }
-    exec(&mut verify_cmd(&fx.archive, &url, Some(&s3))).code(0);
-    exec(&mut verify_cmd(&fx.archive, &dir_url, None)).code(0);
-}
-
-#[test]
-fn object_without_our_metadata_fails_plain_verify_and_is_pushed_again() {
-    let fx = fetched_fixture();
-    let want = mirror_objects();
-    let s3 = TestS3::start();
-    s3.create_bucket("meta");
-    let url = s3.store_url("meta", "");
-    exec(&mut push_cmd(&fx.archive, &url, Some(&s3))).code(FIXTURE_PUSH_EXIT);
-    let keys: Vec<&String> = want.keys().take(2).collect();
-    let (other, same) = (keys[0].as_str(), keys[1].as_str());
-    // Written by another tool, without metadata: other bytes of the same
-    // size, and the right bytes.
-    s3.put_file("meta", other, flipped(&want[other]));
-    s3.put_file("meta", same, &want[same]);
-    let plain = |s3: &TestS3| {
-        let mut cmd = starchive(&fx.archive);
-        cmd.args(["--json", "verify", "--to", &url])
-            .envs(s3.env("TO"));
-        cmd
-    };
-    let doc = exec(&mut plain(&s3)).code(3).json();
-    assert_eq!(doc["objects_bad"], 2, "{doc}");
-    assert_eq!(doc["objects_to_push_again"], 2, "{doc}");
-    for key in [other, same] {
-        assert!(
-            doc["problems"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|p| {
-                    p["name"] == key
-                        && p["problem"]
-                            .as_str()
-                            .is_some_and(|t| t.contains("no sha256 metadata"))
-                })),
-            "{key}: {doc}"
-        );
-    }
-    exec(&mut push_cmd(&fx.archive, &url, Some(&s3))).code(FIXTURE_PUSH_EXIT);
-    for key in [other, same] {
-        assert_eq!(s3.get_file("meta", key).as_ref(), Some(&want[key]), "{key}");
-        assert_eq!(
-            s3.user_metadata("meta", key).get("sha256"),
-            Some(&sha256_hex(&want[key])),
-            "{key}"
-        );
-    }
-    exec(&mut plain(&s3)).code(0);
-
-    // A directory keeps no metadata: other bytes of the right size pass a
-    // plain verify there; --deep finds them.
-    let dir_dest = fx.dir.path().join("dest");
-    let dir_url = dir_dest.to_string_lossy().into_owned();
-    exec(&mut push_cmd(&fx.archive, &dir_url, None)).code(FIXTURE_PUSH_EXIT);
-    std::fs::write(dir_dest.join(other), flipped(&want[other])).expect("overwrite");
-    exec(starchive(&fx.archive).args(["verify", "--to", &dir_url])).code(0);
-    exec(&mut verify_cmd(&fx.archive, &dir_url, None)).code(3);
+    run(&mut verify_cmd(&archive, &url, Some(&s3))).expect_code(0);
 }
 
 // ---- bad input -----------------------------------------------------------------
@@ -1355,18 +921,14 @@ fn hostile_key_writes_nothing_outside_the_root() {
         );
     db.write(&root.join("db"));
     let archive = root.join("archive");
-    exec(
-        starchive(&archive)
-            .args(["--json", "snapshot", "--db"])
-            .arg(root.join("db")),
-    )
-    .code(0);
-    let fetched = exec(
-        starchive(&archive)
-            .args(["--json", "fetch", "--telegram-rate", "1000", "--storage"])
-            .arg(&bucket)
-            .envs(tg.env()),
-    );
+    run(starchive(&archive)
+        .args(["--json", "snapshot", "--db"])
+        .arg(root.join("db")))
+    .expect_code(0);
+    let fetched = run(starchive(&archive)
+        .args(["--json", "fetch", "--telegram-rate", "1000", "--storage"])
+        .arg(&bucket)
+        .envs(tg.env()));
     assert!(
         fetched.code == Some(0) || fetched.code == Some(3),
         "{}",
@@ -1376,12 +938,12 @@ fn hostile_key_writes_nothing_outside_the_root() {
     let before = files_under(root);
     let dest = root.join("a/b/c/d/e/dest");
     let url = format!("file://{}", dest.display());
-    let out = exec(&mut push_cmd(&archive, &url, None));
-    out.code(3);
+    let out = run(&mut push_cmd(&archive, &url, None));
+    out.expect_code(3);
     let doc = out.json();
     assert!(doc["failed"].as_u64().unwrap_or(0) >= 4, "{doc}");
     let mut cas = push_cmd(&archive, &root.join("cas").to_string_lossy(), None);
-    exec(cas.args(["--layout", "cas"])).code(3);
+    run(cas.args(["--layout", "cas"])).expect_code(3);
 
     // Nothing changed outside the archive and the two destinations.
     let after = files_under(root);
@@ -1452,15 +1014,13 @@ fn an_id_with_a_slash_fails_the_ref_instead_of_adding_folders() {
     }
     let archive = dir.path().join("archive");
     db.snapshot(&dir.path().join("db"), &archive);
-    exec(
-        starchive(&archive)
-            .args(["fetch", "--telegram-rate", "1000"])
-            .envs(tg.env()),
-    )
-    .code(0);
+    run(starchive(&archive)
+        .args(["fetch", "--telegram-rate", "1000"])
+        .envs(tg.env()))
+    .expect_code(0);
     let dest = dir.path().join("dest");
-    let doc = exec(&mut push_cmd(&archive, &dest.to_string_lossy(), None))
-        .code(3)
+    let doc = run(&mut push_cmd(&archive, &dest.to_string_lossy(), None))
+        .expect_code(3)
         .json();
     assert_eq!(doc["done"], 1, "{doc}");
     assert_eq!(doc["failed"], 3, "{doc}");
@@ -1498,16 +1058,14 @@ fn key_holding_other_bytes_fails_the_ref_and_exits_3() {
         .sticker("b", "1", "s1", Some("tg-b"), Some("stickers/1/same.webp"));
     let archive = dir.path().join("archive");
     db.snapshot(&dir.path().join("db"), &archive);
-    exec(
-        starchive(&archive)
-            .args(["fetch", "--telegram-rate", "1000", "--storage"])
-            .arg(&bucket)
-            .envs(tg.env()),
-    )
-    .code(0);
+    run(starchive(&archive)
+        .args(["fetch", "--telegram-rate", "1000", "--storage"])
+        .arg(&bucket)
+        .envs(tg.env()))
+    .expect_code(0);
     let dest = dir.path().join("dest");
-    let doc = exec(&mut push_cmd(&archive, &dest.to_string_lossy(), None))
-        .code(3)
+    let doc = run(&mut push_cmd(&archive, &dest.to_string_lossy(), None))
+        .expect_code(3)
         .json();
     assert_eq!(doc["done"], 1, "{doc}");
     assert_eq!(doc["failed"], 1, "{doc}");
@@ -1532,8 +1090,8 @@ fn failed_upload_exits_3_and_the_next_push_completes() {
     // The first upload is refused (403: not retried).
     s3.fail_next("PUT", 1, 403);
     let mut cmd = push_cmd(&fx.archive, &url, Some(&s3));
-    let out = exec(cmd.args(["--jobs", "1"]));
-    out.code(3);
+    let out = run(cmd.args(["--jobs", "1"]));
+    out.expect_code(3);
     let doc = out.json();
     assert!(doc["failed"].as_u64().unwrap_or(0) >= 1, "{doc}");
     assert_eq!(
@@ -1541,8 +1099,8 @@ fn failed_upload_exits_3_and_the_next_push_completes() {
         FIXTURE_PUSHED_REFS + 1,
         "{doc}"
     );
-    let status = exec(starchive(&fx.archive).args(["--json", "status"]))
-        .code(0)
+    let status = run(starchive(&fx.archive).args(["--json", "status"]))
+        .expect_code(0)
         .json();
     assert!(
         status["failures"]
@@ -1552,8 +1110,8 @@ fn failed_upload_exits_3_and_the_next_push_completes() {
             .any(|f| f["stage"] == "push"),
         "status lists the push failure: {status}"
     );
-    let doc = exec(&mut push_cmd(&fx.archive, &url, Some(&s3)))
-        .code(FIXTURE_PUSH_EXIT)
+    let doc = run(&mut push_cmd(&fx.archive, &url, Some(&s3)))
+        .expect_code(FIXTURE_PUSH_EXIT)
         .json();
     assert_eq!(doc["failed"], 1, "sticker 315 failed at fetch: {doc}");
     assert_mirror(&bucket_objects(&s3, "flaky"));
@@ -1565,8 +1123,8 @@ fn failed_upload_exits_3_and_the_next_push_completes() {
 fn push_json_has_the_documented_keys() {
     let fx = fetched_fixture();
     let dest = fx.dir.path().join("dest");
-    let doc = exec(&mut push_cmd(&fx.archive, &dest.to_string_lossy(), None))
-        .code(FIXTURE_PUSH_EXIT)
+    let doc = run(&mut push_cmd(&fx.archive, &dest.to_string_lossy(), None))
+        .expect_code(FIXTURE_PUSH_EXIT)
         .json();
     let keys: BTreeSet<&str> = doc
         .as_object()
@@ -1587,15 +1145,17 @@ fn push_json_has_the_documented_keys() {
 fn unfetched_refs_are_counted_as_pending() {
     let dir = temp_dir();
     let archive = dir.path().join("archive");
-    exec(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).code(0);
+    run(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).expect_code(0);
     let dest = dir.path().join("dest");
     let url = dest.to_string_lossy().into_owned();
     // Nothing fetched yet: everything is pending, nothing is written but _starchive/.
-    let doc = exec(&mut push_cmd(&archive, &url, None)).code(0).json();
+    let doc = run(&mut push_cmd(&archive, &url, None))
+        .expect_code(0)
+        .json();
     assert_eq!(doc["pending"], FIXTURE_REFS as u64, "{doc}");
     assert_eq!(doc["done"], 0, "{doc}");
     // The bucket only (no Telegram token): the Telegram-only refs stay pending.
-    exec(starchive(&archive).args(["fetch", "--storage", FIXTURE_BUCKET]));
+    run(starchive(&archive).args(["fetch", "--storage", FIXTURE_BUCKET]));
     let fetched: u64 = catalog(&archive)
         .query_row(
             "SELECT count(*) FROM refs WHERE state = 'fetched'",
@@ -1604,7 +1164,9 @@ fn unfetched_refs_are_counted_as_pending() {
         )
         .expect("count");
     assert!(fetched > 0 && fetched < FIXTURE_PUSHED_REFS, "{fetched}");
-    let doc = exec(&mut push_cmd(&archive, &url, None)).code(0).json();
+    let doc = run(&mut push_cmd(&archive, &url, None))
+        .expect_code(0)
+        .json();
     assert_eq!(doc["done"], fetched, "{doc}");
     assert_eq!(doc["pending"], FIXTURE_REFS as u64 - fetched, "{doc}");
     let manifest = manifest_lines(&std::fs::read(dest.join(MANIFEST)).expect("manifest"));
@@ -1619,7 +1181,7 @@ fn unfetched_refs_are_counted_as_pending() {
 fn manifest_lists_every_ref() {
     let fx = fetched_fixture();
     let dest = fx.dir.path().join("dest");
-    exec(&mut push_cmd(&fx.archive, &dest.to_string_lossy(), None)).code(FIXTURE_PUSH_EXIT);
+    run(&mut push_cmd(&fx.archive, &dest.to_string_lossy(), None)).expect_code(FIXTURE_PUSH_EXIT);
     let lines = manifest_lines(&std::fs::read(dest.join(MANIFEST)).expect("manifest"));
     let header = &lines[0];
     assert!(header["format"].is_u64(), "format version: {header}");
@@ -1693,8 +1255,8 @@ fn env_limits_push_to_its_refs() {
     let fx = fetched_fixture();
     let dest = fx.dir.path().join("dest");
     let mut cmd = push_cmd(&fx.archive, &dest.to_string_lossy(), None);
-    let doc = exec(cmd.args(["--env", "test"]))
-        .code(FIXTURE_PUSH_EXIT)
+    let doc = run(cmd.args(["--env", "test"]))
+        .expect_code(FIXTURE_PUSH_EXIT)
         .json();
     assert_eq!(doc["done"], TEST_ENV_KEYS.len() as u64, "{doc}");
     assert_eq!(doc["failed"], 1, "sticker 315 failed at fetch: {doc}");
@@ -1715,7 +1277,7 @@ fn s3_prefix_puts_every_key_under_it() {
     let s3 = TestS3::start();
     s3.create_bucket("prefixed");
     let url = s3.store_url("prefixed", "backups/2025");
-    exec(&mut push_cmd(&fx.archive, &url, Some(&s3))).code(FIXTURE_PUSH_EXIT);
+    run(&mut push_cmd(&fx.archive, &url, Some(&s3))).expect_code(FIXTURE_PUSH_EXIT);
     let objects = bucket_objects(&s3, "prefixed");
     assert!(
         objects.keys().all(|k| k.starts_with("backups/2025/")),
@@ -1726,12 +1288,12 @@ fn s3_prefix_puts_every_key_under_it() {
         .map(|(k, v)| (k["backups/2025/".len()..].to_string(), v))
         .collect();
     assert_mirror(&stripped);
-    exec(&mut verify_cmd(&fx.archive, &url, Some(&s3))).code(0);
+    run(&mut verify_cmd(&fx.archive, &url, Some(&s3))).expect_code(0);
     // A fresh catalog pushing to the same prefix finds everything there.
     let again = fetched_fixture();
     s3.reset_counts();
-    let doc = exec(&mut push_cmd(&again.archive, &url, Some(&s3)))
-        .code(FIXTURE_PUSH_EXIT)
+    let doc = run(&mut push_cmd(&again.archive, &url, Some(&s3)))
+        .expect_code(FIXTURE_PUSH_EXIT)
         .json();
     assert_eq!(doc["skipped"], FIXTURE_PUSHED_REFS, "{doc}");
     assert_eq!(
@@ -1748,14 +1310,14 @@ fn relative_path_and_file_url_are_directories() {
     let work = fx.dir.path().join("work");
     std::fs::create_dir_all(&work).expect("mkdir");
     let mut cmd = push_cmd(&fx.archive, "./backup", None);
-    exec(cmd.current_dir(&work)).code(FIXTURE_PUSH_EXIT);
+    run(cmd.current_dir(&work)).expect_code(FIXTURE_PUSH_EXIT);
     assert_mirror(&files_under(&work.join("backup")));
     let mut verify = verify_cmd(&fx.archive, "./backup", None);
-    exec(verify.current_dir(&work)).code(0);
+    run(verify.current_dir(&work)).expect_code(0);
 
     let abs = fx.dir.path().join("abs dest");
     let url = format!("file://{}", abs.display());
-    exec(&mut push_cmd(&fx.archive, &url, None)).code(FIXTURE_PUSH_EXIT);
+    run(&mut push_cmd(&fx.archive, &url, None)).expect_code(FIXTURE_PUSH_EXIT);
     assert_mirror(&files_under(&abs));
 }
 
@@ -1767,28 +1329,26 @@ fn run_snapshots_fetches_and_pushes_in_one_go() {
     let s3 = TestS3::start();
     s3.create_bucket("run");
     let url = s3.store_url("run", "");
-    let out = exec(
-        starchive(&archive)
-            .args([
-                "--json",
-                "run",
-                "--db",
-                FIXTURE_DB,
-                "--storage",
-                FIXTURE_BUCKET,
-            ])
-            .args(["--telegram-rate", "1000", "--to", &url])
-            .envs(tg.env())
-            .envs(s3.env("TO")),
-    );
-    out.code(3);
+    let out = run(starchive(&archive)
+        .args([
+            "--json",
+            "run",
+            "--db",
+            FIXTURE_DB,
+            "--storage",
+            FIXTURE_BUCKET,
+        ])
+        .args(["--telegram-rate", "1000", "--to", &url])
+        .envs(tg.env())
+        .envs(s3.env("TO")));
+    out.expect_code(3);
     let doc = out.json();
     assert_eq!(doc["snapshot"]["tables"]["stickers"]["rows"], 16, "{doc}");
     assert_eq!(doc["fetch"]["failed"], 1, "{doc}");
     assert_eq!(doc["push"]["done"], FIXTURE_PUSHED_REFS, "{doc}");
     assert_eq!(doc["push"]["failed"], 1, "{doc}");
     assert_mirror(&bucket_objects(&s3, "run"));
-    exec(&mut verify_cmd(&archive, &url, Some(&s3))).code(0);
+    run(&mut verify_cmd(&archive, &url, Some(&s3))).expect_code(0);
 }
 
 #[test]
@@ -1808,22 +1368,20 @@ fn big_object_goes_multipart() {
     s3.create_bucket("big");
     let url = s3.store_url("big", "");
     let archive = dir.path().join("archive");
-    let doc = exec(
-        starchive(&archive)
-            .args(["--json", "run", "--db"])
-            .arg(dir.path().join("db"))
-            .args([
-                "--max-file-size",
-                "20MiB",
-                "--telegram-rate",
-                "1000",
-                "--to",
-                &url,
-            ])
-            .envs(tg.env())
-            .envs(s3.env("TO")),
-    )
-    .code(0)
+    let doc = run(starchive(&archive)
+        .args(["--json", "run", "--db"])
+        .arg(dir.path().join("db"))
+        .args([
+            "--max-file-size",
+            "20MiB",
+            "--telegram-rate",
+            "1000",
+            "--to",
+            &url,
+        ])
+        .envs(tg.env())
+        .envs(s3.env("TO")))
+    .expect_code(0)
     .json();
     assert_eq!(doc["push"]["done"], 2, "{doc}");
     let key = "stickers/7/s1/backfill_big.webp";
@@ -1840,7 +1398,7 @@ fn big_object_goes_multipart() {
         s3.user_metadata("big", key).get("sha256"),
         Some(&sha256_hex(&big))
     );
-    exec(&mut verify_cmd(&archive, &url, Some(&s3))).code(0);
+    run(&mut verify_cmd(&archive, &url, Some(&s3))).expect_code(0);
 }
 
 // ---- secrets -----------------------------------------------------------------------
@@ -1863,11 +1421,10 @@ fn no_secret_in_output_or_destination() {
     ];
     let mut outputs = Vec::new();
     let mut all = |cmd: &mut Command| {
-        let out = exec(
-            cmd.envs(tg.env())
-                .envs(s3.env("TO"))
-                .envs(s3.env("STORAGE")),
-        );
+        let out = run(cmd
+            .envs(tg.env())
+            .envs(s3.env("TO"))
+            .envs(s3.env("STORAGE")));
         outputs.push(format!("{}\n{}", out.stdout, out.stderr));
         out
     };
@@ -1900,7 +1457,7 @@ fn no_secret_in_output_or_destination() {
         .envs(tg.env())
         .env("STARCHIVE_TO_ACCESS_KEY_ID", ACCESS_KEY)
         .env("STARCHIVE_TO_SECRET_ACCESS_KEY", "wrong-secret-SECRET");
-    let out = exec(&mut refused);
+    let out = run(&mut refused);
     assert_ne!(out.code, Some(0), "a refused store is not a success");
     outputs.push(format!("{}\n{}", out.stdout, out.stderr));
 
@@ -1946,8 +1503,8 @@ fn no_secret_in_output_or_destination() {
 
 /// `status --json`'s destinations: identity -> states.
 fn destinations(archive: &Path) -> serde_json::Map<String, Value> {
-    let status = exec(starchive(archive).args(["--json", "status"]))
-        .code(0)
+    let status = run(starchive(archive).args(["--json", "status"]))
+        .expect_code(0)
         .json();
     status["destinations"]
         .as_object()
@@ -1960,15 +1517,15 @@ fn deleted_destination_is_pushed_again_whole() {
     let fx = fetched_fixture();
     let dest = fx.dir.path().join("dest");
     let url = dest.to_string_lossy().into_owned();
-    exec(&mut push_cmd(&fx.archive, &url, None)).code(FIXTURE_PUSH_EXIT);
+    run(&mut push_cmd(&fx.archive, &url, None)).expect_code(FIXTURE_PUSH_EXIT);
     std::fs::remove_dir_all(&dest).expect("rm -r dest");
-    let doc = exec(&mut push_cmd(&fx.archive, &url, None))
-        .code(FIXTURE_PUSH_EXIT)
+    let doc = run(&mut push_cmd(&fx.archive, &url, None))
+        .expect_code(FIXTURE_PUSH_EXIT)
         .json();
     assert_eq!(doc["done"], FIXTURE_PUSHED_REFS, "{doc}");
     assert_eq!(doc["bytes"], FIXTURE_BLOB_BYTES, "{doc}");
     assert_mirror(&files_under(&dest));
-    exec(&mut verify_cmd(&fx.archive, &url, None)).code(0);
+    run(&mut verify_cmd(&fx.archive, &url, None)).expect_code(0);
 }
 
 #[test]
@@ -1994,7 +1551,7 @@ fn manifest_replaced_or_gone_makes_push_check_a_listing() {
             } else {
                 (dir.join(what).to_string_lossy().into_owned(), None)
             };
-            exec(&mut push_cmd(&fx.archive, &url, s3_arg)).code(FIXTURE_PUSH_EXIT);
+            run(&mut push_cmd(&fx.archive, &url, s3_arg)).expect_code(FIXTURE_PUSH_EXIT);
             // Another machine's push (or a hand) changed the destination.
             let manifest_key = format!("{what}/{MANIFEST}");
             let object_key = format!("{what}/{key}");
@@ -2017,8 +1574,8 @@ fn manifest_replaced_or_gone_makes_push_check_a_listing() {
             } else {
                 std::fs::remove_file(dir.join(&object_key)).expect("rm object");
             }
-            let doc = exec(&mut push_cmd(&fx.archive, &url, s3_arg))
-                .code(FIXTURE_PUSH_EXIT)
+            let doc = run(&mut push_cmd(&fx.archive, &url, s3_arg))
+                .expect_code(FIXTURE_PUSH_EXIT)
                 .json();
             assert_eq!(doc["done"], 1, "{what}, s3 {s3_dest}: {doc}");
             assert_eq!(
@@ -2027,7 +1584,7 @@ fn manifest_replaced_or_gone_makes_push_check_a_listing() {
                 "{what}, s3 {s3_dest}: {doc}"
             );
             let mut verify = verify_cmd(&fx.archive, &url, s3_arg);
-            exec(&mut verify).code(0);
+            run(&mut verify).expect_code(0);
             let written = if s3_dest {
                 s3.get_file("other", &manifest_key).expect("manifest")
             } else {
@@ -2048,7 +1605,7 @@ fn one_directory_however_typed_is_one_destination() {
     let work = fx.dir.path().join("work");
     let sub = work.join("sub");
     std::fs::create_dir_all(&sub).expect("mkdir");
-    exec(push_cmd(&fx.archive, "backup", None).current_dir(&work)).code(FIXTURE_PUSH_EXIT);
+    run(push_cmd(&fx.archive, "backup", None).current_dir(&work)).expect_code(FIXTURE_PUSH_EXIT);
     let abs = work.join("backup");
     for (typed, cwd) in [
         ("./backup/".to_string(), &work),
@@ -2057,8 +1614,8 @@ fn one_directory_however_typed_is_one_destination() {
         (abs.display().to_string(), &sub),
         (format!("file://{}/", abs.display()), &sub),
     ] {
-        let doc = exec(push_cmd(&fx.archive, &typed, None).current_dir(cwd))
-            .code(FIXTURE_PUSH_EXIT)
+        let doc = run(push_cmd(&fx.archive, &typed, None).current_dir(cwd))
+            .expect_code(FIXTURE_PUSH_EXIT)
             .json();
         assert_eq!(doc["done"], 0, "{typed}: {doc}");
         assert_eq!(doc["skipped"], FIXTURE_PUSHED_REFS, "{typed}: {doc}");
@@ -2074,8 +1631,8 @@ fn same_relative_path_from_two_directories_is_two_destinations() {
     let (a, b) = (fx.dir.path().join("a"), fx.dir.path().join("b"));
     for cwd in [&a, &b] {
         std::fs::create_dir_all(cwd).expect("mkdir");
-        let doc = exec(push_cmd(&fx.archive, "./backup", None).current_dir(cwd))
-            .code(FIXTURE_PUSH_EXIT)
+        let doc = run(push_cmd(&fx.archive, "./backup", None).current_dir(cwd))
+            .expect_code(FIXTURE_PUSH_EXIT)
             .json();
         assert_eq!(
             doc["done"],
@@ -2094,15 +1651,15 @@ fn s3_destination_is_endpoint_bucket_and_prefix_shown_readably() {
     let s3 = TestS3::start();
     s3.create_bucket("named");
     let url = s3.store_url("named", "backups/2025");
-    exec(&mut push_cmd(&fx.archive, &url, Some(&s3))).code(FIXTURE_PUSH_EXIT);
+    run(&mut push_cmd(&fx.archive, &url, Some(&s3))).expect_code(FIXTURE_PUSH_EXIT);
     // The same store, spelt otherwise: trailing slashes, parameters in
     // another order, the endpoint percent-encoded.
     let respelt = format!(
         "s3://named/backups/2025/?allow_http=true&endpoint={}%2F&region=us-east-1",
         s3.endpoint().replace(':', "%3A").replace('/', "%2F")
     );
-    let doc = exec(&mut push_cmd(&fx.archive, &respelt, Some(&s3)))
-        .code(FIXTURE_PUSH_EXIT)
+    let doc = run(&mut push_cmd(&fx.archive, &respelt, Some(&s3)))
+        .expect_code(FIXTURE_PUSH_EXIT)
         .json();
     assert_eq!(doc["done"], 0, "{doc}");
     let shown: Vec<String> = destinations(&fx.archive).keys().cloned().collect();
@@ -2113,8 +1670,8 @@ fn s3_destination_is_endpoint_bucket_and_prefix_shown_readably() {
             s3.endpoint()
         )]
     );
-    let out = exec(starchive(&fx.archive).arg("status"));
-    let text = &out.code(0).stdout;
+    let out = run(starchive(&fx.archive).arg("status"));
+    let text = &out.expect_code(0).stdout;
     assert!(!text.contains("%3A") && !text.contains("region"), "{text}");
 }
 
@@ -2125,7 +1682,7 @@ fn destinations_recorded_as_typed_are_folded_into_one() {
     let fx = fetched_fixture();
     let work = fx.dir.path().join("work");
     std::fs::create_dir_all(&work).expect("mkdir");
-    exec(push_cmd(&fx.archive, "./backup", None).current_dir(&work)).code(FIXTURE_PUSH_EXIT);
+    run(push_cmd(&fx.archive, "./backup", None).current_dir(&work)).expect_code(FIXTURE_PUSH_EXIT);
     let abs = work.join("backup");
     // As an older starchive left it: the same directory under three
     // spellings (two copies of the records), none canonical, and a
@@ -2145,8 +1702,8 @@ fn destinations_recorded_as_typed_are_folded_into_one() {
         ))
         .expect("rewrite as an old catalog");
     }
-    let doc = exec(push_cmd(&fx.archive, "backup", None).current_dir(&work))
-        .code(FIXTURE_PUSH_EXIT)
+    let doc = run(push_cmd(&fx.archive, "backup", None).current_dir(&work))
+        .expect_code(FIXTURE_PUSH_EXIT)
         .json();
     assert_eq!(doc["done"], 0, "every object found by the listing: {doc}");
     assert_eq!(doc["skipped"], FIXTURE_PUSHED_REFS, "{doc}");

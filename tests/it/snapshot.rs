@@ -10,40 +10,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-use crate::support::pg::TestPg;
+use crate::plan::plan_json;
+use crate::support::dataset::FIXTURE_DB;
+use crate::support::pg::{FIXTURE_TABLES as TABLES, TestPg};
+use crate::support::run::catalog;
 use crate::support::{bin, temp_dir};
-
-const FIXTURES_DB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/db");
-const EXPECTED_JSON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/expected.json");
-const TABLES: [&str; 3] = ["sessions", "pack_batches", "stickers"];
 
 // ---- helpers ---------------------------------------------------------------
 
-/// A database `name` holding schema.sql, the fixtures' extra columns and the
-/// fixture rows. The foreign key stickers.session_id is dropped: the fixtures
-/// hold a sticker whose session is gone (as old bot data does).
-fn fixture_db(pg: &TestPg, name: &str) -> String {
-    pg.create_db(name);
-    pg.load_schema(name);
-    pg.psql(
-        name,
-        "ALTER TABLE sessions ADD COLUMN language_code text;
-         ALTER TABLE stickers ADD COLUMN prompt text;
-         ALTER TABLE pack_batches ADD COLUMN style text;
-         ALTER TABLE stickers DROP CONSTRAINT stickers_session_id_fkey;",
-    );
-    for table in TABLES {
-        let text = std::fs::read_to_string(Path::new(FIXTURES_DB).join(format!("{table}.csv")))
-            .expect("read fixture csv");
-        pg.copy_csv(name, table, &text);
-    }
-    pg.url(name)
-}
-
 /// Runs the binary with `args` on `archive`; returns its output whatever it is.
-fn starchive(archive: &Path, args: &[&str]) -> Output {
+pub(crate) fn starchive(archive: &Path, args: &[&str]) -> Output {
     bin()
         .arg("--archive")
         .arg(archive)
@@ -52,12 +30,12 @@ fn starchive(archive: &Path, args: &[&str]) -> Output {
         .expect("run starchive")
 }
 
-fn stderr(out: &Output) -> String {
+pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// `snapshot --json --db DB [extra]`, which must succeed; its JSON report.
-fn snapshot_ok(archive: &Path, db: &str, extra: &[&str]) -> Value {
+pub(crate) fn snapshot_ok(archive: &Path, db: &str, extra: &[&str]) -> Value {
     let mut args = vec!["snapshot", "--json", "--db", db];
     args.extend_from_slice(extra);
     let out = starchive(archive, &args);
@@ -75,23 +53,8 @@ fn snapshot_ok(archive: &Path, db: &str, extra: &[&str]) -> Value {
     })
 }
 
-fn plan_json(archive: &Path, extra: &[&str]) -> Value {
-    let mut args = vec!["plan", "--json"];
-    args.extend_from_slice(extra);
-    let out = starchive(archive, &args);
-    assert_eq!(out.status.code(), Some(0), "plan failed:\n{}", stderr(&out));
-    serde_json::from_slice(&out.stdout).expect("plan --json prints one JSON document")
-}
-
-/// The catalog, opened as a user would (`sqlite3 ARCHIVE/catalog.sqlite`).
-fn catalog(archive: &Path) -> Connection {
-    let path = archive.join("catalog.sqlite");
-    assert!(path.is_file(), "no catalog at {}", path.display());
-    Connection::open(path).expect("open catalog.sqlite")
-}
-
 /// `(rows, added, changed, removed, skipped)` of one table in a snapshot report.
-fn counts(report: &Value, table: &str) -> (u64, u64, u64, u64, u64) {
+pub(crate) fn counts(report: &Value, table: &str) -> (u64, u64, u64, u64, u64) {
     let t = &report["tables"][table];
     let n = |k: &str| {
         t[k].as_u64()
@@ -139,12 +102,12 @@ fn pg_rows(pg: &TestPg, db: &str, table: &str) -> BTreeMap<String, Value> {
 }
 
 /// One scalar from the catalog.
-fn one<T: rusqlite::types::FromSql>(conn: &Connection, sql: &str) -> T {
+pub(crate) fn one<T: rusqlite::types::FromSql>(conn: &Connection, sql: &str) -> T {
     conn.query_row(sql, [], |r| r.get(0))
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
-type RefRow = (
+pub(crate) type RefRow = (
     String,
     String,
     String,
@@ -159,7 +122,7 @@ type RefRow = (
 );
 
 /// The refs table as a set of what a ref says (no state, no generation).
-fn refs_of(conn: &Connection) -> BTreeSet<RefRow> {
+pub(crate) fn refs_of(conn: &Connection) -> BTreeSet<RefRow> {
     let mut stmt = conn
         .prepare(
             "SELECT class, row_table, row_id, slot, session_id, user_id, env, pack_batch_id,
@@ -198,7 +161,7 @@ fn refs_per_class(conn: &Connection) -> BTreeMap<String, i64> {
 }
 
 /// Fixture uuid `00000000-0000-4000-8000-000000000NNN`.
-fn fid(n: u32) -> String {
+pub(crate) fn fid(n: u32) -> String {
     format!("00000000-0000-4000-8000-{n:012}")
 }
 
@@ -245,7 +208,7 @@ fn wait_with_limit(mut child: std::process::Child, limit: Duration) -> Output {
 #[test]
 fn every_column_survives_in_v_rows() {
     let pg = TestPg::start();
-    let url = fixture_db(&pg, "bot");
+    let url = pg.fixture_db("bot");
     pg.psql(
         "bot",
         r#"ALTER TABLE stickers ADD COLUMN meta jsonb, ADD COLUMN score numeric(6,2),
@@ -391,7 +354,7 @@ fn every_column_survives_in_v_rows() {
 #[test]
 fn resnapshot_counts_added_changed_removed() {
     let pg = TestPg::start();
-    let url = fixture_db(&pg, "bot");
+    let url = pg.fixture_db("bot");
     let archive = temp_dir();
     let first = snapshot_ok(archive.path(), &url, &[]);
     assert_eq!(counts(&first, "sessions"), (11, 11, 0, 0, 0), "{first}");
@@ -487,7 +450,7 @@ fn resnapshot_counts_added_changed_removed() {
 #[test]
 fn resnapshot_updates_only_changed_refs() {
     let pg = TestPg::start();
-    let url = fixture_db(&pg, "bot");
+    let url = pg.fixture_db("bot");
     let archive = temp_dir();
     snapshot_ok(archive.path(), &url, &[]);
     // As if fetch had stored every ref's file.
@@ -570,7 +533,7 @@ fn resnapshot_updates_only_changed_refs() {
 #[test]
 fn resnapshot_refs_equal_a_first_snapshot_of_the_same_database() {
     let pg = TestPg::start();
-    let url = fixture_db(&pg, "bot");
+    let url = pg.fixture_db("bot");
     let archive = temp_dir();
     snapshot_ok(archive.path(), &url, &[]);
     let conn = catalog(archive.path());
@@ -808,11 +771,11 @@ fn concurrent_writes_do_not_tear_the_snapshot() {
 #[test]
 fn csv_and_postgres_give_the_same_refs() {
     let pg = TestPg::start();
-    let url = fixture_db(&pg, "bot");
+    let url = pg.fixture_db("bot");
     let from_pg = temp_dir();
     let from_csv = temp_dir();
     let a = snapshot_ok(from_pg.path(), &url, &[]);
-    let b = snapshot_ok(from_csv.path(), FIXTURES_DB, &[]);
+    let b = snapshot_ok(from_csv.path(), FIXTURE_DB, &[]);
     assert_eq!(a["tables"], b["tables"], "same counts");
 
     let (pa, pb) = (catalog(from_pg.path()), catalog(from_csv.path()));
@@ -847,8 +810,8 @@ fn csv_and_postgres_give_the_same_refs() {
 #[test]
 fn env_limits_the_rows_copied() {
     let pg = TestPg::start();
-    let url = fixture_db(&pg, "bot");
-    for db in [url.as_str(), FIXTURES_DB] {
+    let url = pg.fixture_db("bot");
+    for db in [url.as_str(), FIXTURE_DB] {
         let archive = temp_dir();
         let test_only = snapshot_ok(archive.path(), db, &["--env", "test"]);
         assert_eq!(counts(&test_only, "sessions").0, 4, "{db}: {test_only}");
@@ -904,142 +867,6 @@ fn env_limits_the_rows_copied() {
     }
 }
 
-/// On the fixture dataset, whose answers are known (fixtures/expected.json):
-/// refs per class, with/without storage key, the backfill volumes, per env,
-/// with photos once they are in scope; and the refs of the edge cases.
-#[test]
-fn plan_counts_match_the_fixture_answers() {
-    let expected: Value =
-        serde_json::from_str(&std::fs::read_to_string(EXPECTED_JSON).expect("expected.json"))
-            .expect("expected.json is JSON");
-    let pg = TestPg::start();
-    let url = fixture_db(&pg, "bot");
-    let archive = temp_dir();
-    let report = snapshot_ok(archive.path(), &url, &[]);
-    for table in TABLES {
-        assert_eq!(
-            counts(&report, table).0,
-            expected["rows"][table].as_u64().unwrap(),
-            "{table}"
-        );
-    }
-
-    let check = |plan: &Value, want: &Value, with_photos: bool| {
-        let classes = want["classes"].as_object().expect("classes");
-        for (class, w) in classes {
-            let got = &plan["classes"][class];
-            for key in ["refs", "with_storage_key", "telegram_only"] {
-                assert_eq!(got[key], w[key], "{class}.{key}: {plan}");
-            }
-            assert_eq!(
-                got["pending"], w["refs"],
-                "{class}: all pending before fetch"
-            );
-            assert_eq!(got["fetched"], 0);
-            assert_eq!(got["failed"], 0);
-        }
-        if !with_photos {
-            assert_eq!(plan["classes"]["photo"]["refs"], 0, "photos are opt-in");
-        }
-        for key in ["refs", "with_storage_key", "telegram_only"] {
-            assert_eq!(plan["total"][key], want["total"][key], "total.{key}");
-        }
-        assert_eq!(plan["blobs"], json!({"count": 0, "bytes": 0}));
-        for key in [
-            "sessions_missing_storage_path",
-            "stickers_missing_storage_path",
-        ] {
-            assert_eq!(
-                plan["backfill"][key], expected["backfill"][key],
-                "backfill.{key}: {plan}"
-            );
-        }
-    };
-    let plan = plan_json(archive.path(), &[]);
-    check(&plan, &expected["without_photos"], false);
-    for env in ["prod", "test"] {
-        let p = plan_json(archive.path(), &["--env", env]);
-        assert_eq!(
-            p["total"]["refs"], expected["by_env"][env]["refs"],
-            "--env {env}"
-        );
-    }
-
-    // The edge cases of EXPECTED.md, ref by ref.
-    let conn = catalog(archive.path());
-    let refs = refs_of(&conn);
-    let find = |class: &str, row_id: &str| -> Vec<&RefRow> {
-        refs.iter()
-            .filter(|r| r.0 == class && r.2 == row_id)
-            .collect()
-    };
-    // Session 107's sheet is attached to its latest batch (201), with the batch's cleaned sheet.
-    let sheet = find("pack_sheet", &fid(107));
-    assert_eq!(sheet.len(), 1);
-    assert_eq!(sheet[0].7.as_deref(), Some(fid(201).as_str()));
-    assert_eq!(
-        sheet[0].10.as_deref(),
-        Some("pack_sheets/100000004/00000000-0000-4000-8000-000000000201/1741172400000_clean.png")
-    );
-    assert!(
-        find("pack_sheet", &fid(202)).is_empty(),
-        "older batch: no sheet"
-    );
-    // Batch 203: cleaned sheet, session without a sheet file_id: storage-only ref.
-    let storage_only = find("pack_sheet", &fid(203));
-    assert_eq!(storage_only.len(), 1);
-    assert_eq!(
-        (storage_only[0].1.as_str(), storage_only[0].9.as_deref()),
-        ("pack_batches", None)
-    );
-    assert_eq!(storage_only[0].6.as_deref(), Some("test"));
-    // Session 110: a sheet and no batch.
-    let no_batch = find("pack_sheet", &fid(110));
-    assert_eq!(no_batch.len(), 1);
-    assert_eq!(
-        (no_batch[0].7.as_deref(), no_batch[0].10.as_deref()),
-        (None, None)
-    );
-    // Sticker 316: unknown session, no env.
-    let orphan = find("sticker", &fid(316));
-    assert_eq!(orphan.len(), 1);
-    assert_eq!(orphan[0].6, None);
-    // Session 111 names no file; single stickers carry no batch, pack stickers their index.
-    assert!(refs.iter().all(|r| r.2 != fid(111)));
-    let s306 = find("sticker", &fid(306));
-    assert_eq!(
-        (s306[0].7.as_deref(), s306[0].8, s306[0].10.as_deref()),
-        (Some(fid(201).as_str()), Some(2), None)
-    );
-    assert_eq!(
-        find("sticker", &fid(301))[0].5.as_deref(),
-        Some("100000001")
-    );
-    // The documented view has one row per ref, all pending before any fetch.
-    let pending: i64 = one(&conn, "SELECT count(*) FROM v_refs WHERE state = 'pending'");
-    assert_eq!(pending, 26);
-    drop(conn);
-
-    // Photos come into scope once asked for (the setting `fetch --include photos` records).
-    {
-        let catalog = starchive::catalog::Catalog::open_or_create(archive.path()).expect("open");
-        catalog
-            .set_setting(starchive::catalog::INCLUDE_PHOTOS, "true")
-            .expect("set include_photos");
-    }
-    let again = snapshot_ok(archive.path(), &url, &[]);
-    assert_eq!(counts(&again, "sessions"), (11, 0, 0, 0, 0), "{again}");
-    let plan = plan_json(archive.path(), &[]);
-    check(&plan, &expected["with_photos"], true);
-    for env in ["prod", "test"] {
-        let p = plan_json(archive.path(), &["--env", env]);
-        assert_eq!(
-            p["total"]["refs"], expected["by_env"][env]["refs_with_photos"],
-            "--env {env} with photos"
-        );
-    }
-}
-
 /// Rows a snapshot cannot use are skipped and counted, never a crash: from
 /// Postgres (no id, a duplicate id) and from CSV (wrong field count, no id, a
 /// non-integer index). A photos value that is not an array of file ids
@@ -1047,7 +874,7 @@ fn plan_counts_match_the_fixture_answers() {
 #[test]
 fn malformed_rows_are_skipped_and_counted() {
     let pg = TestPg::start();
-    let url = fixture_db(&pg, "bot");
+    let url = pg.fixture_db("bot");
     pg.psql(
         "bot",
         &format!(
@@ -1091,7 +918,7 @@ fn malformed_rows_are_skipped_and_counted() {
     // CSV: the fixtures plus broken lines.
     let dir = temp_dir();
     for table in TABLES {
-        let mut text = std::fs::read_to_string(Path::new(FIXTURES_DB).join(format!("{table}.csv")))
+        let mut text = std::fs::read_to_string(Path::new(FIXTURE_DB).join(format!("{table}.csv")))
             .expect("fixture");
         match table {
             "sessions" => {
@@ -1153,7 +980,7 @@ fn missing_optional_tables_and_columns_still_snapshot() {
 #[test]
 fn second_process_is_locked_out_and_changes_nothing() {
     let pg = TestPg::start();
-    let url = fixture_db(&pg, "bot");
+    let url = pg.fixture_db("bot");
     let archive = temp_dir();
     snapshot_ok(archive.path(), &url, &[]);
     pg.psql(
@@ -1181,7 +1008,7 @@ fn second_process_is_locked_out_and_changes_nothing() {
     for args in [
         vec!["verify"],
         vec!["snapshot", "--db", url.as_str()],
-        vec!["snapshot", "--db", FIXTURES_DB],
+        vec!["snapshot", "--db", FIXTURE_DB],
     ] {
         let out = starchive(archive.path(), &args);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
@@ -1204,12 +1031,12 @@ fn second_process_is_locked_out_and_changes_nothing() {
 #[test]
 fn snapshot_runs_while_a_reader_has_the_catalog_open() {
     let archive = temp_dir();
-    let first = snapshot_ok(archive.path(), FIXTURES_DB, &[]);
+    let first = snapshot_ok(archive.path(), FIXTURE_DB, &[]);
     let reader = catalog(archive.path());
     let refs_before: i64 = one(&reader, "SELECT count(*) FROM refs");
     assert!(refs_before > 0);
 
-    let second = snapshot_ok(archive.path(), FIXTURES_DB, &[]);
+    let second = snapshot_ok(archive.path(), FIXTURE_DB, &[]);
     for table in ["sessions", "stickers", "pack_batches"] {
         let (rows, _, _, _, skipped) = counts(&first, table);
         assert_eq!(counts(&second, table), (rows, 0, 0, 0, skipped), "{second}");
@@ -1354,7 +1181,7 @@ fn snapshot_killed_midway_keeps_the_previous_one() {
 #[test]
 fn password_never_shown() {
     let pg = TestPg::start();
-    let _ = fixture_db(&pg, "bot");
+    let _ = pg.fixture_db("bot");
     pg.psql(
         "postgres",
         "CREATE ROLE \"postgres.abcdef\" LOGIN SUPERUSER; CREATE ROLE kv LOGIN SUPERUSER;",
@@ -1598,7 +1425,7 @@ fn role_timeouts_do_not_cut_the_snapshot() {
 #[test]
 fn connection_parameters_reach_the_driver_unchanged() {
     let pg = TestPg::start();
-    let base = fixture_db(&pg, "bot");
+    let base = pg.fixture_db("bot");
     let port = pg.port();
     for db in [
         format!("{base}?sslmode=disable&options=-c%20statement_timeout%3D5min"),
@@ -2134,7 +1961,7 @@ fn a_csv_file_without_a_header_line_is_refused() {
     let db = temp_dir();
     for table in TABLES {
         std::fs::copy(
-            Path::new(FIXTURES_DB).join(format!("{table}.csv")),
+            Path::new(FIXTURE_DB).join(format!("{table}.csv")),
             db.path().join(format!("{table}.csv")),
         )
         .expect("copy fixture");

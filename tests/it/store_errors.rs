@@ -10,9 +10,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::push::{FIXTURE_DB, exec, starchive};
 use crate::support::backend::{Backend, Bucket, Kind};
+use crate::support::dataset::FIXTURE_DB;
 use crate::support::moto::moto;
+use crate::support::run::{run, starchive};
 use crate::support::s3::TestS3;
 use crate::support::supabase::supabase;
 use crate::support::temp_dir;
@@ -39,14 +40,14 @@ on!(unknown_access_key_names_the_variables: S3s, Supabase);
 /// A snapshotted archive (every ref pending), in `dir`.
 fn snapshotted(dir: &Path) -> std::path::PathBuf {
     let archive = dir.join("archive");
-    exec(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).code(0);
+    run(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB])).expect_code(0);
     archive
 }
 
 /// `status --json`: what the catalog says of every ref and destination.
 fn status(archive: &Path) -> serde_json::Value {
-    exec(starchive(archive).args(["--json", "status"]))
-        .code(0)
+    run(starchive(archive).args(["--json", "status"]))
+        .expect_code(0)
         .json()
 }
 
@@ -86,11 +87,9 @@ fn every_command_refuses(url: &str, env: &[(String, String)], says: &[&str]) {
     ];
     for (option, args) in commands {
         let started = Instant::now();
-        let out = exec(
-            starchive(&archive)
-                .args(&args)
-                .envs(env.iter().map(|(k, v)| (k, v))),
-        );
+        let out = run(starchive(&archive)
+            .args(&args)
+            .envs(env.iter().map(|(k, v)| (k, v))));
         let role = if option == "--storage" {
             "STORAGE"
         } else {
@@ -259,12 +258,10 @@ fn one_half_of_the_key_pair_names_the_other() {
         every_command_refuses(&url, &env, &[&format!("set STARCHIVE_{{ROLE}}_{missing}")]);
     }
     // The AWS_ fallback counts as set.
-    let out = exec(
-        starchive(&snapshotted(temp_dir().path()))
-            .args(["--json", "fetch", "--storage", &url])
-            .env("STARCHIVE_STORAGE_ACCESS_KEY_ID", &server.access_key)
-            .env("AWS_SECRET_ACCESS_KEY", &server.secret_key),
-    );
+    let out = run(starchive(&snapshotted(temp_dir().path()))
+        .args(["--json", "fetch", "--storage", &url])
+        .env("STARCHIVE_STORAGE_ACCESS_KEY_ID", &server.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &server.secret_key));
     assert_ne!(out.code, Some(1), "{}", out.stderr);
 }
 
@@ -274,13 +271,13 @@ fn one_half_of_the_key_pair_names_the_other() {
 fn skip_signature_needs_no_credentials() {
     let server = moto();
     let bucket = server.bucket();
-    let fixtures = Path::new(crate::push::FIXTURE_BUCKET);
+    let fixtures = Path::new(crate::support::dataset::FIXTURE_BUCKET);
     assert_eq!(server.put_public_dir(&bucket, fixtures), 13);
     let dir = temp_dir();
     let archive = snapshotted(dir.path());
     let url = format!("{}&skip_signature=true", server.store_url(&bucket, ""));
-    let doc = exec(starchive(&archive).args(["--json", "fetch", "--storage", &url]))
-        .code(0)
+    let doc = run(starchive(&archive).args(["--json", "fetch", "--storage", &url]))
+        .expect_code(0)
         .json();
     assert_eq!(doc["done"], 15, "{doc}");
 }
@@ -366,11 +363,9 @@ fn unreachable_endpoints_say_cannot_connect() {
         every_command_refuses(&url, &env, &[&cannot, reason, hint]);
         let dir = temp_dir();
         let archive = snapshotted(dir.path());
-        let out = exec(
-            starchive(&archive)
-                .args(["push", "--to", &url])
-                .envs(env.iter().map(|(k, v)| (k, v))),
-        );
+        let out = run(starchive(&archive)
+            .args(["push", "--to", &url])
+            .envs(env.iter().map(|(k, v)| (k, v))));
         assert!(
             !out.stderr.contains("credentials") && !out.stderr.contains("ACCESS_KEY"),
             "{}",

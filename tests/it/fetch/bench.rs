@@ -10,11 +10,12 @@
 //! `--release`).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::{Db, fetch_cmd, refs, snapshot, sticker_bytes};
-use crate::support::s3::{ACCESS_KEY, REGION, SECRET_KEY, TestS3};
+use super::{fetch_cmd, refs, snapshot};
+use crate::support::bench::{measured, median, rclone_copy, rounds, tool_available};
+use crate::support::dataset::{Db, sticker_bytes};
+use crate::support::s3::TestS3;
 use crate::support::telegram::FakeTelegram;
 use crate::support::temp_dir;
 
@@ -23,109 +24,28 @@ const FILES: usize = 3_000;
 const MIN_SIZE: usize = 2 * 1024;
 const MAX_SIZE: usize = 60 * 1024;
 const JOBS: [usize; 2] = [8, 16];
-/// Rounds at each `--jobs` (env `BENCH_ROUNDS` overrides).
-const ROUNDS: usize = 3;
-
-fn rounds() -> usize {
-    std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(ROUNDS)
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
-
-/// Seconds the child took, which must exit 0.
-fn timed(cmd: &mut Command, what: &str) -> f64 {
-    let started = Instant::now();
-    let out = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("run");
-    let secs = started.elapsed().as_secs_f64();
-    assert!(
-        out.status.success(),
-        "{what} failed: {:?}\n{}\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    secs
-}
-
-/// `rclone copy` of the whole bucket into `dest`, configured from the
-/// environment only (no config file), as DESIGN.md shows.
-fn rclone(s3: &TestS3, bucket: &str, dest: &Path, jobs: usize) -> Command {
-    let mut cmd = Command::new("rclone");
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("RCLONE_") || key.to_string_lossy().starts_with("AWS_")
-        {
-            cmd.env_remove(key);
-        }
-    }
-    let empty_config = dest.with_extension("rclone.conf");
-    std::fs::write(&empty_config, "").expect("write empty rclone config");
-    cmd.env("RCLONE_CONFIG", &empty_config)
-        .env("RCLONE_CONFIG_X_TYPE", "s3")
-        .env("RCLONE_CONFIG_X_PROVIDER", "Other")
-        .env("RCLONE_CONFIG_X_ENV_AUTH", "false")
-        .env("RCLONE_CONFIG_X_ENDPOINT", s3.endpoint())
-        .env("RCLONE_CONFIG_X_REGION", REGION)
-        .env("RCLONE_CONFIG_X_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("RCLONE_CONFIG_X_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("RCLONE_CONFIG_X_FORCE_PATH_STYLE", "true")
-        .arg("copy")
-        .arg(format!("x:{bucket}"))
-        .arg(dest)
-        .args(["--transfers", &jobs.to_string()])
-        .args(["--checkers", &jobs.to_string()])
-        .arg("--quiet");
-    cmd
-}
-
-fn rclone_available() -> bool {
-    Command::new("rclone")
-        .arg("version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Bytes of every file under `dir`, and how many files.
 fn tree_size(dir: &Path) -> (u64, usize) {
-    let mut stack = vec![dir.to_path_buf()];
-    let (mut bytes, mut files) = (0, 0);
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).expect("read dir").flatten() {
-            let ft = entry.file_type().expect("file type");
-            if ft.is_dir() {
-                stack.push(entry.path());
-            } else if ft.is_file() {
-                bytes += entry.metadata().expect("metadata").len();
-                files += 1;
-            }
-        }
-    }
-    (bytes, files)
+    let sizes: Vec<u64> = crate::support::objects::files(dir)
+        .iter()
+        .filter_map(|(_, path)| std::fs::symlink_metadata(path).ok())
+        .filter(|meta| meta.is_file())
+        .map(|meta| meta.len())
+        .collect();
+    (sizes.iter().sum(), sizes.len())
 }
 
 #[test]
 #[ignore = "benchmark: cargo test --release --test it -- --ignored --nocapture bench_fetch"]
 fn bench_fetch_vs_rclone() {
     assert!(
-        rclone_available(),
+        tool_available("rclone", "version"),
         "rclone is needed: apt-get install -y rclone"
     );
     let work = temp_dir();
     let s3 = TestS3::start();
     s3.create_bucket("bench");
-    let mut db = Db::new();
+    let mut db = Db::per_env();
     let mut total: u64 = 0;
     let mut x: u64 = 0x5EED_F00D;
     for i in 0..FILES {
@@ -135,7 +55,7 @@ fn bench_fetch_vs_rclone() {
         let size = MIN_SIZE + (x % (MAX_SIZE - MIN_SIZE + 1) as u64) as usize;
         let key = format!("stickers/{}/{:08x}/{i}.webp", 100_000 + i % 97, x as u32);
         s3.put_file("bench", &key, sticker_bytes(x, size));
-        db.sticker(
+        db.in_env(
             if i % 4 == 0 { "test" } else { "prod" },
             None,
             Some(key.as_str()),
@@ -165,9 +85,13 @@ fn bench_fetch_vs_rclone() {
             let run_ours = || {
                 let mut cmd = fetch_cmd(&archive, Some((&s3, "bench")), None);
                 cmd.args(["--jobs", &jobs.to_string()]);
-                timed(&mut cmd, "starchive fetch")
+                measured(&mut cmd, "starchive fetch").secs
             };
-            let run_theirs = || timed(&mut rclone(&s3, "bench", &dest, jobs), "rclone copy");
+            let run_theirs = || {
+                let mut cmd =
+                    rclone_copy(&s3, "x:bench", &dest.to_string_lossy(), jobs, work.path());
+                measured(&mut cmd, "rclone copy").secs
+            };
             let (a, b) = if round % 2 == 0 {
                 let a = run_ours();
                 (a, run_theirs())
@@ -224,7 +148,7 @@ fn bench_fetch_telegram_jobs_hide_latency() {
     let work = temp_dir();
     let tg = FakeTelegram::new();
     tg.latency(LATENCY);
-    let mut db = Db::new();
+    let mut db = Db::per_env();
     let mut total = 0u64;
     for i in 0..TG_FILES {
         let size = 2048 + (i * 7919) % (58 * 1024);
@@ -234,7 +158,7 @@ fn bench_fetch_telegram_jobs_hide_latency() {
             &format!("stickers/file_{i}.webp"),
             sticker_bytes(i as u64 + 7, size),
         );
-        db.sticker("prod", Some(id.as_str()), None);
+        db.in_env("prod", Some(id.as_str()), None);
         total += size as u64;
     }
     db.write(&work.path().join("db"));
@@ -248,7 +172,7 @@ fn bench_fetch_telegram_jobs_hide_latency() {
         snapshot(&archive, &work.path().join("db"));
         let mut cmd = fetch_cmd(&archive, None, Some(&tg));
         cmd.args(["--jobs", &jobs.to_string(), "--telegram-rate", "100000"]);
-        let secs = timed(&mut cmd, "starchive fetch");
+        let secs = measured(&mut cmd, "starchive fetch").secs;
         let rate = TG_FILES as f64 / secs;
         println!(
             "  --jobs {jobs:>2}: {secs:>6.2} s, {rate:>6.0} files/s, {:>5.1} MB/s",

@@ -5,9 +5,11 @@
 use std::path::Path;
 
 use super::{
-    Db, catalog, clean_blobs, fetch_cmd, fetched_refs_have_their_blob, refs, run, snapshot,
-    status_json, sticker_bytes, telegram_with_files,
+    clean_blobs, fetch_cmd, fetched_refs_have_their_blob, refs, snapshot, status_json,
+    telegram_with_files,
 };
+use crate::support::dataset::{Db, sticker_bytes};
+use crate::support::run::{catalog, run};
 use crate::support::telegram::{FakeTelegram, TOKEN};
 use crate::support::{bin, temp_dir};
 
@@ -16,22 +18,15 @@ const TOKEN_EU: &str = "555000111:AAE-staging_eu_SECRET_qrstuvwxyz";
 
 /// Whether any file under `dir` holds `needle`.
 fn some_file_holds(dir: &Path, needle: &str) -> Option<std::path::PathBuf> {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if std::fs::read(&path)
+    crate::support::objects::files(dir)
+        .into_iter()
+        .map(|(_, path)| path)
+        .find(|path| {
+            std::fs::read(path)
                 .expect("read")
                 .windows(needle.len())
                 .any(|w| w == needle.as_bytes())
-            {
-                return Some(path);
-            }
-        }
-    }
-    None
+        })
 }
 
 // ---- one bot per env ----------------------------------------------------------
@@ -60,13 +55,13 @@ fn two_bots(dir: &Path) -> (FakeTelegram, std::path::PathBuf) {
             "stickers/file_2.webp",
             sticker_bytes(4, 1500),
         );
-    let mut db = Db::new();
-    db.sticker("prod", Some("prod-a"), None)
+    let mut db = Db::per_env();
+    db.in_env("prod", Some("prod-a"), None)
         // The prod ref comes first: the default bot is asked first, and refuses.
-        .sticker("prod", Some("eu-shared"), None)
-        .sticker("staging-eu", Some("eu-a"), None)
-        .sticker("staging-eu", Some("eu-shared"), None)
-        .sticker_without_env(Some("prod-orphan"), None);
+        .in_env("prod", Some("eu-shared"), None)
+        .in_env("staging-eu", Some("eu-a"), None)
+        .in_env("staging-eu", Some("eu-shared"), None)
+        .without_env(Some("prod-orphan"), None);
     db.write(&dir.join("db"));
     let archive = dir.join("archive");
     snapshot(&archive, &dir.join("db"));
@@ -203,9 +198,9 @@ fn a_local_bot_api_servers_file_is_read_when_readable_here_else_fails_at_once() 
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
         std::fs::write(&path, tg.file_bytes(id).expect("bytes")).expect("write");
     }
-    let mut db = Db::new();
+    let mut db = Db::per_env();
     for id in &ids {
-        db.sticker("prod", Some(id.as_str()), None);
+        db.in_env("prod", Some(id.as_str()), None);
     }
     db.write(&dir.path().join("db"));
     let archive = dir.path().join("archive");
@@ -263,11 +258,11 @@ fn temporarily_unavailable_is_retried_and_other_refusals_are_final() {
     let dir = temp_dir();
     let (tg, ids) = telegram_with_files(4, 1500);
     tg.unavailable(&ids[0], 3).gone(&ids[1]).too_big(&ids[2]);
-    let mut db = Db::new();
+    let mut db = Db::per_env();
     for id in &ids {
-        db.sticker("prod", Some(id.as_str()), None);
+        db.in_env("prod", Some(id.as_str()), None);
     }
-    db.sticker("prod", Some("no-such-file-id"), None);
+    db.in_env("prod", Some("no-such-file-id"), None);
     db.write(&dir.path().join("db"));
     let archive = dir.path().join("archive");
     snapshot(&archive, &dir.path().join("db"));
@@ -313,8 +308,8 @@ fn a_local_file_shorter_than_get_file_says_is_never_stored() {
     let path = tg.local_path(&ids[0]).expect("path");
     std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
     std::fs::write(&path, &tg.file_bytes(&ids[0]).expect("bytes")[..2000]).expect("write");
-    let mut db = Db::new();
-    db.sticker("prod", Some(ids[0].as_str()), None);
+    let mut db = Db::per_env();
+    db.in_env("prod", Some(ids[0].as_str()), None);
     db.write(&dir.path().join("db"));
     let archive = dir.path().join("archive");
     snapshot(&archive, &dir.path().join("db"));

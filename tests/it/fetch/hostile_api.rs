@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
-use super::{Db, catalog, clean_blobs, fetch_cmd, refs, run, snapshot, sticker_bytes};
+use super::{clean_blobs, fetch_cmd, refs, snapshot};
+use crate::support::dataset::{Db, sticker_bytes};
+use crate::support::run::{catalog, run};
 use crate::support::telegram::TOKEN;
 use crate::support::{BackgroundServer, full_body, temp_dir};
 
@@ -56,9 +58,9 @@ impl Server {
 
 /// An archive whose `n` refs are Telegram-only (file ids `f0`, `f1`, …).
 fn archive_of(dir: &Path, n: usize) -> PathBuf {
-    let mut db = Db::new();
+    let mut db = Db::per_env();
     for i in 0..n {
-        db.sticker("prod", Some(&format!("f{i}")), None);
+        db.in_env("prod", Some(&format!("f{i}")), None);
     }
     db.write(&dir.join("db"));
     let archive = dir.join("archive");

@@ -2,18 +2,20 @@
 //! (SPEC §3), from Telegram as from the bucket (the bucket's case is in the
 //! conformance suite).
 
-use super::{Db, catalog, clean_blobs, fetch_cmd, refs, run, snapshot, telegram_with_files};
+use super::{clean_blobs, fetch_cmd, refs, snapshot, telegram_with_files};
+use crate::support::dataset::Db;
+use crate::support::run::{catalog, run};
 use crate::support::{bin, temp_dir};
 
 #[test]
 fn a_blob_verify_finds_bad_is_downloaded_again_once() {
     let dir = temp_dir();
     let (tg, ids) = telegram_with_files(2, 1800);
-    let mut db = Db::new();
+    let mut db = Db::per_env();
     // Two refs of one file_id, in two envs; another file.
-    db.sticker("prod", Some(ids[0].as_str()), None)
-        .sticker("test", Some(ids[0].as_str()), None)
-        .sticker("prod", Some(ids[1].as_str()), None);
+    db.in_env("prod", Some(ids[0].as_str()), None)
+        .in_env("test", Some(ids[0].as_str()), None)
+        .in_env("prod", Some(ids[1].as_str()), None);
     db.write(&dir.path().join("db"));
     let archive = dir.path().join("archive");
     snapshot(&archive, &dir.path().join("db"));

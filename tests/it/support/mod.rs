@@ -6,6 +6,9 @@
 //! - [`supabase::supabase`]: the real Supabase Storage server.
 //! - [`moto::moto`]: the `moto` server (AWS S3's behaviour).
 //! - [`objects::Objects`]: the test's own client of a bucket or directory.
+//! - [`run`]: running the binary ([`run::Run`]) and reading its catalog.
+//! - [`dataset`]: the fixture bot, generated datasets ([`dataset::Db`]).
+//! - [`bench`]: what the benchmarks share (medians, timing, rclone).
 //!
 //! The two HTTP servers run on a background thread with their own tokio
 //! runtime ([`BackgroundServer`]), so they keep serving whether the test is a
@@ -13,10 +16,13 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod bench;
+pub mod dataset;
 pub mod media;
 pub mod moto;
 pub mod objects;
 pub mod pg;
+pub mod run;
 pub mod s3;
 pub mod supabase;
 pub mod telegram;

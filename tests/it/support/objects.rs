@@ -166,20 +166,24 @@ impl Objects {
     }
 }
 
-/// Every file under `src`, with its path relative to `src` as a key.
-pub fn files(src: &Path) -> Vec<(String, std::path::PathBuf)> {
+/// Every file under `dir` (nothing when there is no `dir`), with its path
+/// relative to `dir` as a `/`-joined key. Links are listed, not followed.
+pub fn files(dir: &Path) -> Vec<(String, std::path::PathBuf)> {
     let mut out = Vec::new();
-    let mut stack = vec![src.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
             let path = entry.path();
-            if path.is_dir() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 stack.push(path);
                 continue;
             }
             let key: Vec<String> = path
-                .strip_prefix(src)
-                .expect("under src")
+                .strip_prefix(dir)
+                .expect("under dir")
                 .components()
                 .map(|c| c.as_os_str().to_string_lossy().into_owned())
                 .collect();
@@ -187,4 +191,12 @@ pub fn files(src: &Path) -> Vec<(String, std::path::PathBuf)> {
         }
     }
     out
+}
+
+/// [`files`] with their bytes (empty for one that cannot be read).
+pub fn files_under(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    files(dir)
+        .into_iter()
+        .map(|(key, path)| (key, std::fs::read(path).unwrap_or_default()))
+        .collect()
 }

@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 /// `tests/schema.sql`: the bot's tables as `shared/schema.sql` describes them.
+/// The bot's tables that hold rows, in the order they are loaded.
+pub const FIXTURE_TABLES: [&str; 3] = ["sessions", "pack_batches", "stickers"];
+
 pub const SCHEMA_SQL: &str =
     include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/schema.sql"));
 
@@ -304,6 +307,39 @@ fn free_port() -> u16 {
 }
 
 impl TestPg {
+    /// Database `name` holding schema.sql plus the columns the fixture bot
+    /// has beyond it, without the foreign key stickers.session_id (the
+    /// fixtures hold a sticker whose session is gone, as old bot data does);
+    /// no row yet.
+    pub fn create_fixture_schema(&self, name: &str) {
+        self.create_db(name);
+        self.load_schema(name);
+        self.psql(
+            name,
+            "ALTER TABLE sessions ADD COLUMN language_code text;
+             ALTER TABLE stickers ADD COLUMN prompt text;
+             ALTER TABLE pack_batches ADD COLUMN style text;
+             ALTER TABLE stickers DROP CONSTRAINT stickers_session_id_fkey;",
+        );
+    }
+
+    /// Copies the fixture bot's rows (`fixtures/db/*.csv`) into `db`.
+    pub fn copy_fixture_rows(&self, db: &str) {
+        for table in FIXTURE_TABLES {
+            let path = Path::new(super::dataset::FIXTURE_DB).join(format!("{table}.csv"));
+            let text = std::fs::read_to_string(path).expect("read fixture csv");
+            self.copy_csv(db, table, &text);
+        }
+    }
+
+    /// Database `name` holding the fixture bot ([`TestPg::create_fixture_schema`]
+    /// and its rows); its URL.
+    pub fn fixture_db(&self, name: &str) -> String {
+        self.create_fixture_schema(name);
+        self.copy_fixture_rows(name);
+        self.url(name)
+    }
+
     /// Loads CSV text (first line: the header naming the columns, in any
     /// order) into `table` of `db` with `COPY … FROM STDIN (FORMAT csv,
     /// HEADER true)`: an empty unquoted field is NULL, `""` the empty string.
