@@ -16,36 +16,17 @@ use std::collections::BTreeMap;
 use crate::backfill::{DANGLING_KEY, fixture_fills, fx};
 use crate::push::{
     FIXTURE_BLOB_BYTES, FIXTURE_BLOBS, FIXTURE_PUSH_EXIT, FIXTURE_PUSHED_REFS, MANIFEST,
-    fetched_fixture, mirror_objects,
+    cas_objects, fetched_fixture, mirror_objects,
 };
-use crate::support::backend::{Backend, Bucket, Kind};
+use crate::support::backend::{Backend, Bucket, on_every_store};
 use crate::support::dataset::{FIXTURE_BUCKET, FIXTURE_DB, FIXTURE_TELEGRAM, sticker_bytes};
 use crate::support::pg::TestPg;
 use crate::support::run::{run, starchive};
 use crate::support::sha256_hex;
 use crate::support::telegram::FakeTelegram;
+use crate::verify::problem_names;
 
-/// Generates, for every test named, one `#[test]` per backend that runs it.
-macro_rules! conformance {
-    ($($test:ident),* $(,)?) => {
-        conformance!(@backend local Local $($test)*);
-        conformance!(@backend s3s S3s $($test)*);
-        conformance!(@backend supabase Supabase $($test)*);
-        conformance!(@backend moto Moto $($test)*);
-    };
-    (@backend $module:ident $kind:ident $($test:ident)*) => {
-        mod $module {
-            $(
-                #[test]
-                fn $test() {
-                    super::$test(&super::Backend::new(super::Kind::$kind));
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+on_every_store!(
     fetch_reads_every_object_of_the_bucket,
     mirror_push_places_the_bot_keys_with_their_type_and_sha256,
     cas_push_writes_each_blob_once_at_its_hash,
@@ -198,13 +179,7 @@ fn cas_push_writes_each_blob_once_at_its_hash(backend: &Backend) {
     let doc = run(&mut cmd).expect_code(FIXTURE_PUSH_EXIT).json();
     assert_eq!(doc["done"], FIXTURE_PUSHED_REFS, "{doc}");
     assert_eq!(doc["bytes"], FIXTURE_BLOB_BYTES, "{doc}");
-    let want: BTreeMap<String, Vec<u8>> = mirror_objects()
-        .into_values()
-        .map(|bytes| {
-            let sha = sha256_hex(&bytes);
-            (format!("blobs/sha256/{}/{sha}", &sha[..2]), bytes)
-        })
-        .collect();
+    let want = cas_objects();
     let objects = stickers_in(&dest);
     assert_same(&objects, &want);
     assert_described(&dest, &objects);
@@ -275,10 +250,7 @@ fn deep_verify_names_bad_and_missing_objects(backend: &Backend) {
     let doc = verify().expect_code(3).json();
     assert_eq!(doc["objects_bad"], 1, "{doc}");
     assert_eq!(doc["objects_missing"], 1, "{doc}");
-    let named: Vec<&str> = doc["problems"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|p| p["name"].as_str()).collect())
-        .unwrap_or_default();
+    let named = problem_names(&doc);
     assert!(named.contains(&bad) && named.contains(&gone), "{doc}");
 }
 

@@ -556,9 +556,7 @@ fn refs_sharing_a_file_id_or_bytes_are_downloaded_once() {
         "stickers/keyed.webp",
         sticker_bytes(2, 3000),
     );
-    db.write(&dir.path().join("db"));
-    let archive = dir.path().join("archive");
-    snapshot(&archive, &dir.path().join("db"));
+    let archive = db.snapshotted(dir.path());
 
     let doc = run(fetch_cmd(&archive, Some((&s3, "stickers")), Some(&tg)).args(["--jobs", "8"]))
         .expect_code(0)
@@ -597,9 +595,7 @@ fn extreme_retry_after_is_a_bounded_wait() {
     for id in &ids[..small.len()] {
         db.in_env("prod", Some(id.as_str()), None);
     }
-    db.write(&dir.path().join("db"));
-    let archive = dir.path().join("archive");
-    snapshot(&archive, &dir.path().join("db"));
+    let archive = db.snapshotted(dir.path());
     let started = Instant::now();
     let doc = run(&mut fetch_cmd(&archive, None, Some(&tg)))
         .expect_code(0)
@@ -616,9 +612,7 @@ fn extreme_retry_after_is_a_bounded_wait() {
         tg.fail_get_file_429_raw(id, 1, huge);
         let mut db = Db::per_env();
         db.in_env("prod", Some(id.as_str()), None);
-        db.write(&dir.path().join("db"));
-        let archive = dir.path().join("archive");
-        snapshot(&archive, &dir.path().join("db"));
+        let archive = db.snapshotted(dir.path());
         let mut child = fetch_cmd(&archive, None, Some(&tg))
             .env("STARCHIVE_LOG", "info")
             .stdout(std::process::Stdio::null())
@@ -656,9 +650,7 @@ fn flood_control_waits_and_goes_on() {
     for id in &ids {
         db.in_env("prod", Some(id.as_str()), None);
     }
-    db.write(&dir.path().join("db"));
-    let archive = dir.path().join("archive");
-    snapshot(&archive, &dir.path().join("db"));
+    let archive = db.snapshotted(dir.path());
 
     let started = Instant::now();
     // At the default rate (20/s) with 8 workers, slots are handed out ahead:
@@ -708,9 +700,7 @@ fn server_errors_resets_and_truncated_bodies_are_retried() {
         db.in_env("prod", Some(id.as_str()), None);
     }
     db.in_env("prod", None, Some("k/one.webp"));
-    db.write(&dir.path().join("db"));
-    let archive = dir.path().join("archive");
-    snapshot(&archive, &dir.path().join("db"));
+    let archive = db.snapshotted(dir.path());
 
     let doc = run(&mut fetch_cmd(&archive, Some((&s3, "stickers")), Some(&tg)))
         .expect_code(0)
@@ -740,9 +730,7 @@ fn truncated_body_is_never_stored() {
     let mut db = Db::per_env();
     db.in_env("prod", Some(ids[0].as_str()), None)
         .in_env("prod", Some(ids[1].as_str()), None);
-    db.write(&dir.path().join("db"));
-    let archive = dir.path().join("archive");
-    snapshot(&archive, &dir.path().join("db"));
+    let archive = db.snapshotted(dir.path());
 
     let doc = run(&mut fetch_cmd(&archive, None, Some(&tg)))
         .expect_code(3)
@@ -778,9 +766,7 @@ fn expired_link_is_renewed() {
     for id in &ids {
         db.in_env("prod", Some(id.as_str()), None);
     }
-    db.write(&dir.path().join("db"));
-    let archive = dir.path().join("archive");
-    snapshot(&archive, &dir.path().join("db"));
+    let archive = db.snapshotted(dir.path());
 
     run(&mut fetch_cmd(&archive, None, Some(&tg))).expect_code(0);
     assert_eq!(tg.get_file_calls(&ids[1]), 2, "a fresh link was asked for");
@@ -799,9 +785,7 @@ fn refused_files_fail_with_telegram_reason_and_the_run_goes_on() {
         db.in_env("prod", Some(id.as_str()), None);
     }
     db.in_env("prod", Some("no-such-file-id"), None);
-    db.write(&dir.path().join("db"));
-    let archive = dir.path().join("archive");
-    snapshot(&archive, &dir.path().join("db"));
+    let archive = db.snapshotted(dir.path());
 
     let out = run(fetch_cmd(&archive, None, Some(&tg)).arg("--jobs").arg("1"));
     out.expect_code(3);
@@ -874,9 +858,7 @@ fn file_larger_than_max_file_size_is_refused() {
         .in_env("prod", Some("tg-small"), None)
         .in_env("prod", None, Some("k/big.webp"))
         .in_env("prod", None, Some("k/small.webp"));
-    db.write(&dir.path().join("db"));
-    let archive = dir.path().join("archive");
-    snapshot(&archive, &dir.path().join("db"));
+    let archive = db.snapshotted(dir.path());
 
     let doc =
         run(fetch_cmd(&archive, Some((&s3, "stickers")), Some(&tg))
@@ -930,9 +912,7 @@ fn unsafe_key_fails_the_ref_and_reads_nothing() {
     }
     // A bad key with a file_id: still failed, never asked of Telegram.
     db.in_env("prod", Some("tg-behind-bad-key"), Some("../secret.webp"));
-    db.write(&dir.path().join("db"));
-    let archive = dir.path().join("archive");
-    snapshot(&archive, &dir.path().join("db"));
+    let archive = db.snapshotted(dir.path());
 
     let doc = run(&mut fetch_cmd(&archive, Some((&s3, "stickers")), Some(&tg)))
         .expect_code(3)
@@ -972,9 +952,7 @@ fn unsafe_key_fails_even_without_a_bucket() {
     );
     let mut db = Db::per_env();
     db.in_env("prod", Some("tg-behind-bad-key"), Some("../../etc/passwd"));
-    db.write(&dir.path().join("db"));
-    let archive = dir.path().join("archive");
-    snapshot(&archive, &dir.path().join("db"));
+    let archive = db.snapshotted(dir.path());
 
     let doc = run(&mut fetch_cmd(&archive, None, Some(&tg)))
         .expect_code(3)
@@ -997,9 +975,7 @@ fn dangling_key_without_file_id_fails_with_a_reason() {
     let mut db = Db::per_env();
     db.in_env("prod", None, Some("k/here.webp"))
         .in_env("prod", None, Some("k/gone.webp"));
-    db.write(&dir.path().join("db"));
-    let archive = dir.path().join("archive");
-    snapshot(&archive, &dir.path().join("db"));
+    let archive = db.snapshotted(dir.path());
 
     let doc = run(&mut fetch_cmd(&archive, Some((&s3, "stickers")), None))
         .expect_code(3)
@@ -1036,9 +1012,7 @@ fn bucket_of_stickers(n: u64) -> (tempfile::TempDir, TestS3, std::path::PathBuf)
         s3.put_file("stickers", &key, sticker_bytes(i, 700));
         db.in_env("prod", None, Some(&key));
     }
-    db.write(&dir.path().join("db"));
-    let archive = dir.path().join("archive");
-    snapshot(&archive, &dir.path().join("db"));
+    let archive = db.snapshotted(dir.path());
     (dir, s3, archive)
 }
 
@@ -1111,9 +1085,7 @@ fn refused_token_stops_with_exit_1() {
     for id in &ids {
         db.in_env("prod", Some(id.as_str()), None);
     }
-    db.write(&dir.path().join("db"));
-    let archive = dir.path().join("archive");
-    snapshot(&archive, &dir.path().join("db"));
+    let archive = db.snapshotted(dir.path());
 
     let wrong = "987654321:AAWRONG-token_SECRET_zyxwvu";
     let out = run(fetch_cmd(&archive, Some((&s3, "stickers")), Some(&tg))
@@ -1259,9 +1231,7 @@ fn exit_codes_say_done_failed_error_or_usage() {
     for id in &ids {
         db.in_env("prod", Some(id.as_str()), None);
     }
-    db.write(&dir.path().join("db"));
-    let archive = dir.path().join("archive");
-    snapshot(&archive, &dir.path().join("db"));
+    let archive = db.snapshotted(dir.path());
 
     // Bad usage: exit 2, nothing done, and (with --json) one JSON document
     // on stdout that says why. Credentials in a store URL, in any form, are
@@ -1349,9 +1319,7 @@ fn request_rate_stays_under_telegram_rate() {
     for id in &ids {
         db.in_env("prod", Some(id.as_str()), None);
     }
-    db.write(&dir.path().join("db"));
-    let archive = dir.path().join("archive");
-    snapshot(&archive, &dir.path().join("db"));
+    let archive = db.snapshotted(dir.path());
 
     run(fetch_cmd(&archive, None, Some(&tg)).args(["--jobs", "8", "--telegram-rate", "10"]))
         .expect_code(0);
@@ -1406,9 +1374,7 @@ fn killed_fetch_resumes_without_redownloading() {
         }
         ids.push(id);
     }
-    db.write(&dir.path().join("db"));
-    let archive = dir.path().join("archive");
-    snapshot(&archive, &dir.path().join("db"));
+    let archive = db.snapshotted(dir.path());
     let refs_total = refs(&archive).len();
 
     let fetch = || {

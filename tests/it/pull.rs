@@ -15,31 +15,11 @@ use crate::push::{
     CATALOG_COPY, FIXTURE_BLOBS, FIXTURE_PUSH_EXIT, MANIFEST, fetched_fixture, manifest_lines,
     mirror_objects,
 };
-use crate::support::backend::{Backend, Bucket, Kind};
+use crate::support::backend::{Backend, Bucket, Kind, on_every_store};
 use crate::support::objects::files_under;
 use crate::support::run::{Run, catalog, run, starchive};
 use crate::support::s3::TestS3;
 use crate::support::{kill_after, seeded_rng, sha256_hex, temp_dir};
-
-/// One `#[test]` per backend for every test named.
-macro_rules! on_every_store {
-    ($($test:ident),* $(,)?) => {
-        on_every_store!(@backend local Local $($test)*);
-        on_every_store!(@backend s3s S3s $($test)*);
-        on_every_store!(@backend supabase Supabase $($test)*);
-        on_every_store!(@backend moto Moto $($test)*);
-    };
-    (@backend $module:ident $kind:ident $($test:ident)*) => {
-        mod $module {
-            $(
-                #[test]
-                fn $test() {
-                    super::$test(&super::Backend::new(super::Kind::$kind));
-                }
-            )*
-        }
-    };
-}
 
 on_every_store!(pull_rebuilds_the_archive_from_either_layout);
 

@@ -241,6 +241,17 @@ pub(crate) fn mirror_objects() -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// The cas keys of the fixture's blobs (`blobs/sha256/<aa>/<sha256>`) and their bytes.
+pub(crate) fn cas_objects() -> BTreeMap<String, Vec<u8>> {
+    mirror_objects()
+        .into_values()
+        .map(|bytes| {
+            let sha = sha256_hex(&bytes);
+            (format!("blobs/sha256/{}/{sha}", &sha[..2]), bytes)
+        })
+        .collect()
+}
+
 // ---- helpers ---------------------------------------------------------------
 
 /// `push --json --to URL` with the destination's credentials when it is S3.
@@ -488,13 +499,7 @@ fn cas_push_writes_each_blob_once() {
     assert_eq!(doc["done"], FIXTURE_PUSHED_REFS, "{doc}");
     assert_eq!(doc["bytes"], FIXTURE_BLOB_BYTES, "{doc}");
 
-    let want: BTreeMap<String, Vec<u8>> = mirror_objects()
-        .into_values()
-        .map(|bytes| {
-            let sha = sha256_hex(&bytes);
-            (format!("blobs/sha256/{}/{sha}", &sha[..2]), bytes)
-        })
-        .collect();
+    let want = cas_objects();
     assert_eq!(want.len(), FIXTURE_BLOBS);
     let mut objects = bucket_objects(&s3, "cas");
     assert!(objects.remove(MANIFEST).is_some(), "manifest written");

@@ -5,6 +5,8 @@
 use std::path::Path;
 use std::process::Command;
 
+use serde_json::Value;
+
 use crate::push::{
     FIXTURE_PUSH_EXIT, assert_mirror, bucket_objects, fetched_fixture, mirror_objects, push_cmd,
 };
@@ -13,6 +15,14 @@ use crate::support::run::{run, starchive};
 use crate::support::s3::TestS3;
 use crate::support::sha256_hex;
 use crate::support::telegram::FakeTelegram;
+
+/// The names of the problems a `verify --json` report lists.
+pub(crate) fn problem_names(doc: &Value) -> Vec<&str> {
+    doc["problems"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["name"].as_str()).collect())
+        .unwrap_or_default()
+}
 
 /// `verify --deep --to URL` with the destination's credentials when it is S3.
 pub(crate) fn verify_cmd(archive: &Path, to: &str, s3: Option<&TestS3>) -> Command {
@@ -65,10 +75,7 @@ fn corrupted_object_fails_deep_verify_and_is_named() {
         .json();
     assert_eq!(doc["objects_bad"], 1, "{doc}");
     assert_eq!(doc["objects_missing"], 1, "{doc}");
-    let named: Vec<&str> = doc["problems"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|p| p["name"].as_str()).collect())
-        .unwrap_or_default();
+    let named = problem_names(&doc);
     assert!(named.contains(&corrupt) && named.contains(&gone), "{doc}");
     // Without --deep, the missing object is still found.
     let mut shallow = starchive(&fx.archive);

@@ -5,8 +5,7 @@
 use std::path::Path;
 
 use super::{
-    clean_blobs, fetch_cmd, fetched_refs_have_their_blob, refs, snapshot, status_json,
-    telegram_with_files,
+    clean_blobs, fetch_cmd, fetched_refs_have_their_blob, refs, status_json, telegram_with_files,
 };
 use crate::support::dataset::{Db, sticker_bytes};
 use crate::support::run::{catalog, run};
@@ -62,9 +61,7 @@ fn two_bots(dir: &Path) -> (FakeTelegram, std::path::PathBuf) {
         .in_env("staging-eu", Some("eu-a"), None)
         .in_env("staging-eu", Some("eu-shared"), None)
         .without_env(Some("prod-orphan"), None);
-    db.write(&dir.join("db"));
-    let archive = dir.join("archive");
-    snapshot(&archive, &dir.join("db"));
+    let archive = db.snapshotted(dir);
     (tg, archive)
 }
 
@@ -202,9 +199,7 @@ fn a_local_bot_api_servers_file_is_read_when_readable_here_else_fails_at_once() 
     for id in &ids {
         db.in_env("prod", Some(id.as_str()), None);
     }
-    db.write(&dir.path().join("db"));
-    let archive = dir.path().join("archive");
-    snapshot(&archive, &dir.path().join("db"));
+    let archive = db.snapshotted(dir.path());
 
     let out = run(fetch_cmd(&archive, None, Some(&tg)).env("STARCHIVE_LOG", "debug"));
     out.expect_code(3);
@@ -263,9 +258,7 @@ fn temporarily_unavailable_is_retried_and_other_refusals_are_final() {
         db.in_env("prod", Some(id.as_str()), None);
     }
     db.in_env("prod", Some("no-such-file-id"), None);
-    db.write(&dir.path().join("db"));
-    let archive = dir.path().join("archive");
-    snapshot(&archive, &dir.path().join("db"));
+    let archive = db.snapshotted(dir.path());
 
     let doc = run(&mut fetch_cmd(&archive, None, Some(&tg)))
         .expect_code(3)
@@ -310,9 +303,7 @@ fn a_local_file_shorter_than_get_file_says_is_never_stored() {
     std::fs::write(&path, &tg.file_bytes(&ids[0]).expect("bytes")[..2000]).expect("write");
     let mut db = Db::per_env();
     db.in_env("prod", Some(ids[0].as_str()), None);
-    db.write(&dir.path().join("db"));
-    let archive = dir.path().join("archive");
-    snapshot(&archive, &dir.path().join("db"));
+    let archive = db.snapshotted(dir.path());
 
     let doc = run(&mut fetch_cmd(&archive, None, Some(&tg)))
         .expect_code(3)

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
-use super::{clean_blobs, fetch_cmd, refs, snapshot};
+use super::{clean_blobs, fetch_cmd, refs};
 use crate::support::dataset::{Db, sticker_bytes};
 use crate::support::run::{catalog, run};
 use crate::support::telegram::TOKEN;
@@ -62,10 +62,7 @@ fn archive_of(dir: &Path, n: usize) -> PathBuf {
     for i in 0..n {
         db.in_env("prod", Some(&format!("f{i}")), None);
     }
-    db.write(&dir.join("db"));
-    let archive = dir.join("archive");
-    snapshot(&archive, &dir.join("db"));
-    archive
+    db.snapshotted(dir)
 }
 
 fn states(archive: &Path) -> Vec<String> {

@@ -2,7 +2,7 @@
 //! (SPEC §3), from Telegram as from the bucket (the bucket's case is in the
 //! conformance suite).
 
-use super::{clean_blobs, fetch_cmd, refs, snapshot, telegram_with_files};
+use super::{clean_blobs, fetch_cmd, refs, telegram_with_files};
 use crate::support::dataset::Db;
 use crate::support::run::{catalog, run};
 use crate::support::{bin, temp_dir};
@@ -16,9 +16,7 @@ fn a_blob_verify_finds_bad_is_downloaded_again_once() {
     db.in_env("prod", Some(ids[0].as_str()), None)
         .in_env("test", Some(ids[0].as_str()), None)
         .in_env("prod", Some(ids[1].as_str()), None);
-    db.write(&dir.path().join("db"));
-    let archive = dir.path().join("archive");
-    snapshot(&archive, &dir.path().join("db"));
+    let archive = db.snapshotted(dir.path());
     run(&mut fetch_cmd(&archive, None, Some(&tg))).expect_code(0);
     let blobs = clean_blobs(&archive);
     assert_eq!(blobs.len(), 2);

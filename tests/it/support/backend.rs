@@ -127,3 +127,27 @@ impl Bucket {
             .collect()
     }
 }
+
+/// One `#[test]` per store, in modules `local`, `s3s`, `supabase` and
+/// `moto`, for every test function named (each takes a `&Backend`).
+macro_rules! on_every_store {
+    ($($test:ident),* $(,)?) => {
+        $crate::support::backend::on_every_store!(@backend local Local $($test)*);
+        $crate::support::backend::on_every_store!(@backend s3s S3s $($test)*);
+        $crate::support::backend::on_every_store!(@backend supabase Supabase $($test)*);
+        $crate::support::backend::on_every_store!(@backend moto Moto $($test)*);
+    };
+    (@backend $module:ident $kind:ident $($test:ident)*) => {
+        mod $module {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test(&$crate::support::backend::Backend::new(
+                        $crate::support::backend::Kind::$kind,
+                    ));
+                }
+            )*
+        }
+    };
+}
+pub(crate) use on_every_store;

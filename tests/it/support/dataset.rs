@@ -3,7 +3,7 @@
 //! ([`sticker_bytes`]).
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::run::{run, starchive};
 
@@ -167,6 +167,14 @@ impl Db {
             "id,session_id,user_id,status,cleaned_sheet_storage_path,created_at",
             &self.batches,
         );
+    }
+
+    /// Writes the CSV exports to `dir/db` and snapshots them into
+    /// `dir/archive`, which it returns.
+    pub fn snapshotted(&self, dir: &Path) -> PathBuf {
+        let archive = dir.join("archive");
+        self.snapshot(&dir.join("db"), &archive);
+        archive
     }
 
     /// Writes the CSV exports to `dir` and snapshots them into `archive`.
