@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
-# Benchmark of `starchive snapshot` from a local PostgreSQL.
+# Benchmark of `starchive snapshot` from a local PostgreSQL, beside the
+# database's own export.
 #
 # For N stickers rows (default 100,000 and 1,000,000; plus N/10 sessions),
-# in a throwaway cluster: the release binary's rows/s and peak RSS (from
-# /usr/bin/time -v), for a first snapshot into an empty archive and for a
-# second one over the unchanged database; beside it a reference, psql
-# `\copy (SELECT to_jsonb(t)::text FROM TABLE t) TO '/dev/null'` over the
-# same tables (the bare cost of getting every row out as JSON).
-# Target: >= 100,000 rows/s and a peak RSS that does not grow with N.
+# in a throwaway cluster, each run measures (wall time, peak RSS from
+# /usr/bin/time -v, the client's CPU):
+#   psql       psql `\copy (SELECT to_jsonb(t)::text FROM TABLE t) TO '/dev/null'`
+#              over the same tables: the bare cost of getting every row out as JSON;
+#   first      a first snapshot into an empty archive;
+#   unchanged  a re-snapshot of the unchanged database;
+#   1% changed a re-snapshot after 1% of the stickers changed (a column of
+#              theirs gets a new value before each run, outside the timing).
+# psql and starchive alternate which goes first (the machine may be shared).
+# Then the ratios to the goals of issue #17, medians over RUNS runs:
+#   first >= 0.8x psql's rows/s, unchanged >= 1.0x, 1% changed >= 0.9x,
+#   catalog bytes <= 1.5x the JSON text of its rows
+#   (sum(octet_length(to_jsonb(t)::text)), what the database sends),
+# and the size of the compressed catalog copy a push writes
+# (`_starchive/catalog.sqlite.zst`, from a push to a local directory).
 #
 # Usage: bench/snapshot.sh                  (RUNS=3 runs each, medians)
 #        SIZES="100000 1000000 3000000" RUNS=1 bench/snapshot.sh
@@ -135,7 +145,21 @@ for n in $SIZES; do
     echo "==> loading $n stickers and $((n / 10)) sessions" >&2
     load "$db" "$n"
     rows=$((n + n / 10))
-    first_s=() first_kb=() first_cpu=() again_s=() again_kb=() again_cpu=() ref_s=() ref_kb=() ref_cpu=()
+    json_bytes=$(psql_db "$db" -c "SELECT (SELECT coalesce(sum(octet_length(to_jsonb(t)::text)), 0) FROM sessions t)
+        + (SELECT coalesce(sum(octet_length(to_jsonb(t)::text)), 0) FROM stickers t)
+        + (SELECT coalesce(sum(octet_length(to_jsonb(t)::text)), 0) FROM pack_batches t)")
+    for what in ref first again changed; do
+        declare -a "${what}_s=()" "${what}_kb=()" "${what}_cpu=()"
+    done
+    snap() {
+        read -r s kb cpu < <(measure "$BIN" --archive "$WORK/archive" snapshot --json --db "$(url "$db")")
+        got=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1]))["tables"]; print(d["stickers"]["rows"] + d["sessions"]["rows"], d["stickers"]["changed"])' "$WORK/out.txt")
+        [ "${got% *}" = "$rows" ] || { echo "bench: snapshot copied ${got% *} rows, expected $rows" >&2; exit 1; }
+        declare -n S="${1}_s" KB="${1}_kb" CPU="${1}_cpu"
+        S+=("$s") KB+=("$kb") CPU+=("$cpu")
+        unset -n S KB CPU
+        changed=${got#* }
+    }
     for run in $(seq "$RUNS"); do
         # Alternate which goes first: the machine is shared and noisy.
         for which in $( ((run % 2)) && echo "ref star" || echo "star ref"); do
@@ -146,32 +170,44 @@ for n in $SIZES; do
                 ref_s+=("$s") ref_kb+=("$kb") ref_cpu+=("$cpu")
             else
                 rm -rf "$WORK/archive"
-                read -r s kb cpu < <(measure "$BIN" --archive "$WORK/archive" snapshot --json --db "$(url "$db")")
-                first_s+=("$s") first_kb+=("$kb") first_cpu+=("$cpu")
-                got=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1]))["tables"]; print(d["stickers"]["rows"] + d["sessions"]["rows"])' "$WORK/out.txt")
-                [ "$got" = "$rows" ] || { echo "bench: snapshot copied $got rows, expected $rows" >&2; exit 1; }
-                read -r s kb cpu < <(measure "$BIN" --archive "$WORK/archive" snapshot --json --db "$(url "$db")")
-                again_s+=("$s") again_kb+=("$kb") again_cpu+=("$cpu")
+                snap first
+                catalog_bytes=$(stat -c %s "$WORK/archive/catalog.sqlite")
+                snap again
+                [ "$changed" = 0 ] || { echo "bench: an unchanged re-snapshot changed $changed stickers" >&2; exit 1; }
+                psql_db "$db" -c "UPDATE stickers SET style_preset_id = 'run-$run'
+                    WHERE ('x' || substr(md5(id::text), 1, 8))::bit(32)::int % 100 = 0" >/dev/null
+                snap changed
+                [ "$changed" -gt $((n / 200)) ] || { echo "bench: only $changed stickers changed" >&2; exit 1; }
             fi
         done
     done
-    catalog_mb=$(du -sm "$WORK/archive" | cut -f1)
-    for what in first again ref; do
+    rm -rf "$WORK/dest"
+    "$BIN" --archive "$WORK/archive" push --to "$WORK/dest" >/dev/null 2>&1 || true
+    copy_bytes=$(stat -c %s "$WORK/dest/_starchive/catalog.sqlite.zst" 2>/dev/null || echo 0)
+    ref_med=$(printf '%s\n' "${ref_s[@]}" | median)
+    ratios=()
+    for what in first again changed ref; do
         declare -n S="${what}_s" KB="${what}_kb" CPU="${what}_cpu"
         s=$(printf '%s\n' "${S[@]}" | median)
         kb=$(printf '%s\n' "${KB[@]}" | median)
         cpu=$(printf '%s\n' "${CPU[@]}" | median)
-        label=$what
         case $what in
             first) label="snapshot" ;;
-            again) label="re-snapshot" ;;
+            again) label="unchanged" ;;
+            changed) label="1% changed" ;;
             ref) label="psql \\copy" ;;
         esac
+        [ "$what" = ref ] || ratios+=("$(printf '%s %.2fx' "$label" "$(echo "$ref_med / $s" | bc -l)")")
         printf '%-10s %-12s %9d %10.0f %10.1f %9.2f %9.2f\n' "$n" "$label" "$rows" "$(echo "$rows / $s" | bc -l)" \
             "$(echo "$kb / 1024" | bc -l)" "$s" "$cpu"
         unset -n S KB CPU
     done
-    echo "           (catalog: $catalog_mb MB on disk; medians of $RUNS runs; rows = stickers + sessions;"
-    echo "            rows/s over wall time; cpu s: the client's own user+system time)"
+    printf '%-10s goals: %s (>= 0.8x), %s (>= 1.0x), %s (>= 0.9x) of psql rows/s; catalog %.2fx the JSON (<= 1.5x)\n' \
+        "$n" "${ratios[0]}" "${ratios[1]}" "${ratios[2]}" "$(echo "$catalog_bytes / $json_bytes" | bc -l)"
+    printf '%-10s catalog %.1f MB on disk, JSON text %.1f MB, compressed copy a push writes %.1f MB\n' \
+        "$n" "$(echo "$catalog_bytes / 1048576" | bc -l)" "$(echo "$json_bytes / 1048576" | bc -l)" \
+        "$(echo "$copy_bytes / 1048576" | bc -l)"
+    echo "           (medians of $RUNS runs; rows = stickers + sessions; rows/s over wall time;"
+    echo "            cpu s: the client's own user+system time; ratios: psql's wall time / starchive's)"
     psql_db postgres -c "drop database $db" >/dev/null
 done
