@@ -337,8 +337,16 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
         tx.pragma_update(None, "user_version", i as i64 + 1)?;
     }
     tx.commit()?;
+    // Migration 8 leaves the pages of the old `stickers` table free, most
+    // of the file: given back to the filesystem once.
+    if (1..REBUILT_STICKERS).contains(&found) {
+        conn.execute_batch("VACUUM")?;
+    }
     Ok(())
 }
+
+/// The `user_version` after the migration that rebuilt `stickers` (8).
+const REBUILT_STICKERS: i64 = 8;
 
 #[cfg(test)]
 mod tests {
@@ -390,6 +398,56 @@ mod tests {
         assert_eq!(session.0, "prod");
         assert_eq!(session.1, r#"["p1","p2"]"#);
         assert!(session.2.contains("p2"));
+    }
+
+    /// Migration 8 keeps every row and its typed values (those of
+    /// `stickers` now computed from `data`), drops `seen_snapshot`, and
+    /// leaves no free pages behind.
+    #[test]
+    fn migration_8_keeps_rows_and_frees_the_old_stickers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("catalog.sqlite");
+        let mut conn = Connection::open(&path).expect("open");
+        for sql in &MIGRATIONS[..7] {
+            conn.execute_batch(sql).expect("migrations 1-7");
+        }
+        conn.pragma_update(None, "user_version", 7).expect("set");
+        conn.execute_batch(
+            r#"INSERT INTO sessions(id, data, first_snapshot, changed_snapshot, seen_snapshot, env)
+               VALUES ('a', '{"id":"a","env":"prod"}', 1, 1, 1, 'prod');
+               WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+               INSERT INTO stickers(id, data, first_snapshot, changed_snapshot, seen_snapshot,
+                                    session_id, telegram_file_id)
+               SELECT 's' || i, json_object('id', 's' || i, 'session_id', 'a',
+                                            'telegram_file_id', 'F' || i, 'pack_index', i),
+                      1, 2, 2, 'a', 'F' || i FROM n;"#,
+        )
+        .expect("rows");
+        migrate(&mut conn, &path).expect("migrate");
+        let (n, file_id, index, changed): (i64, String, i64, i64) = conn
+            .query_row(
+                "SELECT count(*), max(telegram_file_id) FILTER (WHERE id = 's7'),
+                        sum(pack_index), min(changed_snapshot) FROM stickers",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .expect("stickers");
+        assert_eq!(
+            (n, file_id.as_str(), index, changed),
+            (2000, "F7", 2001000, 2)
+        );
+        let seen: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('sessions') WHERE name = 'seen_snapshot'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("columns");
+        assert_eq!(seen, 0);
+        let free: i64 = conn
+            .pragma_query_value(None, "freelist_count", |r| r.get(0))
+            .expect("freelist");
+        assert_eq!(free, 0, "the old stickers' pages are given back");
     }
 
     #[test]
