@@ -27,23 +27,22 @@ impl Printer {
         }
     }
 
-    /// Writes the report, scrubbed of secrets ([`starchive::redact::text`]):
-    /// a reason may quote a library's message.
+    /// Writes the report, scrubbed of secrets ([`starchive::redact::text`])
+    /// line by line as it is rendered: a reason may quote a library's
+    /// message, and a report may list a whole bucket (`check --json`), so
+    /// it streams out rather than being held whole.
     pub fn report<T: Serialize + std::fmt::Display>(&self, report: &T) {
-        let text = if self.json {
-            match serde_json::to_string_pretty(report) {
-                Ok(text) => format!("{text}\n"),
-                Err(e) => {
-                    eprintln!("error: cannot render the report: {e}");
-                    return;
-                }
-            }
+        let mut out = Redacting::new(std::io::stdout().lock());
+        let written = if self.json {
+            serde_json::to_writer_pretty(&mut out, report)
+                .map_err(std::io::Error::from)
+                .and_then(|()| writeln!(out))
         } else {
-            report.to_string()
+            write!(out, "{report}")
         };
-        let _ = std::io::stdout()
-            .lock()
-            .write_all(starchive::redact::text(&text).as_bytes());
+        if let Err(e) = written.and_then(|()| out.flush()) {
+            eprintln!("error: cannot write the report: {e}");
+        }
     }
 
     /// The JSON document of a command that stopped on an error (`--json`):
@@ -64,6 +63,48 @@ impl Printer {
     /// Where log lines go: stderr, around the bar.
     pub fn log_writer(&self) -> LogWriter {
         LogWriter(self.bars.clone())
+    }
+}
+
+/// A writer that passes each whole line through [`starchive::redact::text`]
+/// (a secret never spans lines: URLs, tokens and keys end at whitespace).
+struct Redacting<W: Write> {
+    out: std::io::BufWriter<W>,
+    line: Vec<u8>,
+}
+
+impl<W: Write> Redacting<W> {
+    fn new(out: W) -> Self {
+        Redacting {
+            out: std::io::BufWriter::new(out),
+            line: Vec::new(),
+        }
+    }
+
+    fn write_line(&mut self) -> std::io::Result<()> {
+        let text = starchive::redact::text(&String::from_utf8_lossy(&self.line));
+        self.line.clear();
+        self.out.write_all(text.as_bytes())
+    }
+}
+
+impl<W: Write> Write for Redacting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut rest = buf;
+        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            self.line.extend_from_slice(&rest[..=end]);
+            self.write_line()?;
+            rest = &rest[end + 1..];
+        }
+        self.line.extend_from_slice(rest);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.line.is_empty() {
+            self.write_line()?;
+        }
+        self.out.flush()
     }
 }
 
@@ -192,5 +233,30 @@ mod tests {
         assert_eq!(human_rate(12.46), "12.5");
         assert_eq!(human_rate(0.25), "0.25");
         assert_eq!(human_rate(f64::NAN), "0");
+    }
+
+    #[test]
+    fn a_streamed_report_is_scrubbed_line_by_line() {
+        starchive::redact::remember("hunter2-streamed");
+        let mut out = Redacting::new(Vec::new());
+        // A secret and a URL's password cut across writes, a last line with no newline.
+        for chunk in [
+            "key hunt",
+            "er2-streamed here\nurl s3://u:pa",
+            "ss@host/b ok\n",
+            "tail hunter2-",
+            "streamed",
+        ] {
+            out.write_all(chunk.as_bytes()).expect("write");
+        }
+        out.flush().expect("flush");
+        let text = String::from_utf8(out.out.into_inner().expect("inner")).expect("utf-8");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(!text.contains("pass"), "{text}");
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(
+            text.starts_with("key ") && text.contains("s3://u:"),
+            "{text}"
+        );
     }
 }

@@ -16,7 +16,11 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use rusqlite::Connection;
-use serde::{Serialize, Serializer};
+use serde::de::DeserializeOwned;
+use serde::ser::SerializeSeq;
+use serde::{Deserialize, Serialize, Serializer};
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
 
 use super::{CUT, Context};
 use crate::blobs::BlobStore;
@@ -57,31 +61,101 @@ pub struct Listed<T> {
     /// Items counted but not kept.
     pub more: u64,
     cap: Option<usize>,
+    /// Where a list as long as the bucket keeps every item after the first
+    /// [`CUT`] when asked for all of them: JSON lines in an unnamed temp
+    /// file, read back as the report is written, so that memory stays flat
+    /// however many orphans or dangling keys there are.
+    spill: Option<Spill>,
 }
 
-impl<T> Listed<T> {
+#[derive(Debug)]
+enum Spill {
+    Writing { file: BufWriter<File>, items: u64 },
+    Done { file: File, items: u64 },
+}
+
+fn spill_error(e: impl Into<std::io::Error>) -> Error {
+    Error::io("cannot write the check's temp file", e.into())
+}
+
+impl<T: Serialize + DeserializeOwned> Listed<T> {
     fn new(full: bool) -> Self {
         Listed {
             items: Vec::new(),
             more: 0,
             cap: (!full).then_some(CUT),
+            spill: None,
         }
     }
 
-    fn push(&mut self, item: T) {
-        if self.cap.is_some_and(|cap| self.items.len() >= cap) {
-            self.more += 1;
-        } else {
-            self.items.push(item);
+    /// As [`Listed::new`], keeping the items after the first [`CUT`] in a
+    /// temp file when `full`; [`Listed::finish`] ends it.
+    fn spilling(full: bool) -> Result<Self> {
+        let mut listed = Self::new(full);
+        if full {
+            listed.spill = Some(Spill::Writing {
+                file: BufWriter::new(tempfile::tempfile().map_err(spill_error)?),
+                items: 0,
+            });
         }
+        Ok(listed)
+    }
+
+    fn push(&mut self, item: T) -> Result<()> {
+        if self.items.len() < self.cap.unwrap_or(CUT) {
+            self.items.push(item);
+            return Ok(());
+        }
+        match (&self.cap, &mut self.spill) {
+            (Some(_), _) => self.more += 1,
+            (None, Some(Spill::Writing { file, items })) => {
+                serde_json::to_writer(&mut *file, &item).map_err(spill_error)?;
+                file.write_all(b"\n").map_err(spill_error)?;
+                *items += 1;
+            }
+            (None, _) => self.items.push(item),
+        }
+        Ok(())
+    }
+
+    /// Makes the items written to the temp file readable.
+    fn finish(&mut self) -> Result<()> {
+        if let Some(Spill::Writing { file, items }) = self.spill.take() {
+            let file = file.into_inner().map_err(|e| spill_error(e.into_error()))?;
+            self.spill = Some(Spill::Done { file, items });
+        }
+        Ok(())
     }
 
     pub fn len(&self) -> u64 {
-        self.items.len() as u64 + self.more
+        let spilled = match &self.spill {
+            Some(Spill::Writing { items, .. } | Spill::Done { items, .. }) => *items,
+            None => 0,
+        };
+        self.items.len() as u64 + self.more + spilled
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Every item: those kept, then those in the temp file.
+    fn for_each(&self, mut each: impl FnMut(&T) -> std::io::Result<()>) -> std::io::Result<()> {
+        self.items.iter().try_for_each(&mut each)?;
+        match &self.spill {
+            None => Ok(()),
+            Some(Spill::Writing { .. }) => Err(std::io::Error::other(
+                "the check's temp file was read before it was finished",
+            )),
+            Some(Spill::Done { file, .. }) => {
+                let mut file: &File = file;
+                file.seek(SeekFrom::Start(0))?;
+                for line in BufReader::new(file).lines() {
+                    each(&serde_json::from_str(&line?)?)?;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Writes each kept item with `line`, then "… and N more".
@@ -95,11 +169,13 @@ impl<T> Listed<T> {
             return Ok(());
         }
         writeln!(f, "\n{title} ({}):", self.len())?;
-        for item in &self.items {
-            write!(f, "  ")?;
-            line(f, item)?;
-            writeln!(f)?;
-        }
+        self.for_each(|item| {
+            let shown = write!(f, "  ")
+                .and_then(|()| line(f, item))
+                .and_then(|()| writeln!(f));
+            shown.map_err(std::io::Error::other)
+        })
+        .map_err(|_| std::fmt::Error)?;
         if self.more > 0 {
             writeln!(f, "  … and {} more (--full lists them all)", self.more)?;
         }
@@ -107,9 +183,22 @@ impl<T> Listed<T> {
     }
 }
 
-impl<T: Serialize> Serialize for Listed<T> {
+impl<T: Serialize + DeserializeOwned> Serialize for Listed<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.items.serialize(s)
+        let kept = self.len().saturating_sub(self.more);
+        let mut seq = s.serialize_seq(usize::try_from(kept).ok())?;
+        let mut failed = None;
+        let read = self.for_each(|item| {
+            seq.serialize_element(item).map_err(|e| {
+                failed = Some(e);
+                std::io::Error::other("serializing")
+            })
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        read.map_err(serde::ser::Error::custom)?;
+        seq.end()
     }
 }
 
@@ -138,7 +227,7 @@ pub struct Packs {
 }
 
 /// A pack batch with a position missing or held twice, or a sticker not fetched.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct IncompleteBatch {
     pub pack_batch_id: String,
     pub session_id: Option<String>,
@@ -199,7 +288,7 @@ pub struct ClassCount {
     pub bytes: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct OrphanObject {
     pub key: String,
     pub size: u64,
@@ -291,7 +380,7 @@ fn packs(conn: &Connection, envs: &Option<String>, full: bool) -> Result<Packs> 
                 missing_ranges: ranges,
                 unfetched: batch.unfetched,
                 has_sheet: batch.has_sheet,
-            });
+            })?;
         }
         Ok(())
     })?;
@@ -371,12 +460,12 @@ fn blobs(ctx: &Context, conn: &Connection, envs: &Option<String>, full: bool) ->
             for (sha, found) in batch {
                 report.checked += 1;
                 match found {
-                    Ok(Ok(None)) => report.missing.push(sha),
+                    Ok(Ok(None)) => report.missing.push(sha)?,
                     Ok(Ok(Some((got, _)))) if got == sha => {}
-                    Ok(Ok(Some(_))) => report.bad.push(sha),
+                    Ok(Ok(Some(_))) => report.bad.push(sha)?,
                     Ok(Err(e)) => {
                         tracing::warn!("{e}");
-                        report.bad.push(sha);
+                        report.bad.push(sha)?;
                     }
                     Err(e) => failure = Some(Error::Config(format!("re-hashing {sha}: {e}"))),
                 }
@@ -390,7 +479,7 @@ fn blobs(ctx: &Context, conn: &Connection, envs: &Option<String>, full: bool) ->
     if envs.is_none() {
         for_each_blob_file(&ctx.archive.join("blobs"), |sha| {
             if !q::blob_is_named(conn, &sha)? {
-                report.unreferenced.push(sha);
+                report.unreferenced.push(sha)?;
             }
             Ok(())
         })?;
@@ -477,20 +566,18 @@ fn bucket(
             },
         );
     }
-    let mut orphans = Listed::new(full);
+    let mut orphans = Listed::spilling(full)?;
     q::for_each_orphan(conn, envs, |o| {
         orphans.push(OrphanObject {
             key: o.key,
             size: o.size,
             kind: o.kind,
-        });
-        Ok(())
+        })
     })?;
-    let mut dangling = Listed::new(full);
-    q::for_each_dangling(conn, |key| {
-        dangling.push(key);
-        Ok(())
-    })?;
+    orphans.finish()?;
+    let mut dangling = Listed::spilling(full)?;
+    q::for_each_dangling(conn, |key| dangling.push(key))?;
+    dangling.finish()?;
     let orphan_objects = classes.get("orphan").map_or(0, |c| c.objects);
     let hint = if objects == orphan_objects && !dangling.is_empty() {
         Some(prefix_hint(conn, store, dangling.len(), objects)?)
@@ -791,8 +878,8 @@ mod tests {
         let mut cut = Listed::new(false);
         let mut all = Listed::new(true);
         for i in 0..CUT + 5 {
-            cut.push(i);
-            all.push(i);
+            cut.push(i).expect("push");
+            all.push(i).expect("push");
         }
         assert_eq!(
             (cut.items.len(), cut.more, cut.len()),
