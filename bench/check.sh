@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Benchmark of `starchive check --storage` (tests/it/bench_check.rs): buckets
-# on the loopback S3 server listed and classified; beside `rclone lsjson -R`
-# of the same bucket (the listing's floor) at 10,000 objects, medians of 3
-# rounds (BENCH_ROUNDS=N), and alone at 100,000 objects: wall time and peak
-# RSS. (The module doc says why rclone is not run at 100,000 on s3s-fs.)
+# Benchmark of `starchive check --storage` (tests/it/bench_check.rs): a
+# bucket on the loopback S3 server listed and classified, beside `rclone
+# lsjson -R` of the same bucket (the listing's floor) at 10,000 objects
+# (BENCH_SIDE_OBJECTS=N), alternating, medians of 3 rounds (BENCH_ROUNDS=N):
+# wall time, CPU time and peak RSS; then peak RSS over a local directory of
+# 10,000, 100,000 and 300,000 objects (BENCH_MEMORY_OBJECTS=N,N,...).
 # Needs rclone and /usr/bin/time (Debian packages `rclone`, `time`).
 set -euo pipefail
 # The loopback server's root and the archives go to a RAM-backed TMPDIR

@@ -28,6 +28,13 @@
 //!   directories to miss.
 //! - ListObjectsV2 returns keys, sizes and mtimes but no ETags.
 //! - Conditional PUT (`If-None-Match: *`, `If-Match`) is supported.
+//! - ListObjectsV2 walks the whole bucket directory for every request (a
+//!   page of 1,000 keys costs a visit of every file), so a flat listing of N
+//!   objects costs N²/1,000 visits; a listing with a delimiter and a prefix
+//!   prunes the walk to that prefix.
+//! - s3s-fs takes an empty `delimiter=` (rclone's flat listing sends one)
+//!   for a delimiter, answering one common prefix and no object; S3 takes
+//!   it for none, and so does this server ([`EmptyDelimiterIsNone`]).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -84,6 +91,7 @@ impl TestS3 {
         let fs = s3s_fs::FileSystem::new(&root).expect("s3s-fs FileSystem::new");
         let mut builder = s3s::service::S3ServiceBuilder::new(fs);
         builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        builder.set_access(EmptyDelimiterIsNone);
         let service = builder.build();
 
         let state = Arc::new(State {
@@ -326,6 +334,33 @@ impl TestS3 {
             base64_url_nopad(bucket.as_bytes()),
             base64_url_nopad(key.as_bytes())
         ))
+    }
+}
+
+/// Reads a listing's empty `delimiter=` as no delimiter, as S3 does
+/// (after the request's signature is checked, which covers the query).
+struct EmptyDelimiterIsNone;
+
+#[async_trait::async_trait]
+impl s3s::access::S3Access for EmptyDelimiterIsNone {
+    async fn list_objects(
+        &self,
+        req: &mut s3s::S3Request<s3s::dto::ListObjectsInput>,
+    ) -> s3s::S3Result<()> {
+        if req.input.delimiter.as_deref() == Some("") {
+            req.input.delimiter = None;
+        }
+        Ok(())
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: &mut s3s::S3Request<s3s::dto::ListObjectsV2Input>,
+    ) -> s3s::S3Result<()> {
+        if req.input.delimiter.as_deref() == Some("") {
+            req.input.delimiter = None;
+        }
+        Ok(())
     }
 }
 
