@@ -18,6 +18,7 @@ use object_store::path::Path as StorePath;
 
 use crate::error::{Error, Result};
 
+pub mod hint;
 mod probe;
 pub(crate) use probe::CREDENTIAL_ERRORS;
 pub use probe::{check, unusable};

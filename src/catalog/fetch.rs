@@ -1,5 +1,7 @@
 //! Catalog queries of the fetch stage.
 
+use std::collections::HashSet;
+
 use rusqlite::{Connection, Transaction, params};
 
 use super::ENV_FILTER;
@@ -27,6 +29,41 @@ pub fn retry_failed(conn: &Connection, envs: &Option<String>) -> Result<usize> {
         ),
         [envs],
     )?)
+}
+
+/// The reason [`fail_unservable`] gives.
+const UNSERVABLE: &str =
+    "the storage key is missing in the bucket and there is no Telegram file_id";
+
+/// A fetch with a bucket reads again every key found missing before (the
+/// bucket URL may have been wrong, or the bot has uploaded the object since):
+/// refs in scope waiting on Telegram because of it, and refs failed for it
+/// alone, are pending with their key not dangling. Returns how many.
+pub fn retry_dangling(conn: &Connection, envs: &Option<String>) -> Result<usize> {
+    Ok(conn.execute(
+        &format!(
+            "UPDATE refs SET state = 'pending', reason = NULL, key_dangling = 0
+             WHERE key_dangling = 1
+               AND (state = 'pending' OR (state = 'failed' AND reason = ?2))
+               AND {ENV_FILTER}"
+        ),
+        params![envs, UNSERVABLE],
+    )?)
+}
+
+/// Which of `keys` a ref in scope names as its storage key (one pass over the refs).
+pub fn named_among(
+    conn: &Connection,
+    envs: &Option<String>,
+    keys: &[String],
+) -> Result<HashSet<String>> {
+    let keys = serde_json::Value::from(keys).to_string();
+    let mut stmt = conn.prepare(&format!(
+        "SELECT DISTINCT storage_key FROM refs
+         WHERE storage_key IN (SELECT value FROM json_each(?2)) AND {ENV_FILTER}"
+    ))?;
+    let rows = stmt.query_map(params![envs, keys], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Resolves pending refs to blobs already fetched for the same file: the same
@@ -131,12 +168,11 @@ fn grouped(conn: &Connection, sql: &str, envs: &Option<String>) -> Result<Vec<(S
 pub fn fail_unservable(conn: &Connection, envs: &Option<String>) -> Result<usize> {
     Ok(conn.execute(
         &format!(
-            "UPDATE refs SET state = 'failed', updated_at = ?2,
-                reason = 'the storage key is missing in the bucket and there is no Telegram file_id'
+            "UPDATE refs SET state = 'failed', updated_at = ?2, reason = ?3
              WHERE state = 'pending' AND key_dangling = 1 AND telegram_file_id IS NULL
                AND {ENV_FILTER}"
         ),
-        params![envs, super::now_text()],
+        params![envs, super::now_text(), UNSERVABLE],
     )?)
 }
 

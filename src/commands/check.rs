@@ -580,7 +580,22 @@ fn bucket(
     dangling.finish()?;
     let orphan_objects = classes.get("orphan").map_or(0, |c| c.objects);
     let hint = if objects == orphan_objects && !dangling.is_empty() {
-        Some(prefix_hint(conn, store, dangling.len(), objects)?)
+        let sample = q::first_listed(conn, stores::hint::HINT_SAMPLE)?;
+        Some(stores::hint::prefix_hint(
+            store,
+            dangling.len(),
+            Some(objects),
+            Some(&sample),
+            |candidates| {
+                let mut named = std::collections::HashSet::new();
+                for key in candidates {
+                    if q::key_is_named(conn, key)? {
+                        named.insert(key.clone());
+                    }
+                }
+                Ok(named)
+            },
+        )?)
     } else {
         None
     };
@@ -593,59 +608,6 @@ fn bucket(
         dangling,
         hint,
     })
-}
-
-/// Listed objects [`prefix_hint`] looks at for keys the rows name.
-const HINT_SAMPLE: usize = 100;
-
-/// Why none of the `named` keys the rows name is among the `objects` the
-/// bucket lists: a wrong bucket or prefix, most often. When a listed object's
-/// key ends with a key the rows name, that names the prefix they sit under.
-fn prefix_hint(
-    conn: &Connection,
-    store: &stores::Store,
-    named: u64,
-    objects: u64,
-) -> Result<String> {
-    let under = if store.prefix.is_empty() {
-        "at its root".to_string()
-    } else {
-        format!("under the prefix '{}'", store.prefix)
-    };
-    if objects == 0 {
-        return Ok(format!(
-            "none of the {named} keys the rows name is in the bucket, which lists no object \
-             {under}: are the bucket and the prefix right?"
-        ));
-    }
-    for key in q::first_listed(conn, HINT_SAMPLE)? {
-        let full = if store.prefix.is_empty() {
-            key
-        } else {
-            format!("{}/{key}", store.prefix)
-        };
-        // The key itself, then what follows each '/'.
-        let starts = std::iter::once(0).chain(full.match_indices('/').map(|(i, _)| i + 1));
-        for start in starts {
-            if q::key_is_named(conn, &full[start..])? {
-                let prefix = full[..start].trim_end_matches('/');
-                let there = if prefix.is_empty() {
-                    "at the bucket's root".to_string()
-                } else {
-                    format!("under the prefix '{prefix}'")
-                };
-                return Ok(format!(
-                    "none of the {named} keys the rows name is in the bucket {under}, but they \
-                     seem to be {there} (the object '{full}' is at a key the rows name): \
-                     is the prefix right?"
-                ));
-            }
-        }
-    }
-    Ok(format!(
-        "none of the {named} keys the rows name is among the {objects} objects the bucket \
-         lists {under}: are the bucket and the prefix right?"
-    ))
 }
 
 /// `1234` as `1.2 KiB`: sizes for a person.

@@ -269,6 +269,9 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
     if opts.retry_failed {
         catalog::fetch::retry_failed(catalog.conn(), &envs)?;
     }
+    if storage.is_some() {
+        catalog::fetch::retry_dangling(catalog.conn(), &envs)?;
+    }
     let (fetched_before, _, _) = catalog::fetch::state_counts(catalog.conn(), &envs)?;
     let mut fatal: Option<String> = None;
     let mut notes = Vec::new();
@@ -301,22 +304,32 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
     // The bucket, once per key.
     match &storage {
         Some(store) if !keys.is_empty() => {
-            let store = store.clone();
+            let tried = keys.len();
             let phase = Phase {
                 ctx,
                 jobs: opts.jobs,
                 shared: &shared,
             };
-            phase.run(
+            let reader = store.clone();
+            let missing = phase.run(
                 "from the bucket",
                 keys,
                 &mut catalog,
                 &mut fatal,
                 move |shared, work| {
-                    let store = store.clone();
+                    let store = reader.clone();
                     async move { from_bucket(&store, &shared, work.key, work.refs).await }
                 },
             )?;
+            if missing == tried && fatal.is_none() {
+                notes.push(missing_hint(
+                    ctx,
+                    catalog.conn(),
+                    &envs,
+                    store,
+                    tried as u64,
+                )?);
+            }
         }
         None if !keys.is_empty() => {
             let n: usize = keys.iter().map(|k| k.refs.len()).sum();
@@ -398,7 +411,8 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
 /// One stage of downloads: `work` downloads every unit, at most `jobs` at
 /// once (and [`PUBLISHING`] more units wait for their blob to be durable),
 /// until one of them meets a configuration error (then the rest are
-/// skipped); outcomes are committed as they come.
+/// skipped); outcomes are committed as they come. [`Phase::run`] returns
+/// how many units found their key missing in the bucket.
 struct Phase<'a> {
     ctx: &'a Context,
     jobs: usize,
@@ -413,7 +427,7 @@ impl Phase<'_> {
         catalog: &mut Catalog,
         fatal: &mut Option<String>,
         work: F,
-    ) -> Result<()>
+    ) -> Result<usize>
     where
         U: Send + 'static,
         F: Fn(Arc<Shared>, U) -> Fut + Send + Sync + 'static,
@@ -421,6 +435,7 @@ impl Phase<'_> {
     {
         self.ctx.progress.start(stage, Some(units.len() as u64));
         let shared = self.shared.clone();
+        let mut missing = 0;
         run_units(
             &self.ctx.runtime,
             self.ctx.progress.as_ref(),
@@ -431,11 +446,42 @@ impl Phase<'_> {
                 let download = work(shared.clone(), unit);
                 async move { shared.fetch_unit(download).await }
             },
-            |batch| commit(catalog, batch, fatal),
+            |batch| {
+                missing += batch
+                    .iter()
+                    .filter(|o| matches!(o, Outcome::Dangling { .. }))
+                    .count();
+                commit(catalog, batch, fatal)
+            },
         )?;
         self.ctx.progress.finish();
-        Ok(())
+        Ok(missing)
     }
+}
+
+/// The hint when none of the keys read from the bucket was there (as
+/// `check --storage` gives it): the bucket is listed for a sample of its
+/// keys, to see whether the rows' keys sit under another prefix.
+fn missing_hint(
+    ctx: &Context,
+    conn: &rusqlite::Connection,
+    envs: &Option<String>,
+    store: &Store,
+    keys: u64,
+) -> Result<String> {
+    use futures::StreamExt;
+    let sample: Option<Vec<String>> = ctx.runtime.block_on(async {
+        let mut listing = store.list_keys().take(stores::hint::HINT_SAMPLE);
+        let mut keys = Vec::new();
+        while let Some(object) = listing.next().await {
+            // A bucket that cannot be listed still gets the plain hint.
+            keys.push(object.ok()?.0);
+        }
+        Some(keys)
+    });
+    stores::hint::prefix_hint(store, keys, None, sample.as_deref(), |candidates| {
+        catalog::fetch::named_among(conn, envs, candidates)
+    })
 }
 
 fn commit(catalog: &mut Catalog, batch: Vec<Outcome>, fatal: &mut Option<String>) -> Result<()> {

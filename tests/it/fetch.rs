@@ -7,6 +7,7 @@
 
 mod bench;
 mod bots;
+mod dangling;
 mod hostile_api;
 mod repair;
 

@@ -1,0 +1,146 @@
+//! A key found missing in the bucket is not missing for good: the next fetch
+//! with `--storage` reads it again (a wrong bucket URL, or an object the bot
+//! uploaded since); a fetch that finds none of the keys hints at the prefix.
+
+use super::{clean_blobs, fetch_cmd, refs};
+use crate::support::dataset::{Db, sticker_bytes};
+use crate::support::run::run;
+use crate::support::s3::TestS3;
+use crate::support::temp_dir;
+
+const KEYS: [&str; 3] = [
+    "stickers/1/a/x.webp",
+    "stickers/1/b/y.webp",
+    "stickers/2/c/z.webp",
+];
+
+/// Three refs with a key and a file_id, their objects at the bucket's root.
+fn dataset(s3: &TestS3) -> Db {
+    s3.create_bucket("stickers");
+    let mut db = Db::per_env();
+    for (i, key) in KEYS.iter().enumerate() {
+        s3.put_file("stickers", key, sticker_bytes(i as u64, 700));
+        db.in_env("prod", Some(&format!("FILEID{i}")), Some(key));
+    }
+    db
+}
+
+#[test]
+fn a_wrong_prefix_then_the_right_one_reads_every_key() {
+    let dir = temp_dir();
+    let s3 = TestS3::start();
+    let db = dataset(&s3);
+    let archive = db.snapshotted(dir.path());
+
+    // The wrong prefix: every key is missing, and there is no token.
+    let wrong = run(fetch_cmd(&archive, None, None)
+        .arg("--storage")
+        .arg(s3.store_url("stickers", "stickers"))
+        .envs(s3.env("STORAGE")))
+    .expect_code(0)
+    .json();
+    assert_eq!(
+        (&wrong["done"], &wrong["pending"]),
+        (&0.into(), &3.into()),
+        "{wrong}"
+    );
+    let notes = wrong["notes"].to_string();
+    assert!(
+        notes.contains("3 refs can only come from Telegram"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains(
+            "none of the 3 keys the rows name is in the bucket under the prefix 'stickers', \
+             but they seem to be at the bucket's root"
+        ),
+        "{notes}"
+    );
+    assert!(refs(&archive).iter().all(|r| r.dangling));
+
+    // Another snapshot of the same rows keeps what fetch learnt; the right
+    // bucket URL reads every key again.
+    db.snapshot(&dir.path().join("db"), &archive);
+    let right = run(&mut fetch_cmd(&archive, Some((&s3, "stickers")), None))
+        .expect_code(0)
+        .json();
+    assert_eq!(
+        (&right["done"], &right["pending"]),
+        (&3.into(), &0.into()),
+        "{right}"
+    );
+    assert!(right.get("notes").is_none(), "{right}");
+    for r in refs(&archive) {
+        assert_eq!(
+            (r.state.as_str(), r.source.as_deref()),
+            ("fetched", Some("bucket")),
+            "{r:?}"
+        );
+        assert!(!r.dangling, "{r:?}");
+    }
+    assert_eq!(clean_blobs(&archive).len(), 3);
+}
+
+#[test]
+fn an_object_the_bot_uploads_later_is_read_by_the_next_fetch() {
+    let dir = temp_dir();
+    let s3 = TestS3::start();
+    s3.create_bucket("stickers");
+    s3.put_file("stickers", "k/here.webp", sticker_bytes(1, 800));
+    let mut db = Db::per_env();
+    db.in_env("prod", None, Some("k/here.webp"))
+        .in_env("prod", Some("FILEIDLATE"), Some("k/late.webp"))
+        .in_env("prod", None, Some("k/gone.webp"));
+    let archive = db.snapshotted(dir.path());
+
+    let first = run(&mut fetch_cmd(&archive, Some((&s3, "stickers")), None))
+        .expect_code(3)
+        .json();
+    assert_eq!(
+        (&first["done"], &first["failed"], &first["pending"]),
+        (&1.into(), &1.into(), &1.into()),
+        "{first}"
+    );
+    // One key of three is there: not a wrong prefix, no hint.
+    assert!(!first["notes"].to_string().contains("prefix"), "{first}");
+
+    // The bot uploads both objects; a plain fetch (no --retry-failed) reads
+    // them: the ref waiting on Telegram and the one failed for its key alone.
+    s3.put_file("stickers", "k/late.webp", sticker_bytes(2, 800));
+    s3.put_file("stickers", "k/gone.webp", sticker_bytes(3, 800));
+    let second = run(&mut fetch_cmd(&archive, Some((&s3, "stickers")), None))
+        .expect_code(0)
+        .json();
+    assert_eq!(
+        (&second["done"], &second["failed"], &second["pending"]),
+        (&2.into(), &0.into(), &0.into()),
+        "{second}"
+    );
+    assert_eq!(clean_blobs(&archive).len(), 3);
+    assert!(
+        refs(&archive)
+            .iter()
+            .all(|r| r.source.as_deref() == Some("bucket"))
+    );
+}
+
+#[test]
+fn an_empty_prefix_gets_the_hint_that_it_lists_nothing() {
+    let dir = temp_dir();
+    let s3 = TestS3::start();
+    let archive = dataset(&s3).snapshotted(dir.path());
+    let doc = run(fetch_cmd(&archive, None, None)
+        .arg("--storage")
+        .arg(s3.store_url("stickers", "nothing/here"))
+        .envs(s3.env("STORAGE")))
+    .expect_code(0)
+    .json();
+    let notes = doc["notes"].to_string();
+    assert!(
+        notes.contains(
+            "none of the 3 keys the rows name is in the bucket, which lists no object under \
+             the prefix 'nothing/here'"
+        ),
+        "{notes}"
+    );
+}
