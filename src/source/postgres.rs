@@ -33,7 +33,7 @@ enum Verify {
 /// Connects to the database; the returned client's connection runs on the runtime.
 pub async fn connect(url: &str) -> Result<Client> {
     let shown = super::conninfo::shown(url);
-    let (cleaned, mode, verify, root_cert) = split_ssl_options(url);
+    let (cleaned, mode, verify, root_cert) = split_ssl_options(url)?;
     let mut config: tokio_postgres::Config = cleaned.parse().map_err(|e| Error::Database {
         url: shown.clone(),
         message: format!("not a valid connection string: {}", pg_message(&e)),
@@ -189,20 +189,37 @@ pub fn pg_message(e: &tokio_postgres::Error) -> String {
     text
 }
 
+/// libpq's values of `sslmode` (case sensitive, as libpq has them).
+const SSL_MODES: [&str; 6] = [
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
+
 /// Takes libpq's `sslmode`/`sslrootcert` out of the connection string (the
 /// driver knows only three modes) and says how to honour them; every other
-/// parameter stays as given, byte for byte.
-fn split_ssl_options(url: &str) -> (String, SslMode, Verify, Option<String>) {
+/// parameter stays as given, byte for byte. An `sslmode` libpq would refuse
+/// is bad usage: taken as `prefer`, it would connect in plaintext.
+fn split_ssl_options(url: &str) -> Result<(String, SslMode, Verify, Option<String>)> {
     let mut mode = SslMode::Prefer;
     let mut verify = Verify::None;
     let mut root = None;
+    let mut refused = None;
     let apply = |key: &str, value: &str| match key {
         "sslmode" => {
             (mode, verify) = match value {
                 "disable" => (SslMode::Disable, Verify::None),
+                // `allow` tries plaintext first; the driver's nearest is `prefer`.
+                "allow" | "prefer" => (SslMode::Prefer, Verify::None),
                 "require" => (SslMode::Require, Verify::None),
                 "verify-ca" | "verify-full" => (SslMode::Require, Verify::Full),
-                _ => (SslMode::Prefer, Verify::None),
+                _ => {
+                    refused = Some(value.to_string());
+                    (SslMode::Prefer, Verify::None)
+                }
             };
             true
         }
@@ -213,7 +230,14 @@ fn split_ssl_options(url: &str) -> (String, SslMode, Verify, Option<String>) {
         _ => false,
     };
     let cleaned = super::conninfo::without_params(url, apply);
-    (cleaned, mode, verify, root)
+    if let Some(value) = refused {
+        return Err(Error::Usage(format!(
+            "the database connection string has sslmode={value:?}, which libpq refuses: \
+             use one of {} (lower case)",
+            SSL_MODES.join(", ")
+        )));
+    }
+    Ok((cleaned, mode, verify, root))
 }
 
 fn tls_connector(
@@ -308,16 +332,40 @@ mod tests {
     #[test]
     fn libpq_ssl_modes_are_understood() {
         let (url, mode, verify, _) =
-            split_ssl_options("postgres://u:p@h:6543/postgres?sslmode=verify-full&x=1");
+            split_ssl_options("postgres://u:p@h:6543/postgres?sslmode=verify-full&x=1")
+                .expect("valid");
         assert_eq!(url, "postgres://u:p@h:6543/postgres?x=1");
         assert_eq!((mode, verify), (SslMode::Require, Verify::Full));
-        let (url, mode, verify, _) = split_ssl_options("postgres://h/db?sslmode=require");
+        let (url, mode, verify, _) =
+            split_ssl_options("postgres://h/db?sslmode=require").expect("valid");
         assert_eq!(url, "postgres://h/db");
         assert_eq!((mode, verify), (SslMode::Require, Verify::None));
         let (url, mode, _, root) =
-            split_ssl_options("host=h sslmode=verify-ca sslrootcert=/ca.pem");
+            split_ssl_options("host=h sslmode=verify-ca sslrootcert=/ca.pem").expect("valid");
         assert_eq!(url.trim(), "host=h");
         assert_eq!(mode, SslMode::Require);
         assert_eq!(root.as_deref(), Some("/ca.pem"));
+        for mode in SSL_MODES {
+            split_ssl_options(&format!("postgres://h/db?sslmode={mode}")).expect(mode);
+        }
+    }
+
+    #[test]
+    fn an_sslmode_libpq_refuses_is_bad_usage() {
+        for url in [
+            "postgres://h/db?sslmode=REQUIRE",
+            "postgres://h/db?sslmode=bogus",
+            "postgres://h/db?sslmode=",
+            "host=h sslmode=Disable",
+            "postgres://h/db?sslmode=require&sslmode=verify_full",
+        ] {
+            match split_ssl_options(url) {
+                Err(Error::Usage(m)) => assert!(
+                    m.contains("disable, allow, prefer, require, verify-ca, verify-full"),
+                    "{url}: {m}"
+                ),
+                other => panic!("{url}: {:?}", other.map(|(u, ..)| u)),
+            }
+        }
     }
 }

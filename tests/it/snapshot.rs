@@ -1445,6 +1445,43 @@ fn connection_parameters_reach_the_driver_unchanged() {
     }
 }
 
+/// An `sslmode` libpq refuses (its values are case sensitive) is bad usage,
+/// never a plaintext connection: the test server has no TLS, so before this
+/// was refused `REQUIRE` connected in plaintext and snapshotted.
+#[test]
+fn an_sslmode_libpq_refuses_is_bad_usage() {
+    let pg = TestPg::start();
+    let base = pg.fixture_db("bot");
+    let port = pg.port();
+    for db in [
+        format!("{base}?sslmode=REQUIRE"),
+        format!("{base}?sslmode=bogus"),
+        format!("{base}?sslmode=disable&sslmode=Verify-Full"),
+        format!("host=127.0.0.1 port={port} user=postgres dbname=bot sslmode=Require"),
+    ] {
+        let archive = temp_dir();
+        let out = bin()
+            .arg("--archive")
+            .arg(archive.path())
+            .args(["snapshot", "--db", &db])
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{db}: {err}");
+        assert!(
+            err.contains("use one of disable, allow, prefer, require, verify-ca, verify-full"),
+            "{db}: {err}"
+        );
+    }
+    // libpq's own spellings connect (the server has no TLS: `prefer` and
+    // `allow` fall back to plaintext, as libpq's do).
+    for mode in ["disable", "allow", "prefer"] {
+        let archive = temp_dir();
+        let report = snapshot_ok(archive.path(), &format!("{base}?sslmode={mode}"), &[]);
+        assert!(counts(&report, "sessions").0 > 0, "{mode}: {report}");
+    }
+}
+
 // ---- CSV exports in every style against Postgres (SPEC §7) ------------------
 
 /// A small deterministic generator (xorshift64*), so that a failure replays.
