@@ -259,7 +259,7 @@ impl Publisher {
     /// Makes `staged` durable under its hash; returns once it is (with the
     /// rest of its group).
     pub async fn publish(&self, staged: Staged) -> Result<BlobInfo> {
-        let stopped = || Error::Config("the blob publisher stopped".into());
+        let stopped = || Error::Internal("the blob publisher stopped".into());
         let (done, answer) = tokio::sync::oneshot::channel();
         let tx = self.tx.as_ref().ok_or_else(stopped)?;
         tx.send(Job { staged, done }).map_err(|_| stopped())?;

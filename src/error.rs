@@ -1,10 +1,24 @@
 //! Errors of the library.
 //!
-//! Policy: an error that stops a command is an [`Error`]; it says what failed
-//! and, where it helps, what to do, and it never carries a secret (URLs are
-//! redacted before they are put in one). A failure of one item (one ref, one
-//! object) is not an error: it is recorded in the catalog with its reason and
-//! the run goes on; the command's exit code remembers it.
+//! Policy:
+//! - An error that stops a command is an [`Error`]. Its message is what
+//!   the user reads after `error:`: it says what failed, on which item
+//!   (the key, the file, the store, the row) and, where it helps, what to
+//!   do. The binary prints it once, at the top; nothing below `main`
+//!   prints an error.
+//! - A failure of one item (one ref, one object, one backfill step) is not
+//!   an error: it is recorded in the catalog with its reason, the run goes
+//!   on, and the report's [`ExitStatus`] remembers it (3).
+//! - No secret is ever put in one: URLs and connection strings are
+//!   redacted (`crate::redact`) before they become text, and a store is
+//!   named by its `shown` form.
+//! - Variants say what kind of thing failed, so that a caller can match
+//!   on it: bad usage (exit 2), the archive (locked, no catalog, no
+//!   snapshot, too new), the catalog's SQLite, a local file, the source
+//!   database or CSV, a store's own objects (read, write), the manifest,
+//!   and [`Error::Internal`] for a worker that stopped (a bug). What
+//!   remains in [`Error::Config`] is a setting that cannot work, found
+//!   before any work was done, or a remote state the user must fix.
 
 use std::path::PathBuf;
 
@@ -55,6 +69,32 @@ pub enum Error {
     #[error("{path}: {message}")]
     Csv { path: PathBuf, message: String },
 
+    /// A store failed a read of one of starchive's own objects (the
+    /// manifest, the catalog copy); `store` is redacted.
+    #[error("cannot read {key} at {store}: {reason}")]
+    StoreRead {
+        store: String,
+        key: String,
+        reason: String,
+    },
+
+    /// A store refused or failed a write of one of starchive's own objects.
+    #[error("cannot write {key} to {store}: {reason}")]
+    StoreWrite {
+        store: String,
+        key: String,
+        reason: String,
+    },
+
+    /// The manifest could not be written as JSON.
+    #[error("manifest: {0}")]
+    Manifest(serde_json::Error),
+
+    /// A worker or reader of starchive's own stopped (a panic, a cancelled
+    /// task): a bug, not a problem of the input.
+    #[error("{0}")]
+    Internal(String),
+
     /// A configuration problem found before any work was done.
     #[error("{0}")]
     Config(String),
@@ -68,11 +108,53 @@ impl Error {
         }
     }
 
-    /// Exit code of a command that stops on this error (SPEC §3).
-    pub fn exit_code(&self) -> u8 {
+    /// How a command that stops on this error exits (SPEC §3).
+    pub fn exit_status(&self) -> ExitStatus {
         match self {
-            Error::Usage(_) => 2,
-            _ => 1,
+            Error::Usage(_) => ExitStatus::Usage,
+            _ => ExitStatus::Error,
         }
+    }
+}
+
+/// How a command ended: its exit code (SPEC §3). Reports say theirs
+/// (`exit_status`); only the binary turns one into the process's exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ExitStatus {
+    /// 0: everything done (or nothing was left to do).
+    Success,
+    /// 1: the command stopped on an [`Error`].
+    Error,
+    /// 2: bad usage.
+    Usage,
+    /// 3: the command ran to its end, but some items failed, or what it
+    /// checked is not as it should be.
+    Incomplete,
+}
+
+impl ExitStatus {
+    /// [`ExitStatus::Incomplete`] when `incomplete`, else success.
+    pub fn incomplete_if(incomplete: bool) -> ExitStatus {
+        if incomplete {
+            ExitStatus::Incomplete
+        } else {
+            ExitStatus::Success
+        }
+    }
+
+    /// The process's exit code.
+    pub fn code(self) -> u8 {
+        match self {
+            ExitStatus::Success => 0,
+            ExitStatus::Error => 1,
+            ExitStatus::Usage => 2,
+            ExitStatus::Incomplete => 3,
+        }
+    }
+}
+
+impl From<ExitStatus> for std::process::ExitCode {
+    fn from(status: ExitStatus) -> Self {
+        std::process::ExitCode::from(status.code())
     }
 }

@@ -26,4 +26,4 @@ pub mod telegram;
 pub mod transfer;
 pub mod upload;
 
-pub use error::{Error, Result};
+pub use error::{Error, ExitStatus, Result};

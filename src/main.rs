@@ -9,8 +9,8 @@ use clap::{CommandFactory, FromArgMatches};
 
 use cli::{Cli, Command};
 use printer::Printer;
-use starchive::Error;
 use starchive::commands::{self, Context};
+use starchive::{Error, ExitStatus};
 
 fn main() -> ExitCode {
     let parsed = Cli::command()
@@ -28,9 +28,12 @@ fn main() -> ExitCode {
                 // The whole message (which argument, the valid values, the
                 // usage), as plain text: this build of clap writes no colours.
                 let text = e.to_string();
-                Printer::new(true).error(text.trim_start_matches("error: ").trim_end(), 2);
+                Printer::new(true).error(
+                    text.trim_start_matches("error: ").trim_end(),
+                    ExitStatus::Usage,
+                );
             }
-            return ExitCode::from(2);
+            return ExitStatus::Usage.into();
         }
     };
     let printer = Printer::new(cli.json);
@@ -42,7 +45,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
+            return ExitStatus::Error.into();
         }
     };
     let ctx = Context {
@@ -52,22 +55,22 @@ fn main() -> ExitCode {
         progress: printer.progress(),
         db_origin,
     };
-    let code = match run(cli.command, &ctx, &printer) {
-        Ok(code) => code,
+    let status = match run(cli.command, &ctx, &printer) {
+        Ok(status) => status,
         Err(e) => {
             let message = starchive::redact::text(&e.to_string());
             eprintln!("error: {message}");
             if printer.json {
-                printer.error(&message, e.exit_code());
+                printer.error(&message, e.exit_status());
             }
-            ExitCode::from(e.exit_code())
+            e.exit_status()
         }
     };
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    code
+    status.into()
 }
 
-fn run(command: Command, ctx: &Context, printer: &Printer) -> Result<ExitCode, Error> {
+fn run(command: Command, ctx: &Context, printer: &Printer) -> Result<ExitStatus, Error> {
     match command {
         Command::Snapshot(args) => {
             printer.report(&commands::snapshot::snapshot(ctx, &args.db.db)?);
@@ -79,14 +82,14 @@ fn run(command: Command, ctx: &Context, printer: &Printer) -> Result<ExitCode, E
         Command::Fetch(args) => {
             let report = commands::fetch::fetch(ctx, &fetch_options(&args))?;
             printer.report(&report);
-            return Ok(ExitCode::from(report.exit_code()));
+            return Ok(report.exit_status());
         }
         Command::Push(args) => {
             let mut opts = push_options(&args.to, args.layout.layout, &args.jobs);
             opts.catalog_part_bytes = args.catalog_part_size;
             let report = commands::push::push(ctx, &opts)?;
             printer.report(&report);
-            return Ok(ExitCode::from(report.exit_code()));
+            return Ok(report.exit_status());
         }
         Command::Verify(args) => {
             let opts = commands::verify::VerifyOptions {
@@ -98,7 +101,7 @@ fn run(command: Command, ctx: &Context, printer: &Printer) -> Result<ExitCode, E
             };
             let report = commands::verify::verify(ctx, &opts)?;
             printer.report(&report);
-            return Ok(ExitCode::from(report.exit_code()));
+            return Ok(report.exit_status());
         }
         Command::Backfill(args) => {
             let opts = commands::backfill::BackfillOptions {
@@ -111,7 +114,7 @@ fn run(command: Command, ctx: &Context, printer: &Printer) -> Result<ExitCode, E
             };
             let report = commands::backfill::backfill(ctx, &opts)?;
             printer.report(&report);
-            return Ok(ExitCode::from(report.exit_code()));
+            return Ok(report.exit_status());
         }
         Command::Check(args) => {
             let opts = commands::check::CheckOptions {
@@ -120,7 +123,7 @@ fn run(command: Command, ctx: &Context, printer: &Printer) -> Result<ExitCode, E
             };
             let report = commands::check::check(ctx, &opts)?;
             printer.report(&report);
-            return Ok(ExitCode::from(report.exit_code()));
+            return Ok(report.exit_status());
         }
         Command::Gallery(args) => {
             printer.report(&commands::gallery::gallery(ctx, args.out.as_deref())?);
@@ -132,7 +135,7 @@ fn run(command: Command, ctx: &Context, printer: &Printer) -> Result<ExitCode, E
             };
             let report = commands::pull::pull(ctx, &opts)?;
             printer.report(&report);
-            return Ok(ExitCode::from(report.exit_code()));
+            return Ok(report.exit_status());
         }
         Command::Run(args) => {
             let fetch_opts = fetch_options(&args.fetch);
@@ -144,10 +147,10 @@ fn run(command: Command, ctx: &Context, printer: &Printer) -> Result<ExitCode, E
                 push: commands::push::push(ctx, &push_opts)?,
             };
             printer.report(&report);
-            return Ok(ExitCode::from(report.exit_code()));
+            return Ok(report.exit_status());
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitStatus::Success)
 }
 
 fn fetch_options(args: &cli::FetchArgs) -> commands::fetch::FetchOptions {

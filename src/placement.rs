@@ -102,10 +102,11 @@ fn manifest_layout(runtime: &tokio::runtime::Handle, store: &Store) -> Result<Op
         Ok(Some(head)) => head,
         Ok(None) => return Ok(None),
         Err(e) => {
-            return Err(Error::Config(format!(
-                "cannot read {MANIFEST_KEY} at {}: {e}",
-                store.shown
-            )));
+            return Err(Error::StoreRead {
+                store: store.shown.clone(),
+                key: MANIFEST_KEY.into(),
+                reason: e.to_string(),
+            });
         }
     };
     let mut line = String::new();

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use serde::Serialize;
 
+use starchive::ExitStatus;
 use starchive::progress::Progress;
 
 pub struct Printer {
@@ -47,8 +48,8 @@ impl Printer {
 
     /// The JSON document of a command that stopped on an error (`--json`):
     /// `{"error": MESSAGE, "exit_code": N}`, so that stdout always holds one.
-    pub fn error(&self, message: &str, exit_code: u8) {
-        let doc = serde_json::json!({ "error": message, "exit_code": exit_code });
+    pub fn error(&self, message: &str, status: ExitStatus) {
+        let doc = serde_json::json!({ "error": message, "exit_code": status.code() });
         let _ = writeln!(std::io::stdout().lock(), "{doc:#}");
     }
 

@@ -302,7 +302,7 @@ mod tests {
             "/".to_string(),
         ] {
             let err = refuse_archive_overlap(&typed, &archive, "--to").expect_err(&typed);
-            assert_eq!(err.exit_code(), 2, "{typed}");
+            assert_eq!(err.exit_status(), crate::ExitStatus::Usage, "{typed}");
         }
         for fine in [
             dir.path().join("backup").display().to_string(),

@@ -108,7 +108,7 @@ where
     if let Some(e) = failed {
         return Err(e);
     }
-    joined.map_err(|e| Error::Config(format!("a transfer worker stopped: {e}")))
+    joined.map_err(|e| Error::Internal(format!("a transfer worker stopped: {e}")))
 }
 
 /// Exponential backoff with jitter: attempt 1 waits about `base`, doubling up to `cap`.

@@ -20,7 +20,7 @@ use crate::bot::{
 };
 use crate::catalog::Catalog;
 use crate::catalog::backfill::{self as q, Change};
-use crate::error::{Error, Result};
+use crate::error::{Error, ExitStatus, Result};
 use crate::layout::{Layout, dest_key};
 use crate::object_check::{Check, check_object};
 use crate::refs::{RefClass, Table};
@@ -86,8 +86,9 @@ pub struct BackfillReport {
 }
 
 impl BackfillReport {
-    pub fn exit_code(&self) -> u8 {
-        if self.failed > 0 { 3 } else { 0 }
+    /// Incomplete when some step failed.
+    pub fn exit_status(&self) -> ExitStatus {
+        ExitStatus::incomplete_if(self.failed > 0)
     }
 }
 

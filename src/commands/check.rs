@@ -26,7 +26,7 @@ use super::{CUT, Context};
 use crate::blobs::BlobStore;
 use crate::catalog::check as q;
 use crate::catalog::{Catalog, paged};
-use crate::error::{Error, Result};
+use crate::error::{Error, ExitStatus, Result};
 use crate::layout::key_owner;
 use crate::refs::RefClass;
 use crate::stores::{self, Role};
@@ -309,9 +309,9 @@ impl CheckReport {
                 .is_none_or(|b| b.orphans.is_empty() && b.dangling.is_empty())
     }
 
-    /// Exit code: 0 when everything is consistent, 3 when something is reported.
-    pub fn exit_code(&self) -> u8 {
-        if self.consistent() { 0 } else { 3 }
+    /// Success when everything is consistent, incomplete when something is reported.
+    pub fn exit_status(&self) -> ExitStatus {
+        ExitStatus::incomplete_if(!self.consistent())
     }
 }
 

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::catalog::Catalog;
-use crate::error::Result;
+use crate::error::{ExitStatus, Result};
 use crate::progress::Progress;
 
 /// What every command is given.
@@ -117,13 +117,9 @@ pub struct TransferReport {
 }
 
 impl TransferReport {
-    /// Exit code: 3 when some refs failed or the store refused an object.
-    pub fn exit_code(&self) -> u8 {
-        if self.failed > 0 || !self.refused.is_empty() {
-            3
-        } else {
-            0
-        }
+    /// Incomplete when some refs failed or the store refused an object.
+    pub fn exit_status(&self) -> ExitStatus {
+        ExitStatus::incomplete_if(self.failed > 0 || !self.refused.is_empty())
     }
 }
 
@@ -162,11 +158,11 @@ mod tests {
     #[test]
     fn an_object_the_store_refused_exits_3() {
         let mut report = TransferReport::default();
-        assert_eq!(report.exit_code(), 0);
+        assert_eq!(report.exit_status(), ExitStatus::Success);
         report
             .refused
             .push("_starchive/catalog.sqlite.zst refused".into());
-        assert_eq!(report.exit_code(), 3);
+        assert_eq!(report.exit_status(), ExitStatus::Incomplete);
         assert!(
             report
                 .to_string()

@@ -248,10 +248,11 @@ fn manifest_still_there(
         Ok(meta) => meta.size == size && (etag.is_none() || meta.e_tag == etag),
         Err(object_store::Error::NotFound { .. }) => false,
         Err(e) => {
-            return Err(Error::Config(format!(
-                "cannot read {MANIFEST_KEY} at {}: {e}",
-                store.shown
-            )));
+            return Err(Error::StoreRead {
+                store: store.shown.clone(),
+                key: MANIFEST_KEY.into(),
+                reason: e.to_string(),
+            });
         }
     };
     if !same {
@@ -397,8 +398,7 @@ fn write_self_description(
     };
     let cannot = |e: std::io::Error| Error::io("cannot write the manifest", e);
     let to_line = |value: &serde_json::Value| -> Result<Vec<u8>> {
-        let mut line =
-            serde_json::to_vec(value).map_err(|e| Error::Config(format!("manifest: {e}")))?;
+        let mut line = serde_json::to_vec(value).map_err(Error::Manifest)?;
         line.push(b'\n');
         Ok(line)
     };
@@ -410,8 +410,7 @@ fn write_self_description(
         let mut line = Vec::new();
         q::for_each_manifest_ref(conn, dest, &envs, |value| {
             line.clear();
-            serde_json::to_writer(&mut line, &value)
-                .map_err(|e| Error::Config(format!("manifest: {e}")))?;
+            serde_json::to_writer(&mut line, &value).map_err(Error::Manifest)?;
             line.push(b'\n');
             text_hash.update(&line);
             encoder.write_all(&line).map_err(cannot)
@@ -472,8 +471,7 @@ fn write_self_description(
             }
             (Err(e), None) => return Err(e),
         };
-        header["catalog"] =
-            serde_json::to_value(&objects).map_err(|e| Error::Config(format!("manifest: {e}")))?;
+        header["catalog"] = serde_json::to_value(&objects).map_err(Error::Manifest)?;
         {
             let mut file = std::fs::File::create(&manifest).map_err(cannot)?;
             file.write_all(&zstd::encode_all(&to_line(&header)?[..], 3).map_err(cannot)?)
@@ -554,5 +552,9 @@ fn hash_file(file: &std::path::Path) -> Result<(u64, String)> {
 }
 
 fn cannot_write(store: &Store, key: &str, reason: String) -> Error {
-    Error::Config(format!("cannot write {key} to {}: {reason}", store.shown))
+    Error::StoreWrite {
+        store: store.shown.clone(),
+        key: key.into(),
+        reason,
+    }
 }

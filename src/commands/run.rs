@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use super::{Context, TransferReport};
 use crate::catalog::snapshot::SnapshotReport;
-use crate::error::Result;
+use crate::error::{ExitStatus, Result};
 
 #[derive(Debug, Serialize)]
 pub struct RunReport {
@@ -14,8 +14,9 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    pub fn exit_code(&self) -> u8 {
-        self.fetch.exit_code().max(self.push.exit_code())
+    /// The worse of fetch's and push's.
+    pub fn exit_status(&self) -> ExitStatus {
+        self.fetch.exit_status().max(self.push.exit_status())
     }
 }
 

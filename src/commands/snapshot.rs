@@ -50,7 +50,7 @@ pub fn snapshot(ctx: &Context, db: &str) -> Result<SnapshotReport> {
         let read = ctx
             .runtime
             .block_on(producer)
-            .map_err(|e| Error::Config(format!("the source reader stopped: {e}")))?;
+            .map_err(|e| Error::Internal(format!("the source reader stopped: {e}")))?;
         ctx.progress.finish();
         if let Some(e) = failed {
             return Err(e);

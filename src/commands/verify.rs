@@ -10,7 +10,7 @@ use super::Context;
 use crate::blobs::BlobStore;
 use crate::catalog::push as q;
 use crate::catalog::{Catalog, paged};
-use crate::error::Result;
+use crate::error::{ExitStatus, Result};
 use crate::layout::Layout;
 use crate::object_check::{Check, Held, inspect_object};
 use crate::placement::{build_plan, held_layout};
@@ -89,12 +89,9 @@ impl VerifyReport {
         });
     }
 
-    pub fn exit_code(&self) -> u8 {
-        if self.blobs_bad + self.objects_missing + self.objects_bad > 0 {
-            3
-        } else {
-            0
-        }
+    /// Incomplete when a blob is bad or an object missing or bad.
+    pub fn exit_status(&self) -> ExitStatus {
+        ExitStatus::incomplete_if(self.blobs_bad + self.objects_missing + self.objects_bad > 0)
     }
 }
 

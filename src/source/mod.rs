@@ -177,5 +177,5 @@ impl Batcher {
 }
 
 fn writer_gone() -> Error {
-    Error::Config("the catalog writer stopped before the source was read".into())
+    Error::Internal("the catalog writer stopped before the source was read".into())
 }
