@@ -1,5 +1,7 @@
 //! Keys: which destination key a ref gets (SPEC §5) and which keys are safe.
 
+use crate::refs::RefClass;
+
 /// Refuses a key that could leave a store's root or confuse a store: empty,
 /// absolute, with empty, `.` or `..` segments, backslashes or control bytes.
 pub fn check_key(key: &str) -> Result<(), String> {
@@ -152,9 +154,9 @@ impl Layout {
 }
 
 /// What a ref's key depends on.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RefPlace {
-    pub class: String,
+    pub class: RefClass,
     pub row_id: String,
     pub slot: String,
     pub session_id: Option<String>,
@@ -214,7 +216,7 @@ fn mirror_key(p: &RefPlace, ext: &str) -> Result<String, String> {
     if let Some(key) = &p.storage_key {
         return Ok(key.clone());
     }
-    let class = p.class.as_str();
+    let class = p.class.name();
     let need = |v: &Option<String>, what: &str| match v {
         Some(v) => segment(class, what, v).map(str::to_string),
         None => Err(format!(
@@ -222,8 +224,8 @@ fn mirror_key(p: &RefPlace, ext: &str) -> Result<String, String> {
         )),
     };
     let row_id = || segment(class, "id", &p.row_id);
-    Ok(match class {
-        "sticker" => {
+    Ok(match p.class {
+        RefClass::Sticker => {
             let user = need(&p.user_id, "user_id")?;
             let parent = match &p.pack_batch_id {
                 Some(_) => need(&p.pack_batch_id, "pack_batch_id")?,
@@ -231,7 +233,7 @@ fn mirror_key(p: &RefPlace, ext: &str) -> Result<String, String> {
             };
             format!("stickers/{user}/{parent}/backfill_{}.{ext}", row_id()?)
         }
-        "session_sticker" => match &p.sticker_key {
+        RefClass::SessionSticker => match &p.sticker_key {
             Some(key) => key.clone(),
             None => format!(
                 "stickers/{}/{BACKFILL_SESSION}/{}.{ext}",
@@ -239,7 +241,7 @@ fn mirror_key(p: &RefPlace, ext: &str) -> Result<String, String> {
                 row_id()?
             ),
         },
-        "pack_sheet" => match &p.pack_batch_id {
+        RefClass::PackSheet => match &p.pack_batch_id {
             Some(_) => format!(
                 "{PACK_SHEETS}/{}.{ext}",
                 need(&p.pack_batch_id, "pack_batch_id")?
@@ -249,13 +251,12 @@ fn mirror_key(p: &RefPlace, ext: &str) -> Result<String, String> {
                 need(&p.session_id, "session_id")?
             ),
         },
-        "photo" => format!(
+        RefClass::Photo => format!(
             "photos/{}/{}/{}.{ext}",
             need(&p.user_id, "user_id")?,
             need(&p.session_id, "session_id")?,
             segment(class, "slot", &p.slot)?
         ),
-        other => return Err(format!("no mirror key for class {other}")),
     })
 }
 
@@ -265,11 +266,14 @@ mod key_tests {
 
     fn place(class: &str) -> RefPlace {
         RefPlace {
-            class: class.into(),
+            class: RefClass::parse(class).unwrap_or_else(|| panic!("{class} is a class")),
             row_id: "R".into(),
-            user_id: Some("7".into()),
+            slot: String::new(),
             session_id: Some("S".into()),
-            ..RefPlace::default()
+            user_id: Some("7".into()),
+            pack_batch_id: None,
+            storage_key: None,
+            sticker_key: None,
         }
     }
 

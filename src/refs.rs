@@ -77,6 +77,22 @@ impl RefClass {
     }
 }
 
+/// The catalog's `refs.class` holds [`RefClass::name`].
+impl rusqlite::types::FromSql for RefClass {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let name = value.as_str()?;
+        RefClass::parse(name).ok_or_else(|| {
+            rusqlite::types::FromSqlError::Other(format!("unknown ref class {name:?}").into())
+        })
+    }
+}
+
+impl rusqlite::types::ToSql for RefClass {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.name().into())
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     /// uuid, bigint or text: kept as given, read as opaque text.

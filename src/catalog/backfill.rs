@@ -5,6 +5,7 @@ use rusqlite::{Connection, Transaction, params};
 
 use super::ENV_FILTER;
 use super::REF_LABEL_SQL;
+use super::RefState;
 use super::push::{PLACE_COLUMNS, place_at};
 use crate::error::Result;
 use crate::layout::RefPlace;
@@ -15,7 +16,7 @@ pub struct Candidate {
     pub place: RefPlace,
     pub telegram_file_id: Option<String>,
     pub dangling: bool,
-    pub state: String,
+    pub state: RefState,
     pub reason: Option<String>,
     /// (sha256, size, type) when fetched.
     pub blob: Option<(String, u64, String)>,
@@ -80,10 +81,38 @@ pub fn session_stickers(conn: &Connection, envs: &Option<String>) -> Result<Vec<
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+super::sql_enum! {
+    /// `backfill_journal.action`: what a change does to the bot's database.
+    pub enum JournalAction {
+        /// A storage key written into a NULL column.
+        Set = "set",
+        /// A `stickers` row added (`--sync-stickers`).
+        Insert = "insert",
+    }
+}
+
+super::sql_enum! {
+    /// `backfill_journal.state`: where a change stands.
+    pub enum JournalState {
+        /// About to be tried (or tried by a run that was killed).
+        Planned = "planned",
+        /// Made, and ours: `--undo` reverts it.
+        Written = "written",
+        /// Someone else's value was there: left alone.
+        Kept = "kept",
+        /// It could not be made; `reason` says why.
+        Failed = "failed",
+        /// Reverted by `--undo`.
+        Undone = "undone",
+        /// Changed by someone else since: `--undo` left it alone.
+        Changed = "changed",
+    }
+}
+
 /// One change to the bot's database.
 #[derive(Clone, Debug)]
 pub struct Change {
-    pub action: &'static str,
+    pub action: JournalAction,
     pub table: String,
     pub row_id: String,
     pub column: String,
@@ -123,7 +152,7 @@ pub fn plan_changes(tx: &Transaction, changes: &[&Change]) -> Result<()> {
 pub fn set_change_state(
     tx: &Transaction,
     c: &Change,
-    state: &str,
+    state: JournalState,
     reason: Option<&str>,
 ) -> Result<()> {
     let now = super::now_text();
@@ -160,9 +189,14 @@ pub fn standing_changes(conn: &Connection, envs: &Option<String>) -> Result<Vec<
          ORDER BY id"
     ))?;
     let rows = stmt.query_map([envs], |r| {
+        // The journal is a file users can edit: what is not an insert is a set.
         let action: String = r.get(0)?;
         Ok(Change {
-            action: if action == "insert" { "insert" } else { "set" },
+            action: if action == JournalAction::Insert.name() {
+                JournalAction::Insert
+            } else {
+                JournalAction::Set
+            },
             table: r.get(1)?,
             row_id: r.get(2)?,
             column: r.get(3)?,

@@ -30,6 +30,55 @@ use rusqlite::Connection;
 
 use crate::error::{Error, Result};
 
+/// An enum stored in the catalog as text: each variant with its name, read
+/// and written by rusqlite as that name (an unknown name is an error).
+macro_rules! sql_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name { $($(#[$vmeta])* $variant,)+ }
+
+        impl $name {
+            /// The name the catalog stores.
+            pub fn name(self) -> &'static str {
+                match self { $($name::$variant => $text,)+ }
+            }
+        }
+
+        impl rusqlite::types::ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(self.name().into())
+            }
+        }
+
+        impl rusqlite::types::FromSql for $name {
+            fn column_result(
+                value: rusqlite::types::ValueRef<'_>,
+            ) -> rusqlite::types::FromSqlResult<Self> {
+                match value.as_str()? {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(rusqlite::types::FromSqlError::Other(
+                        format!("unknown {} {other:?}", stringify!($name)).into(),
+                    )),
+                }
+            }
+        }
+    };
+}
+pub(crate) use sql_enum;
+
+sql_enum! {
+    /// `refs.state`: where a ref's file stands.
+    pub enum RefState {
+        /// Not fetched yet (or to fetch again).
+        Pending = "pending",
+        /// Its bytes are a blob of the archive.
+        Fetched = "fetched",
+        /// It could not be had; `reason` says why.
+        Failed = "failed",
+    }
+}
+
 pub const CATALOG_FILE: &str = "catalog.sqlite";
 const LOCK_FILE: &str = "catalog.lock";
 /// The `settings` key of the archive's identity.

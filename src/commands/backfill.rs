@@ -19,7 +19,7 @@ use crate::bot::{
     Inserted, KeyCell, NewStickerRow, STICKER_KEY_COLUMN, Written, key_column, written_column,
 };
 use crate::catalog::Catalog;
-use crate::catalog::backfill::{self as q, Change};
+use crate::catalog::backfill::{self as q, Change, JournalAction, JournalState};
 use crate::error::{Error, ExitStatus, Result};
 use crate::layout::{Layout, dest_key};
 use crate::object_check::{Check, check_object};
@@ -204,7 +204,7 @@ pub fn backfill(ctx: &Context, opts: &BackfillOptions) -> Result<BackfillReport>
                         Ok((text, state)) => (text, state),
                         Err(reason) => {
                             work.step.failed = true;
-                            (reason, Some("failed"))
+                            (reason, Some(JournalState::Failed))
                         }
                     };
                     if let (true, Some(change), Some(state)) = (apply, &work.change, state) {
@@ -245,8 +245,8 @@ fn plan(catalog: &Catalog, envs: &Option<String>, sync_stickers: bool) -> Result
     let mut works = Vec::new();
     let mut session_keys: BTreeMap<String, String> = BTreeMap::new();
     for c in q::candidates(catalog.conn(), envs)? {
-        let class = c.place.class.clone();
-        let mut step = Step::new(&class, c.label.clone(), "set");
+        let class = c.place.class.name();
+        let mut step = Step::new(class, c.label.clone(), "set");
         let unfetched = || {
             c.reason
                 .clone()
@@ -254,7 +254,7 @@ fn plan(catalog: &Catalog, envs: &Option<String>, sync_stickers: bool) -> Result
                 .unwrap_or_else(|| {
                     format!(
                         "the file is not fetched yet ({}): run `starchive fetch`",
-                        c.state
+                        c.state.name()
                     )
                 })
         };
@@ -274,7 +274,7 @@ fn plan(catalog: &Catalog, envs: &Option<String>, sync_stickers: bool) -> Result
             });
             continue;
         }
-        let Some((table, column)) = RefClass::parse(&class).and_then(key_column) else {
+        let Some((table, column)) = key_column(c.place.class) else {
             continue;
         };
         let row_id = match table {
@@ -309,12 +309,12 @@ fn plan(catalog: &Catalog, envs: &Option<String>, sync_stickers: bool) -> Result
         };
         match key {
             Ok(key) => {
-                if class == RefClass::SessionSticker.name() {
+                if c.place.class == RefClass::SessionSticker {
                     session_keys.insert(c.place.row_id.clone(), key.clone());
                 }
                 step.key = Some(key.clone());
                 let change = Change {
-                    action: "set",
+                    action: JournalAction::Set,
                     table: table.name().to_string(),
                     row_id,
                     column: column.to_string(),
@@ -376,7 +376,7 @@ fn plan(catalog: &Catalog, envs: &Option<String>, sync_stickers: bool) -> Result
             step.id = Some(row.id.clone());
             step.column = Some(STICKER_KEY_COLUMN.into());
             let change = Change {
-                action: "insert",
+                action: JournalAction::Insert,
                 table: Table::Stickers.name().into(),
                 row_id: row.id.clone(),
                 column: STICKER_KEY_COLUMN.into(),
@@ -416,7 +416,7 @@ fn undo_works(catalog: &Catalog, envs: &Option<String>) -> Result<Vec<Work>> {
                 key: Some(c.value.clone()),
                 ..Step::new(&c.table, format!("{}/{}", c.table, c.row_id), "undo")
             },
-            insert: (c.action == "insert").then(|| NewStickerRow {
+            insert: (c.action == JournalAction::Insert).then(|| NewStickerRow {
                 id: c.row_id.clone(),
                 user_id: None,
                 session_id: String::new(),
@@ -429,7 +429,7 @@ fn undo_works(catalog: &Catalog, envs: &Option<String>) -> Result<Vec<Work>> {
         .collect())
 }
 
-type Outcome = Result<(String, Option<&'static str>), String>;
+type Outcome = Result<(String, Option<JournalState>), String>;
 
 /// A `stickers` row names the key its session's step uploads (or reuses):
 /// when that step failed, the object may be missing, so the row is not
@@ -477,15 +477,15 @@ async fn carry_out(
     };
     if let Some(row) = &work.insert {
         return Ok(match row.insert(client).await? {
-            Inserted::Now => (WRITTEN.into(), Some("written")),
-            Inserted::Already => (ALREADY.into(), Some("written")),
-            Inserted::NamedElsewhere => (NAMED_ALREADY.into(), Some("kept")),
+            Inserted::Now => (WRITTEN.into(), Some(JournalState::Written)),
+            Inserted::Already => (ALREADY.into(), Some(JournalState::Written)),
+            Inserted::NamedElsewhere => (NAMED_ALREADY.into(), Some(JournalState::Kept)),
         });
     }
     Ok(match cell(change).write(client, &change.value).await? {
-        Written::Now => (WRITTEN.into(), Some("written")),
-        Written::Already => (ALREADY.into(), Some("written")),
-        Written::Other => (LEFT_ALONE.into(), Some("kept")),
+        Written::Now => (WRITTEN.into(), Some(JournalState::Written)),
+        Written::Already => (ALREADY.into(), Some(JournalState::Written)),
+        Written::Other => (LEFT_ALONE.into(), Some(JournalState::Kept)),
     })
 }
 
@@ -547,9 +547,12 @@ async fn undo_one(client: &tokio_postgres::Client, work: &Work, apply: bool) -> 
     }
     Ok(
         if cell.undo(client, &c.value, work.insert.is_some()).await? {
-            ("undone".into(), Some("undone"))
+            ("undone".into(), Some(JournalState::Undone))
         } else {
-            ("changed since: left alone".into(), Some("changed"))
+            (
+                "changed since: left alone".into(),
+                Some(JournalState::Changed),
+            )
         },
     )
 }
