@@ -83,6 +83,13 @@ pub const CATALOG_FILE: &str = "catalog.sqlite";
 const LOCK_FILE: &str = "catalog.lock";
 /// The `settings` key of the archive's identity.
 pub const ARCHIVE_ID: &str = "archive_id";
+/// The `settings` key of the write generation: a counter every opening of
+/// the catalog to write bumps (before it writes anything), but `push`'s,
+/// whose writes are records of its own destination. A push that left a
+/// destination whole records the generation it saw; while the counter
+/// still says so, nothing a push writes can have changed, and the next push
+/// there sends nothing but the manifest check (`push`'s fast path).
+pub const WRITE_GENERATION: &str = "write_generation";
 /// The `settings` key that keeps photo refs in scope once
 /// `fetch --include photos` asked for them.
 pub const INCLUDE_PHOTOS: &str = "include_photos";
@@ -168,9 +175,24 @@ impl Catalog {
         Self::open_locked(dir, ArchiveLock::take(dir)?)
     }
 
+    /// Opens the catalog of an existing archive for `push`, whose writes
+    /// (records of its destination) leave the [`WRITE_GENERATION`] as it
+    /// is, unless this opening migrates the catalog.
+    pub fn open_existing_for_push(dir: &Path) -> Result<Catalog> {
+        if !dir.join(CATALOG_FILE).is_file() {
+            return Err(Error::NoCatalog(dir.to_path_buf()));
+        }
+        Self::open_with(dir, ArchiveLock::take(dir)?, false)
+    }
+
     /// Opens (creating or migrating) the catalog of an archive whose lock
     /// the caller took first, to look at the directory before it is opened.
     pub fn open_locked(dir: &Path, lock: ArchiveLock) -> Result<Catalog> {
+        Self::open_with(dir, lock, true)
+    }
+
+    /// Opens the catalog to write; `bump`: a new [`WRITE_GENERATION`] first.
+    fn open_with(dir: &Path, lock: ArchiveLock, bump: bool) -> Result<Catalog> {
         let path = dir.join(CATALOG_FILE);
         let mut conn = Connection::open(&path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -185,7 +207,17 @@ impl Catalog {
         // snapshot writes its indexes at their ends and a small cache does;
         // memory stays flat whatever the row count.
         conn.pragma_update(None, "cache_size", CACHE_KIB)?;
+        let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         migrations::migrate(&mut conn, &path)?;
+        if bump || found < migrations::count() {
+            // Committed before the command writes: a kill after any of its
+            // writes leaves the generation already moved on.
+            conn.execute(
+                "INSERT INTO settings(key, value) VALUES (?1, '1')
+                 ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+                [WRITE_GENERATION],
+            )?;
+        }
         Ok(Catalog {
             conn,
             dir: dir.to_path_buf(),
@@ -238,6 +270,14 @@ impl Catalog {
             tracing::debug!("journal mode not back to WAL yet: {e}");
         }
         out
+    }
+
+    /// The [`WRITE_GENERATION`] (0 in a catalog never opened to write since it had one).
+    pub fn write_generation(&self) -> Result<i64> {
+        Ok(self
+            .setting(WRITE_GENERATION)?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
     }
 
     /// The archive's identity (migration 6): kept by every copy of the catalog.

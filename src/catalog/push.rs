@@ -580,6 +580,37 @@ pub fn for_each_manifest_ref(
     Ok(())
 }
 
+/// The `settings` key of what the last push that left destination `dest`
+/// whole recorded (`push`'s fast path).
+fn whole_push_key(dest: i64) -> String {
+    format!("whole_push:{dest}")
+}
+
+/// What the last push that left `dest` whole recorded, if it still stands.
+pub fn whole_push(conn: &Connection, dest: i64) -> Result<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT value FROM settings WHERE key = ?1",
+            [whole_push_key(dest)],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// Records what a push that left `dest` whole saw, or (`None`) forgets it.
+pub fn set_whole_push(conn: &Connection, dest: i64, record: Option<&str>) -> Result<()> {
+    let key = whole_push_key(dest);
+    match record {
+        Some(record) => conn.execute(
+            "INSERT INTO settings(key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, record],
+        )?,
+        None => conn.execute("DELETE FROM settings WHERE key = ?1", [key])?,
+    };
+    Ok(())
+}
+
 /// The latest snapshot: (id, taken_at).
 pub fn latest_snapshot(conn: &Connection) -> Result<Option<(i64, String)>> {
     Ok(conn

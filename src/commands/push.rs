@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use rusqlite::Connection;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{Context, TransferReport};
@@ -87,7 +88,7 @@ struct KeyOutcome {
 pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
     let started = Instant::now();
     crate::store_url::refuse_archive_overlap(&opts.to, &ctx.archive, "--to")?;
-    let mut catalog = Catalog::open_existing(&ctx.archive)?;
+    let mut catalog = Catalog::open_existing_for_push(&ctx.archive)?;
     ctx.warn_unknown_envs(&catalog)?;
     // A push streams through the catalog and writes it in small batches; the
     // plan lives in temp tables. A small page cache does, and keeps memory
@@ -110,10 +111,43 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
             other?
         }
     };
+    let generation = catalog.write_generation()?;
+    let whole = |layout: Layout| WholePush {
+        generation,
+        tool: TOOL.to_string(),
+        layout: layout.name().to_string(),
+        envs: envs.clone(),
+        part_bytes: opts.catalog_part_bytes,
+        ..WholePush::default()
+    };
+    if trusted
+        && let Some((id, name)) = &recorded
+        && let Some(held) = Layout::parse(name)
+        && opts.layout.is_none_or(|l| l == held)
+        && let Some(last) = q::whole_push(catalog.conn(), *id)?
+        && let Ok(last) = serde_json::from_str::<WholePush>(&last)
+        && last.same_push(&whole(held))
+    {
+        // Nothing a push writes changed since the last one left this
+        // destination whole, and its manifest is still there: nothing to do.
+        return Ok(TransferReport {
+            done: 0,
+            skipped: last.skipped,
+            failed: last.refused + last.failed_at_fetch,
+            pending: last.pending,
+            bytes: 0,
+            seconds: started.elapsed().as_secs_f64(),
+            notes: unfetched_notes(last.pending, last.failed_at_fetch),
+            refused: Vec::new(),
+        });
+    }
     // A manifest this archive wrote names the layout recorded; any other
     // (another machine's push) is read for the layout it names.
     let layout = held_layout(&ctx.runtime, &store, catalog.conn(), opts.layout, !trusted)?;
     let dest = q::destination(catalog.conn(), &store.shown, layout)?;
+    // Until this push ends with the destination whole, the next one does
+    // all the work (a kill midway included).
+    q::set_whole_push(catalog.conn(), dest, None)?;
 
     // Placements first: what is known pushed stays so, the rest is pending.
     let counts = {
@@ -126,28 +160,13 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
         counts
     };
     let (pending, failed_at_fetch) = q::unfetched_counts(catalog.conn(), &envs)?;
-    let mut notes = Vec::new();
-    if pending > 0 {
-        notes.push(match pending {
-            1 => "1 ref is not fetched yet: run `starchive fetch`".to_string(),
-            n => format!("{n} refs are not fetched yet: run `starchive fetch`"),
-        });
-    }
-    if failed_at_fetch > 0 {
-        notes.push(format!(
-            "{failed_at_fetch} {} at fetch: `starchive fetch --retry-failed` tries again",
-            if failed_at_fetch == 1 {
-                "ref failed"
-            } else {
-                "refs failed"
-            }
-        ));
-    }
+    let notes = unfetched_notes(pending, failed_at_fetch);
     let mut skipped = counts.refs_pushed;
     let mut done = 0u64;
     let mut failed = counts.refs_refused + failed_at_fetch;
     let bytes = Arc::new(AtomicU64::new(0));
     let mut uploaded_any = false;
+    let mut upload_failed = false;
 
     if counts.blobs_to_push > 0 {
         let conn = catalog.conn();
@@ -189,6 +208,7 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
                         }
                         Err(reason) => {
                             failed += outcome.refs;
+                            upload_failed = true;
                             tracing::warn!("push failed for {}: {reason}", outcome.key);
                         }
                     }
@@ -218,6 +238,18 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
         opts.catalog_part_bytes,
         changed,
     )?;
+    if !upload_failed && refused.is_empty() {
+        let record = WholePush {
+            skipped: skipped + done,
+            refused: counts.refs_refused,
+            pending,
+            failed_at_fetch,
+            ..whole(layout)
+        };
+        let record =
+            serde_json::to_string(&record).map_err(|e| Error::Config(format!("push: {e}")))?;
+        q::set_whole_push(catalog.conn(), dest, Some(&record))?;
+    }
     Ok(TransferReport {
         done,
         skipped,
@@ -228,6 +260,71 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
         notes,
         refused,
     })
+}
+
+/// This build, as the manifest's header names it.
+const TOOL: &str = concat!("starchive ", env!("CARGO_PKG_VERSION"));
+
+/// What a push that left its destination whole records there (all it had
+/// to upload uploaded, the manifest and catalog copy written): the
+/// [`crate::catalog::WRITE_GENERATION`] it saw, what shaped what it wrote,
+/// and the counts of its report. While they hold, the next push there has
+/// nothing to do but check that the manifest is still there.
+#[derive(Default, Serialize, Deserialize)]
+struct WholePush {
+    generation: i64,
+    tool: String,
+    layout: String,
+    envs: Option<String>,
+    part_bytes: u64,
+    /// Refs placed at objects the destination holds.
+    skipped: u64,
+    /// Refs that get no object (their key is another's).
+    refused: u64,
+    /// Refs in scope not fetched yet, and failed at fetch.
+    pending: u64,
+    failed_at_fetch: u64,
+}
+
+impl WholePush {
+    /// Whether a push shaped like `other` would write what this one wrote.
+    fn same_push(&self, other: &WholePush) -> bool {
+        (
+            self.generation,
+            &self.tool,
+            &self.layout,
+            &self.envs,
+            self.part_bytes,
+        ) == (
+            other.generation,
+            &other.tool,
+            &other.layout,
+            &other.envs,
+            other.part_bytes,
+        )
+    }
+}
+
+/// The report's notes about refs in scope that are not fetched.
+fn unfetched_notes(pending: u64, failed_at_fetch: u64) -> Vec<String> {
+    let mut notes = Vec::new();
+    if pending > 0 {
+        notes.push(match pending {
+            1 => "1 ref is not fetched yet: run `starchive fetch`".to_string(),
+            n => format!("{n} refs are not fetched yet: run `starchive fetch`"),
+        });
+    }
+    if failed_at_fetch > 0 {
+        notes.push(format!(
+            "{failed_at_fetch} {} at fetch: `starchive fetch --retry-failed` tries again",
+            if failed_at_fetch == 1 {
+                "ref failed"
+            } else {
+                "refs failed"
+            }
+        ));
+    }
+    notes
 }
 
 /// Whether the catalog's records of `dest` can be trusted: the manifest the
@@ -379,7 +476,7 @@ fn write_self_description(
     let (refs, placed) = q::manifest_counts(conn, dest, &envs)?;
     let mut header = serde_json::json!({
         "format": manifest::MANIFEST_FORMAT,
-        "tool": concat!("starchive ", env!("CARGO_PKG_VERSION")),
+        "tool": TOOL,
         "archive_id": catalog.archive_id()?,
         "snapshot_id": snapshot_id,
         "snapshot_taken_at": taken_at,

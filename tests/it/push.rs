@@ -838,6 +838,139 @@ fn changed_file_at_a_known_key_is_uploaded_again() {
     run(&mut verify_cmd(&archive, &url, Some(&s3))).expect_code(0);
 }
 
+/// A push after one that left the destination whole, with nothing changed
+/// in between, sends nothing but the manifest check (push's fast path);
+/// whatever changed in between what a push writes is pushed: a changed ref,
+/// a blob fetched again with other bytes, an object verify found gone, a new
+/// snapshot (the manifest and the catalog copy), another scope (`--env`). A
+/// push to another destination in between changes nothing here.
+#[test]
+fn a_push_after_any_change_pushes_it() {
+    let dir = temp_dir();
+    let bucket = dir.path().join("bucket");
+    let archive = dir.path().join("archive");
+    let keys = ["stickers/1/s1/1.webp", "stickers/1/s1/2.webp"];
+    std::fs::create_dir_all(bucket.join("stickers/1/s1")).expect("mkdir");
+    let s3 = TestS3::start();
+    s3.create_bucket("dest");
+    s3.create_bucket("other");
+    let url = s3.store_url("dest", "");
+    // The bucket's files and a snapshot of two stickers whose file ids say
+    // which version of their file they are, fetched.
+    let snapshot_and_fetch = |versions: [u64; 2]| {
+        let mut db = Db::default();
+        db.session("s1", "1", "prod", None, None);
+        for (i, (key, v)) in keys.iter().zip(versions).enumerate() {
+            std::fs::write(bucket.join(key), sticker_bytes(10 * i as u64 + v, 500)).expect("write");
+            db.sticker(
+                &format!("st-{i}"),
+                "1",
+                "s1",
+                Some(&format!("tg-{i}-v{v}")),
+                Some(key),
+            );
+        }
+        db.snapshot(&dir.path().join("db"), &archive);
+        run(starchive(&archive)
+            .args(["fetch", "--storage"])
+            .arg(&bucket))
+        .expect_code(0);
+    };
+    let push = |args: &[&str]| {
+        s3.reset_counts();
+        run(push_cmd(&archive, &url, Some(&s3)).args(args))
+            .expect_code(0)
+            .json()
+    };
+    let at_dest = |i: usize| s3.get_file("dest", keys[i]);
+    let header = || manifest_lines(&s3.get_file("dest", MANIFEST).expect("manifest"))[0].clone();
+    let nothing_to_do = |step: &str| {
+        let doc = push(&[]);
+        assert_eq!(
+            s3.requests("TOTAL"),
+            1,
+            "{step}: the manifest check only: {:?}",
+            s3.request_log()
+        );
+        assert_eq!(
+            (&doc["done"], &doc["skipped"]),
+            (&0.into(), &2.into()),
+            "{step}: {doc}"
+        );
+    };
+
+    snapshot_and_fetch([1, 1]);
+    assert_eq!(push(&[])["done"], 2);
+    nothing_to_do("pushed");
+
+    // A changed ref.
+    snapshot_and_fetch([2, 1]);
+    assert_eq!(push(&[])["done"], 1);
+    assert_eq!(at_dest(0), Some(sticker_bytes(2, 500)));
+    nothing_to_do("a changed ref pushed");
+
+    // A local blob verify finds bad is fetched again, as other bytes.
+    let blob = sha256_hex(sticker_bytes(11, 500));
+    std::fs::write(archive.join("blobs").join(&blob[..2]).join(&blob), b"rot").expect("rot");
+    run(starchive(&archive).args(["verify"])).expect_code(3);
+    std::fs::write(bucket.join(keys[1]), sticker_bytes(12, 500)).expect("write");
+    run(starchive(&archive)
+        .args(["fetch", "--storage"])
+        .arg(&bucket))
+    .expect_code(0);
+    assert_eq!(push(&[])["done"], 1);
+    assert_eq!(at_dest(1), Some(sticker_bytes(12, 500)));
+    nothing_to_do("a blob fetched again pushed");
+
+    // An object verify finds gone at the destination.
+    std::fs::remove_file(s3.bucket_dir("dest").join(keys[0])).expect("remove");
+    run(&mut verify_cmd(&archive, &url, Some(&s3))).expect_code(3);
+    assert_eq!(push(&[])["done"], 1);
+    assert_eq!(at_dest(0), Some(sticker_bytes(2, 500)));
+    nothing_to_do("an object verify found gone pushed");
+
+    // A new snapshot of the same rows: a new manifest and catalog copy.
+    let before = header();
+    let copy_before = s3.get_file("dest", CATALOG_COPY).expect("catalog copy");
+    run(starchive(&archive)
+        .args(["snapshot", "--db"])
+        .arg(dir.path().join("db")))
+    .expect_code(0);
+    let doc = push(&[]);
+    assert_eq!(doc["done"], 0, "{doc}");
+    assert_eq!(
+        s3.requests("PUT"),
+        2,
+        "manifest and copy: {:?}",
+        s3.request_log()
+    );
+    assert_eq!(
+        header()["snapshot_id"],
+        before["snapshot_id"].as_u64().expect("snapshot id") + 1
+    );
+    assert_ne!(s3.get_file("dest", CATALOG_COPY), Some(copy_before));
+    nothing_to_do("a new snapshot pushed");
+
+    // Another scope, and back: each writes its manifest.
+    push(&["--env", "prod"]);
+    assert_eq!(header()["envs"], serde_json::json!(["prod"]));
+    push(&[]);
+    assert_eq!(header()["envs"], serde_json::json!([]));
+    nothing_to_do("back to every env");
+
+    // A push to another destination.
+    let doc = run(&mut push_cmd(
+        &archive,
+        &s3.store_url("other", ""),
+        Some(&s3),
+    ))
+    .expect_code(0)
+    .json();
+    assert_eq!(doc["done"], 2, "{doc}");
+    nothing_to_do("after a push elsewhere");
+    run(&mut verify_cmd(&archive, &url, Some(&s3))).expect_code(0);
+}
+
 // ---- bad input -----------------------------------------------------------------
 
 #[test]
