@@ -6,6 +6,8 @@
 //! header, `\r\n` or `\n`. Supabase's exports do not tell NULL from an empty
 //! string, so every empty field, quoted or not, is NULL.
 
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
@@ -99,20 +101,65 @@ fn read_table(table: Table, path: &Path, out: &mut Batcher) -> Result<()> {
             header.join(", ")
         )));
     }
+    let lines = Lines(File::open(path).map_err(|e| csv_err(e.to_string()))?);
+    let id_column = header.iter().position(|h| h == "id");
     let mut record = csv::ByteRecord::new();
     loop {
         match reader.read_byte_record(&mut record) {
             Ok(false) => return Ok(()),
             Ok(true) => {
-                let at = format!("line {}", record.position().map_or(0, csv::Position::line));
+                let at = || lines.at(record.position());
                 let event = match to_row(table, &header, &record) {
-                    Ok(row) => SourceEvent::row(table, row, None),
-                    Err(reason) => SourceEvent::Malformed { table, at, reason },
+                    Ok(row) => SourceEvent::row(table, row, None, at),
+                    Err(reason) => SourceEvent::Malformed {
+                        table,
+                        at: super::skipped_label(
+                            at(),
+                            id_column
+                                .and_then(|i| record.get(i))
+                                .map(|id| String::from_utf8_lossy(id).into_owned()),
+                        ),
+                        reason,
+                    },
                 };
                 out.push_blocking(event)?;
             }
             Err(e) => return Err(csv_err(e.to_string())),
         }
+    }
+}
+
+/// The line a record starts on, as a person counts them. The `csv` crate
+/// gives a record the position its reader stood at before reading it: at
+/// the `\n` of a `\r\n` line end (it ends a record at the `\r`) and before
+/// the blank lines it skips, so its line is short of one per `\n` there.
+/// Those bytes are read again from the file (only for a skipped row) and
+/// counted.
+struct Lines(File);
+
+impl Lines {
+    fn at(&self, position: Option<&csv::Position>) -> Option<String> {
+        let position = position?;
+        let mut line = position.line();
+        let mut offset = position.byte();
+        let mut buf = [0u8; 256];
+        let mut file = &self.0;
+        // A file that cannot be read again here keeps the crate's count.
+        while let Ok(n) = file
+            .seek(SeekFrom::Start(offset))
+            .and_then(|_| file.read(&mut buf))
+        {
+            let ends = buf[..n]
+                .iter()
+                .take_while(|b| matches!(b, b'\r' | b'\n'))
+                .count();
+            line += buf[..ends].iter().filter(|b| **b == b'\n').count() as u64;
+            if n == 0 || ends < n {
+                break;
+            }
+            offset += n as u64;
+        }
+        Some(format!("line {line}"))
     }
 }
 

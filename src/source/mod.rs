@@ -56,8 +56,15 @@ pub struct CheckedRow {
 impl SourceEvent {
     /// A source row as an event: `Row` when starchive can rely on it,
     /// `Malformed` (skipped and counted) when not. `text` is the row's JSON
-    /// text as the source gave it, stored as is when present.
-    pub fn row(table: Table, row: Map<String, Value>, text: Option<String>) -> SourceEvent {
+    /// text as the source gave it, stored as is when present. `place` says
+    /// where the row is in the source (a CSV line), asked only of a row
+    /// that is skipped.
+    pub fn row(
+        table: Table,
+        row: Map<String, Value>,
+        text: Option<String>,
+        place: impl FnOnce() -> Option<String>,
+    ) -> SourceEvent {
         match refs::check_row(table, &row) {
             Ok(refs::RowCheck { id, dropped }) => {
                 let scope = match table {
@@ -79,17 +86,31 @@ impl SourceEvent {
             }
             Err(reason) => SourceEvent::Malformed {
                 table,
-                at: row_label(&row),
+                at: row_label(&row, place()),
                 reason,
             },
         }
     }
 }
 
-fn row_label(row: &Map<String, Value>) -> String {
-    match row.get("id") {
-        Some(Value::String(s)) if !s.is_empty() => format!("id {s}"),
-        _ => "a row".to_string(),
+/// How a skipped row is named: where it is and its id, as far as known.
+fn row_label(row: &Map<String, Value>, place: Option<String>) -> String {
+    let id = match row.get("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => Some(other.to_string()),
+    };
+    skipped_label(place, id)
+}
+
+/// `line 10 (id st-1)`, `line 10`, `id st-1` or `a row`: a skipped row by
+/// its place in the source and its id (an empty one is none).
+pub(crate) fn skipped_label(place: Option<String>, id: Option<String>) -> String {
+    match (place, id.filter(|id| !id.is_empty())) {
+        (Some(place), Some(id)) => format!("{place} (id {id})"),
+        (Some(place), None) => place,
+        (None, Some(id)) => format!("id {id}"),
+        (None, None) => "a row".to_string(),
     }
 }
 

@@ -142,7 +142,7 @@ pub async fn read(url: &str, out: &mut Batcher) -> Result<()> {
             if let SimpleQueryMessage::Row(row) = msg.map_err(db_err)? {
                 let Some(text) = row.get(0) else { continue };
                 let event = match serde_json::from_str::<Map<String, Value>>(text) {
-                    Ok(row) => SourceEvent::row(table, row, Some(text.to_string())),
+                    Ok(row) => SourceEvent::row(table, row, Some(text.to_string()), || None),
                     Err(e) => SourceEvent::Malformed {
                         table,
                         at: "a row".into(),

@@ -944,6 +944,57 @@ fn malformed_rows_are_skipped_and_counted() {
     assert_eq!(counts(&report, "pack_batches"), (4, 4, 0, 0, 0), "{report}");
 }
 
+/// A skipped CSV row is named by the line it starts on in the file, whatever
+/// the line ends (`\r\n` put the crate's count one short), blank lines and
+/// quoted fields spanning lines before it; with its id when it has one.
+#[test]
+fn skipped_csv_rows_name_their_file_line() {
+    let header = "id,user_id,session_id,pack_batch_id,pack_index,style_preset_id,telegram_file_id,result_storage_path,created_at";
+    let good = |i: u32| format!("st-{i},1,s1,,,cartoon,F-{i},,2025-01-01 00:00:00+00");
+    // Physical lines of stickers.csv; the skipped rows at lines 10, 13 and 15.
+    let mut lines = vec![header.to_string()];
+    lines.extend((1..=5).map(good)); // lines 2-6
+    lines.push("st-q,1,s1,,,\"a style".into()); // lines 7-8: one quoted field on two lines
+    lines.push("on two lines\",F-q,,2025-01-01 00:00:00+00".into());
+    lines.push(String::new()); // line 9: blank
+    lines.push("st-short,1,s1".into()); // line 10: too few fields
+    lines.push(good(6)); // line 11
+    lines.push(String::new()); // line 12: blank
+    lines.push("st-index,1,s1,b1,one,,F-i,,2025-01-01 00:00:00+00".into()); // line 13
+    lines.push(good(7)); // line 14
+    lines.push(",1,s1,,,,F-noid,,2025-01-01 00:00:00+00".into()); // line 15: no id
+    for end in ["\n", "\r\n"] {
+        let dir = temp_dir();
+        for table in ["sessions", "pack_batches"] {
+            std::fs::copy(
+                Path::new(FIXTURE_DB).join(format!("{table}.csv")),
+                dir.path().join(format!("{table}.csv")),
+            )
+            .expect("copy fixture");
+        }
+        let mut text = lines.join(end);
+        text.push_str(end);
+        std::fs::write(dir.path().join("stickers.csv"), text).expect("write csv");
+        let archive = temp_dir();
+        let db = dir.path().to_str().expect("utf-8 path");
+        let out = starchive(archive.path(), &["snapshot", "--json", "--db", db]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(
+            report["tables"]["stickers"]["skipped"], 3,
+            "{end:?}: {report}"
+        );
+        let err = stderr(&out);
+        for at in [
+            "stickers line 10 (id st-short): skipped",
+            "stickers line 13 (id st-index): skipped",
+            "stickers line 15: skipped: no id",
+        ] {
+            assert!(err.contains(at), "{end:?}: no {at:?} in\n{err}");
+        }
+    }
+}
+
 /// A source that lacks optional tables and columns still snapshots; one with
 /// no `sessions` table is refused with a clear message and exit 1.
 #[test]
