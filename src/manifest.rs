@@ -190,6 +190,16 @@ impl<F> Drop for Parts<F> {
 /// One ref line of the manifest, as `pull` reads it.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Line {
+    /// The ref's identity in the catalog: class, table, row id and slot.
+    #[serde(default)]
+    pub class: Option<String>,
+    #[serde(default)]
+    pub table: Option<String>,
+    #[serde(default)]
+    pub row_id: Option<String>,
+    /// None for the empty slot.
+    #[serde(default)]
+    pub slot: Option<String>,
     #[serde(default)]
     pub env: Option<String>,
     /// The ref's key at the destination; none when it is not placed there.
@@ -201,6 +211,8 @@ pub struct Line {
     pub sha256: Option<String>,
     #[serde(default)]
     pub size: Option<u64>,
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
 }
 
 /// An object of a store read as it streams, for a thread outside the

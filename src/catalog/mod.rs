@@ -125,6 +125,16 @@ impl ArchiveLock {
             _file: lock_archive(dir)?,
         })
     }
+
+    /// Lets go of the lock of `dir` and removes its file, and `dir` itself
+    /// when nothing else is in it: what a command that failed before it
+    /// wrote anything leaves of an archive it was to create.
+    pub fn abandon(self, dir: &Path) {
+        let _ = std::fs::remove_file(dir.join(LOCK_FILE));
+        drop(self);
+        // Fails, as it should, when the directory holds anything.
+        let _ = std::fs::remove_dir(dir);
+    }
 }
 
 impl Catalog {

@@ -20,35 +20,76 @@ pub struct BlobToPull {
 }
 
 /// `pull_blobs`: every blob the manifest names, with `outcome` NULL until
-/// it is found present (`present`), downloaded (`downloaded`) or failed.
+/// it is found present (`present`), downloaded (`downloaded`) or failed;
+/// `pull_lines`: the refs the manifest says pushed, by identity, with the
+/// blob each names.
 pub fn create_pull_table(conn: &Connection) -> Result<()> {
     conn.execute_batch(
         "CREATE TEMP TABLE IF NOT EXISTS pull_blobs (
              sha256  TEXT PRIMARY KEY NOT NULL,
              key     TEXT NOT NULL,
              size    INTEGER NOT NULL,
+             type    TEXT NOT NULL,
              outcome TEXT
          ) WITHOUT ROWID;
-         DELETE FROM pull_blobs;",
+         DELETE FROM pull_blobs;
+         CREATE TEMP TABLE IF NOT EXISTS pull_lines (
+             class     TEXT NOT NULL,
+             row_table TEXT NOT NULL,
+             row_id    TEXT NOT NULL,
+             slot      TEXT NOT NULL,
+             sha256    TEXT NOT NULL,
+             PRIMARY KEY (class, row_table, row_id, slot)
+         ) WITHOUT ROWID;
+         DELETE FROM pull_lines;",
     )?;
     Ok(())
 }
 
-/// Adds a blob the manifest names (the first key naming it serves).
-pub fn add_blob(conn: &Connection, sha256: &str, key: &str, size: u64) -> Result<()> {
+/// A ref of the manifest, pushed with the blob `sha256` (found at `key`,
+/// the first key naming it serves).
+pub struct PushedLine<'a> {
+    pub class: &'a str,
+    pub table: &'a str,
+    pub row_id: &'a str,
+    pub slot: &'a str,
+    pub sha256: &'a str,
+    pub key: &'a str,
+    pub size: u64,
+    /// The type the manifest gives (`bin` when it gives none).
+    pub kind: &'a str,
+}
+
+/// Adds a pushed ref of the manifest and the blob it names.
+pub fn add_line(conn: &Connection, line: &PushedLine) -> Result<()> {
     conn.prepare_cached(
-        "INSERT INTO pull_blobs(sha256, key, size) VALUES (?1, ?2, ?3)
+        "INSERT INTO pull_blobs(sha256, key, size, type) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT(sha256) DO NOTHING",
     )?
-    .execute(params![sha256, key, size])?;
+    .execute(params![line.sha256, line.key, line.size, line.kind])?;
+    conn.prepare_cached(
+        "INSERT INTO pull_lines(class, row_table, row_id, slot, sha256) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT DO NOTHING",
+    )?
+    .execute(params![
+        line.class,
+        line.table,
+        line.row_id,
+        line.slot,
+        line.sha256
+    ])?;
     Ok(())
 }
 
-/// Marks present the blobs `blobs/` holds already; returns how many are left.
+/// Marks present the blobs `blobs/` holds already and the catalog knows
+/// (a blob `verify` forgot is downloaded again); returns how many are left.
 pub fn mark_present(conn: &Connection, is_present: impl Fn(&str) -> bool) -> Result<u64> {
     let tx = conn.unchecked_transaction()?;
     {
-        let mut select = tx.prepare("SELECT sha256 FROM pull_blobs")?;
+        let mut select = tx.prepare(
+            "SELECT sha256 FROM pull_blobs p
+             WHERE EXISTS (SELECT 1 FROM blobs b WHERE b.sha256 = p.sha256)",
+        )?;
         let mut update =
             tx.prepare("UPDATE pull_blobs SET outcome = 'present' WHERE sha256 = ?1")?;
         let mut rows = select.query([])?;
@@ -68,11 +109,12 @@ pub fn mark_present(conn: &Connection, is_present: impl Fn(&str) -> bool) -> Res
     Ok(left)
 }
 
-/// `pull_refs`: the refs whose blob is still to download and that a pull
-/// may change (fetched or failed), by sha256. Made once, in one pass over
+/// `pull_refs`: the catalog's refs that the manifest says pushed, by the
+/// sha256 it names, whatever their state (a scoped pull, a killed one or
+/// `verify` left them pending or failed). Made once, in one pass over
 /// `refs`, after [`mark_present`]: `refs` has no index by sha256, and a
-/// search of it per blob made a pull quadratic in its refs (most of its CPU
-/// at 5,000 refs).
+/// search of it per blob made a pull quadratic in its refs. The refs of
+/// blobs already present are fetched at once.
 pub fn index_refs_to_pull(conn: &Connection) -> Result<()> {
     conn.execute_batch(
         "CREATE TEMP TABLE IF NOT EXISTS pull_refs (
@@ -82,10 +124,21 @@ pub fn index_refs_to_pull(conn: &Connection) -> Result<()> {
          ) WITHOUT ROWID;
          DELETE FROM pull_refs;
          INSERT INTO pull_refs(sha256, ref_id)
-             SELECT sha256, id FROM refs
-             WHERE state IN ('fetched', 'failed')
-               AND sha256 IN (SELECT sha256 FROM pull_blobs WHERE outcome IS NULL);",
+             SELECT l.sha256, r.id FROM pull_lines l
+             JOIN refs r ON r.class = l.class AND r.row_table = l.row_table
+                        AND r.row_id = l.row_id AND r.slot = l.slot;",
     )?;
+    let tx = conn.unchecked_transaction()?;
+    tx.execute(
+        "UPDATE refs SET state = 'fetched', reason = NULL, updated_at = ?1,
+                sha256 = (SELECT p.sha256 FROM pull_refs p WHERE p.ref_id = refs.id),
+                source = coalesce(source, 'pull')
+         WHERE state <> 'fetched'
+           AND id IN (SELECT p.ref_id FROM pull_refs p JOIN pull_blobs b USING (sha256)
+                      WHERE b.outcome = 'present')",
+        [super::now_text()],
+    )?;
+    tx.commit()?;
     Ok(())
 }
 
@@ -110,18 +163,20 @@ pub fn blobs_to_pull_after(
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// A blob is stored: its refs that an earlier pull failed are fetched
-/// again (found through [`index_refs_to_pull`]).
+/// A blob is stored (published: durable): the refs the manifest says hold
+/// it and that are not fetched yet are fetched (found through
+/// [`index_refs_to_pull`]).
 pub fn mark_pulled(conn: &Connection, blob: &BlobInfo) -> Result<()> {
     let now = super::now_text();
     conn.prepare_cached(
         "INSERT INTO blobs(sha256, size, type, source, fetched_at) VALUES (?1, ?2, ?3, 'pull', ?4)
-         ON CONFLICT(sha256) DO NOTHING",
+         ON CONFLICT(sha256) DO UPDATE SET size = excluded.size, type = excluded.type",
     )?
     .execute(params![blob.sha256, blob.size, blob.kind, now])?;
     conn.prepare_cached(
-        "UPDATE refs SET state = 'fetched', reason = NULL, updated_at = ?2
-         WHERE id IN (SELECT ref_id FROM pull_refs WHERE sha256 = ?1) AND state = 'failed'",
+        "UPDATE refs SET state = 'fetched', sha256 = ?1, reason = NULL, updated_at = ?2,
+                source = coalesce(source, 'pull')
+         WHERE id IN (SELECT ref_id FROM pull_refs WHERE sha256 = ?1) AND state <> 'fetched'",
     )?
     .execute(params![blob.sha256, now])?;
     conn.prepare_cached("UPDATE pull_blobs SET outcome = 'downloaded' WHERE sha256 = ?1")?
@@ -130,15 +185,24 @@ pub fn mark_pulled(conn: &Connection, blob: &BlobInfo) -> Result<()> {
 }
 
 /// A blob could not be had: its refs (found through [`index_refs_to_pull`])
-/// fail with `reason` and keep their sha256, so that the next pull tries it
-/// again.
+/// but those fetched with another blob fail with `reason` and name it, so
+/// that the next pull tries it again.
 pub fn mark_pull_failed(conn: &Connection, sha256: &str, reason: &str) -> Result<()> {
+    let now = super::now_text();
+    // A ref names a blob the catalog knows: the manifest's record of it,
+    // kept until the blob is here.
     conn.prepare_cached(
-        "UPDATE refs SET state = 'failed', reason = ?2, updated_at = ?3
-         WHERE id IN (SELECT ref_id FROM pull_refs WHERE sha256 = ?1)
-           AND state IN ('fetched', 'failed')",
+        "INSERT INTO blobs(sha256, size, type, source, fetched_at)
+         SELECT sha256, size, type, 'pull', ?2 FROM pull_blobs WHERE sha256 = ?1
+         ON CONFLICT(sha256) DO NOTHING",
     )?
-    .execute(params![sha256, reason, super::now_text()])?;
+    .execute(params![sha256, now])?;
+    conn.prepare_cached(
+        "UPDATE refs SET state = 'failed', sha256 = ?1, reason = ?2, updated_at = ?3
+         WHERE id IN (SELECT ref_id FROM pull_refs WHERE sha256 = ?1)
+           AND (state <> 'fetched' OR sha256 = ?1)",
+    )?
+    .execute(params![sha256, reason, now])?;
     conn.prepare_cached("UPDATE pull_blobs SET outcome = 'failed' WHERE sha256 = ?1")?
         .execute([sha256])?;
     Ok(())

@@ -6,12 +6,17 @@
 //! checked part by part and decompressed into a staging file, which is
 //! renamed into place whole and then opened like any catalog (so an older
 //! one is migrated). A directory with a catalog is accepted only when it is
-//! the same archive (a resumed pull) and is otherwise left as it was. Then
-//! every blob the manifest names and `blobs/` lacks is downloaded once per
-//! SHA-256, hashed as it streams and published like `fetch`'s; a blob
-//! missing or bad at the source fails its refs. A kill at any point loses
-//! nothing: a blob is in `blobs/` whole or not at all, and the next run
-//! downloads what is still missing.
+//! the same archive (a resumed pull) and is otherwise left as it was. The
+//! installed catalog says fetched only for refs whose blob is in `blobs/`:
+//! the others are pending in the file renamed into place. Then every blob
+//! the manifest names and `blobs/` lacks is downloaded once per SHA-256,
+//! hashed as it streams and published like `fetch`'s, and the refs the
+//! manifest says hold it are fetched in the transaction that records it,
+//! whatever state an earlier pull or `verify` left them in; a blob missing
+//! or bad at the source fails its refs. A kill at any point loses nothing
+//! and claims nothing: a blob is in `blobs/` whole or not at all, a ref is
+//! fetched only once its blob is, and the next run downloads what is still
+//! missing.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -61,6 +66,9 @@ enum Outcome {
 
 pub fn pull(ctx: &Context, opts: &PullOptions) -> Result<TransferReport> {
     let started = Instant::now();
+    // Pulled into its own source, the archive's files would be written
+    // among the objects it is read from.
+    crate::store_url::refuse_archive_overlap(&opts.from, &ctx.archive, "--from")?;
     let store = stores::open(&opts.from, Role::From)?;
     let manifest = Manifest::open(&ctx.runtime, &store)?.ok_or_else(|| {
         Error::Config(format!(
@@ -71,8 +79,9 @@ pub fn pull(ctx: &Context, opts: &PullOptions) -> Result<TransferReport> {
     let lock = ArchiveLock::take(&ctx.archive)?;
     if ctx.archive.join(CATALOG_FILE).is_file() {
         check_same_archive(ctx, &store, &manifest.header)?;
-    } else {
-        restore_catalog(ctx, &store, &manifest.header)?;
+    } else if let Err(e) = restore_catalog(ctx, &store, &manifest.header) {
+        lock.abandon(&ctx.archive);
+        return Err(e);
     }
     let catalog = Catalog::open_locked(&ctx.archive, lock)?;
     let conn = catalog.conn();
@@ -90,11 +99,29 @@ pub fn pull(ctx: &Context, opts: &PullOptions) -> Result<TransferReport> {
             if line.state.as_deref() != Some("pushed") {
                 return Ok(());
             }
-            if let (Some(key), Some(sha256), Some(size)) = (line.key, line.sha256, line.size)
-                && is_sha256(&sha256)
-                && check_key(&key).is_ok()
+            if let (Some(class), Some(table), Some(row_id), Some(key), Some(sha256), Some(size)) = (
+                &line.class,
+                &line.table,
+                &line.row_id,
+                &line.key,
+                &line.sha256,
+                line.size,
+            ) && is_sha256(sha256)
+                && check_key(key).is_ok()
             {
-                q::add_blob(&tx, &sha256, &key, size)?;
+                q::add_line(
+                    &tx,
+                    &q::PushedLine {
+                        class,
+                        table,
+                        row_id,
+                        slot: line.slot.as_deref().unwrap_or(""),
+                        sha256,
+                        key,
+                        size,
+                        kind: line.kind.as_deref().unwrap_or("bin"),
+                    },
+                )?;
             }
             Ok(())
         })?;
@@ -156,6 +183,14 @@ pub fn pull(ctx: &Context, opts: &PullOptions) -> Result<TransferReport> {
     let blobs = &shared.blobs;
     q::unbacked_to_pending(conn, |sha256| blobs.path(sha256).is_file())?;
     let (done, skipped, failed, pending) = q::pull_counts(conn, &ctx.env_param())?;
+    let mut notes = Vec::new();
+    if pending > 0 {
+        notes.push(format!(
+            "{pending} {} no file at {}: not pushed there (or outside --env); `starchive pull` again once a push has them, or `starchive fetch` gets them from the bucket",
+            if pending == 1 { "ref is pending: it has" } else { "refs are pending: they have" },
+            shared.store.shown
+        ));
+    }
     Ok(TransferReport {
         done,
         skipped,
@@ -163,7 +198,7 @@ pub fn pull(ctx: &Context, opts: &PullOptions) -> Result<TransferReport> {
         pending,
         bytes: shared.bytes.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
-        notes: Vec::new(),
+        notes,
         refused: Vec::new(),
     })
 }
@@ -302,6 +337,11 @@ fn restore_catalog(ctx: &Context, store: &Store, header: &Header) -> Result<()> 
                 )));
             }
             crate::catalog::set_setting(&conn, PULLED_FROM, &store.shown)?;
+            // The copy says fetched for the pusher's blobs: here, a ref is
+            // fetched only once its blob is in `blobs/` (the pull sets it so
+            // as each blob is published), in the file renamed into place.
+            let blobs = BlobStore::new(&ctx.archive);
+            q::unbacked_to_pending(&conn, |sha256| blobs.path(sha256).is_file())?;
         }
         let sync = |path: &std::path::Path| {
             std::fs::File::open(path)

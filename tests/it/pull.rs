@@ -68,6 +68,31 @@ fn assert_same_archive(pulled: &Path, origin: &Path) {
     assert!(got == want, "every blob with its bytes");
 }
 
+/// Asserts that `plan` and `status` count as fetched only refs whose blob
+/// is in `blobs/`, as a killed pull must leave them.
+#[track_caller]
+fn assert_fetched_means_here(archive: &Path) {
+    let conn = catalog(archive);
+    let mut stmt = conn
+        .prepare("SELECT sha256 FROM refs WHERE state = 'fetched'")
+        .expect("prepare");
+    let fetched: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    let here = blobs_of(archive);
+    for sha in &fetched {
+        assert!(
+            here.contains_key(&format!("{}/{sha}", &sha[..2])),
+            "a ref says fetched while blob {sha} is not in blobs/"
+        );
+    }
+    let plan = plan(archive);
+    assert_eq!(plan["total"]["fetched"], fetched.len() as u64, "{plan}");
+    run(starchive(archive).args(["--json", "status"])).expect_code(0);
+}
+
 /// The objects of a bucket but `_starchive/`.
 fn stickers_in(bucket: &Bucket) -> BTreeMap<String, Vec<u8>> {
     let mut objects = bucket.objects.all();
@@ -322,6 +347,17 @@ fn a_killed_pull_resumes_to_the_whole_archive() {
                 assert_eq!(sha256_hex(&bytes), sha, "{name}");
             }
         }
+        if pulled.join("catalog.sqlite").exists() {
+            assert_fetched_means_here(&pulled);
+            // What `verify` does to a killed pull never keeps the next
+            // one from finishing (checked by the pull at the end).
+            if rng().is_multiple_of(3) {
+                let verified = run(starchive(&pulled).args(["--json", "verify"]))
+                    .expect_code(0)
+                    .json();
+                assert_eq!(verified["blobs_bad"], 0, "{verified}");
+            }
+        }
     }
     eprintln!("{finished} of 12 pulls finished before their kill");
     s3.set_latency(Duration::ZERO);
@@ -438,4 +474,86 @@ fn a_store_that_is_no_destination_is_refused() {
 #[allow(dead_code)]
 fn kinds() -> [Kind; 4] {
     [Kind::Local, Kind::S3s, Kind::Supabase, Kind::Moto]
+}
+
+#[test]
+fn a_pull_after_a_scoped_pull_or_a_verify_finishes_the_archive() {
+    let p = pushed_to_a_directory("cas");
+    let dir = temp_dir();
+    let pulled = dir.path().join("pulled");
+    // One env first: the other env's refs wait, pending, and say so.
+    let out = run(pull(&pulled, &p.url(), Vec::new()).args(["--env", "test"]));
+    let doc = out.expect_code(0).json();
+    assert_fetched_means_here(&pulled);
+    let whole = p.pull(&pulled);
+    let doc2 = whole.expect_code(0).json();
+    assert!(doc2["done"].as_u64() > Some(0), "{doc} then {doc2}");
+    assert_same_archive(&pulled, &p.fx.archive);
+
+    // A blob lost, and `verify` makes its refs pending: the next pull
+    // brings it back whatever their state.
+    let (name, _) = blobs_of(&pulled).into_iter().next().expect("a blob");
+    std::fs::remove_file(pulled.join("blobs").join(&name)).expect("remove");
+    run(starchive(&pulled).args(["--json", "verify"])).expect_code(3);
+    let doc = p.pull(&pulled).expect_code(0).json();
+    assert!(doc["done"].as_u64() > Some(0), "{doc}");
+    assert_same_archive(&pulled, &p.fx.archive);
+}
+
+#[test]
+fn a_pull_that_leaves_refs_pending_says_why() {
+    let fx = fetched_fixture();
+    let dest = fx.dir.path().join("dest");
+    let url = dest.to_string_lossy().into_owned();
+    // Only prod is pushed: test's refs have no file there.
+    run(push(&fx.archive, &url, Vec::new()).args(["--env", "prod"])).expect_code(0);
+    let dir = temp_dir();
+    let pulled = dir.path().join("pulled");
+    let out = run(&mut pull(&pulled, &url, Vec::new()));
+    let doc = out.expect_code(0).json();
+    assert!(doc["pending"].as_u64() > Some(0), "{doc}");
+    let note = doc["notes"][0].as_str().unwrap_or_default();
+    assert!(
+        note.contains("pending") && note.contains("pull") && note.contains(&url),
+        "{doc}"
+    );
+    let human = run(starchive(&pulled).args(["pull", "--from", &url]));
+    assert!(
+        human.expect_code(0).stdout.contains("note: "),
+        "{}",
+        human.stdout
+    );
+    assert_fetched_means_here(&pulled);
+
+    // Once the whole archive is pushed there, a pull takes the rest.
+    run(&mut push(&fx.archive, &url, Vec::new())).expect_code(FIXTURE_PUSH_EXIT);
+    let doc = run(&mut pull(&pulled, &url, Vec::new()))
+        .expect_code(0)
+        .json();
+    assert!(doc["done"].as_u64() > Some(0), "{doc}");
+    assert_eq!(doc["pending"], 0, "{doc}");
+    assert_same_archive(&pulled, &fx.archive);
+}
+
+#[test]
+fn a_pull_into_its_own_source_is_refused_and_writes_nothing() {
+    let p = pushed_to_a_directory("mirror");
+    let before = files_under(&p.dest);
+    let inside = p.dest.join("restored");
+    let sub = format!("{}/sub/..", p.url());
+    for (archive, from) in [
+        (p.dest.clone(), p.url()),
+        (p.dest.clone(), sub),
+        (inside.clone(), p.url()),
+    ] {
+        let out = run(&mut pull(&archive, &from, Vec::new()));
+        out.expect_code(2);
+        assert!(
+            out.stderr.contains("--from") && out.stderr.contains("archive"),
+            "{}",
+            out.stderr
+        );
+        assert!(files_under(&p.dest) == before, "{from} into {archive:?}");
+        assert!(!inside.exists());
+    }
 }
