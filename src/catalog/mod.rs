@@ -79,6 +79,28 @@ sql_enum! {
     }
 }
 
+sql_enum! {
+    /// `objects.state`: what this archive knows of an object at a destination.
+    pub enum ObjectState {
+        /// The store acknowledged it (and made it durable).
+        Pushed = "pushed",
+        /// The upload failed, or `verify` found other bytes there.
+        Failed = "failed",
+    }
+}
+
+sql_enum! {
+    /// `placements.state`: where a ref stands at a destination.
+    pub enum PlacementState {
+        /// Not pushed yet (or to push again).
+        Pending = "pending",
+        /// Its object is at its key.
+        Pushed = "pushed",
+        /// It could not be placed; `reason` says why.
+        Failed = "failed",
+    }
+}
+
 pub const CATALOG_FILE: &str = "catalog.sqlite";
 const LOCK_FILE: &str = "catalog.lock";
 /// The `settings` key of the archive's identity.
@@ -251,6 +273,16 @@ impl Catalog {
     pub fn set_cache_kib(&self, kib: u32) -> Result<()> {
         self.conn
             .pragma_update(None, "cache_size", -i64::from(kib))?;
+        Ok(())
+    }
+
+    /// Keeps this connection's TEMP tables in a file (SQLite's default,
+    /// said here because flat memory depends on it), through a page cache
+    /// of `kib` KiB.
+    pub fn set_temp_in_file(&self, kib: u32) -> Result<()> {
+        self.conn.pragma_update(None, "temp_store", "FILE")?;
+        self.conn
+            .pragma_update(Some("temp"), "cache_size", -i64::from(kib))?;
         Ok(())
     }
 

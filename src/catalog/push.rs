@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::ENV_FILTER;
+use super::{ENV_FILTER, ObjectState, PlacementState};
 use crate::error::Result;
 use crate::layout::{Layout, RefPlace};
 
@@ -456,9 +456,13 @@ pub fn set_object(
     outcome: Result<(), &str>,
 ) -> Result<()> {
     // Scrubbed here, where every push failure enters the catalog.
-    let (state, reason) = match outcome {
-        Ok(()) => ("pushed", None),
-        Err(reason) => ("failed", Some(crate::redact::text(reason))),
+    let (state, placed, reason) = match outcome {
+        Ok(()) => (ObjectState::Pushed, PlacementState::Pushed, None),
+        Err(reason) => (
+            ObjectState::Failed,
+            PlacementState::Failed,
+            Some(crate::redact::text(reason)),
+        ),
     };
     tx.prepare_cached(
         "INSERT INTO objects(dest_id, key, sha256, size, state, reason, updated_at)
@@ -484,7 +488,7 @@ pub fn set_object(
          WHERE dest_id = ?1 AND key = ?2
            AND (SELECT r.sha256 FROM refs r WHERE r.id = placements.ref_id) = ?5",
     )?
-    .execute(params![dest, key, state, reason, sha256])?;
+    .execute(params![dest, key, placed, reason, sha256])?;
     Ok(())
 }
 
@@ -570,7 +574,7 @@ pub fn for_each_manifest_ref(
             "telegram_file_id": r.get::<_, Option<String>>(8)?,
             "storage_key": r.get::<_, Option<String>>(9)?,
             "key": r.get::<_, Option<String>>(10)?,
-            "state": r.get::<_, Option<String>>(11)?.unwrap_or_else(|| "pending".into()),
+            "state": r.get::<_, Option<String>>(11)?.unwrap_or_else(|| PlacementState::Pending.name().into()),
             "sha256": r.get::<_, Option<String>>(12)?,
             "size": r.get::<_, Option<i64>>(13)?,
             "type": r.get::<_, Option<String>>(14)?,

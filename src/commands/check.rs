@@ -39,12 +39,12 @@ const MAX_MISSING_LISTED: u64 = 1_000;
 const BLOBS_PAGE: usize = 1024;
 /// Listed objects between two advances of the progress bar.
 const PROGRESS_STEP: u64 = 1000;
-/// SQLite page cache of a check, in KiB (negative: SQLite's unit for KiB),
+/// SQLite page cache of a check, in KiB,
 /// for the catalog and for the temp tables alike; it also bounds the sorter
 /// of the ordered and grouped reads. A check reads the catalog and fills
 /// its temp tables in order: a small cache does, and keeps the peak memory
 /// the same whatever the size of the archive and of the bucket.
-const CHECK_CACHE_KIB: i64 = -2 * 1024;
+const CHECK_CACHE_KIB: u32 = 2 * 1024;
 
 pub struct CheckOptions {
     /// The bot's bucket (`--storage`).
@@ -318,12 +318,9 @@ impl CheckReport {
 pub fn check(ctx: &Context, opts: &CheckOptions) -> Result<CheckReport> {
     let catalog = Catalog::open_read_only(&ctx.archive)?;
     ctx.warn_unknown_envs(&catalog)?;
-    let conn = catalog.conn();
-    // TEMP tables in a file (SQLite's default, said here because flat
-    // memory depends on it), through a cache as small as the catalog's.
-    conn.pragma_update(None, "temp_store", "FILE")?;
-    conn.pragma_update(None, "cache_size", CHECK_CACHE_KIB)?;
-    conn.pragma_update(Some("temp"), "cache_size", CHECK_CACHE_KIB)?;
+    // TEMP tables through a cache as small as the catalog's.
+    catalog.set_cache_kib(CHECK_CACHE_KIB)?;
+    catalog.set_temp_in_file(CHECK_CACHE_KIB)?;
     // One read transaction: every part sees the same catalog, that of the
     // snapshot named. The TEMP tables it fills are dropped with it.
     let tx = catalog.conn().unchecked_transaction()?;
