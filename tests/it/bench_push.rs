@@ -6,7 +6,8 @@
 //! cargo test --release --test it -- --ignored --nocapture --test-threads 1 bench_push
 //! ```
 //! (`bench/push.sh` does just that.) `BENCH_ONLY=upload`, `noop` or `rss`
-//! runs one of the three measures below. The loopback S3 server is the test
+//! runs one of the three measures below; `BENCH_ONLY=noop1m` runs the
+//! fourth, which only runs when asked (minutes of setup). The loopback S3 server is the test
 //! support server, in this process; `starchive` is the binary cargo built
 //! beside the tests (release with `--release`). Three measures:
 //!
@@ -16,7 +17,11 @@
 //!    (target: starchive at least 1.5x rclone);
 //! 2. a no-op second push over 10,000 refs (target: under 1 s);
 //! 3. peak RSS of `push` at 1,000 and 100,000 refs (target: flat, under
-//!    150 MB).
+//!    150 MB);
+//! 4. a no-op push over 1,000,000 refs (`BENCH_NOOP_REFS` overrides) in
+//!    the cas layout to a local directory, with its peak RSS: right after a
+//!    push that left the destination whole (target: under 2 s), and after a
+//!    `fetch` with nothing to do, which makes it compare the whole plan.
 //!
 //! CPU: the S3 server runs in this process, so this process's CPU time over
 //! a run is the server's (the harness itself idles meanwhile); the client's
@@ -28,11 +33,12 @@ use std::time::Instant;
 
 use crate::push::push_cmd;
 use crate::support::bench::{
-    Measure, measured, median, rclone_copy, rounds, time_v, tool_available,
+    Measure, env_number, measured, median, rclone_copy, rounds, time_v, tool_available,
 };
 use crate::support::dataset::{Db, sticker_bytes};
 use crate::support::run::{run, starchive};
 use crate::support::s3::TestS3;
+use crate::support::telegram::FakeTelegram;
 use crate::support::temp_dir;
 
 const FILES: usize = 5_000;
@@ -146,6 +152,77 @@ fn bench_push_vs_rclone() {
     if runs("rss") {
         bench_rss();
     }
+    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "noop1m") {
+        bench_noop_1m();
+    }
+}
+
+/// Measure 4, a no-op push over a million refs: `n` stickers without a
+/// storage key whose Telegram files are 1,000 blobs (fetched once each, the
+/// other refs resolved from them), pushed in the cas layout to a local
+/// directory.
+fn bench_noop_1m() {
+    const FILE_IDS: usize = 1_000;
+    let n = env_number("BENCH_NOOP_REFS", 1_000_000, 1);
+    let work = temp_dir();
+    let tg = FakeTelegram::new();
+    for i in 0..FILE_IDS {
+        tg.add_file(
+            &format!("tg-{i}"),
+            &format!("stickers/file_{i}.webp"),
+            sticker_bytes(i as u64 + 1, 300),
+        );
+    }
+    let mut db = Db::default();
+    for i in 0..n {
+        let (user, session) = ((100_000 + i / 20).to_string(), format!("s-{}", i / 20));
+        if i % 20 == 0 {
+            db.session(&session, &user, "prod", None, None);
+        }
+        let file_id = format!("tg-{}", i % FILE_IDS);
+        db.sticker(&format!("st-{i}"), &user, &session, Some(&file_id), None);
+    }
+    let archive = work.path().join("archive");
+    let started = Instant::now();
+    db.snapshot(&work.path().join("db"), &archive);
+    let snapshot_secs = started.elapsed().as_secs_f64();
+    let fetch = || {
+        let mut cmd = starchive(&archive);
+        cmd.args(["--json", "fetch", "--telegram-rate", "1000"])
+            .envs(tg.env());
+        cmd
+    };
+    let started = Instant::now();
+    run(&mut fetch()).expect_code(0);
+    let fetch_secs = started.elapsed().as_secs_f64();
+    let dest = work.path().join("dest").to_string_lossy().into_owned();
+    let push = || {
+        let mut cmd = push_cmd(&archive, &dest, None);
+        cmd.args(["--layout", "cas"]);
+        cmd
+    };
+    let time = work.path().join("time.txt");
+    let (first, first_kb) = with_peak_rss(&push(), &time);
+    println!(
+        "4. push over {n} refs ({FILE_IDS} blobs, cas, local directory; snapshot {snapshot_secs:.1} s, fetch {fetch_secs:.1} s)"
+    );
+    println!("   {:<44} {:>8} {:>8}", "push", "seconds", "peak MB");
+    let row = |what: &str, (secs, kb): (f64, u64)| {
+        println!("   {what:<44} {secs:>8.2} {:>8.1}", kb as f64 / 1024.0);
+    };
+    row("first", (first, first_kb));
+    for round in 0..rounds() {
+        row(
+            &format!("no-op, round {round}"),
+            with_peak_rss(&push(), &time),
+        );
+    }
+    run(&mut fetch()).expect_code(0);
+    row(
+        "no-op after a fetch (the whole plan compared)",
+        with_peak_rss(&push(), &time),
+    );
+    row("no-op again", with_peak_rss(&push(), &time));
 }
 
 /// 1. Uploads, side by side.
