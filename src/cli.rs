@@ -25,7 +25,14 @@ pub struct Cli {
     pub json: bool,
 
     /// Only refs whose session has this env (repeatable).
-    #[arg(long = "env", global = true, value_name = "NAME")]
+    // An empty NAME would match nothing (or only sessions with an empty env,
+    // which is no deployment): bad usage.
+    #[arg(
+        long = "env",
+        global = true,
+        value_name = "NAME",
+        value_parser = clap::builder::NonEmptyStringValueParser::new()
+    )]
     pub envs: Vec<String>,
 
     #[command(subcommand)]

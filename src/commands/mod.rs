@@ -90,11 +90,22 @@ impl Context {
             let there = if known.is_empty() {
                 "the catalog has no env".to_string()
             } else {
-                format!("the envs are: {}", known.join(", "))
+                let shown: Vec<String> = known.iter().map(|e| shown_env(e)).collect();
+                format!("the envs are: {}", shown.join(", "))
             };
             tracing::warn!("--env {env}: no session has this env ({there})");
         }
         Ok(())
+    }
+}
+
+/// An env as a list shows it: quoted when it would not read as itself
+/// there (empty, blank at an end, or holding a comma).
+fn shown_env(env: &str) -> String {
+    if env.is_empty() || env.trim() != env || env.contains(',') {
+        format!("{env:?}")
+    } else {
+        env.to_string()
     }
 }
 

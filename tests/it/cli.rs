@@ -397,6 +397,49 @@ fn unknown_env_warns_and_names_the_envs() {
     }
 }
 
+/// `--env ""` would match nothing: bad usage, before anything is read. An
+/// env that is empty (or blank at an end) in the catalog is shown quoted
+/// where the envs are named.
+#[test]
+fn an_empty_env_is_refused_and_shown_quoted() {
+    let dir = temp_dir();
+    let archive = dir.path().join("archive");
+    for args in [
+        vec!["--env", "", "status"],
+        vec!["--env=", "plan"],
+        vec!["fetch", "--env", ""],
+        vec!["--env", "prod", "--env", "", "snapshot", "--db", FIXTURE_DB],
+    ] {
+        let out = run(starchive(&archive).args(&args));
+        out.expect_code(2);
+        assert!(
+            out.stderr.contains("--env <NAME>"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    assert!(!archive.exists(), "nothing was created");
+
+    // Only Postgres tells an empty env from none (a CSV export has NULL).
+    let pg = crate::support::pg::TestPg::start();
+    let url = pg.fixture_db("bot");
+    pg.psql(
+        "bot",
+        "UPDATE sessions SET env = '' WHERE id = (SELECT id FROM sessions WHERE env = 'test' ORDER BY id LIMIT 1);
+         UPDATE sessions SET env = ' eu' WHERE id = (SELECT id FROM sessions WHERE env = 'test' ORDER BY id DESC LIMIT 1);",
+    );
+    run(starchive(&archive).args(["snapshot", "--db", &url])).expect_code(0);
+    let out = run(starchive(&archive).args(["--env", "nope", "plan"]));
+    out.expect_code(0);
+    assert!(
+        out.stderr.contains(
+            r#"--env nope: no session has this env (the envs are: "", " eu", prod, test)"#
+        ),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn plan_after_a_failed_snapshot_says_no_snapshot_yet() {
     let dir = temp_dir();
