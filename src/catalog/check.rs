@@ -19,18 +19,32 @@ use crate::layout::KeyOwner;
 pub struct Batch {
     pub id: String,
     pub session_id: Option<String>,
-    pub has_sheet: bool,
+    pub sheet: Sheet,
     /// `pack_index` of each sticker that has one, in ascending order
     /// (a position held twice appears twice).
     pub indexes: Vec<i64>,
     pub stickers: u64,
+    /// Stickers with no `pack_index`: no position in the pack holds them.
+    pub unindexed: u64,
     pub unfetched: u64,
+}
+
+/// A pack batch's sheet, as far as the archive has it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Sheet {
+    /// No `pack_sheet` ref is attached to the batch.
+    #[default]
+    None,
+    /// A `pack_sheet` ref is attached but none is fetched yet.
+    NotFetched,
+    /// A `pack_sheet` ref of the batch is fetched.
+    Fetched,
 }
 
 /// Every pack batch in scope, one at a time, in id order: those the
 /// `pack_batches` table has and those only sticker refs name. A batch's
-/// env is its session's. The batch has a sheet when a `pack_sheet` ref is
-/// attached to it.
+/// env is its session's. Its sheet is that of the `pack_sheet` refs
+/// attached to it: fetched when one of them is.
 pub fn for_each_batch(
     conn: &Connection,
     envs: &Option<String>,
@@ -58,12 +72,14 @@ pub fn for_each_batch(
              GROUP BY t.pack_batch_id
          ),
          sheets AS (
-             SELECT DISTINCT pack_batch_id FROM refs
+             SELECT pack_batch_id, max(state = 'fetched') AS fetched FROM refs
              WHERE class = 'pack_sheet' AND pack_batch_id IS NOT NULL
+             GROUP BY pack_batch_id
          )
-         SELECT b.id, b.session_id, b.id IN sheets,
+         SELECT b.id, b.session_id, sh.fetched,
                 t.pack_batch_id IS NOT NULL, t.pack_index, t.fetched
          FROM (SELECT * FROM batches WHERE {ENV_FILTER}) b
+         LEFT JOIN sheets sh ON sh.pack_batch_id = b.id
          LEFT JOIN temp.check_pack_stickers t ON t.pack_batch_id = b.id
          ORDER BY b.id, t.pack_index"
     ))?;
@@ -78,15 +94,20 @@ pub fn for_each_batch(
             batch = Some(Batch {
                 id,
                 session_id: r.get(1)?,
-                has_sheet: r.get(2)?,
+                sheet: match r.get::<_, Option<bool>>(2)? {
+                    None => Sheet::None,
+                    Some(false) => Sheet::NotFetched,
+                    Some(true) => Sheet::Fetched,
+                },
                 ..Batch::default()
             });
         }
         let Some(b) = batch.as_mut() else { continue };
         if r.get::<_, bool>(3)? {
             b.stickers += 1;
-            if let Some(index) = r.get::<_, Option<i64>>(4)? {
-                b.indexes.push(index);
+            match r.get::<_, Option<i64>>(4)? {
+                Some(index) => b.indexes.push(index),
+                None => b.unindexed += 1,
             }
             if !r.get::<_, bool>(5)? {
                 b.unfetched += 1;

@@ -27,7 +27,7 @@ use crate::blobs::BlobStore;
 use crate::catalog::check as q;
 use crate::catalog::{Catalog, paged};
 use crate::error::{Error, ExitStatus, Result};
-use crate::layout::key_owner;
+use crate::layout::{RESERVED_PREFIX, key_owner};
 use crate::refs::RefClass;
 use crate::stores::{self, Role};
 use crate::transfer::run_units;
@@ -246,13 +246,23 @@ pub struct IncompleteBatch {
     /// shows them so, however far a `pack_index` is out of range.
     #[serde(skip)]
     pub missing_ranges: Vec<(i64, i64)>,
+    /// Its stickers with no `pack_index`: no position holds them.
+    pub unindexed: u64,
     /// Its stickers not fetched.
     pub unfetched: u64,
+    /// Its sheet is fetched: the archive has it.
     pub has_sheet: bool,
+    /// A sheet is attached but not fetched yet.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub sheet_not_fetched: bool,
 }
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 #[derive(Debug, Serialize)]
@@ -280,6 +290,11 @@ pub struct Bucket {
     /// wrong bucket or prefix, most often).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// Objects under `_starchive/` (a push destination's manifest and
+    /// catalog copy) that no row names: starchive's own, never orphans,
+    /// left out of the counts above.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub starchive_objects: u64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -362,7 +377,15 @@ fn packs(conn: &Connection, envs: &Option<String>, full: bool) -> Result<Packs> 
         invalid.dedup();
         let (ranges, duplicates) = positions(&batch.indexes[valid..]);
         let (missing, missing_more) = listed_missing(&ranges);
-        if ranges.is_empty() && duplicates.is_empty() && invalid.is_empty() && batch.unfetched == 0
+        // SPEC's rule (every position of 0..max held once, every sticker
+        // fetched), read so that it cannot hold vacuously: a batch with no
+        // sticker, or a sticker with no position, is not a whole pack.
+        if batch.stickers > 0
+            && batch.unindexed == 0
+            && ranges.is_empty()
+            && duplicates.is_empty()
+            && invalid.is_empty()
+            && batch.unfetched == 0
         {
             packs.complete += 1;
         } else {
@@ -375,8 +398,10 @@ fn packs(conn: &Connection, envs: &Option<String>, full: bool) -> Result<Packs> 
                 duplicate_indexes: duplicates,
                 invalid_indexes: invalid,
                 missing_ranges: ranges,
+                unindexed: batch.unindexed,
                 unfetched: batch.unfetched,
-                has_sheet: batch.has_sheet,
+                has_sheet: batch.sheet == q::Sheet::Fetched,
+                sheet_not_fetched: batch.sheet == q::Sheet::NotFetched,
             })?;
         }
         Ok(())
@@ -534,9 +559,14 @@ fn bucket(
     ctx.progress.start("listing the bucket", None);
     let mut listing = store.list_keys();
     let mut listed = 0u64;
+    let mut starchive_objects = 0u64;
     while let Some(object) = ctx.runtime.block_on(listing.next()) {
         let (key, size) = object.map_err(|e| stores::unusable(store, Role::Storage, &e))?;
-        q::add_listed(conn, &key, size, key_owner(&key))?;
+        if key.starts_with(RESERVED_PREFIX) && !q::key_is_named(conn, &key)? {
+            starchive_objects += 1;
+        } else {
+            q::add_listed(conn, &key, size, key_owner(&key))?;
+        }
         listed += 1;
         if listed.is_multiple_of(PROGRESS_STEP) {
             ctx.progress.advance(PROGRESS_STEP);
@@ -604,6 +634,7 @@ fn bucket(
         orphans,
         dangling,
         hint,
+        starchive_objects,
     })
 }
 
@@ -687,6 +718,13 @@ impl std::fmt::Display for CheckReport {
                 bucket.objects,
                 human(bucket.bytes)
             )?;
+            if bucket.starchive_objects > 0 {
+                writeln!(
+                    f,
+                    "  ({} objects under {RESERVED_PREFIX}, starchive's own, left out)",
+                    bucket.starchive_objects
+                )?;
+            }
             let order = ["sticker", "session_sticker", "pack_sheet", "orphan"];
             let rest = bucket
                 .classes
@@ -749,6 +787,9 @@ impl std::fmt::Display for CheckReport {
                     join_cut(&b.invalid_indexes, self.full, count)
                 )?;
             }
+            if b.unindexed > 0 {
+                write!(f, "; {} without a position", b.unindexed)?;
+            }
             if b.unfetched > 0 {
                 write!(f, "; {} not fetched", b.unfetched)?;
             }
@@ -757,6 +798,8 @@ impl std::fmt::Display for CheckReport {
                 "; {}",
                 if b.has_sheet {
                     "has a sheet"
+                } else if b.sheet_not_fetched {
+                    "sheet not fetched"
                 } else {
                     "no sheet"
                 }

@@ -300,6 +300,7 @@ fn report_names_exactly_the_holes_damage_and_orphans(kind: Kind) {
             "missing_indexes": [2],
             "duplicate_indexes": [3],
             "invalid_indexes": [],
+            "unindexed": 0,
             "unfetched": 0,
             "has_sheet": true,
         }])
@@ -548,6 +549,139 @@ fn consistent_archive_and_bucket_exit_0() {
     assert_eq!(doc["packs"]["incomplete"][0]["unfetched"], 1, "{doc:#}");
     assert_eq!(doc["packs"]["incomplete"][0]["missing_indexes"], json!([]));
     assert_eq!(doc["snapshot_id"], 2, "{doc:#}");
+}
+
+/// SPEC's rule, "complete when every position 0..max is held once and every
+/// sticker is fetched", never holds vacuously: a sticker with no
+/// `pack_index` and a batch with no sticker make a batch incomplete; "has a
+/// sheet" means the archive has it (fetched), not that a row names one.
+#[test]
+fn a_pack_is_complete_only_when_whole_and_its_sheet_shown_as_fetched() {
+    const B_EMPTY: &str = "00000000-0000-4000-8000-0000000000b3";
+    const B_UNPLACED: &str = "00000000-0000-4000-8000-0000000000b4";
+    let mut bot = Bot::start(Kind::S3s);
+    bot.session(S_PACK, 100, "prod", None);
+    bot.batch(B_WHOLE, S_PACK, 100, Some(SHEET_KEY));
+    bot.pack(S_PACK, 100, B_WHOLE, &[0, 1, 2]);
+    // No sticker yet; its sheet's key is not in the bucket (nor a file_id).
+    bot.batch(B_EMPTY, S_PACK, 100, None);
+    bot.sql(&format!(
+        "UPDATE pack_batches SET cleaned_sheet_storage_path = 'pack_sheets/b3.png' WHERE id = '{B_EMPTY}';"
+    ));
+    // Positions 0 and 1 held, a third sticker with no position.
+    bot.batch(B_UNPLACED, S_PACK, 100, None);
+    bot.pack(S_PACK, 100, B_UNPLACED, &[0, 1]);
+    bot.file(&format!("stickers/100/{B_UNPLACED}/nowhere.webp"));
+    bot.sql(&format!(
+        "INSERT INTO stickers (user_id, session_id, pack_batch_id, pack_index, result_storage_path)
+         VALUES (100, '{S_PACK}', '{B_UNPLACED}', NULL, 'stickers/100/{B_UNPLACED}/nowhere.webp');"
+    ));
+
+    // Snapshotted, not fetched: every sheet is still to fetch.
+    run(&mut bot.cmd(&["--json", "snapshot", "--db", &bot.pg.url(DB)])).expect_code(0);
+    let text = run(&mut bot.cmd(&["check"])).expect_code(3).stdout.clone();
+    assert!(
+        text.contains(&format!(
+            "{B_WHOLE} (session {S_PACK}): 3 stickers; 3 not fetched; sheet not fetched"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("has a sheet"), "{text}");
+
+    bot.snapshot_and_fetch();
+    let doc = run(&mut bot.cmd(&["--json", "check"]))
+        .expect_code(3)
+        .json();
+    assert_eq!(doc["packs"]["batches"], 3, "{doc:#}");
+    assert_eq!(doc["packs"]["complete"], 1, "{doc:#}");
+    let incomplete: BTreeMap<String, Value> = doc["packs"]["incomplete"]
+        .as_array()
+        .expect("incomplete")
+        .iter()
+        .map(|b| {
+            (
+                b["pack_batch_id"].as_str().expect("id").to_string(),
+                b.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(incomplete.len(), 2, "{doc:#}");
+    let empty = &incomplete[B_EMPTY];
+    assert_eq!(empty["stickers"], 0, "{empty}");
+    assert_eq!(empty["has_sheet"], false, "{empty}");
+    assert_eq!(empty["sheet_not_fetched"], true, "{empty}");
+    let unplaced = &incomplete[B_UNPLACED];
+    assert_eq!(
+        (
+            &unplaced["stickers"],
+            &unplaced["unindexed"],
+            &unplaced["unfetched"]
+        ),
+        (&json!(3), &json!(1), &json!(0)),
+        "{unplaced}"
+    );
+    assert_eq!(unplaced["missing_indexes"], json!([]), "{unplaced}");
+    let text = run(&mut bot.cmd(&["check"])).expect_code(3).stdout.clone();
+    assert!(
+        text.contains(&format!(
+            "{B_EMPTY} (session {S_PACK}): 0 stickers; sheet not fetched"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{B_UNPLACED} (session {S_PACK}): 3 stickers; 1 without a position; no sheet"
+        )),
+        "{text}"
+    );
+}
+
+/// A push destination holds starchive's own `_starchive/` objects (manifest,
+/// catalog copy): checking it as the bucket (a mirror has the bot's keys)
+/// never calls them orphans, which a clean-up would delete.
+#[test]
+fn starchives_own_objects_are_never_orphans() {
+    let mut bot = Bot::start(Kind::S3s);
+    bot.session(S_PACK, 100, "prod", None);
+    bot.batch(B_WHOLE, S_PACK, 100, Some(SHEET_KEY));
+    bot.pack(S_PACK, 100, B_WHOLE, &[0, 1, 2]);
+    bot.session(S_SINGLE, 100, "prod", Some(SINGLE_KEY));
+    bot.snapshot_and_fetch();
+    let mirror = temp_dir();
+    let to = mirror.path().to_str().expect("utf-8 path");
+    run(&mut bot.cmd(&["--json", "push", "--to", to])).expect_code(0);
+    let own = std::fs::read_dir(mirror.path().join("_starchive"))
+        .expect("_starchive/")
+        .count() as u64;
+    assert!(own >= 2, "a manifest and a catalog copy");
+
+    let doc = run(&mut bot.cmd(&["--json", "check", "--storage", to]))
+        .expect_code(0)
+        .json();
+    let bucket = &doc["bucket"];
+    assert_eq!(bucket["orphans"], json!([]), "{doc:#}");
+    assert_eq!(bucket["objects"], 5, "the bot's objects only: {doc:#}");
+    assert_eq!(bucket["starchive_objects"], own, "{doc:#}");
+    let text = run(&mut bot.cmd(&["check", "--storage", to]))
+        .expect_code(0)
+        .stdout
+        .clone();
+    assert!(
+        text.contains(&format!(
+            "({own} objects under _starchive/, starchive's own, left out)"
+        )),
+        "{text}"
+    );
+
+    // Anything else no row names is still an orphan, even beside them.
+    std::fs::write(mirror.path().join("_starchived.webp"), b"not ours").expect("write");
+    let doc = run(&mut bot.cmd(&["--json", "check", "--storage", to]))
+        .expect_code(3)
+        .json();
+    assert_eq!(
+        doc["bucket"]["orphans"][0]["key"], "_starchived.webp",
+        "{doc:#}"
+    );
 }
 
 /// An archive whose first snapshot failed has a catalog but nothing to hold
