@@ -1,8 +1,11 @@
 //! The uploader: local files into a store's objects, as every command that
 //! writes to a store does it (push, backfill): one PUT, or a multipart
-//! upload above [`MULTIPART_THRESHOLD`] that is aborted on any failure; the
-//! metadata starchive writes (`sha256`, content type); and the clean-up of
-//! what killed uploads left in a local store.
+//! upload above [`MULTIPART_THRESHOLD`] that is aborted on any failure; a
+//! server-side copy of a blob already put at another key; the metadata
+//! starchive writes (`sha256`, content type); durability; and the clean-up
+//! of what killed uploads left in a local store.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use object_store::{Attribute, Attributes, PutOptions, PutPayload, WriteMultipart};
 
@@ -114,6 +117,39 @@ pub fn object_attributes(store: &Store, sha256: &str, kind: &str) -> Attributes 
         (Attribute::Metadata("sha256".into()), sha256.to_string()),
         (Attribute::ContentType, content_type.to_string()),
     ])
+}
+
+/// A blob of the archive to put at a key.
+pub struct Blob<'a> {
+    /// Its file in `blobs/`.
+    pub file: &'a std::path::Path,
+    pub sha256: &'a str,
+    pub size: u64,
+    /// Its type (`webp`, …), for the content type.
+    pub kind: &'a str,
+}
+
+/// Puts `blob` at `path`, durable before it returns: copied on the server
+/// from `copy_from` (a key that holds the same bytes) when given, else, or
+/// when the copy fails, uploaded with its metadata (its size then added to
+/// `sent`).
+pub async fn put_blob(
+    store: &Store,
+    path: &object_store::path::Path,
+    blob: &Blob<'_>,
+    copy_from: Option<&object_store::path::Path>,
+    sent: &AtomicU64,
+) -> Result<(), String> {
+    let copied = match copy_from {
+        Some(from) => store.inner.copy(from, path).await.is_ok(),
+        None => false,
+    };
+    if !copied {
+        let attributes = object_attributes(store, blob.sha256, blob.kind);
+        put_file(store, path, blob.file, blob.size, attributes).await?;
+        sent.fetch_add(blob.size, Ordering::Relaxed);
+    }
+    store.make_durable(path).await
 }
 
 /// [`put_file`], then made durable ([`Store::make_durable`]) before it

@@ -421,23 +421,13 @@ async fn upload_blob(
                 continue;
             }
         };
-        let put = || async {
-            let attributes = upload::object_attributes(store, &sha256, &kind);
-            upload::put_file(store, &path, &file, size, attributes).await?;
-            bytes.fetch_add(size, Ordering::Relaxed);
-            Ok(())
+        let blob = upload::Blob {
+            file: &file,
+            sha256: &sha256,
+            size,
+            kind: &kind,
         };
-        let result = match &first {
-            Some(from) => match store.inner.copy(from, &path).await {
-                Ok(()) => Ok(()),
-                Err(_) => put().await,
-            },
-            None => put().await,
-        };
-        let result = match result {
-            Ok(()) => store.make_durable(&path).await,
-            Err(e) => Err(e),
-        };
+        let result = upload::put_blob(store, &path, &blob, first.as_ref(), bytes).await;
         if result.is_ok() && first.is_none() {
             first = Some(path);
         }
