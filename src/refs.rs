@@ -375,6 +375,16 @@ pub fn noted_column(table: Table) -> Option<&'static str> {
 /// changed rather than of the whole catalog. Only when
 /// [`can_derive_changed`].
 pub fn derive_changed(conn: &Connection, include_photos: bool) -> Result<()> {
+    let unchanged: bool = conn.query_row(
+        "SELECT NOT EXISTS (SELECT 1 FROM temp.snap_rows)
+            AND NOT EXISTS (SELECT 1 FROM temp.snap_sessions)
+            AND NOT EXISTS (SELECT 1 FROM temp.snap_env)",
+        [],
+        |r| r.get(0),
+    )?;
+    if unchanged {
+        return Ok(());
+    }
     let gen_ = next_gen(conn)?;
     let classes = RefClass::ALL
         .iter()
