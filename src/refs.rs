@@ -217,6 +217,7 @@ pub fn check_row(table: Table, row: &Map<String, Value>) -> Result<RowCheck, Str
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
         Some(Value::Null) | None => return Err("no id".into()),
+        Some(Value::String(_)) => return Err("the id is empty".into()),
         Some(_) => return Err("id is not text".into()),
     };
     let mut dropped = Vec::new();

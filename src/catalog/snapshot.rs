@@ -154,6 +154,8 @@ pub struct SnapshotWriter<'c> {
     missing: Vec<Table>,
     taken_at: String,
     source: String,
+    /// The source is CSV exports ([`SourceEvent::Began`]).
+    exports: bool,
 }
 
 /// Hides what an older starchive left readable in the sources of earlier
@@ -214,12 +216,16 @@ impl<'c> SnapshotWriter<'c> {
             missing: Vec::new(),
             taken_at: super::now_text(),
             source: source.to_string(),
+            exports: false,
         })
     }
 
     pub fn apply(&mut self, event: SourceEvent) -> Result<()> {
         match event {
-            SourceEvent::Began { taken_at } => self.taken_at = taken_at,
+            SourceEvent::Began { taken_at, exports } => {
+                self.taken_at = taken_at;
+                self.exports = exports;
+            }
             SourceEvent::Table { table, present } => {
                 if !present {
                     tracing::warn!("the source has no {} table: taken as empty", table.name());
@@ -405,8 +411,13 @@ impl<'c> SnapshotWriter<'c> {
         let n = self.warnings.entry(table).or_default();
         *n += 1;
         if *n <= LOGGED_SKIPS {
+            let cut = if self.exports {
+                " (an export cut at its size limit?)"
+            } else {
+                ""
+            };
             tracing::warn!(
-                "{} id {id}: column {column} is malformed (an export cut at its size limit?): the row is kept, the refs it names are left out",
+                "{} id {id}: column {column} is malformed{cut}: the row is kept, the refs it names are left out",
                 table.name()
             );
         } else if *n == LOGGED_SKIPS + 1 {

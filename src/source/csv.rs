@@ -20,6 +20,7 @@ use crate::refs::{self, Table};
 pub fn read(dir: &Path, out: &mut Batcher) -> Result<()> {
     out.push_blocking(SourceEvent::Began {
         taken_at: crate::catalog::now_text(),
+        exports: true,
     })?;
     for table in Table::ALL {
         let path = table_file(dir, table)?;
@@ -115,8 +116,10 @@ fn read_table(table: Table, path: &Path, out: &mut Batcher) -> Result<()> {
                         table,
                         at: super::skipped_label(
                             at(),
+                            // An empty field is NULL: no id.
                             id_column
                                 .and_then(|i| record.get(i))
+                                .filter(|id| !id.is_empty())
                                 .map(|id| String::from_utf8_lossy(id).into_owned()),
                         ),
                         reason,

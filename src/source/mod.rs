@@ -18,8 +18,11 @@ pub const BATCH: usize = 1024;
 #[derive(Debug)]
 pub enum SourceEvent {
     /// The source's consistent state was taken at this time (RFC 3339 UTC).
+    /// `exports`: the source is CSV exports, whose cells the dashboard may
+    /// cut at its size limit (a malformed value is then most likely cut).
     Began {
         taken_at: String,
+        exports: bool,
     },
     /// The table is about to be read; `present` is false when the source lacks it.
     Table {
@@ -104,9 +107,16 @@ fn row_label(row: &Map<String, Value>, place: Option<String>) -> String {
 }
 
 /// `line 10 (id st-1)`, `line 10`, `id st-1` or `a row`: a skipped row by
-/// its place in the source and its id (an empty one is none).
+/// its place in the source and its id (an empty one shown as `""`).
 pub(crate) fn skipped_label(place: Option<String>, id: Option<String>) -> String {
-    match (place, id.filter(|id| !id.is_empty())) {
+    let id = id.map(|id| {
+        if id.is_empty() {
+            "\"\"".to_string()
+        } else {
+            id
+        }
+    });
+    match (place, id) {
         (Some(place), Some(id)) => format!("{place} (id {id})"),
         (Some(place), None) => place,
         (None, Some(id)) => format!("id {id}"),

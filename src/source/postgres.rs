@@ -112,7 +112,11 @@ pub async fn read(url: &str, out: &mut Batcher) -> Result<()> {
     .map_err(db_err)?;
     let yes = |i: usize| first.get(i).cloned().flatten().as_deref() == Some("t");
     let taken_at = first.first().cloned().flatten().unwrap_or_default();
-    out.push(SourceEvent::Began { taken_at }).await?;
+    out.push(SourceEvent::Began {
+        taken_at,
+        exports: false,
+    })
+    .await?;
     for (i, table) in Table::ALL.into_iter().enumerate() {
         let present = yes(1 + 2 * i);
         if !present && table.required() {

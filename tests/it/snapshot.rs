@@ -880,7 +880,9 @@ fn malformed_rows_are_skipped_and_counted() {
         &format!(
             "ALTER TABLE stickers DROP CONSTRAINT stickers_pkey;
              ALTER TABLE stickers ALTER COLUMN id DROP NOT NULL;
+             ALTER TABLE stickers ALTER COLUMN id TYPE text;
              INSERT INTO stickers (id, user_id, telegram_file_id) VALUES (NULL, 1, 'F-no-id');
+             INSERT INTO stickers (id, user_id, telegram_file_id) VALUES ('', 1, 'F-empty-id');
              INSERT INTO stickers (id, user_id, telegram_file_id) VALUES ('{dup}', 1, 'F-dup');
              INSERT INTO sessions (id, user_id, photos) VALUES ('{b1}', 1, '[1, 2]'), ('{b2}', 1, '\"x\"');",
             dup = fid(301),
@@ -894,10 +896,30 @@ fn malformed_rows_are_skipped_and_counted() {
     let report: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(counts(&report, "sessions"), (13, 13, 0, 0, 0), "{report}");
     assert_eq!(report["tables"]["sessions"]["warnings"], 2, "{report}");
-    assert_eq!(counts(&report, "stickers"), (16, 16, 0, 0, 2), "{report}");
+    assert_eq!(counts(&report, "stickers"), (16, 16, 0, 0, 3), "{report}");
     assert_eq!(counts(&report, "pack_batches"), (4, 4, 0, 0, 0), "{report}");
-    assert!(stderr(&out).contains("skipped"), "{}", stderr(&out));
-    assert!(stderr(&out).contains(&fid(992)), "{}", stderr(&out));
+    let err = stderr(&out);
+    // Each skipped row by its id when it has one, even an empty one.
+    for skipped in [
+        "stickers a row: skipped: no id",
+        "stickers id \"\": skipped: the id is empty",
+        &format!(
+            "stickers id {}: skipped: a second row with the same id",
+            fid(301)
+        ),
+    ] {
+        assert!(err.contains(skipped), "no {skipped:?} in\n{err}");
+    }
+    assert!(err.contains(&fid(992)), "{err}");
+    // Postgres cuts no value: no word of an export's size limit.
+    assert!(
+        err.contains(&format!(
+            "sessions id {}: column photos is malformed: the row is kept",
+            fid(992)
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("size limit"), "{err}");
     let conn = catalog(archive.path());
     let bad: i64 = one(
         &conn,
@@ -937,7 +959,18 @@ fn malformed_rows_are_skipped_and_counted() {
     }
     let archive = temp_dir();
     let csv = dir.path().to_str().expect("utf-8 path");
-    let report = snapshot_ok(archive.path(), csv, &[]);
+    let out = starchive(archive.path(), &["snapshot", "--json", "--db", csv]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    // An export's malformed value is most likely cut at its size limit.
+    assert!(
+        stderr(&out).contains(
+            "sessions id 00000000-0000-4000-8000-000000000994: column photos is malformed \
+             (an export cut at its size limit?)"
+        ),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(counts(&report, "sessions"), (12, 12, 0, 0, 2), "{report}");
     assert_eq!(report["tables"]["sessions"]["warnings"], 1, "{report}");
     assert_eq!(counts(&report, "stickers"), (16, 16, 0, 0, 1), "{report}");
