@@ -257,6 +257,13 @@ pub fn pull_counts(conn: &Connection, envs: &Option<String>) -> Result<(u64, u64
     )?)
 }
 
+/// Opens a catalog file as it is, without the lock, pragmas or migrations
+/// of [`super::Catalog`]: the archive's catalog under a lock the caller
+/// holds, or a catalog copy about to be installed, to read or set a setting.
+pub fn open_file(path: &std::path::Path) -> Result<Connection> {
+    Ok(Connection::open(path)?)
+}
+
 /// A setting of a catalog file opened read-only; `None` when it has none
 /// (or is no catalog).
 pub fn read_setting(conn: &Connection, key: &str) -> Option<String> {

@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rusqlite::Connection;
 use tokio::sync::Semaphore;
 
 use super::{Context, TransferReport};
@@ -291,7 +290,7 @@ fn check_same_archive(ctx: &Context, store: &Store, header: &Header) -> Result<(
     // Read and write, under the archive's lock: a read-only connection
     // would leave the WAL's index files behind; this one removes them when
     // it closes, and writes nothing.
-    let conn = Connection::open(ctx.archive.join(CATALOG_FILE))?;
+    let conn = q::open_file(&ctx.archive.join(CATALOG_FILE))?;
     let same = match &header.archive_id {
         Some(id) => q::read_setting(&conn, ARCHIVE_ID).as_deref() == Some(id.as_str()),
         // A manifest from before archive ids: the same archive is one this
@@ -326,7 +325,7 @@ fn restore_catalog(ctx: &Context, store: &Store, header: &Header) -> Result<()> 
     let result = (|| {
         restore_catalog_copy(&ctx.runtime, store, header, &staged)?;
         {
-            let conn = Connection::open(&staged)?;
+            let conn = q::open_file(&staged)?;
             let id = q::read_setting(&conn, ARCHIVE_ID);
             if let (Some(want), Some(got)) = (&header.archive_id, &id)
                 && want != got
