@@ -41,17 +41,38 @@ pub fn build_plan(conn: &Connection, envs: &Option<String>, layout: Layout) -> R
 /// else recorded in the catalog), else `requested`, else mirror. A
 /// destination has one layout: asking for another is bad usage, since the
 /// copy would hold both and its manifest describe only one.
+///
+/// With `archive_id` (a push), a manifest read there that names another
+/// archive is refused: a push would replace that archive's manifest and
+/// catalog copy with this one's. A manifest that names none (written
+/// before archive ids) is taken.
 pub fn held_layout(
     runtime: &tokio::runtime::Handle,
     store: &Store,
     conn: &Connection,
     requested: Option<Layout>,
     read_manifest: bool,
+    archive_id: Option<&str>,
 ) -> Result<Layout> {
-    let found = match read_manifest {
-        true => manifest_layout(runtime, store)?.map(|l| (l, "named by the manifest there")),
+    let head = match read_manifest {
+        true => manifest_head(runtime, store)?,
         false => None,
     };
+    if let (Some(ours), Some(theirs)) = (
+        archive_id,
+        head.as_ref()
+            .and_then(|h| h.get("archive_id")?.as_str().map(str::to_string)),
+    ) && ours != theirs
+    {
+        return Err(Error::Config(format!(
+            "--to {}: it holds another archive (id {theirs}; this one is {ours}), whose manifest and catalog copy a push would replace: pull it into a directory of its own first (`starchive --archive DIR pull --from URL`), or push to another prefix; nothing was changed",
+            store.shown
+        )));
+    }
+    let found = head
+        .as_ref()
+        .and_then(head_layout)
+        .map(|l| (l, "named by the manifest there"));
     // What is there now wins over what this archive last did there.
     let held = match found {
         Some(found) => Some(found),
@@ -79,9 +100,12 @@ pub fn held_layout(
 /// block can take, so the first block is whole.
 const MANIFEST_HEAD_BYTES: usize = 256 << 10;
 
-/// The layout named by the first line of the manifest at `store`; `None`
-/// when there is none, or it is no manifest starchive reads (a warning).
-fn manifest_layout(runtime: &tokio::runtime::Handle, store: &Store) -> Result<Option<Layout>> {
+/// The first line of the manifest at `store`; `None` when there is none,
+/// or it is no manifest starchive reads (a warning).
+fn manifest_head(
+    runtime: &tokio::runtime::Handle,
+    store: &Store,
+) -> Result<Option<serde_json::Value>> {
     use std::io::BufRead;
     let path = store.path(MANIFEST_KEY).map_err(Error::Config)?;
     let head = runtime.block_on(async {
@@ -113,16 +137,19 @@ fn manifest_layout(runtime: &tokio::runtime::Handle, store: &Store) -> Result<Op
     let read = zstd::Decoder::new(head.as_slice())
         .map(std::io::BufReader::new)
         .and_then(|mut r| r.read_line(&mut line));
-    let name = read
+    let head = read
         .ok()
-        .and_then(|_| serde_json::from_str::<serde_json::Value>(&line).ok())
-        .and_then(|v| v.get("layout")?.as_str().map(str::to_string));
-    let layout = name.as_deref().and_then(Layout::parse);
-    if layout.is_none() {
+        .and_then(|_| serde_json::from_str::<serde_json::Value>(&line).ok());
+    if head.as_ref().and_then(head_layout).is_none() {
         tracing::warn!(
             "{MANIFEST_KEY} at {} names no layout starchive knows: it is not taken into account",
             store.shown
         );
     }
-    Ok(layout)
+    Ok(head)
+}
+
+/// The layout a manifest's first line names, when starchive knows it.
+fn head_layout(head: &serde_json::Value) -> Option<Layout> {
+    head.get("layout")?.as_str().and_then(Layout::parse)
 }

@@ -89,6 +89,9 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
     let started = Instant::now();
     crate::store_url::refuse_archive_overlap(&opts.to, &ctx.archive, "--to")?;
     let mut catalog = Catalog::open_existing_for_push(&ctx.archive)?;
+    // A catalog with no snapshot (a first snapshot that failed) has nothing
+    // to describe: its manifest and copy would replace a good one's.
+    ctx.latest_snapshot(&catalog)?;
     ctx.warn_unknown_envs(&catalog)?;
     // A push streams through the catalog and writes it in small batches; the
     // plan lives in temp tables. A small page cache does, and keeps memory
@@ -143,7 +146,14 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
     }
     // A manifest this archive wrote names the layout recorded; any other
     // (another machine's push) is read for the layout it names.
-    let layout = held_layout(&ctx.runtime, &store, catalog.conn(), opts.layout, !trusted)?;
+    let layout = held_layout(
+        &ctx.runtime,
+        &store,
+        catalog.conn(),
+        opts.layout,
+        !trusted,
+        Some(&catalog.archive_id()?),
+    )?;
     let dest = q::destination(catalog.conn(), &store.shown, layout)?;
     // Until this push ends with the destination whole, the next one does
     // all the work (a kill midway included).

@@ -108,7 +108,7 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
         Some(url) => {
             let dest = stores::open(url, Role::To)?;
             ctx.runtime.block_on(stores::check(&dest, Role::To))?;
-            let layout = held_layout(&ctx.runtime, &dest, catalog.conn(), opts.layout, true)?;
+            let layout = held_layout(&ctx.runtime, &dest, catalog.conn(), opts.layout, true, None)?;
             let tx = catalog.conn_mut().transaction()?;
             build_plan(&tx, &envs, layout)?;
             tx.commit()?;

@@ -1427,7 +1427,14 @@ fn s3_prefix_puts_every_key_under_it() {
         .collect();
     assert_mirror(&stripped);
     run(&mut verify_cmd(&fx.archive, &url, Some(&s3))).expect_code(0);
-    // A fresh catalog pushing to the same prefix finds everything there.
+    // A fresh catalog (another archive) pushing to the same prefix once its
+    // manifest is gone finds everything there.
+    std::fs::remove_file(
+        s3.bucket_dir("prefixed")
+            .join("backups/2025")
+            .join(MANIFEST),
+    )
+    .expect("remove the manifest");
     let again = fetched_fixture();
     s3.reset_counts();
     let doc = run(&mut push_cmd(&again.archive, &url, Some(&s3)))
@@ -1567,14 +1574,16 @@ fn no_secret_in_output_or_destination() {
         out
     };
     for json in [true, false] {
-        let fresh = dir.path().join(if json { "run-json" } else { "run-text" });
+        let name = if json { "run-json" } else { "run-text" };
+        let fresh = dir.path().join(name);
         let mut cmd = starchive(&fresh);
         if json {
             cmd.arg("--json");
         }
+        // Each archive to a destination of its own (another's is refused).
         let out = all(cmd
             .args(["run", "--db", FIXTURE_DB, "--telegram-rate", "1000"])
-            .args(["--storage", &storage, "--to", &url]));
+            .args(["--storage", &storage, "--to", &s3.store_url("dest", name)]));
         assert_eq!(out.code, Some(3), "{}", out.stderr);
     }
     all(starchive(&archive).args(["snapshot", "--db", FIXTURE_DB]));
@@ -1873,4 +1882,68 @@ fn destinations_recorded_as_typed_are_folded_into_one() {
             (canonical.display().to_string(), 1)
         ]
     );
+}
+
+#[test]
+fn push_never_replaces_another_archives_manifest_nor_pushes_with_no_snapshot() {
+    let fx = fetched_fixture();
+    let s3 = TestS3::start();
+    s3.create_bucket("shared");
+    let dest = fx.dir.path().join("dest");
+    let dir_url = dest.to_string_lossy().into_owned();
+    let s3_url = s3.store_url("shared", "team");
+    let stores = [(dir_url.clone(), None), (s3_url, Some(&s3))];
+    let held = |on_s3: bool| match on_s3 {
+        true => bucket_objects(&s3, "shared"),
+        false => files_under(&dest),
+    };
+    for (url, on_s3) in &stores {
+        run(&mut push_cmd(&fx.archive, url, *on_s3)).expect_code(FIXTURE_PUSH_EXIT);
+    }
+    // Another archive of the same bot (an id of its own), and one whose
+    // first snapshot failed.
+    let other = fetched_fixture();
+    let unsnapshotted = fx.dir.path().join("unsnapshotted");
+    std::fs::create_dir_all(fx.dir.path().join("no-csv")).expect("mkdir");
+    run(starchive(&unsnapshotted)
+        .args(["snapshot", "--db"])
+        .arg(fx.dir.path().join("no-csv")))
+    .expect_code(1);
+    assert!(unsnapshotted.join("catalog.sqlite").exists());
+    for (url, on_s3) in &stores {
+        let before = held(on_s3.is_some());
+        let out = run(&mut push_cmd(&other.archive, url, *on_s3));
+        out.expect_code(1);
+        for words in [
+            "another archive",
+            "pull",
+            "another prefix",
+            "nothing was changed",
+        ] {
+            assert!(out.stderr.contains(words), "{words}: {}", out.stderr);
+        }
+        assert!(held(on_s3.is_some()) == before, "{url}: left as it was");
+        let out = run(&mut push_cmd(&unsnapshotted, url, *on_s3));
+        out.expect_code(1);
+        assert!(out.stderr.contains("no snapshot yet"), "{}", out.stderr);
+        assert!(held(on_s3.is_some()) == before, "{url}: left as it was");
+    }
+    // Its own archive, and one pulled from there (the same id), push there.
+    run(&mut push_cmd(&fx.archive, &dir_url, None)).expect_code(FIXTURE_PUSH_EXIT);
+    let pulled = fx.dir.path().join("pulled");
+    run(starchive(&pulled).args(["pull", "--from", &dir_url])).expect_code(0);
+    run(&mut push_cmd(&pulled, &dir_url, None)).expect_code(FIXTURE_PUSH_EXIT);
+    // A manifest from before archive ids names none: taken.
+    let mut lines = manifest_lines(&std::fs::read(dest.join(MANIFEST)).expect("manifest"));
+    lines[0]
+        .as_object_mut()
+        .expect("header")
+        .remove("archive_id");
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(
+        dest.join(MANIFEST),
+        zstd::encode_all(text.as_bytes(), 3).expect("zstd"),
+    )
+    .expect("write");
+    run(&mut push_cmd(&other.archive, &dir_url, None)).expect_code(FIXTURE_PUSH_EXIT);
 }
