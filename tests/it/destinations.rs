@@ -13,7 +13,7 @@ use crate::push::{
 };
 use crate::support::dataset::{FIXTURE_BUCKET, FIXTURE_DB, FIXTURE_TELEGRAM};
 use crate::support::objects::files_under;
-use crate::support::run::{run, starchive};
+use crate::support::run::{catalog, run, starchive};
 use crate::support::s3::TestS3;
 use crate::support::telegram::FakeTelegram;
 use crate::support::temp_dir;
@@ -199,7 +199,22 @@ fn the_layout_named_by_another_machines_manifest_is_kept() {
     let s3 = TestS3::start();
     s3.create_bucket("shared");
     let first = fetched_fixture();
+    // The same archive on another machine (its id; its own catalog, which
+    // never pushed there): another archive's manifest would be refused.
     let second = fetched_fixture();
+    let id: String = catalog(&first.archive)
+        .query_row(
+            "SELECT value FROM settings WHERE key = 'archive_id'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("archive id");
+    catalog(&second.archive)
+        .execute(
+            "UPDATE settings SET value = ?1 WHERE key = 'archive_id'",
+            [&id],
+        )
+        .expect("the same id");
     for (layout, other, prefix) in [("cas", "mirror", "c"), ("mirror", "cas", "m")] {
         let url = s3.store_url("shared", prefix);
         push_with(&first.archive, &url, Some(layout), Some(&s3)).expect_code(FIXTURE_PUSH_EXIT);
