@@ -433,16 +433,34 @@ pub fn planned_objects_after(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Refs in scope that are not fetched: (pending, failed at fetch).
-pub fn unfetched_counts(conn: &Connection, envs: &Option<String>) -> Result<(u64, u64)> {
+/// Refs in scope that are not fetched.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Unfetched {
+    pub pending: u64,
+    /// Failed at fetch: no blob (the bucket or Telegram gave none).
+    pub failed_at_fetch: u64,
+    /// Failed at pull: they name the blob the destination pulled from did
+    /// not give whole (missing or bad there).
+    pub failed_at_pull: u64,
+}
+
+/// Refs in scope that are not fetched, by what leaves them so.
+pub fn unfetched_counts(conn: &Connection, envs: &Option<String>) -> Result<Unfetched> {
     Ok(conn.query_row(
         &format!(
             "SELECT count(*) FILTER (WHERE state = 'pending'),
-                    count(*) FILTER (WHERE state = 'failed')
+                    count(*) FILTER (WHERE state = 'failed' AND sha256 IS NULL),
+                    count(*) FILTER (WHERE state = 'failed' AND sha256 IS NOT NULL)
              FROM refs WHERE {ENV_FILTER}"
         ),
         [envs],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        |r| {
+            Ok(Unfetched {
+                pending: r.get(0)?,
+                failed_at_fetch: r.get(1)?,
+                failed_at_pull: r.get(2)?,
+            })
+        },
     )?)
 }
 

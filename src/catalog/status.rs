@@ -77,19 +77,23 @@ pub fn destination_counts(conn: &Connection, envs: &Option<String>) -> Result<St
     Ok(destinations)
 }
 
-/// Every failed ref (fetch), then every failed placement of a fetched ref
+/// Every failed ref (fetch or pull), then every failed placement of a fetched ref
 /// (push), of the envs in `envs`.
 pub fn failures(conn: &Connection, envs: &Option<String>) -> Result<Vec<Failure>> {
     let mut failures = Vec::new();
     let mut stmt = conn.prepare(&format!(
-        "SELECT class, {REF_LABEL_SQL}, coalesce(reason, 'unknown') FROM refs NOT INDEXED
+        "SELECT class, {REF_LABEL_SQL}, coalesce(reason, 'unknown'),
+                CASE WHEN sha256 IS NULL THEN 'fetch' ELSE 'pull' END
+         FROM refs NOT INDEXED
          WHERE state = 'failed' AND {ENV_FILTER} ORDER BY class, row_table, row_id, slot"
     ))?;
+    // A failed ref that names a blob failed at pull: the destination it was
+    // pulled from did not give that blob whole; fetch gave none.
     for row in stmt.query_map([envs], |r| {
         Ok(Failure {
             class: r.get(0)?,
             ref_: r.get(1)?,
-            stage: "fetch".into(),
+            stage: r.get(3)?,
             reason: r.get(2)?,
             destination: None,
         })

@@ -136,11 +136,15 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
         return Ok(TransferReport {
             done: 0,
             skipped: last.skipped,
-            failed: last.refused + last.failed_at_fetch,
+            failed: last.refused + last.failed_at_fetch + last.failed_at_pull,
             pending: last.pending,
             bytes: 0,
             seconds: started.elapsed().as_secs_f64(),
-            notes: unfetched_notes(last.pending, last.failed_at_fetch),
+            notes: unfetched_notes(&q::Unfetched {
+                pending: last.pending,
+                failed_at_fetch: last.failed_at_fetch,
+                failed_at_pull: last.failed_at_pull,
+            }),
             refused: Vec::new(),
         });
     }
@@ -169,11 +173,16 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
         tx.commit()?;
         counts
     };
-    let (pending, failed_at_fetch) = q::unfetched_counts(catalog.conn(), &envs)?;
-    let notes = unfetched_notes(pending, failed_at_fetch);
+    let unfetched = q::unfetched_counts(catalog.conn(), &envs)?;
+    let notes = unfetched_notes(&unfetched);
+    let q::Unfetched {
+        pending,
+        failed_at_fetch,
+        failed_at_pull,
+    } = unfetched;
     let mut skipped = counts.refs_pushed;
     let mut done = 0u64;
-    let mut failed = counts.refs_refused + failed_at_fetch;
+    let mut failed = counts.refs_refused + failed_at_fetch + failed_at_pull;
     let bytes = Arc::new(AtomicU64::new(0));
     let mut uploaded_any = false;
     let mut upload_failed = false;
@@ -254,6 +263,7 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
             refused: counts.refs_refused,
             pending,
             failed_at_fetch,
+            failed_at_pull,
             ..whole(layout)
         };
         let record =
@@ -291,9 +301,11 @@ struct WholePush {
     skipped: u64,
     /// Refs that get no object (their key is another's).
     refused: u64,
-    /// Refs in scope not fetched yet, and failed at fetch.
+    /// Refs in scope not fetched yet, failed at fetch, failed at pull.
     pending: u64,
     failed_at_fetch: u64,
+    #[serde(default)]
+    failed_at_pull: u64,
 }
 
 impl WholePush {
@@ -316,22 +328,36 @@ impl WholePush {
 }
 
 /// The report's notes about refs in scope that are not fetched.
-fn unfetched_notes(pending: u64, failed_at_fetch: u64) -> Vec<String> {
+fn unfetched_notes(unfetched: &q::Unfetched) -> Vec<String> {
+    let refs = |n: u64| match n {
+        1 => "1 ref".to_string(),
+        n => format!("{n} refs"),
+    };
     let mut notes = Vec::new();
+    let q::Unfetched {
+        pending,
+        failed_at_fetch,
+        failed_at_pull,
+    } = *unfetched;
     if pending > 0 {
-        notes.push(match pending {
-            1 => "1 ref is not fetched yet: run `starchive fetch`".to_string(),
-            n => format!("{n} refs are not fetched yet: run `starchive fetch`"),
-        });
+        notes.push(format!(
+            "{} not fetched yet: run `starchive fetch`",
+            match pending {
+                1 => "1 ref is".to_string(),
+                n => format!("{n} refs are"),
+            }
+        ));
     }
     if failed_at_fetch > 0 {
         notes.push(format!(
-            "{failed_at_fetch} {} at fetch: `starchive fetch --retry-failed` tries again",
-            if failed_at_fetch == 1 {
-                "ref failed"
-            } else {
-                "refs failed"
-            }
+            "{} failed at fetch: `starchive fetch --retry-failed` tries again",
+            refs(failed_at_fetch)
+        ));
+    }
+    if failed_at_pull > 0 {
+        notes.push(format!(
+            "{} failed at pull (the object was missing or bad where the archive was pulled from): `starchive pull --from URL` again once it is repaired there",
+            refs(failed_at_pull)
         ));
     }
     notes

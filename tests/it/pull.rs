@@ -253,6 +253,20 @@ fn a_bad_or_missing_object_fails_only_its_refs() {
             .any(|r| r.contains(&gone) && r.contains("missing")),
         "{reasons:?}"
     );
+    // They failed at pull, and say so: pulling again is what repairs them
+    // (the fixture's invalid file_id failed at fetch, on the first machine).
+    for f in status["failures"].as_array().expect("failures") {
+        let at_pull = f["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("source "));
+        assert_eq!(f["stage"], if at_pull { "pull" } else { "fetch" }, "{f}");
+    }
+    let text = run(starchive(&pulled).arg("status"));
+    assert!(
+        text.expect_code(0).stdout.contains("[pull]"),
+        "{}",
+        text.stdout
+    );
 
     // Their refs failed (at the source), no blob here is bad: verify finds
     // nothing to repair and leaves them failed, with the sha256 the next
@@ -271,6 +285,28 @@ fn a_bad_or_missing_object_fails_only_its_refs() {
         .expect_code(0)
         .json();
     assert_eq!(after, status, "verify changed no ref");
+    // A push from here says what to do about them.
+    let pushed = run(&mut push(
+        &pulled,
+        &dir.path().join("elsewhere").to_string_lossy(),
+        Vec::new(),
+    ));
+    let doc = pushed.expect_code(3).json();
+    let notes: Vec<&str> = doc["notes"]
+        .as_array()
+        .expect("notes")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        notes.contains(&format!("{want_failed} refs failed at pull (the object was missing or bad where the archive was pulled from): `starchive pull --from URL` again once it is repaired there").as_str()),
+        "{doc}"
+    );
+    assert!(
+        notes.contains(&"1 ref failed at fetch: `starchive fetch --retry-failed` tries again"),
+        "only the ref that failed at fetch: {doc}"
+    );
+    assert_eq!(doc["failed"], want_failed + 1, "{doc}");
 
     // Repaired at the source, the next pull takes them.
     std::fs::write(p.dest.join(&corrupt), &good_bytes).expect("repair");
@@ -556,4 +592,24 @@ fn a_pull_into_its_own_source_is_refused_and_writes_nothing() {
         assert!(files_under(&p.dest) == before, "{from} into {archive:?}");
         assert!(!inside.exists());
     }
+}
+
+#[test]
+fn a_pull_whose_catalog_copy_is_bad_leaves_nothing_behind() {
+    let p = pushed_to_a_directory("cas");
+    let copy = p.dest.join(CATALOG_COPY);
+    let mut bytes = std::fs::read(&copy).expect("copy");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&copy, &bytes).expect("corrupt");
+    let dir = temp_dir();
+    let fresh = dir.path().join("fresh");
+    let out = p.pull(&fresh);
+    out.expect_code(1);
+    assert!(!fresh.exists(), "{:?}", files_under(&fresh));
+    // Into an existing empty directory: it stays, empty.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).expect("mkdir");
+    p.pull(&empty).expect_code(1);
+    assert_eq!(files_under(&empty).len(), 0, "{:?}", files_under(&empty));
 }
