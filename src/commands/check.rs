@@ -378,10 +378,11 @@ fn packs(conn: &Connection, envs: &Option<String>, full: bool) -> Result<Packs> 
         let (ranges, duplicates) = positions(&batch.indexes[valid..]);
         let (missing, missing_more) = listed_missing(&ranges);
         // SPEC's rule (every position of 0..max held once, every sticker
-        // fetched), read so that it cannot hold vacuously: a batch with no
-        // sticker, or a sticker with no position, is not a whole pack.
-        if batch.stickers > 0
-            && batch.unindexed == 0
+        // fetched). A batch with no sticker has no position to miss (the bot
+        // leaves such rows when a generation fails): complete, as the rule
+        // reads. A sticker with no position cannot be placed in the pack: not
+        // whole.
+        if batch.unindexed == 0
             && ranges.is_empty()
             && duplicates.is_empty()
             && invalid.is_empty()
