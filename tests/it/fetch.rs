@@ -1327,10 +1327,13 @@ fn request_rate_stays_under_telegram_rate() {
     let times = tg.request_times();
     assert_eq!(times.len(), 24);
     // Any k+1 consecutive requests span at least k intervals of 100 ms,
-    // less a slack for when a request, sent on time, reaches the server
-    // (the loopback's and a loaded machine's scheduling jitter).
-    for k in [1, 5, 10, 20] {
-        let least = Duration::from_millis(100 * k as u64 - 80);
+    // less a slack for when a request, sent on time, reaches the server:
+    // the loopback's and a loaded machine's scheduling jitter, which reached
+    // 100 ms on 2 cores with the rest of the suite running beside it. The
+    // spans are of 5 intervals and more, where that slack still leaves most
+    // of the pacing to prove (unpaced, 8 jobs send 6 requests in a few ms).
+    for k in [5, 10, 20] {
+        let least = Duration::from_millis(100 * k as u64 - 150);
         for w in times.windows(k + 1) {
             let span = w[k] - w[0];
             assert!(span >= least, "{} requests in {span:?}", k + 1);
