@@ -62,6 +62,9 @@ pub struct Header {
     /// The pushing archive's identity (format 2 on).
     #[serde(default)]
     pub archive_id: Option<String>,
+    /// The id of the snapshot the pushed catalog holds last.
+    #[serde(default)]
+    pub snapshot_id: Option<i64>,
     /// The catalog copy's objects, in order (format 2 on); absent when the
     /// store refused the copy.
     #[serde(default)]

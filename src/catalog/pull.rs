@@ -11,6 +11,22 @@ use crate::error::Result;
 /// The `settings` key of the destination a catalog was pulled from: the
 /// identity of a pull from a manifest that names no archive id (format 1).
 pub const PULLED_FROM: &str = "pulled_from";
+/// The `settings` key of the latest snapshot a pull installed: while it is
+/// still the archive's latest, the archive has no snapshot of its own and a
+/// newer one at the destination may replace its catalog.
+pub const PULLED_SNAPSHOT: &str = "pulled_snapshot";
+
+/// The id of a catalog's latest snapshot; `None` before the first.
+pub fn latest_snapshot_id(conn: &Connection) -> Result<Option<i64>> {
+    Ok(conn.query_row("SELECT max(id) FROM snapshots", [], |r| r.get(0))?)
+}
+
+/// Writes a catalog file's WAL into it and empties it, so that the file
+/// alone holds every commit (before it is replaced, its WAL removed).
+pub fn checkpoint(conn: &Connection) -> Result<()> {
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    Ok(())
+}
 
 /// One blob to download, from its key at the source.
 pub struct BlobToPull {

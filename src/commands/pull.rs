@@ -26,7 +26,7 @@ use tokio::sync::Semaphore;
 
 use super::{Context, TransferReport};
 use crate::blobs::{BlobInfo, BlobStore, Publisher};
-use crate::catalog::pull::{self as q, BlobToPull, PULLED_FROM};
+use crate::catalog::pull::{self as q, BlobToPull, PULLED_FROM, PULLED_SNAPSHOT};
 use crate::catalog::{ARCHIVE_ID, ArchiveLock, CATALOG_FILE, Catalog, paged};
 use crate::download::{ReadError, credentials_refused, read_object};
 use crate::error::{Error, Result};
@@ -76,8 +76,10 @@ pub fn pull(ctx: &Context, opts: &PullOptions) -> Result<TransferReport> {
         ))
     })?;
     let lock = ArchiveLock::take(&ctx.archive)?;
+    let mut notes = Vec::new();
     if ctx.archive.join(CATALOG_FILE).is_file() {
         check_same_archive(ctx, &store, &manifest.header)?;
+        notes.extend(take_newer_snapshot(ctx, &store, &manifest.header)?);
     } else if let Err(e) = restore_catalog(ctx, &store, &manifest.header) {
         lock.abandon(&ctx.archive);
         return Err(e);
@@ -182,7 +184,6 @@ pub fn pull(ctx: &Context, opts: &PullOptions) -> Result<TransferReport> {
     let blobs = &shared.blobs;
     q::unbacked_to_pending(conn, |sha256| blobs.path(sha256).is_file())?;
     let (done, skipped, failed, pending) = q::pull_counts(conn, &ctx.env_param())?;
-    let mut notes = Vec::new();
     if pending > 0 {
         notes.push(format!(
             "{pending} {} no file at {}: not pushed there (or outside --env); `starchive pull` again once a push has them, or `starchive fetch` gets them from the bucket",
@@ -308,6 +309,43 @@ fn check_same_archive(ctx: &Context, store: &Store, header: &Header) -> Result<(
     }
 }
 
+/// A destination pushed again since this archive was pulled from it holds
+/// a newer snapshot: when the archive has none of its own since (its
+/// latest is the one a pull installed), the newer catalog replaces its
+/// catalog (`blobs/` stays, and the pull brings the blobs it lacks);
+/// otherwise the pull is refused, changing nothing. Returns what the
+/// report says about it.
+fn take_newer_snapshot(ctx: &Context, store: &Store, header: &Header) -> Result<Option<String>> {
+    let Some(theirs) = header.snapshot_id else {
+        return Ok(None);
+    };
+    let conn = q::open_file(&ctx.archive.join(CATALOG_FILE))?;
+    let ours = q::latest_snapshot_id(&conn)?;
+    let pulled = q::read_setting(&conn, PULLED_SNAPSHOT).and_then(|v| v.parse::<i64>().ok());
+    let shown = &store.shown;
+    match ours {
+        Some(ours) if ours == theirs => Ok(None),
+        Some(ours) if ours > theirs => Ok(Some(format!(
+            "{shown} holds snapshot {theirs}, older than this archive's {ours}: `starchive push --to` it to bring it up to date"
+        ))),
+        Some(ours) if pulled != Some(ours) => Err(Error::Config(format!(
+            "{shown} holds snapshot {theirs}, newer than this archive's {ours}, and {} has snapshots of its own since it was pulled, which its catalog would lose: pull into a new directory (--archive DIR) to get snapshot {theirs}; nothing was changed",
+            ctx.archive.display()
+        ))),
+        _ => {
+            // Every commit in the file, so that the WAL removed as the newer
+            // catalog is installed holds nothing.
+            q::checkpoint(&conn)?;
+            drop(conn);
+            restore_catalog(ctx, store, header)?;
+            Ok(Some(format!(
+                "{shown} holds snapshot {theirs}, newer than this archive's{}: its catalog replaced this one",
+                ours.map(|o| format!(" {o}")).unwrap_or_default()
+            )))
+        }
+    }
+}
+
 /// Downloads the catalog copy into a staging file of the archive and
 /// renames it into place once it is whole and durable.
 fn restore_catalog(ctx: &Context, store: &Store, header: &Header) -> Result<()> {
@@ -336,6 +374,9 @@ fn restore_catalog(ctx: &Context, store: &Store, header: &Header) -> Result<()> 
                 )));
             }
             crate::catalog::set_setting(&conn, PULLED_FROM, &store.shown)?;
+            if let Some(id) = q::latest_snapshot_id(&conn)? {
+                crate::catalog::set_setting(&conn, PULLED_SNAPSHOT, &id.to_string())?;
+            }
             // The copy says fetched for the pusher's blobs: here, a ref is
             // fetched only once its blob is in `blobs/` (the pull sets it so
             // as each blob is published), in the file renamed into place.

@@ -613,3 +613,69 @@ fn a_pull_whose_catalog_copy_is_bad_leaves_nothing_behind() {
     p.pull(&empty).expect_code(1);
     assert_eq!(files_under(&empty).len(), 0, "{:?}", files_under(&empty));
 }
+
+#[test]
+fn a_pull_brings_a_newer_push_unless_the_archive_has_snapshots_of_its_own() {
+    let p = pushed_to_a_directory("mirror");
+    let dir = temp_dir();
+    let pulled = dir.path().join("pulled");
+    p.pull(&pulled).expect_code(0);
+    let latest = |archive: &Path| -> i64 {
+        catalog(archive)
+            .query_row("SELECT max(id) FROM snapshots", [], |r| r.get(0))
+            .expect("snapshot")
+    };
+    let snapshot = |archive: &Path| {
+        run(starchive(archive).args([
+            "--json",
+            "snapshot",
+            "--db",
+            crate::support::dataset::FIXTURE_DB,
+        ]))
+        .expect_code(0);
+    };
+    // The first machine snapshots and pushes again: the pull takes it.
+    snapshot(&p.fx.archive);
+    run(&mut push(&p.fx.archive, &p.url(), Vec::new())).expect_code(FIXTURE_PUSH_EXIT);
+    let newer = latest(&p.fx.archive);
+    assert!(newer > latest(&pulled));
+    let doc = p.pull(&pulled).expect_code(0).json();
+    let notes = doc["notes"].to_string();
+    assert!(
+        notes.contains(&format!("holds snapshot {newer}, newer")),
+        "{doc}"
+    );
+    assert_eq!(latest(&pulled), newer);
+    assert_same_archive(&pulled, &p.fx.archive);
+    // Again: the same snapshot, nothing to say.
+    let doc = p.pull(&pulled).expect_code(0).json();
+    assert!(doc.get("notes").is_none(), "{doc}");
+
+    // The pulled archive snapshots on its own: a newer push there is
+    // refused, and the archive is left as it was.
+    snapshot(&pulled);
+    let own = latest(&pulled);
+    let before = files_under(&pulled);
+    snapshot(&p.fx.archive);
+    snapshot(&p.fx.archive);
+    run(&mut push(&p.fx.archive, &p.url(), Vec::new())).expect_code(FIXTURE_PUSH_EXIT);
+    let out = p.pull(&pulled);
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains("snapshots of its own") && out.stderr.contains("new directory"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(latest(&pulled), own);
+    assert!(files_under(&pulled) == before, "left as it was");
+
+    // A destination older than the archive: said, and pulled from.
+    let older = dir.path().join("older");
+    p.pull(&older).expect_code(0);
+    snapshot(&older);
+    let doc = p.pull(&older).expect_code(0).json();
+    assert!(
+        doc["notes"].to_string().contains("older than this archive"),
+        "{doc}"
+    );
+}
