@@ -140,11 +140,14 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
             pending: last.pending,
             bytes: 0,
             seconds: started.elapsed().as_secs_f64(),
-            notes: unfetched_notes(&q::Unfetched {
-                pending: last.pending,
-                failed_at_fetch: last.failed_at_fetch,
-                failed_at_pull: last.failed_at_pull,
-            }),
+            notes: unfetched_notes(
+                &q::Unfetched {
+                    pending: last.pending,
+                    failed_at_fetch: last.failed_at_fetch,
+                    failed_at_pull: last.failed_at_pull,
+                },
+                pulled_from(&catalog).as_deref(),
+            ),
             refused: Vec::new(),
         });
     }
@@ -174,7 +177,7 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
         counts
     };
     let unfetched = q::unfetched_counts(catalog.conn(), &envs)?;
-    let notes = unfetched_notes(&unfetched);
+    let notes = unfetched_notes(&unfetched, pulled_from(&catalog).as_deref());
     let q::Unfetched {
         pending,
         failed_at_fetch,
@@ -328,11 +331,12 @@ impl WholePush {
 }
 
 /// The report's notes about refs in scope that are not fetched.
-fn unfetched_notes(unfetched: &q::Unfetched) -> Vec<String> {
+fn unfetched_notes(unfetched: &q::Unfetched, pulled_from: Option<&str>) -> Vec<String> {
     let refs = |n: u64| match n {
         1 => "1 ref".to_string(),
         n => format!("{n} refs"),
     };
+    let pull = format!("starchive pull --from {}", pulled_from.unwrap_or("URL"));
     let mut notes = Vec::new();
     let q::Unfetched {
         pending,
@@ -340,13 +344,17 @@ fn unfetched_notes(unfetched: &q::Unfetched) -> Vec<String> {
         failed_at_pull,
     } = *unfetched;
     if pending > 0 {
-        notes.push(format!(
-            "{} not fetched yet: run `starchive fetch`",
-            match pending {
-                1 => "1 ref is".to_string(),
-                n => format!("{n} refs are"),
-            }
-        ));
+        let are = match pending {
+            1 => "1 ref is".to_string(),
+            n => format!("{n} refs are"),
+        };
+        notes.push(match pulled_from {
+            // A pull killed or scoped with --env leaves refs pending too.
+            Some(_) => format!(
+                "{are} not fetched yet: `{pull}` finishes the pull this archive came from, `starchive fetch` gets the rest from the bucket"
+            ),
+            None => format!("{are} not fetched yet: run `starchive fetch`"),
+        });
     }
     if failed_at_fetch > 0 {
         notes.push(format!(
@@ -356,11 +364,16 @@ fn unfetched_notes(unfetched: &q::Unfetched) -> Vec<String> {
     }
     if failed_at_pull > 0 {
         notes.push(format!(
-            "{} failed at pull (the object was missing or bad where the archive was pulled from): `starchive pull --from URL` again once it is repaired there",
+            "{} failed at pull (the object was missing or bad where the archive was pulled from): `{pull}` again once it is repaired there",
             refs(failed_at_pull)
         ));
     }
     notes
+}
+
+/// The destination the archive was pulled from, as shown (no secrets).
+fn pulled_from(catalog: &Catalog) -> Option<String> {
+    crate::catalog::pull::read_setting(catalog.conn(), crate::catalog::pull::PULLED_FROM)
 }
 
 /// Whether the catalog's records of `dest` can be trusted: the manifest the

@@ -299,7 +299,7 @@ fn a_bad_or_missing_object_fails_only_its_refs() {
         .filter_map(Value::as_str)
         .collect();
     assert!(
-        notes.contains(&format!("{want_failed} refs failed at pull (the object was missing or bad where the archive was pulled from): `starchive pull --from URL` again once it is repaired there").as_str()),
+        notes.contains(&format!("{want_failed} refs failed at pull (the object was missing or bad where the archive was pulled from): `starchive pull --from {}` again once it is repaired there", std::fs::canonicalize(&p.dest).expect("dest").display()).as_str()),
         "{doc}"
     );
     assert!(
@@ -560,6 +560,15 @@ fn a_pull_that_leaves_refs_pending_says_why() {
         human.stdout
     );
     assert_fetched_means_here(&pulled);
+    // A push from here names the pull that would finish it.
+    let elsewhere = dir.path().join("elsewhere");
+    let doc = run(&mut push(&pulled, &elsewhere.to_string_lossy(), Vec::new()))
+        .expect_code(3)
+        .json();
+    assert!(
+        doc["notes"].to_string().contains("starchive pull --from"),
+        "{doc}"
+    );
 
     // Once the whole archive is pushed there, a pull takes the rest.
     run(&mut push(&fx.archive, &url, Vec::new())).expect_code(FIXTURE_PUSH_EXIT);
