@@ -13,6 +13,7 @@
 
 pub mod backfill;
 pub mod check;
+pub mod derive;
 pub mod fetch;
 pub mod gallery;
 mod migrations;

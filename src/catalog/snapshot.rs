@@ -9,7 +9,7 @@ use rusqlite::types::ToSqlOutput as SqlRef;
 use rusqlite::{OptionalExtension, Transaction};
 use serde::Serialize;
 
-use super::Catalog;
+use super::{Catalog, derive};
 use crate::error::Result;
 use crate::refs::{self, Table};
 use crate::source::{CheckedRow, SourceEvent};
@@ -141,7 +141,7 @@ pub struct SnapshotWriter<'c> {
     envs: Option<HashSet<String>>,
     sessions_in_scope: HashSet<String>,
     tables: Vec<TableWriter>,
-    /// Whether the snapshot lists its changes for [`refs::derive_changed`];
+    /// Whether the snapshot lists its changes for [`super::derive::derive_changed`];
     /// false once they are many (deriving every ref is then cheaper).
     listing: bool,
     /// Changes listed so far, and how many make deriving every ref cheaper.
@@ -199,8 +199,8 @@ impl<'c> SnapshotWriter<'c> {
         let has_refs: bool =
             tx.query_row("SELECT EXISTS (SELECT 1 FROM refs)", [], |r| r.get(0))?;
         let rows: u64 = tables.iter().map(|t| t.before).sum();
-        tx.execute_batch(refs::DROP_CHANGE_TABLES)?;
-        tx.execute_batch(refs::CHANGE_TABLES)?;
+        tx.execute_batch(derive::DROP_CHANGE_TABLES)?;
+        tx.execute_batch(derive::CHANGE_TABLES)?;
         Ok(SnapshotWriter {
             tx,
             id,
@@ -460,13 +460,13 @@ impl<'c> SnapshotWriter<'c> {
         if refresh_typed {
             tx.execute("DELETE FROM settings WHERE key = ?1", [REFRESH_TYPED])?;
         }
-        let listing = listing && refs::can_derive_changed(&tx, include_photos)?;
+        let listing = listing && derive::can_derive_changed(&tx, include_photos)?;
         if listing {
-            refs::derive_changed(&tx, include_photos)?;
+            derive::derive_changed(&tx, include_photos)?;
         } else {
-            refs::derive(&tx, include_photos)?;
+            derive::derive(&tx, include_photos)?;
         }
-        tx.execute_batch(refs::DROP_CHANGE_TABLES)?;
+        tx.execute_batch(derive::DROP_CHANGE_TABLES)?;
         tracing::debug!(
             "snapshot: refs derived ({}) in {:?}",
             if listing { "changed rows" } else { "all rows" },

@@ -263,7 +263,7 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
     if opts.include_photos {
         let tx = catalog.conn_mut().transaction()?;
         catalog::set_setting(&tx, catalog::INCLUDE_PHOTOS, "true")?;
-        crate::refs::derive(&tx, true)?;
+        catalog::derive::derive(&tx, true)?;
         tx.commit()?;
     }
     if opts.retry_failed {
