@@ -30,21 +30,13 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use crate::catalog::BlobInfo;
 use crate::error::{Error, Result};
 
 pub struct BlobStore {
     root: PathBuf,
     /// Names the staging files (the directory is cleared before a run).
     staged: AtomicU64,
-}
-
-/// What a published blob is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BlobInfo {
-    pub sha256: String,
-    pub size: u64,
-    /// Extension from the bytes: webp, png, jpg, webm, tgs or bin.
-    pub kind: &'static str,
 }
 
 impl BlobStore {

@@ -7,6 +7,8 @@
 
 use std::sync::{Mutex, OnceLock};
 
+pub mod conninfo;
+
 const HIDDEN: &str = "***";
 
 /// Secrets this process read from its environment (store keys, bot tokens):
@@ -133,7 +135,7 @@ pub fn url(text: &str) -> String {
         }
         // libpq's `host=… password=…` form, or a URL the parser refuses
         // (a raw `#` or `/` in a password).
-        _ => crate::source::conninfo::shown(text),
+        _ => conninfo::shown(text),
     }
 }
 

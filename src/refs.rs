@@ -185,7 +185,7 @@ pub fn typed_columns(table: Table) -> Vec<&'static str> {
 /// A row's values for [`typed_columns`], as `json_extract(data, '$.column')`
 /// gives them (the column's affinity then applies, as for any insert), but
 /// for a timestamp, which is its [`instant`] when it names one, and for the
-/// `dropped` columns ([`CheckedRow::dropped`]), which are NULL.
+/// `dropped` columns ([`crate::catalog::events::CheckedRow::dropped`]), which are NULL.
 pub fn typed_values(table: Table, row: &Map<String, Value>, dropped: &[String]) -> Vec<SqlValue> {
     typed_columns(table)
         .iter()

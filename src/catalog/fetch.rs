@@ -4,8 +4,8 @@ use std::collections::HashSet;
 
 use rusqlite::{Connection, Transaction, params};
 
+use super::BlobInfo;
 use super::ENV_FILTER;
-use crate::blobs::BlobInfo;
 use crate::error::Result;
 
 /// One bucket object to download, and the pending refs it serves.

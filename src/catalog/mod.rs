@@ -14,6 +14,7 @@
 pub mod backfill;
 pub mod check;
 pub mod derive;
+pub mod events;
 pub mod fetch;
 pub mod gallery;
 mod migrations;
@@ -30,6 +31,16 @@ use std::path::{Path, PathBuf};
 use rusqlite::Connection;
 
 use crate::error::{Error, Result};
+
+/// What a published blob is ([`crate::blobs`] publishes it; the catalog
+/// records it on the refs it holds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobInfo {
+    pub sha256: String,
+    pub size: u64,
+    /// Extension from the bytes: webp, png, jpg, webm, tgs or bin.
+    pub kind: &'static str,
+}
 
 /// An enum stored in the catalog as text: each variant with its name, read
 /// and written by rusqlite as that name (an unknown name is an error).

@@ -4,8 +4,8 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::BlobInfo;
 use super::ENV_FILTER;
-use crate::blobs::BlobInfo;
 use crate::error::Result;
 
 /// The `settings` key of the destination a catalog was pulled from: the

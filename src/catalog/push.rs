@@ -6,6 +6,10 @@ use super::{ENV_FILTER, ObjectState, PlacementState};
 use crate::error::Result;
 use crate::layout::{Layout, RefPlace};
 
+/// The identity of a store URL as typed, `None` when it is none
+/// (`crate::store_url::identity`, given by the caller: the catalog opens no store).
+pub type IdentityOf = fn(&str) -> Option<String>;
+
 /// A fetched ref, with what its key depends on.
 pub struct FetchedRef {
     pub id: i64,
@@ -18,8 +22,13 @@ pub struct FetchedRef {
 /// Records the destination by its identity ([`crate::store_url`]) and
 /// returns its id, after folding into it the rows that name the same store
 /// ([`fold_legacy`]).
-pub fn destination(conn: &Connection, identity: &str, layout: Layout) -> Result<i64> {
-    fold_legacy(conn, identity)?;
+pub fn destination(
+    conn: &Connection,
+    identity: &str,
+    identity_of: IdentityOf,
+    layout: Layout,
+) -> Result<i64> {
+    fold_legacy(conn, identity, identity_of)?;
     conn.execute(
         "INSERT INTO destinations(url, layout, canonical) VALUES (?1, ?2, 1)
          ON CONFLICT(url) DO UPDATE SET layout = excluded.layout, canonical = 1",
@@ -33,8 +42,12 @@ pub fn destination(conn: &Connection, identity: &str, layout: Layout) -> Result<
 }
 
 /// The destination of this identity, if one was recorded: (id, layout).
-pub fn find_destination(conn: &Connection, identity: &str) -> Result<Option<(i64, String)>> {
-    fold_legacy(conn, identity)?;
+pub fn find_destination(
+    conn: &Connection,
+    identity: &str,
+    identity_of: IdentityOf,
+) -> Result<Option<(i64, String)>> {
+    fold_legacy(conn, identity, identity_of)?;
     Ok(conn
         .query_row(
             "SELECT id, layout FROM destinations WHERE url = ?1",
@@ -68,16 +81,15 @@ pub fn held_layout(conn: &Connection, identity: &str) -> Result<Option<Layout>> 
 /// the one it was typed in; so the row's manifest record is cleared, and
 /// the next push checks every object against a listing before it trusts
 /// what the folded rows say.
-pub fn fold_legacy(conn: &Connection, identity: &str) -> Result<()> {
+pub fn fold_legacy(conn: &Connection, identity: &str, identity_of: IdentityOf) -> Result<()> {
     let mut stmt = conn.prepare("SELECT id, url FROM destinations WHERE canonical = 0")?;
-    let same: Vec<i64> =
-        stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
-            .filter_map(|row| match row {
-                Ok((id, url)) => (crate::store_url::identity(&url).as_deref() == Some(identity))
-                    .then_some(Ok(id)),
-                Err(e) => Some(Err(e)),
-            })
-            .collect::<Result<_, _>>()?;
+    let same: Vec<i64> = stmt
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+        .filter_map(|row| match row {
+            Ok((id, url)) => (identity_of(&url).as_deref() == Some(identity)).then_some(Ok(id)),
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_, _>>()?;
     let Some(&first) = same.first() else {
         return Ok(());
     };

@@ -9,10 +9,10 @@ use rusqlite::types::ToSqlOutput as SqlRef;
 use rusqlite::{OptionalExtension, Transaction};
 use serde::Serialize;
 
+use super::events::{CheckedRow, SourceEvent};
 use super::{Catalog, derive};
 use crate::error::Result;
 use crate::refs::{self, Table};
-use crate::source::{CheckedRow, SourceEvent};
 
 /// How many skipped rows are logged one by one before only counting.
 const LOGGED_SKIPS: u64 = 20;
@@ -167,7 +167,7 @@ fn redact_older_sources(tx: &Transaction) -> Result<()> {
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     for (id, source) in sources {
-        let shown = crate::source::conninfo::shown(&source);
+        let shown = crate::redact::conninfo::shown(&source);
         if shown != source {
             tx.execute(
                 "UPDATE snapshots SET source = ?1 WHERE id = ?2",

@@ -106,7 +106,7 @@ struct Work {
 fn is_connection_string(db: &str) -> bool {
     db.starts_with("postgres://")
         || db.starts_with("postgresql://")
-        || (crate::source::conninfo::starts_as_pairs(db) && !std::path::Path::new(db).exists())
+        || (crate::redact::conninfo::starts_as_pairs(db) && !std::path::Path::new(db).exists())
 }
 
 const WOULD_WRITE: &str = "would write";

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use super::{Context, TransferReport};
-use crate::blobs::{BlobInfo, BlobStore, Publisher, Staged, WrongLength};
+use crate::blobs::{BlobStore, Publisher, Staged, WrongLength};
+use crate::catalog::BlobInfo;
 use crate::catalog::{self, Catalog};
 use crate::download::{ReadError, StageError, credentials_refused, read_object, stage_body};
 use crate::error::{Error, Result};

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use super::{Context, TransferReport};
-use crate::blobs::{BlobInfo, BlobStore, Publisher};
+use crate::blobs::{BlobStore, Publisher};
+use crate::catalog::BlobInfo;
 use crate::catalog::pull::{self as q, BlobToPull, PULLED_FROM, PULLED_SNAPSHOT};
 use crate::catalog::{ARCHIVE_ID, ArchiveLock, CATALOG_FILE, Catalog, paged};
 use crate::download::{ReadError, credentials_refused, read_object};

@@ -100,7 +100,7 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
     crate::store_url::create_local_dir(&opts.to, "--to")?;
     let store = stores::open(&opts.to, Role::To)?;
     let envs = ctx.env_param();
-    let recorded = q::find_destination(catalog.conn(), &store.shown)?;
+    let recorded = q::find_destination(catalog.conn(), &store.shown, crate::store_url::identity)?;
     // The manifest found where it was left shows the store serves; else one
     // listing checks it can, before any ref is marked.
     let trusted = match &recorded {
@@ -161,7 +161,12 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
         !trusted,
         Some(&catalog.archive_id()?),
     )?;
-    let dest = q::destination(catalog.conn(), &store.shown, layout)?;
+    let dest = q::destination(
+        catalog.conn(),
+        &store.shown,
+        crate::store_url::identity,
+        layout,
+    )?;
     // Until this push ends with the destination whole, the next one does
     // all the work (a kill midway included).
     q::set_whole_push(catalog.conn(), dest, None)?;

@@ -167,7 +167,8 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
     }
 
     if let Some((dest, layout)) = dest {
-        let recorded = q::find_destination(catalog.conn(), &dest.shown)?;
+        let recorded =
+            q::find_destination(catalog.conn(), &dest.shown, crate::store_url::identity)?;
         let conn = catalog.conn();
         ctx.progress.start(
             "checking the destination",
@@ -273,7 +274,7 @@ fn mark_objects(
     // other bytes of the right size there would pass for pushed: record them.
     let dest = match recorded {
         Some((id, _)) => id,
-        None => q::destination(&tx, shown, layout)?,
+        None => q::destination(&tx, shown, crate::store_url::identity, layout)?,
     };
     for BadObject {
         key,

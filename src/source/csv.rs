@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use super::{Batcher, SourceEvent};
+use super::Batcher;
+use crate::catalog::events::SourceEvent;
 use crate::error::{Error, Result};
 use crate::refs::{self, Table};
 
@@ -114,7 +115,7 @@ fn read_table(table: Table, path: &Path, out: &mut Batcher) -> Result<()> {
                     Ok(row) => SourceEvent::row(table, row, None, at),
                     Err(reason) => SourceEvent::Malformed {
                         table,
-                        at: super::skipped_label(
+                        at: crate::catalog::events::skipped_label(
                             at(),
                             // An empty field is NULL: no id.
                             id_column

@@ -17,7 +17,8 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde_json::{Map, Value};
 use tokio_postgres::{Client, SimpleQueryMessage, config::SslMode};
 
-use super::{Batcher, SourceEvent};
+use super::Batcher;
+use crate::catalog::events::SourceEvent;
 use crate::error::{Error, Result};
 use crate::refs::Table;
 
@@ -32,7 +33,7 @@ enum Verify {
 
 /// Connects to the database; the returned client's connection runs on the runtime.
 pub async fn connect(url: &str) -> Result<Client> {
-    let shown = super::conninfo::shown(url);
+    let shown = crate::redact::conninfo::shown(url);
     let (cleaned, mode, verify, root_cert) = split_ssl_options(url)?;
     let mut config: tokio_postgres::Config = cleaned.parse().map_err(|e| Error::Database {
         url: shown.clone(),
@@ -74,7 +75,7 @@ pub async fn connect(url: &str) -> Result<Client> {
 
 /// Reads the three tables in one consistent transaction into `out`.
 pub async fn read(url: &str, out: &mut Batcher) -> Result<()> {
-    let shown = super::conninfo::shown(url);
+    let shown = crate::redact::conninfo::shown(url);
     let db_err = |e: tokio_postgres::Error| Error::Database {
         url: shown.clone(),
         message: pg_message(&e),
@@ -233,7 +234,7 @@ fn split_ssl_options(url: &str) -> Result<(String, SslMode, Verify, Option<Strin
         }
         _ => false,
     };
-    let cleaned = super::conninfo::without_params(url, apply);
+    let cleaned = crate::redact::conninfo::without_params(url, apply);
     if let Some(value) = refused {
         return Err(Error::Usage(format!(
             "the database connection string has sslmode={value:?}, which libpq refuses: \
