@@ -150,6 +150,17 @@ pub(crate) fn refs_of(conn: &Connection) -> BTreeSet<RefRow> {
 }
 
 /// `count(*)` of refs per class.
+/// As if fetch had stored every ref's file (one blob named `ab`).
+fn mark_every_ref_fetched(archive: &Path) {
+    catalog(archive)
+        .execute_batch(
+            "INSERT INTO blobs(sha256, size, type, source, fetched_at)
+               VALUES ('ab', 1, 'webp', 'bucket', '2025-01-01T00:00:00Z');
+             UPDATE refs SET state = 'fetched', sha256 = 'ab', source = 'bucket';",
+        )
+        .expect("mark fetched");
+}
+
 fn refs_per_class(conn: &Connection) -> BTreeMap<String, i64> {
     let mut stmt = conn
         .prepare("SELECT class, count(*) FROM refs GROUP BY class")
@@ -453,15 +464,7 @@ fn resnapshot_updates_only_changed_refs() {
     let url = pg.fixture_db("bot");
     let archive = temp_dir();
     snapshot_ok(archive.path(), &url, &[]);
-    // As if fetch had stored every ref's file.
-    let conn = catalog(archive.path());
-    conn.execute_batch(
-        "INSERT INTO blobs(sha256, size, type, source, fetched_at)
-           VALUES ('ab', 1, 'webp', 'bucket', '2025-01-01T00:00:00Z');
-         UPDATE refs SET state = 'fetched', sha256 = 'ab', source = 'bucket';",
-    )
-    .expect("mark fetched");
-    drop(conn);
+    mark_every_ref_fetched(archive.path());
 
     let session = fid(107);
     pg.psql(
@@ -536,14 +539,7 @@ fn resnapshot_refs_equal_a_first_snapshot_of_the_same_database() {
     let url = pg.fixture_db("bot");
     let archive = temp_dir();
     snapshot_ok(archive.path(), &url, &[]);
-    let conn = catalog(archive.path());
-    conn.execute_batch(
-        "INSERT INTO blobs(sha256, size, type, source, fetched_at)
-           VALUES ('ab', 1, 'webp', 'bucket', '2025-01-01T00:00:00Z');
-         UPDATE refs SET state = 'fetched', sha256 = 'ab', source = 'bucket';",
-    )
-    .expect("mark fetched");
-    drop(conn);
+    mark_every_ref_fetched(archive.path());
     let rounds = [
         // A session's env, a sticker's file, a sticker that names no file any more.
         format!(
