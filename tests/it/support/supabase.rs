@@ -97,8 +97,13 @@ fn obtain() -> Result<Supabase, String> {
     start(&install_dir(), None)
 }
 
+/// `SUPABASE_STORAGE_STARTER` when set, else the script the project's CI
+/// keeps beside the repository.
 fn start_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/supabase-storage/start.sh")
+    match std::env::var_os("SUPABASE_STORAGE_STARTER") {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/supabase-storage/start.sh"),
+    }
 }
 
 fn start(dir: &Path, upload_limit: Option<u64>) -> Result<Supabase, String> {
@@ -106,7 +111,7 @@ fn start(dir: &Path, upload_limit: Option<u64>) -> Result<Supabase, String> {
     if !script.is_file() {
         return Err(format!(
             "SUPABASE_S3_ENDPOINT is not set (the values of a running server's env file) \
-             and there is no {} to start one",
+             and there is no {} to start one (SUPABASE_STORAGE_STARTER names a starter)",
             script.display()
         ));
     }
