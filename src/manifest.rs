@@ -65,6 +65,9 @@ pub struct Header {
     /// The id of the snapshot the pushed catalog holds last.
     #[serde(default)]
     pub snapshot_id: Option<i64>,
+    /// The envs the destination holds; empty (or absent) for every env.
+    #[serde(default)]
+    pub envs: Vec<String>,
     /// The catalog copy's objects, in order (format 2 on); absent when the
     /// store refused the copy.
     #[serde(default)]

@@ -15,10 +15,16 @@ use crate::stores::Store;
 /// connection's temp tables ([`q::create_plan_tables`]): the key each ref
 /// gets, or why it gets none. Refs come in the catalog's order, those owning
 /// a storage key first, so that a key's bytes are those of the ref the
-/// database names it for.
-pub fn build_plan(conn: &Connection, envs: &Option<String>, layout: Layout) -> Result<()> {
+/// database names it for. With `placed_at` (a destination's id), only the
+/// refs a push placed there: what that destination should hold.
+pub fn build_plan(
+    conn: &Connection,
+    envs: &Option<String>,
+    placed_at: Option<i64>,
+    layout: Layout,
+) -> Result<()> {
     q::create_plan_tables(conn)?;
-    q::for_each_fetched_ref(conn, envs, |r| {
+    q::for_each_fetched_ref(conn, envs, placed_at, |r| {
         let key = match dest_key(layout, &r.place, &r.sha256, &r.kind) {
             Ok(key) => key,
             Err(reason) => return q::refuse_in_plan(conn, r.id, None, &reason),

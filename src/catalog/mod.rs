@@ -21,6 +21,7 @@ mod migrations;
 pub mod plan;
 pub mod pull;
 pub mod push;
+pub mod scope;
 pub mod snapshot;
 pub mod status;
 pub mod verify;
@@ -363,13 +364,6 @@ pub fn known_envs(conn: &Connection) -> Result<Vec<String>> {
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     Ok(envs)
-}
-
-/// A consistent copy of the catalog at `path` (`VACUUM INTO`), readable
-/// while the catalog is written.
-pub fn copy_into(conn: &Connection, path: &Path) -> Result<()> {
-    conn.execute("VACUUM INTO ?1", [path.to_string_lossy()])?;
-    Ok(())
 }
 
 /// Sets a `settings` value on `conn` (a transaction, say).

@@ -154,19 +154,23 @@ pub(crate) fn place_at(r: &rusqlite::Row, at: usize) -> rusqlite::Result<RefPlac
 }
 
 /// Every fetched ref in scope, in a stable order (the one that owns a key
-/// first), one at a time.
+/// first), one at a time; with `placed_at`, only those a push placed at
+/// that destination.
 pub fn for_each_fetched_ref(
     conn: &Connection,
     envs: &Option<String>,
+    placed_at: Option<i64>,
     mut each: impl FnMut(FetchedRef) -> Result<()>,
 ) -> Result<()> {
     let mut stmt = conn.prepare(&format!(
         "SELECT r.id, {PLACE_COLUMNS}, r.sha256, b.size, b.type
          FROM refs r JOIN blobs b ON b.sha256 = r.sha256
          WHERE r.state = 'fetched' AND {ENV_FILTER}
+           AND (?2 IS NULL OR EXISTS (
+               SELECT 1 FROM placements p WHERE p.dest_id = ?2 AND p.ref_id = r.id))
          ORDER BY r.storage_key IS NULL, r.class, r.row_id, r.slot"
     ))?;
-    let rows = stmt.query_map([envs], |r| {
+    let rows = stmt.query_map(params![envs, placed_at], |r| {
         Ok(FetchedRef {
             id: r.get(0)?,
             place: place_at(r, 1)?,

@@ -28,7 +28,7 @@ use super::{Context, TransferReport};
 use crate::blobs::{BlobStore, Publisher};
 use crate::catalog::BlobInfo;
 use crate::catalog::pull::{self as q, BlobToPull, PULLED_FROM, PULLED_SNAPSHOT};
-use crate::catalog::{ARCHIVE_ID, ArchiveLock, CATALOG_FILE, Catalog, paged};
+use crate::catalog::{ARCHIVE_ID, ArchiveLock, CATALOG_FILE, Catalog, paged, scope};
 use crate::download::{ReadError, credentials_refused, read_object};
 use crate::error::{Error, Result};
 use crate::layout::check_key;
@@ -324,8 +324,13 @@ fn take_newer_snapshot(ctx: &Context, store: &Store, header: &Header) -> Result<
     let ours = q::latest_snapshot_id(&conn)?;
     let pulled = q::read_setting(&conn, PULLED_SNAPSHOT).and_then(|v| v.parse::<i64>().ok());
     let shown = &store.shown;
+    // The same snapshot, but the destination now holds envs the copy this
+    // archive was pulled from was cut without.
+    let held =
+        (!header.envs.is_empty()).then(|| serde_json::Value::from(header.envs.clone()).to_string());
+    let wider = pulled == ours && scope::is_wider(&held, &scope::copy_envs(&conn)?);
     match ours {
-        Some(ours) if ours == theirs => Ok(None),
+        Some(ours) if ours == theirs && !wider => Ok(None),
         Some(ours) if ours > theirs => Ok(Some(format!(
             "{shown} holds snapshot {theirs}, older than this archive's {ours}: `starchive push --to` it to bring it up to date"
         ))),
@@ -339,10 +344,15 @@ fn take_newer_snapshot(ctx: &Context, store: &Store, header: &Header) -> Result<
             q::checkpoint(&conn)?;
             drop(conn);
             restore_catalog(ctx, store, header)?;
-            Ok(Some(format!(
-                "{shown} holds snapshot {theirs}, newer than this archive's{}: its catalog replaced this one",
-                ours.map(|o| format!(" {o}")).unwrap_or_default()
-            )))
+            Ok(Some(match ours {
+                Some(ours) if ours == theirs => format!(
+                    "{shown} holds more envs than when this archive was pulled from it: its catalog replaced this one"
+                ),
+                _ => format!(
+                    "{shown} holds snapshot {theirs}, newer than this archive's{}: its catalog replaced this one",
+                    ours.map(|o| format!(" {o}")).unwrap_or_default()
+                ),
+            }))
         }
     }
 }

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use super::{Context, TransferReport};
 use crate::blobs::BlobStore;
 use crate::catalog::push::{self as q, KeyToPush};
-use crate::catalog::{Catalog, paged};
+use crate::catalog::{Catalog, paged, scope};
 use crate::error::{Error, Result};
 use crate::layout::{Layout, RESERVED_PREFIX};
 use crate::manifest::{self, MANIFEST_KEY};
@@ -174,7 +174,7 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
     // Placements first: what is known pushed stays so, the rest is pending.
     let counts = {
         let tx = catalog.conn_mut().transaction()?;
-        build_plan(&tx, &envs, layout)?;
+        build_plan(&tx, &envs, None, layout)?;
         q::settle_plan(&tx, dest, trusted)?;
         q::write_placements(&tx, dest)?;
         let counts = q::plan_counts(&tx)?;
@@ -490,8 +490,10 @@ async fn upload_blob(
     out
 }
 
-/// Writes the manifest and the catalog copy (SPEC §5) when something changed
-/// since the last push to this destination (or `must_write`), and records
+/// Writes the manifest and the catalog copy (SPEC §5) of what the
+/// destination holds (the refs and rows of the envs pushed there, [`scope`]) when
+/// something changed since the last push to this destination (or
+/// `must_write`), and records
 /// the manifest as the store describes it. Returns the objects the store
 /// refused for their size, each named with what to do: the push then exits
 /// 3, and the next one writes them again.
@@ -515,9 +517,15 @@ fn write_self_description(
     use std::io::Write;
 
     let conn = catalog.conn();
-    let envs = ctx.env_param();
+    // What the destination holds: this push's envs and those pushed there before.
+    let envs = &scope::widen(conn, dest, &ctx.env_param())?;
+    // `[]`: every env.
+    let envs_shown = envs
+        .as_deref()
+        .and_then(|e| serde_json::from_str(e).ok())
+        .unwrap_or_else(|| serde_json::json!([]));
     let (snapshot_id, taken_at) = q::latest_snapshot(conn)?.unwrap_or((0, String::new()));
-    let (refs, placed) = q::manifest_counts(conn, dest, &envs)?;
+    let (refs, placed) = q::manifest_counts(conn, dest, envs)?;
     let mut header = serde_json::json!({
         "format": manifest::MANIFEST_FORMAT,
         "tool": TOOL,
@@ -525,7 +533,7 @@ fn write_self_description(
         "snapshot_id": snapshot_id,
         "snapshot_taken_at": taken_at,
         "layout": layout.name(),
-        "envs": ctx.envs,
+        "envs": envs_shown,
         "counts": {"refs": refs, "pushed": placed},
     });
     let body = ctx.archive.join(".manifest-body.jsonl.zst");
@@ -549,7 +557,7 @@ fn write_self_description(
         let mut text_hash = Sha256::new();
         text_hash.update(to_line(&header)?);
         let mut line = Vec::new();
-        q::for_each_manifest_ref(conn, dest, &envs, |value| {
+        q::for_each_manifest_ref(conn, dest, envs, |value| {
             line.clear();
             serde_json::to_writer(&mut line, &value).map_err(Error::Manifest)?;
             line.push(b'\n');
@@ -578,7 +586,7 @@ fn write_self_description(
     let mut refused = Vec::new();
     let result = (|| -> Result<()> {
         let _ = std::fs::remove_file(&copy);
-        crate::catalog::copy_into(conn, &copy)?;
+        scope::copy_into(conn, &copy, envs)?;
         upload::remove_stale_staging(store, RESERVED_PREFIX, |key| {
             Ok(key == MANIFEST_KEY || manifest::is_catalog_copy_key(key))
         })?;

@@ -51,6 +51,9 @@ pub struct VerifyReport {
     /// The text report lists every problem (`--full`).
     #[serde(skip)]
     pub full: bool,
+    /// A destination was checked (`--to`).
+    #[serde(skip)]
+    pub to: bool,
 }
 
 const BLOB: &str = "blob";
@@ -104,20 +107,26 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
     // The plan of what the destination should hold is made before a bad
     // blob is forgotten: its object is checked too, against the catalog's
     // sha256 and size.
+    // A destination holds what push placed there (only the envs pushed
+    // there): the refs of a destination this archive never pushed to are
+    // those a push would place.
     let dest = match &opts.to {
         Some(url) => {
             let dest = stores::open(url, Role::To)?;
             ctx.runtime.block_on(stores::check(&dest, Role::To))?;
             let layout = held_layout(&ctx.runtime, &dest, catalog.conn(), opts.layout, true, None)?;
+            let recorded =
+                q::find_destination(catalog.conn(), &dest.shown, crate::store_url::identity)?;
             let tx = catalog.conn_mut().transaction()?;
-            build_plan(&tx, &envs, layout)?;
+            build_plan(&tx, &envs, recorded.as_ref().map(|(id, _)| *id), layout)?;
             tx.commit()?;
-            Some((dest, layout))
+            Some((dest, layout, recorded))
         }
         None => None,
     };
     let mut report = VerifyReport {
         full: opts.full,
+        to: dest.is_some(),
         ..VerifyReport::default()
     };
 
@@ -166,9 +175,7 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
         report.refs_to_fetch_again = forget_blobs(&mut catalog, &blob_store, &bad_blobs)?;
     }
 
-    if let Some((dest, layout)) = dest {
-        let recorded =
-            q::find_destination(catalog.conn(), &dest.shown, crate::store_url::identity)?;
+    if let Some((dest, layout, recorded)) = dest {
         let conn = catalog.conn();
         ctx.progress.start(
             "checking the destination",
@@ -304,7 +311,7 @@ impl std::fmt::Display for VerifyReport {
             "blobs: {} checked, {} bad",
             self.blobs_checked, self.blobs_bad
         )?;
-        if self.objects_checked > 0 || self.objects_missing > 0 {
+        if self.to {
             writeln!(
                 f,
                 "objects: {} checked, {} missing, {} bad",

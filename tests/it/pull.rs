@@ -16,6 +16,7 @@ use crate::push::{
     mirror_objects,
 };
 use crate::support::backend::{Backend, Bucket, Kind, on_every_store};
+use crate::support::dataset::FIXTURE_BUCKET;
 use crate::support::objects::files_under;
 use crate::support::run::{Run, catalog, run, starchive};
 use crate::support::s3::TestS3;
@@ -541,8 +542,17 @@ fn a_pull_that_leaves_refs_pending_says_why() {
     let fx = fetched_fixture();
     let dest = fx.dir.path().join("dest");
     let url = dest.to_string_lossy().into_owned();
-    // Only prod is pushed: test's refs have no file there.
-    run(push(&fx.archive, &url, Vec::new()).args(["--env", "prod"])).expect_code(0);
+    // A blob lost before the push: its refs are pending, with no file there.
+    let lost: String = catalog(&fx.archive)
+        .query_row(
+            "SELECT sha256 FROM refs WHERE state = 'fetched' AND storage_key IS NOT NULL LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .expect("a fetched ref from the bucket");
+    std::fs::remove_file(fx.archive.join("blobs").join(&lost[..2]).join(&lost)).expect("remove");
+    run(starchive(&fx.archive).args(["verify"])).expect_code(3);
+    run(&mut push(&fx.archive, &url, Vec::new())).expect_code(FIXTURE_PUSH_EXIT);
     let dir = temp_dir();
     let pulled = dir.path().join("pulled");
     let out = run(&mut pull(&pulled, &url, Vec::new()));
@@ -571,6 +581,12 @@ fn a_pull_that_leaves_refs_pending_says_why() {
     );
 
     // Once the whole archive is pushed there, a pull takes the rest.
+    // (The fixture's failed ref stays failed: exit 3.)
+    let doc = run(starchive(&fx.archive).args(["--json", "fetch", "--storage", FIXTURE_BUCKET]))
+        .expect_code(3)
+        .json();
+    assert!(doc["done"].as_u64() > Some(0), "{doc}");
+    assert_eq!(doc["pending"], 0, "{doc}");
     run(&mut push(&fx.archive, &url, Vec::new())).expect_code(FIXTURE_PUSH_EXIT);
     let doc = run(&mut pull(&pulled, &url, Vec::new()))
         .expect_code(0)
@@ -687,4 +703,90 @@ fn a_pull_brings_a_newer_push_unless_the_archive_has_snapshots_of_its_own() {
         doc["notes"].to_string().contains("older than this archive"),
         "{doc}"
     );
+}
+
+/// The distinct envs of a catalog table's rows (`''` for none), in order.
+fn envs_of(archive: &Path, table: &str) -> Vec<String> {
+    let conn = catalog(archive);
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT DISTINCT coalesce(env, '') FROM {table} ORDER BY 1"
+        ))
+        .expect("prepare");
+    stmt.query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+#[test]
+fn a_destination_pushed_for_one_env_pulls_as_that_env_alone() {
+    let fx = fetched_fixture();
+    let dest = fx.dir.path().join("dest");
+    let url = dest.to_string_lossy().into_owned();
+    run(push(&fx.archive, &url, Vec::new()).args(["--env", "prod"])).expect_code(0);
+    let dir = temp_dir();
+    let pulled = dir.path().join("pulled");
+    let doc = run(&mut pull(&pulled, &url, Vec::new()))
+        .expect_code(0)
+        .json();
+    assert_eq!(
+        (&doc["pending"], &doc["failed"]),
+        (&0.into(), &0.into()),
+        "{doc}"
+    );
+
+    // Only prod's rows and refs are in the copy: no other env's row is in
+    // the file at all.
+    assert_eq!(envs_of(&pulled, "refs"), ["prod"]);
+    assert_eq!(envs_of(&pulled, "sessions"), ["prod"]);
+    let others: Vec<String> = {
+        let conn = catalog(&fx.archive);
+        let mut stmt = conn
+            .prepare("SELECT id FROM sessions WHERE env IS NOT 'prod'")
+            .expect("prepare");
+        stmt.query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    };
+    assert!(!others.is_empty());
+    let file = std::fs::read(pulled.join("catalog.sqlite")).expect("catalog");
+    for id in &others {
+        assert!(
+            !file.windows(id.len()).any(|w| w == id.as_bytes()),
+            "session {id} of another env is in the pulled catalog"
+        );
+    }
+
+    // plan, status, verify and check speak of prod alone, as the archive
+    // that pushed does with --env prod.
+    let scoped = |archive: &Path, cmd: &str, env: &[&str]| {
+        let out = run(starchive(archive).args(["--json", cmd]).args(env));
+        (out.code, out.json())
+    };
+    for cmd in ["plan", "check"] {
+        assert_eq!(
+            scoped(&pulled, cmd, &[]),
+            scoped(&fx.archive, cmd, &["--env", "prod"]),
+            "{cmd}"
+        );
+    }
+    let (code, status) = scoped(&pulled, "status", &[]);
+    assert_eq!(code, Some(0));
+    assert_eq!(status["failures"], serde_json::json!([]), "{status}");
+    run(starchive(&pulled).args(["verify", "--deep", "--to", &url])).expect_code(0);
+
+    // test pushed there too: the next pull brings its rows and refs.
+    run(push(&fx.archive, &url, Vec::new()).args(["--env", "test"])).expect_code(3);
+    let doc = run(&mut pull(&pulled, &url, Vec::new()))
+        .expect_code(0)
+        .json();
+    assert!(doc["notes"].to_string().contains("more envs"), "{doc}");
+    assert_eq!(envs_of(&pulled, "refs"), ["prod", "test"]);
+    assert_eq!(
+        scoped(&pulled, "plan", &[]),
+        scoped(&fx.archive, "plan", &["--env", "prod", "--env", "test"])
+    );
+    run(starchive(&pulled).args(["verify", "--deep", "--to", &url])).expect_code(0);
 }

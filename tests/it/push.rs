@@ -951,9 +951,10 @@ fn a_push_after_any_change_pushes_it() {
     assert_ne!(s3.get_file("dest", CATALOG_COPY), Some(copy_before));
     nothing_to_do("a new snapshot pushed");
 
-    // Another scope, and back: each writes its manifest.
+    // A push scoped to one env leaves a destination that holds every env
+    // as it was: its manifest still describes every env.
     push(&["--env", "prod"]);
-    assert_eq!(header()["envs"], serde_json::json!(["prod"]));
+    assert_eq!(header()["envs"], serde_json::json!([]));
     push(&[]);
     assert_eq!(header()["envs"], serde_json::json!([]));
     nothing_to_do("back to every env");

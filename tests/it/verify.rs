@@ -243,3 +243,72 @@ fn object_without_our_metadata_fails_plain_verify_and_is_pushed_again() {
     run(starchive(&fx.archive).args(["verify", "--to", &dir_url])).expect_code(0);
     run(&mut verify_cmd(&fx.archive, &dir_url, None)).expect_code(3);
 }
+
+/// The keys of a directory destination, but those under `_starchive/`.
+fn keys_under(dest: &Path) -> Vec<String> {
+    crate::support::objects::files_under(dest)
+        .into_keys()
+        .filter(|k| !k.starts_with("_starchive/"))
+        .collect()
+}
+
+#[test]
+fn verify_checks_what_push_placed_there_not_every_env() {
+    let fx = fetched_fixture();
+    let dest = fx.dir.path().join("dest");
+    let url = dest.to_string_lossy().into_owned();
+    let push = |env: &str| {
+        let out = run(starchive(&fx.archive).args(["--json", "push", "--env", env, "--to", &url]));
+        out.json()
+    };
+    let verify = |args: &[&str]| {
+        run(starchive(&fx.archive)
+            .args(["--json", "verify", "--deep", "--to", &url])
+            .args(args))
+    };
+    // The fixture's one failed ref is test's: prod's push is whole.
+    push("prod");
+    let prod_keys = keys_under(&dest);
+    assert!(!prod_keys.is_empty());
+
+    // Without --env, the objects prod's push placed: test's refs were never
+    // pushed there, so they are not missing there.
+    let doc = verify(&[]).expect_code(0).json();
+    assert_eq!(doc["objects_checked"], prod_keys.len(), "{doc}");
+    assert_eq!(doc["objects_missing"], 0, "{doc}");
+    // Nothing was marked: a push of prod again has nothing to do.
+    let again = push("prod");
+    assert_eq!(again["done"], 0, "{again}");
+    // --env test on a prod-only destination: nothing of it to check.
+    let doc = verify(&["--env", "test"]).expect_code(0).json();
+    assert_eq!(doc["objects_checked"], 0, "{doc}");
+    let text = run(starchive(&fx.archive).args(["verify", "--env", "test", "--to", &url]));
+    assert!(
+        text.expect_code(0).stdout.contains("objects: 0 checked"),
+        "{}",
+        text.stdout
+    );
+
+    // Pushed again with test: the union verifies clean, and is all there is.
+    push("test");
+    let all = keys_under(&dest);
+    // Every object of an unscoped push but that of the sticker whose
+    // session the database lacks: it has no env.
+    let whole: Vec<String> = mirror_objects().into_keys().collect();
+    assert!(all.iter().all(|k| whole.contains(k)), "{all:?}");
+    assert_eq!(all.len() + 1, whole.len(), "{all:?}");
+    let doc = verify(&[]).expect_code(0).json();
+    assert_eq!(doc["objects_checked"], all.len(), "{doc}");
+    let doc = verify(&["--env", "prod"]).expect_code(0).json();
+    assert_eq!(doc["objects_checked"], prod_keys.len(), "{doc}");
+
+    // What is gone from the union is still found, whatever its env.
+    let lost = all
+        .iter()
+        .find(|k| !prod_keys.contains(k))
+        .expect("a test key");
+    std::fs::remove_file(dest.join(lost)).expect("remove");
+    let doc = verify(&[]).expect_code(3).json();
+    assert_eq!(doc["objects_missing"], 1, "{doc}");
+    assert_eq!(problem_names(&doc), vec![lost.as_str()], "{doc}");
+}
