@@ -57,6 +57,16 @@ pub fn find_destination(
         .optional()?)
 }
 
+/// Whether a push placed refs at destination `dest` (a verify that found
+/// objects there before any push records the destination too).
+pub fn has_placements(conn: &Connection, dest: i64) -> Result<bool> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM placements WHERE dest_id = ?1)",
+        [dest],
+        |r| r.get(0),
+    )?)
+}
+
 /// The layout of the destination of this identity once it holds something
 /// of this archive's (an object pushed, or a manifest written); `None`
 /// before, however often a push to it failed.

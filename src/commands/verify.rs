@@ -108,8 +108,7 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
     // blob is forgotten: its object is checked too, against the catalog's
     // sha256 and size.
     // A destination holds what push placed there (only the envs pushed
-    // there): the refs of a destination this archive never pushed to are
-    // those a push would place.
+    // there); one this archive never pushed to, what a push would place.
     let dest = match &opts.to {
         Some(url) => {
             let dest = stores::open(url, Role::To)?;
@@ -117,8 +116,12 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
             let layout = held_layout(&ctx.runtime, &dest, catalog.conn(), opts.layout, true, None)?;
             let recorded =
                 q::find_destination(catalog.conn(), &dest.shown, crate::store_url::identity)?;
+            let placed_at = match &recorded {
+                Some((id, _)) if q::has_placements(catalog.conn(), *id)? => Some(*id),
+                _ => None,
+            };
             let tx = catalog.conn_mut().transaction()?;
-            build_plan(&tx, &envs, recorded.as_ref().map(|(id, _)| *id), layout)?;
+            build_plan(&tx, &envs, placed_at, layout)?;
             tx.commit()?;
             Some((dest, layout, recorded))
         }
