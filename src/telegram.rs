@@ -139,6 +139,8 @@ impl Telegram {
     /// `rate`: requests per second at most (getFile and downloads alike).
     pub fn new(base: &str, token: String, rate: f64) -> Result<Telegram, String> {
         let http = reqwest::Client::builder()
+            // Followed by `get`, which knows where each request failed.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(15))
             .read_timeout(Duration::from_secs(60))
             .build()
@@ -155,14 +157,12 @@ impl Telegram {
 
     pub async fn get_file(&self, file_id: &str) -> Result<FileInfo, TgError> {
         self.pacer.wait().await;
-        let url = format!("{}/bot{}/getFile", self.base, self.token);
-        let response = self
-            .http
-            .get(url)
-            .query(&[("file_id", file_id)])
-            .send()
-            .await
-            .map_err(|e| self.transport(e))?;
+        let mut url = url::Url::parse(&format!("{}/bot{}/getFile", self.base, self.token))
+            .map_err(|e| {
+                TgError::Unauthorized(self.scrub(&format!("the token makes no URL ({e})")))
+            })?;
+        url.query_pairs_mut().append_pair("file_id", file_id);
+        let response = self.get(url).await.map_err(|(e, _)| self.transport(e))?;
         let status = response.status();
         let header_wait = retry_after_header(&response);
         let body = response.bytes().await.map_err(|e| self.transport(e))?;
@@ -223,13 +223,14 @@ impl Telegram {
     pub async fn download(&self, file_path: &str) -> Result<reqwest::Response, TgError> {
         let path = download_path(file_path)?;
         self.pacer.wait().await;
-        let url = format!("{}/file/bot{}/{path}", self.base, self.token);
+        let url = url::Url::parse(&format!("{}/file/bot{}/{path}", self.base, self.token))
+            .map_err(|e| {
+                TgError::Unauthorized(self.scrub(&format!("the token makes no URL ({e})")))
+            })?;
         let response = self
-            .http
             .get(url)
-            .send()
             .await
-            .map_err(|e| self.transport(e))?;
+            .map_err(|(e, at)| self.download_failed(e, Some(&at)))?;
         let status = response.status().as_u16();
         match status {
             200 => Ok(response),
@@ -253,8 +254,18 @@ impl Telegram {
         crate::redact::url(&self.base)
     }
 
-    /// A transport error as text without URL or token.
-    pub fn transport(&self, e: reqwest::Error) -> TgError {
+    /// A transport error of getFile as text without URL or token: no
+    /// connection made is [`TgError::Unreachable`].
+    fn transport(&self, e: reqwest::Error) -> TgError {
+        match self.transport_text(e) {
+            (true, text) => TgError::Unreachable(text),
+            (false, text) => TgError::Transient(text),
+        }
+    }
+
+    /// Whether no connection was made, and the error as text without URL
+    /// or token.
+    fn transport_text(&self, e: reqwest::Error) -> (bool, String) {
         let connect = e.is_connect();
         let e = e.without_url();
         let mut text = e.to_string();
@@ -264,12 +275,44 @@ impl Telegram {
             text.push_str(&c.to_string());
             cause = c.source();
         }
-        let text = self.scrub(&text);
-        if connect {
-            TgError::Unreachable(text)
-        } else {
-            TgError::Transient(text)
+        (connect, self.scrub(&text))
+    }
+
+    /// GET `url`, following redirects here rather than in the client, so
+    /// that a failure comes with the URL it happened at (a redirect's target).
+    async fn get(&self, mut url: url::Url) -> Result<reqwest::Response, (reqwest::Error, url::Url)> {
+        let mut hops = 0;
+        loop {
+            let response = match self.http.get(url.clone()).send().await {
+                Ok(response) => response,
+                Err(e) => return Err((e, url)),
+            };
+            let next = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| url.join(l).ok());
+            match next {
+                Some(next) if response.status().is_redirection() && hops < MAX_REDIRECTS => {
+                    hops += 1;
+                    url = next;
+                }
+                _ => return Ok(response),
+            }
         }
+    }
+
+    /// A transport error of a file download (the Bot API answered getFile,
+    /// so it is not unreachable): a passing fault of this file, named with
+    /// the URL it failed at (`at`, a redirect's target; else the error's),
+    /// without the token or other secrets. The ref fails with it if it lasts.
+    pub fn download_failed(&self, e: reqwest::Error, at: Option<&url::Url>) -> TgError {
+        let at = at
+            .or(e.url())
+            .map(|u| format!(" from {}", self.scrub(&crate::redact::url(u.as_str()))))
+            .unwrap_or_default();
+        let (_, text) = self.transport_text(e);
+        TgError::Transient(format!("file download{at} failed: {text}"))
     }
 
     /// `text` without the token (a local Bot API server's paths hold it).
@@ -289,6 +332,9 @@ fn what_body(body: &[u8]) -> String {
         format!("{} bytes starting {start:?}", body.len())
     }
 }
+
+/// Redirects followed for one request, as many as reqwest would.
+const MAX_REDIRECTS: usize = 10;
 
 /// The `--telegram-rate` values (requests per second) that make sense, inclusive:
 /// from one request every 1000 s to a million a second.

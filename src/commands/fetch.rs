@@ -166,8 +166,20 @@ enum Outcome {
     /// A configuration error (the token or the bucket's credentials are
     /// refused): stop, with this message.
     Fatal(String),
+    /// The Bot API cannot be reached: no more is asked of it this run, its
+    /// refs stay pending, and the report says why (exit 3).
+    Unreachable(String),
     /// Not tried because the run is stopping.
     Cancelled,
+}
+
+/// Why the downloads stopped before their end, if they did.
+#[derive(Default)]
+struct Stopped {
+    /// A configuration error: the fetch fails with it (exit 1).
+    fatal: Option<String>,
+    /// The Bot API could not be reached: the report says so (exit 3).
+    unreachable: Option<String>,
 }
 
 /// A download whose bytes are staged, to be published for its refs.
@@ -216,7 +228,7 @@ impl Shared {
             Ok(downloaded) => downloaded,
             Err(outcome) => {
                 // Before the permit goes: no other download starts.
-                if matches!(outcome, Outcome::Fatal(_)) {
+                if matches!(outcome, Outcome::Fatal(_) | Outcome::Unreachable(_)) {
                     self.stop.store(true, Ordering::Relaxed);
                 }
                 return outcome;
@@ -274,7 +286,7 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
         catalog::fetch::retry_dangling(catalog.conn(), &envs)?;
     }
     let (fetched_before, _, _) = catalog::fetch::state_counts(catalog.conn(), &envs)?;
-    let mut fatal: Option<String> = None;
+    let mut stopped = Stopped::default();
     let mut notes = Vec::new();
 
     catalog::fetch::resolve_known(catalog.conn(), &envs)?;
@@ -299,7 +311,7 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
         ctx.runtime.block_on(stores::check(store, Role::Storage))?;
     }
     if !unsafe_keys.is_empty() {
-        commit(&mut catalog, unsafe_keys, &mut fatal)?;
+        commit(&mut catalog, unsafe_keys, &mut stopped)?;
     }
 
     // The bucket, once per key.
@@ -316,13 +328,13 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
                 "from the bucket",
                 keys,
                 &mut catalog,
-                &mut fatal,
+                &mut stopped,
                 move |shared, work| {
                     let store = reader.clone();
                     async move { from_bucket(&store, &shared, work.key, work.refs).await }
                 },
             )?;
-            if missing == tried && fatal.is_none() {
+            if missing == tried && stopped.fatal.is_none() {
                 notes.push(missing_hint(
                     ctx,
                     catalog.conn(),
@@ -345,7 +357,7 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
 
     // Telegram, once per file_id, through the bot of the refs' env.
     let file_ids = catalog::fetch::pending_file_ids(catalog.conn(), &envs)?;
-    if !file_ids.is_empty() && fatal.is_none() {
+    if !file_ids.is_empty() && stopped.fatal.is_none() {
         let mut bots = Bots::default();
         let mut units = Vec::with_capacity(file_ids.len());
         for work in file_ids {
@@ -378,13 +390,14 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
                 "from Telegram",
                 units,
                 &mut catalog,
-                &mut fatal,
+                &mut stopped,
                 |shared, work| async move { from_telegram(work, &shared).await },
             )?;
             // Refs of an env without a token whose file_id another env's bot served.
             catalog::fetch::resolve_known(catalog.conn(), &envs)?;
         }
-        if fatal.is_none()
+        if stopped.fatal.is_none()
+            && stopped.unreachable.is_none()
             && let Some(note) = tokenless_note(
                 &catalog::fetch::pending_file_ids(catalog.conn(), &envs)?,
                 &opts.telegram_tokens,
@@ -393,8 +406,11 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
             notes.push(note);
         }
     }
-    if let Some(message) = fatal {
+    if let Some(message) = stopped.fatal {
         return Err(Error::Config(message));
+    }
+    if let Some(message) = &stopped.unreachable {
+        tracing::warn!("{message}");
     }
     let (fetched, failed, pending) = catalog::fetch::state_counts(catalog.conn(), &envs)?;
     Ok(TransferReport {
@@ -406,6 +422,7 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
         seconds: started.elapsed().as_secs_f64(),
         notes,
         refused: Vec::new(),
+        stopped: stopped.unreachable,
     })
 }
 
@@ -426,7 +443,7 @@ impl Phase<'_> {
         stage: &str,
         units: Vec<U>,
         catalog: &mut Catalog,
-        fatal: &mut Option<String>,
+        stopped: &mut Stopped,
         work: F,
     ) -> Result<usize>
     where
@@ -452,7 +469,7 @@ impl Phase<'_> {
                     .iter()
                     .filter(|o| matches!(o, Outcome::Dangling { .. }))
                     .count();
-                commit(catalog, batch, fatal)
+                commit(catalog, batch, stopped)
             },
         )?;
         self.ctx.progress.finish();
@@ -485,7 +502,7 @@ fn missing_hint(
     })
 }
 
-fn commit(catalog: &mut Catalog, batch: Vec<Outcome>, fatal: &mut Option<String>) -> Result<()> {
+fn commit(catalog: &mut Catalog, batch: Vec<Outcome>, stopped: &mut Stopped) -> Result<()> {
     let tx = catalog.conn_mut().transaction()?;
     for outcome in batch {
         match outcome {
@@ -498,7 +515,8 @@ fn commit(catalog: &mut Catalog, batch: Vec<Outcome>, fatal: &mut Option<String>
                 tracing::warn!("fetch failed for {names}: {reason}");
                 catalog::fetch::mark_failed(&tx, &refs, &reason)?
             }
-            Outcome::Fatal(reason) => *fatal = Some(reason),
+            Outcome::Fatal(reason) => stopped.fatal = Some(reason),
+            Outcome::Unreachable(reason) => stopped.unreachable = Some(reason),
             Outcome::Cancelled => {}
         }
     }
@@ -624,9 +642,12 @@ async fn from_telegram(work: TelegramWork, shared: &Shared) -> Result<Downloaded
                 TgError::Unreachable(reason) => {
                     unreachable += 1;
                     if unreachable >= ATTEMPTS {
-                        // Every attempt found no server: no file can be had this run.
-                        return Err(Outcome::Fatal(format!(
-                            "cannot reach the Telegram Bot API at {} ({reason}): check --telegram-api / TELEGRAM_API_URL and the network; what was fetched stays fetched",
+                        // Every attempt found no server: no file can be had
+                        // from Telegram this run, but what the bucket gave
+                        // stays fetched and can be pushed. The refs left are
+                        // pending, not failed: the next fetch tries them.
+                        return Err(Outcome::Unreachable(format!(
+                            "cannot reach the Telegram Bot API at {} ({reason}): the refs it was to serve are still pending; check --telegram-api / TELEGRAM_API_URL and the network, then fetch again",
                             bot.telegram.shown_base()
                         )));
                     }
@@ -702,7 +723,7 @@ async fn download_once(
     stage_body(&shared.blobs, body, max, expected)
         .await
         .map_err(|e| match e {
-            StageError::Body(e) => telegram.transport(e),
+            StageError::Body(e) => telegram.download_failed(e, None),
             StageError::TooBig(size) => TgError::Refused(too_big(size, max)),
             StageError::Disk(reason) => TgError::Transient(reason),
             StageError::Length(WrongLength { expected, got }) => TgError::Transient(format!(

@@ -125,12 +125,20 @@ pub struct TransferReport {
     /// named with what to do (push): the run exits 3.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub refused: Vec<String>,
+    /// Why a source stopped serving before every ref was tried (fetch: the
+    /// Telegram Bot API could not be reached): the refs left are pending,
+    /// and the run exits 3.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
 }
 
 impl TransferReport {
-    /// Incomplete when some refs failed or the store refused an object.
+    /// Incomplete when some refs failed, the store refused an object, or
+    /// a source stopped serving.
     pub fn exit_status(&self) -> ExitStatus {
-        ExitStatus::incomplete_if(self.failed > 0 || !self.refused.is_empty())
+        ExitStatus::incomplete_if(
+            self.failed > 0 || !self.refused.is_empty() || self.stopped.is_some(),
+        )
     }
 }
 
@@ -151,6 +159,9 @@ impl std::fmt::Display for TransferReport {
         }
         for refused in &self.refused {
             writeln!(f, "error: {refused}")?;
+        }
+        if let Some(stopped) = &self.stopped {
+            writeln!(f, "error: {stopped}")?;
         }
         if self.failed > 0 {
             writeln!(

@@ -201,6 +201,7 @@ pub fn pull(ctx: &Context, opts: &PullOptions) -> Result<TransferReport> {
         seconds: started.elapsed().as_secs_f64(),
         notes,
         refused: Vec::new(),
+        stopped: None,
     })
 }
 

@@ -149,6 +149,7 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
                 pulled_from(&catalog).as_deref(),
             ),
             refused: Vec::new(),
+            stopped: None,
         });
     }
     // A manifest this archive wrote names the layout recorded; any other
@@ -287,6 +288,7 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
         seconds: started.elapsed().as_secs_f64(),
         notes,
         refused,
+        stopped: None,
     })
 }
 

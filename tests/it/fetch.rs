@@ -1155,8 +1155,8 @@ fn token_never_appears_in_output_or_archive() {
         .filter(|r| r.state == "failed")
         .count();
     assert!(failed >= 2, "the faults left failures to look at");
-    // A Bot API that cannot be reached stops the run (exit 1), naming the URL
-    // without the token; the refs stay pending.
+    // A Bot API that cannot be reached stops asking it (exit 3), naming the
+    // URL without the token; the refs stay pending.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let dead_url = format!("http://{}", dead.local_addr().expect("addr"));
     drop(dead);
@@ -1167,7 +1167,7 @@ fn token_never_appears_in_output_or_archive() {
         .env("TELEGRAM_BOT_TOKEN", TOKEN)
         .env("TELEGRAM_API_URL", &dead_url)
         .env("STARCHIVE_LOG", "debug"));
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
     assert!(
         out.stderr.contains("cannot reach the Telegram Bot API") && out.stderr.contains(&dead_url),
         "{}",

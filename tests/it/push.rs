@@ -17,7 +17,7 @@ use crate::support::objects::files_under;
 use crate::support::run::{catalog, run, starchive};
 use crate::support::s3::{ACCESS_KEY, SECRET_KEY, TestS3};
 use crate::support::telegram::{FakeTelegram, TOKEN};
-use crate::support::{sha256_hex, temp_dir};
+use crate::support::{closed_port_url, sha256_hex, temp_dir};
 use crate::verify::verify_cmd;
 
 // ---- the known answer ----------------------------------------------------
@@ -1495,6 +1495,94 @@ fn run_snapshots_fetches_and_pushes_in_one_go() {
     assert_eq!(doc["push"]["failed"], 1, "{doc}");
     assert_mirror(&bucket_objects(&s3, "run"));
     run(&mut verify_cmd(&archive, &url, Some(&s3))).expect_code(0);
+}
+
+#[test]
+fn run_pushes_what_the_bucket_gave_when_telegram_cannot_be_reached() {
+    let dir = temp_dir();
+    let archive = dir.path().join("archive");
+    let dest = dir.path().join("dest");
+    let dead = closed_port_url();
+    let out = run(starchive(&archive)
+        .args(["--json", "run", "--db", FIXTURE_DB, "--storage", FIXTURE_BUCKET])
+        .args(["--telegram-api", &dead, "--to"])
+        .arg(&dest)
+        .env("TELEGRAM_BOT_TOKEN", TOKEN));
+    // Not a configuration error: the refs Telegram was to serve are
+    // pending, what the bucket gave is pushed, and the run says why (exit 3).
+    out.expect_code(3);
+    let doc = out.json();
+    let stopped = doc["fetch"]["stopped"].as_str().unwrap_or_default();
+    assert!(
+        stopped.contains("cannot reach the Telegram Bot API") && stopped.contains(&dead),
+        "{doc}"
+    );
+    let secret = TOKEN.split_once(':').expect("token").1;
+    assert!(!out.stdout.contains(secret) && !out.stderr.contains(secret));
+    assert!(out.stderr.contains("cannot reach the Telegram Bot API"), "{}", out.stderr);
+    let pending = doc["fetch"]["pending"].as_u64().unwrap_or_default();
+    assert!(pending > 0, "{doc}");
+    assert_eq!(doc["fetch"]["failed"], 0, "pending, not failed: {doc}");
+    assert!(doc["fetch"]["done"].as_u64() > Some(0), "{doc}");
+    assert_eq!(doc["push"]["done"], doc["fetch"]["done"], "{doc}");
+    assert_eq!(doc["push"]["pending"], pending, "{doc}");
+    let keys = files_under(&dest).into_keys().filter(|k| !k.starts_with("_starchive/"));
+    let want = mirror_objects();
+    for key in keys {
+        assert!(matches!(want.get(&key), Some(bytes) if Some(bytes) == files_under(&dest).get(&key)), "{key}");
+    }
+
+    // Once Telegram answers, a plain fetch takes the refs left pending.
+    let tg = FakeTelegram::from_dir(FIXTURE_TELEGRAM);
+    let doc = run(starchive(&archive)
+        .args(["--json", "fetch", "--telegram-rate", "1000"])
+        .envs(tg.env()))
+    .expect_code(3)
+    .json();
+    assert_eq!((&doc["pending"], &doc["failed"]), (&0.into(), &1.into()), "{doc}");
+}
+
+#[test]
+fn run_reports_the_stages_that_ran_when_one_fails() {
+    let dir = temp_dir();
+    let tg = FakeTelegram::from_dir(FIXTURE_TELEGRAM);
+    let run_cmd = |name: &str, json: bool, to: &str, token: &str| {
+        let mut cmd = starchive(&dir.path().join(name));
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.args(["run", "--db", FIXTURE_DB, "--storage", FIXTURE_BUCKET])
+            .args(["--telegram-rate", "1000", "--telegram-api", &tg.url(), "--to", to])
+            .env("TELEGRAM_BOT_TOKEN", token);
+        run(&mut cmd)
+    };
+    let dest = dir.path().join("dest").to_string_lossy().into_owned();
+    // A token the Bot API refuses stops the run at fetch (exit 1): the
+    // snapshot's report is still there.
+    let bad_token = "123456:wrong-SECRET-token";
+    let out = run_cmd("bad-token", true, &dest, bad_token);
+    out.expect_code(1);
+    let doc = out.json();
+    assert_eq!(doc["snapshot"]["tables"]["stickers"]["rows"], 16, "{doc}");
+    assert_eq!(doc["failed_stage"], "fetch", "{doc}");
+    assert_eq!(doc["exit_code"], 1, "{doc}");
+    assert!(doc["error"].as_str().is_some_and(|e| e.contains("refused the token")), "{doc}");
+    assert!(doc.get("fetch").is_none() && doc.get("push").is_none(), "{doc}");
+    assert!(!out.stdout.contains("wrong-SECRET") && !out.stderr.contains("wrong-SECRET"));
+    let out = run_cmd("bad-token-text", false, &dest, bad_token);
+    out.expect_code(1);
+    assert!(out.stdout.contains("stickers") && out.stdout.contains("fetch: stopped the run"), "{}", out.stdout);
+    assert!(out.stderr.contains("error: fetch: ") && out.stderr.contains("refused the token"), "{}", out.stderr);
+
+    // A destination that cannot serve stops it at push: snapshot and fetch
+    // are reported.
+    let no_keys = "s3://nowhere?endpoint=http://127.0.0.1:9&allow_http=true&region=us-east-1";
+    let out = run_cmd("bad-dest", true, no_keys, &tg.token());
+    out.expect_code(1);
+    let doc = out.json();
+    assert_eq!(doc["failed_stage"], "push", "{doc}");
+    assert_eq!(doc["fetch"]["failed"], 1, "{doc}");
+    assert!(doc["snapshot"].is_object() && doc.get("push").is_none(), "{doc}");
 }
 
 #[test]

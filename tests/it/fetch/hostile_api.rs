@@ -12,8 +12,8 @@ use hyper::{Request, Response};
 use super::{clean_blobs, fetch_cmd, refs};
 use crate::support::dataset::{Db, sticker_bytes};
 use crate::support::run::{catalog, run};
-use crate::support::telegram::TOKEN;
-use crate::support::{BackgroundServer, full_body, temp_dir};
+use crate::support::telegram::{FakeTelegram, TOKEN};
+use crate::support::{BackgroundServer, closed_port_url, full_body, temp_dir};
 
 /// A server answering every request with `answer(path_and_query)`, keeping
 /// the paths it was asked for.
@@ -232,4 +232,39 @@ fn a_file_path_leaving_the_bots_files_is_refused_and_nothing_is_asked_outside() 
         .query_row("SELECT count(*) FROM blobs", [], |r| r.get(0))
         .expect("count blobs");
     assert_eq!(stored, 0);
+}
+
+#[test]
+fn a_download_redirected_to_a_dead_host_fails_its_ref_naming_the_download() {
+    let dir = temp_dir();
+    let archive = archive_of(dir.path(), 2);
+    let tg = FakeTelegram::new();
+    tg.add_file("f0", "stickers/f0.webp", sticker_bytes(1, 300));
+    tg.add_file("f1", "stickers/f1.webp", sticker_bytes(2, 300));
+    // The file's host is gone, the Bot API is not: getFile answers.
+    let dead = closed_port_url();
+    tg.redirect_download("f1", &format!("{dead}/file/bot{TOKEN}/stickers/f1.webp"));
+    let out = run(&mut fetch_cmd(&archive, None, Some(&tg)));
+    out.expect_code(3);
+    let doc = out.json();
+    assert_eq!((&doc["done"], &doc["failed"]), (&1.into(), &1.into()), "{doc}");
+    assert!(doc.get("stopped").is_none(), "{doc}");
+    let failed: Vec<_> = refs(&archive)
+        .into_iter()
+        .filter(|r| r.state == "failed")
+        .collect();
+    let reason = failed[0].reason.clone().unwrap_or_default();
+    // The download is named, at the URL it failed at, without the token.
+    assert!(
+        reason.contains(&format!("file download from {dead}/file/bot")) && reason.contains("f1.webp"),
+        "{reason} ({dead})"
+    );
+    assert!(!reason.contains("cannot reach the Telegram Bot API"), "{reason}");
+    let secret = TOKEN.split_once(':').expect("token").1;
+    for text in [&reason, &out.stdout, &out.stderr] {
+        assert!(!text.contains(secret), "{text}");
+    }
+    assert!(!out.stderr.contains("cannot reach"), "{}", out.stderr);
+    // Each attempt asked getFile again: the Bot API is not the one at fault.
+    assert!(tg.get_file_calls("f1") > 1);
 }

@@ -91,6 +91,14 @@ pub fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
     hex::encode(sha2::Sha256::digest(bytes.as_ref()))
 }
 
+/// A URL on which nothing listens: connections to it are refused.
+pub fn closed_port_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    drop(listener);
+    url
+}
+
 /// A fresh temporary directory (removed on drop).
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::Builder::new()

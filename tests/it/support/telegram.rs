@@ -81,6 +81,8 @@ struct Faults {
     unavailable: u64,
     expire_armed: bool,
     link_stale: bool,
+    /// Downloads answer `302 Found` to this URL.
+    redirect: Option<String>,
 }
 
 impl FakeTelegram {
@@ -301,6 +303,12 @@ impl FakeTelegram {
     /// that expired): the client must ask getFile for a fresh link.
     pub fn expire_link_once(&self, file_id: &str) -> &Self {
         self.fault(file_id, |f| f.expire_armed = true)
+    }
+
+    /// From now on downloads of `file_id` answer `302 Found` to `location`
+    /// (as a Bot API server handing files to another host does).
+    pub fn redirect_download(&self, file_id: &str, location: &str) -> &Self {
+        self.fault(file_id, |f| f.redirect = Some(location.to_owned()))
     }
 
     /// Delay added before every response.
@@ -534,6 +542,13 @@ fn download(state: &State, token: &str, file_path: &str) -> Result<Response<Http
             }
             if f.link_stale {
                 return Ok(api_error(404, "Not Found", None));
+            }
+            if let Some(location) = &f.redirect {
+                return Ok(Response::builder()
+                    .status(StatusCode::FOUND)
+                    .header("location", location.as_str())
+                    .body(full_body(""))
+                    .expect("build redirect"));
             }
             if f.download_reset > 0 {
                 f.download_reset -= 1;
