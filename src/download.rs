@@ -43,6 +43,11 @@ pub async fn read_object(
     let result = match store.inner.get(path).await {
         Ok(r) => r,
         Err(object_store::Error::NotFound { .. }) => return Err(ReadError::Missing),
+        // A name a local disk cannot hold: no such file can be there.
+        Err(e) if let Some(why) = crate::stores::name_too_long(store, key, &e) => {
+            tracing::debug!("{what} {why}");
+            return Err(ReadError::Missing);
+        }
         Err(
             e @ (object_store::Error::PermissionDenied { .. }
             | object_store::Error::Unauthenticated { .. }),

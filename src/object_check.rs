@@ -61,6 +61,9 @@ pub async fn inspect_object(
         Err(object_store::Error::NotFound { .. }) => {
             return (Check::Missing("missing".into()), None);
         }
+        Err(e) if let Some(why) = crate::stores::name_too_long(dest, key, &e) => {
+            return (Check::Missing(format!("missing: {why}")), None);
+        }
         Err(e) => return (Check::Bad(format!("cannot read: {e}")), None),
     };
     if result.meta.size != size {

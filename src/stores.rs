@@ -23,6 +23,34 @@ mod probe;
 pub(crate) use probe::CREDENTIAL_ERRORS;
 pub use probe::{check, unusable};
 
+/// The most bytes a file name (one segment of a key) can have on the
+/// filesystems a local store sits on (ext4, XFS, btrfs, APFS, NTFS's 255
+/// UTF-16 units are at least as many).
+pub const LOCAL_NAME_MAX: usize = 255;
+
+/// When `e` says a local store cannot name a file for `key` (its OS error
+/// is "file name too long": `object_store` names its own staging file
+/// `<key>#<n>`, which it shows instead), why, and what to do, naming the
+/// key. `None` for any other error or store.
+pub fn name_too_long(store: &Store, key: &str, e: &object_store::Error) -> Option<String> {
+    if store.local_root.is_none() {
+        return None;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidFilename)
+        {
+            let longest = key.split('/').map(str::len).max().unwrap_or(0);
+            return Some(format!(
+                "key {key}: a segment of {longest} bytes is longer than a file name can be on this local disk ({LOCAL_NAME_MAX} bytes): use --layout cas (keys of 64 hex characters) or an object store (S3) for such keys"
+            ));
+        }
+        cause = c.source();
+    }
+    None
+}
+
 /// Whose credentials a store uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {

@@ -45,7 +45,7 @@ pub async fn put_file(
             .inner
             .put_opts(path, PutPayload::from(data), opts)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| put_error(store, path, &e))?;
     } else {
         let opts = object_store::PutMultipartOptions {
             attributes,
@@ -55,7 +55,7 @@ pub async fn put_file(
             .inner
             .put_multipart_opts(path, opts)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| put_error(store, path, &e))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, MULTIPART_THRESHOLD as usize);
         // Every way out but success aborts the upload, so that the store
         // keeps no orphaned parts.
@@ -94,9 +94,27 @@ pub async fn put_file(
             let _ = writer.abort().await;
             return Err(e);
         }
-        writer.finish().await.map_err(|e| e.to_string())?;
+        writer
+            .finish()
+            .await
+            .map_err(|e| put_error(store, path, &e))?;
     }
     Ok(())
+}
+
+/// A failed write of `path` as a reason: a key a local disk cannot hold is
+/// named with why ([`crate::stores::name_too_long`]), not by the staging
+/// file `object_store` tried to create.
+fn put_error(store: &Store, path: &object_store::path::Path, e: &object_store::Error) -> String {
+    let key = path.as_ref();
+    let key = match store.prefix.as_str() {
+        "" => key,
+        prefix => key
+            .strip_prefix(prefix)
+            .and_then(|k| k.strip_prefix('/'))
+            .unwrap_or(key),
+    };
+    crate::stores::name_too_long(store, key, e).unwrap_or_else(|| e.to_string())
 }
 
 /// The metadata starchive writes with an object, on a store that keeps

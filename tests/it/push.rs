@@ -2036,3 +2036,79 @@ fn push_never_replaces_another_archives_manifest_nor_pushes_with_no_snapshot() {
     .expect("write");
     run(&mut push_cmd(&other.archive, &dir_url, None)).expect_code(FIXTURE_PUSH_EXIT);
 }
+
+#[test]
+fn a_key_too_long_for_a_local_disk_fails_only_its_ref_and_says_why() {
+    let dir = temp_dir();
+    // 150 Cyrillic letters: 300 bytes in UTF-8, more than a file name takes.
+    let long = "Ж".repeat(150);
+    let long_key = format!("stickers/7/s1/{long}.webp");
+    // A folder of the key too, and a prefix beside it that is fine.
+    let long_dir_key = format!("stickers/7/{long}/a.webp");
+    let tg = FakeTelegram::new();
+    for (i, id) in ["tg-long", "tg-long-dir", "tg-ok"].into_iter().enumerate() {
+        tg.add_file(id, &format!("stickers/{id}.webp"), sticker_bytes(60 + i as u64, 400));
+    }
+    let mut db = Db::default();
+    db.session("s1", "7", "prod", None, None)
+        .sticker("long", "7", "s1", Some("tg-long"), Some(&long_key))
+        .sticker("long-dir", "7", "s1", Some("tg-long-dir"), Some(&long_dir_key))
+        .sticker("ok", "7", "s1", Some("tg-ok"), Some("stickers/7/s1/ok.webp"));
+    let archive = db.snapshotted(dir.path());
+    // A local bucket cannot hold such keys: they are missing there
+    // (dangling), and Telegram gives their files.
+    let bucket = dir.path().join("bucket");
+    std::fs::create_dir_all(&bucket).expect("bucket");
+    let doc = run(starchive(&archive)
+        .args(["--json", "fetch", "--telegram-rate", "1000", "--storage"])
+        .arg(&bucket)
+        .envs(tg.env()))
+    .expect_code(0)
+    .json();
+    assert_eq!(doc["done"], 3, "{doc}");
+    let dangling: i64 = catalog(&archive)
+        .query_row("SELECT count(*) FROM refs WHERE key_dangling = 1", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(dangling, 3);
+
+    // Pushed to a local directory in the mirror layout, each long key fails
+    // alone, named with why and what to do; the rest is pushed.
+    let dest = dir.path().join("dest");
+    let out = run(starchive(&archive).args(["--json", "push", "--to"]).arg(&dest));
+    out.expect_code(3);
+    let doc = out.json();
+    assert_eq!((&doc["done"], &doc["failed"]), (&1.into(), &2.into()), "{doc}");
+    assert!(dest.join("stickers/7/s1/ok.webp").is_file());
+    let (_, failures) = push_failures(&archive);
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    for key in [&long_key, &long_dir_key] {
+        let reason = failures
+            .iter()
+            .filter_map(|f| f["reason"].as_str())
+            .find(|r| r.contains(key.as_str()))
+            .unwrap_or_else(|| panic!("no failure names {key}: {failures:?}"));
+        assert!(
+            reason.contains("bytes is longer than a file name")
+                && reason.contains("255")
+                && reason.contains("--layout cas"),
+            "{reason}"
+        );
+        assert!(!reason.contains('#') && !reason.contains(&*dest.to_string_lossy()), "{reason}");
+    }
+    assert!(!out.stderr.contains(&format!("{long}.webp#")), "{}", out.stderr);
+    // verify --to says the same of them, as missing.
+    let doc = run(starchive(&archive).args(["--json", "verify", "--to"]).arg(&dest))
+        .expect_code(3)
+        .json();
+    assert_eq!(doc["objects_missing"], 2, "{doc}");
+    assert!(doc["problems"].to_string().contains("255"), "{doc}");
+
+    // The cas layout has short keys: every ref goes up.
+    let cas = dir.path().join("cas");
+    let doc = run(starchive(&archive)
+        .args(["--json", "push", "--layout", "cas", "--to"])
+        .arg(&cas))
+    .expect_code(0)
+    .json();
+    assert_eq!(doc["done"], 3, "{doc}");
+}
