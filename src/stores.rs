@@ -33,9 +33,8 @@ pub const LOCAL_NAME_MAX: usize = 255;
 /// `<key>#<n>`, which it shows instead), why, and what to do, naming the
 /// key. `None` for any other error or store.
 pub fn name_too_long(store: &Store, key: &str, e: &object_store::Error) -> Option<String> {
-    if store.local_root.is_none() {
-        return None;
-    }
+    // Only a local store names files after keys.
+    store.local_root.as_ref()?;
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(c) = cause {
         if c.downcast_ref::<std::io::Error>()

@@ -280,7 +280,10 @@ impl Telegram {
 
     /// GET `url`, following redirects here rather than in the client, so
     /// that a failure comes with the URL it happened at (a redirect's target).
-    async fn get(&self, mut url: url::Url) -> Result<reqwest::Response, (reqwest::Error, url::Url)> {
+    async fn get(
+        &self,
+        mut url: url::Url,
+    ) -> Result<reqwest::Response, (reqwest::Error, url::Url)> {
         let mut hops = 0;
         loop {
             let response = match self.http.get(url.clone()).send().await {

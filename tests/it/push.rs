@@ -1504,7 +1504,14 @@ fn run_pushes_what_the_bucket_gave_when_telegram_cannot_be_reached() {
     let dest = dir.path().join("dest");
     let dead = closed_port_url();
     let out = run(starchive(&archive)
-        .args(["--json", "run", "--db", FIXTURE_DB, "--storage", FIXTURE_BUCKET])
+        .args([
+            "--json",
+            "run",
+            "--db",
+            FIXTURE_DB,
+            "--storage",
+            FIXTURE_BUCKET,
+        ])
         .args(["--telegram-api", &dead, "--to"])
         .arg(&dest)
         .env("TELEGRAM_BOT_TOKEN", TOKEN));
@@ -1519,17 +1526,26 @@ fn run_pushes_what_the_bucket_gave_when_telegram_cannot_be_reached() {
     );
     let secret = TOKEN.split_once(':').expect("token").1;
     assert!(!out.stdout.contains(secret) && !out.stderr.contains(secret));
-    assert!(out.stderr.contains("cannot reach the Telegram Bot API"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot reach the Telegram Bot API"),
+        "{}",
+        out.stderr
+    );
     let pending = doc["fetch"]["pending"].as_u64().unwrap_or_default();
     assert!(pending > 0, "{doc}");
     assert_eq!(doc["fetch"]["failed"], 0, "pending, not failed: {doc}");
     assert!(doc["fetch"]["done"].as_u64() > Some(0), "{doc}");
     assert_eq!(doc["push"]["done"], doc["fetch"]["done"], "{doc}");
     assert_eq!(doc["push"]["pending"], pending, "{doc}");
-    let keys = files_under(&dest).into_keys().filter(|k| !k.starts_with("_starchive/"));
+    let keys = files_under(&dest)
+        .into_keys()
+        .filter(|k| !k.starts_with("_starchive/"));
     let want = mirror_objects();
     for key in keys {
-        assert!(matches!(want.get(&key), Some(bytes) if Some(bytes) == files_under(&dest).get(&key)), "{key}");
+        assert!(
+            matches!(want.get(&key), Some(bytes) if Some(bytes) == files_under(&dest).get(&key)),
+            "{key}"
+        );
     }
 
     // Once Telegram answers, a plain fetch takes the refs left pending.
@@ -1539,7 +1555,11 @@ fn run_pushes_what_the_bucket_gave_when_telegram_cannot_be_reached() {
         .envs(tg.env()))
     .expect_code(3)
     .json();
-    assert_eq!((&doc["pending"], &doc["failed"]), (&0.into(), &1.into()), "{doc}");
+    assert_eq!(
+        (&doc["pending"], &doc["failed"]),
+        (&0.into(), &1.into()),
+        "{doc}"
+    );
 }
 
 #[test]
@@ -1552,7 +1572,14 @@ fn run_reports_the_stages_that_ran_when_one_fails() {
             cmd.arg("--json");
         }
         cmd.args(["run", "--db", FIXTURE_DB, "--storage", FIXTURE_BUCKET])
-            .args(["--telegram-rate", "1000", "--telegram-api", &tg.url(), "--to", to])
+            .args([
+                "--telegram-rate",
+                "1000",
+                "--telegram-api",
+                &tg.url(),
+                "--to",
+                to,
+            ])
             .env("TELEGRAM_BOT_TOKEN", token);
         run(&mut cmd)
     };
@@ -1566,13 +1593,29 @@ fn run_reports_the_stages_that_ran_when_one_fails() {
     assert_eq!(doc["snapshot"]["tables"]["stickers"]["rows"], 16, "{doc}");
     assert_eq!(doc["failed_stage"], "fetch", "{doc}");
     assert_eq!(doc["exit_code"], 1, "{doc}");
-    assert!(doc["error"].as_str().is_some_and(|e| e.contains("refused the token")), "{doc}");
-    assert!(doc.get("fetch").is_none() && doc.get("push").is_none(), "{doc}");
+    assert!(
+        doc["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("refused the token")),
+        "{doc}"
+    );
+    assert!(
+        doc.get("fetch").is_none() && doc.get("push").is_none(),
+        "{doc}"
+    );
     assert!(!out.stdout.contains("wrong-SECRET") && !out.stderr.contains("wrong-SECRET"));
     let out = run_cmd("bad-token-text", false, &dest, bad_token);
     out.expect_code(1);
-    assert!(out.stdout.contains("stickers") && out.stdout.contains("fetch: stopped the run"), "{}", out.stdout);
-    assert!(out.stderr.contains("error: fetch: ") && out.stderr.contains("refused the token"), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("stickers") && out.stdout.contains("fetch: stopped the run"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("error: fetch: ") && out.stderr.contains("refused the token"),
+        "{}",
+        out.stderr
+    );
 
     // A destination that cannot serve stops it at push: snapshot and fetch
     // are reported.
@@ -1582,7 +1625,10 @@ fn run_reports_the_stages_that_ran_when_one_fails() {
     let doc = out.json();
     assert_eq!(doc["failed_stage"], "push", "{doc}");
     assert_eq!(doc["fetch"]["failed"], 1, "{doc}");
-    assert!(doc["snapshot"].is_object() && doc.get("push").is_none(), "{doc}");
+    assert!(
+        doc["snapshot"].is_object() && doc.get("push").is_none(),
+        "{doc}"
+    );
 }
 
 #[test]
@@ -2047,13 +2093,29 @@ fn a_key_too_long_for_a_local_disk_fails_only_its_ref_and_says_why() {
     let long_dir_key = format!("stickers/7/{long}/a.webp");
     let tg = FakeTelegram::new();
     for (i, id) in ["tg-long", "tg-long-dir", "tg-ok"].into_iter().enumerate() {
-        tg.add_file(id, &format!("stickers/{id}.webp"), sticker_bytes(60 + i as u64, 400));
+        tg.add_file(
+            id,
+            &format!("stickers/{id}.webp"),
+            sticker_bytes(60 + i as u64, 400),
+        );
     }
     let mut db = Db::default();
     db.session("s1", "7", "prod", None, None)
         .sticker("long", "7", "s1", Some("tg-long"), Some(&long_key))
-        .sticker("long-dir", "7", "s1", Some("tg-long-dir"), Some(&long_dir_key))
-        .sticker("ok", "7", "s1", Some("tg-ok"), Some("stickers/7/s1/ok.webp"));
+        .sticker(
+            "long-dir",
+            "7",
+            "s1",
+            Some("tg-long-dir"),
+            Some(&long_dir_key),
+        )
+        .sticker(
+            "ok",
+            "7",
+            "s1",
+            Some("tg-ok"),
+            Some("stickers/7/s1/ok.webp"),
+        );
     let archive = db.snapshotted(dir.path());
     // A local bucket cannot hold such keys: they are missing there
     // (dangling), and Telegram gives their files.
@@ -2067,17 +2129,27 @@ fn a_key_too_long_for_a_local_disk_fails_only_its_ref_and_says_why() {
     .json();
     assert_eq!(doc["done"], 3, "{doc}");
     let dangling: i64 = catalog(&archive)
-        .query_row("SELECT count(*) FROM refs WHERE key_dangling = 1", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM refs WHERE key_dangling = 1",
+            [],
+            |r| r.get(0),
+        )
         .expect("count");
     assert_eq!(dangling, 3);
 
     // Pushed to a local directory in the mirror layout, each long key fails
     // alone, named with why and what to do; the rest is pushed.
     let dest = dir.path().join("dest");
-    let out = run(starchive(&archive).args(["--json", "push", "--to"]).arg(&dest));
+    let out = run(starchive(&archive)
+        .args(["--json", "push", "--to"])
+        .arg(&dest));
     out.expect_code(3);
     let doc = out.json();
-    assert_eq!((&doc["done"], &doc["failed"]), (&1.into(), &2.into()), "{doc}");
+    assert_eq!(
+        (&doc["done"], &doc["failed"]),
+        (&1.into(), &2.into()),
+        "{doc}"
+    );
     assert!(dest.join("stickers/7/s1/ok.webp").is_file());
     let (_, failures) = push_failures(&archive);
     assert_eq!(failures.len(), 2, "{failures:?}");
@@ -2093,13 +2165,22 @@ fn a_key_too_long_for_a_local_disk_fails_only_its_ref_and_says_why() {
                 && reason.contains("--layout cas"),
             "{reason}"
         );
-        assert!(!reason.contains('#') && !reason.contains(&*dest.to_string_lossy()), "{reason}");
+        assert!(
+            !reason.contains('#') && !reason.contains(&*dest.to_string_lossy()),
+            "{reason}"
+        );
     }
-    assert!(!out.stderr.contains(&format!("{long}.webp#")), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains(&format!("{long}.webp#")),
+        "{}",
+        out.stderr
+    );
     // verify --to says the same of them, as missing.
-    let doc = run(starchive(&archive).args(["--json", "verify", "--to"]).arg(&dest))
-        .expect_code(3)
-        .json();
+    let doc = run(starchive(&archive)
+        .args(["--json", "verify", "--to"])
+        .arg(&dest))
+    .expect_code(3)
+    .json();
     assert_eq!(doc["objects_missing"], 2, "{doc}");
     assert!(doc["problems"].to_string().contains("255"), "{doc}");
 

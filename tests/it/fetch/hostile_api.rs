@@ -247,7 +247,11 @@ fn a_download_redirected_to_a_dead_host_fails_its_ref_naming_the_download() {
     let out = run(&mut fetch_cmd(&archive, None, Some(&tg)));
     out.expect_code(3);
     let doc = out.json();
-    assert_eq!((&doc["done"], &doc["failed"]), (&1.into(), &1.into()), "{doc}");
+    assert_eq!(
+        (&doc["done"], &doc["failed"]),
+        (&1.into(), &1.into()),
+        "{doc}"
+    );
     assert!(doc.get("stopped").is_none(), "{doc}");
     let failed: Vec<_> = refs(&archive)
         .into_iter()
@@ -256,10 +260,14 @@ fn a_download_redirected_to_a_dead_host_fails_its_ref_naming_the_download() {
     let reason = failed[0].reason.clone().unwrap_or_default();
     // The download is named, at the URL it failed at, without the token.
     assert!(
-        reason.contains(&format!("file download from {dead}/file/bot")) && reason.contains("f1.webp"),
+        reason.contains(&format!("file download from {dead}/file/bot"))
+            && reason.contains("f1.webp"),
         "{reason} ({dead})"
     );
-    assert!(!reason.contains("cannot reach the Telegram Bot API"), "{reason}");
+    assert!(
+        !reason.contains("cannot reach the Telegram Bot API"),
+        "{reason}"
+    );
     let secret = TOKEN.split_once(':').expect("token").1;
     for text in [&reason, &out.stdout, &out.stderr] {
         assert!(!text.contains(secret), "{text}");
