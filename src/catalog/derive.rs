@@ -39,6 +39,44 @@ pub fn derive(conn: &Connection, include_photos: bool) -> Result<()> {
     note_photos(conn, include_photos)
 }
 
+/// What a first snapshot does before its rows arrive, to write the refs of
+/// stickers as it inserts them ([`STICKER_REF_INSERT`]) instead of deriving
+/// them after from the JSON: those refs are most of a catalog's, and written
+/// while the snapshot waits for the database's next rows they cost little.
+/// `temp.snap_session_env` holds the env of each session inserted (sessions
+/// come first); the `refs_file_id` index is built after, in one sort
+/// ([`derive_after_sticker_refs`]).
+pub const STICKER_REFS_BEGIN: &str = "
+DROP INDEX refs_file_id;
+CREATE TEMP TABLE snap_session_env (id TEXT PRIMARY KEY NOT NULL, env TEXT) WITHOUT ROWID;";
+
+/// Notes a session's env for [`STICKER_REF_INSERT`]: `?1` its id, `?2` its env.
+pub const SESSION_ENV_INSERT: &str =
+    "INSERT OR IGNORE INTO temp.snap_session_env(id, env) VALUES (?1, ?2)";
+
+/// The ref of a stickers row just inserted, as [`derive`] would find it:
+/// `?1` the row's id, `?2`…`?7` [`crate::refs::sticker_ref_values`].
+pub const STICKER_REF_INSERT: &str = "
+INSERT INTO refs (class, row_table, row_id, slot, session_id, user_id, env,
+                  pack_batch_id, pack_index, telegram_file_id, storage_key, derived_gen)
+VALUES ('sticker', 'stickers', ?1, '', ?2, ?3,
+        (SELECT nullif(env, '') FROM temp.snap_session_env WHERE id = ?2),
+        ?4, ?5, ?6, ?7, 1)";
+
+/// Derives the refs of a first snapshot that wrote those of its stickers
+/// already ([`STICKER_REFS_BEGIN`]): every other ref, then the
+/// `refs_file_id` index.
+pub fn derive_after_sticker_refs(conn: &Connection, include_photos: bool) -> Result<()> {
+    let found = found_sql(Scope::AllButStickers);
+    conn.execute(
+        &format!("{found} {INSERT_REFS} FROM found"),
+        rusqlite::named_params! {":gen": 1, ":photos": include_photos},
+    )?;
+    conn.execute_batch(REFS_FILE_ID_INDEX)?;
+    conn.execute_batch("DROP TABLE temp.snap_session_env")?;
+    note_photos(conn, include_photos)
+}
+
 /// The setting that says whether the refs were last derived with photos.
 const REFS_PHOTOS: &str = "refs_photos";
 
@@ -202,6 +240,8 @@ enum Scope {
     All,
     /// Those listed in the temp tables of [`CHANGE_TABLES`] and `snap_derived`.
     Changed,
+    /// All but stickers ([`derive_after_sticker_refs`]).
+    AllButStickers,
 }
 
 /// Every ref of SPEC §1 (of the rows of `scope`), as the CTE `found`.
@@ -209,6 +249,7 @@ enum Scope {
 fn found_sql(scope: Scope) -> String {
     let (sessions, stickers, batches, env) = match scope {
         Scope::All => ("", "", "", "s"),
+        Scope::AllButStickers => ("", "AND false", "", "s"),
         Scope::Changed => (
             "WHERE id IN (SELECT id FROM temp.snap_sessions)",
             "AND t.id IN (SELECT id FROM temp.snap_derived WHERE row_table = 'stickers')",

@@ -149,6 +149,9 @@ pub struct SnapshotWriter<'c> {
     most_listed: u64,
     /// The typed columns of unchanged rows are written again (migration 8).
     refresh_typed: bool,
+    /// A first snapshot: the refs of stickers are written with their rows
+    /// ([`derive::STICKER_REFS_BEGIN`]).
+    sticker_refs: bool,
     skipped: BTreeMap<Table, u64>,
     warnings: BTreeMap<Table, u64>,
     missing: Vec<Table>,
@@ -201,6 +204,10 @@ impl<'c> SnapshotWriter<'c> {
         let rows: u64 = tables.iter().map(|t| t.before).sum();
         tx.execute_batch(derive::DROP_CHANGE_TABLES)?;
         tx.execute_batch(derive::CHANGE_TABLES)?;
+        let sticker_refs = !has_refs && rows == 0;
+        if sticker_refs {
+            tx.execute_batch(derive::STICKER_REFS_BEGIN)?;
+        }
         Ok(SnapshotWriter {
             tx,
             id,
@@ -211,6 +218,7 @@ impl<'c> SnapshotWriter<'c> {
             listed: 0,
             most_listed: (rows / 4).max(1000),
             refresh_typed,
+            sticker_refs,
             skipped: BTreeMap::new(),
             warnings: BTreeMap::new(),
             missing: Vec::new(),
@@ -316,8 +324,32 @@ impl<'c> SnapshotWriter<'c> {
         }
         w.counts.rows += 1;
         w.counts.added += 1;
+        if self.sticker_refs {
+            self.write_sticker_ref(table, row)?;
+        }
         self.list_new(table, row)?;
         Ok(true)
+    }
+
+    /// In a first snapshot, with a row just inserted: the env of a session,
+    /// the ref of a sticker ([`derive::STICKER_REFS_BEGIN`]).
+    fn write_sticker_ref(&mut self, table: Table, row: &CheckedRow) -> Result<()> {
+        match (table, &row.sticker_ref) {
+            (Table::Sessions, _) => {
+                self.tx
+                    .prepare_cached(derive::SESSION_ENV_INSERT)?
+                    .execute(rusqlite::params![row.id, typed_value(table, row, "env")])?;
+            }
+            (Table::Stickers, Some(values)) => {
+                let params = std::iter::once(SqlRef::from(row.id.as_str()))
+                    .chain(values.iter().map(SqlRef::from));
+                self.tx
+                    .prepare_cached(derive::STICKER_REF_INSERT)?
+                    .execute(rusqlite::params_from_iter(params))?;
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Lists a row that changed (`now`: its new state) or is gone (`None`).
@@ -438,6 +470,7 @@ impl<'c> SnapshotWriter<'c> {
             tables: writers,
             listing,
             refresh_typed,
+            sticker_refs,
             skipped,
             warnings,
             taken_at,
@@ -461,17 +494,18 @@ impl<'c> SnapshotWriter<'c> {
             tx.execute("DELETE FROM settings WHERE key = ?1", [REFRESH_TYPED])?;
         }
         let listing = listing && derive::can_derive_changed(&tx, include_photos)?;
-        if listing {
+        let how = if sticker_refs {
+            derive::derive_after_sticker_refs(&tx, include_photos)?;
+            "all rows, stickers' with them"
+        } else if listing {
             derive::derive_changed(&tx, include_photos)?;
+            "changed rows"
         } else {
             derive::derive(&tx, include_photos)?;
-        }
+            "all rows"
+        };
         tx.execute_batch(derive::DROP_CHANGE_TABLES)?;
-        tracing::debug!(
-            "snapshot: refs derived ({}) in {:?}",
-            if listing { "changed rows" } else { "all rows" },
-            started.elapsed()
-        );
+        tracing::debug!("snapshot: refs derived ({how}) in {:?}", started.elapsed());
         tx.commit()?;
         tracing::debug!("snapshot: committed in {:?}", started.elapsed());
         Ok(SnapshotReport {

@@ -8,9 +8,15 @@ use crate::catalog::{Catalog, INCLUDE_PHOTOS};
 use crate::error::{Error, Result};
 use crate::source::{self, Batcher, SourceSpec};
 
+/// The page cache of a snapshot's temp tables, in KiB.
+const TEMP_CACHE_KIB: u32 = 8 * 1024;
+
 pub fn snapshot(ctx: &Context, db: &str) -> Result<SnapshotReport> {
     let spec = SourceSpec::parse(db, ctx.db_origin)?;
     let mut catalog = Catalog::open_or_create(&ctx.archive)?;
+    // The temp tables a snapshot looks up once per row (the env of each
+    // session, the changes listed) get a cache of their own.
+    catalog.set_temp_in_file(TEMP_CACHE_KIB)?;
     let include_photos = catalog.setting(INCLUDE_PHOTOS)?.as_deref() == Some("true");
     let (tx, mut rx) = mpsc::channel(4);
     let producer = match &spec {

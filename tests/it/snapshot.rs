@@ -617,6 +617,50 @@ fn resnapshot_refs_equal_a_first_snapshot_of_the_same_database() {
     assert_eq!(unchanged, 1);
 }
 
+/// A first snapshot writes the refs of stickers as their rows arrive, not
+/// by the SQL that derives every ref after: both give the same refs, for
+/// generated bots (NULL and empty file ids and keys, stickers without a
+/// session, sessions with an empty env, integer batch ids), with and
+/// without `--env`. The catalog's refs are deleted and a second snapshot
+/// of the same database derives them all again with that SQL.
+#[test]
+fn a_first_snapshot_writes_the_refs_a_full_derivation_finds() {
+    let pg = TestPg::start();
+    for (seed, bigint_batches) in [(0x5eed_0011, false), (0x5eed_0012, true)] {
+        let db = format!("bot_{seed:x}");
+        generated_bot(&pg, &db, seed, bigint_batches);
+        for extra in [&[][..], &["--env", "prod"][..]] {
+            let archive = temp_dir();
+            let first = snapshot_ok(archive.path(), &pg.url(&db), extra);
+            let streamed = refs_of(&catalog(archive.path()));
+            let stickers = streamed.iter().filter(|r| r.0 == "sticker");
+            let with_env = stickers.clone().filter(|r| r.6.is_some()).count();
+            let without_env = stickers.clone().filter(|r| r.6.is_none()).count();
+            assert!(
+                with_env > 20 && (without_env > 5 || !extra.is_empty()),
+                "{seed:x} {extra:?}: {with_env} sticker refs with an env, {without_env} without: {first}"
+            );
+            catalog(archive.path())
+                .execute("DELETE FROM refs", [])
+                .expect("delete refs");
+            snapshot_ok(archive.path(), &pg.url(&db), extra);
+            let derived = refs_of(&catalog(archive.path()));
+            let missing: Vec<_> = derived.difference(&streamed).take(5).collect();
+            let more: Vec<_> = streamed.difference(&derived).take(5).collect();
+            assert!(
+                missing.is_empty() && more.is_empty(),
+                "{seed:x} {extra:?}: only derived after: {missing:#?}\nonly written with the rows: {more:#?}"
+            );
+            let conn = catalog(archive.path());
+            let index: i64 = one(
+                &conn,
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'refs_file_id'",
+            );
+            assert_eq!(index, 1, "the file id index is back");
+        }
+    }
+}
+
 /// While a snapshot of big tables runs, another connection keeps committing
 /// groups (a session, its pack batch and 3 stickers in one transaction). The
 /// catalog holds every group whole or not at all, and exactly the groups
