@@ -42,7 +42,7 @@ pub fn name_too_long(store: &Store, key: &str, e: &object_store::Error) -> Optio
         {
             let longest = key.split('/').map(str::len).max().unwrap_or(0);
             return Some(format!(
-                "key {key}: a segment of {longest} bytes is longer than a file name can be on this local disk ({LOCAL_NAME_MAX} bytes): use --layout cas (keys of 64 hex characters) or an object store (S3) for such keys"
+                "key {key}: a segment of {longest} bytes is too long for a file name on this local disk (at most {LOCAL_NAME_MAX} bytes, a few less for the last one while it is written): use --layout cas (keys of 64 hex characters) or an object store (S3) for such keys"
             ));
         }
         cause = c.source();

@@ -647,7 +647,7 @@ async fn from_telegram(work: TelegramWork, shared: &Shared) -> Result<Downloaded
                         // stays fetched and can be pushed. The refs left are
                         // pending, not failed: the next fetch tries them.
                         return Err(Outcome::Unreachable(format!(
-                            "cannot reach the Telegram Bot API at {} ({reason}): the refs it was to serve are still pending; check --telegram-api / TELEGRAM_API_URL and the network, then fetch again",
+                            "cannot reach the Telegram Bot API at {} (getFile: {reason}): the refs it was to serve are still pending; check --telegram-api / TELEGRAM_API_URL and the network, then fetch again",
                             bot.telegram.shown_base()
                         )));
                     }

@@ -2160,7 +2160,7 @@ fn a_key_too_long_for_a_local_disk_fails_only_its_ref_and_says_why() {
             .find(|r| r.contains(key.as_str()))
             .unwrap_or_else(|| panic!("no failure names {key}: {failures:?}"));
         assert!(
-            reason.contains("bytes is longer than a file name")
+            reason.contains("bytes is too long for a file name")
                 && reason.contains("255")
                 && reason.contains("--layout cas"),
             "{reason}"
