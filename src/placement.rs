@@ -102,6 +102,17 @@ pub fn held_layout(
     Ok(requested.or(held.map(|(l, _)| l)).unwrap_or(Layout::Mirror))
 }
 
+/// The envs the manifest at `store` says the destination holds; `None` when
+/// it names none (every env) or there is no manifest starchive reads.
+pub fn manifest_envs(
+    runtime: &tokio::runtime::Handle,
+    store: &Store,
+) -> Result<Option<Vec<String>>> {
+    let envs = manifest_head(runtime, store)?
+        .and_then(|head| serde_json::from_value::<Vec<String>>(head.get("envs")?.clone()).ok());
+    Ok(envs.filter(|e| !e.is_empty()))
+}
+
 /// Bytes of the manifest read to find its first line: more than a zstd
 /// block can take, so the first block is whole.
 const MANIFEST_HEAD_BYTES: usize = 256 << 10;

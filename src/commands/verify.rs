@@ -13,7 +13,7 @@ use crate::catalog::{Catalog, paged};
 use crate::error::{ExitStatus, Result};
 use crate::layout::Layout;
 use crate::object_check::{Check, Held, inspect_object};
-use crate::placement::{build_plan, held_layout};
+use crate::placement::{build_plan, held_layout, manifest_envs};
 use crate::stores::{self, Role};
 use crate::transfer::run_units;
 
@@ -108,7 +108,8 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
     // blob is forgotten: its object is checked too, against the catalog's
     // sha256 and size.
     // A destination holds what push placed there (only the envs pushed
-    // there); one this archive never pushed to, what a push would place.
+    // there); one this archive never pushed to, what a push would place of
+    // the envs its manifest says it holds.
     let dest = match &opts.to {
         Some(url) => {
             let dest = stores::open(url, Role::To)?;
@@ -116,12 +117,14 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
             let layout = held_layout(&ctx.runtime, &dest, catalog.conn(), opts.layout, true, None)?;
             let recorded =
                 q::find_destination(catalog.conn(), &dest.shown, crate::store_url::identity)?;
-            let placed_at = match &recorded {
-                Some((id, _)) if q::has_placements(catalog.conn(), *id)? => Some(*id),
-                _ => None,
+            let (placed_at, plan_envs) = match &recorded {
+                Some((id, _)) if q::has_placements(catalog.conn(), *id)? => {
+                    (Some(*id), envs.clone())
+                }
+                _ => (None, within(&ctx.envs, manifest_envs(&ctx.runtime, &dest)?)),
             };
             let tx = catalog.conn_mut().transaction()?;
-            build_plan(&tx, &envs, placed_at, layout)?;
+            build_plan(&tx, &plan_envs, placed_at, layout)?;
             tx.commit()?;
             Some((dest, layout, recorded))
         }
@@ -236,6 +239,18 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
     Ok(report)
 }
 
+/// The envs of `asked` (`--env`; none: every env) that a destination holding
+/// `held` (none: every env) holds, as [`Context::env_param`] gives them.
+fn within(asked: &[String], held: Option<Vec<String>>) -> Option<String> {
+    let envs: Vec<String> = match held {
+        None if asked.is_empty() => return None,
+        None => asked.to_vec(),
+        Some(held) if asked.is_empty() => held,
+        Some(held) => held.into_iter().filter(|e| asked.contains(e)).collect(),
+    };
+    Some(serde_json::Value::from(envs).to_string())
+}
+
 /// A blob missing or bad in `blobs/`: its refs pending again, its record
 /// gone (committed first), then its file removed, so that the next `fetch`
 /// downloads it again. Returns the refs put back to pending.
@@ -342,5 +357,26 @@ impl std::fmt::Display for VerifyReport {
             writeln!(f, "all good")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::within;
+
+    #[test]
+    fn the_envs_checked_are_those_asked_that_the_destination_holds() {
+        let envs = |e: &[&str]| e.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(within(&[], None), None);
+        assert_eq!(within(&envs(&["a"]), None).as_deref(), Some(r#"["a"]"#));
+        assert_eq!(within(&[], Some(envs(&["b"]))).as_deref(), Some(r#"["b"]"#));
+        assert_eq!(
+            within(&envs(&["a", "b"]), Some(envs(&["b", "c"]))).as_deref(),
+            Some(r#"["b"]"#)
+        );
+        assert_eq!(
+            within(&envs(&["a"]), Some(envs(&["b"]))).as_deref(),
+            Some("[]")
+        );
     }
 }

@@ -312,3 +312,29 @@ fn verify_checks_what_push_placed_there_not_every_env() {
     assert_eq!(doc["objects_missing"], 1, "{doc}");
     assert_eq!(problem_names(&doc), vec![lost.as_str()], "{doc}");
 }
+
+#[test]
+fn verify_of_a_destination_another_archive_pushed_checks_the_envs_its_manifest_names() {
+    let fx = fetched_fixture();
+    let dest = fx.dir.path().join("dest");
+    let url = dest.to_string_lossy().into_owned();
+    run(starchive(&fx.archive).args(["--json", "push", "--env", "prod", "--to", &url]))
+        .expect_code(0);
+    let prod_keys = keys_under(&dest);
+    // Another archive of the same database never pushed there: it checks
+    // what a push would place there of the envs the manifest names.
+    let other = fetched_fixture();
+    let verify = |args: &[&str]| {
+        run(starchive(&other.archive)
+            .args(["--json", "verify", "--deep", "--to", &url])
+            .args(args))
+    };
+    let doc = verify(&[]).expect_code(0).json();
+    assert_eq!(doc["objects_checked"], prod_keys.len(), "{doc}");
+    let doc = verify(&["--env", "test"]).expect_code(0).json();
+    assert_eq!(doc["objects_checked"], 0, "{doc}");
+    let doc = verify(&["--env", "prod", "--env", "test"])
+        .expect_code(0)
+        .json();
+    assert_eq!(doc["objects_checked"], prod_keys.len(), "{doc}");
+}
