@@ -138,12 +138,14 @@ fn run(command: Command, ctx: &Context, printer: &Printer) -> Result<ExitStatus,
             return Ok(report.exit_status());
         }
         Command::Run(args) => {
-            let opts = commands::run::RunOptions {
-                db: args.db.db.clone(),
-                fetch: fetch_options(&args.fetch),
-                push: push_options(&args.to, args.layout.layout, &args.fetch.jobs),
-            };
-            let report = commands::run::run(ctx, &opts)?;
+            let fetch_opts = fetch_options(&args.fetch);
+            let push_opts = push_options(&args.to, args.layout.layout, &args.fetch.jobs);
+            commands::run::check_options(ctx, &push_opts.to, &fetch_opts.telegram_api)?;
+            let report = commands::run::in_turn(
+                || commands::snapshot::snapshot(ctx, &args.db.db),
+                || commands::fetch::fetch(ctx, &fetch_opts),
+                || commands::push::push(ctx, &push_opts),
+            );
             // The stages that ran are reported whatever stopped the run.
             printer.report(&report);
             if let Some(failure) = &report.failure {

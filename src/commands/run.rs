@@ -1,21 +1,13 @@
-//! `run`: snapshot, fetch and push in one go. A stage that stops on an
-//! error stops the run, and the report still holds the stages that ran, with
-//! the stage that failed and its error.
+//! `run`: snapshot, fetch and push in one go (the binary calls them in
+//! turn: no command imports another). A stage that stops on an error stops
+//! the run, and the report still holds the stages that ran, with the stage
+//! that failed and its error.
 
 use serde::Serialize;
 
-use super::fetch::FetchOptions;
-use super::push::PushOptions;
 use super::{Context, TransferReport};
 use crate::catalog::snapshot::SnapshotReport;
 use crate::error::{Error, ExitStatus, Result};
-
-pub struct RunOptions {
-    /// `--db`: the source database or CSV directory.
-    pub db: String,
-    pub fetch: FetchOptions,
-    pub push: PushOptions,
-}
 
 /// The reports of the stages that ran; with `--json`, one document whose
 /// `error` and `exit_code` (as any command's error document has them) and
@@ -70,27 +62,35 @@ impl RunReport {
     }
 }
 
-/// Snapshot, fetch and push in turn. What `run` refuses before anything is
-/// done (a `--to` inside the archive, a `--telegram-api` that is no URL) is
-/// an error; a stage that fails after that ends the run with a report of
-/// the stages before it ([`RunReport::failure`]).
-pub fn run(ctx: &Context, opts: &RunOptions) -> Result<RunReport> {
-    crate::store_url::refuse_archive_overlap(&opts.push.to, &ctx.archive, "--to")?;
-    crate::telegram::check_api_url(&opts.fetch.telegram_api).map_err(Error::Usage)?;
+/// What `run` refuses before anything is done, not after a snapshot and a
+/// fetch: a `--to` inside the archive, a `--telegram-api` that is no URL.
+pub fn check_options(ctx: &Context, to: &str, telegram_api: &str) -> Result<()> {
+    crate::store_url::refuse_archive_overlap(to, &ctx.archive, "--to")?;
+    crate::telegram::check_api_url(telegram_api).map_err(Error::Usage)
+}
+
+/// The three stages, called in turn until one stops on an error: the
+/// report of those that ran, and of the one that failed
+/// ([`RunReport::failure`]).
+pub fn in_turn(
+    snapshot: impl FnOnce() -> Result<SnapshotReport>,
+    fetch: impl FnOnce() -> Result<TransferReport>,
+    push: impl FnOnce() -> Result<TransferReport>,
+) -> RunReport {
     let mut report = RunReport::default();
-    match super::snapshot::snapshot(ctx, &opts.db) {
+    match snapshot() {
         Ok(snapshot) => report.snapshot = Some(snapshot),
-        Err(e) => return Ok(report.failed("snapshot", e)),
+        Err(e) => return report.failed("snapshot", e),
     }
-    match super::fetch::fetch(ctx, &opts.fetch) {
+    match fetch() {
         Ok(fetch) => report.fetch = Some(fetch),
-        Err(e) => return Ok(report.failed("fetch", e)),
+        Err(e) => return report.failed("fetch", e),
     }
-    match super::push::push(ctx, &opts.push) {
+    match push() {
         Ok(push) => report.push = Some(push),
-        Err(e) => return Ok(report.failed("push", e)),
+        Err(e) => return report.failed("push", e),
     }
-    Ok(report)
+    report
 }
 
 impl std::fmt::Display for RunReport {
