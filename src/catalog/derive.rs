@@ -40,7 +40,7 @@ pub fn derive(conn: &Connection, include_photos: bool) -> Result<()> {
 }
 
 /// What a first snapshot does before its rows arrive, to write the refs of
-/// stickers as it inserts them ([`STICKER_REF_INSERT`]) instead of deriving
+/// stickers as it inserts them ([`sticker_refs_insert`]) instead of deriving
 /// them after from the JSON: those refs are most of a catalog's, and written
 /// while the snapshot waits for the database's next rows they cost little.
 /// `temp.snap_session_env` holds the env of each session inserted (sessions
@@ -50,18 +50,33 @@ pub const STICKER_REFS_BEGIN: &str = "
 DROP INDEX refs_file_id;
 CREATE TEMP TABLE snap_session_env (id TEXT PRIMARY KEY NOT NULL, env TEXT) WITHOUT ROWID;";
 
-/// Notes a session's env for [`STICKER_REF_INSERT`]: `?1` its id, `?2` its env.
+/// Notes a session's env for [`sticker_refs_insert`]: `?1` its id, `?2` its env.
 pub const SESSION_ENV_INSERT: &str =
     "INSERT OR IGNORE INTO temp.snap_session_env(id, env) VALUES (?1, ?2)";
 
-/// The ref of a stickers row just inserted, as [`derive`] would find it:
-/// `?1` the row's id, `?2`…`?7` [`crate::refs::sticker_ref_values`].
-pub const STICKER_REF_INSERT: &str = "
-INSERT INTO refs (class, row_table, row_id, slot, session_id, user_id, env,
-                  pack_batch_id, pack_index, telegram_file_id, storage_key, derived_gen)
-VALUES ('sticker', 'stickers', ?1, '', ?2, ?3,
-        (SELECT nullif(env, '') FROM temp.snap_session_env WHERE id = ?2),
-        ?4, ?5, ?6, ?7, 1)";
+/// How many refs of stickers [`sticker_refs_insert`] writes at once (one
+/// statement, not one per ref: SQLite prepares the statement's state, such
+/// as the list the `refs.state` check compares with, once per execution).
+pub const STICKER_REFS_AT_ONCE: usize = 128;
+
+/// How many values each ref of [`sticker_refs_insert`] takes: the row's id,
+/// then [`crate::refs::sticker_ref_values`].
+pub const STICKER_REF_VALUES: usize = 7;
+
+/// Inserts the refs of `n` stickers rows just inserted, as [`derive`] would
+/// find them, from [`STICKER_REF_VALUES`] values each.
+pub fn sticker_refs_insert(n: usize) -> String {
+    let row = format!("({})", vec!["?"; STICKER_REF_VALUES].join(", "));
+    format!(
+        "INSERT INTO refs (class, row_table, row_id, slot, session_id, user_id, env,
+                           pack_batch_id, pack_index, telegram_file_id, storage_key, derived_gen)
+         SELECT 'sticker', 'stickers', v.column1, '', v.column2, v.column3,
+                (SELECT nullif(e.env, '') FROM temp.snap_session_env e WHERE e.id = v.column2),
+                v.column4, v.column5, v.column6, v.column7, 1
+         FROM (VALUES {}) v",
+        vec![row; n].join(", ")
+    )
+}
 
 /// Derives the refs of a first snapshot that wrote those of its stickers
 /// already ([`STICKER_REFS_BEGIN`]): every other ref, then the

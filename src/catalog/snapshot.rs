@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use rusqlite::types::ToSqlOutput as SqlRef;
+use rusqlite::types::{ToSqlOutput as SqlRef, Value as SqlValue};
 use rusqlite::{OptionalExtension, Transaction};
 use serde::Serialize;
 
@@ -149,9 +149,10 @@ pub struct SnapshotWriter<'c> {
     most_listed: u64,
     /// The typed columns of unchanged rows are written again (migration 8).
     refresh_typed: bool,
-    /// A first snapshot: the refs of stickers are written with their rows
-    /// ([`derive::STICKER_REFS_BEGIN`]).
-    sticker_refs: bool,
+    /// In a first snapshot, the refs of stickers are written with their
+    /// rows ([`derive::STICKER_REFS_BEGIN`]): the values of those not written
+    /// yet ([`derive::STICKER_REF_VALUES`] each).
+    sticker_refs: Option<Vec<SqlValue>>,
     skipped: BTreeMap<Table, u64>,
     warnings: BTreeMap<Table, u64>,
     missing: Vec<Table>,
@@ -204,8 +205,8 @@ impl<'c> SnapshotWriter<'c> {
         let rows: u64 = tables.iter().map(|t| t.before).sum();
         tx.execute_batch(derive::DROP_CHANGE_TABLES)?;
         tx.execute_batch(derive::CHANGE_TABLES)?;
-        let sticker_refs = !has_refs && rows == 0;
-        if sticker_refs {
+        let sticker_refs = (!has_refs && rows == 0).then(Vec::new);
+        if sticker_refs.is_some() {
             tx.execute_batch(derive::STICKER_REFS_BEGIN)?;
         }
         Ok(SnapshotWriter {
@@ -241,11 +242,11 @@ impl<'c> SnapshotWriter<'c> {
                 }
             }
             SourceEvent::Malformed { table, at, reason } => self.skip(table, &at, &reason),
-            SourceEvent::Row { table, row } => {
+            SourceEvent::Row { table, mut row } => {
                 if !self.in_scope(table, &row) {
                     return Ok(());
                 }
-                if !self.write_row(table, &row)? {
+                if !self.write_row(table, &mut row)? {
                     self.skip(
                         table,
                         &format!("id {}", row.id),
@@ -264,7 +265,7 @@ impl<'c> SnapshotWriter<'c> {
     /// Writes one row if it is new or its JSON text changed; false when
     /// this snapshot saw its id already. An unchanged row costs one lookup
     /// and writes nothing.
-    fn write_row(&mut self, table: Table, row: &CheckedRow) -> Result<bool> {
+    fn write_row(&mut self, table: Table, row: &mut CheckedRow) -> Result<bool> {
         let SnapshotWriter {
             tx,
             id,
@@ -324,7 +325,7 @@ impl<'c> SnapshotWriter<'c> {
         }
         w.counts.rows += 1;
         w.counts.added += 1;
-        if self.sticker_refs {
+        if self.sticker_refs.is_some() {
             self.write_sticker_ref(table, row)?;
         }
         self.list_new(table, row)?;
@@ -332,23 +333,39 @@ impl<'c> SnapshotWriter<'c> {
     }
 
     /// In a first snapshot, with a row just inserted: the env of a session,
-    /// the ref of a sticker ([`derive::STICKER_REFS_BEGIN`]).
-    fn write_sticker_ref(&mut self, table: Table, row: &CheckedRow) -> Result<()> {
-        match (table, &row.sticker_ref) {
-            (Table::Sessions, _) => {
+    /// the ref of a sticker ([`derive::STICKER_REFS_BEGIN`]), written with
+    /// the next [`derive::STICKER_REFS_AT_ONCE`].
+    fn write_sticker_ref(&mut self, table: Table, row: &mut CheckedRow) -> Result<()> {
+        match (table, row.sticker_ref.take(), &mut self.sticker_refs) {
+            (Table::Sessions, ..) => {
                 self.tx
                     .prepare_cached(derive::SESSION_ENV_INSERT)?
                     .execute(rusqlite::params![row.id, typed_value(table, row, "env")])?;
             }
-            (Table::Stickers, Some(values)) => {
-                let params = std::iter::once(SqlRef::from(row.id.as_str()))
-                    .chain(values.iter().map(SqlRef::from));
-                self.tx
-                    .prepare_cached(derive::STICKER_REF_INSERT)?
-                    .execute(rusqlite::params_from_iter(params))?;
+            (Table::Stickers, Some(values), Some(pending)) => {
+                pending.push(SqlValue::Text(row.id.clone()));
+                pending.extend(values);
+                if pending.len() >= derive::STICKER_REF_VALUES * derive::STICKER_REFS_AT_ONCE {
+                    self.flush_sticker_refs()?;
+                }
             }
             _ => {}
         }
+        Ok(())
+    }
+
+    /// Writes the refs of stickers [`Self::write_sticker_ref`] holds.
+    fn flush_sticker_refs(&mut self) -> Result<()> {
+        let Some(pending) = &mut self.sticker_refs else {
+            return Ok(());
+        };
+        let n = pending.len() / derive::STICKER_REF_VALUES;
+        if n > 0 {
+            self.tx
+                .prepare_cached(&derive::sticker_refs_insert(n))?
+                .execute(rusqlite::params_from_iter(pending.iter()))?;
+        }
+        pending.clear();
         Ok(())
     }
 
@@ -460,6 +477,7 @@ impl<'c> SnapshotWriter<'c> {
     /// Removes the rows this snapshot did not see, derives the refs and commits.
     pub fn finish(mut self, include_photos: bool) -> Result<SnapshotReport> {
         let started = std::time::Instant::now();
+        self.flush_sticker_refs()?;
         for at in 0..self.tables.len() {
             self.remove_unseen(at)?;
         }
@@ -494,7 +512,7 @@ impl<'c> SnapshotWriter<'c> {
             tx.execute("DELETE FROM settings WHERE key = ?1", [REFRESH_TYPED])?;
         }
         let listing = listing && derive::can_derive_changed(&tx, include_photos)?;
-        let how = if sticker_refs {
+        let how = if sticker_refs.is_some() {
             derive::derive_after_sticker_refs(&tx, include_photos)?;
             "all rows, stickers' with them"
         } else if listing {
