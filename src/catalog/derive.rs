@@ -66,7 +66,7 @@ pub const STICKER_REF_VALUES: usize = 7;
 /// Inserts the refs of `n` stickers rows just inserted, as [`derive`] would
 /// find them, from [`STICKER_REF_VALUES`] values each.
 pub fn sticker_refs_insert(n: usize) -> String {
-    let row = format!("({})", vec!["?"; STICKER_REF_VALUES].join(", "));
+    let row = format!("({})", ["?"; STICKER_REF_VALUES].join(", "));
     format!(
         "INSERT INTO refs (class, row_table, row_id, slot, session_id, user_id, env,
                            pack_batch_id, pack_index, telegram_file_id, storage_key, derived_gen)
