@@ -1521,7 +1521,9 @@ fn run_pushes_what_the_bucket_gave_when_telegram_cannot_be_reached() {
     let doc = out.json();
     let stopped = doc["fetch"]["stopped"].as_str().unwrap_or_default();
     assert!(
-        stopped.contains("cannot reach the Telegram Bot API") && stopped.contains(&dead),
+        stopped.contains("cannot reach the Telegram Bot API")
+            && stopped.contains(&dead)
+            && stopped.contains("getFile"),
         "{doc}"
     );
     let secret = TOKEN.split_once(':').expect("token").1;
