@@ -106,10 +106,9 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
     // the blobs are re-hashed.
     // The plan of what the destination should hold is made before a bad
     // blob is forgotten: its object is checked too, against the catalog's
-    // sha256 and size.
-    // A destination holds what push placed there (only the envs pushed
-    // there); one this archive never pushed to, what a push would place of
-    // the envs its manifest says it holds.
+    // sha256 and size. A destination should hold what push placed there
+    // (only the envs pushed there); one this archive never pushed to, what
+    // a push would place of the envs its manifest says it holds.
     let dest = match &opts.to {
         Some(url) => {
             let dest = stores::open(url, Role::To)?;
