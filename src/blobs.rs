@@ -246,6 +246,8 @@ const GROUP_MAX: usize = 1024;
 /// they made durable) serve dozens of blobs rather than two or three. The
 /// download slots are free meanwhile; only the answer waits.
 const GROUP_WAIT: Duration = Duration::from_millis(20);
+/// How often a group being gathered looks for more blobs.
+const GROUP_POLL: Duration = Duration::from_millis(5);
 
 impl Publisher {
     /// Makes `staged` durable under its hash; returns once it is (with the
@@ -276,10 +278,16 @@ fn publish_groups(rx: &mpsc::Receiver<Job>, root: &Path, barrier: &Barrier) {
     while let Ok(first) = rx.recv() {
         let until = Instant::now() + GROUP_WAIT;
         let mut group = vec![first];
-        while group.len() < GROUP_MAX
-            && let Ok(job) = rx.recv_timeout(until.saturating_duration_since(Instant::now()))
-        {
-            group.push(job);
+        // The thread sleeps rather than waits on the channel: a send to a
+        // receiver that is not waiting wakes no thread, so a group of dozens
+        // of blobs costs a few wake-ups, not one per blob.
+        loop {
+            group.extend(rx.try_iter().take(GROUP_MAX - group.len()));
+            let left = until.saturating_duration_since(Instant::now());
+            if group.len() >= GROUP_MAX || left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(GROUP_POLL));
         }
         publish_group(group, root, barrier, &mut fans);
     }

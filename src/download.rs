@@ -85,15 +85,22 @@ pub enum StageError<E> {
     Length(WrongLength),
 }
 
-/// Bytes gathered before one trip to the blocking pool: a sticker goes in
-/// one trip, a large file in steps of this much memory.
+/// Bytes gathered before one trip to the blocking pool: a large file goes
+/// in steps of this much memory.
 const BATCH: usize = 1 << 20;
 
+/// The largest body staged on the async worker itself: a sticker (at most
+/// 512 KiB) is created, written and hashed in well under a millisecond, into
+/// the page cache, while a trip to the blocking pool and back costs two
+/// thread wake-ups, as much CPU as the rest of its download (`bench/pull.sh`:
+/// a quarter of the wall time).
+const INLINE: usize = 512 << 10;
+
 /// Streams `body` into a staged blob of `blobs`, refused as soon as it
-/// passes `max` bytes, and unless it has `expected` bytes. The staging
-/// file's creation, its writes and the hashing run on the blocking pool
-/// ([`crate::blocking::run`]), a batch of chunks at a time, so the async
-/// workers only wait on the network.
+/// passes `max` bytes, and unless it has `expected` bytes. A body of at most
+/// [`INLINE`] bytes is staged where it arrived; a larger one on the blocking
+/// pool ([`crate::blocking::run`]), a batch of chunks at a time, so the
+/// async workers only wait on the network.
 pub async fn stage_body<E>(
     blobs: &BlobStore,
     body: impl Stream<Item = Result<Bytes, E>>,
@@ -123,8 +130,9 @@ where
             }
         }
         let chunks = std::mem::take(&mut batch);
+        let small = end && seen <= INLINE as u64;
         batched = 0;
-        let step = crate::blocking::run(move || {
+        let step = move || {
             for chunk in &chunks {
                 staging
                     .write(chunk)
@@ -137,9 +145,14 @@ where
                 Unfinished::Length(wrong) => StageError::Length(wrong),
                 Unfinished::Disk(e) => StageError::Disk(e.to_string()),
             })
-        })
-        .await
-        .map_err(|e| StageError::Disk(e.to_string()))??;
+        };
+        let step = if small {
+            step()?
+        } else {
+            crate::blocking::run(step)
+                .await
+                .map_err(|e| StageError::Disk(e.to_string()))??
+        };
         match step {
             Ok(staged) => return Ok(staged),
             Err(more) => staging = more,

@@ -33,20 +33,25 @@ pub struct BlobToPull {
     pub sha256: String,
     pub key: String,
     pub size: u64,
+    /// Where it comes in the download order (see [`blobs_to_pull_after`]).
+    pub order: (i64, String),
 }
 
-/// `pull_blobs`: every blob the manifest names, with `outcome` NULL until
-/// it is found present (`present`), downloaded (`downloaded`) or failed;
+/// `pull_blobs`: every blob the manifest names, with `outcome` `present`
+/// when `blobs/` had it, `failed` when it could not be had, else NULL: once
+/// every blob was tried, downloaded by this run (not written per blob: in
+/// the order blobs come, each commit would rewrite most of the table);
 /// `pull_lines`: the refs the manifest says pushed, by identity, with the
 /// blob each names.
 pub fn create_pull_table(conn: &Connection) -> Result<()> {
     conn.execute_batch(
         "CREATE TEMP TABLE IF NOT EXISTS pull_blobs (
-             sha256  TEXT PRIMARY KEY NOT NULL,
-             key     TEXT NOT NULL,
-             size    INTEGER NOT NULL,
-             type    TEXT NOT NULL,
-             outcome TEXT
+             sha256    TEXT PRIMARY KEY NOT NULL,
+             key       TEXT NOT NULL,
+             size      INTEGER NOT NULL,
+             type      TEXT NOT NULL,
+             outcome   TEXT,
+             first_ref INTEGER NOT NULL DEFAULT 0
          ) WITHOUT ROWID;
          DELETE FROM pull_blobs;
          CREATE TEMP TABLE IF NOT EXISTS pull_lines (
@@ -130,7 +135,8 @@ pub fn mark_present(conn: &Connection, is_present: impl Fn(&str) -> bool) -> Res
 /// `verify` left them pending or failed). Made once, in one pass over
 /// `refs`, after [`mark_present`]: `refs` has no index by sha256, and a
 /// search of it per blob made a pull quadratic in its refs. The refs of
-/// blobs already present are fetched at once.
+/// blobs already present are fetched at once. Each blob's `first_ref` is
+/// the least id of its refs: blobs are downloaded in that order.
 pub fn index_refs_to_pull(conn: &Connection) -> Result<()> {
     conn.execute_batch(
         "CREATE TEMP TABLE IF NOT EXISTS pull_refs (
@@ -142,7 +148,10 @@ pub fn index_refs_to_pull(conn: &Connection) -> Result<()> {
          INSERT INTO pull_refs(sha256, ref_id)
              SELECT l.sha256, r.id FROM pull_lines l
              JOIN refs r ON r.class = l.class AND r.row_table = l.row_table
-                        AND r.row_id = l.row_id AND r.slot = l.slot;",
+                        AND r.row_id = l.row_id AND r.slot = l.slot;
+         UPDATE pull_blobs SET first_ref = coalesce(
+             (SELECT min(p.ref_id) FROM pull_refs p WHERE p.sha256 = pull_blobs.sha256), 0);
+         CREATE INDEX IF NOT EXISTS temp.pull_blobs_order ON pull_blobs(first_ref, sha256);",
     )?;
     let tx = conn.unchecked_transaction()?;
     tx.execute(
@@ -158,22 +167,29 @@ pub fn index_refs_to_pull(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// Up to `limit` blobs still to download after `after`, by sha256.
+/// Up to `limit` blobs still to download after `after`, in the order of
+/// their first ref: the refs a group of blobs turns fetched then sit on a
+/// few pages of `refs`, where in the order of their sha256 every commit
+/// rewrote most of the table (`bench/pull.sh`: the catalog's log took more
+/// bytes than the blobs).
 pub fn blobs_to_pull_after(
     conn: &Connection,
-    after: Option<&str>,
+    after: Option<&(i64, String)>,
     limit: usize,
 ) -> Result<Vec<BlobToPull>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT sha256, key, size FROM pull_blobs
-         WHERE outcome IS NULL AND (?1 IS NULL OR sha256 > ?1)
-         ORDER BY sha256 LIMIT ?2",
+        "SELECT sha256, key, size, first_ref FROM pull_blobs
+         WHERE outcome IS NULL AND (?1 IS NULL OR (first_ref, sha256) > (?1, ?2))
+         ORDER BY first_ref, sha256 LIMIT ?3",
     )?;
-    let rows = stmt.query_map(params![after, limit as i64], |r| {
+    let (first_ref, sha256) = after.map(|(r, s)| (r, s.as_str())).unzip();
+    let rows = stmt.query_map(params![first_ref, sha256, limit as i64], |r| {
+        let sha256: String = r.get(0)?;
         Ok(BlobToPull {
-            sha256: r.get(0)?,
             key: r.get(1)?,
             size: r.get(2)?,
+            order: (r.get(3)?, sha256.clone()),
+            sha256,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -195,8 +211,6 @@ pub fn mark_pulled(conn: &Connection, blob: &BlobInfo) -> Result<()> {
          WHERE id IN (SELECT ref_id FROM pull_refs WHERE sha256 = ?1) AND state <> 'fetched'",
     )?
     .execute(params![blob.sha256, now])?;
-    conn.prepare_cached("UPDATE pull_blobs SET outcome = 'downloaded' WHERE sha256 = ?1")?
-        .execute([&blob.sha256])?;
     Ok(())
 }
 
@@ -226,17 +240,28 @@ pub fn mark_pull_failed(conn: &Connection, sha256: &str, reason: &str) -> Result
 
 /// Refs the catalog says fetched whose blob is not in `blobs/` (the
 /// destination did not hold it: a ref the push refused, another env) are
-/// pending again, with no blob, so that `fetch` can get them. Returns how many.
-pub fn unbacked_to_pending(conn: &Connection, is_present: impl Fn(&str) -> bool) -> Result<usize> {
+/// pending again, with no blob, so that `fetch` can get them. Returns how
+/// many. `after_pull`: on the connection of a pull whose every blob was
+/// tried, whose `pull_blobs` says which blobs are in `blobs/` (not looked
+/// at again).
+pub fn unbacked_to_pending(
+    conn: &Connection,
+    after_pull: bool,
+    is_present: impl Fn(&str) -> bool,
+) -> Result<usize> {
     let tx = conn.unchecked_transaction()?;
     tx.execute_batch(
         "CREATE TEMP TABLE IF NOT EXISTS pull_absent (sha256 TEXT PRIMARY KEY NOT NULL) WITHOUT ROWID;
          DELETE FROM pull_absent;",
     )?;
     {
-        let mut select = tx.prepare(
-            "SELECT DISTINCT sha256 FROM refs WHERE state = 'fetched' AND sha256 IS NOT NULL",
-        )?;
+        let mut select = tx.prepare(if after_pull {
+            "SELECT DISTINCT sha256 FROM refs WHERE state = 'fetched' AND sha256 IS NOT NULL
+               AND sha256 NOT IN (SELECT sha256 FROM pull_blobs
+                                  WHERE outcome IS NULL OR outcome = 'present')"
+        } else {
+            "SELECT DISTINCT sha256 FROM refs WHERE state = 'fetched' AND sha256 IS NOT NULL"
+        })?;
         let mut insert = tx.prepare("INSERT INTO pull_absent(sha256) VALUES (?1)")?;
         let mut rows = select.query([])?;
         while let Some(row) = rows.next()? {
@@ -256,12 +281,13 @@ pub fn unbacked_to_pending(conn: &Connection, is_present: impl Fn(&str) -> bool)
     Ok(n)
 }
 
-/// The report's counts over refs in scope: (downloaded now, present
-/// before, failed by a pull, pending).
+/// The report's counts over refs in scope, once every blob was tried:
+/// (downloaded now, present before, failed by a pull, pending).
 pub fn pull_counts(conn: &Connection, envs: &Option<String>) -> Result<(u64, u64, u64, u64)> {
     Ok(conn.query_row(
         &format!(
-            "SELECT count(*) FILTER (WHERE state = 'fetched' AND p.outcome = 'downloaded'),
+            "SELECT count(*) FILTER (WHERE state = 'fetched' AND p.sha256 IS NOT NULL
+                                      AND p.outcome IS NULL),
                     count(*) FILTER (WHERE state = 'fetched' AND p.outcome = 'present'),
                     count(*) FILTER (WHERE state = 'failed' AND refs.sha256 IS NOT NULL),
                     count(*) FILTER (WHERE state = 'pending')

@@ -143,10 +143,10 @@ pub fn pull(ctx: &Context, opts: &PullOptions) -> Result<TransferReport> {
     let mut fatal = None;
     if left > 0 {
         ctx.progress.start("pulling", Some(left));
-        let mut after: Option<String> = None;
+        let mut after = None;
         let units = paged(move || {
-            let page = q::blobs_to_pull_after(conn, after.as_deref(), PAGE)?;
-            after = page.last().map(|b| b.sha256.clone());
+            let page = q::blobs_to_pull_after(conn, after.as_ref(), PAGE)?;
+            after = page.last().map(|b| b.order.clone());
             Ok(page)
         });
         let work = shared.clone();
@@ -183,7 +183,7 @@ pub fn pull(ctx: &Context, opts: &PullOptions) -> Result<TransferReport> {
         return Err(Error::Config(message));
     }
     let blobs = &shared.blobs;
-    q::unbacked_to_pending(conn, |sha256| blobs.path(sha256).is_file())?;
+    q::unbacked_to_pending(conn, true, |sha256| blobs.path(sha256).is_file())?;
     let (done, skipped, failed, pending) = q::pull_counts(conn, &ctx.env_param())?;
     if pending > 0 {
         notes.push(format!(
@@ -218,7 +218,9 @@ struct Shared {
 }
 
 async fn pull_blob(shared: &Shared, blob: BlobToPull) -> Outcome {
-    let BlobToPull { sha256, key, size } = blob;
+    let BlobToPull {
+        sha256, key, size, ..
+    } = blob;
     let Ok(permit) = shared.downloads.acquire().await else {
         return Outcome::Cancelled;
     };
@@ -393,7 +395,7 @@ fn restore_catalog(ctx: &Context, store: &Store, header: &Header) -> Result<()> 
             // fetched only once its blob is in `blobs/` (the pull sets it so
             // as each blob is published), in the file renamed into place.
             let blobs = BlobStore::new(&ctx.archive);
-            q::unbacked_to_pending(&conn, |sha256| blobs.path(sha256).is_file())?;
+            q::unbacked_to_pending(&conn, false, |sha256| blobs.path(sha256).is_file())?;
         }
         let sync = |path: &std::path::Path| {
             std::fs::File::open(path)
