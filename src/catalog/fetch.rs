@@ -66,6 +66,18 @@ pub fn named_among(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Whether a ref in scope was read from the bucket: some key the rows name is there.
+pub fn any_read_from_bucket(conn: &Connection, envs: &Option<String>) -> Result<bool> {
+    Ok(conn.query_row(
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM refs
+                            WHERE state = 'fetched' AND source = 'bucket' AND {ENV_FILTER})"
+        ),
+        [envs],
+        |r| r.get(0),
+    )?)
+}
+
 /// Resolves pending refs to blobs already fetched for the same file: the same
 /// (present) storage key, or, for refs read through Telegram, the same
 /// `file_id`. Returns how many refs were resolved.

@@ -609,7 +609,7 @@ fn bucket(
     let orphan_objects = classes.get("orphan").map_or(0, |c| c.objects);
     let hint = if objects == orphan_objects && !dangling.is_empty() {
         let sample = q::first_listed(conn, stores::hint::HINT_SAMPLE)?;
-        Some(stores::hint::prefix_hint(
+        stores::hint::prefix_hint(
             store,
             dangling.len(),
             Some(objects),
@@ -623,7 +623,7 @@ fn bucket(
                 }
                 Ok(named)
             },
-        )?)
+        )?
     } else {
         None
     };

@@ -334,14 +334,14 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
                     async move { from_bucket(&store, &shared, work.key, work.refs).await }
                 },
             )?;
-            if missing == tried && stopped.fatal.is_none() {
-                notes.push(missing_hint(
-                    ctx,
-                    catalog.conn(),
-                    &envs,
-                    store,
-                    tried as u64,
-                )?);
+            // Only when no key the rows name was found: one key missing
+            // beside others read is a dangling key, not a wrong prefix.
+            if missing == tried
+                && stopped.fatal.is_none()
+                && !catalog::fetch::any_read_from_bucket(catalog.conn(), &envs)?
+                && let Some(hint) = missing_hint(ctx, catalog.conn(), &envs, store, tried as u64)?
+            {
+                notes.push(hint);
             }
         }
         None if !keys.is_empty() => {
@@ -486,7 +486,7 @@ fn missing_hint(
     envs: &Option<String>,
     store: &Store,
     keys: u64,
-) -> Result<String> {
+) -> Result<Option<String>> {
     use futures::StreamExt;
     let sample: Option<Vec<String>> = ctx.runtime.block_on(async {
         let mut listing = store.list_keys().take(stores::hint::HINT_SAMPLE);

@@ -13,32 +13,35 @@ pub const HINT_SAMPLE: usize = 100;
 /// The hint when none of the `named` keys the rows name is in `store`: a
 /// wrong bucket or prefix, most often. `sample` holds the first listed keys
 /// (relative to the store's prefix, at most [`HINT_SAMPLE`]; `None`: the
-/// bucket could not be listed) and `objects` how many it lists, when known. When a sampled object's key ends
-/// with a key the rows name (`named_among` says which of the candidates are),
-/// the hint names the prefix they sit under.
+/// bucket could not be listed) and `objects` how many it lists, when known.
+/// When a sampled object's key ends with a key the rows name (`named_among`
+/// says which of the candidates are), the hint names the *other* prefix they
+/// sit under. `None` when a sampled object sits at a key the rows name under
+/// the store's own prefix: the prefix is right, the keys missing are just
+/// missing (dangling), and a hint would contradict itself.
 pub fn prefix_hint(
     store: &Store,
     named: u64,
     objects: Option<u64>,
     sample: Option<&[String]>,
     named_among: impl FnOnce(&[String]) -> Result<HashSet<String>>,
-) -> Result<String> {
+) -> Result<Option<String>> {
     let under = if store.prefix.is_empty() {
         "at its root".to_string()
     } else {
         format!("under the prefix '{}'", store.prefix)
     };
     let Some(sample) = sample else {
-        return Ok(format!(
+        return Ok(Some(format!(
             "none of the {named} keys the rows name is in the bucket {under}: \
              are the bucket and the prefix right?"
-        ));
+        )));
     };
     if sample.is_empty() {
-        return Ok(format!(
+        return Ok(Some(format!(
             "none of the {named} keys the rows name is in the bucket, which lists no object \
              {under}: are the bucket and the prefix right?"
-        ));
+        )));
     }
     // Each sampled key as the bucket holds it, and where each candidate (the
     // key itself, then what follows each '/') starts in it.
@@ -62,20 +65,23 @@ pub fn prefix_hint(
         .flat_map(|f| starts(f).into_iter().map(|s| f[s..].to_string()))
         .collect();
     let named_keys = named_among(&candidates)?;
+    if sample.iter().any(|key| named_keys.contains(key)) {
+        return Ok(None);
+    }
     for f in &full {
         for start in starts(f) {
-            if named_keys.contains(&f[start..]) {
-                let prefix = f[..start].trim_end_matches('/');
+            let prefix = f[..start].trim_end_matches('/');
+            if prefix != store.prefix && named_keys.contains(&f[start..]) {
                 let there = if prefix.is_empty() {
                     "at the bucket's root".to_string()
                 } else {
                     format!("under the prefix '{prefix}'")
                 };
-                return Ok(format!(
+                return Ok(Some(format!(
                     "none of the {named} keys the rows name is in the bucket {under}, but they \
                      seem to be {there} (the object '{f}' is at a key the rows name): \
                      is the prefix right?"
-                ));
+                )));
             }
         }
     }
@@ -83,8 +89,8 @@ pub fn prefix_hint(
         Some(n) => format!("among the {n} objects"),
         None => "among the objects".to_string(),
     };
-    Ok(format!(
+    Ok(Some(format!(
         "none of the {named} keys the rows name is {among} the bucket lists {under}: \
          are the bucket and the prefix right?"
-    ))
+    )))
 }

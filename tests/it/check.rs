@@ -330,6 +330,8 @@ fn report_names_exactly_the_holes_damage_and_orphans(kind: Kind) {
         .collect();
     assert_eq!(got, want);
     assert_eq!(strings(&bucket["dangling"]), set(&[GONE_KEY]));
+    // One key dangling beside the keys found: no prefix is wrong.
+    assert!(bucket.get("hint").is_none(), "{bucket:#}");
 
     // Every object the rows name, by the class of the first ref naming it.
     let class_of = |key: &str| match key {
@@ -393,6 +395,7 @@ fn report_names_exactly_the_holes_damage_and_orphans(kind: Kind) {
         assert!(text.contains(sha.as_str()), "{sha} not named:\n{text}");
     }
     assert!(text.contains(GONE_KEY), "{text}");
+    assert!(!text.contains("hint:"), "{text}");
     assert!(
         text.contains(&format!("… and {} more", orphans.len() - 20)),
         "{text}"

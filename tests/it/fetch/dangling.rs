@@ -144,3 +144,52 @@ fn an_empty_prefix_gets_the_hint_that_it_lists_nothing() {
         "{notes}"
     );
 }
+
+/// The trial's case: most keys read, one missing (a dangling key, waiting on
+/// Telegram). Every later fetch with `--storage` reads the missing key again
+/// alone and finds it missing again: that is no wrong prefix, at the root or
+/// under one, and no hint may say so (nor contradict itself).
+#[test]
+fn one_dangling_key_beside_keys_read_gets_no_prefix_hint() {
+    for prefix in ["", "bot/files"] {
+        let dir = temp_dir();
+        let s3 = TestS3::start();
+        s3.create_bucket("stickers");
+        let mut db = Db::per_env();
+        let under = |key: &str| {
+            if prefix.is_empty() {
+                key.to_string()
+            } else {
+                format!("{prefix}/{key}")
+            }
+        };
+        for (i, key) in KEYS.iter().enumerate() {
+            s3.put_file("stickers", &under(key), sticker_bytes(i as u64, 700));
+            db.in_env("prod", Some(&format!("FILEID{i}")), Some(key));
+        }
+        db.in_env("prod", Some("FILEIDGONE"), Some("stickers/3/d/gone.webp"));
+        let archive = db.snapshotted(dir.path());
+        let fetch = || {
+            run(fetch_cmd(&archive, None, None)
+                .arg("--storage")
+                .arg(s3.store_url("stickers", prefix))
+                .envs(s3.env("STORAGE")))
+            .expect_code(0)
+            .json()
+        };
+        let first = fetch();
+        assert_eq!(
+            (&first["done"], &first["pending"]),
+            (&3.into(), &1.into()),
+            "{first}"
+        );
+        for doc in [first, fetch(), fetch()] {
+            let notes = doc["notes"].to_string();
+            assert!(!notes.contains("prefix"), "prefix {prefix:?}: {notes}");
+            assert!(
+                notes.contains("1 refs can only come from Telegram"),
+                "{notes}"
+            );
+        }
+    }
+}
