@@ -11,8 +11,10 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::ENV_FILTER;
+use crate::bot::key_column;
 use crate::error::Result;
 use crate::layout::KeyOwner;
+use crate::refs::RefClass;
 
 /// One pack batch in scope and the stickers it holds.
 #[derive(Debug, Default)]
@@ -178,7 +180,10 @@ pub fn blob_is_named(conn: &Connection, sha256: &str) -> Result<bool> {
 /// owner its key names) and fills `temp.check_keys`: every storage key a
 /// ref names, with the class of the first ref in scope that names it
 /// (`sticker` before `session_sticker` before `pack_sheet`), NULL when only
-/// refs of other envs do.
+/// refs of other envs do; then every key `backfill` wrote (journaled
+/// `written`, not undone) that no ref names, with the class its column
+/// says (`journaled`): the row names it in the database, though the
+/// catalog's snapshot is older than the backfill.
 pub fn create_bucket_tables(conn: &Connection, envs: &Option<String>) -> Result<()> {
     conn.execute_batch(
         "DROP TABLE IF EXISTS temp.check_bucket;
@@ -190,8 +195,9 @@ pub fn create_bucket_tables(conn: &Connection, envs: &Option<String>) -> Result<
              owner_id    TEXT
          ) WITHOUT ROWID;
          CREATE TEMP TABLE check_keys (
-             key   TEXT PRIMARY KEY NOT NULL,
-             class TEXT
+             key       TEXT PRIMARY KEY NOT NULL,
+             class     TEXT,
+             journaled INTEGER NOT NULL DEFAULT 0
          ) WITHOUT ROWID;",
     )?;
     conn.execute(
@@ -204,7 +210,50 @@ pub fn create_bucket_tables(conn: &Connection, envs: &Option<String>) -> Result<
         ),
         [envs],
     )?;
+    // The class each key column names (`stickers.result_storage_path`: sticker, …).
+    let class_of_column: String = RefClass::ALL
+        .into_iter()
+        .filter_map(|class| {
+            key_column(class).map(|(table, column)| {
+                format!(
+                    "WHEN j.table_name = '{}' AND j.column_name = '{column}' THEN '{}' ",
+                    table.name(),
+                    class.name()
+                )
+            })
+        })
+        .collect();
+    conn.execute(
+        &format!(
+            "INSERT INTO temp.check_keys(key, class, journaled)
+             SELECT value, substr(min(CASE WHEN {ENV_FILTER} THEN
+                        CASE class WHEN 'sticker' THEN '0' WHEN 'session_sticker' THEN '1'
+                                   ELSE '2' END || class END), 2), 1
+             FROM (SELECT j.value, CASE {class_of_column} END AS class,
+                          (SELECT s.env FROM sessions s WHERE s.id = coalesce(j.session_id,
+                               CASE j.table_name
+                                   WHEN 'sessions' THEN j.row_id
+                                   WHEN 'stickers' THEN (SELECT session_id FROM stickers WHERE id = j.row_id)
+                                   WHEN 'pack_batches' THEN (SELECT session_id FROM pack_batches WHERE id = j.row_id)
+                               END)) AS env
+                   FROM backfill_journal j WHERE j.state = 'written')
+             WHERE class IS NOT NULL
+             GROUP BY value
+             ON CONFLICT(key) DO NOTHING"
+        ),
+        [envs],
+    )?;
     Ok(())
+}
+
+/// Objects in scope that only `backfill`'s journal names (no ref of the
+/// snapshot does): the catalog is older than the backfill.
+pub fn journaled_objects(conn: &Connection, envs: &Option<String>) -> Result<u64> {
+    Ok(conn.query_row(
+        &format!("{OBJECTS} SELECT count(*) FROM objects WHERE in_scope AND journaled"),
+        [envs],
+        |r| r.get(0),
+    )?)
 }
 
 /// Records one listed object; `owner` is what [`crate::layout::key_owner`] read from its key.
@@ -228,7 +277,7 @@ pub fn add_listed(
 }
 
 /// Every listed object in scope with its class (that of a ref naming its
-/// key, else `orphan`) and, for an orphan, its kind: `pack` when the owner
+/// key, or of the column `backfill` wrote it to, else `orphan`) and, for an orphan, its kind: `pack` when the owner
 /// its key names is a pack batch, `single` when a session, `unknown`
 /// otherwise. With `--env` (`?1`), an object is in scope when a ref of
 /// those envs names it, or, named by none, when its owner is a batch or
@@ -238,6 +287,7 @@ WITH envs AS (SELECT value AS env FROM json_each(?1)),
 objects AS (
     SELECT b.key, b.size,
            CASE WHEN k.key IS NULL THEN 'orphan' ELSE k.class END AS class,
+           coalesce(k.journaled, 0) AS journaled,
            CASE WHEN k.key IS NOT NULL THEN NULL
                 WHEN pb.id IS NOT NULL THEN 'pack'
                 WHEN s.id IS NOT NULL THEN 'single'
@@ -300,7 +350,7 @@ pub fn for_each_dangling(
 ) -> Result<()> {
     let mut stmt = conn.prepare(
         "SELECT key FROM temp.check_keys k
-         WHERE class IS NOT NULL
+         WHERE class IS NOT NULL AND NOT journaled
            AND NOT EXISTS (SELECT 1 FROM temp.check_bucket b WHERE b.key = k.key)
          ORDER BY key",
     )?;

@@ -295,6 +295,12 @@ pub struct Bucket {
     /// left out of the counts above.
     #[serde(skip_serializing_if = "is_zero")]
     pub starchive_objects: u64,
+    /// Objects that `backfill --apply` wrote after the latest snapshot: no
+    /// row of the snapshot names them yet, the journal does (counted in the
+    /// class of its column, never orphans). A new `snapshot` brings the rows
+    /// up to date.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub backfilled_since_snapshot: u64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -606,6 +612,7 @@ fn bucket(
     let mut dangling = Listed::spilling(full)?;
     q::for_each_dangling(conn, |key| dangling.push(key))?;
     dangling.finish()?;
+    let backfilled_since_snapshot = q::journaled_objects(conn, envs)?;
     let orphan_objects = classes.get("orphan").map_or(0, |c| c.objects);
     let hint = if objects == orphan_objects && !dangling.is_empty() {
         let sample = q::first_listed(conn, stores::hint::HINT_SAMPLE)?;
@@ -636,6 +643,7 @@ fn bucket(
         dangling,
         hint,
         starchive_objects,
+        backfilled_since_snapshot,
     })
 }
 
@@ -752,6 +760,14 @@ impl std::fmt::Display for CheckReport {
                 "  dangling keys: {} (rows name them, the bucket lacks them)",
                 bucket.dangling.len()
             )?;
+            if bucket.backfilled_since_snapshot > 0 {
+                writeln!(
+                    f,
+                    "  ({} objects backfill wrote after this snapshot are counted by the rows \
+                     it wrote their keys to: run `snapshot` to bring the catalog up to date)",
+                    bucket.backfilled_since_snapshot
+                )?;
+            }
         }
 
         p.incomplete.show(f, "incomplete pack batches", |f, b| {

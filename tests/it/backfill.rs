@@ -1345,3 +1345,83 @@ fn password_never_appears_in_output_or_catalog() {
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     files(dir).into_iter().map(|(_, path)| path).collect()
 }
+
+/// Right after `backfill --apply`, before any new snapshot, `check --storage`
+/// counts each object backfill wrote by the row whose column it filled
+/// (the journal says which), never as an orphan, and says the catalog is
+/// older than the backfill; a new snapshot names them by their refs. Once
+/// undone (the rows back to NULL), they are orphans again.
+#[test]
+fn check_after_apply_counts_backfilled_objects_by_their_row() {
+    let bot = Bot::fixtures();
+    let storage = bot.s3.store_url(BUCKET, "");
+    let check = || bot.run(&["--json", "check", "--storage", &storage]).json();
+    let orphan_keys = |doc: &Value| -> BTreeSet<String> {
+        doc["bucket"]["orphans"]
+            .as_array()
+            .expect("orphans")
+            .iter()
+            .map(|o| o["key"].as_str().expect("key").to_string())
+            .collect()
+    };
+    let class_objects = |doc: &Value, class: &str| {
+        doc["bucket"]["classes"][class]["objects"]
+            .as_u64()
+            .expect("objects")
+    };
+    let before = check();
+    let orphans_before = orphan_keys(&before);
+
+    bot.backfill(&["--apply"]).expect_code(3);
+    // Uploaded: every fill but the two sessions that reuse a sticker's key.
+    let uploaded: BTreeSet<String> = fixture_fills()
+        .into_iter()
+        .filter(|(table, id, _, _)| !(*table == "sessions" && (*id == fx(101) || *id == fx(102))))
+        .map(|(_, _, _, key)| key)
+        .collect();
+    assert_eq!(uploaded.len(), 8);
+    let after = check();
+    assert_eq!(orphan_keys(&after), orphans_before, "{:#}", after["bucket"]);
+    assert_eq!(
+        after["bucket"]["backfilled_since_snapshot"], 8,
+        "{:#}",
+        after["bucket"]
+    );
+    // By the class of the column filled: 3 sessions, 4 stickers, 1 sheet
+    // (and the dangling sticker key, uploaded back, a sticker's already).
+    for (class, gained) in [("session_sticker", 3), ("sticker", 5), ("pack_sheet", 1)] {
+        assert_eq!(
+            class_objects(&after, class),
+            class_objects(&before, class) + gained,
+            "{class}: {:#}",
+            after["bucket"]
+        );
+    }
+    let dangling = |doc: &Value| doc["bucket"]["dangling"].as_array().map(Vec::len);
+    assert_eq!(dangling(&after), Some(0), "{:#}", after["bucket"]);
+    let text = bot.run(&["check", "--storage", &storage]).stdout.clone();
+    assert!(
+        text.contains("(8 objects backfill wrote after this snapshot are counted by the rows"),
+        "{text}"
+    );
+    assert!(!text.contains("(no row names them"), "{text}");
+
+    // A new snapshot: the refs name them, the note goes.
+    bot.snapshot();
+    let snapped = check();
+    assert!(
+        snapped["bucket"].get("backfilled_since_snapshot").is_none(),
+        "{snapped:#}"
+    );
+    assert_eq!(snapped["bucket"]["classes"], after["bucket"]["classes"]);
+    assert_eq!(orphan_keys(&snapped), orphans_before);
+
+    // Undone and snapshotted: no row names the uploaded objects any more.
+    bot.backfill(&["--undo", "--apply"]).expect_code(0);
+    bot.snapshot();
+    let undone = check();
+    let mut want = orphans_before.clone();
+    want.extend(uploaded);
+    assert_eq!(orphan_keys(&undone), want, "{:#}", undone["bucket"]);
+    assert!(undone["bucket"].get("backfilled_since_snapshot").is_none());
+}
