@@ -182,71 +182,29 @@ pub fn typed_columns(table: Table) -> Vec<&'static str> {
         .collect()
 }
 
-/// A row's values for [`typed_columns`], as [`extracted`] gives them, but
-/// for the `dropped` columns ([`crate::catalog::events::CheckedRow::dropped`]),
-/// which are NULL.
+/// A row's values for [`typed_columns`], as `json_extract(data, '$.column')`
+/// gives them (the column's affinity then applies, as for any insert), but
+/// for a timestamp, which is its [`instant`] when it names one, and for the
+/// `dropped` columns ([`crate::catalog::events::CheckedRow::dropped`]), which are NULL.
 pub fn typed_values(table: Table, row: &Map<String, Value>, dropped: &[String]) -> Vec<SqlValue> {
     typed_columns(table)
         .iter()
-        .map(|column| {
-            if dropped.iter().any(|d| d == column) {
-                SqlValue::Null
-            } else {
-                extracted(table, column, row.get(*column))
-            }
+        .map(|column| match row.get(*column) {
+            _ if dropped.iter().any(|d| d == column) => SqlValue::Null,
+            None | Some(Value::Null) => SqlValue::Null,
+            Some(Value::Bool(b)) => SqlValue::Integer(i64::from(*b)),
+            Some(Value::Number(n)) => match (n.as_i64(), n.as_f64()) {
+                (Some(i), _) => SqlValue::Integer(i),
+                (None, Some(f)) => SqlValue::Real(f),
+                (None, None) => SqlValue::Text(n.to_string()),
+            },
+            Some(Value::String(s)) => match column_kind(table, column) {
+                Some(Kind::Instant) => SqlValue::Text(instant(s).unwrap_or_else(|| s.clone())),
+                _ => SqlValue::Text(s.clone()),
+            },
+            Some(v @ (Value::Array(_) | Value::Object(_))) => SqlValue::Text(v.to_string()),
         })
         .collect()
-}
-
-/// A column's value as `json_extract(data, '$.column')` gives it (the
-/// affinity of the column it is stored in then applies, as for any insert),
-/// but for a timestamp, which is its [`instant`] when it names one.
-fn extracted(table: Table, column: &str, value: Option<&Value>) -> SqlValue {
-    match value {
-        None | Some(Value::Null) => SqlValue::Null,
-        Some(Value::Bool(b)) => SqlValue::Integer(i64::from(*b)),
-        Some(Value::Number(n)) => match (n.as_i64(), n.as_f64()) {
-            (Some(i), _) => SqlValue::Integer(i),
-            (None, Some(f)) => SqlValue::Real(f),
-            (None, None) => SqlValue::Text(n.to_string()),
-        },
-        Some(Value::String(s)) => match column_kind(table, column) {
-            Some(Kind::Instant) => SqlValue::Text(instant(s).unwrap_or_else(|| s.clone())),
-            _ => SqlValue::Text(s.clone()),
-        },
-        Some(v @ (Value::Array(_) | Value::Object(_))) => SqlValue::Text(v.to_string()),
-    }
-}
-
-/// The columns of a stickers row its ref (class `sticker`) copies, in the
-/// order of [`sticker_ref_values`]: the ref's `session_id`, `user_id`,
-/// `pack_batch_id`, `pack_index`, `telegram_file_id` and `storage_key`.
-pub const STICKER_REF_COLUMNS: [&str; 6] = [
-    "session_id",
-    "user_id",
-    "pack_batch_id",
-    "pack_index",
-    "telegram_file_id",
-    "result_storage_path",
-];
-
-/// The values of the ref a checked stickers row names (SPEC §1), as the
-/// catalog's SQL derives them from its typed columns ([`extracted`];
-/// an empty file id or key is none); `None` when it names no file.
-pub fn sticker_ref_values(row: &Map<String, Value>) -> Option<Vec<SqlValue>> {
-    let mut values: Vec<SqlValue> = STICKER_REF_COLUMNS
-        .iter()
-        .map(|column| extracted(Table::Stickers, column, row.get(*column)))
-        .collect();
-    for file in &mut values[4..] {
-        if matches!(file, SqlValue::Text(t) if t.is_empty()) {
-            *file = SqlValue::Null;
-        }
-    }
-    values[4..]
-        .iter()
-        .any(|v| *v != SqlValue::Null)
-        .then_some(values)
 }
 
 /// A `timestamptz` as Postgres writes it (`2025-10-26 02:30:00+02` in a CSV

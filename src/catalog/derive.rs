@@ -39,44 +39,33 @@ pub fn derive(conn: &Connection, include_photos: bool) -> Result<()> {
     note_photos(conn, include_photos)
 }
 
-/// What a first snapshot does before its rows arrive, to write the refs of
-/// stickers as it inserts them ([`sticker_refs_insert`]) instead of deriving
-/// them after from the JSON: those refs are most of a catalog's, and written
-/// while the snapshot waits for the database's next rows they cost little.
-/// `temp.snap_session_env` holds the env of each session inserted (sessions
-/// come first); the `refs_file_id` index is built after, in one sort
-/// ([`derive_after_sticker_refs`]).
+/// What a first snapshot does before its rows arrive, to derive the refs
+/// of stickers as it goes ([`STICKER_REFS_SINCE`]) rather than all after:
+/// those refs are most of a catalog's, and derived while the snapshot waits
+/// for the database's next rows, from rows still in the page cache, they
+/// cost little. `temp.snap_session_env` holds the env of each session
+/// inserted (sessions come first); the `refs_file_id` index is built after,
+/// in one sort ([`derive_after_sticker_refs`]).
 pub const STICKER_REFS_BEGIN: &str = "
 DROP INDEX refs_file_id;
 CREATE TEMP TABLE snap_session_env (id TEXT PRIMARY KEY NOT NULL, env TEXT) WITHOUT ROWID;";
 
-/// Notes a session's env for [`sticker_refs_insert`]: `?1` its id, `?2` its env.
+/// Notes a session's env for [`STICKER_REFS_SINCE`]: `?1` its id, `?2` its env.
 pub const SESSION_ENV_INSERT: &str =
     "INSERT OR IGNORE INTO temp.snap_session_env(id, env) VALUES (?1, ?2)";
 
-/// How many refs of stickers [`sticker_refs_insert`] writes at once (one
-/// statement, not one per ref: SQLite prepares the statement's state, such
-/// as the list the `refs.state` check compares with, once per execution).
-pub const STICKER_REFS_AT_ONCE: usize = 128;
-
-/// How many values each ref of [`sticker_refs_insert`] takes: the row's id,
-/// then [`crate::refs::sticker_ref_values`].
-pub const STICKER_REF_VALUES: usize = 7;
-
-/// Inserts the refs of `n` stickers rows just inserted, as [`derive`] would
-/// find them, from [`STICKER_REF_VALUES`] values each.
-pub fn sticker_refs_insert(n: usize) -> String {
-    let row = format!("({})", ["?"; STICKER_REF_VALUES].join(", "));
-    format!(
-        "INSERT INTO refs (class, row_table, row_id, slot, session_id, user_id, env,
-                           pack_batch_id, pack_index, telegram_file_id, storage_key, derived_gen)
-         SELECT 'sticker', 'stickers', v.column1, '', v.column2, v.column3,
-                (SELECT nullif(e.env, '') FROM temp.snap_session_env e WHERE e.id = v.column2),
-                v.column4, v.column5, v.column6, v.column7, 1
-         FROM (VALUES {}) v",
-        vec![row; n].join(", ")
-    )
-}
+/// The refs of the stickers rows inserted after rowid `?1` (in a first
+/// snapshot, whose stickers table began empty), as [`derive`] finds them.
+pub const STICKER_REFS_SINCE: &str = "
+INSERT INTO refs (class, row_table, row_id, slot, session_id, user_id, env,
+                  pack_batch_id, pack_index, telegram_file_id, storage_key, derived_gen)
+SELECT 'sticker', 'stickers', t.id, '', t.session_id, t.user_id, nullif(e.env, ''),
+       t.pack_batch_id, t.pack_index,
+       nullif(t.telegram_file_id, ''), nullif(t.result_storage_path, ''), 1
+FROM stickers t LEFT JOIN temp.snap_session_env e ON e.id = t.session_id
+WHERE t.rowid > ?1
+  AND (nullif(t.telegram_file_id, '') IS NOT NULL OR nullif(t.result_storage_path, '') IS NOT NULL)
+ORDER BY t.rowid";
 
 /// Derives the refs of a first snapshot that wrote those of its stickers
 /// already ([`STICKER_REFS_BEGIN`]): every other ref, then the

@@ -45,9 +45,6 @@ pub struct CheckedRow {
     pub typed: Vec<rusqlite::types::Value>,
     /// Malformed columns whose refs are dropped ([`refs::RowCheck::dropped`]).
     pub dropped: Vec<String>,
-    /// The values of the ref a stickers row names ([`refs::sticker_ref_values`]),
-    /// for a first snapshot, which writes it with the row.
-    pub sticker_ref: Option<Vec<rusqlite::types::Value>>,
 }
 
 impl SourceEvent {
@@ -69,10 +66,6 @@ impl SourceEvent {
                     _ => refs::session_of(table, &row),
                 };
                 let typed = refs::typed_values(table, &row, &dropped);
-                let sticker_ref = match table {
-                    Table::Stickers => refs::sticker_ref_values(&row),
-                    _ => None,
-                };
                 let data = text.unwrap_or_else(|| Value::Object(row).to_string());
                 SourceEvent::Row {
                     table,
@@ -82,7 +75,6 @@ impl SourceEvent {
                         scope,
                         typed,
                         dropped,
-                        sticker_ref,
                     },
                 }
             }

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use rusqlite::types::{ToSqlOutput as SqlRef, Value as SqlValue};
+use rusqlite::types::ToSqlOutput as SqlRef;
 use rusqlite::{OptionalExtension, Transaction};
 use serde::Serialize;
 
@@ -128,6 +128,19 @@ impl RowidSet {
     }
 }
 
+/// How many stickers rows a first snapshot inserts before it derives their
+/// refs ([`derive::STICKER_REFS_SINCE`]): few enough that their pages are
+/// still in the cache.
+const STICKER_REFS_AT_ONCE: i64 = 1024;
+
+/// The stickers rows of a first snapshot (rowids from 1, in the order
+/// inserted) whose refs are derived, and the last one inserted.
+#[derive(Default)]
+struct StickerRefs {
+    derived: i64,
+    last: i64,
+}
+
 /// What a row was before this snapshot changed or removed it.
 struct Before {
     id: String,
@@ -149,10 +162,9 @@ pub struct SnapshotWriter<'c> {
     most_listed: u64,
     /// The typed columns of unchanged rows are written again (migration 8).
     refresh_typed: bool,
-    /// In a first snapshot, the refs of stickers are written with their
-    /// rows ([`derive::STICKER_REFS_BEGIN`]): the values of those not written
-    /// yet ([`derive::STICKER_REF_VALUES`] each).
-    sticker_refs: Option<Vec<SqlValue>>,
+    /// In a first snapshot, the refs of stickers are derived as their rows
+    /// arrive ([`derive::STICKER_REFS_BEGIN`]).
+    sticker_refs: Option<StickerRefs>,
     skipped: BTreeMap<Table, u64>,
     warnings: BTreeMap<Table, u64>,
     missing: Vec<Table>,
@@ -205,7 +217,7 @@ impl<'c> SnapshotWriter<'c> {
         let rows: u64 = tables.iter().map(|t| t.before).sum();
         tx.execute_batch(derive::DROP_CHANGE_TABLES)?;
         tx.execute_batch(derive::CHANGE_TABLES)?;
-        let sticker_refs = (!has_refs && rows == 0).then(Vec::new);
+        let sticker_refs = (!has_refs && rows == 0).then(StickerRefs::default);
         if sticker_refs.is_some() {
             tx.execute_batch(derive::STICKER_REFS_BEGIN)?;
         }
@@ -242,11 +254,11 @@ impl<'c> SnapshotWriter<'c> {
                 }
             }
             SourceEvent::Malformed { table, at, reason } => self.skip(table, &at, &reason),
-            SourceEvent::Row { table, mut row } => {
+            SourceEvent::Row { table, row } => {
                 if !self.in_scope(table, &row) {
                     return Ok(());
                 }
-                if !self.write_row(table, &mut row)? {
+                if !self.write_row(table, &row)? {
                     self.skip(
                         table,
                         &format!("id {}", row.id),
@@ -265,7 +277,7 @@ impl<'c> SnapshotWriter<'c> {
     /// Writes one row if it is new or its JSON text changed; false when
     /// this snapshot saw its id already. An unchanged row costs one lookup
     /// and writes nothing.
-    fn write_row(&mut self, table: Table, row: &mut CheckedRow) -> Result<bool> {
+    fn write_row(&mut self, table: Table, row: &CheckedRow) -> Result<bool> {
         let SnapshotWriter {
             tx,
             id,
@@ -332,40 +344,40 @@ impl<'c> SnapshotWriter<'c> {
         Ok(true)
     }
 
-    /// In a first snapshot, with a row just inserted: the env of a session,
-    /// the ref of a sticker ([`derive::STICKER_REFS_BEGIN`]), written with
-    /// the next [`derive::STICKER_REFS_AT_ONCE`].
-    fn write_sticker_ref(&mut self, table: Table, row: &mut CheckedRow) -> Result<()> {
-        match (table, row.sticker_ref.take(), &mut self.sticker_refs) {
-            (Table::Sessions, ..) => {
+    /// In a first snapshot, with a row just inserted: the env of a session;
+    /// the refs of stickers, once [`STICKER_REFS_AT_ONCE`] rows are in.
+    fn write_sticker_ref(&mut self, table: Table, row: &CheckedRow) -> Result<()> {
+        let rowid = self.tx.last_insert_rowid();
+        match table {
+            Table::Sessions => {
                 self.tx
                     .prepare_cached(derive::SESSION_ENV_INSERT)?
                     .execute(rusqlite::params![row.id, typed_value(table, row, "env")])?;
             }
-            (Table::Stickers, Some(values), Some(pending)) => {
-                pending.push(SqlValue::Text(row.id.clone()));
-                pending.extend(values);
-                if pending.len() >= derive::STICKER_REF_VALUES * derive::STICKER_REFS_AT_ONCE {
-                    self.flush_sticker_refs()?;
+            Table::Stickers => {
+                if let Some(refs) = &mut self.sticker_refs {
+                    refs.last = rowid;
+                    if refs.last - refs.derived >= STICKER_REFS_AT_ONCE {
+                        self.derive_sticker_refs()?;
+                    }
                 }
             }
-            _ => {}
+            Table::PackBatches => {}
         }
         Ok(())
     }
 
-    /// Writes the refs of stickers [`Self::write_sticker_ref`] holds.
-    fn flush_sticker_refs(&mut self) -> Result<()> {
-        let Some(pending) = &mut self.sticker_refs else {
+    /// Derives the refs of the stickers inserted since the last time.
+    fn derive_sticker_refs(&mut self) -> Result<()> {
+        let Some(refs) = &mut self.sticker_refs else {
             return Ok(());
         };
-        let n = pending.len() / derive::STICKER_REF_VALUES;
-        if n > 0 {
+        if refs.last > refs.derived {
             self.tx
-                .prepare_cached(&derive::sticker_refs_insert(n))?
-                .execute(rusqlite::params_from_iter(pending.iter()))?;
+                .prepare_cached(derive::STICKER_REFS_SINCE)?
+                .execute([refs.derived])?;
+            refs.derived = refs.last;
         }
-        pending.clear();
         Ok(())
     }
 
@@ -477,7 +489,7 @@ impl<'c> SnapshotWriter<'c> {
     /// Removes the rows this snapshot did not see, derives the refs and commits.
     pub fn finish(mut self, include_photos: bool) -> Result<SnapshotReport> {
         let started = std::time::Instant::now();
-        self.flush_sticker_refs()?;
+        self.derive_sticker_refs()?;
         for at in 0..self.tables.len() {
             self.remove_unseen(at)?;
         }

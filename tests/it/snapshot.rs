@@ -617,18 +617,30 @@ fn resnapshot_refs_equal_a_first_snapshot_of_the_same_database() {
     assert_eq!(unchanged, 1);
 }
 
-/// A first snapshot writes the refs of stickers as their rows arrive, not
-/// by the SQL that derives every ref after: both give the same refs, for
+/// A first snapshot derives the refs of stickers as their rows arrive (a
+/// thousand at a time), not all after: both give the same refs, for
 /// generated bots (NULL and empty file ids and keys, stickers without a
-/// session, sessions with an empty env, integer batch ids), with and
-/// without `--env`. The catalog's refs are deleted and a second snapshot
-/// of the same database derives them all again with that SQL.
+/// session, sessions with an empty env, integer batch ids; one with
+/// thousands of stickers), with and without `--env`. The catalog's refs are
+/// deleted and a second snapshot of the same database derives them all again.
 #[test]
 fn a_first_snapshot_writes_the_refs_a_full_derivation_finds() {
     let pg = TestPg::start();
     for (seed, bigint_batches) in [(0x5eed_0011, false), (0x5eed_0012, true)] {
         let db = format!("bot_{seed:x}");
         generated_bot(&pg, &db, seed, bigint_batches);
+        if !bigint_batches {
+            pg.psql(
+                &db,
+                "INSERT INTO stickers (user_id, session_id, telegram_file_id, result_storage_path)
+                 SELECT 1000 + g % 5,
+                        CASE WHEN g % 7 <> 0 THEN
+                            (SELECT id FROM sessions ORDER BY id OFFSET g % 80 LIMIT 1) END,
+                        CASE WHEN g % 3 = 0 THEN '' WHEN g % 11 = 0 THEN NULL ELSE 'bulk_' || g END,
+                        CASE WHEN g % 4 = 0 THEN NULL ELSE 'stickers/bulk/' || g || '.webp' END
+                 FROM generate_series(1, 2500) g;",
+            );
+        }
         for extra in [&[][..], &["--env", "prod"][..]] {
             let archive = temp_dir();
             let first = snapshot_ok(archive.path(), &pg.url(&db), extra);
