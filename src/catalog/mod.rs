@@ -172,6 +172,31 @@ impl ArchiveLock {
     }
 }
 
+/// Whether another command holds the lock of the archive `dir` (a fetch or
+/// a pull may be writing blobs). Probed with a shared lock let go at once;
+/// a missing lock file means no command ever wrote there.
+pub fn writer_running(dir: &Path) -> Result<bool> {
+    let path = dir.join(LOCK_FILE);
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => {
+            return Err(Error::io(
+                format!("cannot open the lock file {}", path.display()),
+                e,
+            ));
+        }
+    };
+    match file.try_lock_shared() {
+        Ok(()) => Ok(false),
+        Err(TryLockError::WouldBlock) => Ok(true),
+        Err(TryLockError::Error(e)) => Err(Error::io(
+            format!("cannot probe the lock of the archive {}", dir.display()),
+            e,
+        )),
+    }
+}
+
 impl Catalog {
     /// Opens the archive's catalog, creating the archive when it does not exist.
     pub fn open_or_create(dir: &Path) -> Result<Catalog> {
@@ -421,6 +446,9 @@ impl<T, F: FnMut() -> Result<Vec<T>>> Iterator for Paged<T, F> {
     }
 }
 
+/// Tries, 10 ms apart, before an archive is taken to be locked by another command.
+const PROBE_RETRIES: u32 = 5;
+
 fn lock_archive(dir: &Path) -> Result<File> {
     let path = dir.join(LOCK_FILE);
     let file = OpenOptions::new()
@@ -429,7 +457,19 @@ fn lock_archive(dir: &Path) -> Result<File> {
         .write(true)
         .open(&path)
         .map_err(|e| Error::io(format!("cannot open the lock file {}", path.display()), e))?;
-    match file.try_lock() {
+    // `check` probes the lock with a shared one let go at once
+    // ([`writer_running`]): a lock refused for a few milliseconds is that.
+    let mut tries = 0;
+    let locked = loop {
+        match file.try_lock() {
+            Err(TryLockError::WouldBlock) if tries < PROBE_RETRIES => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            locked => break locked,
+        }
+    };
+    match locked {
         Ok(()) => Ok(file),
         Err(TryLockError::WouldBlock) => Err(Error::Locked(dir.to_path_buf())),
         Err(TryLockError::Error(e)) => Err(Error::io(

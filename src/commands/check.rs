@@ -275,6 +275,11 @@ pub struct Blobs {
     pub bad: Listed<String>,
     /// Files in `blobs/` that no ref names (none with `--env`: they have no env).
     pub unreferenced: Listed<String>,
+    /// Files in `blobs/` that no ref names yet, left out of `unreferenced`:
+    /// another command (a fetch or a pull) was writing the archive, or they
+    /// are newer than the check.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub in_flight: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -339,6 +344,11 @@ impl CheckReport {
 pub fn check(ctx: &Context, opts: &CheckOptions) -> Result<CheckReport> {
     let catalog = Catalog::open_read_only(&ctx.archive)?;
     ctx.warn_unknown_envs(&catalog)?;
+    // Before the read transaction: see [`blobs`].
+    let writes = Writes {
+        probed: std::time::SystemTime::now(),
+        running: crate::catalog::writer_running(&ctx.archive)?,
+    };
     // TEMP tables through a cache as small as the catalog's.
     catalog.set_cache_kib(CHECK_CACHE_KIB)?;
     catalog.set_temp_in_file(CHECK_CACHE_KIB)?;
@@ -354,7 +364,7 @@ pub fn check(ctx: &Context, opts: &CheckOptions) -> Result<CheckReport> {
         .transpose()?;
     let envs = ctx.env_param();
     let packs = packs(&tx, &envs, opts.full)?;
-    let blobs = blobs(ctx, &tx, &envs, opts.full)?;
+    let blobs = blobs(ctx, &tx, &envs, opts.full, &writes)?;
     let bucket = match storage {
         Some(store) => Some(bucket(ctx, &tx, &envs, &store, opts.full)?),
         None => None,
@@ -451,9 +461,35 @@ fn listed_missing(ranges: &[(i64, i64)]) -> (Vec<i64>, u64) {
     (listed, more)
 }
 
-fn blobs(ctx: &Context, conn: &Connection, envs: &Option<String>, full: bool) -> Result<Blobs> {
+/// Whether another command was writing the archive when the check began
+/// (probed before its read transaction), and when that was.
+struct Writes {
+    running: bool,
+    probed: std::time::SystemTime,
+}
+
+/// How much older than the probe a blob file's time must be for it to be
+/// settled when the file system keeps times to the second (or two, on FAT).
+const COARSE_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The blobs: those fetched refs name re-hashed, and the files no ref
+/// names. A file no ref names is `unreferenced` only when it is settled:
+/// no other command held the archive's lock at the probe, which came before
+/// the check's read transaction, and the file is older than the probe. Its
+/// writer then ended before the probe, having committed its refs (which
+/// the transaction sees) or never to commit them (a killed run). Any other
+/// such file may be a blob a running fetch or pull has published and not
+/// committed yet (in its durability group): `in_flight`, not listed.
+fn blobs(
+    ctx: &Context,
+    conn: &Connection,
+    envs: &Option<String>,
+    full: bool,
+    writes: &Writes,
+) -> Result<Blobs> {
     q::create_blob_table(conn, envs)?;
     let mut report = Blobs {
+        in_flight: 0,
         checked: 0,
         missing: Listed::new(full),
         bad: Listed::new(full),
@@ -506,9 +542,30 @@ fn blobs(ctx: &Context, conn: &Connection, envs: &Option<String>, full: bool) ->
 
     // A blob no ref names has no env: left out by any `--env` (SPEC §1).
     if envs.is_none() {
-        for_each_blob_file(&ctx.archive.join("blobs"), |sha| {
+        let settled = |file: &std::fs::DirEntry| -> bool {
+            if writes.running {
+                return false;
+            }
+            let modified = file.metadata().and_then(|m| m.modified());
+            modified.is_ok_and(|t| {
+                // A time to the whole second may stand for one later in it.
+                let coarse = t
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .is_ok_and(|d| d.subsec_nanos() == 0);
+                t + if coarse {
+                    COARSE_MARGIN
+                } else {
+                    std::time::Duration::ZERO
+                } < writes.probed
+            })
+        };
+        for_each_blob_file(&ctx.archive.join("blobs"), |sha, file| {
             if !q::blob_is_named(conn, &sha)? {
-                report.unreferenced.push(sha)?;
+                if settled(file) {
+                    report.unreferenced.push(sha)?;
+                } else {
+                    report.in_flight += 1;
+                }
             }
             Ok(())
         })?;
@@ -521,7 +578,7 @@ fn blobs(ctx: &Context, conn: &Connection, envs: &Option<String>, full: bool) ->
 /// directory of its first two); staging files and anything else are skipped.
 fn for_each_blob_file(
     root: &std::path::Path,
-    mut each: impl FnMut(String) -> Result<()>,
+    mut each: impl FnMut(String, &std::fs::DirEntry) -> Result<()>,
 ) -> Result<()> {
     let read = |dir: &std::path::Path| {
         std::fs::read_dir(dir).map_err(|e| Error::io(format!("cannot read {}", dir.display()), e))
@@ -548,7 +605,7 @@ fn for_each_blob_file(
                 entry.map_err(|e| Error::io(format!("cannot read {}", fan.path().display()), e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.len() == 64 && is_hex(&name) && name.starts_with(&fan_name) {
-                each(name)?;
+                each(name, &entry)?;
             }
         }
     }
@@ -719,6 +776,15 @@ impl std::fmt::Display for CheckReport {
             b.bad.len(),
             b.unreferenced.len()
         )?;
+        if b.in_flight > 0 {
+            writeln!(
+                f,
+                "  ({} more in blobs/ that no ref names yet are left out: a fetch or pull \
+                 is writing the archive, or they are newer than this check; check again \
+                 once it ends)",
+                b.in_flight
+            )?;
+        }
         if let Some(bucket) = &self.bucket {
             writeln!(
                 f,

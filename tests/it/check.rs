@@ -885,3 +885,121 @@ fn a_wrong_prefix_gets_a_hint_s3s() {
 fn a_wrong_prefix_gets_a_hint_supabase() {
     a_wrong_prefix_gets_a_hint(Kind::Supabase);
 }
+
+/// `check` beside a running `fetch` (SPEC: it runs beside any command): a
+/// blob the fetch has published but not committed yet (in its durability
+/// group) is never reported as a blob no ref names.
+#[test]
+fn a_running_fetch_leaves_no_blob_unreferenced() {
+    use crate::support::dataset::Db;
+    use crate::support::telegram::FakeTelegram;
+    const FILES: u64 = 160;
+    let dir = temp_dir();
+    let tg = FakeTelegram::new();
+    tg.latency(std::time::Duration::from_millis(25));
+    let mut db = Db::per_env();
+    for i in 0..FILES {
+        let id = format!("beside-{i:04}");
+        tg.add_file(&id, &format!("stickers/b{i}.webp"), sticker_bytes(i, 3000));
+        db.in_env("prod", Some(&id), None);
+    }
+    let archive = db.snapshotted(dir.path());
+    let check = || {
+        run(bin()
+            .arg("--archive")
+            .arg(&archive)
+            .args(["--json", "check"]))
+        .json()
+    };
+    let mut fetch = crate::fetch::fetch_cmd(&archive, None, Some(&tg))
+        .args(["--jobs", "4", "--telegram-rate", "2000"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn fetch");
+    let mut checks = 0;
+    while fetch.try_wait().expect("try_wait").is_none() {
+        let doc = check();
+        assert_eq!(doc["blobs"]["unreferenced"], json!([]), "{doc:#}");
+        checks += 1;
+    }
+    assert!(fetch.wait().expect("wait").success());
+    assert!(
+        checks > 1,
+        "the fetch ended before a check could run beside it"
+    );
+    // Once it ends, every blob is named and nothing is left out.
+    let doc = check();
+    assert_eq!(doc["blobs"]["unreferenced"], json!([]), "{doc:#}");
+    assert!(doc["blobs"].get("in_flight").is_none(), "{doc:#}");
+    assert_eq!(blob_count(&archive), FILES as usize);
+}
+
+fn blob_count(archive: &Path) -> usize {
+    std::fs::read_dir(archive.join("blobs"))
+        .expect("blobs/")
+        .flatten()
+        .filter(|fan| fan.file_name().len() == 2)
+        .map(|fan| std::fs::read_dir(fan.path()).expect("fan").count())
+        .sum()
+}
+
+/// The rule, case by case: a file no ref names is listed only when no other
+/// command held the archive's lock as the check began and the file is older
+/// than that; otherwise it is counted apart (`in_flight`), not listed.
+#[test]
+fn a_blob_no_ref_names_is_listed_only_once_no_writer_can_commit_it() {
+    use crate::support::dataset::Db;
+    use std::time::{Duration, SystemTime};
+    let dir = temp_dir();
+    let archive = Db::per_env()
+        .in_env("prod", Some("FILEID"), None)
+        .snapshotted(dir.path());
+    let plant = |seed: u64, modified: SystemTime| {
+        let bytes = sticker_bytes(seed, 500);
+        let sha = sha256_hex(&bytes);
+        let path = blob_path(&archive, &sha);
+        std::fs::create_dir_all(path.parent().expect("fan")).expect("fan dir");
+        std::fs::write(&path, &bytes).expect("blob");
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .expect("open blob")
+            .set_modified(modified)
+            .expect("set mtime");
+        sha
+    };
+    let check = |json: bool| {
+        let mut cmd = bin();
+        cmd.arg("--archive").arg(&archive);
+        if json {
+            cmd.arg("--json");
+        }
+        run(cmd.arg("check"))
+    };
+    let old = plant(1, SystemTime::now() - Duration::from_secs(3600));
+
+    // Another command holds the lock: it may be about to commit the file.
+    let lock = std::fs::File::options()
+        .write(true)
+        .open(archive.join("catalog.lock"))
+        .expect("lock file");
+    lock.lock().expect("lock the archive");
+    let doc = check(true).expect_code(0).json();
+    assert_eq!(doc["blobs"]["unreferenced"], json!([]), "{doc:#}");
+    assert_eq!(doc["blobs"]["in_flight"], 1, "{doc:#}");
+    let text = check(false).expect_code(0).stdout.clone();
+    assert!(
+        text.contains("(1 more in blobs/ that no ref names yet are left out: a fetch or pull"),
+        "{text}"
+    );
+    drop(lock);
+
+    // No writer: the old file is a blob no ref names; one newer than the
+    // check (written by a command that began after it) is left out.
+    let new = plant(2, SystemTime::now() + Duration::from_secs(60));
+    let doc = check(true).expect_code(3).json();
+    assert_eq!(doc["blobs"]["unreferenced"], json!([old]), "{doc:#}");
+    assert_eq!(doc["blobs"]["in_flight"], 1, "{doc:#}");
+    assert!(!doc.to_string().contains(&new), "{doc:#}");
+}
