@@ -10,7 +10,8 @@ use crate::refs::RefClass;
 
 /// Rebuilds the `refs` table from the snapshot's rows, in the caller's
 /// transaction. A ref whose Telegram id and storage key are unchanged keeps
-/// its state (fetched stays fetched); one whose file changed is pending again;
+/// its state (fetched stays fetched), as does a fetched one that only gained
+/// a storage key; one whose file changed is pending again;
 /// refs whose row is gone are removed.
 pub fn derive(conn: &Connection, include_photos: bool) -> Result<()> {
     let gen_ = next_gen(conn)?;
@@ -227,7 +228,10 @@ fn upsert_found(conn: &Connection, found: &str, gen_: i64, include_photos: bool)
         rusqlite::named_params! {":photos": include_photos},
     )?;
     conn.execute(
-        &format!("{INSERT_REFS} FROM temp.found_refs WHERE true {UPDATE_REFS}"),
+        &format!(
+            "{INSERT_REFS} FROM temp.found_refs WHERE true {}",
+            UPDATE_REFS.replace("{SAME_FILE}", SAME_FILE)
+        ),
         rusqlite::named_params! {":gen": gen_},
     )?;
     conn.execute_batch(
@@ -347,7 +351,18 @@ INSERT INTO refs (class, row_table, row_id, slot, session_id, user_id, env,
 SELECT class, row_table, row_id, slot, session_id, user_id, env,
        pack_batch_id, pack_index, telegram_file_id, storage_key, :gen";
 
-/// A known ref is updated only when something of it changed.
+/// Whether an updated ref still names the file it named (`refs`: as it
+/// was, `excluded`: as found): the same Telegram id and storage key; or,
+/// for a fetched ref, the same Telegram id and a storage key where there
+/// was none (`backfill --apply` wrote it, or the bot did, for that very
+/// file: its blob stays, nothing is downloaded again).
+const SAME_FILE: &str = "(refs.telegram_file_id IS excluded.telegram_file_id
+    AND (refs.storage_key IS excluded.storage_key
+         OR (refs.state = 'fetched' AND refs.telegram_file_id IS NOT NULL
+             AND refs.storage_key IS NULL AND excluded.storage_key IS NOT NULL)))";
+
+/// A known ref is updated only when something of it changed; it keeps its
+/// state, blob and reason while it names the same file ([`SAME_FILE`]).
 const UPDATE_REFS: &str = "
 ON CONFLICT (class, row_table, row_id, slot) DO UPDATE SET
     derived_gen = excluded.derived_gen,
@@ -358,20 +373,12 @@ ON CONFLICT (class, row_table, row_id, slot) DO UPDATE SET
     pack_index = excluded.pack_index,
     telegram_file_id = excluded.telegram_file_id,
     storage_key = excluded.storage_key,
-    state = CASE WHEN refs.telegram_file_id IS excluded.telegram_file_id
-                  AND refs.storage_key IS excluded.storage_key
-                 THEN refs.state ELSE 'pending' END,
-    sha256 = CASE WHEN refs.telegram_file_id IS excluded.telegram_file_id
-                   AND refs.storage_key IS excluded.storage_key
-                  THEN refs.sha256 ELSE NULL END,
-    source = CASE WHEN refs.telegram_file_id IS excluded.telegram_file_id
-                   AND refs.storage_key IS excluded.storage_key
-                  THEN refs.source ELSE NULL END,
+    state = CASE WHEN {SAME_FILE} THEN refs.state ELSE 'pending' END,
+    sha256 = CASE WHEN {SAME_FILE} THEN refs.sha256 ELSE NULL END,
+    source = CASE WHEN {SAME_FILE} THEN refs.source ELSE NULL END,
     key_dangling = CASE WHEN refs.storage_key IS excluded.storage_key
                         THEN refs.key_dangling ELSE 0 END,
-    reason = CASE WHEN refs.telegram_file_id IS excluded.telegram_file_id
-                   AND refs.storage_key IS excluded.storage_key
-                  THEN refs.reason ELSE NULL END
+    reason = CASE WHEN {SAME_FILE} THEN refs.reason ELSE NULL END
 WHERE (refs.session_id, refs.user_id, refs.env, refs.pack_batch_id, refs.pack_index,
        refs.telegram_file_id, refs.storage_key)
    IS NOT (excluded.session_id, excluded.user_id, excluded.env, excluded.pack_batch_id,

@@ -1425,3 +1425,82 @@ fn check_after_apply_counts_backfilled_objects_by_their_row() {
     assert_eq!(orphan_keys(&undone), want, "{:#}", undone["bucket"]);
     assert!(undone["bucket"].get("backfilled_since_snapshot").is_none());
 }
+
+/// After `backfill --apply` and a new snapshot, a ref fetched by its
+/// file_id that only gained a storage key (the one backfill wrote, for that
+/// very file) stays fetched with its blob: `plan` shows it fetched and
+/// `fetch` downloads nothing. A ref whose file_id changed meanwhile is a
+/// new file: fetched again.
+#[test]
+fn a_key_backfill_wrote_downloads_nothing_again() {
+    const N: usize = 6;
+    let bot = Bot::generated(N);
+    let blobs_before: BTreeMap<String, Option<String>> = refs_sha(&bot);
+    assert!(
+        blobs_before.values().all(Option::is_some),
+        "{blobs_before:?}"
+    );
+
+    bot.backfill(&["--apply"]).expect_code(0);
+    let filled =
+        bot.sql("SELECT count(*) FROM sessions WHERE last_sticker_storage_path IS NOT NULL;");
+    assert_eq!(filled, N.to_string());
+    // The bot changes one session's sticker meanwhile (a new file).
+    let changed = generated_session(0);
+    let new_file = "generated-file-id-changed";
+    bot.tg.add_file(
+        new_file,
+        "stickers/changed.webp",
+        b"RIFF\x0c\0\0\0WEBPVP8Lnew!".to_vec(),
+    );
+    bot.sql(&format!(
+        "UPDATE sessions SET last_sticker_file_id = '{new_file}' WHERE id = '{changed}';"
+    ));
+    bot.snapshot();
+
+    let plan = bot.run(&["--json", "plan"]).expect_code(0).json();
+    let counts = &plan["classes"]["session_sticker"];
+    assert_eq!(
+        (
+            &counts["with_storage_key"],
+            &counts["fetched"],
+            &counts["pending"]
+        ),
+        (&N.into(), &(N - 1).into(), &1.into()),
+        "{plan:#}"
+    );
+    let after = refs_sha(&bot);
+    for (session, sha) in &after {
+        if *session == changed {
+            assert_eq!(sha, &None, "{session}");
+        } else {
+            assert_eq!(sha, &blobs_before[session], "{session}: its blob is kept");
+        }
+    }
+
+    let requests = bot.tg.total_requests();
+    let fetched = bot.fetch(&[]).expect_code(0).json();
+    assert_eq!(
+        (&fetched["done"], &fetched["skipped"], &fetched["pending"]),
+        (&1.into(), &(N - 1).into(), &0.into()),
+        "{fetched}"
+    );
+    // The changed one was read from the bucket (it has a key): no Telegram call.
+    assert_eq!(bot.tg.total_requests(), requests);
+}
+
+/// session id -> the sha256 of its `session_sticker` ref.
+fn refs_sha(bot: &Bot) -> BTreeMap<String, Option<String>> {
+    let conn = rusqlite::Connection::open_with_flags(
+        bot.archive.path().join("catalog.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open catalog");
+    let mut stmt = conn
+        .prepare("SELECT row_id, sha256 FROM refs WHERE class = 'session_sticker'")
+        .expect("prepare");
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
