@@ -251,6 +251,23 @@ pub fn ref_names(conn: &Connection, refs: &[i64]) -> Result<String> {
     Ok(names.join(", "))
 }
 
+/// Failed refs in scope with an env whose reason is Telegram's `wrong
+/// file_id` (what a bot answers for a file_id another bot received), counted
+/// per env, in env order.
+pub fn wrong_file_id_failures(
+    conn: &Connection,
+    envs: &Option<String>,
+) -> Result<Vec<(String, u64)>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT env, count(*) FROM refs
+         WHERE state = 'failed' AND env IS NOT NULL AND reason LIKE '%wrong file_id%'
+           AND {ENV_FILTER}
+         GROUP BY env ORDER BY env"
+    ))?;
+    let rows = stmt.query_map([envs], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// Counts of refs in scope by state: (fetched, failed, pending).
 pub fn state_counts(conn: &Connection, envs: &Option<String>) -> Result<(u64, u64, u64)> {
     Ok(conn.query_row(

@@ -149,6 +149,26 @@ fn tokenless_note(left: &[catalog::fetch::FileIdWork], tokens: &TelegramTokens) 
     ))
 }
 
+/// For each env whose refs failed with Telegram's `wrong file_id` while its
+/// own token variable is unset (they were asked of the default bot, which
+/// cannot read another bot's files): the variable to set.
+fn wrong_bot_notes(failures: &[(String, u64)], tokens: &TelegramTokens) -> Vec<String> {
+    failures
+        .iter()
+        .filter_map(|(env, n)| {
+            let var = TelegramTokens::var_for_env(env);
+            (!tokens.by_var.contains_key(&var)).then(|| {
+                format!(
+                    "{n} refs of env {env} failed with Telegram's \"wrong file_id\": {var} is \
+                     unset, so they were asked of the bot of {TOKEN_VAR}, and a file_id is good \
+                     only for the bot that received it; if env {env} has its own bot, set {var} \
+                     to its token and run fetch --retry-failed"
+                )
+            })
+        })
+        .collect()
+}
+
 /// What one download did.
 enum Outcome {
     Fetched {
@@ -409,6 +429,10 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
     if let Some(message) = stopped.fatal {
         return Err(Error::Config(message));
     }
+    notes.extend(wrong_bot_notes(
+        &catalog::fetch::wrong_file_id_failures(catalog.conn(), &envs)?,
+        &opts.telegram_tokens,
+    ));
     if let Some(message) = &stopped.unreachable {
         tracing::warn!("{message}");
     }

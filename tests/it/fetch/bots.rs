@@ -315,3 +315,49 @@ fn a_local_file_shorter_than_get_file_says_is_never_stored() {
     assert!(reason.contains("2000 bytes where 4000"), "{reason}");
     assert!(!reason.contains(TOKEN), "{reason}");
 }
+
+/// The trial's case: refs of env `staging-eu` fail "wrong file_id" because
+/// `TELEGRAM_BOT_TOKEN_STAGING_EU` is unset and the default bot was asked.
+/// The summary names the variable to set; once it is set, no such note.
+#[test]
+fn wrong_file_id_of_an_env_without_its_token_names_its_variable() {
+    let dir = temp_dir();
+    let (tg, archive) = two_bots(dir.path());
+    let out = run(fetch_cmd(&archive, None, Some(&tg)).args(["--env", "staging-eu"]));
+    let doc = out.expect_code(3).json();
+    let notes: Vec<String> = doc["notes"]
+        .as_array()
+        .expect("notes")
+        .iter()
+        .map(|n| n.as_str().expect("note").to_string())
+        .collect();
+    let named: Vec<&String> = notes
+        .iter()
+        .filter(|n| n.contains("TELEGRAM_BOT_TOKEN_STAGING_EU"))
+        .collect();
+    assert_eq!(named.len(), 1, "{notes:?}");
+    assert!(
+        named[0].starts_with("2 refs of env staging-eu failed with Telegram's \"wrong file_id\"")
+            && named[0].contains("set TELEGRAM_BOT_TOKEN_STAGING_EU to its token")
+            && named[0].contains("fetch --retry-failed"),
+        "{notes:?}"
+    );
+    let text = run(bin()
+        .arg("--archive")
+        .arg(&archive)
+        .arg("fetch")
+        .envs(tg.env()))
+    .expect_code(3)
+    .stdout
+    .clone();
+    assert!(text.contains("set TELEGRAM_BOT_TOKEN_STAGING_EU"), "{text}");
+
+    // With its token: fetched, and the note is gone.
+    let doc = run(fetch_cmd(&archive, None, Some(&tg))
+        .args(["--retry-failed"])
+        .env("TELEGRAM_BOT_TOKEN_STAGING_EU", TOKEN_EU))
+    .expect_code(0)
+    .json();
+    assert_eq!(doc["failed"], 0, "{doc}");
+    assert!(!doc.to_string().contains("wrong file_id"), "{doc}");
+}
