@@ -21,25 +21,14 @@ pub enum Check {
     Bad(String),
 }
 
-/// Bytes of the right size found at a key, but not those it should hold.
-pub enum Held {
-    /// Bytes hashing to (or described by their metadata as) this sha256.
-    Other(String),
-    /// Bytes without the sha256 metadata starchive writes, on a store that
-    /// keeps it: not written by starchive, whatever they are.
-    Foreign,
-}
-
 /// Whether `key` holds `size` bytes hashing to `sha256` (by metadata, or by reading when `deep`).
 pub async fn check_object(dest: &Store, key: &str, sha256: &str, size: u64, deep: bool) -> Check {
-    inspect_object(dest, key, sha256, size, deep, false).await.0
+    inspect_object(dest, key, sha256, size, deep, false).await
 }
 
-/// [`check_object`], and, when the key holds other bytes of the right size,
-/// what they are ([`Held`]: their sha256 computed when `deep`, else from
-/// their metadata). With `ours`, the key is one starchive writes: on a store
-/// that keeps metadata, bytes without its sha256 metadata are not its own
-/// and are bad whatever they hash to.
+/// [`check_object`]; with `ours`, the key is one starchive writes: on a
+/// store that keeps metadata, bytes without its sha256 metadata are not its
+/// own and are bad whatever they hash to.
 pub async fn inspect_object(
     dest: &Store,
     key: &str,
@@ -47,10 +36,10 @@ pub async fn inspect_object(
     size: u64,
     deep: bool,
     ours: bool,
-) -> (Check, Option<Held>) {
+) -> Check {
     let path = match dest.path(key) {
         Ok(p) => p,
-        Err(e) => return (Check::Bad(e), None),
+        Err(e) => return Check::Bad(e),
     };
     let opts = GetOptions {
         head: !deep,
@@ -59,37 +48,30 @@ pub async fn inspect_object(
     let result = match dest.inner.get_opts(&path, opts).await {
         Ok(r) => r,
         Err(object_store::Error::NotFound { .. }) => {
-            return (Check::Missing("missing".into()), None);
+            return Check::Missing("missing".into());
         }
         Err(e) if let Some(why) = crate::stores::name_too_long(dest, key, &e) => {
-            return (Check::Missing(format!("missing: {why}")), None);
+            return Check::Missing(format!("missing: {why}"));
         }
-        Err(e) => return (Check::Bad(format!("cannot read: {e}")), None),
+        Err(e) => return Check::Bad(format!("cannot read: {e}")),
     };
     if result.meta.size != size {
-        return (
-            Check::Bad(format!("{} bytes, expected {size}", result.meta.size)),
-            None,
-        );
+        return Check::Bad(format!("{} bytes, expected {size}", result.meta.size));
     }
     let foreign = match result.attributes.get(&Attribute::Metadata("sha256".into())) {
         Some(meta) if meta.as_ref() != sha256 => {
-            let held = meta.as_ref().to_string();
-            return (
-                Check::Bad(format!("sha256 metadata {held}, expected {sha256}")),
-                Some(Held::Other(held)),
-            );
+            return Check::Bad(format!(
+                "sha256 metadata {}, expected {sha256}",
+                meta.as_ref()
+            ));
         }
         Some(_) => false,
         None => ours && dest.keeps_metadata(),
     };
     let not_ours = || {
-        (
-            Check::Bad(format!(
-                "no sha256 metadata: not written by starchive (expected {sha256})"
-            )),
-            Some(Held::Foreign),
-        )
+        Check::Bad(format!(
+            "no sha256 metadata: not written by starchive (expected {sha256})"
+        ))
     };
     if foreign && !deep {
         return not_ours();
@@ -101,7 +83,7 @@ pub async fn inspect_object(
         while let Some(batch) = batches.next().await {
             let chunks = match batch.into_iter().collect::<Result<Vec<_>, _>>() {
                 Ok(chunks) => chunks,
-                Err(e) => return (Check::Bad(format!("cannot read: {e}")), None),
+                Err(e) => return Check::Bad(format!("cannot read: {e}")),
             };
             let hashed = crate::blocking::run(move || {
                 chunks.iter().for_each(|chunk| hasher.update(chunk));
@@ -109,19 +91,16 @@ pub async fn inspect_object(
             });
             hasher = match hashed.await {
                 Ok(hasher) => hasher,
-                Err(e) => return (Check::Bad(e.to_string()), None),
+                Err(e) => return Check::Bad(e.to_string()),
             };
         }
         let got = hex::encode(hasher.finalize());
         if got != sha256 {
-            return (
-                Check::Bad(format!("bytes hash to {got}, expected {sha256}")),
-                Some(Held::Other(got)),
-            );
+            return Check::Bad(format!("bytes hash to {got}, expected {sha256}"));
         }
     }
     if foreign {
         return not_ours();
     }
-    (Check::Good, None)
+    Check::Good
 }

@@ -205,7 +205,11 @@ pub fn for_each_fetched_ref(
 /// `plan_objects.state`: `pushed`, the destination holds the object;
 /// `pending`, to push, unless an object of the right size is found at its
 /// key; `replace`, to push whatever is found there, because the catalog knows
-/// the key held other bytes (a ref whose file changed, same size or not).
+/// the key held other bytes (a ref whose file changed, same size or not, or
+/// an object verify found missing or bad); `foreign`, not pushed, because
+/// the key holds an object of another size that starchive never wrote there.
+/// `recorded`: the catalog has an object row at the key, i.e. starchive
+/// wrote (or tried to write) there, and may overwrite what it finds.
 pub fn create_plan_tables(conn: &Connection) -> Result<()> {
     conn.execute_batch(
         "DROP TABLE IF EXISTS temp.plan_objects;
@@ -217,7 +221,8 @@ pub fn create_plan_tables(conn: &Connection) -> Result<()> {
              kind   TEXT NOT NULL,
              refs   INTEGER NOT NULL,
              state  TEXT NOT NULL DEFAULT 'pending'
-                    CHECK (state IN ('pushed', 'pending', 'replace'))
+                    CHECK (state IN ('pushed', 'pending', 'replace', 'foreign')),
+             recorded INTEGER NOT NULL DEFAULT 0
          ) WITHOUT ROWID;
          CREATE TEMP TABLE plan_refs (
              ref_id INTEGER PRIMARY KEY,
@@ -269,13 +274,15 @@ pub fn refuse_in_plan(
 
 /// Sets the state of every planned object from what the catalog recorded at
 /// its key at `dest` (see [`create_plan_tables`]). Unless `trusted`, no
-/// record makes an object `pushed`: it must be found again.
+/// record makes an object `pushed`: it must be found again. A failed record
+/// (an upload that failed, an object verify found missing or bad) is
+/// replaced whatever a listing finds there.
 pub fn settle_plan(conn: &Connection, dest: i64, trusted: bool) -> Result<()> {
     conn.execute(
-        "UPDATE temp.plan_objects AS p SET state = CASE
+        "UPDATE temp.plan_objects AS p SET recorded = 1, state = CASE
              WHEN ?2 AND o.state = 'pushed' AND o.sha256 = p.sha256 AND o.size = p.size
                 THEN 'pushed'
-             WHEN o.sha256 <> p.sha256 THEN 'replace'
+             WHEN o.state = 'failed' OR o.sha256 <> p.sha256 THEN 'replace'
              ELSE 'pending' END
          FROM objects o WHERE o.dest_id = ?1 AND o.key = p.key",
         params![dest, trusted],
@@ -321,7 +328,7 @@ pub fn plan_counts(conn: &Connection) -> Result<PlanCounts> {
     Ok(conn.query_row(
         "SELECT (SELECT coalesce(sum(refs), 0) FROM temp.plan_objects WHERE state = 'pushed'),
                 (SELECT count(*) FROM temp.plan_refs WHERE reason IS NOT NULL),
-                (SELECT count(DISTINCT sha256) FROM temp.plan_objects WHERE state <> 'pushed')",
+                (SELECT count(DISTINCT sha256) FROM temp.plan_objects WHERE state IN ('pending', 'replace'))",
         [],
         |r| {
             Ok(PlanCounts {
@@ -337,7 +344,8 @@ pub fn plan_counts(conn: &Connection) -> Result<PlanCounts> {
 pub fn is_planned_to_push(conn: &Connection, key: &str) -> Result<bool> {
     Ok(conn
         .prepare_cached(
-            "SELECT EXISTS(SELECT 1 FROM temp.plan_objects WHERE key = ?1 AND state <> 'pushed')",
+            "SELECT EXISTS(SELECT 1 FROM temp.plan_objects
+             WHERE key = ?1 AND state IN ('pending', 'replace'))",
         )?
         .query_row([key], |r| r.get(0))?)
 }
@@ -352,7 +360,7 @@ pub fn for_each_dir_to_push(
     // `/`: the only character not in the set it is given.
     let mut stmt = conn.prepare(
         "SELECT DISTINCT rtrim(key, replace(key, '/', '')) FROM temp.plan_objects
-         WHERE state <> 'pushed'",
+         WHERE state IN ('pending', 'replace')",
     )?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
@@ -362,15 +370,55 @@ pub fn for_each_dir_to_push(
     Ok(())
 }
 
-/// The planned object at `key` that an object of the right size found there
-/// may stand for: (sha256, size, refs placed there).
-pub fn planned_pending(conn: &Connection, key: &str) -> Result<Option<(String, u64, u64)>> {
+/// The planned object at `key` that an object found there may stand for
+/// (one not to replace whatever is there).
+pub struct PendingObject {
+    pub sha256: String,
+    pub size: u64,
+    /// Refs placed at the key.
+    pub refs: u64,
+    /// Starchive has a record of writing at the key ([`create_plan_tables`]).
+    pub recorded: bool,
+}
+
+/// The [`PendingObject`] at `key`, if any.
+pub fn planned_pending(conn: &Connection, key: &str) -> Result<Option<PendingObject>> {
     Ok(conn
         .prepare_cached(
-            "SELECT sha256, size, refs FROM temp.plan_objects WHERE key = ?1 AND state = 'pending'",
+            "SELECT sha256, size, refs, recorded FROM temp.plan_objects
+             WHERE key = ?1 AND state = 'pending'",
         )?
-        .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_row([key], |r| {
+            Ok(PendingObject {
+                sha256: r.get(0)?,
+                size: r.get(1)?,
+                refs: r.get(2)?,
+                recorded: r.get(3)?,
+            })
+        })
         .optional()?)
+}
+
+/// Leaves the planned object at `key` unpushed, because the destination
+/// holds there an object starchive did not write: the refs of its bytes
+/// placed there fail with `reason`. No object row is written, so that no
+/// later push takes it for one of starchive's and overwrites it.
+pub fn refuse_foreign(
+    conn: &Connection,
+    dest: i64,
+    key: &str,
+    sha256: &str,
+    reason: &str,
+) -> Result<()> {
+    conn.prepare_cached("UPDATE temp.plan_objects SET state = 'foreign' WHERE key = ?1")?
+        .execute([key])?;
+    conn.prepare_cached(
+        "UPDATE placements INDEXED BY placements_key SET state = 'failed', reason = ?3
+         WHERE dest_id = ?1 AND key = ?2
+           AND (SELECT r.sha256 FROM refs r WHERE r.id = placements.ref_id) = ?4",
+    )?
+    .execute(params![dest, key, crate::redact::text(reason), sha256])?;
+    Ok(())
 }
 
 /// Marks the planned object at `key` as held by the destination.
@@ -386,7 +434,7 @@ pub fn set_planned_pushed(conn: &Connection, key: &str) -> Result<()> {
 pub fn index_keys_to_push(conn: &Connection) -> Result<()> {
     conn.execute_batch(
         "CREATE INDEX IF NOT EXISTS temp.plan_objects_to_push
-         ON plan_objects(sha256, key) WHERE state <> 'pushed'",
+         ON plan_objects(sha256, key) WHERE state IN ('pending', 'replace')",
     )?;
     Ok(())
 }
@@ -410,9 +458,9 @@ pub fn keys_to_push_after(
 ) -> Result<Vec<KeyToPush>> {
     let mut stmt = conn.prepare_cached(
         "SELECT sha256, size, kind, key, refs FROM temp.plan_objects
-         WHERE state <> 'pushed' AND sha256 IN (
+         WHERE state IN ('pending', 'replace') AND sha256 IN (
              SELECT DISTINCT sha256 FROM temp.plan_objects
-             WHERE state <> 'pushed' AND sha256 > coalesce(?1, '')
+             WHERE state IN ('pending', 'replace') AND sha256 > coalesce(?1, '')
              ORDER BY sha256 LIMIT ?2)
          ORDER BY sha256, key",
     )?;

@@ -39,59 +39,56 @@ pub fn forget_blob(conn: &Connection, sha256: &str) -> Result<u64> {
     Ok(refs as u64)
 }
 
-/// What a destination was found to hold at a key it should hold.
-pub enum Found<'a> {
-    /// Nothing, or bytes of unknown hash: the next `push` compares the key
-    /// with its listing and uploads it unless the right size is there.
-    Unknown,
-    /// Bytes hashing to (or described by sha256 metadata as) this: the next
-    /// `push` replaces them whatever their size.
-    Other { sha256: &'a str, size: u64 },
-    /// Bytes of this size not written by starchive (no sha256 metadata where
-    /// the store keeps it): recorded with an empty sha256, which no blob
-    /// has, so that the next `push` replaces them.
-    Foreign { size: u64 },
-}
-
-/// An object found missing or bad at destination `dest`: its record no
-/// longer says pushed, and the refs placed there are pending again.
-pub fn mark_object(
-    conn: &Connection,
-    dest: i64,
-    key: &str,
-    found: Found,
-    problem: &str,
-) -> Result<()> {
-    let held = match found {
-        Found::Unknown => None,
-        Found::Other { sha256, size } => Some((sha256, size)),
-        Found::Foreign { size } => Some(("", size)),
-    };
-    match held {
-        None => conn
-            .prepare_cached("DELETE FROM objects WHERE dest_id = ?1 AND key = ?2")?
-            .execute(params![dest, key])?,
-        Some((sha256, size)) => conn
-            .prepare_cached(
-                "INSERT INTO objects(dest_id, key, sha256, size, state, reason, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, 'failed', ?5, ?6)
-                 ON CONFLICT(dest_id, key) DO UPDATE SET sha256 = excluded.sha256,
-                    size = excluded.size, state = excluded.state, reason = excluded.reason,
-                    updated_at = excluded.updated_at",
-            )?
-            .execute(params![
-                dest,
-                key,
-                sha256,
-                size,
-                crate::redact::text(&format!("verify: {problem}")),
-                super::now_text()
-            ])?,
-    };
+/// An object found missing or bad at destination `dest` where starchive
+/// wrote it: its record says failed (what it should hold kept), so that the
+/// next `push` replaces it whatever it finds there and every `verify` checks
+/// it again until then ([`add_recorded_objects_to_plan`]); the refs placed
+/// there are pending again. Returns false, changing nothing, where
+/// starchive has no record of writing the key: a push does not overwrite
+/// what it did not write.
+pub fn mark_object(conn: &Connection, dest: i64, key: &str, problem: &str) -> Result<bool> {
+    let marked = conn
+        .prepare_cached(
+            "UPDATE objects SET state = 'failed', reason = ?3, updated_at = ?4
+             WHERE dest_id = ?1 AND key = ?2",
+        )?
+        .execute(params![
+            dest,
+            key,
+            crate::redact::text(&format!("verify: {problem}")),
+            super::now_text()
+        ])?;
+    if marked == 0 {
+        return Ok(false);
+    }
     conn.prepare_cached(
         "UPDATE placements INDEXED BY placements_key SET state = 'pending', reason = NULL
          WHERE dest_id = ?1 AND key = ?2 AND state = 'pushed'",
     )?
     .execute(params![dest, key])?;
+    Ok(true)
+}
+
+/// Adds to the plan of what `dest` should hold every object recorded there
+/// that refs are still placed at, whatever those refs' state: an object
+/// whose ref went back to pending for a missing local blob is still checked,
+/// and one verify found bad stays reported until a push replaces it.
+/// Only the objects of refs of the envs in `envs`.
+pub fn add_recorded_objects_to_plan(
+    conn: &Connection,
+    envs: &Option<String>,
+    dest: i64,
+) -> Result<()> {
+    conn.execute(
+        &format!(
+            "INSERT OR IGNORE INTO temp.plan_objects(key, sha256, size, kind, refs)
+             SELECT o.key, o.sha256, o.size, '', 0 FROM objects o
+             WHERE o.dest_id = ?2 AND EXISTS (
+                 SELECT 1 FROM placements p INDEXED BY placements_key
+                 JOIN refs ON refs.id = p.ref_id
+                 WHERE p.dest_id = o.dest_id AND p.key = o.key AND {ENV_FILTER})"
+        ),
+        params![envs, dest],
+    )?;
     Ok(())
 }

@@ -183,7 +183,7 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
         counts
     };
     let unfetched = q::unfetched_counts(catalog.conn(), &envs)?;
-    let notes = unfetched_notes(&unfetched, pulled_from(&catalog).as_deref());
+    let mut notes = unfetched_notes(&unfetched, pulled_from(&catalog).as_deref());
     let q::Unfetched {
         pending,
         failed_at_fetch,
@@ -199,10 +199,22 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
     if counts.blobs_to_push > 0 {
         let conn = catalog.conn();
         remove_stale_staging_of_plan(&store, conn)?;
-        {
+        let present = {
             let tx = conn.unchecked_transaction()?;
-            skipped += take_objects_present(ctx, &store, &tx, dest)?;
+            let present = take_objects_present(ctx, &store, &tx, dest)?;
             tx.commit()?;
+            present
+        };
+        skipped += present.taken;
+        if let Some(first) = present.first_foreign {
+            failed += present.foreign_refs;
+            upload_failed = true;
+            notes.push(match present.foreign_keys {
+                1 => format!("1 object was not pushed: {first}"),
+                n => format!(
+                    "{n} objects were not pushed, as starchive did not write what their keys hold (`starchive status` names them); the first: {first}"
+                ),
+            });
         }
         q::index_keys_to_push(conn)?;
         let total = q::plan_counts(conn)?.blobs_to_push;
@@ -417,23 +429,57 @@ fn manifest_still_there(
     Ok(same)
 }
 
+/// What the listing of a first push (or one that cannot trust its records) found.
+#[derive(Default)]
+struct Present {
+    /// Refs placed at objects found there with the right size.
+    taken: u64,
+    /// Refs placed at keys holding an object of another size that starchive
+    /// did not write there: left untouched, the refs failed.
+    foreign_refs: u64,
+    /// Those keys, and the reason given for the first.
+    foreign_keys: u64,
+    first_foreign: Option<String>,
+}
+
 /// Records as pushed the planned objects found at the destination with the
-/// right size, in one listing read as it comes; returns the refs placed at
-/// them. Only objects not known to hold other bytes are taken.
-fn take_objects_present(ctx: &Context, store: &Store, conn: &Connection, dest: i64) -> Result<u64> {
+/// right size, in one listing read as it comes. An object of another size
+/// is overwritten only where starchive has a record of writing that key:
+/// any other is someone else's (the bot's newer file, in its live bucket)
+/// and is left as it is, its refs failed with a reason that says so.
+fn take_objects_present(
+    ctx: &Context,
+    store: &Store,
+    conn: &Connection,
+    dest: i64,
+) -> Result<Present> {
     let mut listing = store.list_keys();
-    let mut refs = 0;
+    let mut present = Present::default();
     while let Some(object) = ctx.runtime.block_on(listing.next()) {
         let (key, listed_size) = object.map_err(|e| stores::unusable(store, Role::To, &e))?;
-        if let Some((sha256, size, at_key)) = q::planned_pending(conn, &key)?
-            && size == listed_size
-        {
-            q::set_object(conn, dest, &key, &sha256, size, Ok(()))?;
+        let Some(planned) = q::planned_pending(conn, &key)? else {
+            continue;
+        };
+        if planned.size == listed_size {
+            q::set_object(conn, dest, &key, &planned.sha256, planned.size, Ok(()))?;
             q::set_planned_pushed(conn, &key)?;
-            refs += at_key;
+            present.taken += planned.refs;
+        } else if !planned.recorded {
+            let reason = format!(
+                "{key} at {} holds {listed_size} bytes that starchive did not write \
+                 (the archive's file is {} bytes): left untouched; delete or move that \
+                 object if the archive's file belongs there, or push to another \
+                 destination or prefix",
+                store.shown, planned.size
+            );
+            tracing::warn!("push refused for {key}: {reason}");
+            q::refuse_foreign(conn, dest, &key, &planned.sha256, &reason)?;
+            present.foreign_refs += planned.refs;
+            present.foreign_keys += 1;
+            present.first_foreign.get_or_insert(reason);
         }
     }
-    Ok(refs)
+    Ok(present)
 }
 
 /// [`upload::remove_stale_staging`] beside every key the plan has still to push.

@@ -12,7 +12,7 @@ use crate::catalog::push as q;
 use crate::catalog::{Catalog, paged};
 use crate::error::{ExitStatus, Result};
 use crate::layout::Layout;
-use crate::object_check::{Check, Held, inspect_object};
+use crate::object_check::{Check, inspect_object};
 use crate::placement::{build_plan, held_layout, manifest_envs};
 use crate::stores::{self, Role};
 use crate::transfer::run_units;
@@ -124,8 +124,11 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
             };
             let tx = catalog.conn_mut().transaction()?;
             build_plan(&tx, &plan_envs, placed_at, layout)?;
+            if let Some(dest) = placed_at {
+                crate::catalog::verify::add_recorded_objects_to_plan(&tx, &plan_envs, dest)?;
+            }
             tx.commit()?;
-            Some((dest, layout, recorded))
+            Some((dest, recorded))
         }
         None => None,
     };
@@ -180,7 +183,7 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
         report.refs_to_fetch_again = forget_blobs(&mut catalog, &blob_store, &bad_blobs)?;
     }
 
-    if let Some((dest, layout, recorded)) = dest {
+    if let Some((dest, recorded)) = dest {
         let conn = catalog.conn();
         ctx.progress.start(
             "checking the destination",
@@ -193,7 +196,6 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
             Ok(page)
         });
         let deep = opts.deep;
-        let shown = dest.shown.clone();
         let dest = Arc::new(dest);
         let mut bad_objects = Vec::new();
         run_units(
@@ -204,22 +206,19 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
             move |object| {
                 let dest = dest.clone();
                 async move {
-                    let (check, held) =
+                    let check =
                         inspect_object(&dest, &object.key, &object.sha256, object.size, deep, true)
                             .await;
-                    (object.key, object.size, check, held)
+                    (object.key, check)
                 }
             },
             |batch| {
-                for (key, size, check, held) in batch {
+                for (key, check) in batch {
                     match &check {
                         Check::Good => {}
-                        Check::Missing(p) | Check::Bad(p) => bad_objects.push(BadObject {
-                            key: key.clone(),
-                            size,
-                            held,
-                            problem: p.clone(),
-                        }),
+                        Check::Missing(p) | Check::Bad(p) => {
+                            bad_objects.push((key.clone(), p.clone()))
+                        }
                     }
                     report.record(OBJECT, key, check);
                 }
@@ -227,9 +226,8 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
             },
         )?;
         ctx.progress.finish();
-        if !bad_objects.is_empty() {
-            report.objects_to_push_again =
-                mark_objects(&mut catalog, recorded, &shown, layout, &bad_objects)?;
+        if let (false, Some((dest, _))) = (bad_objects.is_empty(), recorded) {
+            report.objects_to_push_again = mark_objects(&mut catalog, dest, &bad_objects)?;
         }
     }
     report
@@ -272,53 +270,19 @@ fn forget_blobs(catalog: &mut Catalog, store: &BlobStore, shas: &[String]) -> Re
     Ok(refs)
 }
 
-/// An object found missing or bad at the destination.
-struct BadObject {
-    key: String,
-    /// The size it should have (that of what [`Held`] describes).
-    size: u64,
-    /// What is there instead, when the key holds bytes of the right size.
-    held: Option<Held>,
-    problem: String,
-}
-
-/// Objects missing or bad at the destination (`recorded`: its id in the
-/// catalog, if pushed to before), marked so that the next `push` uploads
-/// them again. Returns how many.
-fn mark_objects(
-    catalog: &mut Catalog,
-    recorded: Option<(i64, String)>,
-    shown: &str,
-    layout: Layout,
-    bad: &[BadObject],
-) -> Result<u64> {
-    use crate::catalog::verify::{Found, mark_object};
+/// Objects found missing or bad at destination `dest` (key, problem),
+/// marked where starchive wrote them so that the next `push` uploads them
+/// again ([`crate::catalog::verify::mark_object`]). Returns how many.
+fn mark_objects(catalog: &mut Catalog, dest: i64, bad: &[(String, String)]) -> Result<u64> {
     let tx = catalog.conn_mut().transaction()?;
-    // A store never pushed to from this archive has no record to undo, but
-    // other bytes of the right size there would pass for pushed: record them.
-    let dest = match recorded {
-        Some((id, _)) => id,
-        None => q::destination(&tx, shown, crate::store_url::identity, layout)?,
-    };
-    for BadObject {
-        key,
-        size,
-        held,
-        problem,
-    } in bad
-    {
-        let found = match held {
-            Some(Held::Other(sha256)) => Found::Other {
-                sha256,
-                size: *size,
-            },
-            Some(Held::Foreign) => Found::Foreign { size: *size },
-            None => Found::Unknown,
-        };
-        mark_object(&tx, dest, key, found, problem)?;
+    let mut marked = 0;
+    for (key, problem) in bad {
+        marked += u64::from(crate::catalog::verify::mark_object(
+            &tx, dest, key, problem,
+        )?);
     }
     tx.commit()?;
-    Ok(bad.len() as u64)
+    Ok(marked)
 }
 
 impl std::fmt::Display for VerifyReport {

@@ -608,12 +608,6 @@ fn first_push_skips_objects_already_there_with_the_right_size() {
     for key in &present {
         s3.put_file("half", key, &want[*key]);
     }
-    // One more with the wrong size: it is replaced.
-    let wrong = want
-        .keys()
-        .find(|k| !shared.contains(&k.as_str()) && !present.contains(k))
-        .expect("a key left");
-    s3.put_file("half", wrong, b"short");
     let refs_at_present = MIRROR
         .iter()
         .filter(|(_, _, key, _)| present.iter().any(|p| p.as_str() == *key))
@@ -2194,4 +2188,138 @@ fn a_key_too_long_for_a_local_disk_fails_only_its_ref_and_says_why() {
     .expect_code(0)
     .json();
     assert_eq!(doc["done"], 3, "{doc}");
+}
+
+/// Refs of the fixture placed at `key`.
+fn refs_at(key: &str) -> u64 {
+    MIRROR.iter().filter(|(_, _, k, _)| *k == key).count() as u64
+}
+
+#[test]
+fn push_never_overwrites_an_object_it_did_not_write() {
+    // The bot's live bucket as a mirror destination: at one key a newer file
+    // of another size, at another the same file the archive holds.
+    let fx = fetched_fixture();
+    let want = mirror_objects();
+    let s3 = TestS3::start();
+    s3.create_bucket("live");
+    let keys: Vec<&String> = want
+        .keys()
+        .filter(|k| want.values().filter(|b| *b == &want[*k]).count() == 1)
+        .take(2)
+        .collect();
+    let (newer, same) = (keys[0].as_str(), keys[1].as_str());
+    let newer_bytes = sticker_bytes(77, want[newer].len() + 100);
+    let dir_dest = fx.dir.path().join("live");
+    for key_file in [(newer, &newer_bytes), (same, &want[same])] {
+        let (key, bytes) = key_file;
+        s3.put_file("live", key, bytes);
+        let path = dir_dest.join(key);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, bytes).expect("write");
+    }
+    let s3_url = s3.store_url("live", "");
+    let dir_url = dir_dest.to_string_lossy().into_owned();
+    let read = |s3_dest: bool, key: &str| match s3_dest {
+        true => s3.get_file("live", key),
+        false => std::fs::read(dir_dest.join(key)).ok(),
+    };
+    for (url, s3_arg) in [(&s3_url, Some(&s3)), (&dir_url, None)] {
+        let s3_dest = s3_arg.is_some();
+        for round in ["first push", "second push"] {
+            let doc = run(&mut push_cmd(&fx.archive, url, s3_arg))
+                .expect_code(3)
+                .json();
+            let at = format!("{round}, s3 {s3_dest}");
+            assert_eq!(
+                read(s3_dest, newer).as_ref(),
+                Some(&newer_bytes),
+                "{at}: the newer file stays"
+            );
+            assert_eq!(read(s3_dest, same).as_ref(), Some(&want[same]), "{at}");
+            // Sticker 315 failed at fetch; the refs at the newer file fail.
+            assert_eq!(doc["failed"], 1 + refs_at(newer), "{at}: {doc}");
+            let note = doc["notes"].to_string();
+            for part in [
+                newer.to_string(),
+                format!("holds {} bytes", newer_bytes.len()),
+                format!("is {} bytes", want[newer].len()),
+                "did not write".to_string(),
+            ] {
+                assert!(note.contains(&part), "{at}: {part}: {doc}");
+            }
+        }
+        if s3_dest {
+            assert_eq!(
+                s3.user_metadata("live", same).get("sha256"),
+                None,
+                "the same file was taken as present, not written again"
+            );
+        }
+        let (status, failures) = push_failures(&fx.archive);
+        assert!(
+            failures.iter().any(|f| {
+                f["reason"].as_str().is_some_and(|r| {
+                    r.contains(newer) && r.contains(&format!("holds {} bytes", newer_bytes.len()))
+                })
+            }),
+            "status names the key: {status}"
+        );
+        // Every other object is there.
+        for key in want.keys().filter(|k| k.as_str() != newer) {
+            assert_eq!(read(s3_dest, key).as_ref(), Some(&want[key]), "{key}");
+        }
+    }
+}
+
+#[test]
+fn an_object_push_wrote_and_verify_found_bad_is_pushed_again() {
+    let fx = fetched_fixture();
+    let want = mirror_objects();
+    let s3 = TestS3::start();
+    s3.create_bucket("own");
+    let keys: Vec<&String> = want
+        .keys()
+        .filter(|k| want.values().filter(|b| *b == &want[*k]).count() == 1)
+        .take(2)
+        .collect();
+    let (resized, flipped) = (keys[0].as_str(), keys[1].as_str());
+    let dir_dest = fx.dir.path().join("own");
+    let s3_url = s3.store_url("own", "");
+    let dir_url = dir_dest.to_string_lossy().into_owned();
+    for (url, s3_arg) in [(&s3_url, Some(&s3)), (&dir_url, None)] {
+        run(&mut push_cmd(&fx.archive, url, s3_arg)).expect_code(FIXTURE_PUSH_EXIT);
+        // Damaged after the push: another size at one key, the same size
+        // with other bytes at the other (the directory keeps no metadata).
+        let mut other = want[flipped].clone();
+        other[0] ^= 0xff;
+        let damaged = [(resized, b"short".to_vec()), (flipped, other)];
+        for (key, bytes) in &damaged {
+            match s3_arg {
+                Some(s3) => std::fs::write(s3.bucket_dir("own").join(key), bytes),
+                None => std::fs::write(dir_dest.join(key), bytes),
+            }
+            .expect("damage");
+        }
+        let doc = run(verify_cmd(&fx.archive, url, s3_arg).arg("--json"))
+            .expect_code(3)
+            .json();
+        assert_eq!(doc["objects_to_push_again"], 2, "{doc}");
+        let doc = run(&mut push_cmd(&fx.archive, url, s3_arg))
+            .expect_code(FIXTURE_PUSH_EXIT)
+            .json();
+        assert_eq!(doc["done"], refs_at(resized) + refs_at(flipped), "{doc}");
+        assert!(
+            doc["notes"].to_string().find("did not write").is_none(),
+            "{doc}"
+        );
+        for key in [resized, flipped] {
+            let got = match s3_arg {
+                Some(s3) => s3.get_file("own", key),
+                None => std::fs::read(dir_dest.join(key)).ok(),
+            };
+            assert_eq!(got.as_ref(), Some(&want[key]), "{key}");
+        }
+        run(&mut verify_cmd(&fx.archive, url, s3_arg)).expect_code(0);
+    }
 }

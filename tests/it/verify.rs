@@ -161,8 +161,9 @@ fn verify_checks_the_objects_of_bad_local_blobs_too() {
     let doc = run(verify_cmd(&fx.archive, &dir_url, None).arg("--json"))
         .expect_code(3)
         .json();
-    // k1's refs are pending since the last verify: their object is not planned.
-    assert_eq!(doc["objects_checked"], want.len() - 1, "{doc}");
+    // k1's refs are pending since the last verify: its object is checked
+    // all the same (the directory holds it whole).
+    assert_eq!(doc["objects_checked"], want.len(), "{doc}");
     assert_eq!(doc["objects_bad"], 1, "{doc}");
     assert_eq!(doc["blobs_bad"], 1, "{doc}");
     assert!(
@@ -337,4 +338,65 @@ fn verify_of_a_destination_another_archive_pushed_checks_the_envs_its_manifest_n
         .expect_code(0)
         .json();
     assert_eq!(doc["objects_checked"], prod_keys.len(), "{doc}");
+}
+
+#[test]
+fn an_object_found_bad_or_missing_stays_reported_until_a_push_replaces_it() {
+    let fx = fetched_fixture();
+    let want = mirror_objects();
+    let dest = fx.dir.path().join("dest");
+    let url = dest.to_string_lossy().into_owned();
+    run(&mut push_cmd(&fx.archive, &url, None)).expect_code(FIXTURE_PUSH_EXIT);
+    let unique: Vec<&String> = want
+        .iter()
+        .filter(|(_, b)| want.values().filter(|o| o == b).count() == 1)
+        .map(|(k, _)| k)
+        .collect();
+    let (corrupt, gone) = (unique[0].as_str(), unique[1].as_str());
+    // Each object damaged at the destination, and its local blob gone too:
+    // the first verify puts its refs back to pending.
+    std::fs::write(dest.join(corrupt), flipped(&want[corrupt])).expect("corrupt");
+    std::fs::remove_file(dest.join(gone)).expect("remove object");
+    for key in [corrupt, gone] {
+        let sha = sha256_hex(&want[key]);
+        std::fs::remove_file(fx.archive.join("blobs").join(&sha[..2]).join(&sha))
+            .expect("remove blob");
+    }
+    let verify = |deep: bool| {
+        let mut cmd = starchive(&fx.archive);
+        cmd.args(["--json", "verify", "--to", &url]);
+        if deep {
+            cmd.arg("--deep");
+        }
+        run(&mut cmd).expect_code(3).json()
+    };
+    let first = verify(true);
+    assert_eq!(first["blobs_bad"], 2, "{first}");
+    assert_eq!(first["objects_bad"], 1, "{first}");
+    assert_eq!(first["objects_missing"], 1, "{first}");
+    assert_eq!(first["refs_to_fetch_again"], 2, "{first}");
+    // Every later verify reports both objects again (a plain one finds the
+    // missing one; the deep one both), though no ref of theirs is fetched.
+    for round in 0..2 {
+        let doc = verify(true);
+        assert_eq!(doc["blobs_bad"], 0, "round {round}: {doc}");
+        assert_eq!(doc["objects_checked"], want.len(), "round {round}: {doc}");
+        assert_eq!(doc["objects_bad"], 1, "round {round}: {doc}");
+        assert_eq!(doc["objects_missing"], 1, "round {round}: {doc}");
+        let names = problem_names(&doc);
+        assert!(names.contains(&corrupt) && names.contains(&gone), "{doc}");
+    }
+    let plain = verify(false);
+    assert_eq!(plain["objects_missing"], 1, "{plain}");
+    assert!(problem_names(&plain).contains(&gone), "{plain}");
+    // Fetched again and pushed: both are replaced, and verify is content.
+    fetch_again(&fx.archive);
+    run(&mut push_cmd(&fx.archive, &url, None)).expect_code(FIXTURE_PUSH_EXIT);
+    for key in [corrupt, gone] {
+        assert_eq!(
+            std::fs::read(dest.join(key)).ok().as_ref(),
+            Some(&want[key])
+        );
+    }
+    run(&mut verify_cmd(&fx.archive, &url, None)).expect_code(0);
 }
