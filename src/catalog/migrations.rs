@@ -306,6 +306,11 @@ CREATE VIEW v_rows(table_name, id, data) AS
     UNION ALL SELECT 'stickers', id, data FROM stickers
     UNION ALL SELECT 'pack_batches', id, data FROM pack_batches;
 "#,
+    // 9: whether push wrote each object (1), or took one found at its key
+    // with the right size for it (0): push overwrites only what it wrote.
+    r#"
+ALTER TABLE objects ADD COLUMN written INTEGER NOT NULL DEFAULT 1;
+"#,
 ];
 
 /// The number of migrations this starchive knows: the `user_version` of an

@@ -120,8 +120,8 @@ pub fn fold_legacy(conn: &Connection, identity: &str, identity_of: IdentityOf) -
     )?;
     for id in same.into_iter().filter(|&id| id != keep) {
         tx.execute(
-            "INSERT OR IGNORE INTO objects(dest_id, key, sha256, size, state, reason, updated_at)
-             SELECT ?1, key, sha256, size, state, reason, updated_at FROM objects WHERE dest_id = ?2",
+            "INSERT OR IGNORE INTO objects(dest_id, key, sha256, size, state, reason, updated_at, written)
+             SELECT ?1, key, sha256, size, state, reason, updated_at, written FROM objects WHERE dest_id = ?2",
             params![keep, id],
         )?;
         tx.execute(
@@ -208,8 +208,8 @@ pub fn for_each_fetched_ref(
 /// the key held other bytes (a ref whose file changed, same size or not, or
 /// an object verify found missing or bad); `foreign`, not pushed, because
 /// the key holds an object of another size that starchive never wrote there.
-/// `recorded`: the catalog has an object row at the key, i.e. starchive
-/// wrote (or tried to write) there, and may overwrite what it finds.
+/// `recorded`: push wrote (or tried to write) an object at the key
+/// (`objects.written`), and may overwrite what it finds there.
 pub fn create_plan_tables(conn: &Connection) -> Result<()> {
     conn.execute_batch(
         "DROP TABLE IF EXISTS temp.plan_objects;
@@ -274,15 +274,16 @@ pub fn refuse_in_plan(
 
 /// Sets the state of every planned object from what the catalog recorded at
 /// its key at `dest` (see [`create_plan_tables`]). Unless `trusted`, no
-/// record makes an object `pushed`: it must be found again. A failed record
-/// (an upload that failed, an object verify found missing or bad) is
-/// replaced whatever a listing finds there.
+/// record makes an object `pushed`: it must be found again. Where push wrote
+/// the object, a failed record (an upload that failed, an object verify
+/// found missing or bad) or other bytes recorded is replaced whatever a
+/// listing finds there; an object only taken for present is never replaced.
 pub fn settle_plan(conn: &Connection, dest: i64, trusted: bool) -> Result<()> {
     conn.execute(
-        "UPDATE temp.plan_objects AS p SET recorded = 1, state = CASE
+        "UPDATE temp.plan_objects AS p SET recorded = o.written, state = CASE
              WHEN ?2 AND o.state = 'pushed' AND o.sha256 = p.sha256 AND o.size = p.size
                 THEN 'pushed'
-             WHEN o.state = 'failed' OR o.sha256 <> p.sha256 THEN 'replace'
+             WHEN o.written AND (o.state = 'failed' OR o.sha256 <> p.sha256) THEN 'replace'
              ELSE 'pending' END
          FROM objects o WHERE o.dest_id = ?1 AND o.key = p.key",
         params![dest, trusted],
@@ -538,13 +539,16 @@ pub fn unfetched_counts(conn: &Connection, envs: &Option<String>) -> Result<Unfe
     )?)
 }
 
-/// Records the object at `key` and the state of every ref placed there.
+/// Records the object at `key` and the state of every ref placed there;
+/// `written`: push wrote it (else it took one found there for it, and a
+/// record that it wrote there is kept).
 pub fn set_object(
     tx: &Connection,
     dest: i64,
     key: &str,
     sha256: &str,
     size: u64,
+    written: bool,
     outcome: Result<(), &str>,
 ) -> Result<()> {
     // Scrubbed here, where every push failure enters the catalog.
@@ -557,10 +561,11 @@ pub fn set_object(
         ),
     };
     tx.prepare_cached(
-        "INSERT INTO objects(dest_id, key, sha256, size, state, reason, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+        "INSERT INTO objects(dest_id, key, sha256, size, state, reason, updated_at, written)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT(dest_id, key) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size,
-            state = excluded.state, reason = excluded.reason, updated_at = excluded.updated_at",
+            state = excluded.state, reason = excluded.reason, updated_at = excluded.updated_at,
+            written = max(written, excluded.written)",
     )?
     .execute(params![
         dest,
@@ -569,7 +574,8 @@ pub fn set_object(
         size,
         state,
         reason,
-        super::now_text()
+        super::now_text(),
+        written
     ])?;
     // Only the refs of these bytes: a ref refused at this key because another
     // ref's bytes own it stays failed. Without statistics, SQLite 3.50 would

@@ -1,7 +1,7 @@
 //! Catalog changes of the verify stage: what it finds missing or bad is
 //! marked so that the next `fetch` or `push` does it again (SPEC §3).
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::ENV_FILTER;
 use crate::error::Result;
@@ -39,34 +39,45 @@ pub fn forget_blob(conn: &Connection, sha256: &str) -> Result<u64> {
     Ok(refs as u64)
 }
 
-/// An object found missing or bad at destination `dest` where starchive
-/// wrote it: its record says failed (what it should hold kept), so that the
-/// next `push` replaces it whatever it finds there and every `verify` checks
-/// it again until then ([`add_recorded_objects_to_plan`]); the refs placed
-/// there are pending again. Returns false, changing nothing, where
-/// starchive has no record of writing the key: a push does not overwrite
-/// what it did not write.
-pub fn mark_object(conn: &Connection, dest: i64, key: &str, problem: &str) -> Result<bool> {
-    let marked = conn
+/// An object found missing (`missing`) or bad at destination `dest`: its
+/// record says failed (what it should hold kept), so that every `verify`
+/// checks it again ([`add_recorded_objects_to_plan`]) until a push writes
+/// it, and the refs placed there are pending again. Where push wrote it,
+/// the next push replaces it whatever it finds there; where push took an
+/// object found there for it, only a missing one is written (a push does
+/// not overwrite what it did not write). Returns whether the next push
+/// uploads it; without a record (never pushed there) nothing changes.
+pub fn mark_object(
+    conn: &Connection,
+    dest: i64,
+    key: &str,
+    missing: bool,
+    problem: &str,
+) -> Result<bool> {
+    let written: Option<bool> = conn
         .prepare_cached(
             "UPDATE objects SET state = 'failed', reason = ?3, updated_at = ?4
-             WHERE dest_id = ?1 AND key = ?2",
+             WHERE dest_id = ?1 AND key = ?2 RETURNING written",
         )?
-        .execute(params![
-            dest,
-            key,
-            crate::redact::text(&format!("verify: {problem}")),
-            super::now_text()
-        ])?;
-    if marked == 0 {
+        .query_row(
+            params![
+                dest,
+                key,
+                crate::redact::text(&format!("verify: {problem}")),
+                super::now_text()
+            ],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(written) = written else {
         return Ok(false);
-    }
+    };
     conn.prepare_cached(
         "UPDATE placements INDEXED BY placements_key SET state = 'pending', reason = NULL
          WHERE dest_id = ?1 AND key = ?2 AND state = 'pushed'",
     )?
     .execute(params![dest, key])?;
-    Ok(true)
+    Ok(written || missing)
 }
 
 /// Adds to the plan of what `dest` should hold every object recorded there

@@ -258,6 +258,7 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
                         &outcome.key,
                         &outcome.sha256,
                         outcome.size,
+                        true,
                         outcome.result.as_ref().map(|_| ()).map_err(String::as_str),
                     )?;
                 }
@@ -443,8 +444,8 @@ struct Present {
 }
 
 /// Records as pushed the planned objects found at the destination with the
-/// right size, in one listing read as it comes. An object of another size
-/// is overwritten only where starchive has a record of writing that key:
+/// right size, in one listing read as it comes (as taken, not written). An
+/// object of another size is overwritten only where push wrote that key:
 /// any other is someone else's (the bot's newer file, in its live bucket)
 /// and is left as it is, its refs failed with a reason that says so.
 fn take_objects_present(
@@ -461,7 +462,15 @@ fn take_objects_present(
             continue;
         };
         if planned.size == listed_size {
-            q::set_object(conn, dest, &key, &planned.sha256, planned.size, Ok(()))?;
+            q::set_object(
+                conn,
+                dest,
+                &key,
+                &planned.sha256,
+                planned.size,
+                false,
+                Ok(()),
+            )?;
             q::set_planned_pushed(conn, &key)?;
             present.taken += planned.refs;
         } else if !planned.recorded {

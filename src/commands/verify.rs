@@ -216,9 +216,8 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> Result<VerifyReport> {
                 for (key, check) in batch {
                     match &check {
                         Check::Good => {}
-                        Check::Missing(p) | Check::Bad(p) => {
-                            bad_objects.push((key.clone(), p.clone()))
-                        }
+                        Check::Missing(p) => bad_objects.push((key.clone(), true, p.clone())),
+                        Check::Bad(p) => bad_objects.push((key.clone(), false, p.clone())),
                     }
                     report.record(OBJECT, key, check);
                 }
@@ -270,15 +269,15 @@ fn forget_blobs(catalog: &mut Catalog, store: &BlobStore, shas: &[String]) -> Re
     Ok(refs)
 }
 
-/// Objects found missing or bad at destination `dest` (key, problem),
-/// marked where starchive wrote them so that the next `push` uploads them
-/// again ([`crate::catalog::verify::mark_object`]). Returns how many.
-fn mark_objects(catalog: &mut Catalog, dest: i64, bad: &[(String, String)]) -> Result<u64> {
+/// Objects found missing or bad at destination `dest` (key, missing,
+/// problem), marked ([`crate::catalog::verify::mark_object`]). Returns how
+/// many the next `push` uploads again.
+fn mark_objects(catalog: &mut Catalog, dest: i64, bad: &[(String, bool, String)]) -> Result<u64> {
     let tx = catalog.conn_mut().transaction()?;
     let mut marked = 0;
-    for (key, problem) in bad {
+    for (key, missing, problem) in bad {
         marked += u64::from(crate::catalog::verify::mark_object(
-            &tx, dest, key, problem,
+            &tx, dest, key, *missing, problem,
         )?);
     }
     tx.commit()?;

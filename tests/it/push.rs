@@ -1972,7 +1972,7 @@ fn destinations_recorded_as_typed_are_folded_into_one() {
                     manifest_size = NULL, manifest_etag = NULL;
              INSERT INTO destinations(url, layout) VALUES ('file://{abs}/', 'mirror');
              INSERT INTO objects SELECT (SELECT id FROM destinations WHERE url LIKE 'file:%'),
-                 key, sha256, size, state, reason, updated_at FROM objects;
+                 key, sha256, size, state, reason, updated_at, written FROM objects;
              INSERT INTO placements SELECT (SELECT id FROM destinations WHERE url LIKE 'file:%'),
                  ref_id, key, state, reason FROM placements;
              INSERT INTO destinations(url, layout) VALUES ('/elsewhere/backup', 'mirror');",
@@ -2269,6 +2269,27 @@ fn push_never_overwrites_an_object_it_did_not_write() {
         for key in want.keys().filter(|k| k.as_str() != newer) {
             assert_eq!(read(s3_dest, key).as_ref(), Some(&want[key]), "{key}");
         }
+        // The file taken for present, replaced by the bot with one of the
+        // same size: verify reports it, push still does not overwrite it.
+        let mut newer_same = want[same].clone();
+        newer_same[0] ^= 0xff;
+        match s3_dest {
+            true => s3.put_file("live", same, &newer_same),
+            false => std::fs::write(dir_dest.join(same), &newer_same).expect("write"),
+        }
+        let doc = run(verify_cmd(&fx.archive, url, s3_arg).arg("--json"))
+            .expect_code(3)
+            .json();
+        assert!(
+            doc["problems"].to_string().contains(same),
+            "verify names it: {doc}"
+        );
+        run(&mut push_cmd(&fx.archive, url, s3_arg)).expect_code(3);
+        assert_eq!(
+            read(s3_dest, same).as_ref(),
+            Some(&newer_same),
+            "left untouched"
+        );
     }
 }
 
