@@ -142,10 +142,12 @@ pub fn pending_keys(conn: &Connection, envs: &Option<String>) -> Result<Vec<KeyW
 }
 
 /// Pending refs that only Telegram can serve, grouped by `file_id`, with
-/// their env (which says the bot, SPEC §1).
+/// their env (which says the bot, SPEC §1). Read by a scan of the table and
+/// sorted (NOT INDEXED): in the order of `refs_file_id`, every ref is a
+/// random read (a million refs on 1,000 file_ids: 2 million reads, 20 s).
 pub fn pending_file_ids(conn: &Connection, envs: &Option<String>) -> Result<Vec<FileIdWork>> {
     let mut stmt = conn.prepare(&format!(
-        "SELECT telegram_file_id, id, env FROM refs
+        "SELECT telegram_file_id, id, env FROM refs NOT INDEXED
          WHERE state = 'pending' AND telegram_file_id IS NOT NULL
            AND (storage_key IS NULL OR key_dangling = 1)
            AND {ENV_FILTER}
