@@ -4,6 +4,9 @@
 # no-op second push over 10,000 refs, and peak RSS at 1,000 vs 100,000 refs.
 # Needs rclone and /usr/bin/time (Debian packages `rclone`, `time`).
 # BENCH_ONLY=upload|noop|rss runs one measure; BENCH_ROUNDS=N sets the rounds.
+# BENCH_ONLY=noop1m (only when asked: minutes) fetches and pushes 1,000 then
+# 1,000,000 refs on 1,000 shared files (BENCH_NOOP_REFS sets the second):
+# seconds and peak RSS of each run, no-op pushes included.
 set -euo pipefail
 # Files (the archives, the rclone source, the loopback server's root) go to a
 # RAM-backed TMPDIR, /dev/shm when there is one: on disk, the writeback of one

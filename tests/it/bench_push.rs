@@ -21,7 +21,9 @@
 //! 4. a no-op push over 1,000,000 refs (`BENCH_NOOP_REFS` overrides) in
 //!    the cas layout to a local directory, with its peak RSS: right after a
 //!    push that left the destination whole (target: under 2 s), and after a
-//!    `fetch` with nothing to do, which makes it compare the whole plan.
+//!    `fetch` with nothing to do, which makes it compare the whole plan;
+//!    the fetch and push before it, and the same runs over 1,000 refs
+//!    first, with their peak RSS (target: flat).
 //!
 //! CPU: the S3 server runs in this process, so this process's CPU time over
 //! a run is the server's (the harness itself idles meanwhile); the client's
@@ -33,12 +35,12 @@ use std::time::Instant;
 
 use crate::push::push_cmd;
 use crate::support::bench::{
-    Measure, env_number, measured, median, rclone_copy, rounds, time_v, tool_available,
+    Measure, env_number, measured, median, rclone_copy, rounds, shared_file_ids, time_v,
+    tool_available,
 };
 use crate::support::dataset::{Db, sticker_bytes};
 use crate::support::run::{run, starchive};
 use crate::support::s3::TestS3;
-use crate::support::telegram::FakeTelegram;
 use crate::support::temp_dir;
 
 const FILES: usize = 5_000;
@@ -160,41 +162,32 @@ fn bench_push_vs_rclone() {
 /// Measure 4, a no-op push over a million refs: `n` stickers without a
 /// storage key whose Telegram files are 1,000 blobs (fetched once each, the
 /// other refs resolved from them), pushed in the cas layout to a local
-/// directory.
+/// directory; the same at 1,000 refs first, for the peak RSS.
 fn bench_noop_1m() {
-    const FILE_IDS: usize = 1_000;
     let n = env_number("BENCH_NOOP_REFS", 1_000_000, 1);
+    println!(
+        "4. fetch and push over 1,000 then {n} refs (1,000 blobs, cas, local directory), /usr/bin/time -v"
+    );
+    println!(
+        "   {:>8} {:<44} {:>8} {:>8}",
+        "refs", "run", "seconds", "peak MB"
+    );
+    for refs in [1_000, n] {
+        noop_push_over(refs);
+    }
+}
+
+/// One size of measure 4.
+fn noop_push_over(n: usize) {
+    const FILE_IDS: usize = 1_000;
     let work = temp_dir();
-    let tg = FakeTelegram::new();
-    for i in 0..FILE_IDS {
-        tg.add_file(
-            &format!("tg-{i}"),
-            &format!("stickers/file_{i}.webp"),
-            sticker_bytes(i as u64 + 1, 300),
-        );
-    }
-    let mut db = Db::default();
-    for i in 0..n {
-        let (user, session) = ((100_000 + i / 20).to_string(), format!("s-{}", i / 20));
-        if i % 20 == 0 {
-            db.session(&session, &user, "prod", None, None);
-        }
-        let file_id = format!("tg-{}", i % FILE_IDS);
-        db.sticker(&format!("st-{i}"), &user, &session, Some(&file_id), None);
-    }
-    let archive = work.path().join("archive");
-    let started = Instant::now();
-    db.snapshot(&work.path().join("db"), &archive);
-    let snapshot_secs = started.elapsed().as_secs_f64();
+    let (tg, archive, snapshot_secs) = shared_file_ids(work.path(), n, FILE_IDS);
     let fetch = || {
         let mut cmd = starchive(&archive);
         cmd.args(["--json", "fetch", "--telegram-rate", "1000"])
             .envs(tg.env());
         cmd
     };
-    let started = Instant::now();
-    run(&mut fetch()).expect_code(0);
-    let fetch_secs = started.elapsed().as_secs_f64();
     let dest = work.path().join("dest").to_string_lossy().into_owned();
     let push = || {
         let mut cmd = push_cmd(&archive, &dest, None);
@@ -202,27 +195,27 @@ fn bench_noop_1m() {
         cmd
     };
     let time = work.path().join("time.txt");
-    let (first, first_kb) = with_peak_rss(&push(), &time);
-    println!(
-        "4. push over {n} refs ({FILE_IDS} blobs, cas, local directory; snapshot {snapshot_secs:.1} s, fetch {fetch_secs:.1} s)"
-    );
-    println!("   {:<44} {:>8} {:>8}", "push", "seconds", "peak MB");
     let row = |what: &str, (secs, kb): (f64, u64)| {
-        println!("   {what:<44} {secs:>8.2} {:>8.1}", kb as f64 / 1024.0);
+        println!(
+            "   {n:>8} {what:<44} {secs:>8.2} {:>8.1}",
+            kb as f64 / 1024.0
+        );
     };
-    row("first", (first, first_kb));
+    println!("   {n:>8} {:<44} {snapshot_secs:>8.2}", "snapshot");
+    row("fetch", with_peak_rss(&fetch(), &time));
+    row("first push", with_peak_rss(&push(), &time));
     for round in 0..rounds() {
         row(
-            &format!("no-op, round {round}"),
+            &format!("no-op push, round {round}"),
             with_peak_rss(&push(), &time),
         );
     }
-    run(&mut fetch()).expect_code(0);
+    row("fetch with nothing to do", with_peak_rss(&fetch(), &time));
     row(
-        "no-op after a fetch (the whole plan compared)",
+        "no-op push after it (the whole plan compared)",
         with_peak_rss(&push(), &time),
     );
-    row("no-op again", with_peak_rss(&push(), &time));
+    row("no-op push again", with_peak_rss(&push(), &time));
 }
 
 /// 1. Uploads, side by side.

@@ -13,7 +13,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{fetch_cmd, refs, snapshot};
-use crate::support::bench::{measured, median, rclone_copy, rounds, tool_available};
+use crate::support::bench::{
+    env_number, measured, median, rclone_copy, rounds, shared_file_ids, time_v, tool_available,
+};
 use crate::support::dataset::{Db, sticker_bytes};
 use crate::support::s3::TestS3;
 use crate::support::telegram::FakeTelegram;
@@ -185,4 +187,46 @@ fn bench_fetch_telegram_jobs_hide_latency() {
         rates[1] / rates[0],
         rates[2] / rates[0]
     );
+}
+
+/// Peak RSS of `fetch` at 1,000, 100,000 and 1,000,000 refs
+/// (`BENCH_RSS_REFS` sets the last) whose files are 1,000 Telegram files
+/// shared by the refs (target: flat). Needs `/usr/bin/time`.
+#[test]
+#[ignore = "benchmark: cargo test --release --test it -- --ignored --nocapture bench_fetch"]
+fn bench_fetch_peak_rss() {
+    assert!(
+        tool_available("/usr/bin/time", "true"),
+        "/usr/bin/time is needed: apt-get install -y time"
+    );
+    let most = env_number("BENCH_RSS_REFS", 1_000_000, 1);
+    println!(
+        "bench_fetch_peak_rss: refs on 1,000 Telegram files of 300 bytes, /usr/bin/time -v, binary {}",
+        env!("CARGO_BIN_EXE_starchive")
+    );
+    println!(
+        "  {:>9} {:>10} {:>10} {:>9}",
+        "refs", "snapshot s", "fetch s", "peak MB"
+    );
+    for n in [1_000, 100_000, most] {
+        let work = temp_dir();
+        let (tg, archive, snapshot_secs) = shared_file_ids(work.path(), n, 1_000);
+        let mut cmd = fetch_cmd(&archive, None, Some(&tg));
+        cmd.args(["--telegram-rate", "1000"]);
+        let (secs, kb, out) = time_v(&cmd, &work.path().join("time.txt"));
+        assert!(
+            out.status.success(),
+            "fetch failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let fetched = refs(&archive)
+            .iter()
+            .filter(|r| r.state == "fetched")
+            .count();
+        assert_eq!(fetched, n);
+        println!(
+            "  {n:>9} {snapshot_secs:>10.1} {secs:>10.2} {:>9.1}",
+            kb as f64 / 1024.0
+        );
+    }
 }

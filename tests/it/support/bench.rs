@@ -2,11 +2,13 @@
 //! seconds, CPU, peak RSS), and `rclone` configured for the loopback S3
 //! server, the tool starchive is measured against.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use super::dataset::{Db, sticker_bytes};
 use super::s3::{ACCESS_KEY, REGION, SECRET_KEY, TestS3};
+use super::telegram::FakeTelegram;
 
 /// A whole number from the environment variable `name`, if it is at least
 /// `min`, else `default`.
@@ -153,4 +155,33 @@ pub fn tool_available(program: &str, arg: &str) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// An archive of `n` stickers without a storage key whose Telegram files are
+/// `file_ids` blobs of 300 bytes (ref `i` on file `i % file_ids`), one
+/// session per 20 stickers, snapshotted into `dir/archive`, and the fake Bot
+/// API that serves them: the shape of the benches at a million refs, where
+/// every file is shared by a thousand refs. Returns the snapshot's seconds.
+pub fn shared_file_ids(dir: &Path, n: usize, file_ids: usize) -> (FakeTelegram, PathBuf, f64) {
+    let tg = FakeTelegram::new();
+    for i in 0..file_ids {
+        tg.add_file(
+            &format!("tg-{i}"),
+            &format!("stickers/file_{i}.webp"),
+            sticker_bytes(i as u64 + 1, 300),
+        );
+    }
+    let mut db = Db::default();
+    for i in 0..n {
+        let (user, session) = ((100_000 + i / 20).to_string(), format!("s-{}", i / 20));
+        if i % 20 == 0 {
+            db.session(&session, &user, "prod", None, None);
+        }
+        let file_id = format!("tg-{}", i % file_ids);
+        db.sticker(&format!("st-{i}"), &user, &session, Some(&file_id), None);
+    }
+    let archive = dir.join("archive");
+    let started = Instant::now();
+    db.snapshot(&dir.join("db"), &archive);
+    (tg, archive, started.elapsed().as_secs_f64())
 }
