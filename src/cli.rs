@@ -25,14 +25,9 @@ pub struct Cli {
     pub json: bool,
 
     /// Only refs whose session has this env (repeatable).
-    // An empty NAME would match nothing (or only sessions with an empty env,
-    // which is no deployment): bad usage.
-    #[arg(
-        long = "env",
-        global = true,
-        value_name = "NAME",
-        value_parser = clap::builder::NonEmptyStringValueParser::new()
-    )]
+    // An empty NAME would match nothing (an empty env is none): bad usage,
+    // refused by `Context::refuse_empty_env`, which names the envs there are.
+    #[arg(long = "env", global = true, value_name = "NAME")]
     pub envs: Vec<String>,
 
     #[command(subcommand)]

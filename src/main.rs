@@ -71,6 +71,7 @@ fn main() -> ExitCode {
 }
 
 fn run(command: Command, ctx: &Context, printer: &Printer) -> Result<ExitStatus, Error> {
+    ctx.refuse_empty_env()?;
     match command {
         Command::Snapshot(args) => {
             printer.report(&commands::snapshot::snapshot(ctx, &args.db.db)?);

@@ -184,7 +184,8 @@ pub fn typed_columns(table: Table) -> Vec<&'static str> {
 
 /// A row's values for [`typed_columns`], as `json_extract(data, '$.column')`
 /// gives them (the column's affinity then applies, as for any insert), but
-/// for a timestamp, which is its [`instant`] when it names one, and for the
+/// for a timestamp, which is its [`instant`] when it names one, for an
+/// empty `env`, which is NULL (no env), and for the
 /// `dropped` columns ([`crate::catalog::events::CheckedRow::dropped`]), which are NULL.
 pub fn typed_values(table: Table, row: &Map<String, Value>, dropped: &[String]) -> Vec<SqlValue> {
     typed_columns(table)
@@ -192,6 +193,8 @@ pub fn typed_values(table: Table, row: &Map<String, Value>, dropped: &[String]) 
         .map(|column| match row.get(*column) {
             _ if dropped.iter().any(|d| d == column) => SqlValue::Null,
             None | Some(Value::Null) => SqlValue::Null,
+            // An empty env is none, as in a CSV export (SPEC §1).
+            Some(Value::String(e)) if *column == "env" && e.is_empty() => SqlValue::Null,
             Some(Value::Bool(b)) => SqlValue::Integer(i64::from(*b)),
             Some(Value::Number(n)) => match (n.as_i64(), n.as_f64()) {
                 (Some(i), _) => SqlValue::Integer(i),

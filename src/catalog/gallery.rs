@@ -31,10 +31,13 @@ pub struct Card {
     pub kind: Option<String>,
 }
 
-/// One env (or "no env") of the selection, with its volumes.
+/// One env of the selection with its volumes; or, with `env` `None`, the
+/// rows of sessions with no env (`session_known`), or those whose session
+/// is unknown (a ref or batch naming no session the catalog has).
 #[derive(Debug, Clone)]
 pub struct EnvRow {
     pub env: Option<String>,
+    pub session_known: bool,
     pub users: u64,
     pub sessions: u64,
     pub pack_batches: u64,
@@ -118,7 +121,10 @@ impl<'c> Scope<'c> {
             "CREATE TEMP TABLE g_refs AS
              SELECT r.class, r.row_id, r.slot, r.session_id, r.user_id, r.env, r.pack_batch_id,
                     r.pack_index, r.telegram_file_id, r.storage_key, r.state, r.reason,
-                    r.sha256, b.size, b.type
+                    r.sha256, b.size, b.type,
+                    r.env IS NOT NULL
+                        OR EXISTS (SELECT 1 FROM sessions s WHERE s.id = r.session_id)
+                        AS session_known
              FROM refs r LEFT JOIN blobs b ON b.sha256 = r.sha256
              WHERE ?1 IS NULL OR r.env IN (SELECT value FROM json_each(?1))",
             [envs],
@@ -142,7 +148,7 @@ impl<'c> Scope<'c> {
         conn.execute(
             "CREATE TEMP TABLE g_batches AS
              SELECT b.id, b.session_id, coalesce(b.user_id, s.user_id) AS user_id, s.env,
-                    b.status, b.created_at, 1 AS known
+                    b.status, b.created_at, 1 AS known, s.id IS NOT NULL AS session_known
              FROM pack_batches b LEFT JOIN sessions s ON s.id = b.session_id
              WHERE ?1 IS NULL OR s.env IN (SELECT value FROM json_each(?1))",
             [envs],
@@ -150,7 +156,8 @@ impl<'c> Scope<'c> {
         conn.execute_batch(
             "CREATE UNIQUE INDEX temp.g_batches_id ON g_batches(id);
              INSERT INTO g_batches
-             SELECT pack_batch_id, min(session_id), min(user_id), min(env), NULL, NULL, 0
+             SELECT pack_batch_id, min(session_id), min(user_id), min(env), NULL, NULL, 0,
+                    max(session_known)
              FROM g_refs
              WHERE pack_batch_id IS NOT NULL AND pack_batch_id NOT IN (SELECT id FROM g_batches)
              GROUP BY pack_batch_id;
@@ -172,29 +179,36 @@ impl<'c> Scope<'c> {
         Ok(Scope { conn })
     }
 
-    /// Every env of the selection (`None`: rows whose session is unknown).
+    /// Every env of the selection, then the rows of no env: of sessions with
+    /// none, and of sessions unknown.
     pub fn envs(&self) -> Result<Vec<EnvRow>> {
         let mut stmt = self.conn.prepare(
-            "WITH e(env) AS (SELECT env FROM g_sessions UNION SELECT env FROM g_refs
-                             UNION SELECT env FROM g_batches)
-             SELECT e.env,
+            "WITH e(env, known) AS (SELECT env, 1 FROM g_sessions
+                                    UNION SELECT env, session_known FROM g_refs
+                                    UNION SELECT env, session_known FROM g_batches)
+             SELECT e.env, e.known,
                     (SELECT count(user_id) FROM (
-                         SELECT user_id FROM g_sessions s WHERE s.env IS e.env
-                         UNION SELECT user_id FROM g_refs r WHERE r.env IS e.env)),
-                    (SELECT count(*) FROM g_sessions s WHERE s.env IS e.env),
-                    (SELECT count(*) FROM g_batches b WHERE b.env IS e.env),
-                    (SELECT count(*) FROM g_refs r WHERE r.env IS e.env),
-                    (SELECT count(*) FROM g_refs r WHERE r.env IS e.env AND state = 'fetched')
-             FROM e ORDER BY e.env",
+                         SELECT user_id FROM g_sessions s WHERE s.env IS e.env AND e.known
+                         UNION SELECT user_id FROM g_refs r
+                         WHERE r.env IS e.env AND r.session_known = e.known)),
+                    (SELECT count(*) FROM g_sessions s WHERE s.env IS e.env AND e.known),
+                    (SELECT count(*) FROM g_batches b
+                     WHERE b.env IS e.env AND b.session_known = e.known),
+                    (SELECT count(*) FROM g_refs r
+                     WHERE r.env IS e.env AND r.session_known = e.known),
+                    (SELECT count(*) FROM g_refs r
+                     WHERE r.env IS e.env AND r.session_known = e.known AND state = 'fetched')
+             FROM e ORDER BY e.env IS NULL, e.env, e.known DESC",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(EnvRow {
                 env: r.get(0)?,
-                users: r.get(1)?,
-                sessions: r.get(2)?,
-                pack_batches: r.get(3)?,
-                refs: r.get(4)?,
-                fetched: r.get(5)?,
+                session_known: r.get(1)?,
+                users: r.get(2)?,
+                sessions: r.get(3)?,
+                pack_batches: r.get(4)?,
+                refs: r.get(5)?,
+                fetched: r.get(6)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

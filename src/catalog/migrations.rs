@@ -311,6 +311,12 @@ CREATE VIEW v_rows(table_name, id, data) AS
     r#"
 ALTER TABLE objects ADD COLUMN written INTEGER NOT NULL DEFAULT 1;
 "#,
+    // 10: an empty env is none (as in a CSV export): a session whose env is
+    // empty has no env, like one whose env is NULL, in every command (the
+    // refs had none already).
+    r#"
+UPDATE sessions SET env = NULL WHERE env = '';
+"#,
 ];
 
 /// The number of migrations this starchive knows: the `user_version` of an

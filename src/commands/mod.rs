@@ -87,15 +87,39 @@ impl Context {
         }
         let known = crate::catalog::known_envs(catalog.conn())?;
         for env in self.envs.iter().filter(|e| !known.contains(e)) {
-            let there = if known.is_empty() {
-                "the catalog has no env".to_string()
-            } else {
-                let shown: Vec<String> = known.iter().map(|e| shown_env(e)).collect();
-                format!("the envs are: {}", shown.join(", "))
-            };
-            tracing::warn!("--env {env}: no session has this env ({there})");
+            tracing::warn!(
+                "--env {env}: no session has this env ({})",
+                envs_there(&known)
+            );
         }
         Ok(())
+    }
+
+    /// Refuses `--env ""` as bad usage: an empty env is none (SPEC §1, as in
+    /// a CSV export), which no `--env` selects. The message names the envs
+    /// of the archive's catalog, when there is one.
+    pub fn refuse_empty_env(&self) -> Result<()> {
+        if !self.envs.iter().any(String::is_empty) {
+            return Ok(());
+        }
+        let there = match Catalog::open_read_only(&self.archive) {
+            Ok(catalog) => envs_there(&crate::catalog::known_envs(catalog.conn())?),
+            Err(_) => format!("{} holds no catalog yet", self.archive.display()),
+        };
+        Err(crate::Error::Usage(format!(
+            "--env \"\": an empty env is no env, and sessions with none are left out by any \
+             --env; give an env's name ({there}), or no --env for every env"
+        )))
+    }
+}
+
+/// The envs the catalog knows, as a message names them.
+fn envs_there(known: &[String]) -> String {
+    if known.is_empty() {
+        "the catalog has no env".to_string()
+    } else {
+        let shown: Vec<String> = known.iter().map(|e| shown_env(e)).collect();
+        format!("the envs are: {}", shown.join(", "))
     }
 }
 

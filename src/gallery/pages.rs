@@ -341,7 +341,13 @@ pub(super) fn envs(envs: &[EnvRow]) -> Markup {
             }
             @for e in envs {
                 tr {
-                    td { (e.env.as_deref().unwrap_or("(no env: session unknown)")) }
+                    td {
+                        @match (&e.env, e.session_known) {
+                            (Some(env), _) => (env),
+                            (None, true) => "(no env)",
+                            (None, false) => "(session unknown)",
+                        }
+                    }
                     td.n { (e.users) } td.n { (e.sessions) } td.n { (e.pack_batches) }
                     td.n { (e.refs) } td.n { (e.fetched) }
                 }

@@ -397,23 +397,29 @@ fn unknown_env_warns_and_names_the_envs() {
     }
 }
 
-/// `--env ""` would match nothing: bad usage, before anything is read. An
-/// env that is empty (or blank at an end) in the catalog is shown quoted
-/// where the envs are named.
+/// `--env ""` would match nothing (an empty env is none): bad usage, before
+/// anything is done, naming the envs the catalog knows. A session whose env
+/// is empty has no env (SPEC §1), like one whose env is NULL: never listed
+/// as an env. An env blank at an end is shown quoted where envs are named.
 #[test]
 fn an_empty_env_is_refused_and_shown_quoted() {
     let dir = temp_dir();
     let archive = dir.path().join("archive");
-    for args in [
+    let cases = [
         vec!["--env", "", "status"],
         vec!["--env=", "plan"],
         vec!["fetch", "--env", ""],
         vec!["--env", "prod", "--env", "", "snapshot", "--db", FIXTURE_DB],
-    ] {
-        let out = run(starchive(&archive).args(&args));
+    ];
+    for args in &cases {
+        let out = run(starchive(&archive).args(args));
         out.expect_code(2);
         assert!(
-            out.stderr.contains("--env <NAME>"),
+            out.stderr.contains(&format!(
+                "--env \"\": an empty env is no env, and sessions with none are left out by \
+                 any --env; give an env's name ({} holds no catalog yet)",
+                archive.display()
+            )),
             "{args:?}: {}",
             out.stderr
         );
@@ -432,11 +438,29 @@ fn an_empty_env_is_refused_and_shown_quoted() {
     let out = run(starchive(&archive).args(["--env", "nope", "plan"]));
     out.expect_code(0);
     assert!(
-        out.stderr.contains(
-            r#"--env nope: no session has this env (the envs are: "", " eu", prod, test)"#
-        ),
+        out.stderr
+            .contains(r#"--env nope: no session has this env (the envs are: " eu", prod, test)"#),
         "{}",
         out.stderr
+    );
+    for args in &cases[..3] {
+        let out = run(starchive(&archive).args(args));
+        out.expect_code(2);
+        assert!(
+            out.stderr
+                .contains(r#"give an env's name (the envs are: " eu", prod, test), or no --env"#),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    let json = run(starchive(&archive).args(["--json", "--env", "", "plan"]));
+    json.expect_code(2);
+    let doc: serde_json::Value = serde_json::from_str(&json.stdout).expect("one document");
+    assert!(
+        doc["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("the envs are")),
+        "{doc}"
     );
 }
 

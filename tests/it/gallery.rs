@@ -879,3 +879,75 @@ fn long_pages_continue_on_further_pages() {
     let index = std::fs::read_to_string(site.join("index.p2.html")).expect("index 2");
     assert!(index.contains(&format!("users/1.p3.html#s-{}", uuid(0x1000 + 599))));
 }
+
+/// The Envs table of the index: one row per env, then "(no env)" for the
+/// sessions whose env is empty or NULL (an empty env is none, SPEC §1) with
+/// their refs, and "(session unknown)" for refs whose session the catalog
+/// has not: never an unnamed env, never one label for both.
+#[test]
+fn an_empty_env_is_no_env_and_told_apart_from_an_unknown_session() {
+    let pg = crate::support::pg::TestPg::start();
+    pg.create_db("bot");
+    pg.load_schema("bot");
+    let a = uuid(0xa1);
+    let e = uuid(0xe1);
+    pg.psql(
+        "bot",
+        &format!(
+            "INSERT INTO sessions (id, user_id, env) VALUES ('{a}', 1, 'prod'), ('{e}', 2, '');
+             INSERT INTO stickers (user_id, session_id, telegram_file_id) VALUES
+                 (1, '{a}', 'F-prod'), (2, '{e}', 'F-empty-1'), (2, '{e}', 'F-empty-2'),
+                 (3, NULL, 'F-nobody');"
+        ),
+    );
+    let dir = temp_dir();
+    let archive = dir.path().join("archive");
+    run_ok(
+        bin()
+            .arg("--archive")
+            .arg(&archive)
+            .args(["snapshot", "--db", &pg.url("bot")]),
+    );
+    gallery(&archive, &[]);
+    let index = std::fs::read_to_string(archive.join("gallery/index.html")).expect("index");
+    let table = &index[index.find("<h2>Envs</h2>").expect("Envs")..];
+    let table = &table[..table.find("</table>").expect("table end")];
+    // Each row's cells, as text: env, users, sessions, pack batches, refs, fetched.
+    let rows: Vec<Vec<String>> = table
+        .split("<tr>")
+        .skip(2)
+        .map(|row| {
+            row.split("<td")
+                .skip(1)
+                .map(|cell| {
+                    let text = &cell[cell.find('>').expect(">") + 1..];
+                    text[..text.find("</td>").expect("</td>")].to_string()
+                })
+                .collect()
+        })
+        .collect();
+    let row = |cells: [&str; 6]| cells.map(str::to_string).to_vec();
+    assert_eq!(
+        rows,
+        [
+            row(["prod", "1", "1", "0", "1", "0"]),
+            row(["(no env)", "1", "1", "0", "2", "0"]),
+            row(["(session unknown)", "1", "0", "0", "1", "0"]),
+        ],
+        "{table}"
+    );
+    // No command counts the empty env as one.
+    let out = crate::support::run::run(
+        bin()
+            .arg("--archive")
+            .arg(&archive)
+            .args(["--env", "nope", "plan"]),
+    );
+    out.expect_code(0);
+    assert!(
+        out.stderr
+            .contains("--env nope: no session has this env (the envs are: prod)"),
+        "{}",
+        out.stderr
+    );
+}
