@@ -428,9 +428,10 @@ fn a_format_1_destination_is_pulled_and_its_catalog_migrated() {
     std::fs::write(&legacy, copy).expect("write");
     {
         let conn = rusqlite::Connection::open(&legacy).expect("open");
-        // Migrations 7 and 8 undone (8 drops `seen_snapshot`).
+        // Migrations 7 to 9 undone (8 drops `seen_snapshot`, 9 adds `objects.written`).
         conn.execute_batch(
             "DELETE FROM settings WHERE key = 'archive_id';
+             ALTER TABLE objects DROP COLUMN written;
              DROP INDEX refs_orphans;
              ALTER TABLE sessions ADD COLUMN seen_snapshot INTEGER NOT NULL DEFAULT 1;
              ALTER TABLE pack_batches ADD COLUMN seen_snapshot INTEGER NOT NULL DEFAULT 1;
