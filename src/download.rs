@@ -8,6 +8,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
 use crate::blobs::{BlobStore, Staged, Unfinished, WrongLength};
+use crate::error::Error;
 use crate::stores::Store;
 
 /// Why one read of an object gave no blob.
@@ -18,6 +19,9 @@ pub enum ReadError {
     Refused(object_store::Error),
     /// Larger than the most the caller takes (the size announced or read).
     TooBig(u64),
+    /// The archive's disk refused the staging file ([`Error::disk_refuses`]):
+    /// stop, no object would fare better.
+    Disk(Error),
     /// For good: the local disk, or a fault the store's client already
     /// retried (object_store's `RetryConfig` retries 5xx, 429, timeouts and
     /// broken connections, and resumes a broken body with a ranged GET when
@@ -65,7 +69,8 @@ pub async fn read_object(
             StageError::Body(e) if resumable => ReadError::Failed(format!("{what} {key}: {e}")),
             StageError::Body(e) => ReadError::Again(format!("{what} {key}: {e}")),
             StageError::TooBig(size) => ReadError::TooBig(size),
-            StageError::Disk(reason) => ReadError::Failed(reason),
+            StageError::Disk(e) if e.disk_refuses() => ReadError::Disk(e),
+            StageError::Disk(e) => ReadError::Failed(e.to_string()),
             StageError::Length(WrongLength { expected, got }) => ReadError::Again(format!(
                 "{what} {key}: body of {got} bytes where {expected} were announced"
             )),
@@ -80,7 +85,7 @@ pub enum StageError<E> {
     /// More than the most taken: the bytes seen so far.
     TooBig(u64),
     /// The staging file could not be written (the local disk).
-    Disk(String),
+    Disk(Error),
     /// The body's length is not the one announced.
     Length(WrongLength),
 }
@@ -134,16 +139,14 @@ where
         batched = 0;
         let step = move || {
             for chunk in &chunks {
-                staging
-                    .write(chunk)
-                    .map_err(|e| StageError::Disk(e.to_string()))?;
+                staging.write(chunk).map_err(StageError::Disk)?;
             }
             if !end {
                 return Ok(Err(staging));
             }
             staging.finish(expected).map(Ok).map_err(|e| match e {
                 Unfinished::Length(wrong) => StageError::Length(wrong),
-                Unfinished::Disk(e) => StageError::Disk(e.to_string()),
+                Unfinished::Disk(e) => StageError::Disk(e),
             })
         };
         let step = if small {
@@ -151,7 +154,7 @@ where
         } else {
             crate::blocking::run(step)
                 .await
-                .map_err(|e| StageError::Disk(e.to_string()))??
+                .map_err(|e| StageError::Disk(Error::Internal(e.to_string())))??
         };
         match step {
             Ok(staged) => return Ok(staged),

@@ -100,12 +100,29 @@ pub enum Error {
     Config(String),
 }
 
+/// Whether an I/O error says the archive's disk takes no more writes: full,
+/// over quota, read-only, not writable by this user, or past the file size
+/// limit. No download's fault: `fetch` and `pull` stop rather than fail the
+/// refs, which stay pending.
+pub fn disk_refuses(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        StorageFull | QuotaExceeded | ReadOnlyFilesystem | PermissionDenied | FileTooLarge
+    )
+}
+
 impl Error {
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             what: what.into(),
             source,
         }
+    }
+
+    /// Whether this is the archive's disk refusing a write ([`disk_refuses`]).
+    pub fn disk_refuses(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if disk_refuses(source))
     }
 
     /// How a command that stops on this error exits (SPEC §3).

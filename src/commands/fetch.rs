@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use super::{Context, TransferReport};
-use crate::blobs::{BlobStore, Publisher, Staged, WrongLength};
+use crate::blobs::{BlobStore, Publisher, Staged, Unfinished, WrongLength};
 use crate::catalog::BlobInfo;
 use crate::catalog::{self, Catalog};
 use crate::download::{ReadError, StageError, credentials_refused, read_object, stage_body};
@@ -259,6 +259,10 @@ impl Shared {
             Ok(blob) => {
                 self.bytes.fetch_add(blob.size, Ordering::Relaxed);
                 Outcome::Fetched { refs, blob, source }
+            }
+            Err(e) if e.disk_refuses() => {
+                self.stop.store(true, Ordering::Relaxed);
+                Outcome::Fatal(super::disk_stop(&e, "fetch"))
             }
             Err(e) => Outcome::Failed {
                 refs,
@@ -572,26 +576,28 @@ async fn from_bucket(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let reason =
-            match read_object(store, &shared.blobs, &path, &key, shared.max, "bucket").await {
-                Ok(staged) => {
-                    return Ok(Downloaded {
-                        staged,
-                        refs,
-                        source: "bucket",
-                    });
-                }
-                Err(ReadError::Missing) => return Err(Outcome::Dangling { refs }),
-                Err(ReadError::TooBig(size)) => {
-                    return Err(Outcome::Failed {
-                        refs,
-                        reason: too_big(size, shared.max),
-                    });
-                }
-                Err(ReadError::Refused(e)) => return Err(refused(store, key, refs, e)),
-                Err(ReadError::Failed(reason)) => return Err(Outcome::Failed { refs, reason }),
-                Err(ReadError::Again(reason)) => reason,
-            };
+        let reason = match read_object(store, &shared.blobs, &path, &key, shared.max, "bucket")
+            .await
+        {
+            Ok(staged) => {
+                return Ok(Downloaded {
+                    staged,
+                    refs,
+                    source: "bucket",
+                });
+            }
+            Err(ReadError::Missing) => return Err(Outcome::Dangling { refs }),
+            Err(ReadError::TooBig(size)) => {
+                return Err(Outcome::Failed {
+                    refs,
+                    reason: too_big(size, shared.max),
+                });
+            }
+            Err(ReadError::Refused(e)) => return Err(refused(store, key, refs, e)),
+            Err(ReadError::Failed(reason)) => return Err(Outcome::Failed { refs, reason }),
+            Err(ReadError::Disk(e)) => return Err(Outcome::Fatal(super::disk_stop(&e, "fetch"))),
+            Err(ReadError::Again(reason)) => reason,
+        };
         if attempt >= ATTEMPTS {
             return Err(Outcome::Failed { refs, reason });
         }
@@ -635,7 +641,8 @@ async fn from_telegram(work: TelegramWork, shared: &Shared) -> Result<Downloaded
                         source: "telegram",
                     });
                 }
-                Err(e) => e,
+                Err(Attempt::Disk(e)) => return Err(Outcome::Fatal(super::disk_stop(&e, "fetch"))),
+                Err(Attempt::Telegram(e)) => e,
             };
             match error {
                 TgError::Refused(reason) => {
@@ -725,17 +732,30 @@ async fn from_telegram(work: TelegramWork, shared: &Shared) -> Result<Downloaded
     Err(Outcome::Failed { refs, reason })
 }
 
+/// Why one download from Telegram gave no blob.
+enum Attempt {
+    Telegram(TgError),
+    /// The archive's disk refused the staging file ([`Error::disk_refuses`]).
+    Disk(Error),
+}
+
+impl From<TgError> for Attempt {
+    fn from(e: TgError) -> Self {
+        Attempt::Telegram(e)
+    }
+}
+
 /// getFile, then the download (or, from a local Bot API server, the read)
 /// into a staged blob.
 async fn download_once(
     telegram: &Telegram,
     shared: &Shared,
     file_id: &str,
-) -> Result<Staged, TgError> {
+) -> Result<Staged, Attempt> {
     let max = shared.max;
     let info = telegram.get_file(file_id).await?;
     if let Some(size) = info.file_size.filter(|s| *s > max) {
-        return Err(TgError::Refused(too_big(size, max)));
+        return Err(TgError::Refused(too_big(size, max)).into());
     }
     if Path::new(&info.file_path).is_absolute() {
         return read_local(telegram, &shared.blobs, info, max).await;
@@ -746,18 +766,20 @@ async fn download_once(
     // never stored, whatever the download's Content-Length says.
     let expected = info.file_size.or(announced);
     if let Some(size) = announced.filter(|s| *s > max) {
-        return Err(TgError::Refused(too_big(size, max)));
+        return Err(TgError::Refused(too_big(size, max)).into());
     }
     let body = response.bytes_stream();
     stage_body(&shared.blobs, body, max, expected)
         .await
         .map_err(|e| match e {
-            StageError::Body(e) => telegram.download_failed(e, None),
-            StageError::TooBig(size) => TgError::Refused(too_big(size, max)),
-            StageError::Disk(reason) => TgError::Transient(reason),
+            StageError::Body(e) => telegram.download_failed(e, None).into(),
+            StageError::TooBig(size) => TgError::Refused(too_big(size, max)).into(),
+            StageError::Disk(e) if e.disk_refuses() => Attempt::Disk(e),
+            StageError::Disk(e) => TgError::Transient(e.to_string()).into(),
             StageError::Length(WrongLength { expected, got }) => TgError::Transient(format!(
                 "the body has {got} bytes where {expected} were announced"
-            )),
+            ))
+            .into(),
         })
 }
 
@@ -770,7 +792,7 @@ async fn read_local(
     blobs: &BlobStore,
     info: FileInfo,
     max: u64,
-) -> Result<Staged, TgError> {
+) -> Result<Staged, Attempt> {
     let shown = telegram.scrub(&info.file_path);
     // The server's own directory, named plainly: no `..` to climb out of it.
     if Path::new(&info.file_path)
@@ -779,7 +801,8 @@ async fn read_local(
     {
         return Err(TgError::Refused(format!(
             "the Bot API server gave an unsafe file_path {shown:?} (with ..)"
-        )));
+        ))
+        .into());
     }
     let mut staging = blobs.stage();
     let read = crate::blocking::run(move || -> Result<Staged, LocalError> {
@@ -795,22 +818,24 @@ async fn read_local(
             if staging.size() + n as u64 > max {
                 return Err(LocalError::TooBig(staging.size() + n as u64));
             }
-            staging
-                .write(&buf[..n])
-                .map_err(|e| LocalError::Read(e.to_string()))?;
+            staging.write(&buf[..n]).map_err(LocalError::Disk)?;
         }
-        staging
-            .finish(info.file_size)
-            .map_err(|e| LocalError::Read(e.to_string()))
+        staging.finish(info.file_size).map_err(|e| match e {
+            Unfinished::Disk(e) => LocalError::Disk(e),
+            e => LocalError::Read(e.to_string()),
+        })
     })
     .await
     .map_err(|e| TgError::Transient(format!("reading {shown} stopped: {e}")))?;
     read.map_err(|e| match e {
         LocalError::Open(e) => TgError::Refused(telegram.scrub(&format!(
             "the Bot API server runs with --local and keeps this file at {shown}, which cannot be read on this machine ({e}): run starchive where that directory is readable"
-        ))),
-        LocalError::TooBig(size) => TgError::Refused(too_big(size, max)),
-        LocalError::Read(e) => TgError::Transient(telegram.scrub(&format!("{shown}: {e}"))),
+        )))
+        .into(),
+        LocalError::TooBig(size) => TgError::Refused(too_big(size, max)).into(),
+        LocalError::Disk(e) if e.disk_refuses() => Attempt::Disk(e),
+        LocalError::Disk(e) => TgError::Transient(e.to_string()).into(),
+        LocalError::Read(e) => TgError::Transient(telegram.scrub(&format!("{shown}: {e}"))).into(),
     })
 }
 
@@ -825,6 +850,8 @@ enum LocalError {
     TooBig(u64),
     /// Failed midway or does not match `file_size`: tried again.
     Read(String),
+    /// The staging file could not be written.
+    Disk(Error),
 }
 
 /// 401/403 from the bucket. Refused credentials stop the run (nothing else

@@ -250,6 +250,10 @@ async fn pull_blob(shared: &Shared, blob: BlobToPull) -> Outcome {
                         shared.bytes.fetch_add(blob.size, Ordering::Relaxed);
                         Outcome::Stored(blob)
                     }
+                    Err(e) if e.disk_refuses() => {
+                        shared.stop.store(true, Ordering::Relaxed);
+                        Outcome::Fatal(super::disk_stop(&e, &pull_again(store)))
+                    }
                     Err(e) => Outcome::Failed {
                         sha256,
                         reason: e.to_string(),
@@ -269,6 +273,10 @@ async fn pull_blob(shared: &Shared, blob: BlobToPull) -> Outcome {
                 break format!("source {key}: {got} bytes where the manifest says {size}");
             }
             Err(ReadError::Failed(reason)) => break reason,
+            Err(ReadError::Disk(e)) => {
+                shared.stop.store(true, Ordering::Relaxed);
+                return Outcome::Fatal(super::disk_stop(&e, &pull_again(store)));
+            }
             Err(ReadError::Again(reason)) => reason,
         };
         if attempt >= ATTEMPTS {
@@ -282,6 +290,11 @@ async fn pull_blob(shared: &Shared, blob: BlobToPull) -> Outcome {
         .await;
     };
     Outcome::Failed { sha256, reason }
+}
+
+/// The command that resumes this pull.
+fn pull_again(store: &Store) -> String {
+    format!("pull --from {}", store.shown)
 }
 
 /// Whether `text` is a SHA-256 as blobs are named: 64 lower-case hex digits.

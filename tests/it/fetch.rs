@@ -8,6 +8,7 @@
 mod bench;
 mod bots;
 mod dangling;
+mod disk;
 mod hostile_api;
 mod repair;
 

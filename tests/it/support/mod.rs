@@ -26,6 +26,7 @@ pub mod run;
 pub mod s3;
 pub mod supabase;
 pub mod telegram;
+pub mod tmpfs;
 
 use std::convert::Infallible;
 use std::future::Future;
