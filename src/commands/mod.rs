@@ -197,6 +197,15 @@ impl std::fmt::Display for TransferReport {
     }
 }
 
+/// What `fetch` or `pull` (`command`) stops with when the archive's disk
+/// refuses a write ([`crate::error::Error::disk_refuses`]): no file's fault, so no ref is
+/// failed for it.
+pub(crate) fn disk_stop(e: &crate::error::Error, command: &str) -> String {
+    format!(
+        "{e}: the archive's disk takes no more writes: free space there (or raise the quota, or make the archive writable), then run `starchive {command}` again; what was stored stays, the refs not stored are still pending"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,13 +224,4 @@ mod tests {
                 .contains("error: _starchive/catalog.sqlite.zst")
         );
     }
-}
-
-/// What `fetch` or `pull` (`command`) stops with when the archive's disk
-/// refuses a write ([`crate::error::Error::disk_refuses`]): no file's fault, so no ref is
-/// failed for it.
-pub(crate) fn disk_stop(e: &crate::error::Error, command: &str) -> String {
-    format!(
-        "{e}: the archive's disk takes no more writes: free space there (or raise the quota, or make the archive writable), then run `starchive {command}` again; what was stored stays, the refs not stored are still pending"
-    )
 }
