@@ -80,7 +80,8 @@ pub fn any_read_from_bucket(conn: &Connection, envs: &Option<String>) -> Result<
 
 /// Resolves pending refs to blobs already fetched for the same file: the same
 /// (present) storage key, or, for refs read through Telegram, the same
-/// `file_id`. Returns how many refs were resolved.
+/// `file_id`, or the same `file_id` and key together. Returns how many refs
+/// were resolved.
 pub fn resolve_known(conn: &Connection, envs: &Option<String>) -> Result<usize> {
     // `storage_key` has no index: the keys already read are gathered once
     // (the join gets an automatic index), rather than a correlated subquery
@@ -118,7 +119,27 @@ pub fn resolve_known(conn: &Connection, envs: &Option<String>) -> Result<usize> 
         ),
         params![envs, super::now_text()],
     )?;
-    Ok(by_key + by_file_id)
+    // A ref with both a key and a file_id that another ref fetched from
+    // Telegram names together (a `stickers` row `backfill --sync-stickers`
+    // added for a session's sticker, with the key it wrote from that very
+    // blob): the same file, by both names. Such fetched refs are few; the
+    // pending refs of their file_ids are found through `refs_file_id`.
+    let by_both = conn.execute(
+        &format!(
+            "UPDATE refs SET state = 'fetched', reason = NULL, updated_at = ?2,
+                sha256 = k.sha256, source = k.source
+             FROM (SELECT telegram_file_id AS file_id, storage_key AS key,
+                          min(sha256) AS sha256, source
+                   FROM refs NOT INDEXED
+                   WHERE telegram_file_id IS NOT NULL AND storage_key IS NOT NULL
+                     AND sha256 IS NOT NULL AND source = 'telegram'
+                   GROUP BY telegram_file_id, storage_key) AS k
+             WHERE refs.telegram_file_id = k.file_id AND refs.storage_key = k.key
+               AND refs.state = 'pending' AND refs.key_dangling = 0 AND {ENV_FILTER}"
+        ),
+        params![envs, super::now_text()],
+    )?;
+    Ok(by_key + by_file_id + by_both)
 }
 
 /// Pending refs with a storage key not known to be dangling, grouped by key.

@@ -1504,3 +1504,47 @@ fn refs_sha(bot: &Bot) -> BTreeMap<String, Option<String>> {
         .collect::<Result<_, _>>()
         .expect("rows")
 }
+
+/// The `stickers` rows `backfill --apply --sync-stickers` adds name each
+/// session sticker's file by its file_id and by the key backfill wrote from
+/// that very blob: new refs, resolved to that blob by the next fetch with
+/// no download from the bucket or Telegram.
+#[test]
+fn sync_stickers_rows_resolve_to_their_files_blob_without_a_download() {
+    const N: usize = 5;
+    let bot = Bot::generated(N);
+    bot.backfill(&["--apply", "--sync-stickers"]).expect_code(0);
+    bot.snapshot();
+    let requests = bot.tg.total_requests();
+    let fetched = bot.fetch(&[]).expect_code(0).json();
+    assert_eq!(
+        (&fetched["done"], &fetched["bytes"], &fetched["pending"]),
+        (&N.into(), &0.into(), &0.into()),
+        "{fetched}"
+    );
+    assert_eq!(bot.tg.total_requests(), requests);
+    let conn = rusqlite::Connection::open_with_flags(
+        bot.archive.path().join("catalog.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open catalog");
+    // Each sticker row's blob is that of the session sticker it was added for.
+    let mismatched: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM refs t JOIN refs s
+                 ON s.class = 'session_sticker' AND s.telegram_file_id = t.telegram_file_id
+             WHERE t.class = 'sticker' AND (t.state <> 'fetched' OR t.sha256 IS NOT s.sha256)",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(mismatched, 0);
+    let stickers: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM refs WHERE class = 'sticker'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(stickers, N as i64);
+}
