@@ -78,7 +78,8 @@ fn run(command: Command, ctx: &Context, printer: &Printer) -> Result<ExitStatus,
         }
         Command::Plan => printer.report(&commands::plan::plan(ctx)?),
         Command::Status(args) => {
-            printer.report(&commands::status::status(ctx, args.full.full)?);
+            let tokens = commands::fetch::TelegramTokens::from_vars(std::env::vars_os());
+            printer.report(&commands::status::status(ctx, args.full.full, &tokens)?);
         }
         Command::Fetch(args) => {
             let report = commands::fetch::fetch(ctx, &fetch_options(&args))?;

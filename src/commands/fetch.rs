@@ -152,7 +152,7 @@ fn tokenless_note(left: &[catalog::fetch::FileIdWork], tokens: &TelegramTokens) 
 /// For each env whose refs failed with Telegram's `wrong file_id` while its
 /// own token variable is unset (they were asked of the default bot, which
 /// cannot read another bot's files): the variable to set.
-fn wrong_bot_notes(failures: &[(String, u64)], tokens: &TelegramTokens) -> Vec<String> {
+pub fn wrong_bot_notes(failures: &[(String, u64)], tokens: &TelegramTokens) -> Vec<String> {
     failures
         .iter()
         .filter_map(|(env, n)| {

@@ -351,6 +351,32 @@ fn wrong_file_id_of_an_env_without_its_token_names_its_variable() {
     .stdout
     .clone();
     assert!(text.contains("set TELEGRAM_BOT_TOKEN_STAGING_EU"), "{text}");
+    // status says it too, while the variable is unset.
+    let status = |token: Option<&str>| {
+        let mut cmd = bin();
+        cmd.arg("--archive")
+            .arg(&archive)
+            .args(["--json", "status"]);
+        if let Some(token) = token {
+            cmd.env("TELEGRAM_BOT_TOKEN_STAGING_EU", token);
+        }
+        run(&mut cmd).expect_code(0).json()
+    };
+    let doc = status(None);
+    assert!(
+        doc["notes"]
+            .to_string()
+            .contains("2 refs of env staging-eu failed with Telegram's \\\"wrong file_id\\\""),
+        "{doc:#}"
+    );
+    // Set: no note for its env (the prod ref of the staging bot's file
+    // has one of its own: prod has no variable of its own either).
+    let doc = status(Some(TOKEN_EU));
+    assert!(!doc.to_string().contains("STAGING_EU"), "{doc:#}");
+    assert!(
+        doc["notes"].to_string().contains("TELEGRAM_BOT_TOKEN_PROD"),
+        "{doc:#}"
+    );
 
     // With its token: fetched, and the note is gone.
     let doc = run(fetch_cmd(&archive, None, Some(&tg))
