@@ -1397,6 +1397,24 @@ fn check_after_apply_counts_backfilled_objects_by_their_row() {
             after["bucket"]
         );
     }
+    // By env: each object counts in the env of the row whose column it filled.
+    let by_env: u64 = ["prod", "test"]
+        .iter()
+        .map(|env| {
+            let doc = bot
+                .run(&["--json", "--env", env, "check", "--storage", &storage])
+                .json();
+            assert!(
+                orphan_keys(&doc).is_disjoint(&uploaded),
+                "{env}: {:#}",
+                doc["bucket"]
+            );
+            doc["bucket"]["backfilled_since_snapshot"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(by_env, 8);
     let dangling = |doc: &Value| doc["bucket"]["dangling"].as_array().map(Vec::len);
     assert_eq!(dangling(&after), Some(0), "{:#}", after["bucket"]);
     let text = bot.run(&["check", "--storage", &storage]).stdout.clone();
