@@ -194,6 +194,14 @@ fn redact_older_sources(tx: &Transaction) -> Result<()> {
     Ok(())
 }
 
+/// Whether the catalog holds stickers rows (the next snapshot is a
+/// re-snapshot of them).
+pub fn has_stickers(catalog: &Catalog) -> Result<bool> {
+    Ok(catalog
+        .conn()
+        .query_row("SELECT EXISTS (SELECT 1 FROM stickers)", [], |r| r.get(0))?)
+}
+
 /// The setting migration 8 leaves for the next snapshot.
 const REFRESH_TYPED: &str = "refresh_typed";
 

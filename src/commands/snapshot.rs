@@ -18,13 +18,14 @@ pub fn snapshot(ctx: &Context, db: &str) -> Result<SnapshotReport> {
     // session, the changes listed) get a cache of their own.
     catalog.set_temp_in_file(TEMP_CACHE_KIB)?;
     let include_photos = catalog.setting(INCLUDE_PHOTOS)?.as_deref() == Some("true");
+    let resnapshot = crate::catalog::snapshot::has_stickers(&catalog)?;
     let (tx, mut rx) = mpsc::channel(4);
     let producer = match &spec {
         SourceSpec::Postgres(url) => {
             let url = url.clone();
             ctx.runtime.spawn(async move {
                 let mut out = Batcher::new(tx);
-                source::postgres::read(&url, &mut out).await
+                source::postgres::read(&url, &mut out, resnapshot).await
             })
         }
         SourceSpec::CsvDir(dir) => {

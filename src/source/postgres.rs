@@ -73,22 +73,32 @@ pub async fn connect(url: &str) -> Result<Client> {
     Ok(client)
 }
 
+/// The transaction every read runs in: one consistent state, in UTC (the
+/// text of a `timestamptz` depends on the time zone). A role's timeouts
+/// (Supabase sets them) would cut the read of a large table, which goes
+/// only as fast as the catalog writes: lifted for this transaction alone,
+/// which a transaction pooler also honours. `{SNAPSHOT}`: where a second
+/// connection takes the first one's state.
+const BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {SNAPSHOT}\
+     SET LOCAL TIME ZONE 'UTC'; SET LOCAL statement_timeout = 0; \
+     SET LOCAL idle_in_transaction_session_timeout = 0";
+
+/// A table with at least this many rows (as the planner estimates them) is
+/// read over two connections in a re-snapshot ([`split_read`]).
+const SPLIT_MIN_ROWS: i64 = 10_000;
+
 /// Reads the three tables in one consistent transaction into `out`.
-pub async fn read(url: &str, out: &mut Batcher) -> Result<()> {
+/// `split_stickers`: the catalog holds stickers already (a re-snapshot),
+/// and a large stickers table may be read in two halves at once.
+pub async fn read(url: &str, out: &mut Batcher, split_stickers: bool) -> Result<()> {
     let shown = crate::redact::conninfo::shown(url);
     let db_err = |e: tokio_postgres::Error| Error::Database {
         url: shown.clone(),
         message: pg_message(&e),
     };
     let client = connect(url).await?;
-    // A role's timeouts (Supabase sets them) would cut the read of a large
-    // table, which goes only as fast as the catalog writes: lifted for this
-    // transaction alone, which a transaction pooler also honours.
     client
-        .batch_execute(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL TIME ZONE 'UTC'; \
-             SET LOCAL statement_timeout = 0; SET LOCAL idle_in_transaction_session_timeout = 0",
-        )
+        .batch_execute(&BEGIN.replace("{SNAPSHOT}", ""))
         .await
         .map_err(db_err)?;
     // Per table: whether it exists, and whether it has an `id` column.
@@ -136,12 +146,36 @@ pub async fn read(url: &str, out: &mut Batcher) -> Result<()> {
         // In id order (the primary key's index scan, no sort): the catalog's
         // indexes on ids then grow at their end instead of at random pages,
         // which makes a large snapshot several times cheaper to write.
-        let order = if yes(2 + 2 * i) { " ORDER BY t.id" } else { "" };
+        let ordered = yes(2 + 2 * i);
+        let order = if ordered { " ORDER BY t.id" } else { "" };
         let sql = format!(
             "SELECT to_jsonb(t)::text FROM public.{} t{order}",
             table.name()
         );
-        let stream = client.simple_query_raw(&sql).await.map_err(db_err)?;
+        let split = if split_stickers && ordered && table == Table::Stickers {
+            split_read(url, &client, table).await
+        } else {
+            None
+        };
+        let stream = match &split {
+            Some((second, at)) => {
+                let t = table.name();
+                let below = format!(
+                    "SELECT to_jsonb(t)::text FROM public.{t} t WHERE t.id < {at} ORDER BY t.id"
+                );
+                let above = format!(
+                    "SELECT to_jsonb(t)::text FROM public.{t} t WHERE t.id >= {at} ORDER BY t.id"
+                );
+                let below = client.simple_query_raw(&below).await.map_err(db_err)?;
+                let above = second.simple_query_raw(&above).await.map_err(db_err)?;
+                futures::stream::select(below, above).left_stream()
+            }
+            None => client
+                .simple_query_raw(&sql)
+                .await
+                .map_err(db_err)?
+                .right_stream(),
+        };
         futures::pin_mut!(stream);
         while let Some(msg) = stream.next().await {
             if let SimpleQueryMessage::Row(row) = msg.map_err(db_err)? {
@@ -157,9 +191,69 @@ pub async fn read(url: &str, out: &mut Batcher) -> Result<()> {
                 out.push(event).await?;
             }
         }
+        if let Some((second, _)) = split {
+            second.batch_execute("COMMIT").await.map_err(db_err)?;
+        }
     }
     client.batch_execute("COMMIT").await.map_err(db_err)?;
     out.flush().await
+}
+
+/// For a large table read in id order: a second connection in the same
+/// state as `client` (its exported snapshot) and the id (an SQL literal)
+/// that splits the table in two halves, by the planner's statistics, so
+/// that the two halves are read at once. The database then reads the table
+/// about as fast as without the order (each half is an index scan, whose
+/// random visits of the table are most of the cost of reading in id order),
+/// while the catalog still sees each half in id order, at two places of its
+/// indexes instead of one. `None` (one connection, as for a small table)
+/// when the table has no statistics or the second connection cannot be had.
+async fn split_read(url: &str, client: &Client, table: Table) -> Option<(Client, String)> {
+    let found = simple_values(
+        client,
+        &format!(
+            "SELECT quote_literal(b[array_length(b, 1) / 2 + 1]), quote_literal(pg_export_snapshot())
+             FROM (SELECT histogram_bounds::text::text[] AS b FROM pg_stats
+                   WHERE schemaname = 'public' AND tablename = '{t}' AND attname = 'id'
+                     AND NOT inherited) s
+             WHERE (SELECT reltuples FROM pg_class WHERE oid = to_regclass('public.{t}')) >= {SPLIT_MIN_ROWS}",
+            t = table.name()
+        ),
+    )
+    .await;
+    let (at, snapshot) = match found.as_deref() {
+        Ok([Some(at), Some(snapshot)]) => (at.clone(), snapshot.clone()),
+        Ok(_) => return None,
+        Err(e) => {
+            tracing::debug!(
+                "{}: read on one connection: {}",
+                table.name(),
+                pg_message(e)
+            );
+            return None;
+        }
+    };
+    let second = match connect(url).await {
+        Ok(second) => second,
+        Err(e) => {
+            tracing::debug!("{}: read on one connection: {e}", table.name());
+            return None;
+        }
+    };
+    let begin = BEGIN.replace(
+        "{SNAPSHOT}",
+        &format!("SET TRANSACTION SNAPSHOT {snapshot}; "),
+    );
+    if let Err(e) = second.batch_execute(&begin).await {
+        tracing::debug!(
+            "{}: read on one connection: {}",
+            table.name(),
+            pg_message(&e)
+        );
+        return None;
+    }
+    tracing::debug!("{}: read in two halves, split at {at}", table.name());
+    Some((second, at))
 }
 
 async fn simple_values(

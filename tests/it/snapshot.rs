@@ -673,6 +673,131 @@ fn a_first_snapshot_writes_the_refs_a_full_derivation_finds() {
     }
 }
 
+/// A re-snapshot reads a large stickers table in two halves at once, over
+/// two connections in one state: while it runs, another connection keeps
+/// committing pairs of stickers, one in each half (ids from `00000000-` and
+/// from `ffffffff-`). Every pair is in the catalog whole or not at all, the
+/// pairs are those committed before one instant, and every other row is as
+/// the database has it, with the rows changed and removed in both halves
+/// counted.
+#[test]
+fn a_large_table_is_read_in_two_halves_of_one_state() {
+    let pg = TestPg::start();
+    pg.create_db("bot");
+    pg.load_schema("bot");
+    pg.psql(
+        "bot",
+        "INSERT INTO stickers (user_id, telegram_file_id, result_storage_path)
+         SELECT g, 'file_' || g, 'stickers/' || g || '/x.webp' FROM generate_series(1, 30000) g;
+         ANALYZE stickers;",
+    );
+    let url = pg.url("bot");
+    let archive = temp_dir();
+    snapshot_ok(archive.path(), &url, &[]);
+    // Changes in both halves of the ids (random uuids: about half each).
+    pg.psql(
+        "bot",
+        "UPDATE stickers SET style_preset_id = 'changed' WHERE user_id % 100 = 1;
+         DELETE FROM stickers WHERE user_id % 100 = 2;",
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, committed, url) = (stop.clone(), committed.clone(), url.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .expect("writer connects");
+                tokio::spawn(connection);
+                let mut g: u64 = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    g += 1;
+                    let sql = format!(
+                        "BEGIN;
+                         INSERT INTO stickers (id, user_id, style_preset_id, telegram_file_id)
+                           VALUES ('00000000-0000-4000-9000-{g:012x}', {g}, 'pair', 'low-{g}'),
+                                  ('ffffffff-0000-4000-9000-{g:012x}', {g}, 'pair', 'high-{g}');
+                         COMMIT;"
+                    );
+                    client
+                        .batch_execute(&sql)
+                        .await
+                        .expect("writer commits a pair");
+                    committed.store(g, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            });
+        })
+    };
+    while committed.load(Ordering::SeqCst) < 20 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let child = bin()
+        .env("STARCHIVE_LOG", "starchive=debug")
+        .arg("--archive")
+        .arg(archive.path())
+        .args(["snapshot", "--json", "--db", &url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn snapshot");
+    let out = wait_with_limit(child, Duration::from_secs(60));
+    let at_exit = committed.load(Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
+    writer.join().expect("writer thread");
+    assert_eq!(out.status.code(), Some(0), "snapshot:\n{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("stickers: read in two halves"),
+        "the stickers were read in two halves:\n{}",
+        stderr(&out)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("report");
+
+    let conn = catalog(archive.path());
+    let pairs: BTreeMap<u64, i64> = conn
+        .prepare(
+            "SELECT CAST(user_id AS INTEGER), count(*) FROM stickers
+             WHERE style_preset_id = 'pair' GROUP BY 1",
+        )
+        .expect("prepare")
+        .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect();
+    for (g, n) in &pairs {
+        assert_eq!(*n, 2, "pair {g} is torn: both halves must be in one state");
+    }
+    let k = pairs.len() as u64;
+    assert_eq!(
+        pairs.keys().copied().collect::<BTreeSet<_>>(),
+        (1..=k).collect::<BTreeSet<_>>(),
+        "the pairs of one instant: a prefix of the commit order"
+    );
+    assert!(
+        at_exit > k && k >= 20,
+        "pairs were committed while the snapshot read ({k} in, {at_exit} committed)"
+    );
+    let (rows, added, changed, removed, _) = counts(&report, "stickers");
+    assert_eq!((rows, added), (29_700 + 2 * k, 2 * k), "{report}");
+    assert_eq!((changed, removed), (300, 300), "{report}");
+    let not_pairs = |rows: BTreeMap<String, Value>| -> BTreeMap<String, Value> {
+        rows.into_iter()
+            .filter(|(_, v)| v["style_preset_id"] != "pair")
+            .collect()
+    };
+    assert_eq!(
+        not_pairs(catalog_rows(&conn, "stickers")),
+        not_pairs(pg_rows(&pg, "bot", "stickers")),
+        "every other row as the database has it"
+    );
+}
+
 /// While a snapshot of big tables runs, another connection keeps committing
 /// groups (a session, its pack batch and 3 stickers in one transaction). The
 /// catalog holds every group whole or not at all, and exactly the groups
