@@ -22,6 +22,10 @@ pub enum ReadError {
     /// The archive's disk refused the staging file ([`Error::disk_refuses`]):
     /// stop, no object would fare better.
     Disk(Error),
+    /// A client error about this key alone ([`S3Answer::is_about_the_key`]:
+    /// a 4xx such as Supabase's 400 InvalidKey for a non-ASCII key): the
+    /// store will not serve it, but the file may be had elsewhere.
+    Unreadable(String),
     /// For good: the local disk, or a fault the store's client already
     /// retried (object_store's `RetryConfig` retries 5xx, 429, timeouts and
     /// broken connections, and resumes a broken body with a ranged GET when
@@ -56,7 +60,15 @@ pub async fn read_object(
             e @ (object_store::Error::PermissionDenied { .. }
             | object_store::Error::Unauthenticated { .. }),
         ) => return Err(ReadError::Refused(e)),
-        Err(e) => return Err(ReadError::Failed(format!("{what} {key}: {e}"))),
+        Err(e) => {
+            return Err(match S3Answer::of(&e) {
+                Some(a) if a.is_about_the_key() => {
+                    ReadError::Unreadable(format!("{what} {key}: {a}"))
+                }
+                Some(a) => ReadError::Failed(format!("{what} {key}: {a}")),
+                None => ReadError::Failed(format!("{what} {key}: {e}")),
+            });
+        }
     };
     let size = result.meta.size;
     let resumable = result.meta.e_tag.is_some();
@@ -75,6 +87,89 @@ pub async fn read_object(
                 "{what} {key}: body of {got} bytes where {expected} were announced"
             )),
         })
+}
+
+/// What an S3 error answer says: its HTTP status, and the `Code` and
+/// `Message` of its XML body (unescaped). Reasons carry these, never the raw
+/// body (a kilobyte of XML, the request's URL with it).
+#[derive(Debug, PartialEq, Eq)]
+pub struct S3Answer {
+    pub status: u16,
+    pub code: Option<String>,
+    pub message: Option<String>,
+}
+
+/// Codes that say the bucket or the credentials are wrong, or the server
+/// is busy, not that one key cannot be read (with [`crate::stores::CREDENTIAL_ERRORS`]).
+const NOT_ABOUT_THE_KEY: &[&str] = &[
+    "NoSuchBucket",
+    "InvalidBucketName",
+    "AccessDenied",
+    "AllAccessDisabled",
+    "AccountProblem",
+    "AuthorizationHeaderMalformed",
+    "RequestTimeTooSkewed",
+    "SlowDown",
+    "RequestTimeout",
+];
+
+impl S3Answer {
+    /// The answer `e` carries (object_store shows it as `Server returned
+    /// non-2xx status code: 400 Bad Request: <?xml …`), if any.
+    pub fn of(e: &object_store::Error) -> Option<S3Answer> {
+        Self::parse(&e.to_string())
+    }
+
+    fn parse(text: &str) -> Option<S3Answer> {
+        const STATUS: &str = "status code: ";
+        let at = text.find(STATUS)? + STATUS.len();
+        let status = text.get(at..at + 3)?.parse().ok()?;
+        let body = &text[at..];
+        let field = |name: &str| {
+            let open = format!("<{name}>");
+            let start = body.find(&open)? + open.len();
+            let end = start + body[start..].find(&format!("</{name}>"))?;
+            let raw = &body[start..end];
+            let text =
+                quick_xml::escape::unescape(raw).map_or_else(|_| raw.into(), |t| t.into_owned());
+            Some(text.trim().to_string())
+        };
+        Some(S3Answer {
+            status,
+            code: field("Code"),
+            message: field("Message"),
+        })
+    }
+
+    /// A client error about the key asked for: a 4xx other than the
+    /// credentials (401, 403), a missing key (404), a timeout or throttling
+    /// (408, 429), and not one of the codes about the bucket or the
+    /// credentials ([`NOT_ABOUT_THE_KEY`]).
+    pub fn is_about_the_key(&self) -> bool {
+        let code = self.code.as_deref().unwrap_or("");
+        (400..500).contains(&self.status)
+            && !matches!(self.status, 401 | 403 | 404 | 408 | 429)
+            && !NOT_ABOUT_THE_KEY.contains(&code)
+            && !crate::stores::CREDENTIAL_ERRORS.contains(&code)
+    }
+}
+
+impl std::fmt::Display for S3Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HTTP {}", self.status)?;
+        if let Some(code) = &self.code {
+            write!(f, " {code}")?;
+        }
+        if let Some(message) = &self.message {
+            write!(f, ": {message}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `e` in a line: the [`S3Answer`] it carries, else its text.
+pub fn describe(e: &object_store::Error) -> String {
+    S3Answer::of(e).map_or_else(|| e.to_string(), |a| a.to_string())
 }
 
 /// Why a body gave no staged blob.
@@ -198,6 +293,38 @@ mod tests {
             max,
             expected,
         ))
+    }
+
+    #[test]
+    fn an_s3_answer_is_its_status_code_and_message_never_its_xml() {
+        let text = "Generic S3 error: Error performing GET http://h/s3/b/k in 11ms - Server returned non-2xx status code: 400 Bad Request: <?xml version=\"1.0\"?><Error xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Resource>b/k</Resource><Code>InvalidKey</Code><Message>Invalid key: a&amp;b ünï</Message></Error>";
+        let answer = S3Answer::parse(text).expect("an answer");
+        assert_eq!(
+            answer.to_string(),
+            "HTTP 400 InvalidKey: Invalid key: a&b ünï"
+        );
+        assert!(answer.is_about_the_key());
+        let about = |status: u16, code: &str| {
+            S3Answer {
+                status,
+                code: Some(code.into()),
+                message: None,
+            }
+            .is_about_the_key()
+        };
+        assert!(about(400, "InvalidArgument"));
+        assert!(about(416, "InvalidRange"));
+        for (status, code) in [
+            (400, "AuthorizationHeaderMalformed"),
+            (400, "InvalidAccessKeyId"),
+            (403, "AccessDenied"),
+            (404, "NoSuchKey"),
+            (429, "SlowDown"),
+            (500, "InternalError"),
+        ] {
+            assert!(!about(status, code), "{status} {code}");
+        }
+        assert_eq!(S3Answer::parse("connection reset"), None);
     }
 
     #[test]

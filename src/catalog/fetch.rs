@@ -242,6 +242,26 @@ pub fn mark_dangling(tx: &Transaction, refs: &[i64]) -> Result<()> {
     Ok(())
 }
 
+/// Refs whose key the bucket will not serve (`reason`): those with a
+/// file_id are fetched from Telegram as for a missing key (the key is
+/// dangling for the fetch; a fetch with --storage tries it again), the
+/// others fail with the reason.
+pub fn mark_unreadable(tx: &Transaction, refs: &[i64], reason: &str) -> Result<()> {
+    mark_dangling(tx, refs)?;
+    let reason = crate::redact::text(&format!(
+        "{reason}; no file_id to fetch it from Telegram instead"
+    ));
+    let mut stmt = tx.prepare_cached(
+        "UPDATE refs SET state = 'failed', reason = ?2, updated_at = ?3
+         WHERE id = ?1 AND telegram_file_id IS NULL",
+    )?;
+    let now = super::now_text();
+    for id in refs {
+        stmt.execute(params![id, reason, now])?;
+    }
+    Ok(())
+}
+
 /// Marks refs failed; the reason is scrubbed of secrets here, where every
 /// fetch failure enters the catalog.
 pub fn mark_failed(tx: &Transaction, refs: &[i64], reason: &str) -> Result<()> {

@@ -183,6 +183,13 @@ enum Outcome {
         refs: Vec<i64>,
         reason: String,
     },
+    /// The bucket will not serve the key ([`ReadError::Unreadable`]): its
+    /// refs with a file_id fall back to Telegram as for a missing key, the
+    /// others fail with the reason.
+    Unreadable {
+        refs: Vec<i64>,
+        reason: String,
+    },
     /// A configuration error (the token or the bucket's credentials are
     /// refused): stop, with this message.
     Fatal(String),
@@ -548,6 +555,13 @@ fn commit(catalog: &mut Catalog, batch: Vec<Outcome>, stopped: &mut Stopped) -> 
                 tracing::warn!("fetch failed for {names}: {reason}");
                 catalog::fetch::mark_failed(&tx, &refs, &reason)?
             }
+            Outcome::Unreadable { refs, reason } => {
+                let names = catalog::fetch::ref_names(&tx, &refs)?;
+                tracing::warn!(
+                    "{reason}: the bucket cannot serve this key; {names} fall back to the file_id"
+                );
+                catalog::fetch::mark_unreadable(&tx, &refs, &reason)?
+            }
             Outcome::Fatal(reason) => stopped.fatal = Some(reason),
             Outcome::Unreachable(reason) => stopped.unreachable = Some(reason),
             Outcome::Cancelled => {}
@@ -595,6 +609,9 @@ async fn from_bucket(
             }
             Err(ReadError::Refused(e)) => return Err(refused(store, key, refs, e)),
             Err(ReadError::Failed(reason)) => return Err(Outcome::Failed { refs, reason }),
+            Err(ReadError::Unreadable(reason)) => {
+                return Err(Outcome::Unreadable { refs, reason });
+            }
             Err(ReadError::Disk(e)) => return Err(Outcome::Fatal(super::disk_stop(&e, "fetch"))),
             Err(ReadError::Again(reason)) => reason,
         };
@@ -859,7 +876,7 @@ enum LocalError {
 /// for a missing key when listing is not allowed) fails that key's refs.
 /// Neither is retried.
 fn refused(store: &Store, key: String, refs: Vec<i64>, e: object_store::Error) -> Outcome {
-    let text = e.to_string();
+    let text = crate::download::describe(&e);
     if credentials_refused(&e) {
         Outcome::Fatal(format!(
             "the bucket {} refused the credentials ({text}): check STARCHIVE_STORAGE_ACCESS_KEY_ID and STARCHIVE_STORAGE_SECRET_ACCESS_KEY (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY); what was fetched stays fetched",

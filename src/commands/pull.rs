@@ -268,11 +268,13 @@ async fn pull_blob(shared: &Shared, blob: BlobToPull) -> Outcome {
                     store.shown
                 ));
             }
-            Err(ReadError::Refused(e)) => break format!("source {key}: {e}"),
+            Err(ReadError::Refused(e)) => {
+                break format!("source {key}: {}", crate::download::describe(&e));
+            }
             Err(ReadError::TooBig(got)) => {
                 break format!("source {key}: {got} bytes where the manifest says {size}");
             }
-            Err(ReadError::Failed(reason)) => break reason,
+            Err(ReadError::Failed(reason) | ReadError::Unreadable(reason)) => break reason,
             Err(ReadError::Disk(e)) => {
                 shared.stop.store(true, Ordering::Relaxed);
                 return Outcome::Fatal(super::disk_stop(&e, &pull_again(store)));

@@ -193,3 +193,62 @@ fn one_dangling_key_beside_keys_read_gets_no_prefix_hint() {
         }
     }
 }
+
+/// Supabase answers 400 InvalidKey for a key it cannot name (non-ASCII):
+/// the bucket will not serve it, but its file_id can. The ref falls back to
+/// Telegram as for a missing key; one without a file_id fails with S3's
+/// code and message, never the answer's XML.
+#[test]
+fn a_key_the_real_supabase_refuses_falls_back_to_the_file_id() {
+    let server = crate::support::supabase::supabase();
+    let bucket = server.bucket();
+    let readable = "stickers/1/ok.webp";
+    bucket.objects.put(readable, sticker_bytes(7, 900));
+    let (tg, ids) = super::telegram_with_files(2, 1000);
+    let refused = ["stickers/1/ünï cødé.webp", "stickers/1/ñø_fîlé_id.webp"];
+    let mut db = Db::per_env();
+    db.in_env("prod", Some(&ids[0]), Some(refused[0]))
+        .in_env("prod", Some(&ids[1]), Some(readable))
+        .in_env("prod", None, Some(refused[1]));
+    let dir = temp_dir();
+    let archive = db.snapshotted(dir.path());
+    let fetch = || {
+        let mut cmd = fetch_cmd(&archive, None, Some(&tg));
+        cmd.arg("--storage")
+            .arg(bucket.store_url(""))
+            .envs(server.env("STORAGE"));
+        run(&mut cmd)
+    };
+    let out = fetch();
+    out.expect_code(3);
+    assert!(!out.stderr.contains("<?xml"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("InvalidKey") && out.stderr.contains("fall back"),
+        "the warning notes the key unreadable: {}",
+        out.stderr
+    );
+    let by_key = |key: &str| {
+        refs(&archive)
+            .into_iter()
+            .find(|r| r.key.as_deref() == Some(key))
+            .expect("the ref")
+    };
+    let from_tg = by_key(refused[0]);
+    assert_eq!(from_tg.state, "fetched", "{from_tg:?}");
+    assert_eq!(from_tg.source.as_deref(), Some("telegram"), "{from_tg:?}");
+    assert_eq!(by_key(readable).source.as_deref(), Some("bucket"));
+    let failed = by_key(refused[1]);
+    assert_eq!(failed.state, "failed", "{failed:?}");
+    let reason = failed.reason.clone().unwrap_or_default();
+    assert!(reason.contains("HTTP 400 InvalidKey"), "{reason}");
+    assert!(reason.contains(refused[1]), "names the key: {reason}");
+    assert!(
+        !reason.contains('<') && reason.len() < 300,
+        "no XML: {reason}"
+    );
+    // The next fetch leaves them so, and says nothing of XML either.
+    let out = fetch();
+    out.expect_code(3);
+    assert!(!out.stderr.contains("<?xml"), "{}", out.stderr);
+    assert_eq!(by_key(refused[0]).state, "fetched");
+}
