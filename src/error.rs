@@ -125,6 +125,23 @@ impl Error {
         matches!(self, Error::Io { source, .. } if disk_refuses(source))
     }
 
+    /// Whether this says the archive cannot be written by this user (its
+    /// directory, lock file or catalog read-only): what read-only commands
+    /// work around.
+    pub fn cannot_write(&self) -> bool {
+        match self {
+            Error::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+            ),
+            Error::Catalog(e) => matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen)
+            ),
+            _ => false,
+        }
+    }
+
     /// How a command that stops on this error exits (SPEC §3).
     pub fn exit_status(&self) -> ExitStatus {
         match self {

@@ -144,6 +144,9 @@ pub struct Catalog {
     dir: PathBuf,
     /// The archive's lock; `None` for a read-only catalog.
     _lock: Option<ArchiveLock>,
+    /// Where a read-only catalog read from an archive that cannot be
+    /// written was copied to be migrated (removed when dropped).
+    _copy: Option<tempfile::TempDir>,
 }
 
 /// The archive's exclusive lock, held until dropped.
@@ -170,6 +173,40 @@ impl ArchiveLock {
         // Fails, as it should, when the directory holds anything.
         let _ = std::fs::remove_dir(dir);
     }
+}
+
+/// A read-only connection to the catalog at `path` (`immutable`: SQLite
+/// takes no lock and reads no WAL, see [`Catalog::open_read_only`]), and
+/// its `user_version`, read to find out whether the catalog can be read.
+fn read_only_conn(path: &Path, immutable: bool) -> rusqlite::Result<(Connection, i64)> {
+    use rusqlite::OpenFlags;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = if immutable {
+        let mut uri = url::Url::from_file_path(path)
+            .map_err(|()| rusqlite::Error::InvalidPath(path.to_path_buf()))?;
+        uri.set_query(Some("immutable=1"));
+        Connection::open_with_flags(uri.as_str(), flags | OpenFlags::SQLITE_OPEN_URI)?
+    } else {
+        Connection::open_with_flags(path, flags)?
+    };
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    let found = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    Ok((conn, found))
+}
+
+/// Whether SQLite failed for want of write access (to the `-shm` file of a
+/// WAL catalog in a directory that cannot be written).
+fn cannot_write(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::{CannotOpen, ReadOnly};
+    matches!(e.sqlite_error_code(), Some(ReadOnly | CannotOpen))
+}
+
+/// Whether the catalog's `-wal` file holds anything: commits not yet in
+/// the database file, which an immutable read would not see.
+fn wal_holds_commits(catalog: &Path) -> bool {
+    let mut wal = catalog.as_os_str().to_owned();
+    wal.push("-wal");
+    std::fs::metadata(PathBuf::from(wal)).is_ok_and(|m| m.len() > 0)
 }
 
 /// Whether another command holds the lock of the archive `dir` (a fetch or
@@ -215,21 +252,38 @@ impl Catalog {
     /// archive's lock, so that it can be read while another command writes.
     /// A catalog that still lacks migrations is opened as a writer once,
     /// to bring it up to date.
+    ///
+    /// An archive that cannot be written (a read-only copy, a mount, another
+    /// user's) is read too: in WAL mode SQLite needs the `-shm` file, which
+    /// a read-only directory cannot get, so the catalog is then opened as
+    /// immutable, which is safe only while no one writes it: only when no
+    /// `-wal` holds commits (no writer is open, none left work behind) and
+    /// the normal open failed for want of write access, so that no command
+    /// of this user can be writing. A catalog that lacks migrations is
+    /// migrated in a temporary copy, the archive left as it is.
     pub fn open_read_only(dir: &Path) -> Result<Catalog> {
         let path = dir.join(CATALOG_FILE);
         if !path.is_file() {
             return Err(Error::NoCatalog(dir.to_path_buf()));
         }
-        let conn = Connection::open_with_flags(
-            &path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let (conn, found) = match read_only_conn(&path, false) {
+            Ok(opened) => opened,
+            Err(e) if cannot_write(&e) && !wal_holds_commits(&path) => {
+                tracing::debug!(
+                    "{} cannot be opened as usual ({e}): reading it as immutable",
+                    path.display()
+                );
+                read_only_conn(&path, true)?
+            }
+            Err(e) => return Err(e.into()),
+        };
         if found < migrations::count() {
             drop(conn);
-            let catalog = Self::open_in(dir)?;
-            drop(catalog);
+            match Self::open_in(dir) {
+                Ok(catalog) => drop(catalog),
+                Err(e) if e.cannot_write() => return Self::open_migrated_copy(dir),
+                Err(e) => return Err(e),
+            }
             return Self::open_read_only(dir);
         }
         migrations::check_version(found, &path)?;
@@ -238,7 +292,40 @@ impl Catalog {
             conn,
             dir: dir.to_path_buf(),
             _lock: None,
+            _copy: None,
         })
+    }
+
+    /// [`Catalog::open_read_only`] of a migrated copy of the catalog of
+    /// `dir`, an archive that cannot be written.
+    fn open_migrated_copy(dir: &Path) -> Result<Catalog> {
+        let copy = tempfile::Builder::new()
+            .prefix("starchive-catalog-")
+            .tempdir()
+            .map_err(|e| Error::io("cannot make a temporary directory", e))?;
+        tracing::info!(
+            "{} cannot be written and its catalog is older than this starchive: reading a migrated copy in {}",
+            dir.display(),
+            copy.path().display()
+        );
+        for name in [CATALOG_FILE.to_string(), format!("{CATALOG_FILE}-wal")] {
+            let from = dir.join(&name);
+            if from.is_file() {
+                let to = copy.path().join(&name);
+                let cannot = |e| Error::io(format!("cannot copy {}", from.display()), e);
+                std::fs::copy(&from, &to).map_err(cannot)?;
+                // The copy keeps the original's mode: read-only, as likely as not.
+                let mut mode = std::fs::metadata(&to).map_err(cannot)?.permissions();
+                #[allow(clippy::permissions_set_readonly_false)]
+                mode.set_readonly(false);
+                std::fs::set_permissions(&to, mode).map_err(cannot)?;
+            }
+        }
+        drop(Self::open_in(copy.path())?);
+        let mut catalog = Self::open_read_only(copy.path())?;
+        catalog.dir = dir.to_path_buf();
+        catalog._copy = Some(copy);
+        Ok(catalog)
     }
 
     fn open_in(dir: &Path) -> Result<Catalog> {
@@ -292,6 +379,7 @@ impl Catalog {
             conn,
             dir: dir.to_path_buf(),
             _lock: Some(lock),
+            _copy: None,
         })
     }
 

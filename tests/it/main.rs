@@ -25,6 +25,7 @@ mod gallery;
 mod plan;
 mod pull;
 mod push;
+mod read_only;
 mod snapshot;
 mod store_errors;
 mod verify;
