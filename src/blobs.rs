@@ -47,6 +47,11 @@ impl BlobStore {
         }
     }
 
+    /// Whether `blobs/` exists: a new archive has none, so no blob to look for.
+    pub fn exists(&self) -> bool {
+        self.root.is_dir()
+    }
+
     pub fn path(&self, sha256: &str) -> PathBuf {
         let fan = sha256.get(..2).unwrap_or("xx");
         self.root.join(fan).join(sha256)

@@ -129,7 +129,9 @@ pub fn pull(ctx: &Context, opts: &PullOptions) -> Result<TransferReport> {
         })?;
         tx.commit()?;
     }
-    let left = q::mark_present(conn, |sha256| blobs.path(sha256).is_file())?;
+    // Into a new directory: no `blobs/`, no file to look for per blob.
+    let here = blobs.exists();
+    let left = q::mark_present(conn, |sha256| here && blobs.path(sha256).is_file())?;
     q::index_refs_to_pull(conn)?;
 
     let shared = Arc::new(Shared {
@@ -410,7 +412,8 @@ fn restore_catalog(ctx: &Context, store: &Store, header: &Header) -> Result<()> 
             // fetched only once its blob is in `blobs/` (the pull sets it so
             // as each blob is published), in the file renamed into place.
             let blobs = BlobStore::new(&ctx.archive);
-            q::unbacked_to_pending(&conn, false, |sha256| blobs.path(sha256).is_file())?;
+            let here = blobs.exists();
+            q::unbacked_to_pending(&conn, false, |sha256| here && blobs.path(sha256).is_file())?;
         }
         let sync = |path: &std::path::Path| {
             std::fs::File::open(path)
