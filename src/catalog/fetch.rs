@@ -14,10 +14,20 @@ pub struct KeyWork {
     pub refs: Vec<i64>,
 }
 
-/// One Telegram file to download, and the pending refs it serves with their env.
+/// One Telegram file to download: the envs of the pending refs it serves
+/// (which say the bot, SPEC §1), in the order of their first ref.
 pub struct FileIdWork {
     pub file_id: String,
-    pub refs: Vec<(i64, Option<String>)>,
+    pub envs: Vec<EnvRefs>,
+}
+
+/// The pending refs of one env that a Telegram file serves.
+pub struct EnvRefs {
+    pub env: Option<String>,
+    /// How many.
+    pub refs: u64,
+    /// The least id among them.
+    pub first: i64,
 }
 
 /// `--retry-failed`: failed refs in scope are pending again, their keys re-checked.
@@ -162,32 +172,62 @@ pub fn pending_keys(conn: &Connection, envs: &Option<String>) -> Result<Vec<KeyW
     })
 }
 
-/// Pending refs that only Telegram can serve, grouped by `file_id`, with
-/// their env (which says the bot, SPEC §1). Read by a scan of the table and
-/// sorted (NOT INDEXED): in the order of `refs_file_id`, every ref is a
-/// random read (a million refs on 1,000 file_ids: 2 million reads, 20 s).
+/// Pending refs that only Telegram can serve, grouped by `file_id` and env:
+/// memory grows with the files, not with the refs (a million refs on 1,000
+/// file_ids held 70 MB as ids). Read by a scan of the table and sorted (NOT
+/// INDEXED): in the order of `refs_file_id`, every ref is a random read (a
+/// million refs: 2 million reads, 20 s).
 pub fn pending_file_ids(conn: &Connection, envs: &Option<String>) -> Result<Vec<FileIdWork>> {
     let mut stmt = conn.prepare(&format!(
-        "SELECT telegram_file_id, id, env FROM refs NOT INDEXED
-         WHERE state = 'pending' AND telegram_file_id IS NOT NULL
-           AND (storage_key IS NULL OR key_dangling = 1)
-           AND {ENV_FILTER}
-         ORDER BY telegram_file_id, id"
+        "SELECT telegram_file_id, env, count(*), min(id) FROM refs NOT INDEXED
+         WHERE {TELEGRAM_ONLY} AND {ENV_FILTER}
+         GROUP BY telegram_file_id, env
+         ORDER BY telegram_file_id, min(id)"
     ))?;
     let mut rows = stmt.query([envs])?;
     let mut out: Vec<FileIdWork> = Vec::new();
     while let Some(row) = rows.next()? {
         let file_id: String = row.get(0)?;
-        let r = (row.get(1)?, row.get(2)?);
+        let refs = EnvRefs {
+            env: row.get(1)?,
+            refs: row.get(2)?,
+            first: row.get(3)?,
+        };
         match out.last_mut() {
-            Some(last) if last.file_id == file_id => last.refs.push(r),
+            Some(last) if last.file_id == file_id => last.envs.push(refs),
             _ => out.push(FileIdWork {
                 file_id,
-                refs: vec![r],
+                envs: vec![refs],
             }),
         }
     }
     Ok(out)
+}
+
+/// The refs [`pending_file_ids`] and [`file_id_refs`] read: pending ones
+/// that only Telegram can serve.
+const TELEGRAM_ONLY: &str = "state = 'pending' AND telegram_file_id IS NOT NULL
+           AND (storage_key IS NULL OR key_dangling = 1)";
+
+/// The pending refs of `file_id` that only Telegram can serve, of the envs
+/// in `envs` (the refs a unit of [`pending_file_ids`] stands for), by id.
+pub fn file_id_refs(conn: &Connection, file_id: &str, envs: &[Option<String>]) -> Result<Vec<i64>> {
+    let named: Vec<&str> = envs.iter().flatten().map(String::as_str).collect();
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT id FROM refs
+         WHERE telegram_file_id = ?1 AND {TELEGRAM_ONLY}
+           AND (env IN (SELECT value FROM json_each(?2)) OR (env IS NULL AND ?3))
+         ORDER BY id"
+    ))?;
+    let rows = stmt.query_map(
+        params![
+            file_id,
+            serde_json::Value::from(named).to_string(),
+            envs.contains(&None)
+        ],
+        |r| r.get(0),
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 fn grouped(conn: &Connection, sql: &str, envs: &Option<String>) -> Result<Vec<(String, Vec<i64>)>> {

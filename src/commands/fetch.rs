@@ -113,11 +113,13 @@ impl Bots {
     }
 }
 
-/// One `file_id` to ask Telegram for, the refs it serves and the bots to ask
-/// (those of the refs' envs, in the order the refs come).
+/// One `file_id` to ask Telegram for, the refs it serves (its pending refs
+/// of `envs`, the first of which is `first`) and the bots to ask (those of
+/// the refs' envs, in the order the refs come).
 struct TelegramWork {
     file_id: String,
-    refs: Vec<i64>,
+    first: i64,
+    envs: Vec<Option<String>>,
     bots: Vec<Arc<Bot>>,
 }
 
@@ -125,10 +127,10 @@ struct TelegramWork {
 fn tokenless_note(left: &[catalog::fetch::FileIdWork], tokens: &TelegramTokens) -> Option<String> {
     let mut n = 0;
     let mut vars = BTreeSet::new();
-    for (_, env) in left.iter().flat_map(|w| &w.refs) {
-        if tokens.for_env(env.as_deref()).is_none() {
-            n += 1;
-            if let Some(env) = env {
+    for refs in left.iter().flat_map(|w| &w.envs) {
+        if tokens.for_env(refs.env.as_deref()).is_none() {
+            n += refs.refs;
+            if let Some(env) = &refs.env {
                 vars.insert(TelegramTokens::var_for_env(env));
             }
         }
@@ -169,25 +171,55 @@ pub fn wrong_bot_notes(failures: &[(String, u64)], tokens: &TelegramTokens) -> V
         .collect()
 }
 
+/// The refs a unit downloads for: their ids (a bucket key's), or the
+/// pending refs of a Telegram file in some envs, read from the catalog only
+/// if they fail: a file shared by a million refs holds no million ids.
+enum Refs {
+    Ids(Vec<i64>),
+    File {
+        file_id: String,
+        first: i64,
+        envs: Vec<Option<String>>,
+    },
+}
+
+impl Refs {
+    /// The ref that takes a downloaded blob (the others are resolved from it).
+    fn first(&self) -> Option<i64> {
+        match self {
+            Refs::Ids(ids) => ids.first().copied(),
+            Refs::File { first, .. } => Some(*first),
+        }
+    }
+
+    /// Every ref, by id.
+    fn ids(self, conn: &rusqlite::Connection) -> Result<Vec<i64>> {
+        match self {
+            Refs::Ids(ids) => Ok(ids),
+            Refs::File { file_id, envs, .. } => catalog::fetch::file_id_refs(conn, &file_id, &envs),
+        }
+    }
+}
+
 /// What one download did.
 enum Outcome {
     Fetched {
-        refs: Vec<i64>,
+        refs: Refs,
         blob: BlobInfo,
         source: &'static str,
     },
     Dangling {
-        refs: Vec<i64>,
+        refs: Refs,
     },
     Failed {
-        refs: Vec<i64>,
+        refs: Refs,
         reason: String,
     },
     /// The bucket will not serve the key ([`ReadError::Unreadable`]): its
     /// refs with a file_id fall back to Telegram as for a missing key, the
     /// others fail with the reason.
     Unreadable {
-        refs: Vec<i64>,
+        refs: Refs,
         reason: String,
     },
     /// A configuration error (the token or the bucket's credentials are
@@ -212,7 +244,7 @@ struct Stopped {
 /// A download whose bytes are staged, to be published for its refs.
 struct Downloaded {
     staged: Staged,
-    refs: Vec<i64>,
+    refs: Refs,
     source: &'static str,
 }
 
@@ -330,7 +362,7 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
         match check_key(&work.key) {
             Ok(()) => keys.push(work),
             Err(reason) => unsafe_keys.push(Outcome::Failed {
-                refs: work.refs,
+                refs: Refs::Ids(work.refs),
                 reason,
             }),
         }
@@ -394,20 +426,22 @@ pub fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<TransferReport> {
         for work in file_ids {
             let mut unit = TelegramWork {
                 file_id: work.file_id,
-                refs: Vec::with_capacity(work.refs.len()),
+                first: i64::MAX,
+                envs: Vec::new(),
                 bots: Vec::new(),
             };
-            for (id, env) in work.refs {
-                let Some((var, token)) = opts.telegram_tokens.for_env(env.as_deref()) else {
+            for refs in work.envs {
+                let Some((var, token)) = opts.telegram_tokens.for_env(refs.env.as_deref()) else {
                     continue;
                 };
                 let bot = bots.get(var, token, &opts.telegram_api, opts.telegram_rate)?;
                 if !unit.bots.iter().any(|b| Arc::ptr_eq(b, &bot)) {
                     unit.bots.push(bot);
                 }
-                unit.refs.push(id);
+                unit.first = unit.first.min(refs.first);
+                unit.envs.push(refs.env);
             }
-            if !unit.refs.is_empty() {
+            if !unit.envs.is_empty() {
                 units.push(unit);
             }
         }
@@ -547,15 +581,18 @@ fn commit(catalog: &mut Catalog, batch: Vec<Outcome>, stopped: &mut Stopped) -> 
             // after a kill. Marked here, a million refs on a thousand
             // file_ids rewrote most pages of `refs` at every commit.
             Outcome::Fetched { refs, blob, source } => {
-                catalog::fetch::mark_fetched(&tx, &refs[..refs.len().min(1)], &blob, source)?
+                let first: Vec<i64> = refs.first().into_iter().collect();
+                catalog::fetch::mark_fetched(&tx, &first, &blob, source)?
             }
-            Outcome::Dangling { refs } => catalog::fetch::mark_dangling(&tx, &refs)?,
+            Outcome::Dangling { refs } => catalog::fetch::mark_dangling(&tx, &refs.ids(&tx)?)?,
             Outcome::Failed { refs, reason } => {
+                let refs = refs.ids(&tx)?;
                 let names = catalog::fetch::ref_names(&tx, &refs)?;
                 tracing::warn!("fetch failed for {names}: {reason}");
                 catalog::fetch::mark_failed(&tx, &refs, &reason)?
             }
             Outcome::Unreadable { refs, reason } => {
+                let refs = refs.ids(&tx)?;
                 let names = catalog::fetch::ref_names(&tx, &refs)?;
                 tracing::warn!(
                     "{reason}: the bucket cannot serve this key; {names} fall back to the file_id"
@@ -577,6 +614,7 @@ async fn from_bucket(
     key: String,
     refs: Vec<i64>,
 ) -> Result<Downloaded, Outcome> {
+    let refs = Refs::Ids(refs);
     if let Err(reason) = check_key(&key) {
         return Err(Outcome::Failed { refs, reason });
     }
@@ -636,9 +674,15 @@ async fn from_bucket(
 async fn from_telegram(work: TelegramWork, shared: &Shared) -> Result<Downloaded, Outcome> {
     let TelegramWork {
         file_id,
-        refs,
+        first,
+        envs,
         mut bots,
     } = work;
+    let refs = Refs::File {
+        file_id: file_id.clone(),
+        first,
+        envs,
+    };
     let mut attempt = 0u32;
     let mut flood_waits = 0u32;
     let mut unreachable = 0u32;
@@ -875,7 +919,7 @@ enum LocalError {
 /// would work); any other refusal (a policy on one key; S3 also answers 403
 /// for a missing key when listing is not allowed) fails that key's refs.
 /// Neither is retried.
-fn refused(store: &Store, key: String, refs: Vec<i64>, e: object_store::Error) -> Outcome {
+fn refused(store: &Store, key: String, refs: Refs, e: object_store::Error) -> Outcome {
     let text = crate::download::describe(&e);
     if credentials_refused(&e) {
         Outcome::Fatal(format!(
