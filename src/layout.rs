@@ -220,7 +220,7 @@ fn mirror_key(p: &RefPlace, ext: &str) -> Result<String, String> {
     let need = |v: &Option<String>, what: &str| match v {
         Some(v) => segment(class, what, v).map(str::to_string),
         None => Err(format!(
-            "cannot name a mirror key: the {class} has no {what}"
+            "cannot name a mirror key: the {class} has no {what}; push to another destination with --layout cas to keep its file"
         )),
     };
     let row_id = || segment(class, "id", &p.row_id);

@@ -519,6 +519,27 @@ pub struct Unfetched {
     pub failed_at_pull: u64,
 }
 
+/// Pending refs in scope that the push to the destination shown as `url`
+/// could not place there (their key cannot be named in its layout): no
+/// pull from there brings them. (How many, the reason given for one.)
+pub fn unplaced_at(
+    conn: &Connection,
+    envs: &Option<String>,
+    url: &str,
+) -> Result<(u64, Option<String>)> {
+    Ok(conn.query_row(
+        &format!(
+            "SELECT count(*), min(p.reason) FROM refs
+             JOIN placements p ON p.ref_id = refs.id
+             JOIN destinations d ON d.id = p.dest_id
+             WHERE d.url = ?2 AND refs.state = 'pending' AND p.state = 'failed'
+               AND p.key IS NULL AND {ENV_FILTER}"
+        ),
+        params![envs, url],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?)
+}
+
 /// Refs in scope that are not fetched, by what leaves them so.
 pub fn unfetched_counts(conn: &Connection, envs: &Option<String>) -> Result<Unfetched> {
     Ok(conn.query_row(

@@ -146,7 +146,7 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
                     failed_at_fetch: last.failed_at_fetch,
                     failed_at_pull: last.failed_at_pull,
                 },
-                pulled_from(&catalog).as_deref(),
+                pulled(&catalog, &envs, last.pending)?.as_ref(),
             ),
             refused: Vec::new(),
             stopped: None,
@@ -183,7 +183,10 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
         counts
     };
     let unfetched = q::unfetched_counts(catalog.conn(), &envs)?;
-    let mut notes = unfetched_notes(&unfetched, pulled_from(&catalog).as_deref());
+    let mut notes = unfetched_notes(
+        &unfetched,
+        pulled(&catalog, &envs, unfetched.pending)?.as_ref(),
+    );
     let q::Unfetched {
         pending,
         failed_at_fetch,
@@ -351,29 +354,47 @@ impl WholePush {
 }
 
 /// The report's notes about refs in scope that are not fetched.
-fn unfetched_notes(unfetched: &q::Unfetched, pulled_from: Option<&str>) -> Vec<String> {
+fn unfetched_notes(unfetched: &q::Unfetched, pulled: Option<&Pulled>) -> Vec<String> {
     let refs = |n: u64| match n {
         1 => "1 ref".to_string(),
         n => format!("{n} refs"),
     };
-    let pull = format!("starchive pull --from {}", pulled_from.unwrap_or("URL"));
+    let are = |n: u64| match n {
+        1 => "1 ref is".to_string(),
+        n => format!("{n} refs are"),
+    };
+    let pull = format!(
+        "starchive pull --from {}",
+        pulled.map_or("URL", |p| p.from.as_str())
+    );
     let mut notes = Vec::new();
     let q::Unfetched {
         pending,
         failed_at_fetch,
         failed_at_pull,
     } = *unfetched;
+    let unplaced = pulled.map_or(0, |p| p.unplaced.0);
+    if let Some(Pulled {
+        from,
+        unplaced: (n @ 1.., reason),
+    }) = pulled
+    {
+        // No pull brings these: the destination never held their files.
+        notes.push(format!(
+            "{} not fetched: {from} lacks their files, its push could not place them ({}): `starchive fetch` gets them from the bucket",
+            are(*n),
+            reason.as_deref().unwrap_or("no key"),
+        ));
+    }
+    let pending = pending.saturating_sub(unplaced);
     if pending > 0 {
-        let are = match pending {
-            1 => "1 ref is".to_string(),
-            n => format!("{n} refs are"),
-        };
-        notes.push(match pulled_from {
+        notes.push(match pulled {
             // A pull killed or scoped with --env leaves refs pending too.
             Some(_) => format!(
-                "{are} not fetched yet: `{pull}` finishes the pull this archive came from, `starchive fetch` gets the rest from the bucket"
+                "{} not fetched yet: `{pull}` finishes the pull this archive came from, `starchive fetch` gets the rest from the bucket",
+                are(pending)
             ),
-            None => format!("{are} not fetched yet: run `starchive fetch`"),
+            None => format!("{} not fetched yet: run `starchive fetch`", are(pending)),
         });
     }
     if failed_at_fetch > 0 {
@@ -391,9 +412,28 @@ fn unfetched_notes(unfetched: &q::Unfetched, pulled_from: Option<&str>) -> Vec<S
     notes
 }
 
-/// The destination the archive was pulled from, as shown (no secrets).
-fn pulled_from(catalog: &Catalog) -> Option<String> {
-    crate::catalog::pull::read_setting(catalog.conn(), crate::catalog::pull::PULLED_FROM)
+/// The destination the archive was pulled from, and its pending refs that
+/// no pull from there can bring: (how many, the reason the push there gave
+/// one of them).
+struct Pulled {
+    /// As shown (no secrets).
+    from: String,
+    unplaced: (u64, Option<String>),
+}
+
+/// [`Pulled`], when the archive was pulled from a destination; its
+/// unplaced refs are looked for only when `pending` refs are in scope.
+fn pulled(catalog: &Catalog, envs: &Option<String>, pending: u64) -> Result<Option<Pulled>> {
+    let Some(from) =
+        crate::catalog::pull::read_setting(catalog.conn(), crate::catalog::pull::PULLED_FROM)
+    else {
+        return Ok(None);
+    };
+    let unplaced = match pending {
+        0 => (0, None),
+        _ => q::unplaced_at(catalog.conn(), envs, &from)?,
+    };
+    Ok(Some(Pulled { from, unplaced }))
 }
 
 /// Whether the catalog's records of `dest` can be trusted: the manifest the

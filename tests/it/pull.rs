@@ -791,3 +791,67 @@ fn a_destination_pushed_for_one_env_pulls_as_that_env_alone() {
     );
     run(starchive(&pulled).args(["verify", "--deep", "--to", &url])).expect_code(0);
 }
+
+/// A sticker without a user_id has no mirror key: the push to a mirror
+/// destination fails it, saying to use cas. An archive pulled from there
+/// lacks its file for good, and its push says so, not that a pull would
+/// finish it.
+#[test]
+fn a_ref_the_source_could_not_place_is_not_promised_by_a_pull() {
+    let dir = temp_dir();
+    let tg = crate::support::telegram::FakeTelegram::new();
+    for (id, seed) in [("tg-a", 1), ("tg-b", 2)] {
+        tg.add_file(
+            id,
+            "stickers/f.webp",
+            crate::support::dataset::sticker_bytes(seed, 600),
+        );
+    }
+    let mut db = crate::support::dataset::Db::default();
+    db.session("s1", "1", "prod", None, None)
+        .sticker("a", "1", "s1", Some("tg-a"), None);
+    let db_dir = dir.path().join("db");
+    db.write(&db_dir);
+    // Sticker b: no user_id (an empty field is NULL).
+    let stickers = db_dir.join("stickers.csv");
+    let mut text = std::fs::read_to_string(&stickers).expect("csv");
+    text.push_str("\"b\",,\"s1\",,,,\"tg-b\",,2025-01-01 00:00:00+00\n");
+    std::fs::write(&stickers, text).expect("csv");
+    let archive = dir.path().join("archive");
+    run(starchive(&archive).arg("snapshot").arg("--db").arg(&db_dir)).expect_code(0);
+    run(starchive(&archive)
+        .args(["fetch", "--telegram-rate", "1000"])
+        .envs(tg.env()))
+    .expect_code(0);
+
+    let dest = dir.path().join("dest").to_string_lossy().into_owned();
+    let doc = run(&mut push(&archive, &dest, Vec::new()))
+        .expect_code(3)
+        .json();
+    assert_eq!(doc["failed"], 1, "{doc}");
+    let status = run(starchive(&archive).args(["--json", "status"]))
+        .expect_code(0)
+        .json();
+    let reason = status["failures"].to_string();
+    assert!(
+        reason.contains("no user_id") && reason.contains("--layout cas"),
+        "{status}"
+    );
+
+    let pulled = dir.path().join("pulled");
+    run(&mut pull(&pulled, &dest, Vec::new())).expect_code(0);
+    // Pending, not failed: the push exits 0.
+    let doc = run(&mut push(
+        &pulled,
+        &dir.path().join("again").to_string_lossy(),
+        Vec::new(),
+    ))
+    .expect_code(0)
+    .json();
+    let notes = doc["notes"].to_string();
+    assert!(!notes.contains("finishes the pull"), "{doc}");
+    assert!(
+        notes.contains(&format!("{dest} lacks their files")) && notes.contains("--layout cas"),
+        "{doc}"
+    );
+}
