@@ -101,6 +101,19 @@ pub async fn read(url: &str, out: &mut Batcher, split_stickers: bool) -> Result<
         .batch_execute(&BEGIN.replace("{SNAPSHOT}", ""))
         .await
         .map_err(db_err)?;
+    // Before anything is read: a failure to share the state (a role that
+    // may not export it, a server or pooler that cannot) leaves this
+    // transaction aborted, and only then can it begin again unharmed.
+    let mut split = match split_stickers {
+        true => split_read(url, &client, Table::Stickers).await,
+        false => None,
+    };
+    if split.is_none() && split_stickers {
+        client
+            .batch_execute(&format!("ROLLBACK; {}", BEGIN.replace("{SNAPSHOT}", "")))
+            .await
+            .map_err(db_err)?;
+    }
     // Per table: whether it exists, and whether it has an `id` column.
     let probes: Vec<String> = Table::ALL
         .iter()
@@ -152,10 +165,9 @@ pub async fn read(url: &str, out: &mut Batcher, split_stickers: bool) -> Result<
             "SELECT to_jsonb(t)::text FROM public.{} t{order}",
             table.name()
         );
-        let split = if split_stickers && ordered && table == Table::Stickers {
-            split_read(url, &client, table).await
-        } else {
-            None
+        let split = match table == Table::Stickers && ordered {
+            true => split.take(),
+            false => None,
         };
         let stream = match &split {
             Some((second, at)) => {
@@ -207,7 +219,9 @@ pub async fn read(url: &str, out: &mut Batcher, split_stickers: bool) -> Result<
 /// random visits of the table are most of the cost of reading in id order),
 /// while the catalog still sees each half in id order, at two places of its
 /// indexes instead of one. `None` (one connection, as for a small table)
-/// when the table has no statistics or the second connection cannot be had.
+/// when the table has no statistics or the second connection cannot be had;
+/// `client`'s transaction may then be aborted, so it is called before
+/// anything is read, and the caller begins that transaction again.
 async fn split_read(url: &str, client: &Client, table: Table) -> Option<(Client, String)> {
     let found = simple_values(
         client,

@@ -798,6 +798,54 @@ fn a_large_table_is_read_in_two_halves_of_one_state() {
     );
 }
 
+/// A server that will not share a transaction's state with a second
+/// connection (here a role that may not call `pg_export_snapshot`; a pooler
+/// or replica that cannot) gets a re-snapshot over one connection, whole
+/// and in one state: the failed attempt must not leave the read's
+/// transaction aborted.
+#[test]
+fn a_re_snapshot_reads_on_one_connection_when_the_state_cannot_be_shared() {
+    let pg = TestPg::start();
+    pg.create_db("bot");
+    pg.load_schema("bot");
+    pg.psql(
+        "bot",
+        "INSERT INTO sessions (user_id, env) SELECT g, 'prod' FROM generate_series(1, 100) g;
+         INSERT INTO stickers (user_id, session_id, telegram_file_id)
+           SELECT s.user_id, s.id, 'file_' || s.user_id || '_' || g
+           FROM sessions s, generate_series(1, 120) g;
+         ANALYZE stickers;
+         CREATE ROLE lonely LOGIN;
+         GRANT SELECT ON ALL TABLES IN SCHEMA public TO lonely;
+         REVOKE EXECUTE ON FUNCTION pg_export_snapshot() FROM PUBLIC;",
+    );
+    let url = format!("postgres://lonely@127.0.0.1:{}/bot", pg.port());
+    let archive = temp_dir();
+    snapshot_ok(archive.path(), &url, &[]);
+    pg.psql(
+        "bot",
+        "UPDATE stickers SET style_preset_id = 'changed' WHERE telegram_file_id LIKE '%\\_7';
+         DELETE FROM stickers WHERE telegram_file_id LIKE '%\\_9';",
+    );
+    let report = snapshot_ok(archive.path(), &url, &[]);
+    let (rows, added, changed, removed, _) = counts(&report, "stickers");
+    assert_eq!(
+        (rows, added, changed, removed),
+        (11_900, 0, 100, 100),
+        "{report}"
+    );
+    let conn = catalog(archive.path());
+    assert_eq!(
+        catalog_rows(&conn, "stickers"),
+        pg_rows(&pg, "bot", "stickers"),
+        "every row as the database has it"
+    );
+    assert_eq!(
+        catalog_rows(&conn, "sessions"),
+        pg_rows(&pg, "bot", "sessions")
+    );
+}
+
 /// While a snapshot of big tables runs, another connection keeps committing
 /// groups (a session, its pack batch and 3 stickers in one transaction). The
 /// catalog holds every group whole or not at all, and exactly the groups
