@@ -25,21 +25,12 @@ pub fn build_plan(
 ) -> Result<()> {
     q::create_plan_tables(conn)?;
     q::for_each_fetched_ref(conn, envs, placed_at, |r| {
-        let key = match dest_key(layout, &r.place, &r.sha256, &r.kind) {
-            Ok(key) => key,
-            Err(reason) => return q::refuse_in_plan(conn, r.id, None, &reason),
-        };
-        match q::place_in_plan(conn, r.id, &key, &r.sha256, r.size, &r.kind)? {
-            None => Ok(()),
-            Some(held) => {
-                let reason = format!(
-                    "key {key} already holds other bytes ({}) from another ref",
-                    held.get(..12).unwrap_or(&held)
-                );
-                q::refuse_in_plan(conn, r.id, Some(&key), &reason)
-            }
+        match dest_key(layout, &r.place, &r.sha256, &r.kind) {
+            Ok(key) => q::key_in_plan(conn, r.id, &key, &r.sha256, r.size, &r.kind),
+            Err(reason) => q::refuse_in_plan(conn, r.id, &reason),
         }
-    })
+    })?;
+    q::settle_keys(conn)
 }
 
 /// The layout to use at `store`: the one it holds once something was pushed

@@ -214,6 +214,7 @@ pub fn create_plan_tables(conn: &Connection) -> Result<()> {
     conn.execute_batch(
         "DROP TABLE IF EXISTS temp.plan_objects;
          DROP TABLE IF EXISTS temp.plan_refs;
+         DROP TABLE IF EXISTS temp.plan_keys;
          CREATE TEMP TABLE plan_objects (
              key    TEXT PRIMARY KEY NOT NULL,
              sha256 TEXT NOT NULL,
@@ -228,47 +229,63 @@ pub fn create_plan_tables(conn: &Connection) -> Result<()> {
              ref_id INTEGER PRIMARY KEY,
              key    TEXT,
              reason TEXT
+         );
+         CREATE TEMP TABLE plan_keys (
+             seq    INTEGER PRIMARY KEY,
+             ref_id INTEGER NOT NULL,
+             key    TEXT NOT NULL,
+             sha256 TEXT NOT NULL,
+             size   INTEGER NOT NULL,
+             kind   TEXT NOT NULL
          );",
     )?;
     Ok(())
 }
 
-/// Places ref `ref_id` at `key` in the plan, unless an earlier ref put other
-/// bytes there: then nothing is added and the sha256 found there is returned.
-pub fn place_in_plan(
+/// Adds ref `ref_id` to the plan at `key`, as the next ref in the order
+/// that decides who owns a key ([`settle_keys`] places it).
+pub fn key_in_plan(
     conn: &Connection,
     ref_id: i64,
     key: &str,
     sha256: &str,
     size: u64,
     kind: &str,
-) -> Result<Option<String>> {
-    let added = conn
-        .prepare_cached(
-            "INSERT INTO temp.plan_objects(key, sha256, size, kind, refs) VALUES (?1, ?2, ?3, ?4, 1)
-             ON CONFLICT(key) DO UPDATE SET refs = refs + 1 WHERE sha256 = excluded.sha256",
-        )?
-        .execute(params![key, sha256, size, kind])?;
-    if added == 0 {
-        let held = conn
-            .prepare_cached("SELECT sha256 FROM temp.plan_objects WHERE key = ?1")?
-            .query_row([key], |r| r.get(0))?;
-        return Ok(Some(held));
-    }
-    conn.prepare_cached("INSERT INTO temp.plan_refs(ref_id, key) VALUES (?1, ?2)")?
-        .execute(params![ref_id, key])?;
-    Ok(None)
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO temp.plan_keys(ref_id, key, sha256, size, kind) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![ref_id, key, sha256, size, kind])?;
+    Ok(())
 }
 
-/// Records in the plan that ref `ref_id` gets no object, and why.
-pub fn refuse_in_plan(
-    conn: &Connection,
-    ref_id: i64,
-    key: Option<&str>,
-    reason: &str,
-) -> Result<()> {
-    conn.prepare_cached("INSERT INTO temp.plan_refs(ref_id, key, reason) VALUES (?1, ?2, ?3)")?
-        .execute(params![ref_id, key, reason])?;
+/// Places every ref of [`key_in_plan`] at once: a key gets the bytes of the
+/// first ref given for it, with every ref of those bytes; a ref with other
+/// bytes at a key so owned is refused, with the sha256 found there. Set
+/// based: per ref, a statement or three cost more than the sorts of these.
+pub fn settle_keys(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "INSERT INTO temp.plan_objects(key, sha256, size, kind, refs)
+         SELECT key, sha256, size, kind, n FROM (
+             SELECT key, sha256, size, kind, n,
+                    row_number() OVER (PARTITION BY key ORDER BY first) AS rank
+             FROM (SELECT key, sha256, size, kind, count(*) AS n, min(seq) AS first
+                   FROM temp.plan_keys GROUP BY key, sha256, size, kind))
+         WHERE rank = 1;
+         INSERT INTO temp.plan_refs(ref_id, key, reason)
+         SELECT k.ref_id, k.key, CASE WHEN o.sha256 = k.sha256 THEN NULL
+             ELSE 'key ' || k.key || ' already holds other bytes ('
+                  || substr(o.sha256, 1, 12) || ') from another ref' END
+         FROM temp.plan_keys k JOIN temp.plan_objects o ON o.key = k.key;
+         DROP TABLE temp.plan_keys;",
+    )?;
+    Ok(())
+}
+
+/// Records in the plan that ref `ref_id` gets no key, and why.
+pub fn refuse_in_plan(conn: &Connection, ref_id: i64, reason: &str) -> Result<()> {
+    conn.prepare_cached("INSERT INTO temp.plan_refs(ref_id, reason) VALUES (?1, ?2)")?
+        .execute(params![ref_id, reason])?;
     Ok(())
 }
 
@@ -662,12 +679,36 @@ pub fn manifest_counts(conn: &Connection, dest: i64, envs: &Option<String>) -> R
     )?)
 }
 
-/// One line of the manifest: a ref in scope and where it is at the destination.
+/// One line of the manifest: a ref in scope and where it is at the
+/// destination. Its fields are in the order of their names, the order the
+/// manifest's lines always had (`serde_json`'s maps are sorted), so that
+/// the text, and the sha256 the catalog keeps of it, stay the same.
+#[derive(serde::Serialize)]
+pub struct ManifestRef {
+    pub class: String,
+    pub env: Option<String>,
+    pub key: Option<String>,
+    pub pack_batch_id: Option<String>,
+    pub pack_index: Option<i64>,
+    pub row_id: String,
+    pub session_id: Option<String>,
+    pub sha256: Option<String>,
+    pub size: Option<i64>,
+    pub slot: Option<String>,
+    pub state: String,
+    pub storage_key: Option<String>,
+    pub table: String,
+    pub telegram_file_id: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+}
+
+/// Every line of the manifest, in its order.
 pub fn for_each_manifest_ref(
     conn: &Connection,
     dest: i64,
     envs: &Option<String>,
-    mut each: impl FnMut(serde_json::Value) -> Result<()>,
+    mut each: impl FnMut(&ManifestRef) -> Result<()>,
 ) -> Result<()> {
     let mut stmt = conn.prepare(&format!(
         "SELECT r.class, r.row_table, r.row_id, r.slot, r.session_id, r.pack_batch_id, r.pack_index,
@@ -681,24 +722,26 @@ pub fn for_each_manifest_ref(
     let mut rows = stmt.query(params![envs, dest])?;
     while let Some(r) = rows.next()? {
         let slot: String = r.get(3)?;
-        let line = serde_json::json!({
-            "class": r.get::<_, String>(0)?,
-            "table": r.get::<_, String>(1)?,
-            "row_id": r.get::<_, String>(2)?,
-            "slot": (!slot.is_empty()).then_some(slot),
-            "session_id": r.get::<_, Option<String>>(4)?,
-            "pack_batch_id": r.get::<_, Option<String>>(5)?,
-            "pack_index": r.get::<_, Option<i64>>(6)?,
-            "env": r.get::<_, Option<String>>(7)?,
-            "telegram_file_id": r.get::<_, Option<String>>(8)?,
-            "storage_key": r.get::<_, Option<String>>(9)?,
-            "key": r.get::<_, Option<String>>(10)?,
-            "state": r.get::<_, Option<String>>(11)?.unwrap_or_else(|| PlacementState::Pending.name().into()),
-            "sha256": r.get::<_, Option<String>>(12)?,
-            "size": r.get::<_, Option<i64>>(13)?,
-            "type": r.get::<_, Option<String>>(14)?,
-        });
-        each(line)?;
+        let line = ManifestRef {
+            class: r.get(0)?,
+            table: r.get(1)?,
+            row_id: r.get(2)?,
+            slot: (!slot.is_empty()).then_some(slot),
+            session_id: r.get(4)?,
+            pack_batch_id: r.get(5)?,
+            pack_index: r.get(6)?,
+            env: r.get(7)?,
+            telegram_file_id: r.get(8)?,
+            storage_key: r.get(9)?,
+            key: r.get(10)?,
+            state: r
+                .get::<_, Option<String>>(11)?
+                .unwrap_or_else(|| PlacementState::Pending.name().into()),
+            sha256: r.get(12)?,
+            size: r.get(13)?,
+            kind: r.get(14)?,
+        };
+        each(&line)?;
     }
     Ok(())
 }
@@ -743,4 +786,38 @@ pub fn latest_snapshot(conn: &Connection) -> Result<Option<(i64, String)>> {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ManifestRef;
+
+    /// A manifest line keeps the text it always had (keys in name order, as
+    /// `serde_json`'s maps write them): a push after an upgrade finds the
+    /// manifest's sha256 unchanged and writes nothing.
+    #[test]
+    fn manifest_line_keys_in_name_order() {
+        let some = |s: &str| Some(s.to_string());
+        let line = ManifestRef {
+            class: "session_sticker".into(),
+            env: some("prod"),
+            key: some("k/1.webp"),
+            pack_batch_id: some("b"),
+            pack_index: Some(3),
+            row_id: "7".into(),
+            session_id: some("s"),
+            sha256: some("ab"),
+            size: Some(12),
+            slot: None,
+            state: "pushed".into(),
+            storage_key: some("sk"),
+            table: "session_stickers".into(),
+            telegram_file_id: some("f"),
+            kind: some("image/webp"),
+        };
+        let text = serde_json::to_string(&line).unwrap();
+        let as_map: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(text, serde_json::to_string(&as_map).unwrap());
+        assert!(text.ends_with(r#""telegram_file_id":"f","type":"image/webp"}"#));
+    }
 }

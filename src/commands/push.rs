@@ -648,23 +648,20 @@ fn write_self_description(
         line.push(b'\n');
         Ok(line)
     };
+    let header_line = to_line(&header)?;
     let written = (|| -> Result<Option<String>> {
+        // Unless something is known to have changed, the text is hashed
+        // first, uncompressed and unwritten: most often it is the one the
+        // destination holds, and compressing it would be for nothing.
+        if !must_write {
+            let digest = manifest_text(conn, dest, envs, &header_line, std::io::sink())?;
+            if q::manifest_sha256(conn, dest)?.as_deref() == Some(digest.as_str()) {
+                return Ok(None);
+            }
+        }
         let file = std::fs::File::create(&body).map_err(cannot)?;
         let mut encoder = zstd::Encoder::new(std::io::BufWriter::new(file), 3).map_err(cannot)?;
-        let mut text_hash = Sha256::new();
-        text_hash.update(to_line(&header)?);
-        let mut line = Vec::new();
-        q::for_each_manifest_ref(conn, dest, envs, |value| {
-            line.clear();
-            serde_json::to_writer(&mut line, &value).map_err(Error::Manifest)?;
-            line.push(b'\n');
-            text_hash.update(&line);
-            encoder.write_all(&line).map_err(cannot)
-        })?;
-        let digest = hex::encode(text_hash.finalize());
-        if !must_write && q::manifest_sha256(conn, dest)?.as_deref() == Some(digest.as_str()) {
-            return Ok(None);
-        }
+        let digest = manifest_text(conn, dest, envs, &header_line, &mut encoder)?;
         encoder.finish().map_err(cannot)?.flush().map_err(cannot)?;
         Ok(Some(digest))
     })();
@@ -758,6 +755,29 @@ fn write_self_description(
     })();
     cleanup();
     result.map(|()| refused)
+}
+
+/// Writes the manifest's ref lines to `out` and returns the sha256 of its
+/// text: `header_line`, then those lines.
+fn manifest_text(
+    conn: &Connection,
+    dest: i64,
+    envs: &Option<String>,
+    header_line: &[u8],
+    mut out: impl std::io::Write,
+) -> Result<String> {
+    let mut text_hash = Sha256::new();
+    text_hash.update(header_line);
+    let mut line = Vec::new();
+    q::for_each_manifest_ref(conn, dest, envs, |value| {
+        line.clear();
+        serde_json::to_writer(&mut line, value).map_err(Error::Manifest)?;
+        line.push(b'\n');
+        text_hash.update(&line);
+        out.write_all(&line)
+            .map_err(|e| Error::io("cannot write the manifest", e))
+    })?;
+    Ok(hex::encode(text_hash.finalize()))
 }
 
 /// Deletes the objects of older catalog copies (a plain `catalog.sqlite`,

@@ -1177,18 +1177,21 @@ fn an_id_with_a_slash_fails_the_ref_instead_of_adding_folders() {
 
 #[test]
 fn key_holding_other_bytes_fails_the_ref_and_exits_3() {
-    // Two refs name the same key; the bucket lacks it, so each is fetched
-    // from Telegram, with other bytes: the second cannot be placed there.
+    // Three refs name the same key; the bucket lacks it, so each is fetched
+    // from Telegram: the first's bytes own the key, the second's other bytes
+    // cannot be placed there, the third's (the first's again) are.
     let dir = temp_dir();
     let bucket = dir.path().join("bucket");
     std::fs::create_dir_all(&bucket).expect("mkdir");
     let tg = FakeTelegram::new();
     tg.add_file("tg-a", "stickers/a.webp", sticker_bytes(1, 300));
     tg.add_file("tg-b", "stickers/b.webp", sticker_bytes(2, 300));
+    tg.add_file("tg-c", "stickers/c.webp", sticker_bytes(1, 300));
     let mut db = Db::default();
     db.session("s1", "1", "prod", None, None)
         .sticker("a", "1", "s1", Some("tg-a"), Some("stickers/1/same.webp"))
-        .sticker("b", "1", "s1", Some("tg-b"), Some("stickers/1/same.webp"));
+        .sticker("b", "1", "s1", Some("tg-b"), Some("stickers/1/same.webp"))
+        .sticker("c", "1", "s1", Some("tg-c"), Some("stickers/1/same.webp"));
     let archive = dir.path().join("archive");
     db.snapshot(&dir.path().join("db"), &archive);
     run(starchive(&archive)
@@ -1200,18 +1203,26 @@ fn key_holding_other_bytes_fails_the_ref_and_exits_3() {
     let doc = run(&mut push_cmd(&archive, &dest.to_string_lossy(), None))
         .expect_code(3)
         .json();
-    assert_eq!(doc["done"], 1, "{doc}");
+    assert_eq!(doc["done"], 2, "{doc}");
     assert_eq!(doc["failed"], 1, "{doc}");
     assert_eq!(
         std::fs::read(dest.join("stickers/1/same.webp")).expect("the first ref's bytes"),
         sticker_bytes(1, 300)
     );
     // The refused ref stays failed once the key's object is pushed: status
-    // lists it, with why.
+    // lists it, with why (the bytes the key holds).
     let (status, push_failures) = push_failures(&archive);
     assert_eq!(push_failures.len(), 1, "{status}");
     let reason = push_failures[0]["reason"].as_str().unwrap_or_default();
-    assert!(reason.contains("other bytes"), "{status}");
+    let held = sha256_hex(sticker_bytes(1, 300));
+    assert_eq!(
+        reason,
+        format!(
+            "key stickers/1/same.webp already holds other bytes ({}) from another ref",
+            &held[..12]
+        ),
+        "{status}"
+    );
 }
 
 #[test]
