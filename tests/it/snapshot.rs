@@ -701,43 +701,15 @@ fn a_large_table_is_read_in_two_halves_of_one_state() {
          DELETE FROM stickers WHERE user_id % 100 = 2;",
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let committed = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let (stop, committed, url) = (stop.clone(), committed.clone(), url.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                    .await
-                    .expect("writer connects");
-                tokio::spawn(connection);
-                let mut g: u64 = 0;
-                while !stop.load(Ordering::SeqCst) {
-                    g += 1;
-                    let sql = format!(
-                        "BEGIN;
-                         INSERT INTO stickers (id, user_id, style_preset_id, telegram_file_id)
-                           VALUES ('00000000-0000-4000-9000-{g:012x}', {g}, 'pair', 'low-{g}'),
-                                  ('ffffffff-0000-4000-9000-{g:012x}', {g}, 'pair', 'high-{g}');
-                         COMMIT;"
-                    );
-                    client
-                        .batch_execute(&sql)
-                        .await
-                        .expect("writer commits a pair");
-                    committed.store(g, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            });
-        })
-    };
-    while committed.load(Ordering::SeqCst) < 20 {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let writer = Writer::start(&url, |g| {
+        format!(
+            "BEGIN;
+             INSERT INTO stickers (id, user_id, style_preset_id, telegram_file_id)
+               VALUES ('00000000-0000-4000-9000-{g:012x}', {g}, 'pair', 'low-{g}'),
+                      ('ffffffff-0000-4000-9000-{g:012x}', {g}, 'pair', 'high-{g}');
+             COMMIT;"
+        )
+    });
     let child = bin()
         .env("STARCHIVE_LOG", "starchive=debug")
         .arg("--archive")
@@ -748,9 +720,7 @@ fn a_large_table_is_read_in_two_halves_of_one_state() {
         .spawn()
         .expect("spawn snapshot");
     let out = wait_with_limit(child, Duration::from_secs(60));
-    let at_exit = committed.load(Ordering::SeqCst);
-    stop.store(true, Ordering::SeqCst);
-    writer.join().expect("writer thread");
+    let at_exit = writer.stop();
     assert_eq!(out.status.code(), Some(0), "snapshot:\n{}", stderr(&out));
     assert!(
         stderr(&out).contains("stickers: read in two halves"),
@@ -866,56 +836,30 @@ fn concurrent_writes_do_not_tear_the_snapshot() {
     );
     let url = pg.url("bot");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let committed = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let (stop, committed, url) = (stop.clone(), committed.clone(), url.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                    .await
-                    .expect("writer connects");
-                tokio::spawn(connection);
-                let mut g: u64 = 0;
-                while !stop.load(Ordering::SeqCst) {
-                    g += 1;
-                    let session = format!("{g:08x}-0000-4000-9000-000000000001");
-                    let batch = format!("{g:08x}-0000-4000-9000-000000000002");
-                    let mut sql = format!(
-                        "BEGIN;
-                         INSERT INTO sessions (id, user_id, env, mode, pack_sheet_file_id)
-                           VALUES ('{session}', {g}, 'prod', 'grp', 'sheet-{g}');
-                         INSERT INTO pack_batches (id, session_id, user_id, status)
-                           VALUES ('{batch}', '{session}', {g}, 'grp');"
-                    );
-                    for i in 0..3 {
-                        sql.push_str(&format!(
-                            "INSERT INTO stickers (id, user_id, session_id, pack_batch_id, pack_index,
-                                                   style_preset_id, telegram_file_id)
-                             VALUES ('{g:08x}-0000-4000-9000-00000000001{i}', {g}, '{session}',
-                                     '{batch}', {i}, 'grp', 'grp-{g}-{i}');"
-                        ));
-                    }
-                    sql.push_str("COMMIT;");
-                    client.batch_execute(&sql).await.expect("writer commits a group");
-                    committed.store(g, Ordering::SeqCst);
-                    // Steady, not flat out: the snapshot needs the CPU too.
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            });
-        })
-    };
-    // Let the writer get going before the snapshot starts.
-    while committed.load(Ordering::SeqCst) < 20 {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let writer = Writer::start(&url, |g| {
+        let session = format!("{g:08x}-0000-4000-9000-000000000001");
+        let batch = format!("{g:08x}-0000-4000-9000-000000000002");
+        let mut sql = format!(
+            "BEGIN;
+             INSERT INTO sessions (id, user_id, env, mode, pack_sheet_file_id)
+               VALUES ('{session}', {g}, 'prod', 'grp', 'sheet-{g}');
+             INSERT INTO pack_batches (id, session_id, user_id, status)
+               VALUES ('{batch}', '{session}', {g}, 'grp');"
+        );
+        for i in 0..3 {
+            sql.push_str(&format!(
+                "INSERT INTO stickers (id, user_id, session_id, pack_batch_id, pack_index,
+                                       style_preset_id, telegram_file_id)
+                 VALUES ('{g:08x}-0000-4000-9000-00000000001{i}', {g}, '{session}',
+                         '{batch}', {i}, 'grp', 'grp-{g}-{i}');"
+            ));
+        }
+        sql.push_str("COMMIT;");
+        sql
+    });
 
     let archive = temp_dir();
-    let at_spawn = committed.load(Ordering::SeqCst);
+    let at_spawn = writer.committed();
     let child = bin()
         .arg("--archive")
         .arg(archive.path())
@@ -925,9 +869,7 @@ fn concurrent_writes_do_not_tear_the_snapshot() {
         .spawn()
         .expect("spawn snapshot");
     let out = wait_with_limit(child, Duration::from_secs(60));
-    let at_exit = committed.load(Ordering::SeqCst);
-    stop.store(true, Ordering::SeqCst);
-    writer.join().expect("writer thread");
+    let at_exit = writer.stop();
     assert_eq!(out.status.code(), Some(0), "snapshot:\n{}", stderr(&out));
 
     let conn = catalog(archive.path());
@@ -2357,4 +2299,65 @@ fn a_csv_file_without_a_header_line_is_refused() {
     let report = snapshot_ok(archive.path(), &dir, &[]);
     let (rows, _, _, removed, _) = counts(&report, "pack_batches");
     assert_eq!((rows, removed as usize), (0, rows_before.len()), "{report}");
+}
+
+/// A client of the bot's database that commits one transaction after
+/// another (`sql(g)` for g = 1, 2, …) while a snapshot reads: steady, not
+/// flat out, since the snapshot needs the CPU too.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    committed: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Writer {
+    /// Starts writing, and returns once 20 transactions are in.
+    fn start(url: &str, sql: impl Fn(u64) -> String + Send + 'static) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let committed = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (stop, committed, url) = (stop.clone(), committed.clone(), url.to_string());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async move {
+                    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                        .await
+                        .expect("writer connects");
+                    tokio::spawn(connection);
+                    let mut g: u64 = 0;
+                    while !stop.load(Ordering::SeqCst) {
+                        g += 1;
+                        client.batch_execute(&sql(g)).await.expect("writer commits");
+                        committed.store(g, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                });
+            })
+        };
+        let writer = Writer {
+            stop,
+            committed,
+            thread,
+        };
+        while writer.committed() < 20 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        writer
+    }
+
+    /// The transactions committed so far.
+    fn committed(&self) -> u64 {
+        self.committed.load(Ordering::SeqCst)
+    }
+
+    /// Stops writing; the transactions committed when asked.
+    fn stop(self) -> u64 {
+        let at = self.committed();
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().expect("writer thread");
+        at
+    }
 }
