@@ -2206,6 +2206,13 @@ fn refs_at(key: &str) -> u64 {
     MIRROR.iter().filter(|(_, _, k, _)| *k == key).count() as u64
 }
 
+/// The keys of the mirror whose bytes no other key holds, in key order.
+fn keys_of_unique_bytes(want: &BTreeMap<String, Vec<u8>>) -> Vec<&String> {
+    want.keys()
+        .filter(|k| want.values().filter(|b| *b == &want[*k]).count() == 1)
+        .collect()
+}
+
 #[test]
 fn push_never_overwrites_an_object_it_did_not_write() {
     // The bot's live bucket as a mirror destination: at one key a newer file
@@ -2214,11 +2221,7 @@ fn push_never_overwrites_an_object_it_did_not_write() {
     let want = mirror_objects();
     let s3 = TestS3::start();
     s3.create_bucket("live");
-    let keys: Vec<&String> = want
-        .keys()
-        .filter(|k| want.values().filter(|b| *b == &want[*k]).count() == 1)
-        .take(2)
-        .collect();
+    let keys = keys_of_unique_bytes(&want);
     let (newer, same) = (keys[0].as_str(), keys[1].as_str());
     let newer_bytes = sticker_bytes(77, want[newer].len() + 100);
     let dir_dest = fx.dir.path().join("live");
@@ -2310,11 +2313,7 @@ fn an_object_push_wrote_and_verify_found_bad_is_pushed_again() {
     let want = mirror_objects();
     let s3 = TestS3::start();
     s3.create_bucket("own");
-    let keys: Vec<&String> = want
-        .keys()
-        .filter(|k| want.values().filter(|b| *b == &want[*k]).count() == 1)
-        .take(2)
-        .collect();
+    let keys = keys_of_unique_bytes(&want);
     let (resized, flipped) = (keys[0].as_str(), keys[1].as_str());
     let dir_dest = fx.dir.path().join("own");
     let s3_url = s3.store_url("own", "");
