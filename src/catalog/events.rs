@@ -24,6 +24,17 @@ pub enum SourceEvent {
         table: Table,
         row: CheckedRow,
     },
+    /// A row as the source's JSON text, not parsed yet, with the id the
+    /// source gave beside it. In a re-snapshot most rows are unchanged: the
+    /// writer compares the text with the catalog's and parses only a row
+    /// that differs ([`SourceEvent::from_json_text`]), where parsing was
+    /// most of the reader's work. `id` only finds the row: a row found
+    /// with the same text has the id its text gives.
+    Unparsed {
+        table: Table,
+        id: String,
+        text: String,
+    },
     /// A row that could not be read at all (wrong field count, bad encoding).
     Malformed {
         table: Table,
@@ -48,6 +59,20 @@ pub struct CheckedRow {
 }
 
 impl SourceEvent {
+    /// A row given as JSON text (as Postgres sends `to_jsonb(t)::text`),
+    /// parsed and checked as [`SourceEvent::row`] does; text that is not a
+    /// JSON object is a `Malformed` row.
+    pub fn from_json_text(table: Table, text: String) -> SourceEvent {
+        match serde_json::from_str::<Map<String, Value>>(&text) {
+            Ok(row) => SourceEvent::row(table, row, Some(text), || None),
+            Err(e) => SourceEvent::Malformed {
+                table,
+                at: "a row".into(),
+                reason: e.to_string(),
+            },
+        }
+    }
+
     /// A source row as an event: `Row` when starchive can rely on it,
     /// `Malformed` (skipped and counted) when not. `text` is the row's JSON
     /// text as the source gave it, stored as is when present. `place` says

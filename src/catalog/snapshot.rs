@@ -42,6 +42,11 @@ struct TableWriter {
     table: Table,
     /// `?1` id: the row's rowid, JSON text, and [`refs::noted_column`].
     lookup: String,
+    /// `?1` id, `?2` JSON text: the row's rowid, and whether its text is the same.
+    same: String,
+    /// `?1` rowid: the JSON type and text of the row's session
+    /// ([`refs::session_of`]), for `--env`.
+    session: String,
     /// `?1` rowid, `?2` data, `?3` the snapshot, then the typed columns.
     update: String,
     /// The typed columns alone (`?1` rowid, then the typed columns).
@@ -83,6 +88,12 @@ impl TableWriter {
             lookup: format!(
                 "SELECT rowid, data, {} FROM {t} WHERE id = ?1",
                 refs::noted_column(table).unwrap_or("NULL")
+            ),
+            same: format!("SELECT rowid, data = ?2 FROM {t} WHERE id = ?1"),
+            session: format!(
+                "SELECT json_type(data, '$.{s}'), CAST(json_extract(data, '$.{s}') AS TEXT)
+                 FROM {t} WHERE rowid = ?1",
+                s = table.session_column()
             ),
             update: format!(
                 "UPDATE {t} SET data = ?2, changed_snapshot = ?3{update_sets} WHERE rowid = ?1"
@@ -262,8 +273,13 @@ impl<'c> SnapshotWriter<'c> {
                 }
             }
             SourceEvent::Malformed { table, at, reason } => self.skip(table, &at, &reason),
+            SourceEvent::Unparsed { table, id, text } => {
+                if !self.seen_unchanged(table, &id, &text)? {
+                    self.apply(SourceEvent::from_json_text(table, text))?;
+                }
+            }
             SourceEvent::Row { table, row } => {
-                if !self.in_scope(table, &row) {
+                if !self.in_scope(table, &row.id, row.scope.as_deref()) {
                     return Ok(());
                 }
                 if !self.write_row(table, &row)? {
@@ -280,6 +296,58 @@ impl<'c> SnapshotWriter<'c> {
             }
         }
         Ok(())
+    }
+
+    /// Takes an unparsed row whose JSON text the catalog holds as is, the
+    /// common case of a re-snapshot: the row is seen, unchanged, and nothing
+    /// is parsed or written. False when it must be parsed and written as any
+    /// row: new, changed, seen twice, or of a table whose rows the snapshot
+    /// must read (a session's env decides which rows `--env` keeps, and its
+    /// malformed values are warned of at every snapshot).
+    fn seen_unchanged(&mut self, table: Table, id: &str, text: &str) -> Result<bool> {
+        let w = &mut self.tables[table_index(table)];
+        if w.fresh || table == Table::Sessions || (self.refresh_typed && w.refresh.is_some()) {
+            return Ok(false);
+        }
+        let found = self
+            .tx
+            .prepare_cached(&w.same)?
+            .query_row([id, text], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?))
+            })
+            .optional()?;
+        let Some((rowid, true)) = found else {
+            return Ok(false);
+        };
+        if w.seen.contains(rowid) {
+            return Ok(false);
+        }
+        if self.envs.is_some() {
+            let (session_type, session) =
+                self.tx
+                    .prepare_cached(&w.session)?
+                    .query_row([rowid], |r| {
+                        Ok((
+                            r.get::<_, Option<String>>(0)?,
+                            r.get::<_, Option<String>>(1)?,
+                        ))
+                    })?;
+            // The session as `refs::session_of` reads it from the JSON: text
+            // or an integer; any other value is none (a real number, rare,
+            // is left to the parser's own formatting).
+            let session = match session_type.as_deref() {
+                Some("text" | "integer") => session,
+                Some("real") => return Ok(false),
+                _ => None,
+            };
+            if !self.in_scope(table, id, session.as_deref()) {
+                return Ok(true);
+            }
+        }
+        let w = &mut self.tables[table_index(table)];
+        w.seen.insert(rowid);
+        w.counts.rows += 1;
+        Ok(true)
     }
 
     /// Writes one row if it is new or its JSON text changed; false when
@@ -448,17 +516,19 @@ impl<'c> SnapshotWriter<'c> {
         self.listing
     }
 
-    fn in_scope(&mut self, table: Table, row: &CheckedRow) -> bool {
+    /// Whether `--env` keeps the row `id` of `table`, whose scope is the
+    /// env of a session, the session of any other row ([`CheckedRow::scope`]).
+    fn in_scope(&mut self, table: Table, id: &str, scope: Option<&str>) -> bool {
         let Some(envs) = &self.envs else {
             return true;
         };
-        let Some(scope) = &row.scope else {
+        let Some(scope) = scope else {
             return false;
         };
         if table == Table::Sessions {
             let keep = envs.contains(scope);
             if keep {
-                self.sessions_in_scope.insert(row.id.clone());
+                self.sessions_in_scope.insert(id.to_string());
             }
             keep
         } else {

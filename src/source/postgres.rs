@@ -14,7 +14,6 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use serde_json::{Map, Value};
 use tokio_postgres::{Client, SimpleQueryMessage, config::SslMode};
 
 use super::Batcher;
@@ -161,10 +160,14 @@ pub async fn read(url: &str, out: &mut Batcher, split_stickers: bool) -> Result<
         // which makes a large snapshot several times cheaper to write.
         let ordered = yes(2 + 2 * i);
         let order = if ordered { " ORDER BY t.id" } else { "" };
-        let sql = format!(
-            "SELECT to_jsonb(t)::text FROM public.{} t{order}",
-            table.name()
-        );
+        // A re-snapshot's stickers come with their id beside the text, and
+        // are parsed only when the catalog's text differs (`Unparsed`).
+        let unparsed = split_stickers && ordered && table == Table::Stickers;
+        let columns = match unparsed {
+            true => "t.id::text, to_jsonb(t)::text",
+            false => "to_jsonb(t)::text",
+        };
+        let sql = format!("SELECT {columns} FROM public.{} t{order}", table.name());
         let split = match table == Table::Stickers && ordered {
             true => split.take(),
             false => None,
@@ -172,12 +175,10 @@ pub async fn read(url: &str, out: &mut Batcher, split_stickers: bool) -> Result<
         let stream = match &split {
             Some((second, at)) => {
                 let t = table.name();
-                let below = format!(
-                    "SELECT to_jsonb(t)::text FROM public.{t} t WHERE t.id < {at} ORDER BY t.id"
-                );
-                let above = format!(
-                    "SELECT to_jsonb(t)::text FROM public.{t} t WHERE t.id >= {at} ORDER BY t.id"
-                );
+                let below =
+                    format!("SELECT {columns} FROM public.{t} t WHERE t.id < {at} ORDER BY t.id");
+                let above =
+                    format!("SELECT {columns} FROM public.{t} t WHERE t.id >= {at} ORDER BY t.id");
                 let below = client.simple_query_raw(&below).await.map_err(db_err)?;
                 let above = second.simple_query_raw(&above).await.map_err(db_err)?;
                 futures::stream::select(below, above).left_stream()
@@ -191,14 +192,17 @@ pub async fn read(url: &str, out: &mut Batcher, split_stickers: bool) -> Result<
         futures::pin_mut!(stream);
         while let Some(msg) = stream.next().await {
             if let SimpleQueryMessage::Row(row) = msg.map_err(db_err)? {
-                let Some(text) = row.get(0) else { continue };
-                let event = match serde_json::from_str::<Map<String, Value>>(text) {
-                    Ok(row) => SourceEvent::row(table, row, Some(text.to_string()), || None),
-                    Err(e) => SourceEvent::Malformed {
+                let column = |i| row.try_get(i).ok().flatten();
+                let event = match (unparsed, column(0), column(1)) {
+                    (true, Some(id), Some(text)) => SourceEvent::Unparsed {
                         table,
-                        at: "a row".into(),
-                        reason: e.to_string(),
+                        id: id.to_string(),
+                        text: text.to_string(),
                     },
+                    (true, None, Some(text)) | (false, Some(text), _) => {
+                        SourceEvent::from_json_text(table, text.to_string())
+                    }
+                    _ => continue,
                 };
                 out.push(event).await?;
             }

@@ -1034,6 +1034,85 @@ fn env_limits_the_rows_copied() {
     }
 }
 
+/// A re-snapshot with `--env` takes an unchanged sticker's session from the
+/// catalog's text, not the database's: a session that moved to another env
+/// takes its unchanged stickers and their refs out, and one that moved in
+/// brings its stickers in, whose text changed nowhere.
+#[test]
+fn env_follows_a_session_that_changed_env_under_unchanged_stickers() {
+    let pg = TestPg::start();
+    let url = pg.fixture_db("bot");
+    let archive = temp_dir();
+    let first = snapshot_ok(archive.path(), &url, &["--env", "test"]);
+    let (stickers_before, ..) = counts(&first, "stickers");
+    // A test session with stickers goes to prod, a prod one with stickers
+    // comes to test; no sticker row changes.
+    let moved = |env: &str| -> String {
+        pg.psql(
+            "bot",
+            &format!(
+                "SELECT s.id FROM sessions s WHERE s.env = '{env}'
+                 AND EXISTS (SELECT 1 FROM stickers t WHERE t.session_id = s.id)
+                 ORDER BY s.id LIMIT 1"
+            ),
+        )
+        .trim()
+        .to_string()
+    };
+    let (out_of_test, into_test) = (moved("test"), moved("prod"));
+    assert!(!out_of_test.is_empty() && !into_test.is_empty());
+    let stickers_of = |session: &str| -> u64 {
+        pg.psql(
+            "bot",
+            &format!("SELECT count(*) FROM stickers WHERE session_id = '{session}'"),
+        )
+        .trim()
+        .parse()
+        .expect("a count")
+    };
+    let (leaving, coming) = (stickers_of(&out_of_test), stickers_of(&into_test));
+    pg.psql(
+        "bot",
+        &format!(
+            "UPDATE sessions SET env = CASE WHEN id = '{out_of_test}' THEN 'prod' ELSE 'test' END
+             WHERE id IN ('{out_of_test}', '{into_test}')"
+        ),
+    );
+    let again = snapshot_ok(archive.path(), &url, &["--env", "test"]);
+    assert_eq!(
+        counts(&again, "stickers"),
+        (stickers_before - leaving + coming, coming, 0, leaving, 0),
+        "{again}"
+    );
+    let conn = catalog(archive.path());
+    let of_session = |session: &str, sql: &str| -> i64 { one(&conn, &sql.replace("{s}", session)) };
+    for (session, rows) in [(&out_of_test, 0), (&into_test, coming as i64)] {
+        assert_eq!(
+            of_session(
+                session,
+                "SELECT count(*) FROM stickers WHERE session_id = '{s}'"
+            ),
+            rows,
+            "{session}"
+        );
+        assert_eq!(
+            of_session(
+                session,
+                "SELECT count(*) FROM refs WHERE class = 'sticker' AND session_id = '{s}'"
+            ),
+            rows,
+            "{session}: its sticker refs follow its rows"
+        );
+    }
+    // A third run changes nothing.
+    let third = snapshot_ok(archive.path(), &url, &["--env", "test"]);
+    assert_eq!(
+        counts(&third, "stickers"),
+        (stickers_before - leaving + coming, 0, 0, 0, 0),
+        "{third}"
+    );
+}
+
 /// Rows a snapshot cannot use are skipped and counted, never a crash: from
 /// Postgres (no id, a duplicate id) and from CSV (wrong field count, no id, a
 /// non-integer index). A photos value that is not an array of file ids
@@ -1103,6 +1182,30 @@ fn malformed_rows_are_skipped_and_counted() {
         "the good rows' refs are all there"
     );
     drop(conn);
+
+    // A re-snapshot, which compares most rows' text before it parses them,
+    // skips, warns and counts the same rows again.
+    let out = starchive(archive.path(), &["snapshot", "--json", "--db", &url]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let again: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(counts(&again, "sessions"), (13, 0, 0, 0, 0), "{again}");
+    assert_eq!(again["tables"]["sessions"]["warnings"], 2, "{again}");
+    assert_eq!(counts(&again, "stickers"), (16, 0, 0, 0, 3), "{again}");
+    let err_again = stderr(&out);
+    for skipped in [
+        "stickers a row: skipped: no id",
+        "stickers id \"\": skipped: the id is empty",
+        &format!(
+            "stickers id {}: skipped: a second row with the same id",
+            fid(301)
+        ),
+    ] {
+        assert!(
+            err_again.contains(skipped),
+            "no {skipped:?} in\n{err_again}"
+        );
+    }
+    assert_eq!(refs_of(&catalog(archive.path())).len(), 26);
 
     // CSV: the fixtures plus broken lines.
     let dir = temp_dir();
