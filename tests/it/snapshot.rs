@@ -768,6 +768,88 @@ fn a_large_table_is_read_in_two_halves_of_one_state() {
     );
 }
 
+/// A snapshot leaves no temp files on the bot's database: reading a table
+/// in id order is the primary key's index scan, never a sort spilled to
+/// disk, even where the planner would choose one. It does for a half of a
+/// re-snapshot of a million stickers with random ids, and there writes
+/// about 400 MB of temp files on the bot's server; here a high
+/// `random_page_cost` and a small `work_mem` make it choose so at 30,000.
+#[test]
+fn a_snapshot_writes_no_temp_files_on_the_database() {
+    let pg = TestPg::start();
+    pg.create_db("bot");
+    pg.load_schema("bot");
+    pg.psql(
+        "bot",
+        "INSERT INTO sessions (id, user_id, env)
+         SELECT md5('s' || g)::uuid, g, 'prod' FROM generate_series(1, 20000) g;
+         INSERT INTO stickers (user_id, session_id, telegram_file_id, result_storage_path)
+         SELECT g, md5('s' || (g % 20000 + 1))::uuid, 'file_' || g, 'stickers/' || g || '/x.webp'
+         FROM generate_series(1, 30000) g;
+         ALTER DATABASE bot SET work_mem = '64kB';
+         ALTER DATABASE bot SET random_page_cost = 40;
+         VACUUM ANALYZE;",
+    );
+    let temp_files = || -> i64 {
+        pg.psql(
+            "postgres",
+            "SELECT temp_files FROM pg_stat_database WHERE datname = 'bot'",
+        )
+        .trim()
+        .parse()
+        .expect("a count")
+    };
+    // The statistics of a backend reach pg_stat_database when it ends.
+    let settled = |before: i64| -> i64 {
+        let mut now = temp_files();
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(100));
+            now = temp_files();
+            if now != before {
+                break;
+            }
+        }
+        now
+    };
+    let url = pg.url("bot");
+    let archive = temp_dir();
+    let before = temp_files();
+    snapshot_ok(archive.path(), &url, &[]);
+    assert_eq!(
+        settled(before),
+        before,
+        "temp files written by a first snapshot"
+    );
+    pg.psql(
+        "bot",
+        "UPDATE stickers SET style_preset_id = 'changed' WHERE user_id % 100 = 1;",
+    );
+    let out = bin()
+        .env("STARCHIVE_LOG", "starchive=debug")
+        .arg("--archive")
+        .arg(archive.path())
+        .args(["snapshot", "--json", "--db", &url])
+        .output()
+        .expect("run snapshot");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("stickers: read in two halves"),
+        "{}",
+        stderr(&out)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("report");
+    assert_eq!(
+        counts(&report, "stickers"),
+        (30_000, 0, 300, 0, 0),
+        "{report}"
+    );
+    assert_eq!(
+        settled(before),
+        before,
+        "temp files written by a re-snapshot"
+    );
+}
+
 /// A server that will not share a transaction's state with a second
 /// connection (here a role that may not call `pg_export_snapshot`; a pooler
 /// or replica that cannot) gets a re-snapshot over one connection, whole
