@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use rusqlite::Connection;
+use rusqlite::functions::FunctionFlags;
 
 use crate::error::{Error, Result};
 
@@ -170,6 +171,8 @@ enum Generation {
 /// The SQL function the watch's triggers call with the number of the
 /// table a row of which changed: it notes the table and returns false.
 const CHANGED_FN: &str = "starchive_changed";
+/// The SQL function that says whether the watch saw a change already.
+const SEEN_FN: &str = "starchive_change_seen";
 
 /// Watches a command's changes to the catalog, to put the
 /// [`WRITE_GENERATION`] it bumped on opening back when it changed nothing.
@@ -179,9 +182,10 @@ const CHANGED_FN: &str = "starchive_changed";
 /// row deleted, or a row updated to other values: an update that writes
 /// what was there is no change. A change of the schema (`schema_version`)
 /// is one too, and so is a change rolled back (conservative: the next push
-/// merely compares the whole plan). Crash-safe: the bump is committed before the command writes
-/// and undone only by a clean close that saw no change, so a command killed
-/// after it committed anything leaves the generation moved on.
+/// merely compares the whole plan). Crash-safe: the bump is committed
+/// before the command writes and undone only by a clean close that saw no
+/// change, so a command killed after it committed anything leaves the
+/// generation moved on.
 struct ChangeWatch {
     /// The counter's text before the bump (`None`: the catalog had none).
     before: Option<String>,
@@ -220,33 +224,34 @@ impl ChangeWatch {
                 .collect::<Vec<_>>()
                 .join(" OR ");
             let on = format!("main.{}", ident(table));
-            // Lazy (CASE): the function runs only for a row that changed.
+            // Lazy (CASE): once a change was seen, an update costs a call
+            // (a 1M-row update as fast as without the watch); until then the
+            // function runs only for a row that changed.
             sql.push_str(&format!(
                 "CREATE TEMP TRIGGER starchive_watch_{i}_insert AFTER INSERT ON {on}
                      WHEN {CHANGED_FN}({i}) BEGIN SELECT 1; END;
                  CREATE TEMP TRIGGER starchive_watch_{i}_delete AFTER DELETE ON {on}
                      WHEN {CHANGED_FN}({i}) BEGIN SELECT 1; END;
                  CREATE TEMP TRIGGER starchive_watch_{i}_update AFTER UPDATE ON {on}
-                     WHEN CASE WHEN {differ} THEN {CHANGED_FN}({i}) ELSE 0 END
+                     WHEN CASE WHEN {SEEN_FN}() THEN 0 WHEN {differ} THEN {CHANGED_FN}({i}) ELSE 0 END
                      BEGIN SELECT 1; END;\n"
             ));
         }
         let changed = Arc::new(OnceLock::new());
         let seen = changed.clone();
-        // Not deterministic: SQLite would be free to call it once for a
-        // statement, whatever the rows.
-        conn.create_scalar_function(
-            CHANGED_FN,
-            1,
-            rusqlite::functions::FunctionFlags::SQLITE_UTF8,
-            move |ctx| {
-                if seen.get().is_none() {
-                    let i = ctx.get::<usize>(0)?;
-                    let _ = seen.set(tables.get(i).cloned().unwrap_or_default());
-                }
-                Ok(false)
-            },
-        )?;
+        // Neither is deterministic: SQLite would be free to call them once
+        // for a statement, whatever the rows.
+        conn.create_scalar_function(CHANGED_FN, 1, FunctionFlags::SQLITE_UTF8, move |ctx| {
+            if seen.get().is_none() {
+                let i = ctx.get::<usize>(0)?;
+                let _ = seen.set(tables.get(i).cloned().unwrap_or_default());
+            }
+            Ok(false)
+        })?;
+        let seen = changed.clone();
+        conn.create_scalar_function(SEEN_FN, 0, FunctionFlags::SQLITE_UTF8, move |_| {
+            Ok(seen.get().is_some())
+        })?;
         conn.execute_batch(&sql)?;
         Ok(ChangeWatch {
             before,
@@ -797,6 +802,9 @@ mod tests {
         assert!(matches!(items.as_slice(), [Ok(1), Err(Error::Config(_))]));
     }
 
+    /// A command's writes to the catalog.
+    type Write = fn(&Connection);
+
     /// The write generation after `write` ran on a catalog opened by
     /// `open_existing`, and the one before.
     fn generation_around(write: impl FnOnce(&Connection)) -> (i64, i64) {
@@ -818,7 +826,7 @@ mod tests {
 
     #[test]
     fn a_command_that_changed_nothing_puts_the_write_generation_back() {
-        let unchanged: [(&str, fn(&Connection)); 3] = [
+        let unchanged: [(&str, Write); 3] = [
             ("nothing", |_| {}),
             ("an update to the same values", |c| {
                 c.execute_batch("UPDATE settings SET value = value; UPDATE blobs SET size = size")
@@ -845,7 +853,7 @@ mod tests {
 
     #[test]
     fn a_command_that_changed_anything_keeps_the_write_generation_bumped() {
-        let changes: [(&str, fn(&Connection)); 6] = [
+        let changes: [(&str, Write); 6] = [
             ("a row inserted", |c| {
                 set_setting(c, "k", "v").expect("insert");
             }),
