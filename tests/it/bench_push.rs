@@ -211,10 +211,7 @@ fn noop_push_over(n: usize) {
         );
     }
     row("fetch with nothing to do", with_peak_rss(&fetch(), &time));
-    row(
-        "no-op push after it",
-        with_peak_rss(&push(), &time),
-    );
+    row("no-op push after it", with_peak_rss(&push(), &time));
     row("no-op push again", with_peak_rss(&push(), &time));
 }
 
