@@ -63,8 +63,8 @@ pub struct SessionSticker {
 pub fn session_stickers(conn: &Connection, envs: &Option<String>) -> Result<Vec<SessionSticker>> {
     let mut stmt = conn.prepare(&format!(
         "SELECT r.row_id, r.user_id, r.telegram_file_id, r.storage_key,
-                EXISTS (SELECT 1 FROM refs o WHERE o.class = 'sticker'
-                        AND o.telegram_file_id = r.telegram_file_id)
+                EXISTS (SELECT 1 FROM refs o WHERE o.fid_hash = r.fid_hash
+                        AND o.class = 'sticker' AND o.telegram_file_id = r.telegram_file_id)
          FROM refs r
          WHERE r.class = 'session_sticker' AND r.telegram_file_id IS NOT NULL AND {ENV_FILTER}
          ORDER BY r.row_id"

@@ -387,14 +387,20 @@ mod tests {
         catalog
             .conn()
             .execute_batch(
-                "INSERT INTO refs(class, row_table, row_id, storage_key, env, derived_gen)
-                 VALUES ('pack_sheet', 'pack_batches', 'b', 'k/shared', 'prod', 1),
-                        ('sticker', 'stickers', 't', 'k/shared', 'prod', 1),
-                        ('session_sticker', 'sessions', 's', 'k/shared', 'prod', 1),
-                        ('session_sticker', 'sessions', 'u', 'k/test', 'test', 1),
-                        ('pack_sheet', 'pack_batches', 'c', 'k/test', 'prod', 1);",
+                r#"INSERT INTO sessions(id, data, first_snapshot, changed_snapshot, env,
+                                        last_sticker_storage_path)
+                   VALUES ('p', '{"id":"p","env":"prod"}', 1, 1, 'prod', NULL),
+                          ('s', '{"id":"s","env":"prod"}', 1, 1, 'prod', 'k/shared'),
+                          ('u', '{"id":"u","env":"test"}', 1, 1, 'test', 'k/test');
+                   INSERT INTO stickers(id, data, first_snapshot, changed_snapshot)
+                   VALUES ('t', '{"id":"t","session_id":"p","result_storage_path":"k/shared"}', 1, 1);
+                   INSERT INTO pack_batches(id, data, first_snapshot, changed_snapshot, session_id,
+                                            cleaned_sheet_storage_path)
+                   VALUES ('b', '{"id":"b"}', 1, 1, 'p', 'k/shared'),
+                          ('c', '{"id":"c"}', 1, 1, 'p', 'k/test');"#,
             )
-            .expect("refs");
+            .expect("rows");
+        crate::catalog::derive::derive(catalog.conn(), false).expect("refs");
         (dir, catalog)
     }
 

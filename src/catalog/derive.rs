@@ -4,39 +4,34 @@
 //! knowledge; this is the SQL that applies it.
 
 use rusqlite::Connection;
+use sha2::{Digest, Sha256};
 
 use crate::error::Result;
-use crate::refs::RefClass;
 
-/// Rebuilds the `refs` table from the snapshot's rows, in the caller's
-/// transaction. A ref whose Telegram id and storage key are unchanged keeps
-/// its state (fetched stays fetched), as does a fetched one that only gained
-/// a storage key; one whose file changed is pending again;
+/// Rebuilds the refs (`refs_core`) from the snapshot's rows, in the
+/// caller's transaction. A ref whose Telegram id and storage key are
+/// unchanged keeps its state (fetched stays fetched), as does a fetched one
+/// that only gained a storage key; one whose file changed is pending again;
 /// refs whose row is gone are removed.
 pub fn derive(conn: &Connection, include_photos: bool) -> Result<()> {
-    let gen_ = next_gen(conn)?;
     let found = found_sql(Scope::All);
-    if gen_ == 1 {
+    let empty: bool = conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM refs_core)", [], |r| {
+        r.get(0)
+    })?;
+    if empty {
         // Into an empty table (a first snapshot): a plain insert, and the
-        // file_id index built after it in one sort rather than row by row.
-        conn.execute_batch("DROP INDEX refs_file_id")?;
+        // file id index built after it in one sort rather than row by row.
+        conn.execute_batch("DROP INDEX refs_core_fid")?;
         conn.execute(
             &format!("{found} {INSERT_REFS} FROM found"),
-            rusqlite::named_params! {":gen": gen_, ":photos": include_photos},
+            rusqlite::named_params! {":photos": include_photos},
         )?;
-        conn.execute_batch(REFS_FILE_ID_INDEX)?;
+        conn.execute_batch(REFS_FID_INDEX)?;
         return note_photos(conn, include_photos);
     }
     // Again: only new and changed refs are written, so that a snapshot of a
     // database that changed little changes little of the catalog.
-    upsert_found(conn, &found, gen_, include_photos)?;
-    conn.execute_batch(
-        "DELETE FROM refs WHERE NOT EXISTS (
-             SELECT 1 FROM temp.found_refs f
-             WHERE f.class = refs.class AND f.row_table = refs.row_table
-               AND f.row_id = refs.row_id AND f.slot = refs.slot);
-         DROP TABLE temp.found_refs;",
-    )?;
+    upsert_found(conn, &found, include_photos, "main.refs_core")?;
     note_photos(conn, include_photos)
 }
 
@@ -45,10 +40,10 @@ pub fn derive(conn: &Connection, include_photos: bool) -> Result<()> {
 /// those refs are most of a catalog's, and derived while the snapshot waits
 /// for the database's next rows, from rows still in the page cache, they
 /// cost little. `temp.snap_session_env` holds the env of each session
-/// inserted (sessions come first); the `refs_file_id` index is built after,
-/// in one sort ([`derive_after_sticker_refs`]).
+/// inserted (sessions come first); the `refs_core_fid` index is built
+/// after, in one sort ([`derive_after_sticker_refs`]).
 pub const STICKER_REFS_BEGIN: &str = "
-DROP INDEX refs_file_id;
+DROP INDEX refs_core_fid;
 CREATE TEMP TABLE snap_session_env (id TEXT PRIMARY KEY NOT NULL, env TEXT) WITHOUT ROWID;";
 
 /// Notes a session's env for [`STICKER_REFS_SINCE`]: `?1` its id, `?2` its env.
@@ -58,11 +53,9 @@ pub const SESSION_ENV_INSERT: &str =
 /// The refs of the stickers rows inserted after rowid `?1` (in a first
 /// snapshot, whose stickers table began empty), as [`derive`] finds them.
 pub const STICKER_REFS_SINCE: &str = "
-INSERT INTO refs (class, row_table, row_id, slot, session_id, user_id, env,
-                  pack_batch_id, pack_index, telegram_file_id, storage_key, derived_gen)
-SELECT 'sticker', 'stickers', t.id, '', t.session_id, t.user_id, nullif(e.env, ''),
-       t.pack_batch_id, t.pack_index,
-       nullif(t.telegram_file_id, ''), nullif(t.result_storage_path, ''), 1
+INSERT INTO refs_core (kind, row, env, fid_hash, key_hash)
+SELECT 0, t.rowid, nullif(e.env, ''),
+       file_hash(nullif(t.telegram_file_id, '')), file_hash(nullif(t.result_storage_path, ''))
 FROM stickers t LEFT JOIN temp.snap_session_env e ON e.id = t.session_id
 WHERE t.rowid > ?1
   AND (nullif(t.telegram_file_id, '') IS NOT NULL OR nullif(t.result_storage_path, '') IS NOT NULL)
@@ -70,16 +63,53 @@ ORDER BY t.rowid";
 
 /// Derives the refs of a first snapshot that wrote those of its stickers
 /// already ([`STICKER_REFS_BEGIN`]): every other ref, then the
-/// `refs_file_id` index.
+/// `refs_core_fid` index.
 pub fn derive_after_sticker_refs(conn: &Connection, include_photos: bool) -> Result<()> {
     let found = found_sql(Scope::AllButStickers);
     conn.execute(
         &format!("{found} {INSERT_REFS} FROM found"),
-        rusqlite::named_params! {":gen": 1, ":photos": include_photos},
+        rusqlite::named_params! {":photos": include_photos},
     )?;
-    conn.execute_batch(REFS_FILE_ID_INDEX)?;
+    conn.execute_batch(REFS_FID_INDEX)?;
     conn.execute_batch("DROP TABLE temp.snap_session_env")?;
     note_photos(conn, include_photos)
+}
+
+/// The hash `refs_core` keeps of a Telegram file id or a storage key: the
+/// first 48 bits of its SHA-256, as a positive integer (6 bytes in a
+/// record). Equal hashes are taken for the same file only where a ref is
+/// compared with itself across snapshots (a chance of 2^-48 per changed
+/// ref); a lookup by file id compares the ids themselves after.
+pub fn file_hash(text: &str) -> i64 {
+    hash_bytes(text.as_bytes())
+}
+
+fn hash_bytes(bytes: &[u8]) -> i64 {
+    let digest = Sha256::digest(bytes);
+    let mut be = [0u8; 8];
+    be[2..].copy_from_slice(&digest[..6]);
+    i64::from_be_bytes(be)
+}
+
+/// Makes [`file_hash`] the SQL function `file_hash(text)` of `conn` (NULL
+/// for NULL), which deriving and the migration to thin refs call.
+pub fn register_file_hash(conn: &Connection) -> Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    use rusqlite::types::ValueRef;
+    conn.create_scalar_function(
+        "file_hash",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            Ok(match ctx.get_raw(0) {
+                ValueRef::Null => None,
+                ValueRef::Text(b) | ValueRef::Blob(b) => Some(hash_bytes(b)),
+                ValueRef::Integer(i) => Some(file_hash(&i.to_string())),
+                ValueRef::Real(f) => Some(file_hash(&f.to_string())),
+            })
+        },
+    )?;
+    Ok(())
 }
 
 /// The setting that says whether the refs were last derived with photos.
@@ -142,14 +172,9 @@ pub fn derive_changed(conn: &Connection, include_photos: bool) -> Result<()> {
     if unchanged {
         return Ok(());
     }
-    let gen_ = next_gen(conn)?;
-    let classes = RefClass::ALL
-        .iter()
-        .map(|c| format!("'{}'", c.name()))
-        .collect::<Vec<_>>()
-        .join(", ");
     // A changed session, and the sessions a changed batch belongs to (now;
     // the snapshot noted those it belonged to before), are derived whole.
+    // `snap_derived_rows`: the rowids of the derived rows still there.
     conn.execute_batch(
         "INSERT OR IGNORE INTO temp.snap_sessions
              SELECT id FROM temp.snap_rows WHERE row_table = 'sessions';
@@ -165,30 +190,52 @@ pub fn derive_changed(conn: &Connection, include_photos: bool) -> Result<()> {
              SELECT 'sessions', id FROM temp.snap_sessions;
          INSERT OR IGNORE INTO temp.snap_derived
              SELECT 'pack_batches', b.id FROM temp.snap_sessions s
-             CROSS JOIN pack_batches b ON b.session_id = s.id;",
+             CROSS JOIN pack_batches b ON b.session_id = s.id;
+         CREATE TEMP TABLE snap_derived_rows (
+             row_table TEXT NOT NULL, row INTEGER NOT NULL, PRIMARY KEY (row_table, row)
+         ) WITHOUT ROWID;
+         INSERT OR IGNORE INTO temp.snap_derived_rows
+             SELECT 'stickers', t.rowid FROM temp.snap_derived d JOIN stickers t ON t.id = d.id
+             WHERE d.row_table = 'stickers';
+         INSERT OR IGNORE INTO temp.snap_derived_rows
+             SELECT 'sessions', t.rowid FROM temp.snap_derived d JOIN sessions t ON t.id = d.id
+             WHERE d.row_table = 'sessions';
+         INSERT OR IGNORE INTO temp.snap_derived_rows
+             SELECT 'pack_batches', t.rowid FROM temp.snap_derived d
+             JOIN pack_batches t ON t.id = d.id
+             WHERE d.row_table = 'pack_batches';",
     )?;
-    upsert_found(conn, &found_sql(Scope::Changed), gen_, include_photos)?;
+    // The refs of the derived rows (one pass over the thin refs, each
+    // looked up among the derived rows): the only ones a found ref can be.
     conn.execute_batch(&format!(
-        "DELETE FROM refs WHERE rowid IN (
-             SELECT r.rowid FROM temp.snap_derived d
-             CROSS JOIN refs r ON r.class IN ({classes}) AND r.row_table = d.row_table AND r.row_id = d.id
-             WHERE NOT EXISTS (
-                 SELECT 1 FROM temp.found_refs f
-                 WHERE f.class = r.class AND f.row_table = r.row_table
-                   AND f.row_id = r.row_id AND f.slot = r.slot));
-         DROP TABLE temp.found_refs;
-         DROP TABLE temp.snap_derived;"
+        "CREATE TEMP TABLE derived_refs AS
+             SELECT r.id, r.kind, r.row, r.slot FROM refs_core r
+             CROSS JOIN temp.snap_derived_rows d ON d.row_table = {} AND d.row = r.row;",
+        ROW_TABLE.replace("kind", "r.kind")
     ))?;
+    upsert_found(
+        conn,
+        &found_sql(Scope::Changed),
+        include_photos,
+        "temp.derived_refs",
+    )?;
+    conn.execute_batch(
+        "DROP TABLE temp.derived_refs;
+         DROP TABLE temp.snap_derived;
+         DROP TABLE temp.snap_derived_rows;",
+    )?;
+    remove_refs_of_removed_rows(conn)?;
     // The env of the sticker refs of other sessions: found through the
     // partial index `refs_orphans` for a new session; a session whose env
-    // changed or that is gone (rare) costs a pass over the refs. (CROSS
-    // JOIN and INDEXED BY: SQLite would rather scan all refs by class.)
-    let env = "(SELECT nullif(s.env, '') FROM sessions s WHERE s.id = refs.session_id)";
+    // changed or that is gone (rare) costs a pass over the refs. (INDEXED
+    // BY: SQLite would rather scan all refs.)
+    let session = "(SELECT t.session_id FROM stickers t WHERE t.rowid = refs_core.row)";
+    let env = format!("(SELECT nullif(s.env, '') FROM sessions s WHERE s.id = {session})");
     conn.execute(
         &format!(
-            "UPDATE refs INDEXED BY refs_orphans SET env = {env}
-             WHERE env IS NULL AND session_id IS NOT NULL AND class = 'sticker'
-               AND session_id IN (SELECT id FROM temp.snap_env WHERE known = 0)"
+            "UPDATE refs_core INDEXED BY refs_orphans SET env = {env}
+             WHERE env IS NULL AND kind = 0
+               AND {session} IN (SELECT id FROM temp.snap_env WHERE known = 0)"
         ),
         [],
     )?;
@@ -200,9 +247,9 @@ pub fn derive_changed(conn: &Connection, include_photos: bool) -> Result<()> {
     if known {
         conn.execute(
             &format!(
-                "UPDATE refs SET env = {env}
-                 WHERE class = 'sticker'
-                   AND session_id IN (SELECT id FROM temp.snap_env WHERE known = 1)
+                "UPDATE refs_core SET env = {env}
+                 WHERE kind = 0
+                   AND {session} IN (SELECT id FROM temp.snap_env WHERE known = 1)
                    AND env IS NOT {env}"
             ),
             [],
@@ -211,36 +258,77 @@ pub fn derive_changed(conn: &Connection, include_photos: bool) -> Result<()> {
     Ok(())
 }
 
-/// The derivation number of the next [`derive`]: 1 when `refs` is empty.
-fn next_gen(conn: &Connection) -> Result<i64> {
-    Ok(conn.query_row(
-        "SELECT coalesce(max(derived_gen), 0) + 1 FROM refs",
-        [],
-        |r| r.get(0),
-    )?)
-}
+/// The table of a ref's row, from its `kind` (as `refs_core.kind` numbers
+/// the classes: 0 sticker, 1 session_sticker, 2 a session's pack_sheet,
+/// 3 a batch's pack_sheet, 4 photo).
+const ROW_TABLE: &str =
+    "CASE kind WHEN 0 THEN 'stickers' WHEN 3 THEN 'pack_batches' ELSE 'sessions' END";
 
-/// Writes `found` into `temp.found_refs` (indexed by place), then the refs
-/// of it that are new or changed into `refs`.
-fn upsert_found(conn: &Connection, found: &str, gen_: i64, include_photos: bool) -> Result<()> {
-    conn.execute(
-        &format!("CREATE TEMP TABLE found_refs AS {found} SELECT * FROM found"),
-        rusqlite::named_params! {":photos": include_photos},
-    )?;
-    conn.execute(
-        &format!(
-            "{INSERT_REFS} FROM temp.found_refs WHERE true {}",
-            UPDATE_REFS.replace("{SAME_FILE}", SAME_FILE)
-        ),
-        rusqlite::named_params! {":gen": gen_},
-    )?;
-    conn.execute_batch(
-        "CREATE INDEX temp.found_refs_place ON found_refs(class, row_table, row_id, slot)",
-    )?;
+/// Removes the refs whose row a snapshot removed: only for a table that
+/// lost rows (some row listed in `temp.snap_rows` is no longer there),
+/// then in one pass over the refs of its kinds.
+fn remove_refs_of_removed_rows(conn: &Connection) -> Result<()> {
+    for (table, kinds) in [
+        ("stickers", "0"),
+        ("sessions", "1, 2, 4"),
+        ("pack_batches", "3"),
+    ] {
+        let lost: bool = conn.query_row(
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM temp.snap_rows s WHERE s.row_table = ?1
+                     AND NOT EXISTS (SELECT 1 FROM {table} t WHERE t.id = s.id))"
+            ),
+            [table],
+            |r| r.get(0),
+        )?;
+        if lost {
+            conn.execute(
+                &format!(
+                    "DELETE FROM refs_core WHERE kind IN ({kinds})
+                       AND NOT EXISTS (SELECT 1 FROM {table} t WHERE t.rowid = refs_core.row)"
+                ),
+                [],
+            )?;
+        }
+    }
     Ok(())
 }
 
-const REFS_FILE_ID_INDEX: &str = "CREATE INDEX refs_file_id ON refs(telegram_file_id)";
+/// Writes `found` into `temp.found_refs` and links each to the ref at its
+/// place among `known` (a table of refs' `id, kind, row, slot`: every ref
+/// a found one can be; one pass over it, each looked up among the found);
+/// updates the refs that changed, removes those of `known` not found, then
+/// inserts the new ones.
+fn upsert_found(conn: &Connection, found: &str, include_photos: bool, known: &str) -> Result<()> {
+    conn.execute(
+        &format!(
+            "CREATE TEMP TABLE found_refs AS {found}
+             SELECT kind, row, slot, batch, env, fid_hash, key_hash, NULL AS id FROM found"
+        ),
+        rusqlite::named_params! {":photos": include_photos},
+    )?;
+    conn.execute_batch(&format!(
+        "CREATE INDEX temp.found_refs_place ON found_refs(kind, row, slot);
+         CREATE TEMP TABLE found_links AS
+             SELECT f.rowid AS f, r.id AS id FROM {known} r
+             CROSS JOIN temp.found_refs f ON f.kind = r.kind AND f.row = r.row AND f.slot = r.slot;
+         UPDATE temp.found_refs SET id = l.id FROM temp.found_links l WHERE l.f = found_refs.rowid;
+         DROP TABLE temp.found_links;
+         {UPDATE_REFS}
+         DELETE FROM refs_core WHERE id IN (
+             SELECT id FROM {known}
+             WHERE id NOT IN (SELECT id FROM temp.found_refs WHERE id IS NOT NULL));
+         INSERT INTO refs_core (kind, row, slot, batch, env, fid_hash, key_hash)
+             SELECT kind, row, slot, batch, env, fid_hash, key_hash FROM temp.found_refs
+             WHERE id IS NULL ORDER BY rowid;
+         DROP TABLE temp.found_refs;",
+        UPDATE_REFS = UPDATE_REFS.replace("{SAME_FILE}", SAME_FILE)
+    ))?;
+    Ok(())
+}
+
+const REFS_FID_INDEX: &str =
+    "CREATE INDEX refs_core_fid ON refs_core(fid_hash) WHERE fid_hash IS NOT NULL";
 
 /// Which rows [`found_sql`] derives refs from.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -275,12 +363,13 @@ fn found_sql(scope: Scope) -> String {
 
 /// [`found_sql`]'s text: `{SESSIONS}` restricts the sessions, `{STICKERS}`
 /// and `{BATCHES}` the stickers and batches; `{ENV}` is where the env of
-/// another row's session is found.
+/// another row's session is found. The columns are those of `refs_core`
+/// that deriving writes ([`ROW_TABLE`] names the kinds).
 const FOUND_SQL: &str = r#"
 WITH
 -- Materialized: sessions are read once, not once per sticker.
 s AS MATERIALIZED (
-    SELECT id, user_id, nullif(env, '') AS env,
+    SELECT rowid AS row, id, user_id, nullif(env, '') AS env,
            nullif(last_sticker_file_id, '') AS last_fid,
            nullif(last_sticker_storage_path, '') AS last_key,
            nullif(pack_sheet_file_id, '') AS sheet_fid,
@@ -294,7 +383,7 @@ s AS MATERIALIZED (
 -- numerically when both ids are integers, else as text.
 latest_batch AS (
     SELECT s.id AS session_id,
-           (SELECT b.id FROM pack_batches b WHERE b.session_id = s.id
+           (SELECT b.rowid FROM pack_batches b WHERE b.session_id = s.id
             ORDER BY NOT EXISTS (
                 SELECT 1 FROM pack_batches c
                 WHERE c.session_id = b.session_id
@@ -305,81 +394,69 @@ latest_batch AS (
                                     THEN CAST(c.id AS INTEGER) > CAST(b.id AS INTEGER)
                                     ELSE c.id > b.id END))
             ) DESC, b.created_at DESC, b.id DESC
-            LIMIT 1) AS batch_id
+            LIMIT 1) AS batch_row
     FROM s WHERE s.sheet_fid IS NOT NULL
 ),
-found(class, row_table, row_id, slot, session_id, user_id, env, pack_batch_id,
-      pack_index, telegram_file_id, storage_key) AS (
-    SELECT 'sticker', 'stickers', t.id, '', t.session_id, t.user_id, e.env,
-           t.pack_batch_id, t.pack_index,
-           nullif(t.telegram_file_id, ''), nullif(t.result_storage_path, '')
+found(kind, row, slot, batch, env, fid_hash, key_hash) AS (
+    SELECT 0, t.rowid, '', NULL, e.env,
+           file_hash(nullif(t.telegram_file_id, '')), file_hash(nullif(t.result_storage_path, ''))
     FROM stickers t LEFT JOIN {ENV} e ON e.id = t.session_id
     WHERE (nullif(t.telegram_file_id, '') IS NOT NULL
            OR nullif(t.result_storage_path, '') IS NOT NULL) {STICKERS}
     UNION ALL
-    SELECT 'session_sticker', 'sessions', s.id, '', s.id, s.user_id, s.env,
-           NULL, NULL, s.last_fid, s.last_key
+    SELECT 1, s.row, '', NULL, s.env, file_hash(s.last_fid), file_hash(s.last_key)
     FROM s WHERE s.last_fid IS NOT NULL OR s.last_key IS NOT NULL
     UNION ALL
-    SELECT 'pack_sheet', 'sessions', s.id, '', s.id, s.user_id, s.env,
-           l.batch_id, NULL, s.sheet_fid, nullif(b.cleaned_sheet_storage_path, '')
+    SELECT 2, s.row, '', l.batch_row, s.env,
+           file_hash(s.sheet_fid), file_hash(nullif(b.cleaned_sheet_storage_path, ''))
     FROM latest_batch l JOIN s ON s.id = l.session_id
-    LEFT JOIN pack_batches b ON b.id = l.batch_id
+    LEFT JOIN pack_batches b ON b.rowid = l.batch_row
     UNION ALL
-    SELECT 'pack_sheet', 'pack_batches', b.id, '', b.session_id, b.user_id, e.env,
-           b.id, NULL, NULL, b.cleaned_sheet_storage_path
+    SELECT 3, b.rowid, '', b.rowid, e.env, NULL, file_hash(b.cleaned_sheet_storage_path)
     FROM pack_batches b LEFT JOIN {ENV} e ON e.id = b.session_id
     WHERE nullif(b.cleaned_sheet_storage_path, '') IS NOT NULL {BATCHES}
-      AND b.id NOT IN (SELECT batch_id FROM latest_batch WHERE batch_id IS NOT NULL)
+      AND b.rowid NOT IN (SELECT batch_row FROM latest_batch WHERE batch_row IS NOT NULL)
     UNION ALL
-    SELECT 'photo', 'sessions', s.id, 'current', s.id, s.user_id, s.env,
-           NULL, NULL, s.photo_fid, NULL
+    SELECT 4, s.row, 'current', NULL, s.env, file_hash(s.photo_fid), NULL
     FROM s WHERE :photos AND s.photo_fid IS NOT NULL
     UNION ALL
-    SELECT 'photo', 'sessions', s.id, CAST(j.key AS TEXT), s.id, s.user_id, s.env,
-           NULL, NULL, j.value, NULL
+    SELECT 4, s.row, CAST(j.key AS TEXT), NULL, s.env, file_hash(j.value), NULL
     FROM s, json_each(s.photos) j
     WHERE :photos AND j.type = 'text' AND j.value <> ''
 )
 "#;
 
-/// Inserts the rows of `found` (or a table of its shape) as refs of
-/// derivation `:gen`; the caller appends `FROM …`.
+/// Inserts the rows of `found` as refs; the caller appends `FROM …`.
 const INSERT_REFS: &str = "
-INSERT INTO refs (class, row_table, row_id, slot, session_id, user_id, env,
-                  pack_batch_id, pack_index, telegram_file_id, storage_key, derived_gen)
-SELECT class, row_table, row_id, slot, session_id, user_id, env,
-       pack_batch_id, pack_index, telegram_file_id, storage_key, :gen";
+INSERT INTO refs_core (kind, row, slot, batch, env, fid_hash, key_hash)
+SELECT kind, row, slot, batch, env, fid_hash, key_hash";
 
-/// Whether an updated ref still names the file it named (`refs`: as it
-/// was, `excluded`: as found): the same Telegram id and storage key; or,
-/// for a fetched ref, the same Telegram id and a storage key where there
-/// was none (`backfill --apply` wrote it, or the bot did, for that very
-/// file: its blob stays, nothing is downloaded again).
-const SAME_FILE: &str = "(refs.telegram_file_id IS excluded.telegram_file_id
-    AND (refs.storage_key IS excluded.storage_key
-         OR (refs.state = 'fetched' AND refs.telegram_file_id IS NOT NULL
-             AND refs.storage_key IS NULL AND excluded.storage_key IS NOT NULL)))";
+/// Whether an updated ref still names the file it named (`refs_core`: as
+/// it was, `f`: as found; by the hashes of its Telegram id and storage
+/// key): the same Telegram id and storage key; or, for a fetched ref, the
+/// same Telegram id and a storage key where there was none (`backfill
+/// --apply` wrote it, or the bot did, for that very file: its blob stays,
+/// nothing is downloaded again).
+const SAME_FILE: &str = "(refs_core.fid_hash IS f.fid_hash
+    AND (refs_core.key_hash IS f.key_hash
+         OR (refs_core.state = 1 AND refs_core.fid_hash IS NOT NULL
+             AND refs_core.key_hash IS NULL AND f.key_hash IS NOT NULL)))";
 
-/// A known ref is updated only when something of it changed; it keeps its
-/// state, blob and reason while it names the same file ([`SAME_FILE`]).
+/// A known ref found again is updated only when something of it changed;
+/// it keeps its state, blob and reason while it names the same file
+/// ([`SAME_FILE`]).
 const UPDATE_REFS: &str = "
-ON CONFLICT (class, row_table, row_id, slot) DO UPDATE SET
-    derived_gen = excluded.derived_gen,
-    session_id = excluded.session_id,
-    user_id = excluded.user_id,
-    env = excluded.env,
-    pack_batch_id = excluded.pack_batch_id,
-    pack_index = excluded.pack_index,
-    telegram_file_id = excluded.telegram_file_id,
-    storage_key = excluded.storage_key,
-    state = CASE WHEN {SAME_FILE} THEN refs.state ELSE 'pending' END,
-    sha256 = CASE WHEN {SAME_FILE} THEN refs.sha256 ELSE NULL END,
-    source = CASE WHEN {SAME_FILE} THEN refs.source ELSE NULL END,
-    key_dangling = CASE WHEN refs.storage_key IS excluded.storage_key
-                        THEN refs.key_dangling ELSE 0 END,
-    reason = CASE WHEN {SAME_FILE} THEN refs.reason ELSE NULL END
-WHERE (refs.session_id, refs.user_id, refs.env, refs.pack_batch_id, refs.pack_index,
-       refs.telegram_file_id, refs.storage_key)
-   IS NOT (excluded.session_id, excluded.user_id, excluded.env, excluded.pack_batch_id,
-           excluded.pack_index, excluded.telegram_file_id, excluded.storage_key)";
+UPDATE refs_core SET
+    batch = f.batch,
+    env = f.env,
+    fid_hash = f.fid_hash,
+    key_hash = f.key_hash,
+    state = CASE WHEN {SAME_FILE} THEN refs_core.state ELSE 0 END,
+    sha256 = CASE WHEN {SAME_FILE} THEN refs_core.sha256 END,
+    source = CASE WHEN {SAME_FILE} THEN refs_core.source END,
+    key_dangling = CASE WHEN refs_core.key_hash IS f.key_hash THEN refs_core.key_dangling ELSE 0 END,
+    reason = CASE WHEN {SAME_FILE} THEN refs_core.reason END
+FROM temp.found_refs f
+WHERE f.id = refs_core.id
+  AND (refs_core.batch, refs_core.env, refs_core.fid_hash, refs_core.key_hash)
+      IS NOT (f.batch, f.env, f.fid_hash, f.key_hash);";

@@ -34,8 +34,8 @@ pub struct EnvRefs {
 pub fn retry_failed(conn: &Connection, envs: &Option<String>) -> Result<usize> {
     Ok(conn.execute(
         &format!(
-            "UPDATE refs SET state = 'pending', reason = NULL, key_dangling = 0
-             WHERE state = 'failed' AND {ENV_FILTER}"
+            "UPDATE refs_core SET state = 0, reason = NULL, key_dangling = 0
+             WHERE state = 2 AND {ENV_FILTER}"
         ),
         [envs],
     )?)
@@ -52,9 +52,9 @@ const UNSERVABLE: &str =
 pub fn retry_dangling(conn: &Connection, envs: &Option<String>) -> Result<usize> {
     Ok(conn.execute(
         &format!(
-            "UPDATE refs SET state = 'pending', reason = NULL, key_dangling = 0
+            "UPDATE refs_core SET state = 0, reason = NULL, key_dangling = 0
              WHERE key_dangling = 1
-               AND (state = 'pending' OR (state = 'failed' AND reason = ?2))
+               AND (state = 0 OR (state = 2 AND reason = ?2))
                AND {ENV_FILTER}"
         ),
         params![envs, UNSERVABLE],
@@ -80,8 +80,8 @@ pub fn named_among(
 pub fn any_read_from_bucket(conn: &Connection, envs: &Option<String>) -> Result<bool> {
     Ok(conn.query_row(
         &format!(
-            "SELECT EXISTS (SELECT 1 FROM refs
-                            WHERE state = 'fetched' AND source = 'bucket' AND {ENV_FILTER})"
+            "SELECT EXISTS (SELECT 1 FROM refs_core
+                            WHERE state = 1 AND source = 'bucket' AND {ENV_FILTER})"
         ),
         [envs],
         |r| r.get(0),
@@ -93,39 +93,45 @@ pub fn any_read_from_bucket(conn: &Connection, envs: &Option<String>) -> Result<
 /// `file_id`, or the same `file_id` and key together. Returns how many refs
 /// were resolved.
 pub fn resolve_known(conn: &Connection, envs: &Option<String>) -> Result<usize> {
-    // `storage_key` has no index: the keys already read are gathered once
-    // (the join gets an automatic index), rather than a correlated subquery
-    // scanning every ref for every pending ref, which is quadratic.
+    // `refs_core` keeps hashes of keys and file_ids: the keys already read
+    // are gathered by hash in one pass (the join gets an automatic index),
+    // rather than a correlated subquery scanning every ref for every
+    // pending ref, which is quadratic; a pending ref takes the blob of a
+    // ref whose key (or file_id) is its own, compared in full ([`SAME_AS`]).
     let by_key = conn.execute(
         &format!(
-            "UPDATE refs SET state = 'fetched', reason = NULL, updated_at = ?2,
+            "UPDATE refs_core SET state = 1, reason = NULL, updated_at = ?2,
                 sha256 = k.sha256, source = 'bucket'
-             FROM (SELECT storage_key AS key, min(sha256) AS sha256 FROM refs
-                   WHERE storage_key IS NOT NULL AND key_dangling = 0
+             FROM (SELECT key_hash AS hash, min(sha256) AS sha256, id AS rep
+                   FROM refs_core NOT INDEXED
+                   WHERE key_hash IS NOT NULL AND key_dangling = 0
                      AND sha256 IS NOT NULL AND source = 'bucket'
-                   GROUP BY storage_key) AS k
-             WHERE refs.storage_key = k.key AND refs.state = 'pending'
-               AND refs.key_dangling = 0 AND {ENV_FILTER}"
+                   GROUP BY key_hash) AS k
+             WHERE refs_core.key_hash = k.hash AND refs_core.state = 0
+               AND refs_core.key_dangling = 0 AND {ENV_FILTER}
+               AND {}",
+            same_as("storage_key")
         ),
         params![envs, super::now_text()],
     )?;
     // Likewise the file_ids already read, gathered in one pass over the
-    // table (NOT INDEXED: through `refs_file_id`, every ref is a random
+    // table (NOT INDEXED: through `refs_core_fid`, every ref is a random
     // read), then joined from a scan of the pending refs (`+`: not the other
     // way round, which reads every ref of a known file_id at random). A
     // correlated search per pending ref visited every ref of its file_id:
     // a million refs on 1,000 file_ids took minutes.
     let by_file_id = conn.execute(
         &format!(
-            "UPDATE refs SET state = 'fetched', reason = NULL, updated_at = ?2,
+            "UPDATE refs_core SET state = 1, reason = NULL, updated_at = ?2,
                 sha256 = k.sha256, source = k.source
-             FROM (SELECT telegram_file_id AS file_id, min(sha256) AS sha256, source
-                   FROM refs NOT INDEXED
-                   WHERE telegram_file_id IS NOT NULL AND sha256 IS NOT NULL
-                   GROUP BY telegram_file_id) AS k
-             WHERE +refs.telegram_file_id = k.file_id AND refs.state = 'pending'
-               AND (refs.storage_key IS NULL OR refs.key_dangling = 1)
-               AND {ENV_FILTER}"
+             FROM (SELECT fid_hash AS hash, min(sha256) AS sha256, source, id AS rep
+                   FROM refs_core NOT INDEXED
+                   WHERE fid_hash IS NOT NULL AND sha256 IS NOT NULL
+                   GROUP BY fid_hash) AS k
+             WHERE +refs_core.fid_hash = k.hash AND refs_core.state = 0
+               AND (refs_core.key_hash IS NULL OR refs_core.key_dangling = 1)
+               AND {ENV_FILTER} AND {}",
+            same_as("telegram_file_id")
         ),
         params![envs, super::now_text()],
     )?;
@@ -133,23 +139,35 @@ pub fn resolve_known(conn: &Connection, envs: &Option<String>) -> Result<usize> 
     // Telegram names together (a `stickers` row `backfill --sync-stickers`
     // added for a session's sticker, with the key it wrote from that very
     // blob): the same file, by both names. Such fetched refs are few; the
-    // pending refs of their file_ids are found through `refs_file_id`.
+    // pending refs of their file_ids are found through `refs_core_fid`.
     let by_both = conn.execute(
         &format!(
-            "UPDATE refs SET state = 'fetched', reason = NULL, updated_at = ?2,
+            "UPDATE refs_core SET state = 1, reason = NULL, updated_at = ?2,
                 sha256 = k.sha256, source = k.source
-             FROM (SELECT telegram_file_id AS file_id, storage_key AS key,
-                          min(sha256) AS sha256, source
-                   FROM refs NOT INDEXED
-                   WHERE telegram_file_id IS NOT NULL AND storage_key IS NOT NULL
+             FROM (SELECT fid_hash, key_hash, min(sha256) AS sha256, source, id AS rep
+                   FROM refs_core NOT INDEXED
+                   WHERE fid_hash IS NOT NULL AND key_hash IS NOT NULL
                      AND sha256 IS NOT NULL AND source = 'telegram'
-                   GROUP BY telegram_file_id, storage_key) AS k
-             WHERE refs.telegram_file_id = k.file_id AND refs.storage_key = k.key
-               AND refs.state = 'pending' AND refs.key_dangling = 0 AND {ENV_FILTER}"
+                   GROUP BY fid_hash, key_hash) AS k
+             WHERE refs_core.fid_hash = k.fid_hash AND refs_core.key_hash = k.key_hash
+               AND refs_core.state = 0 AND refs_core.key_dangling = 0 AND {ENV_FILTER}
+               AND {} AND {}",
+            same_as("telegram_file_id"),
+            same_as("storage_key")
         ),
         params![envs, super::now_text()],
     )?;
     Ok(by_key + by_file_id + by_both)
+}
+
+/// That the ref being updated (`refs_core`) and the ref `k.rep` name the
+/// same `column` of the `refs` view, compared in full: their hashes are
+/// equal already.
+fn same_as(column: &str) -> String {
+    format!(
+        "(SELECT v.{column} FROM refs v WHERE v.id = refs_core.id)
+         = (SELECT v.{column} FROM refs v WHERE v.id = k.rep)"
+    )
 }
 
 /// Pending refs with a storage key not known to be dangling, grouped by key.
@@ -179,7 +197,7 @@ pub fn pending_keys(conn: &Connection, envs: &Option<String>) -> Result<Vec<KeyW
 /// million refs: 2 million reads, 20 s).
 pub fn pending_file_ids(conn: &Connection, envs: &Option<String>) -> Result<Vec<FileIdWork>> {
     let mut stmt = conn.prepare(&format!(
-        "SELECT telegram_file_id, env, count(*), min(id) FROM refs NOT INDEXED
+        "SELECT telegram_file_id, env, count(*), min(id) FROM refs
          WHERE {TELEGRAM_ONLY} AND {ENV_FILTER}
          GROUP BY telegram_file_id, env
          ORDER BY telegram_file_id, min(id)"
@@ -205,9 +223,10 @@ pub fn pending_file_ids(conn: &Connection, envs: &Option<String>) -> Result<Vec<
 }
 
 /// The refs [`pending_file_ids`] and [`file_id_refs`] read: pending ones
-/// that only Telegram can serve.
-const TELEGRAM_ONLY: &str = "state = 'pending' AND telegram_file_id IS NOT NULL
-           AND (storage_key IS NULL OR key_dangling = 1)";
+/// that only Telegram can serve (by the columns `refs_core` keeps, so that
+/// the others are passed over without reading their rows).
+const TELEGRAM_ONLY: &str = "state = 'pending' AND fid_hash IS NOT NULL
+           AND (key_hash IS NULL OR key_dangling = 1)";
 
 /// The pending refs of `file_id` that only Telegram can serve, of the envs
 /// in `envs` (the refs a unit of [`pending_file_ids`] stands for), by id.
@@ -215,7 +234,7 @@ pub fn file_id_refs(conn: &Connection, file_id: &str, envs: &[Option<String>]) -
     let named: Vec<&str> = envs.iter().flatten().map(String::as_str).collect();
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT id FROM refs
-         WHERE telegram_file_id = ?1 AND {TELEGRAM_ONLY}
+         WHERE fid_hash = ?4 AND telegram_file_id = ?1 AND {TELEGRAM_ONLY}
            AND (env IN (SELECT value FROM json_each(?2)) OR (env IS NULL AND ?3))
          ORDER BY id"
     ))?;
@@ -223,7 +242,8 @@ pub fn file_id_refs(conn: &Connection, file_id: &str, envs: &[Option<String>]) -
         params![
             file_id,
             serde_json::Value::from(named).to_string(),
-            envs.contains(&None)
+            envs.contains(&None),
+            super::derive::file_hash(file_id)
         ],
         |r| r.get(0),
     )?;
@@ -249,8 +269,8 @@ fn grouped(conn: &Connection, sql: &str, envs: &Option<String>) -> Result<Vec<(S
 pub fn fail_unservable(conn: &Connection, envs: &Option<String>) -> Result<usize> {
     Ok(conn.execute(
         &format!(
-            "UPDATE refs SET state = 'failed', updated_at = ?2, reason = ?3
-             WHERE state = 'pending' AND key_dangling = 1 AND telegram_file_id IS NULL
+            "UPDATE refs_core SET state = 2, updated_at = ?2, reason = ?3
+             WHERE state = 0 AND key_dangling = 1 AND fid_hash IS NULL
                AND {ENV_FILTER}"
         ),
         params![envs, super::now_text(), UNSERVABLE],
@@ -265,7 +285,8 @@ pub fn mark_fetched(tx: &Transaction, refs: &[i64], blob: &BlobInfo, source: &st
     )?
     .execute(params![blob.sha256, blob.size, blob.kind, source, now])?;
     let mut stmt = tx.prepare_cached(
-        "UPDATE refs SET state = 'fetched', sha256 = ?2, source = ?3, reason = NULL, updated_at = ?4
+        "UPDATE refs_core SET state = 1, sha256 = unhex(?2), source = ?3, reason = NULL,
+                              updated_at = ?4
          WHERE id = ?1",
     )?;
     for id in refs {
@@ -275,7 +296,7 @@ pub fn mark_fetched(tx: &Transaction, refs: &[i64], blob: &BlobInfo, source: &st
 }
 
 pub fn mark_dangling(tx: &Transaction, refs: &[i64]) -> Result<()> {
-    let mut stmt = tx.prepare_cached("UPDATE refs SET key_dangling = 1 WHERE id = ?1")?;
+    let mut stmt = tx.prepare_cached("UPDATE refs_core SET key_dangling = 1 WHERE id = ?1")?;
     for id in refs {
         stmt.execute([id])?;
     }
@@ -292,8 +313,8 @@ pub fn mark_unreadable(tx: &Transaction, refs: &[i64], reason: &str) -> Result<(
         "{reason}; no file_id to fetch it from Telegram instead"
     ));
     let mut stmt = tx.prepare_cached(
-        "UPDATE refs SET state = 'failed', reason = ?2, updated_at = ?3
-         WHERE id = ?1 AND telegram_file_id IS NULL",
+        "UPDATE refs_core SET state = 2, reason = ?2, updated_at = ?3
+         WHERE id = ?1 AND fid_hash IS NULL",
     )?;
     let now = super::now_text();
     for id in refs {
@@ -307,7 +328,7 @@ pub fn mark_unreadable(tx: &Transaction, refs: &[i64], reason: &str) -> Result<(
 pub fn mark_failed(tx: &Transaction, refs: &[i64], reason: &str) -> Result<()> {
     let reason = crate::redact::text(reason);
     let mut stmt = tx.prepare_cached(
-        "UPDATE refs SET state = 'failed', reason = ?2, updated_at = ?3 WHERE id = ?1",
+        "UPDATE refs_core SET state = 2, reason = ?2, updated_at = ?3 WHERE id = ?1",
     )?;
     let now = super::now_text();
     for id in refs {
@@ -355,10 +376,10 @@ pub fn wrong_file_id_failures(
 pub fn state_counts(conn: &Connection, envs: &Option<String>) -> Result<(u64, u64, u64)> {
     Ok(conn.query_row(
         &format!(
-            "SELECT count(*) FILTER (WHERE state = 'fetched'),
-                    count(*) FILTER (WHERE state = 'failed'),
-                    count(*) FILTER (WHERE state = 'pending')
-             FROM refs WHERE {ENV_FILTER}"
+            "SELECT count(*) FILTER (WHERE state = 1),
+                    count(*) FILTER (WHERE state = 2),
+                    count(*) FILTER (WHERE state = 0)
+             FROM refs_core WHERE {ENV_FILTER}"
         ),
         [envs],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -369,9 +390,10 @@ pub fn state_counts(conn: &Connection, envs: &Option<String>) -> Result<(u64, u6
 mod tests {
     use super::*;
 
-    /// A catalog with `per` refs on each of `file_ids` Telegram files, all
-    /// pending but the last ref of each file, fetched (`sha-<file>`, from
-    /// Telegram), and refs of `test` that share the files.
+    /// A catalog with `per` sticker refs on each of `file_ids` Telegram
+    /// files, all pending but the last ref of each file, fetched (the blob
+    /// of file `fN` is N in 64 digits, from Telegram), and refs of `test`
+    /// that share the files.
     fn shared_file_ids(file_ids: usize, per: usize) -> (tempfile::TempDir, super::super::Catalog) {
         let dir = tempfile::tempdir().expect("tempdir");
         let catalog = super::super::Catalog::open_or_create(dir.path()).expect("open");
@@ -379,20 +401,28 @@ mod tests {
             .conn()
             .execute(
                 "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?1 * ?2)
-                 INSERT INTO refs(class, row_table, row_id, telegram_file_id, env, derived_gen)
-                 SELECT 'sticker', 'stickers', 'r' || i, 'f' || (i % ?1),
-                        CASE WHEN i % 7 = 0 THEN 'test' ELSE 'prod' END, 1
+                 INSERT INTO stickers(id, data, first_snapshot, changed_snapshot)
+                 SELECT 'r' || i, json_object('id', 'r' || i, 'telegram_file_id', 'f' || (i % ?1)),
+                        1, 1
                  FROM n",
                 params![file_ids as i64, per as i64],
             )
-            .expect("refs");
+            .expect("stickers");
         catalog
             .conn()
             .execute_batch(
-                "INSERT INTO blobs(sha256, size, type, source, fetched_at)
-                     SELECT DISTINCT 'sha-' || telegram_file_id, 1, 'webp', 'telegram', 'now' FROM refs;
-                 UPDATE refs SET state = 'fetched', env = 'prod', source = 'telegram',
-                                 sha256 = 'sha-' || telegram_file_id
+                "INSERT INTO refs_core(kind, row, env, fid_hash)
+                     SELECT 0, rowid,
+                            CASE WHEN CAST(substr(id, 2) AS INTEGER) % 7 = 0 THEN 'test' ELSE 'prod' END,
+                            file_hash(telegram_file_id)
+                     FROM stickers ORDER BY rowid;
+                 INSERT INTO blobs(sha256, size, type, source, fetched_at)
+                     SELECT DISTINCT printf('%064d', substr(telegram_file_id, 2)), 1, 'webp',
+                            'telegram', 'now'
+                     FROM refs;
+                 UPDATE refs_core SET state = 1, env = 'prod', source = 'telegram',
+                        sha256 = unhex((SELECT printf('%064d', substr(telegram_file_id, 2))
+                                        FROM refs WHERE refs.id = refs_core.id))
                  WHERE id IN (SELECT max(id) FROM refs GROUP BY telegram_file_id);",
             )
             .expect("fetched");
@@ -404,7 +434,8 @@ mod tests {
         let mut stmt = conn
             .prepare(
                 "SELECT env || ' ' || state || ' ' || coalesce(source, '-') || ' '
-                        || coalesce(sha256 = 'sha-' || telegram_file_id, '-'), count(*)
+                        || coalesce(sha256 = printf('%064d', substr(telegram_file_id, 2)), '-'),
+                        count(*)
                  FROM refs GROUP BY 1 ORDER BY 1",
             )
             .expect("prepare");

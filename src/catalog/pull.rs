@@ -133,8 +133,9 @@ pub fn mark_present(conn: &Connection, is_present: impl Fn(&str) -> bool) -> Res
 /// `pull_refs`: the catalog's refs that the manifest says pushed, by the
 /// sha256 it names, whatever their state (a scoped pull, a killed one or
 /// `verify` left them pending or failed). Made once, in one pass over
-/// `refs`, after [`mark_present`]: `refs` has no index by sha256, and a
-/// search of it per blob made a pull quadratic in its refs. The refs of
+/// `refs`, after [`mark_present`]: `refs` has no index by sha256 (nor by
+/// row id: it names rows by rowid), and a search of it per blob made a
+/// pull quadratic in its refs. The refs of
 /// blobs already present are fetched at once. Each blob's `first_ref` is
 /// the least id of its refs: blobs are downloaded in that order.
 pub fn index_refs_to_pull(conn: &Connection) -> Result<()> {
@@ -146,19 +147,19 @@ pub fn index_refs_to_pull(conn: &Connection) -> Result<()> {
          ) WITHOUT ROWID;
          DELETE FROM pull_refs;
          INSERT INTO pull_refs(sha256, ref_id)
-             SELECT l.sha256, r.id FROM pull_lines l
-             JOIN refs r ON r.class = l.class AND r.row_table = l.row_table
-                        AND r.row_id = l.row_id AND r.slot = l.slot;
+             SELECT l.sha256, r.id FROM refs r
+             CROSS JOIN pull_lines l ON l.class = r.class AND l.row_table = r.row_table
+                                    AND l.row_id = r.row_id AND l.slot = r.slot;
          UPDATE pull_blobs SET first_ref = coalesce(
              (SELECT min(p.ref_id) FROM pull_refs p WHERE p.sha256 = pull_blobs.sha256), 0);
          CREATE INDEX IF NOT EXISTS temp.pull_blobs_order ON pull_blobs(first_ref, sha256);",
     )?;
     let tx = conn.unchecked_transaction()?;
     tx.execute(
-        "UPDATE refs SET state = 'fetched', reason = NULL, updated_at = ?1,
-                sha256 = (SELECT p.sha256 FROM pull_refs p WHERE p.ref_id = refs.id),
+        "UPDATE refs_core SET state = 1, reason = NULL, updated_at = ?1,
+                sha256 = unhex((SELECT p.sha256 FROM pull_refs p WHERE p.ref_id = refs_core.id)),
                 source = coalesce(source, 'pull')
-         WHERE state <> 'fetched'
+         WHERE state <> 1
            AND id IN (SELECT p.ref_id FROM pull_refs p JOIN pull_blobs b USING (sha256)
                       WHERE b.outcome = 'present')",
         [super::now_text()],
@@ -206,9 +207,9 @@ pub fn mark_pulled(conn: &Connection, blob: &BlobInfo) -> Result<()> {
     )?
     .execute(params![blob.sha256, blob.size, blob.kind, now])?;
     conn.prepare_cached(
-        "UPDATE refs SET state = 'fetched', sha256 = ?1, reason = NULL, updated_at = ?2,
+        "UPDATE refs_core SET state = 1, sha256 = unhex(?1), reason = NULL, updated_at = ?2,
                 source = coalesce(source, 'pull')
-         WHERE id IN (SELECT ref_id FROM pull_refs WHERE sha256 = ?1) AND state <> 'fetched'",
+         WHERE id IN (SELECT ref_id FROM pull_refs WHERE sha256 = ?1) AND state <> 1",
     )?
     .execute(params![blob.sha256, now])?;
     Ok(())
@@ -228,9 +229,9 @@ pub fn mark_pull_failed(conn: &Connection, sha256: &str, reason: &str) -> Result
     )?
     .execute(params![sha256, now])?;
     conn.prepare_cached(
-        "UPDATE refs SET state = 'failed', sha256 = ?1, reason = ?2, updated_at = ?3
+        "UPDATE refs_core SET state = 2, sha256 = unhex(?1), reason = ?2, updated_at = ?3
          WHERE id IN (SELECT ref_id FROM pull_refs WHERE sha256 = ?1)
-           AND (state <> 'fetched' OR sha256 = ?1)",
+           AND (state <> 1 OR sha256 = unhex(?1))",
     )?
     .execute(params![sha256, reason, now])?;
     conn.prepare_cached("UPDATE pull_blobs SET outcome = 'failed' WHERE sha256 = ?1")?
@@ -272,9 +273,9 @@ pub fn unbacked_to_pending(
         }
     }
     let n = tx.execute(
-        "UPDATE refs SET state = 'pending', sha256 = NULL, source = NULL, reason = NULL,
+        "UPDATE refs_core SET state = 0, sha256 = NULL, source = NULL, reason = NULL,
                 updated_at = ?1
-         WHERE state = 'fetched' AND sha256 IN (SELECT sha256 FROM pull_absent)",
+         WHERE state = 1 AND sha256 IN (SELECT unhex(sha256) FROM pull_absent)",
         [super::now_text()],
     )?;
     tx.commit()?;
@@ -286,12 +287,12 @@ pub fn unbacked_to_pending(
 pub fn pull_counts(conn: &Connection, envs: &Option<String>) -> Result<(u64, u64, u64, u64)> {
     Ok(conn.query_row(
         &format!(
-            "SELECT count(*) FILTER (WHERE state = 'fetched' AND p.sha256 IS NOT NULL
+            "SELECT count(*) FILTER (WHERE state = 1 AND p.sha256 IS NOT NULL
                                       AND p.outcome IS NULL),
-                    count(*) FILTER (WHERE state = 'fetched' AND p.outcome = 'present'),
-                    count(*) FILTER (WHERE state = 'failed' AND refs.sha256 IS NOT NULL),
-                    count(*) FILTER (WHERE state = 'pending')
-             FROM refs LEFT JOIN pull_blobs p ON p.sha256 = refs.sha256
+                    count(*) FILTER (WHERE state = 1 AND p.outcome = 'present'),
+                    count(*) FILTER (WHERE state = 2 AND r.sha256 IS NOT NULL),
+                    count(*) FILTER (WHERE state = 0)
+             FROM refs_core r LEFT JOIN pull_blobs p ON p.sha256 = lower(hex(r.sha256))
              WHERE {ENV_FILTER}"
         ),
         [envs],
@@ -304,6 +305,12 @@ pub fn pull_counts(conn: &Connection, envs: &Option<String>) -> Result<(u64, u64
 /// holds, or a catalog copy about to be installed, to read or set a setting.
 pub fn open_file(path: &std::path::Path) -> Result<Connection> {
     Ok(Connection::open(path)?)
+}
+
+/// Applies to a catalog file opened with [`open_file`] the migrations it
+/// lacks (as [`super::Catalog`] would on its next opening).
+pub fn migrate_file(conn: &mut Connection, path: &std::path::Path) -> Result<()> {
+    super::migrations::migrate(conn, path)
 }
 
 /// A setting of a catalog file opened read-only; `None` when it has none

@@ -139,12 +139,13 @@ pub fn fold_legacy(conn: &Connection, identity: &str, identity_of: IdentityOf) -
 
 /// The eight columns a [`RefPlace`] is read from (`refs r`), for [`place_at`].
 /// A session sticker's `sticker_key` is the key of a `stickers` row with the
-/// same `file_id` (SPEC §5).
+/// same `file_id` (SPEC §5), found by the hash of the `file_id` first.
 pub(crate) const PLACE_COLUMNS: &str = "r.class, r.row_id, r.slot, r.session_id, r.user_id,
     r.pack_batch_id, r.storage_key,
     CASE WHEN r.class = 'session_sticker' AND r.telegram_file_id IS NOT NULL THEN
         (SELECT o.storage_key FROM refs o
-         WHERE o.class = 'sticker' AND o.telegram_file_id = r.telegram_file_id
+         WHERE o.fid_hash = r.fid_hash AND o.class = 'sticker'
+           AND o.telegram_file_id = r.telegram_file_id
            AND o.storage_key IS NOT NULL
          ORDER BY o.row_id LIMIT 1)
     END";

@@ -148,7 +148,7 @@ fn cut_to_envs(conn: &Connection, envs: &str) -> Result<()> {
         &format!("DELETE FROM placements WHERE ref_id IN (SELECT id FROM refs WHERE NOT {kept})"),
         [envs],
     )?;
-    conn.execute(&format!("DELETE FROM refs WHERE NOT {kept}"), [envs])?;
+    conn.execute(&format!("DELETE FROM refs_core WHERE NOT {kept}"), [envs])?;
     conn.execute_batch(
         "DELETE FROM objects WHERE NOT EXISTS (
              SELECT 1 FROM placements p WHERE p.dest_id = objects.dest_id AND p.key = objects.key);

@@ -29,9 +29,9 @@ pub fn blobs_to_rehash(conn: &Connection, envs: &Option<String>) -> Result<Vec<(
 pub fn forget_blob(conn: &Connection, sha256: &str) -> Result<u64> {
     let refs = conn
         .prepare_cached(
-            "UPDATE refs SET state = 'pending', sha256 = NULL, source = NULL, reason = NULL,
+            "UPDATE refs_core SET state = 0, sha256 = NULL, source = NULL, reason = NULL,
                 updated_at = ?2
-             WHERE sha256 = ?1",
+             WHERE sha256 = unhex(?1)",
         )?
         .execute(params![sha256, super::now_text()])?;
     conn.prepare_cached("DELETE FROM blobs WHERE sha256 = ?1")?

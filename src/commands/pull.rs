@@ -394,7 +394,7 @@ fn restore_catalog(ctx: &Context, store: &Store, header: &Header) -> Result<()> 
     let result = (|| {
         restore_catalog_copy(&ctx.runtime, store, header, &staged)?;
         {
-            let conn = q::open_file(&staged)?;
+            let mut conn = q::open_file(&staged)?;
             let id = q::read_setting(&conn, ARCHIVE_ID);
             if let (Some(want), Some(got)) = (&header.archive_id, &id)
                 && want != got
@@ -405,12 +405,12 @@ fn restore_catalog(ctx: &Context, store: &Store, header: &Header) -> Result<()> 
                 )));
             }
             crate::catalog::set_setting(&conn, PULLED_FROM, &store.shown)?;
-            // A catalog from elsewhere is a new generation here: what the
-            // copy recorded of pushes it made leaves no push a fast path.
-            crate::catalog::bump_write_generation(&conn)?;
             if let Some(id) = q::latest_snapshot_id(&conn)? {
                 crate::catalog::set_setting(&conn, PULLED_SNAPSHOT, &id.to_string())?;
             }
+            // A copy an older starchive pushed: brought up to date first,
+            // to be written as this starchive writes it.
+            q::migrate_file(&mut conn, &staged)?;
             // The copy says fetched for the pusher's blobs: here, a ref is
             // fetched only once its blob is in `blobs/` (the pull sets it so
             // as each blob is published), in the file renamed into place.

@@ -413,6 +413,60 @@ fn a_killed_pull_resumes_to_the_whole_archive() {
     assert!(!pulled.join(".pull-catalog.sqlite").exists());
 }
 
+/// Turns the `refs_core` and `refs` view of migration 11 back into the
+/// `refs` table before it (with the placements that reference it).
+const UNDO_THIN_REFS: &str = "
+DROP VIEW v_refs;
+CREATE TABLE refs_10 (
+    id               INTEGER PRIMARY KEY,
+    class            TEXT NOT NULL,
+    row_table        TEXT NOT NULL,
+    row_id           TEXT NOT NULL,
+    slot             TEXT NOT NULL DEFAULT '',
+    session_id       TEXT,
+    user_id          TEXT,
+    env              TEXT,
+    pack_batch_id    TEXT,
+    pack_index       INTEGER,
+    telegram_file_id TEXT,
+    storage_key      TEXT,
+    state            TEXT NOT NULL DEFAULT 'pending'
+                     CHECK (state IN ('pending', 'fetched', 'failed')),
+    sha256           TEXT REFERENCES blobs(sha256),
+    source           TEXT,
+    key_dangling     INTEGER NOT NULL DEFAULT 0,
+    reason           TEXT,
+    derived_gen      INTEGER NOT NULL,
+    updated_at       TEXT,
+    UNIQUE (class, row_table, row_id, slot)
+);
+INSERT INTO refs_10 SELECT id, class, row_table, row_id, slot, session_id, user_id, env,
+    pack_batch_id, pack_index, telegram_file_id, storage_key, state, sha256, source,
+    key_dangling, reason, 1, updated_at FROM refs;
+CREATE TABLE placements_10 (
+    dest_id INTEGER NOT NULL REFERENCES destinations(id),
+    ref_id  INTEGER NOT NULL REFERENCES refs_10(id) ON DELETE CASCADE,
+    key     TEXT,
+    state   TEXT NOT NULL CHECK (state IN ('pending', 'pushed', 'failed')),
+    reason  TEXT,
+    PRIMARY KEY (dest_id, ref_id)
+) WITHOUT ROWID;
+INSERT INTO placements_10 SELECT dest_id, ref_id, key, state, reason FROM placements;
+DROP TABLE placements;
+DROP VIEW refs;
+DROP TABLE refs_core;
+ALTER TABLE refs_10 RENAME TO refs;
+ALTER TABLE placements_10 RENAME TO placements;
+CREATE INDEX placements_key ON placements(dest_id, key);
+CREATE INDEX placements_ref ON placements(ref_id);
+CREATE INDEX refs_file_id ON refs(telegram_file_id);
+CREATE INDEX refs_orphans ON refs(session_id) WHERE env IS NULL AND session_id IS NOT NULL;
+CREATE VIEW v_refs(class, env, row_id, session_id, telegram_file_id, storage_key,
+                   state, sha256, size, type, reason) AS
+    SELECT r.class, r.env, r.row_id, r.session_id, r.telegram_file_id, r.storage_key,
+           r.state, r.sha256, b.size, b.type, r.reason
+    FROM refs r LEFT JOIN blobs b ON b.sha256 = r.sha256;";
+
 /// A destination written before the catalog copy was compressed (format 1):
 /// a plain `_starchive/catalog.sqlite` of a catalog that knows no archive id.
 #[test]
@@ -428,7 +482,10 @@ fn a_format_1_destination_is_pulled_and_its_catalog_migrated() {
     std::fs::write(&legacy, copy).expect("write");
     {
         let conn = rusqlite::Connection::open(&legacy).expect("open");
-        // Migrations 7 to 9 undone (8 drops `seen_snapshot`, 9 adds `objects.written`).
+        // Migrations 7 to 11 undone (8 drops `seen_snapshot`, 9 adds
+        // `objects.written`, 11 makes `refs` a view of `refs_core`).
+        conn.execute_batch(UNDO_THIN_REFS)
+            .expect("refs as before migration 11");
         conn.execute_batch(
             "DELETE FROM settings WHERE key = 'archive_id';
              ALTER TABLE objects DROP COLUMN written;

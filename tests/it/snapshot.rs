@@ -156,7 +156,7 @@ fn mark_every_ref_fetched(archive: &Path) {
         .execute_batch(
             "INSERT INTO blobs(sha256, size, type, source, fetched_at)
                VALUES ('ab', 1, 'webp', 'bucket', '2025-01-01T00:00:00Z');
-             UPDATE refs SET state = 'fetched', sha256 = 'ab', source = 'bucket';",
+             UPDATE refs_core SET state = 1, sha256 = unhex('ab'), source = 'bucket';",
         )
         .expect("mark fetched");
 }
@@ -653,7 +653,7 @@ fn a_first_snapshot_writes_the_refs_a_full_derivation_finds() {
                 "{seed:x} {extra:?}: {with_env} sticker refs with an env, {without_env} without: {first}"
             );
             catalog(archive.path())
-                .execute("DELETE FROM refs", [])
+                .execute("DELETE FROM refs_core", [])
                 .expect("delete refs");
             snapshot_ok(archive.path(), &pg.url(&db), extra);
             let derived = refs_of(&catalog(archive.path()));
@@ -666,7 +666,7 @@ fn a_first_snapshot_writes_the_refs_a_full_derivation_finds() {
             let conn = catalog(archive.path());
             let index: i64 = one(
                 &conn,
-                "SELECT count(*) FROM sqlite_schema WHERE name = 'refs_file_id'",
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'refs_core_fid'",
             );
             assert_eq!(index, 1, "the file id index is back");
         }
