@@ -28,8 +28,10 @@ pub mod verify;
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use rusqlite::Connection;
+use rusqlite::functions::FunctionFlags;
 
 use crate::error::{Error, Result};
 
@@ -123,7 +125,9 @@ pub const ARCHIVE_ID: &str = "archive_id";
 /// whose writes are records of its own destination. A push that left a
 /// destination whole records the generation it saw; while the counter
 /// still says so, nothing a push writes can have changed, and the next push
-/// there sends nothing but the manifest check (`push`'s fast path).
+/// there sends nothing but the manifest check (`push`'s fast path). A
+/// command that ends having changed nothing in the catalog puts the counter
+/// back ([`Catalog::open_existing`]); one killed keeps it bumped.
 pub const WRITE_GENERATION: &str = "write_generation";
 /// The `settings` key that keeps photo refs in scope once
 /// `fetch --include photos` asked for them.
@@ -152,11 +156,182 @@ const CACHE_KIB: i64 = -8 * 1024;
 pub struct Catalog {
     conn: Connection,
     dir: PathBuf,
+    /// What puts the [`WRITE_GENERATION`] back when this catalog is closed
+    /// having changed nothing; `None` when it stays as it is.
+    watch: Option<ChangeWatch>,
     /// The archive's lock; `None` for a read-only catalog.
     _lock: Option<ArchiveLock>,
     /// Where a read-only catalog read from an archive that cannot be
     /// written was copied to be migrated (removed when dropped).
     _copy: Option<tempfile::TempDir>,
+}
+
+/// What an opening to write does with the [`WRITE_GENERATION`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Generation {
+    /// Leaves it as it is (`push`), unless the opening migrates the catalog.
+    Keep,
+    /// Bumps it for good (`snapshot`, which always records a snapshot).
+    Bump,
+    /// Bumps it, and puts it back when the catalog is closed having changed
+    /// nothing ([`ChangeWatch`]).
+    BumpUnlessUnchanged,
+}
+
+/// The SQL function the watch's triggers call with the number of the
+/// table a row of which changed: it notes the table and returns false.
+const CHANGED_FN: &str = "starchive_changed";
+/// The SQL function that says whether the watch saw a change already.
+const SEEN_FN: &str = "starchive_change_seen";
+
+/// Watches a command's changes to the catalog, to put the
+/// [`WRITE_GENERATION`] it bumped on opening back when it changed nothing.
+/// TEMP triggers on every table of `main` (SQLite's update hook misses
+/// WITHOUT ROWID tables, and its change counts include TEMP tables, which
+/// the commands' plans live in) call [`CHANGED_FN`] for a row inserted, a
+/// row deleted, or a row updated to other values: an update that writes
+/// what was there is no change. A change of the schema (`schema_version`)
+/// is one too, and so is a change rolled back (conservative: the next push
+/// merely compares the whole plan). Crash-safe: the bump is committed
+/// before the command writes and undone only by a clean close that saw no
+/// change, so a command killed after it committed anything leaves the
+/// generation moved on.
+struct ChangeWatch {
+    /// The counter's text before the bump (`None`: the catalog had none).
+    before: Option<String>,
+    /// Its text after the bump: only that is put back.
+    bumped: String,
+    /// `main`'s `schema_version` once the watch was set.
+    schema_version: i64,
+    /// The table of the first change seen.
+    changed: Arc<OnceLock<String>>,
+}
+
+impl ChangeWatch {
+    /// Bumps the [`WRITE_GENERATION`] of `conn` (committed at once) and
+    /// watches every table of `main` from then on.
+    fn start(conn: &Connection) -> Result<ChangeWatch> {
+        let before = setting(conn, WRITE_GENERATION)?;
+        let bumped = bump_write_generation(conn)?;
+        let tables: Vec<String> = conn
+            .prepare(
+                "SELECT name FROM main.sqlite_schema
+                 WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+                   AND sql NOT LIKE 'CREATE VIRTUAL %'
+                 ORDER BY name",
+            )?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut sql = String::new();
+        for (i, table) in tables.iter().enumerate() {
+            let columns: Vec<String> = conn
+                .prepare("SELECT name FROM pragma_table_info(?1, 'main') ORDER BY cid")?
+                .query_map([table], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let differ = columns
+                .iter()
+                .map(|c| format!("OLD.{0} IS NOT NEW.{0}", ident(c)))
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            let on = format!("main.{}", ident(table));
+            // Lazy (CASE): once a change was seen, an update costs a call
+            // (a 1M-row update as fast as without the watch); until then the
+            // function runs only for a row that changed.
+            sql.push_str(&format!(
+                "CREATE TEMP TRIGGER starchive_watch_{i}_insert AFTER INSERT ON {on}
+                     WHEN {CHANGED_FN}({i}) BEGIN SELECT 1; END;
+                 CREATE TEMP TRIGGER starchive_watch_{i}_delete AFTER DELETE ON {on}
+                     WHEN {CHANGED_FN}({i}) BEGIN SELECT 1; END;
+                 CREATE TEMP TRIGGER starchive_watch_{i}_update AFTER UPDATE ON {on}
+                     WHEN CASE WHEN {SEEN_FN}() THEN 0 WHEN {differ} THEN {CHANGED_FN}({i}) ELSE 0 END
+                     BEGIN SELECT 1; END;\n"
+            ));
+        }
+        let changed = Arc::new(OnceLock::new());
+        let seen = changed.clone();
+        // Neither is deterministic: SQLite would be free to call them once
+        // for a statement, whatever the rows.
+        conn.create_scalar_function(CHANGED_FN, 1, FunctionFlags::SQLITE_UTF8, move |ctx| {
+            if seen.get().is_none() {
+                let i = ctx.get::<usize>(0)?;
+                let _ = seen.set(tables.get(i).cloned().unwrap_or_default());
+            }
+            Ok(false)
+        })?;
+        let seen = changed.clone();
+        conn.create_scalar_function(SEEN_FN, 0, FunctionFlags::SQLITE_UTF8, move |_| {
+            Ok(seen.get().is_some())
+        })?;
+        conn.execute_batch(&sql)?;
+        Ok(ChangeWatch {
+            before,
+            bumped,
+            schema_version: schema_version(conn)?,
+            changed,
+        })
+    }
+
+    /// Puts the [`WRITE_GENERATION`] back if nothing changed since
+    /// [`ChangeWatch::start`] and the counter still says what it bumped.
+    fn finish(self, conn: &Connection) -> Result<()> {
+        let bumped = &self.bumped;
+        if let Some(table) = self.changed.get() {
+            tracing::debug!("the catalog changed (in {table} first): write generation {bumped}");
+            return Ok(());
+        }
+        if schema_version(conn)? != self.schema_version {
+            tracing::debug!("the catalog's schema changed: write generation {bumped}");
+            return Ok(());
+        }
+        match &self.before {
+            Some(before) => conn.execute(
+                "UPDATE settings SET value = ?2 WHERE key = ?1 AND value = ?3",
+                [WRITE_GENERATION, before, bumped],
+            )?,
+            None => conn.execute(
+                "DELETE FROM settings WHERE key = ?1 AND value = ?2",
+                [WRITE_GENERATION, bumped],
+            )?,
+        };
+        tracing::debug!(
+            "nothing changed in the catalog: write generation back to {}",
+            self.before.as_deref().unwrap_or("none")
+        );
+        Ok(())
+    }
+}
+
+/// `main`'s `PRAGMA schema_version`: moves with every change of its schema.
+fn schema_version(conn: &Connection) -> Result<i64> {
+    Ok(conn.pragma_query_value(Some("main"), "schema_version", |r| r.get(0))?)
+}
+
+/// `name` as an SQL identifier, quoted.
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Bumps the [`WRITE_GENERATION`] of the catalog `conn` opens (committed
+/// at once when no transaction is open); returns its new text.
+pub fn bump_write_generation(conn: &Connection) -> Result<String> {
+    Ok(conn.query_row(
+        "INSERT INTO settings(key, value) VALUES (?1, '1')
+         ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1
+         RETURNING value",
+        [WRITE_GENERATION],
+        |r| r.get(0),
+    )?)
+}
+
+impl Drop for Catalog {
+    fn drop(&mut self) {
+        if let Some(watch) = self.watch.take()
+            && let Err(e) = watch.finish(&self.conn)
+        {
+            // Conservative: the next push compares the whole plan.
+            tracing::debug!("write generation not put back: {e}");
+        }
+    }
 }
 
 /// The archive's exclusive lock, held until dropped.
@@ -245,17 +420,22 @@ pub fn writer_running(dir: &Path) -> Result<bool> {
 }
 
 impl Catalog {
-    /// Opens the archive's catalog, creating the archive when it does not exist.
+    /// Opens the archive's catalog, creating the archive when it does not
+    /// exist, for `snapshot`: a new [`WRITE_GENERATION`] for good.
     pub fn open_or_create(dir: &Path) -> Result<Catalog> {
-        Self::open_in(dir)
+        Self::open_in(dir, Generation::Bump)
     }
 
-    /// Opens the catalog of an archive that must already exist.
+    /// Opens the catalog of an archive that must already exist, with a new
+    /// [`WRITE_GENERATION`] that is put back when the catalog is closed
+    /// (dropped) having changed nothing ([`ChangeWatch`]): a `fetch`,
+    /// `verify` or `backfill` with nothing to do leaves `push`'s fast path
+    /// open.
     pub fn open_existing(dir: &Path) -> Result<Catalog> {
         if !dir.join(CATALOG_FILE).is_file() {
             return Err(Error::NoCatalog(dir.to_path_buf()));
         }
-        Self::open_in(dir)
+        Self::open_in(dir, Generation::BumpUnlessUnchanged)
     }
 
     /// Opens the catalog of an existing archive to read only, without the
@@ -289,7 +469,7 @@ impl Catalog {
         };
         if found < migrations::count() {
             drop(conn);
-            match Self::open_in(dir) {
+            match Self::open_in(dir, Generation::Bump) {
                 Ok(catalog) => drop(catalog),
                 Err(e) if e.cannot_write() => return Self::open_migrated_copy(dir),
                 Err(e) => return Err(e),
@@ -301,6 +481,7 @@ impl Catalog {
         Ok(Catalog {
             conn,
             dir: dir.to_path_buf(),
+            watch: None,
             _lock: None,
             _copy: None,
         })
@@ -331,15 +512,15 @@ impl Catalog {
                 std::fs::set_permissions(&to, mode).map_err(cannot)?;
             }
         }
-        drop(Self::open_in(copy.path())?);
+        drop(Self::open_in(copy.path(), Generation::Bump)?);
         let mut catalog = Self::open_read_only(copy.path())?;
         catalog.dir = dir.to_path_buf();
         catalog._copy = Some(copy);
         Ok(catalog)
     }
 
-    fn open_in(dir: &Path) -> Result<Catalog> {
-        Self::open_locked(dir, ArchiveLock::take(dir)?)
+    fn open_in(dir: &Path, generation: Generation) -> Result<Catalog> {
+        Self::open_with(dir, ArchiveLock::take(dir)?, generation)
     }
 
     /// Opens the catalog of an existing archive for `push`, whose writes
@@ -349,17 +530,19 @@ impl Catalog {
         if !dir.join(CATALOG_FILE).is_file() {
             return Err(Error::NoCatalog(dir.to_path_buf()));
         }
-        Self::open_with(dir, ArchiveLock::take(dir)?, false)
+        Self::open_with(dir, ArchiveLock::take(dir)?, Generation::Keep)
     }
 
     /// Opens (creating or migrating) the catalog of an archive whose lock
-    /// the caller took first, to look at the directory before it is opened.
+    /// the caller took first, to look at the directory before it is
+    /// opened. Like [`Catalog::open_existing`], a close having changed
+    /// nothing puts the [`WRITE_GENERATION`] back.
     pub fn open_locked(dir: &Path, lock: ArchiveLock) -> Result<Catalog> {
-        Self::open_with(dir, lock, true)
+        Self::open_with(dir, lock, Generation::BumpUnlessUnchanged)
     }
 
-    /// Opens the catalog to write; `bump`: a new [`WRITE_GENERATION`] first.
-    fn open_with(dir: &Path, lock: ArchiveLock, bump: bool) -> Result<Catalog> {
+    /// Opens the catalog to write, the [`WRITE_GENERATION`] as `generation` says.
+    fn open_with(dir: &Path, lock: ArchiveLock, generation: Generation) -> Result<Catalog> {
         let path = dir.join(CATALOG_FILE);
         let mut conn = Connection::open(&path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -376,18 +559,22 @@ impl Catalog {
         conn.pragma_update(None, "cache_size", CACHE_KIB)?;
         let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         migrations::migrate(&mut conn, &path)?;
-        if bump || found < migrations::count() {
-            // Committed before the command writes: a kill after any of its
-            // writes leaves the generation already moved on.
-            conn.execute(
-                "INSERT INTO settings(key, value) VALUES (?1, '1')
-                 ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
-                [WRITE_GENERATION],
-            )?;
-        }
+        // Committed before the command writes: a kill after any of its
+        // writes leaves the generation already moved on. A migration is a
+        // change for good.
+        let migrated = found < migrations::count();
+        let watch = match generation {
+            Generation::BumpUnlessUnchanged if !migrated => Some(ChangeWatch::start(&conn)?),
+            Generation::Keep if !migrated => None,
+            _ => {
+                bump_write_generation(&conn)?;
+                None
+            }
+        };
         Ok(Catalog {
             conn,
             dir: dir.to_path_buf(),
+            watch,
             _lock: Some(lock),
             _copy: None,
         })
@@ -465,13 +652,7 @@ impl Catalog {
     }
 
     pub fn setting(&self, key: &str) -> Result<Option<String>> {
-        use rusqlite::OptionalExtension;
-        Ok(self
-            .conn
-            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
-                r.get(0)
-            })
-            .optional()?)
+        setting(&self.conn, key)
     }
 
     pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
@@ -487,6 +668,16 @@ pub fn known_envs(conn: &Connection) -> Result<Vec<String>> {
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     Ok(envs)
+}
+
+/// A `settings` value of `conn`.
+fn setting(conn: &Connection, key: &str) -> Result<Option<String>> {
+    use rusqlite::OptionalExtension;
+    Ok(conn
+        .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .optional()?)
 }
 
 /// Sets a `settings` value on `conn` (a transaction, say).
@@ -619,6 +810,93 @@ mod tests {
         .take(5)
         .collect();
         assert!(matches!(items.as_slice(), [Ok(1), Err(Error::Config(_))]));
+    }
+
+    /// A command's writes to the catalog.
+    type Write = fn(&Connection);
+
+    /// The write generation after `write` ran on a catalog opened by
+    /// `open_existing`, and the one before.
+    fn generation_around(write: impl FnOnce(&Connection)) -> (i64, i64) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(Catalog::open_or_create(dir.path()).expect("create"));
+        let before = Catalog::open_existing_for_push(dir.path())
+            .and_then(|c| c.write_generation())
+            .expect("before");
+        {
+            let catalog = Catalog::open_existing(dir.path()).expect("open");
+            assert_eq!(catalog.write_generation().expect("bumped"), before + 1);
+            write(catalog.conn());
+        }
+        let after = Catalog::open_existing_for_push(dir.path())
+            .and_then(|c| c.write_generation())
+            .expect("after");
+        (before, after)
+    }
+
+    #[test]
+    fn a_command_that_changed_nothing_puts_the_write_generation_back() {
+        let unchanged: [(&str, Write); 3] = [
+            ("nothing", |_| {}),
+            ("an update to the same values", |c| {
+                c.execute_batch("UPDATE settings SET value = value; UPDATE blobs SET size = size")
+                    .expect("update");
+                let id: String = c
+                    .query_row(
+                        "SELECT value FROM settings WHERE key = ?1",
+                        [ARCHIVE_ID],
+                        |r| r.get(0),
+                    )
+                    .expect("archive id");
+                set_setting(c, ARCHIVE_ID, &id).expect("upsert");
+            }),
+            ("a TEMP table", |c| {
+                c.execute_batch("CREATE TEMP TABLE t(x); INSERT INTO t VALUES (1);")
+                    .expect("temp");
+            }),
+        ];
+        for (what, write) in unchanged {
+            let (before, after) = generation_around(write);
+            assert_eq!(after, before, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_command_that_changed_anything_keeps_the_write_generation_bumped() {
+        let changes: [(&str, Write); 6] = [
+            ("a row inserted", |c| {
+                set_setting(c, "k", "v").expect("insert");
+            }),
+            ("a row of a WITHOUT ROWID table", |c| {
+                c.execute(
+                    "INSERT INTO blobs VALUES ('aa', 1, 'png', 'bucket', '2025-11-25T10:00:00Z')",
+                    [],
+                )
+                .expect("insert");
+            }),
+            ("a row inserted, then deleted", |c| {
+                c.execute_batch(
+                    "INSERT INTO settings(key, value) VALUES ('k', 'v');
+                     DELETE FROM settings WHERE key = 'k';",
+                )
+                .expect("insert and delete");
+            }),
+            ("a row updated to another value", |c| {
+                set_setting(c, ARCHIVE_ID, "another").expect("update");
+            }),
+            ("a row deleted", |c| {
+                c.execute("DELETE FROM settings WHERE key = ?1", [ARCHIVE_ID])
+                    .expect("delete");
+            }),
+            ("the schema", |c| {
+                c.execute_batch("CREATE INDEX settings_value ON settings(value)")
+                    .expect("index");
+            }),
+        ];
+        for (what, write) in changes {
+            let (before, after) = generation_around(write);
+            assert_eq!(after, before + 1, "{what}");
+        }
     }
 
     #[test]

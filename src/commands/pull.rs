@@ -405,6 +405,9 @@ fn restore_catalog(ctx: &Context, store: &Store, header: &Header) -> Result<()> 
                 )));
             }
             crate::catalog::set_setting(&conn, PULLED_FROM, &store.shown)?;
+            // A catalog from elsewhere is a new generation here: what the
+            // copy recorded of pushes it made leaves no push a fast path.
+            crate::catalog::bump_write_generation(&conn)?;
             if let Some(id) = q::latest_snapshot_id(&conn)? {
                 crate::catalog::set_setting(&conn, PULLED_SNAPSHOT, &id.to_string())?;
             }

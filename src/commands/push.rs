@@ -133,6 +133,10 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
     {
         // Nothing a push writes changed since the last one left this
         // destination whole, and its manifest is still there: nothing to do.
+        tracing::debug!(
+            "nothing changed since the push that left {} whole (write generation {generation}): its manifest checked, nothing to push",
+            store.shown
+        );
         return Ok(TransferReport {
             done: 0,
             skipped: last.skipped,

@@ -966,6 +966,221 @@ fn a_push_after_any_change_pushes_it() {
     run(&mut verify_cmd(&archive, &url, Some(&s3))).expect_code(0);
 }
 
+/// The catalog's write generation: push's fast path holds while it stays.
+fn write_generation(archive: &Path) -> String {
+    catalog(archive)
+        .query_row(
+            "SELECT value FROM settings WHERE key = 'write_generation'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("write generation")
+}
+
+/// What push logs (at debug) when it takes its fast path.
+const FAST_PATH: &str = "nothing changed since the push that left";
+
+/// A push that exits 0, logging at debug: its report, whether it took the
+/// fast path, and the requests it sent (counted from zero).
+fn logged_push(archive: &Path, url: &str, s3: &TestS3) -> (Value, bool, u64) {
+    s3.reset_counts();
+    let out = run(push_cmd(archive, url, Some(s3)).env("STARCHIVE_LOG", "starchive=debug"));
+    out.expect_code(0);
+    (
+        out.json(),
+        out.stderr.contains(FAST_PATH),
+        s3.requests("TOTAL"),
+    )
+}
+
+/// A `fetch`, `verify` or `pull` that changed nothing in the catalog puts
+/// the write generation it bumped back: the push after it takes the fast
+/// path (the manifest check, nothing else). One that changed something
+/// leaves it moved on, and the push after it pushes the change: a ref
+/// fetched for another env, an object `verify` found with other bytes.
+#[test]
+fn a_command_that_changed_nothing_leaves_the_fast_path_open() {
+    let dir = temp_dir();
+    let bucket = dir.path().join("bucket");
+    let keys = ["stickers/1/s1/1.webp", "stickers/2/s2/1.webp"];
+    let mut db = Db::default();
+    db.session("s1", "1", "prod", None, None)
+        .session("s2", "2", "test", None, None);
+    for (i, key) in keys.iter().enumerate() {
+        let path = bucket.join(key);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, sticker_bytes(70 + i as u64, 600)).expect("write");
+        db.sticker(
+            &format!("st-{i}"),
+            &format!("{}", i + 1),
+            &format!("s{}", i + 1),
+            None,
+            Some(key),
+        );
+    }
+    let archive = dir.path().join("archive");
+    db.snapshot(&dir.path().join("db"), &archive);
+    let s3 = TestS3::start();
+    s3.create_bucket("dest");
+    let url = s3.store_url("dest", "");
+    let fetch = |env: Option<&str>| {
+        let mut cmd = starchive(&archive);
+        cmd.args(["--json", "fetch", "--storage"]).arg(&bucket);
+        if let Some(env) = env {
+            cmd.args(["--env", env]);
+        }
+        run(&mut cmd).expect_code(0).json()
+    };
+
+    // prod fetched and pushed; test's ref pending.
+    assert_eq!(fetch(Some("prod"))["done"], 1);
+    let (doc, fast, _) = logged_push(&archive, &url, &s3);
+    assert_eq!(
+        (&doc["done"], &doc["pending"], fast),
+        (&1.into(), &1.into(), false),
+        "{doc}"
+    );
+    let generation = write_generation(&archive);
+
+    let json = |args: &[&str]| {
+        let mut cmd = starchive(&archive);
+        cmd.arg("--json").args(args);
+        cmd
+    };
+    let mut fetch_prod = json(&["fetch", "--env", "prod", "--storage"]);
+    fetch_prod.arg(&bucket);
+    let mut pull = json(&["pull", "--from", &url]);
+    pull.envs(s3.env("STORAGE"));
+    let no_ops = [
+        ("fetch --env prod", fetch_prod),
+        ("fetch without a bucket", json(&["fetch", "--env", "prod"])),
+        ("verify", json(&["verify"])),
+        ("verify --deep --to", verify_cmd(&archive, &url, Some(&s3))),
+        ("pull from the destination", pull),
+    ];
+    for (what, mut cmd) in no_ops {
+        let out = run(&mut cmd);
+        out.expect_code(0);
+        if let Ok(doc) = serde_json::from_str::<Value>(&out.stdout)
+            && let Some(done) = doc.get("done")
+        {
+            assert_eq!(done, 0, "{what}: {doc}");
+        }
+        assert_eq!(write_generation(&archive), generation, "after {what}");
+        let (doc, fast, requests) = logged_push(&archive, &url, &s3);
+        assert!(fast, "after {what}: {doc}");
+        assert_eq!(
+            requests,
+            1,
+            "after {what}: the manifest check only: {:?}",
+            s3.request_log()
+        );
+        assert_eq!(
+            (&doc["done"], &doc["skipped"], &doc["pending"]),
+            (&0.into(), &1.into(), &1.into()),
+            "after {what}: {doc}"
+        );
+    }
+
+    // A fetch that fetched test's ref: the push after it uploads it.
+    assert_eq!(fetch(None)["done"], 1);
+    assert_ne!(write_generation(&archive), generation);
+    let (doc, fast, _) = logged_push(&archive, &url, &s3);
+    assert!(!fast, "{doc}");
+    assert_eq!(
+        (&doc["done"], &doc["skipped"], &doc["pending"]),
+        (&1.into(), &1.into(), &0.into()),
+        "{doc}"
+    );
+    assert_eq!(s3.get_file("dest", keys[1]), Some(sticker_bytes(71, 600)));
+    let (_, fast, requests) = logged_push(&archive, &url, &s3);
+    assert!(fast && requests == 1, "pushed: nothing left to do");
+
+    // An object verify finds with other bytes (of its size) is pushed again.
+    let generation = write_generation(&archive);
+    std::fs::write(s3.bucket_dir("dest").join(keys[0]), sticker_bytes(99, 600)).expect("spoil");
+    run(&mut verify_cmd(&archive, &url, Some(&s3))).expect_code(3);
+    assert_ne!(write_generation(&archive), generation);
+    let (doc, fast, _) = logged_push(&archive, &url, &s3);
+    assert!(!fast, "{doc}");
+    assert_eq!(doc["done"], 1, "{doc}");
+    assert_eq!(s3.get_file("dest", keys[0]), Some(sticker_bytes(70, 600)));
+    run(&mut verify_cmd(&archive, &url, Some(&s3))).expect_code(0);
+}
+
+/// A `fetch` killed after it committed fetched refs leaves the write
+/// generation moved on: the next push uploads them, not the fast path.
+#[test]
+fn a_fetch_killed_after_a_change_leaves_the_fast_path_closed() {
+    const FILES: usize = 200;
+    let dir = temp_dir();
+    let tg = FakeTelegram::new();
+    tg.latency(Duration::from_millis(40));
+    let mut db = Db::per_env();
+    for i in 0..FILES {
+        let id = format!("killed-{i:04}");
+        tg.add_file(
+            &id,
+            &format!("stickers/k{i}.webp"),
+            sticker_bytes(500 + i as u64, 700),
+        );
+        db.in_env("prod", Some(id.as_str()), None);
+    }
+    let archive = db.snapshotted(dir.path());
+    let s3 = TestS3::start();
+    s3.create_bucket("dest");
+    let url = s3.store_url("dest", "");
+    // Nothing fetched yet: a push that leaves the destination whole, all
+    // of its refs pending.
+    let (doc, _, _) = logged_push(&archive, &url, &s3);
+    assert_eq!(
+        (&doc["done"], &doc["pending"]),
+        (&0.into(), &(FILES as u64).into()),
+        "{doc}"
+    );
+    let (_, fast, _) = logged_push(&archive, &url, &s3);
+    assert!(fast, "a push right after a whole one takes the fast path");
+
+    let fetched = || -> u64 {
+        catalog(&archive)
+            .query_row(
+                "SELECT count(*) FROM refs WHERE state = 'fetched'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count")
+    };
+    let mut child = starchive(&archive)
+        .args(["fetch", "--jobs", "2", "--telegram-rate", "1000"])
+        .envs(tg.env())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn fetch");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while fetched() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing fetched in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let finished = child.try_wait().expect("try_wait").is_some();
+    child.kill().expect("kill -9");
+    child.wait().expect("wait");
+    assert!(!finished, "the fetch finished before the kill");
+    let at_kill = fetched();
+    assert!(at_kill < FILES as u64, "{at_kill} fetched: killed midway");
+
+    let (doc, fast, _) = logged_push(&archive, &url, &s3);
+    assert!(!fast, "{doc}");
+    assert_eq!(
+        doc["done"], at_kill,
+        "every ref fetched before the kill pushed: {doc}"
+    );
+    assert_eq!(doc["pending"], FILES as u64 - at_kill, "{doc}");
+}
+
 // ---- bad input -----------------------------------------------------------------
 
 #[test]
