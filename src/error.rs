@@ -125,6 +125,31 @@ impl Error {
         matches!(self, Error::Io { source, .. } if disk_refuses(source))
     }
 
+    /// The message shown for this error at the top of a command whose
+    /// catalog is the file `catalog`. SQLite's own words for a full disk ("database or
+    /// disk is full") name neither the file nor the way out: a catalog write
+    /// the disk refused gets both. Nothing committed is lost then (the
+    /// write's transaction rolled back), so the same command goes on once
+    /// there is room.
+    pub fn message(&self, catalog: &std::path::Path) -> String {
+        match self {
+            Error::Catalog(e) => match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::DiskFull) => format!(
+                    "{self}: cannot write {}: its disk is full (or over quota): free space there, then run the command again; what was committed stays",
+                    catalog.display()
+                ),
+                // What SQLite says when a disk with no room left at all
+                // refuses even its shared-memory file.
+                Some(rusqlite::ErrorCode::SystemIoFailure) => format!(
+                    "{self}: the disk refused a write of {} (full, over quota or failing): free space there or check the disk, then run the command again; what was committed stays",
+                    catalog.display()
+                ),
+                _ => self.to_string(),
+            },
+            _ => self.to_string(),
+        }
+    }
+
     /// Whether this says the archive cannot be written by this user (its
     /// directory, lock file or catalog read-only): what read-only commands
     /// work around.

@@ -58,7 +58,9 @@ fn main() -> ExitCode {
     let status = match run(cli.command, &ctx, &printer) {
         Ok(status) => status,
         Err(e) => {
-            let message = starchive::redact::text(&e.to_string());
+            let message = starchive::redact::text(
+                &e.message(&ctx.archive.join(starchive::catalog::CATALOG_FILE)),
+            );
             eprintln!("error: {message}");
             if printer.json {
                 printer.error(&message, e.exit_status());

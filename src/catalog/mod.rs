@@ -150,6 +150,22 @@ pub const CORE_STATE: &str =
 /// How a ref is named in reports: `table/row_id`, plus the slot for photos.
 pub const REF_LABEL_SQL: &str = "row_table || '/' || row_id || CASE WHEN slot = '' THEN '' ELSE '/' || class || '/' || slot END";
 
+/// The size, in bytes, at which the catalog's write-ahead log is
+/// checkpointed, and to which it is cut back after.
+const WAL_BYTES: i64 = 1024 * 1024;
+
+/// Keeps the write-ahead log of `conn` near [`WAL_BYTES`]. SQLite's default
+/// checkpoints it at 1,000 pages (16 MiB of the catalog's 16 KiB pages) and
+/// keeps the file at that size: a fetch, which commits a page or two per
+/// file, then needed 16 MiB more disk than its files, and a disk that did
+/// not have it stopped every run after ("database or disk is full").
+fn limit_wal(conn: &Connection) -> Result<()> {
+    let page: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+    conn.pragma_update(None, "wal_autocheckpoint", (WAL_BYTES / page.max(1)).max(1))?;
+    conn.pragma_update(None, "journal_size_limit", WAL_BYTES)?;
+    Ok(())
+}
+
 /// SQLite's page cache, in KiB (negative: SQLite's unit for KiB).
 const CACHE_KIB: i64 = -8 * 1024;
 
@@ -551,6 +567,7 @@ impl Catalog {
         // system calls and B-tree pages of SQLite's default 4 KiB.
         conn.pragma_update(None, "page_size", 16_384)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
+        limit_wal(&conn)?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         // 8 MiB of page cache: rows arrive in id order, so even a large

@@ -127,3 +127,73 @@ fn a_full_disk_stops_pull_leaving_the_refs_pending() {
     run(starchive(&copy).arg("verify")).expect_code(0);
     drop(disk);
 }
+
+/// A long fetch needs little more disk than its files: the catalog's
+/// write-ahead log is checkpointed and cut back while the fetch runs. By
+/// default SQLite let it reach 1,000 pages (16 MiB of the catalog's 16 KiB
+/// pages) before a checkpoint and kept that size: a fetch of 1,000 small
+/// files on a disk of 8 MiB stopped with "database or disk is full", and so
+/// did every run after it.
+#[test]
+fn a_long_fetch_fits_on_a_disk_little_larger_than_its_files() {
+    const N: usize = 600;
+    const SMALL: usize = 2000;
+    let dir = temp_dir();
+    let (tg, ids) = telegram_with_files(N, SMALL);
+    let mut db = Db::per_env();
+    for id in &ids {
+        db.in_env("prod", Some(id.as_str()), None);
+    }
+    let Some(disk) = Tmpfs::mount(&dir.path().join("archive"), "8m") else {
+        return;
+    };
+    let archive = db.snapshotted(dir.path());
+    // One job at Telegram's pace: a commit per file, the most a fetch makes.
+    let out =
+        run(fetch_cmd(&archive, None, Some(&tg)).args(["--jobs", "1", "--telegram-rate", "400"]));
+    out.expect_code(0);
+    assert_eq!(states(&archive), (N, 0, 0));
+    run(starchive(&archive).arg("verify")).expect_code(0);
+    drop(disk);
+}
+
+/// A catalog write the disk refuses names the catalog and the way out, not
+/// only SQLite's "database or disk is full"; the refs stay pending, and the
+/// same fetch finishes once there is room.
+#[test]
+fn a_full_disk_under_the_catalog_names_it() {
+    let dir = temp_dir();
+    let (tg, ids) = telegram_with_files(FILES, 2000);
+    let mut db = Db::per_env();
+    for id in &ids {
+        db.in_env("prod", Some(id.as_str()), None);
+    }
+    let Some(disk) = Tmpfs::mount(&dir.path().join("archive"), "4m") else {
+        return;
+    };
+    let archive = db.snapshotted(dir.path());
+    // The files have room of their own; the catalog's disk has none left.
+    let Some(blobs) = Tmpfs::mount(&archive.join("blobs"), "16m") else {
+        return;
+    };
+    let filler = archive.join("filler");
+    let mut file = std::fs::File::create(&filler).expect("filler");
+    let chunk = vec![0u8; 64 * 1024];
+    while std::io::Write::write_all(&mut file, &chunk).is_ok() {}
+    drop(file);
+    let fetch = || run(fetch_cmd(&archive, None, Some(&tg)).args(["--telegram-rate", "1000"]));
+    let out = fetch();
+    out.expect_code(1);
+    let error = out.json()["error"].as_str().unwrap_or_default().to_string();
+    let catalog = archive.join("catalog.sqlite");
+    assert!(
+        error.contains(&catalog.display().to_string()) && error.contains("free space"),
+        "the catalog and the way out: {error}"
+    );
+    std::fs::remove_file(&filler).expect("remove filler");
+    assert_eq!(states(&archive).1, 0, "no ref failed for the disk");
+    fetch().expect_code(0);
+    assert_eq!(states(&archive), (FILES, 0, 0));
+    drop(blobs);
+    drop(disk);
+}
