@@ -11,7 +11,8 @@ use crate::error::Result;
 /// Rebuilds the refs (`refs_core`) from the snapshot's rows, in the
 /// caller's transaction. A ref whose Telegram id and storage key are
 /// unchanged keeps its state (fetched stays fetched), as does a fetched one
-/// that only gained a storage key; one whose file changed is pending again;
+/// whose Telegram id is unchanged and only its storage key came, went or
+/// moved; one whose file changed is pending again;
 /// refs whose row is gone are removed.
 pub fn derive(conn: &Connection, include_photos: bool) -> Result<()> {
     let found = found_sql(Scope::All);
@@ -434,13 +435,13 @@ SELECT kind, row, slot, batch, env, fid_hash, key_hash";
 /// Whether an updated ref still names the file it named (`refs_core`: as
 /// it was, `f`: as found; by the hashes of its Telegram id and storage
 /// key): the same Telegram id and storage key; or, for a fetched ref, the
-/// same Telegram id and a storage key where there was none (`backfill
-/// --apply` wrote it, or the bot did, for that very file: its blob stays,
-/// nothing is downloaded again).
+/// same Telegram id whatever became of its storage key. A Telegram file id
+/// names one file: a key `backfill --apply` wrote for it, one `backfill
+/// --undo` took away again, or one the bot moved, still stands for the
+/// blob the ref has, and nothing is downloaded again.
 const SAME_FILE: &str = "(refs_core.fid_hash IS f.fid_hash
     AND (refs_core.key_hash IS f.key_hash
-         OR (refs_core.state = 1 AND refs_core.fid_hash IS NOT NULL
-             AND refs_core.key_hash IS NULL AND f.key_hash IS NOT NULL)))";
+         OR (refs_core.state = 1 AND refs_core.fid_hash IS NOT NULL)))";
 
 /// A known ref found again is updated only when something of it changed;
 /// it keeps its state, blob and reason while it names the same file

@@ -1447,8 +1447,9 @@ fn check_after_apply_counts_backfilled_objects_by_their_row() {
 /// After `backfill --apply` and a new snapshot, a ref fetched by its
 /// file_id that only gained a storage key (the one backfill wrote, for that
 /// very file) stays fetched with its blob: `plan` shows it fetched and
-/// `fetch` downloads nothing. A ref whose file_id changed meanwhile is a
-/// new file: fetched again.
+/// `fetch` downloads nothing; nor after `backfill --undo --apply` takes the
+/// key away again, or the bot moves a key: the file_id names the file. A ref
+/// whose file_id changed meanwhile is a new file: fetched again.
 #[test]
 fn a_key_backfill_wrote_downloads_nothing_again() {
     const N: usize = 6;
@@ -1504,6 +1505,28 @@ fn a_key_backfill_wrote_downloads_nothing_again() {
         "{fetched}"
     );
     // The changed one was read from the bucket (it has a key): no Telegram call.
+    assert_eq!(bot.tg.total_requests(), requests);
+
+    // The backfill undone (the keys it wrote are NULL again) and the bot
+    // moving one key elsewhere: every ref keeps its file_id, so its file.
+    let after_fetch = refs_sha(&bot);
+    bot.backfill(&["--undo", "--apply"]).expect_code(0);
+    let moved = generated_session(1);
+    bot.sql(&format!(
+        "UPDATE sessions SET last_sticker_storage_path = 'stickers/moved/elsewhere.webp'
+         WHERE id = '{moved}';"
+    ));
+    bot.snapshot();
+    let plan = bot.run(&["--json", "plan"]).expect_code(0).json();
+    let counts = &plan["classes"]["session_sticker"];
+    assert_eq!(
+        (&counts["fetched"], &counts["pending"], &counts["failed"]),
+        (&N.into(), &0.into(), &0.into()),
+        "undo and a moved key leave every ref fetched: {plan:#}"
+    );
+    assert_eq!(refs_sha(&bot), after_fetch, "every blob is kept");
+    let fetched = bot.fetch(&[]).expect_code(0).json();
+    assert_eq!(fetched["done"], 0, "nothing downloaded again: {fetched}");
     assert_eq!(bot.tg.total_requests(), requests);
 }
 
