@@ -762,7 +762,23 @@ fn lock_archive(dir: &Path) -> Result<File> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| Error::io(format!("cannot open the lock file {}", path.display()), e))?;
+        .map_err(|e| {
+            // A command that records what it did needs the archive writable;
+            // say so, and which commands read one that is not.
+            let read_only = matches!(
+                e.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+            );
+            let what = match read_only {
+                true => format!(
+                    "the archive {} cannot be written (a read-only disk, or not this user's; cannot open the lock file {}): this command records what it does in the catalog; run it where the archive is writable (plan, status, check and gallery read a read-only archive)",
+                    dir.display(),
+                    path.display()
+                ),
+                false => format!("cannot open the lock file {}", path.display()),
+            };
+            Error::io(what, e)
+        })?;
     // `check` probes the lock with a shared one let go at once
     // ([`writer_running`]): a lock refused for a few milliseconds is that.
     let mut tries = 0;

@@ -60,6 +60,15 @@ fn every_read_only_command_works(user: Option<&str>, archive: &Path, out: &Path,
         got.stderr
     );
     assert!(gallery.join("index.html").is_file(), "{what}");
+    // A command that records what it does says why it cannot, and which do.
+    let got = as_user(user, archive, &["verify"]);
+    assert_eq!(got.code, Some(1), "{what}: verify: {}", got.stderr);
+    assert!(
+        got.stderr.contains("cannot be written (")
+            && got.stderr.contains("plan, status, check and gallery"),
+        "{what}: verify: {}",
+        got.stderr
+    );
     assert!(
         files_under(archive) == before,
         "{what}: the archive changed"
