@@ -1219,25 +1219,38 @@ fn malformed_rows_are_skipped_and_counted() {
         ),
     );
     let archive = temp_dir();
-    let out = starchive(archive.path(), &["snapshot", "--json", "--db", &url]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(counts(&report, "sessions"), (13, 13, 0, 0, 0), "{report}");
-    assert_eq!(report["tables"]["sessions"]["warnings"], 2, "{report}");
-    assert_eq!(counts(&report, "stickers"), (16, 16, 0, 0, 3), "{report}");
+    // A snapshot's report and log, each skipped row named by its id when it
+    // has one, even an empty one; `added`: rows new to the catalog.
+    let snapshot_skipping = |added: u64| -> (Value, String) {
+        let out = starchive(archive.path(), &["snapshot", "--json", "--db", &url]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(
+            counts(&report, "sessions"),
+            (13, 13 * added, 0, 0, 0),
+            "{report}"
+        );
+        assert_eq!(report["tables"]["sessions"]["warnings"], 2, "{report}");
+        assert_eq!(
+            counts(&report, "stickers"),
+            (16, 16 * added, 0, 0, 3),
+            "{report}"
+        );
+        let err = stderr(&out);
+        for skipped in [
+            "stickers a row: skipped: no id",
+            "stickers id \"\": skipped: the id is empty",
+            &format!(
+                "stickers id {}: skipped: a second row with the same id",
+                fid(301)
+            ),
+        ] {
+            assert!(err.contains(skipped), "no {skipped:?} in\n{err}");
+        }
+        (report, err)
+    };
+    let (report, err) = snapshot_skipping(1);
     assert_eq!(counts(&report, "pack_batches"), (4, 4, 0, 0, 0), "{report}");
-    let err = stderr(&out);
-    // Each skipped row by its id when it has one, even an empty one.
-    for skipped in [
-        "stickers a row: skipped: no id",
-        "stickers id \"\": skipped: the id is empty",
-        &format!(
-            "stickers id {}: skipped: a second row with the same id",
-            fid(301)
-        ),
-    ] {
-        assert!(err.contains(skipped), "no {skipped:?} in\n{err}");
-    }
     assert!(err.contains(&fid(992)), "{err}");
     // Postgres cuts no value: no word of an export's size limit.
     assert!(
@@ -1267,26 +1280,7 @@ fn malformed_rows_are_skipped_and_counted() {
 
     // A re-snapshot, which compares most rows' text before it parses them,
     // skips, warns and counts the same rows again.
-    let out = starchive(archive.path(), &["snapshot", "--json", "--db", &url]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let again: Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(counts(&again, "sessions"), (13, 0, 0, 0, 0), "{again}");
-    assert_eq!(again["tables"]["sessions"]["warnings"], 2, "{again}");
-    assert_eq!(counts(&again, "stickers"), (16, 0, 0, 0, 3), "{again}");
-    let err_again = stderr(&out);
-    for skipped in [
-        "stickers a row: skipped: no id",
-        "stickers id \"\": skipped: the id is empty",
-        &format!(
-            "stickers id {}: skipped: a second row with the same id",
-            fid(301)
-        ),
-    ] {
-        assert!(
-            err_again.contains(skipped),
-            "no {skipped:?} in\n{err_again}"
-        );
-    }
+    snapshot_skipping(0);
     assert_eq!(refs_of(&catalog(archive.path())).len(), 26);
 
     // CSV: the fixtures plus broken lines.
