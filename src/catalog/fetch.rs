@@ -224,8 +224,10 @@ pub fn pending_file_ids(conn: &Connection, envs: &Option<String>) -> Result<Vec<
 
 /// The refs [`pending_file_ids`] and [`file_id_refs`] read: pending ones
 /// that only Telegram can serve (by the columns `refs_core` keeps, so that
-/// the others are passed over without reading their rows).
-const TELEGRAM_ONLY: &str = "state = 'pending' AND fid_hash IS NOT NULL
+/// the others are passed over without reading their rows). `+`: not through
+/// `refs_core_fid`, in whose order every ref is a random read (at 1M refs,
+/// 5.2 s instead of 0.7 s).
+const TELEGRAM_ONLY: &str = "state = 'pending' AND +fid_hash IS NOT NULL
            AND (key_hash IS NULL OR key_dangling = 1)";
 
 /// The pending refs of `file_id` that only Telegram can serve, of the envs
