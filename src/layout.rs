@@ -187,6 +187,11 @@ pub fn dest_key(
     Ok(key)
 }
 
+/// What push advises for a ref that has no mirror key, or whose mirror key
+/// the store refuses: keys that are hashes name every blob.
+pub const CAS_ADVICE: &str =
+    "push to another destination with --layout cas (keys that are hashes) to keep its file";
+
 /// Where a destination keeps starchive's own files: no ref is placed there.
 pub const RESERVED_PREFIX: &str = "_starchive/";
 
@@ -220,7 +225,7 @@ fn mirror_key(p: &RefPlace, ext: &str) -> Result<String, String> {
     let need = |v: &Option<String>, what: &str| match v {
         Some(v) => segment(class, what, v).map(str::to_string),
         None => Err(format!(
-            "cannot name a mirror key: the {class} has no {what}; push to another destination with --layout cas to keep its file"
+            "cannot name a mirror key: the {class} has no {what}"
         )),
     };
     let row_id = || segment(class, "id", &p.row_id);

@@ -53,7 +53,9 @@ pub async fn inspect_object(
         Err(e) if let Some(why) = crate::stores::name_too_long(dest, key, &e) => {
             return Check::Missing(format!("missing: {why}"));
         }
-        Err(e) => return Check::Bad(format!("cannot read: {e}")),
+        Err(e) => {
+            return Check::Bad(format!("cannot read: {}", crate::download::describe(&e)));
+        }
     };
     if result.meta.size != size {
         return Check::Bad(format!("{} bytes, expected {size}", result.meta.size));

@@ -27,6 +27,11 @@ pub fn build_plan(
     q::for_each_fetched_ref(conn, envs, placed_at, |r| {
         match dest_key(layout, &r.place, &r.sha256, &r.kind) {
             Ok(key) => q::key_in_plan(conn, r.id, &key, &r.sha256, r.size, &r.kind),
+            Err(reason) if layout == Layout::Mirror => q::refuse_in_plan(
+                conn,
+                r.id,
+                &format!("{reason}; {}", crate::layout::CAS_ADVICE),
+            ),
             Err(reason) => q::refuse_in_plan(conn, r.id, &reason),
         }
     })?;

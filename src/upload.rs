@@ -78,7 +78,7 @@ pub async fn put_file(
                 writer
                     .wait_for_capacity(MULTIPART_PARTS_IN_FLIGHT)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| put_error(store, path, &e))?;
                 writer.write(&buf[..n]);
             }
             if total != size {
@@ -87,7 +87,10 @@ pub async fn put_file(
                     file.display()
                 ));
             }
-            writer.wait_for_capacity(0).await.map_err(|e| e.to_string())
+            writer
+                .wait_for_capacity(0)
+                .await
+                .map_err(|e| put_error(store, path, &e))
         }
         .await;
         if let Err(e) = written {
@@ -102,9 +105,11 @@ pub async fn put_file(
     Ok(())
 }
 
-/// A failed write of `path` as a reason: a key a local disk cannot hold is
-/// named with why ([`crate::stores::name_too_long`]), not by the staging
-/// file `object_store` tried to create.
+/// A failed write of `path` as a reason that names the key as written: a
+/// key a local disk cannot hold with why ([`crate::stores::name_too_long`]),
+/// not by the staging file `object_store` tried to create; else the store's
+/// answer condensed by [`crate::download::describe`] (never its XML body
+/// nor the percent-encoded URL).
 fn put_error(store: &Store, path: &object_store::path::Path, e: &object_store::Error) -> String {
     let key = path.as_ref();
     let key = match store.prefix.as_str() {
@@ -114,7 +119,15 @@ fn put_error(store: &Store, path: &object_store::path::Path, e: &object_store::E
             .and_then(|k| k.strip_prefix('/'))
             .unwrap_or(key),
     };
-    crate::stores::name_too_long(store, key, e).unwrap_or_else(|| e.to_string())
+    crate::stores::name_too_long(store, key, e)
+        .unwrap_or_else(|| format!("key {key}: {}", crate::download::describe(e)))
+}
+
+/// Whether a failed write's `reason` says the store refuses the key
+/// itself, whatever the bytes: S3's `InvalidKey`, or a 400 on a key with
+/// characters other than ASCII (Supabase Storage's answer to those).
+pub fn refused_key(key: &str, reason: &str) -> bool {
+    reason.contains("InvalidKey") || (!key.is_ascii() && reason.contains("HTTP 400"))
 }
 
 /// The metadata starchive writes with an object, on a store that keeps

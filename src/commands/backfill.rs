@@ -27,7 +27,7 @@ use crate::refs::{RefClass, Table};
 use crate::source::postgres;
 use crate::stores::{self, Role, Store};
 use crate::transfer::run_units;
-use crate::upload::{object_attributes, put_file};
+use crate::upload::{object_attributes, put_file, refused_key};
 
 pub struct BackfillOptions {
     pub db: String,
@@ -303,7 +303,9 @@ fn plan(catalog: &Catalog, envs: &Option<String>, sync_stickers: bool) -> Result
             }
             (None, Some((sha, _, kind))) => {
                 step.upload = true;
-                dest_key(Layout::Mirror, &c.place, sha, kind)
+                dest_key(Layout::Mirror, &c.place, sha, kind).map_err(|reason| {
+                    format!("{reason}: backfill cannot name a key for this row, left as it is")
+                })
             }
             (None, None) => Err(unfetched()),
         };
@@ -581,7 +583,13 @@ async fn ensure_object(
         size,
         object_attributes(store, sha, kind),
     )
-    .await?;
+    .await
+    .map_err(|reason| match refused_key(key, &reason) {
+        // Backfill writes the key the bot's column will hold: no other
+        // key would do.
+        true => format!("{reason}; the bucket refuses that key: the row is left as it is"),
+        false => reason,
+    })?;
     match check_object(store, key, sha, size, false).await {
         Check::Good => Ok(true),
         Check::Missing(p) | Check::Bad(p) => {

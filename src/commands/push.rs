@@ -241,7 +241,7 @@ pub fn push(ctx: &Context, opts: &PushOptions) -> Result<TransferReport> {
             opts.jobs,
             move |upload| {
                 let (store, blobs, bytes) = (store2.clone(), blobs.clone(), bytes2.clone());
-                async move { upload_blob(&store, &blobs, upload, &bytes).await }
+                async move { upload_blob(&store, &blobs, upload, layout, &bytes).await }
             },
             |batch: Vec<Vec<KeyOutcome>>| {
                 // The page source reads this connection between commits: a
@@ -461,7 +461,7 @@ fn manifest_still_there(
             return Err(Error::StoreRead {
                 store: store.shown.clone(),
                 key: MANIFEST_KEY.into(),
-                reason: e.to_string(),
+                reason: crate::download::describe(&e),
             });
         }
     };
@@ -546,10 +546,13 @@ fn remove_stale_staging_of_plan(store: &Store, conn: &Connection) -> Result<()> 
 }
 
 /// Uploads a blob at its first key and copies it on the server to the others.
+/// A key the store refuses under the mirror layout gets the advice to push
+/// with keys that are hashes.
 async fn upload_blob(
     store: &Store,
     blobs: &BlobStore,
     upload: Upload,
+    layout: Layout,
     bytes: &AtomicU64,
 ) -> Vec<KeyOutcome> {
     let Upload {
@@ -582,7 +585,14 @@ async fn upload_blob(
             size,
             kind: &kind,
         };
-        let result = upload::put_blob(store, &path, &blob, first.as_ref(), bytes).await;
+        let result = upload::put_blob(store, &path, &blob, first.as_ref(), bytes)
+            .await
+            .map_err(|reason| match layout {
+                Layout::Mirror if upload::refused_key(&key, &reason) => {
+                    format!("{reason}; {}", crate::layout::CAS_ADVICE)
+                }
+                _ => reason,
+            });
         if result.is_ok() && first.is_none() {
             first = Some(path);
         }

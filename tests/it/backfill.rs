@@ -1589,3 +1589,44 @@ fn sync_stickers_rows_resolve_to_their_files_blob_without_a_download() {
         .expect("count");
     assert_eq!(stickers, N as i64);
 }
+
+/// A key the real Supabase Storage refuses (non-ASCII: 400 InvalidKey):
+/// the upload-only step fails with a short reason (the key as written, the
+/// status, S3's code and message, never the XML nor the encoded URL) that
+/// says the bucket refuses that key; the row is left as it is.
+#[test]
+fn a_key_the_real_supabase_refuses_fails_its_step_with_a_short_reason() {
+    let bot = Bot::start(FakeTelegram::from_dir(FIXTURE_TELEGRAM));
+    bot.pg.copy_fixture_rows(DB);
+    bot.s3.put_dir(BUCKET, FIXTURE_BUCKET);
+    let key = "stickers/100000001/ключ ünï.webp";
+    bot.sql(&format!(
+        "UPDATE stickers SET result_storage_path = '{key}' WHERE id = '{}';",
+        fx(302)
+    ));
+    bot.snapshot();
+    bot.fetch(&[]).expect_code(3);
+    let row = bot.row("stickers", &fx(302));
+    let server = crate::support::supabase::supabase();
+    let dest = server.bucket();
+    let to = dest.store_url("");
+    let out = run(bot
+        .cmd(&["backfill", "--db", &bot.db, "--to", &to, "--apply"])
+        .envs(server.env("TO")));
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.contains(key))
+        .unwrap_or_else(|| panic!("the step names the key: {}{}", out.stdout, out.stderr));
+    assert!(line.contains("(upload): FAILED: "), "{line}");
+    assert!(line.contains("HTTP 400 InvalidKey"), "{line}");
+    assert!(line.contains("the bucket refuses that key"), "{line}");
+    assert!(!line.contains("--layout"), "backfill has no layout: {line}");
+    assert!(line.len() < 300, "short: {line}");
+    assert!(
+        !out.stdout.contains("<?xml") && !out.stdout.contains("%D0"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(bot.row("stickers", &fx(302)), row, "the row was changed");
+}

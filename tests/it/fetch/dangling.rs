@@ -251,4 +251,37 @@ fn a_key_the_real_supabase_refuses_falls_back_to_the_file_id() {
     out.expect_code(3);
     assert!(!out.stderr.contains("<?xml"), "{}", out.stderr);
     assert_eq!(by_key(refused[0]).state, "fetched");
+
+    // A mirror push to Supabase: the same key is refused on upload; the
+    // ref fails with a short reason (the key as written, the status, S3's
+    // code and message) and the advice to push with hashed keys, the same
+    // in `status --full`; the readable key is pushed.
+    let dest = server.bucket();
+    let push = || {
+        run(crate::support::run::starchive(&archive)
+            .args(["--json", "push", "--to", &dest.store_url("")])
+            .envs(server.env("TO")))
+    };
+    let out = push();
+    out.expect_code(3);
+    assert!(!out.stderr.contains("<?xml"), "{}", out.stderr);
+    assert!(
+        dest.objects.get(readable).is_some(),
+        "the readable key is pushed"
+    );
+    let status = run(crate::support::run::starchive(&archive).args(["status", "--full"]))
+        .stdout
+        .clone();
+    let line = status
+        .lines()
+        .find(|l| l.contains(refused[0]))
+        .unwrap_or_else(|| panic!("status --full names the refused key: {status}"));
+    assert!(line.contains("HTTP 400 InvalidKey"), "{line}");
+    assert!(line.contains("--layout cas"), "advice: {line}");
+    assert!(
+        !status.contains("<?xml") && !status.contains("%C3"),
+        "{status}"
+    );
+    assert!(line.len() < 300, "short: {line}");
+    assert!(!out.stdout.contains("<?xml"), "{}", out.stdout);
 }
