@@ -1630,3 +1630,33 @@ fn a_key_the_real_supabase_refuses_fails_its_step_with_a_short_reason() {
     );
     assert_eq!(bot.row("stickers", &fx(302)), row, "the row was changed");
 }
+
+/// A sticker without `user_id` has no key backfill can name: its step
+/// fails with a reason that says so and that the row is left as it is,
+/// never advice backfill cannot follow (a layout); apply leaves the row.
+#[test]
+fn a_sticker_without_user_id_is_left_with_a_reason_backfill_can_follow() {
+    let bot = Bot::start(FakeTelegram::from_dir(FIXTURE_TELEGRAM));
+    bot.pg.copy_fixture_rows(DB);
+    bot.s3.put_dir(BUCKET, FIXTURE_BUCKET);
+    bot.sql(&format!(
+        "ALTER TABLE stickers ALTER COLUMN user_id DROP NOT NULL;
+         UPDATE stickers SET user_id = NULL WHERE id = '{}';",
+        fx(306)
+    ));
+    bot.snapshot();
+    bot.fetch(&[]).expect_code(3);
+    let row = bot.row("stickers", &fx(306));
+    for args in [&[][..], &["--apply"][..]] {
+        let out = bot.backfill(args);
+        let steps = out.steps_for("stickers", &fx(306));
+        assert_eq!(steps.len(), 1, "{}", out.stdout);
+        let reason = steps[0]["outcome"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("no user_id") && reason.contains("backfill cannot name a key"),
+            "{reason}"
+        );
+        assert!(!reason.contains("--layout"), "{reason}");
+    }
+    assert_eq!(bot.row("stickers", &fx(306)), row, "the row was changed");
+}
