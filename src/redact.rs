@@ -167,13 +167,104 @@ fn bot_token_redacted(path: &str) -> String {
 }
 
 /// Removes every occurrence of `secret` from `text` (for error messages of
-/// libraries that print URLs we gave them).
+/// libraries that print URLs we gave them). Only for long random secrets
+/// (bot tokens, store keys): a short or word-like one (a password) would
+/// mask ordinary words and so reveal itself; see [`password_hidden`].
 pub fn scrub(text: &str, secret: &str) -> String {
     if secret.is_empty() {
         text.to_string()
     } else {
         text.replace(secret, HIDDEN)
     }
+}
+
+/// `text` with `password` hidden where the text quotes it: as a URL's
+/// `:password@`, as the value of a `password=` pair (key=value or query
+/// form, quoted or not), or between quotes; also percent-encoded or with
+/// libpq's backslash escapes. Every other occurrence of its letters stays:
+/// a password such as `o` or `refused` must not turn "Connection refused"
+/// into a riddle whose answer is the password.
+pub fn password_hidden(text: &str, password: &str) -> String {
+    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    if password.is_empty() {
+        return text.to_string();
+    }
+    let encoded = utf8_percent_encode(password, NON_ALPHANUMERIC).to_string();
+    // libpq's escapes: in quotes `\'` and `\\`, unquoted also `\ `.
+    let escaped = |also: &[char]| -> String {
+        password
+            .chars()
+            .flat_map(|c| match c {
+                '\\' | '\'' => vec!['\\', c],
+                c if also.contains(&c) => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect()
+    };
+    let mut forms = vec![
+        password.to_string(),
+        encoded.to_ascii_lowercase(),
+        encoded,
+        escaped(&[]),
+        escaped(&[' ']),
+    ];
+    // Longest first, so that an escaped form wins over the raw one in it.
+    forms.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    forms.dedup();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        let quoted = forms.iter().find(|form| {
+            text[i..].starts_with(form.as_str()) && is_quoted(&text[..i], &text[i + form.len()..])
+        });
+        match quoted {
+            Some(form) => {
+                out.push_str(HIDDEN);
+                i += form.len();
+            }
+            None => {
+                let c = text[i..].chars().next().unwrap_or_default();
+                out.push(c);
+                i += c.len_utf8().max(1);
+            }
+        }
+    }
+    out
+}
+
+/// Whether a value between `before` and `after` is quoted as a password:
+/// `scheme://user:VALUE@`, `password=VALUE`, `password = 'VALUE'`,
+/// `?password=VALUE&`, `"VALUE"`.
+fn is_quoted(before: &str, after: &str) -> bool {
+    if before.ends_with(':') && after.starts_with('@') {
+        return true;
+    }
+    let quote = before
+        .chars()
+        .next_back()
+        .filter(|c| matches!(c, '\'' | '"' | '`'));
+    if let Some(q) = quote
+        && after.starts_with(q)
+    {
+        return true;
+    }
+    let key = before
+        .strip_suffix(['\'', '"'])
+        .unwrap_or(before)
+        .trim_end();
+    let Some(key) = key.strip_suffix('=') else {
+        return false;
+    };
+    let key = key.trim_end();
+    let named = key.len() >= 8
+        && key.is_char_boundary(key.len() - 8)
+        && key[key.len() - 8..].eq_ignore_ascii_case("password");
+    named
+        && quote.is_none()
+        && after
+            .chars()
+            .next()
+            .is_none_or(|c| c.is_whitespace() || matches!(c, '&' | ',' | ';' | ')' | '#'))
 }
 
 #[cfg(test)]
@@ -238,6 +329,52 @@ mod tests {
         let shown = url("s3://bkt?endpoint=http://AK:EndpointPw@127.0.0.1:1&allow_http=true");
         assert!(!shown.contains("EndpointPw"), "{shown}");
         assert!(shown.contains("allow_http=true"), "{shown}");
+    }
+
+    #[test]
+    fn a_password_is_hidden_where_quoted_and_nowhere_else() {
+        let driver = "error connecting to server: Connection refused (os error 111)";
+        let random = "q8ZrT2vLm9XwP4kN";
+        for pw in ["refused", "o", "Connection", "111", random] {
+            assert_eq!(password_hidden(driver, pw), driver, "{pw}");
+            for (given, want) in [
+                (format!("postgres://u:{pw}@h/db"), "postgres://u:***@h/db"),
+                (
+                    format!("host=h password={pw} user=u"),
+                    "host=h password=*** user=u",
+                ),
+                (
+                    format!("host=h PASSWORD = '{pw}'"),
+                    "host=h PASSWORD = '***'",
+                ),
+                (
+                    format!("h/db?password={pw}&sslmode=x"),
+                    "h/db?password=***&sslmode=x",
+                ),
+                (format!("value \"{pw}\" refused"), "value \"***\" refused"),
+                (
+                    format!("database '{pw}' does not exist"),
+                    "database '***' does not exist",
+                ),
+            ] {
+                assert_eq!(password_hidden(&given, pw), want, "{pw}: {given}");
+            }
+        }
+        // Percent-encoded and escaped, as a URL or a key=value list holds them.
+        for (given, pw, want) in [
+            (
+                "postgres://u:p%40ss%2Fw%23@h",
+                "p@ss/w#",
+                "postgres://u:***@h",
+            ),
+            ("postgres://u:p%3aw@h", "p:w", "postgres://u:***@h"),
+            ("password='it\\'s a b'", "it's a b", "password='***'"),
+            ("password=it\\'s\\ a\\ b x", "it's a b", "password=*** x"),
+            ("password=o-no and o", "o", "password=o-no and o"),
+            ("password 'o'", "o", "password '***'"),
+        ] {
+            assert_eq!(password_hidden(given, pw), want, "{given}");
+        }
     }
 
     #[test]

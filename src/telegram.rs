@@ -319,6 +319,8 @@ impl Telegram {
     }
 
     /// `text` without the token (a local Bot API server's paths hold it).
+    /// A plain replace of every occurrence: a token is long and random, so
+    /// no ordinary word holds it and the mask reveals nothing.
     pub fn scrub(&self, text: &str) -> String {
         crate::redact::scrub(text, &self.token)
     }

@@ -179,6 +179,20 @@ fn decoded(text: &str) -> String {
     percent_decode_str(text).decode_utf8_lossy().into_owned()
 }
 
+/// Whether a URL's user name or password holds a raw `@`: the driver ends
+/// them at the first `@` and looks up what follows as the host, where
+/// [`shown`] (and a reader) takes the last `@` before the host.
+pub fn raw_at_in_userinfo(text: &str) -> bool {
+    let Some(body) = url_body(text) else {
+        return false;
+    };
+    let Some(first) = body.find('@') else {
+        return false;
+    };
+    let after = &body[first + 1..];
+    after[..after.find('?').unwrap_or(after.len())].contains('@')
+}
+
 /// Takes out the parameters that `consume(key, value)` accepts (it returns
 /// true for those it consumed) and returns the rest of the connection string,
 /// byte for byte as given.
@@ -291,6 +305,21 @@ mod tests {
             ("./exports", "./exports"),
         ] {
             assert_eq!(shown(given), want, "{given}");
+        }
+    }
+
+    #[test]
+    fn a_raw_at_before_the_host_is_found() {
+        for (given, raw) in [
+            ("postgres://postgres:p@ss/w0rd#X@127.0.0.1:55436/bot", true),
+            ("postgresql://u:p@ss@h/db", true),
+            ("postgres://u:p?x@y@h/db", true),
+            ("postgres://u:p%40ss@h/db", false),
+            ("postgres://u:pa#ss/wd@h/db", false),
+            ("postgres://u:p@h/db?application_name=a@b", false),
+            ("host=h password=p@ss@x", false),
+        ] {
+            assert_eq!(raw_at_in_userinfo(given), raw, "{given}");
         }
     }
 

@@ -33,18 +33,26 @@ enum Verify {
 /// Connects to the database; the returned client's connection runs on the runtime.
 pub async fn connect(url: &str) -> Result<Client> {
     let shown = crate::redact::conninfo::shown(url);
+    if crate::redact::conninfo::raw_at_in_userinfo(url) {
+        return Err(Error::Usage(
+            "the database URL has more than one `@` before its host: the driver would take \
+             what follows the first one for the host. Percent-encode the user name and \
+             password (`@` as %40, `#` as %23, `/` as %2F)"
+                .into(),
+        ));
+    }
     let (cleaned, mode, verify, root_cert) = split_ssl_options(url)?;
     let mut config: tokio_postgres::Config = cleaned.parse().map_err(|e| Error::Database {
         url: shown.clone(),
         message: format!("not a valid connection string: {}", pg_message(&e)),
     })?;
-    // Whatever the driver took as the password never appears in a message,
-    // even one of a library that quotes what it was given.
+    // Whatever the driver took as the password never appears in a message
+    // that quotes it; its letters elsewhere stay (they would reveal it).
     let password = config
         .get_password()
         .map(|p| String::from_utf8_lossy(p).into_owned());
     let scrubbed = |message: String| match &password {
-        Some(p) => crate::redact::scrub(&message, p),
+        Some(p) => crate::redact::password_hidden(&message, p),
         None => message,
     };
     config.ssl_mode(mode);

@@ -1912,6 +1912,78 @@ fn an_sslmode_libpq_refuses_is_bad_usage() {
     }
 }
 
+/// A password is hidden where a message quotes it, and nowhere else: a
+/// password such as `refused` or `o` once turned the driver's "Connection
+/// refused (os error 111)" into `Connection ***` or `C***nnecti***n`, which
+/// gave the password away.
+#[test]
+fn a_password_is_hidden_where_quoted_not_wherever_its_letters_occur() {
+    for pw in ["refused", "o", "Connection", "111", "error"] {
+        let archive = temp_dir();
+        let db = format!("postgres://postgres:{pw}@127.0.0.1:1/bot");
+        let out = starchive(archive.path(), &["snapshot", "--db", &db]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{pw}: {err}");
+        assert!(
+            err.contains("error connecting to server: Connection refused (os error 111)"),
+            "{pw}: the driver's message reads whole: {err}"
+        );
+        assert!(
+            err.contains("postgres://postgres:***@127.0.0.1:1/bot"),
+            "{pw}: {err}"
+        );
+        assert_eq!(err.matches("***").count(), 1, "{pw}: {err}");
+    }
+    // The server quotes a database name that is also the password: hidden.
+    let pg = TestPg::start();
+    let port = pg.port();
+    let pw = "nosuch_pw_db";
+    let archive = temp_dir();
+    let db = format!("postgres://postgres:{pw}@127.0.0.1:{port}/{pw}");
+    let out = starchive(archive.path(), &["snapshot", "--json", "--db", &db]);
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("database \"***\" does not exist"), "{all}");
+    // The URL names its database; nothing else shows those letters.
+    assert!(!all.replace(&format!("/{pw}"), "").contains(pw), "{all}");
+}
+
+/// A raw `@` in a URL's password makes the driver look up the wrong host
+/// (`ss` for `p@ss/w0rd#X@127.0.0.1`): refused up front as bad usage, with
+/// the advice to percent-encode, never showing the password.
+#[test]
+fn a_raw_at_in_a_url_password_is_bad_usage() {
+    for (i, db) in [
+        "postgres://postgres:p@ss/w0rd#X@127.0.0.1:55436/bot",
+        "postgresql://postgres:p@ss@127.0.0.1:55436/bot?sslmode=disable",
+        "postgres://postgres:p?ss@w0rd@127.0.0.1:55436/bot",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let archive = temp_dir();
+        let mut cmd = bin();
+        cmd.arg("--archive").arg(archive.path()).arg("snapshot");
+        if i % 2 == 0 {
+            cmd.args(["--db", db]);
+        } else {
+            cmd.arg("--json").env("DATABASE_URL", db);
+        }
+        let out = cmd.env("STARCHIVE_LOG", "trace").output().expect("run");
+        let err = stderr(&out);
+        let all = format!("{}{err}", String::from_utf8_lossy(&out.stdout));
+        assert_eq!(out.status.code(), Some(2), "{db}: {all}");
+        assert!(
+            err.contains("more than one `@` before its host")
+                && err.contains("`@` as %40, `#` as %23, `/` as %2F"),
+            "{db}: {err}"
+        );
+        for secret in ["p@ss", "w0rd", "p?ss"] {
+            assert!(!all.contains(secret), "{db}: {secret} shown: {all}");
+        }
+    }
+}
+
 // ---- CSV exports in every style against Postgres (SPEC §7) ------------------
 
 /// A small deterministic generator (xorshift64*), so that a failure replays.
