@@ -66,7 +66,9 @@ pub async fn read_object(
                     ReadError::Unreadable(format!("{what} {key}: {a}"))
                 }
                 Some(a) => ReadError::Failed(format!("{what} {key}: {a}")),
-                None => ReadError::Failed(format!("{what} {key}: {e}")),
+                None => {
+                    ReadError::Failed(format!("{what} {key}: {}", without_request(&e.to_string())))
+                }
             });
         }
     };
@@ -167,9 +169,23 @@ impl std::fmt::Display for S3Answer {
     }
 }
 
-/// `e` in a line: the [`S3Answer`] it carries, else its text.
+/// `e` in a line: the [`S3Answer`] it carries, else its text without the
+/// request's percent-encoded URL (`Error performing PUT http://… in 3s -
+/// <cause>` becomes the cause). Every object-store error that becomes a
+/// reason or a message goes through here.
 pub fn describe(e: &object_store::Error) -> String {
-    S3Answer::of(e).map_or_else(|| e.to_string(), |a| a.to_string())
+    S3Answer::of(e).map_or_else(|| without_request(&e.to_string()), |a| a.to_string())
+}
+
+fn without_request(text: &str) -> String {
+    const REQUEST: &str = "Error performing ";
+    match text.find(REQUEST) {
+        Some(at) => match text[at..].find(" - ") {
+            Some(end) => text[at + end + 3..].to_string(),
+            None => text.to_string(),
+        },
+        None => text.to_string(),
+    }
 }
 
 /// Why a body gave no staged blob.
@@ -293,6 +309,17 @@ mod tests {
             max,
             expected,
         ))
+    }
+
+    #[test]
+    fn a_fault_without_an_answer_is_its_cause_never_the_url() {
+        assert_eq!(
+            without_request(
+                "Generic S3 error: Error performing PUT http://h/s3/b/%D0%BA in 3.2s, after 10 retries, max_retries: 10 - HTTP error: error sending request"
+            ),
+            "HTTP error: error sending request"
+        );
+        assert_eq!(without_request("disk full"), "disk full");
     }
 
     #[test]

@@ -245,8 +245,9 @@ impl ObjectReader {
             })),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(Error::Config(format!(
-                "cannot read {key} from {}: {e}",
-                store.shown
+                "cannot read {key} from {}: {}",
+                store.shown,
+                crate::download::describe(&e)
             ))),
         }
     }

@@ -142,7 +142,7 @@ fn manifest_head(
             return Err(Error::StoreRead {
                 store: store.shown.clone(),
                 key: MANIFEST_KEY.into(),
-                reason: e.to_string(),
+                reason: crate::download::describe(&e),
             });
         }
     };

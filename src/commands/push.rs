@@ -762,7 +762,7 @@ fn write_self_description(
             let written = ctx
                 .runtime
                 .block_on(store.inner.head(&path))
-                .map_err(|e| cannot_write(store, MANIFEST_KEY, e.to_string()))?;
+                .map_err(|e| cannot_write(store, MANIFEST_KEY, crate::download::describe(&e)))?;
             q::set_manifest_record(conn, dest, &digest, written.size, written.e_tag.as_deref())?;
         }
         Ok(())
