@@ -1694,15 +1694,7 @@ fn password_never_shown() {
     let mut outputs = Vec::new();
     let mut connected = 0;
     for (i, (db, _, connects)) in cases.iter().enumerate() {
-        // Alternately on the command line and in DATABASE_URL, text and JSON.
-        let mut cmd = bin();
-        cmd.arg("--archive").arg(archive.path()).arg("snapshot");
-        if i % 2 == 0 {
-            cmd.args(["--db", db]);
-        } else {
-            cmd.arg("--json").env("DATABASE_URL", db);
-        }
-        let out = cmd.env("STARCHIVE_LOG", "trace").output().expect("run");
+        let out = snapshot_traced(archive.path(), i, db);
         let want = if *connects { 0 } else { 1 };
         assert_eq!(out.status.code(), Some(want), "{i}: {}", stderr(&out));
         if *connects {
@@ -1948,6 +1940,20 @@ fn a_password_is_hidden_where_quoted_not_wherever_its_letters_occur() {
     assert!(!all.replace(&format!("/{pw}"), "").contains(pw), "{all}");
 }
 
+/// A snapshot of `db` into `archive` with every log line on: case `i` gives
+/// the URL alternately on the command line and in `DATABASE_URL`, with text
+/// and JSON output (where a password could show).
+fn snapshot_traced(archive: &Path, i: usize, db: &str) -> Output {
+    let mut cmd = bin();
+    cmd.arg("--archive").arg(archive).arg("snapshot");
+    if i % 2 == 0 {
+        cmd.args(["--db", db]);
+    } else {
+        cmd.arg("--json").env("DATABASE_URL", db);
+    }
+    cmd.env("STARCHIVE_LOG", "trace").output().expect("run")
+}
+
 /// A raw `@` in a URL's password makes the driver look up the wrong host
 /// (`ss` for `p@ss/w0rd#X@127.0.0.1`): refused up front as bad usage, with
 /// the advice to percent-encode, never showing the password.
@@ -1962,14 +1968,7 @@ fn a_raw_at_in_a_url_password_is_bad_usage() {
     .enumerate()
     {
         let archive = temp_dir();
-        let mut cmd = bin();
-        cmd.arg("--archive").arg(archive.path()).arg("snapshot");
-        if i % 2 == 0 {
-            cmd.args(["--db", db]);
-        } else {
-            cmd.arg("--json").env("DATABASE_URL", db);
-        }
-        let out = cmd.env("STARCHIVE_LOG", "trace").output().expect("run");
+        let out = snapshot_traced(archive.path(), i, db);
         let err = stderr(&out);
         let all = format!("{}{err}", String::from_utf8_lossy(&out.stdout));
         assert_eq!(out.status.code(), Some(2), "{db}: {all}");
