@@ -1946,7 +1946,7 @@ fn a_password_is_hidden_where_quoted_not_wherever_its_letters_occur() {
 fn snapshot_traced(archive: &Path, i: usize, db: &str) -> Output {
     let mut cmd = bin();
     cmd.arg("--archive").arg(archive).arg("snapshot");
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         cmd.args(["--db", db]);
     } else {
         cmd.arg("--json").env("DATABASE_URL", db);
