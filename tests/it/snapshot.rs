@@ -824,13 +824,7 @@ fn a_snapshot_writes_no_temp_files_on_the_database() {
         "bot",
         "UPDATE stickers SET style_preset_id = 'changed' WHERE user_id % 100 = 1;",
     );
-    let out = bin()
-        .env("STARCHIVE_LOG", "starchive=debug")
-        .arg("--archive")
-        .arg(archive.path())
-        .args(["snapshot", "--json", "--db", &url])
-        .output()
-        .expect("run snapshot");
+    let out = snapshot_traced(archive.path(), 1, &url);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("stickers: read in two halves"),
