@@ -10,14 +10,18 @@ use crate::push::fetched_fixture;
 use crate::support::objects::files_under;
 use crate::support::run::{Run, run};
 
-/// `starchive --archive ARCHIVE ARGS…`, run by `user` through runuser
+/// Another user, and a copy of the binary that user may run (the build's
+/// own may sit in a directory only its owner enters, as a clone into
+/// `mktemp -d` does).
+type OtherUser<'a> = (&'a str, &'a Path);
+
+/// `starchive --archive ARCHIVE ARGS…`, run by another user through runuser
 /// (`None`: this user).
-fn as_user(user: Option<&str>, archive: &Path, args: &[&str]) -> Run {
+fn as_user(user: Option<OtherUser>, archive: &Path, args: &[&str]) -> Run {
     let mut cmd = match user {
-        Some(user) => {
+        Some((user, binary)) => {
             let mut cmd = Command::new("runuser");
-            cmd.args(["-u", user, "--"])
-                .arg(env!("CARGO_BIN_EXE_starchive"));
+            cmd.args(["-u", user, "--"]).arg(binary);
             cmd
         }
         None => crate::support::bin(),
@@ -28,7 +32,7 @@ fn as_user(user: Option<&str>, archive: &Path, args: &[&str]) -> Run {
 /// The read-only commands, each exiting 0 on the archive, the gallery
 /// written to `out`; the archive left byte for byte as it was.
 #[track_caller]
-fn every_read_only_command_works(user: Option<&str>, archive: &Path, out: &Path, what: &str) {
+fn every_read_only_command_works(user: Option<OtherUser>, archive: &Path, out: &Path, what: &str) {
     let before = files_under(archive);
     for args in [
         vec!["plan"],
@@ -122,8 +126,11 @@ fn a_read_only_archive_can_be_looked_at() {
         .args(["-u", "nobody", "--", "true"])
         .status();
     if runuser.is_ok_and(|s| s.success()) {
+        let binary = fx.dir.path().join("starchive");
+        std::fs::copy(env!("CARGO_BIN_EXE_starchive"), &binary).expect("copy the binary");
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         chmod_tree(&fx.archive, true);
-        every_read_only_command_works(Some("nobody"), &fx.archive, &out, "nobody");
+        every_read_only_command_works(Some(("nobody", &binary)), &fx.archive, &out, "nobody");
         chmod_tree(&fx.archive, false);
     } else {
         eprintln!("skipped the other user's case: cannot run `runuser -u nobody`");
