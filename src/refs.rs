@@ -303,6 +303,18 @@ pub fn session_of(table: Table, row: &Map<String, Value>) -> Option<String> {
     }
 }
 
+/// The Telegram file id and the storage key a stickers row names (its
+/// `sticker` ref, SPEC §1): text that is not empty, else none, as deriving
+/// reads them ([`crate::catalog::derive`]).
+pub fn sticker_files(row: &Map<String, Value>) -> (Option<&str>, Option<&str>) {
+    let file = |column| {
+        row.get(column)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    (file("telegram_file_id"), file("result_storage_path"))
+}
+
 /// The env a session row names (an empty one is none, as in a CSV export).
 pub fn env_of_session(row: &Map<String, Value>) -> Option<&str> {
     row.get("env")

@@ -36,31 +36,28 @@ pub fn derive(conn: &Connection, include_photos: bool) -> Result<()> {
     note_photos(conn, include_photos)
 }
 
-/// What a first snapshot does before its rows arrive, to derive the refs
-/// of stickers as it goes ([`STICKER_REFS_SINCE`]) rather than all after:
-/// those refs are most of a catalog's, and derived while the snapshot waits
-/// for the database's next rows, from rows still in the page cache, they
-/// cost little. `temp.snap_session_env` holds the env of each session
-/// inserted (sessions come first); the `refs_core_fid` index is built
-/// after, in one sort ([`derive_after_sticker_refs`]).
+/// What a first snapshot does before its rows arrive, to write the ref of
+/// each sticker with its row ([`STICKER_REF_INSERT`]) rather than derive
+/// them all after: those refs are most of a catalog's, and written from
+/// what the reader's thread found in the row ([`super::events::RefHashes`])
+/// they cost one append each, where deriving them read every row's JSON
+/// again. `temp.snap_session_env` holds the env of each session inserted
+/// (sessions come first); the `refs_core_fid` index is built after, in one
+/// sort ([`derive_after_sticker_refs`]).
 pub const STICKER_REFS_BEGIN: &str = "
 DROP INDEX refs_core_fid;
 CREATE TEMP TABLE snap_session_env (id TEXT PRIMARY KEY NOT NULL, env TEXT) WITHOUT ROWID;";
 
-/// Notes a session's env for [`STICKER_REFS_SINCE`]: `?1` its id, `?2` its env.
+/// Notes a session's env for [`STICKER_REF_INSERT`]: `?1` its id, `?2` its env.
 pub const SESSION_ENV_INSERT: &str =
     "INSERT OR IGNORE INTO temp.snap_session_env(id, env) VALUES (?1, ?2)";
 
-/// The refs of the stickers rows inserted after rowid `?1` (in a first
-/// snapshot, whose stickers table began empty), as [`derive`] finds them.
-pub const STICKER_REFS_SINCE: &str = "
+/// The ref of a stickers row just inserted in a first snapshot, as
+/// [`derive`] would find it: `?1` the row's rowid, `?2` its session id,
+/// `?3` and `?4` the hashes of its file id and storage key.
+pub const STICKER_REF_INSERT: &str = "
 INSERT INTO refs_core (kind, row, env, fid_hash, key_hash)
-SELECT 0, t.rowid, nullif(e.env, ''),
-       file_hash(nullif(t.telegram_file_id, '')), file_hash(nullif(t.result_storage_path, ''))
-FROM stickers t LEFT JOIN temp.snap_session_env e ON e.id = t.session_id
-WHERE t.rowid > ?1
-  AND (nullif(t.telegram_file_id, '') IS NOT NULL OR nullif(t.result_storage_path, '') IS NOT NULL)
-ORDER BY t.rowid";
+VALUES (0, ?1, (SELECT nullif(e.env, '') FROM temp.snap_session_env e WHERE e.id = ?2), ?3, ?4)";
 
 /// Derives the refs of a first snapshot that wrote those of its stickers
 /// already ([`STICKER_REFS_BEGIN`]): every other ref, then the

@@ -4,6 +4,7 @@
 
 use serde_json::{Map, Value};
 
+use super::derive;
 use crate::refs::{self, Table};
 
 #[derive(Debug)]
@@ -56,6 +57,30 @@ pub struct CheckedRow {
     pub typed: Vec<rusqlite::types::Value>,
     /// Malformed columns whose refs are dropped ([`refs::RowCheck::dropped`]).
     pub dropped: Vec<String>,
+    /// Of a stickers row that names a file: its `sticker` ref's hashes,
+    /// taken here so that a first snapshot writes the ref with its row
+    /// without reading the JSON again.
+    pub sticker_ref: Option<RefHashes>,
+}
+
+/// The hashes `refs_core` keeps of a ref's Telegram file id and storage key
+/// ([`derive::file_hash`]); `None` where the ref has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefHashes {
+    pub fid_hash: Option<i64>,
+    pub key_hash: Option<i64>,
+}
+
+impl RefHashes {
+    /// The ref of a stickers row ([`refs::sticker_files`]); `None` when the
+    /// row names no file.
+    fn of_sticker(row: &Map<String, Value>) -> Option<RefHashes> {
+        let (fid, key) = refs::sticker_files(row);
+        (fid.is_some() || key.is_some()).then(|| RefHashes {
+            fid_hash: fid.map(derive::file_hash),
+            key_hash: key.map(derive::file_hash),
+        })
+    }
 }
 
 impl SourceEvent {
@@ -91,6 +116,10 @@ impl SourceEvent {
                     _ => refs::session_of(table, &row),
                 };
                 let typed = refs::typed_values(table, &row, &dropped);
+                let sticker_ref = match table {
+                    Table::Stickers => RefHashes::of_sticker(&row),
+                    _ => None,
+                };
                 let data = text.unwrap_or_else(|| Value::Object(row).to_string());
                 SourceEvent::Row {
                     table,
@@ -100,6 +129,7 @@ impl SourceEvent {
                         scope,
                         typed,
                         dropped,
+                        sticker_ref,
                     },
                 }
             }

@@ -139,19 +139,6 @@ impl RowidSet {
     }
 }
 
-/// How many stickers rows a first snapshot inserts before it derives their
-/// refs ([`derive::STICKER_REFS_SINCE`]): few enough that their pages are
-/// still in the cache.
-const STICKER_REFS_AT_ONCE: i64 = 1024;
-
-/// The stickers rows of a first snapshot (rowids from 1, in the order
-/// inserted) whose refs are derived, and the last one inserted.
-#[derive(Default)]
-struct StickerRefs {
-    derived: i64,
-    last: i64,
-}
-
 /// What a row was before this snapshot changed or removed it.
 struct Before {
     id: String,
@@ -173,9 +160,9 @@ pub struct SnapshotWriter<'c> {
     most_listed: u64,
     /// The typed columns of unchanged rows are written again (migration 8).
     refresh_typed: bool,
-    /// In a first snapshot, the refs of stickers are derived as their rows
-    /// arrive ([`derive::STICKER_REFS_BEGIN`]).
-    sticker_refs: Option<StickerRefs>,
+    /// In a first snapshot, the refs of stickers are written with their
+    /// rows ([`derive::STICKER_REFS_BEGIN`]).
+    sticker_refs: bool,
     skipped: BTreeMap<Table, u64>,
     warnings: BTreeMap<Table, u64>,
     missing: Vec<Table>,
@@ -236,8 +223,8 @@ impl<'c> SnapshotWriter<'c> {
         let rows: u64 = tables.iter().map(|t| t.before).sum();
         tx.execute_batch(derive::DROP_CHANGE_TABLES)?;
         tx.execute_batch(derive::CHANGE_TABLES)?;
-        let sticker_refs = (!has_refs && rows == 0).then(StickerRefs::default);
-        if sticker_refs.is_some() {
+        let sticker_refs = !has_refs && rows == 0;
+        if sticker_refs {
             tx.execute_batch(derive::STICKER_REFS_BEGIN)?;
         }
         Ok(SnapshotWriter {
@@ -413,46 +400,33 @@ impl<'c> SnapshotWriter<'c> {
         }
         w.counts.rows += 1;
         w.counts.added += 1;
-        if self.sticker_refs.is_some() {
+        if self.sticker_refs {
             self.write_sticker_ref(table, row)?;
         }
         self.list_new(table, row)?;
         Ok(true)
     }
 
-    /// In a first snapshot, with a row just inserted: the env of a session;
-    /// the refs of stickers, once [`STICKER_REFS_AT_ONCE`] rows are in.
+    /// In a first snapshot, with a row just inserted: the env of a session,
+    /// the ref of a sticker.
     fn write_sticker_ref(&mut self, table: Table, row: &CheckedRow) -> Result<()> {
-        let rowid = self.tx.last_insert_rowid();
-        match table {
-            Table::Sessions => {
+        match (table, row.sticker_ref) {
+            (Table::Sessions, _) => {
                 self.tx
                     .prepare_cached(derive::SESSION_ENV_INSERT)?
                     .execute(rusqlite::params![row.id, typed_value(table, row, "env")])?;
             }
-            Table::Stickers => {
-                if let Some(refs) = &mut self.sticker_refs {
-                    refs.last = rowid;
-                    if refs.last - refs.derived >= STICKER_REFS_AT_ONCE {
-                        self.derive_sticker_refs()?;
-                    }
-                }
+            (Table::Stickers, Some(hashes)) => {
+                self.tx
+                    .prepare_cached(derive::STICKER_REF_INSERT)?
+                    .execute(rusqlite::params![
+                        self.tx.last_insert_rowid(),
+                        row.scope,
+                        hashes.fid_hash,
+                        hashes.key_hash
+                    ])?;
             }
-            Table::PackBatches => {}
-        }
-        Ok(())
-    }
-
-    /// Derives the refs of the stickers inserted since the last time.
-    fn derive_sticker_refs(&mut self) -> Result<()> {
-        let Some(refs) = &mut self.sticker_refs else {
-            return Ok(());
-        };
-        if refs.last > refs.derived {
-            self.tx
-                .prepare_cached(derive::STICKER_REFS_SINCE)?
-                .execute([refs.derived])?;
-            refs.derived = refs.last;
+            _ => {}
         }
         Ok(())
     }
@@ -567,7 +541,6 @@ impl<'c> SnapshotWriter<'c> {
     /// Removes the rows this snapshot did not see, derives the refs and commits.
     pub fn finish(mut self, include_photos: bool) -> Result<SnapshotReport> {
         let started = std::time::Instant::now();
-        self.derive_sticker_refs()?;
         for at in 0..self.tables.len() {
             self.remove_unseen(at)?;
         }
@@ -602,7 +575,7 @@ impl<'c> SnapshotWriter<'c> {
             tx.execute("DELETE FROM settings WHERE key = ?1", [REFRESH_TYPED])?;
         }
         let listing = listing && derive::can_derive_changed(&tx, include_photos)?;
-        let how = if sticker_refs.is_some() {
+        let how = if sticker_refs {
             derive::derive_after_sticker_refs(&tx, include_photos)?;
             "all rows, stickers' with them"
         } else if listing {
