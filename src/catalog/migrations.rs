@@ -425,6 +425,20 @@ CREATE VIEW v_refs(class, env, row_id, session_id, telegram_file_id, storage_key
            r.state, r.sha256, b.size, b.type, r.reason
     FROM refs r LEFT JOIN blobs b ON b.sha256 = r.sha256;
 "#,
+    // 12: the check on `refs_core.state` compares with each value in turn.
+    // SQLite built `state IN (0, 1, 2)` into a temporary table for every
+    // row written (a sixth of a first snapshot's time). Both pass the same
+    // rows, so SQLite's procedure for changing a CHECK in place applies
+    // (https://sqlite.org/lang_altertable.html#otheralter): the table's
+    // text in `sqlite_schema` is rewritten, and `migrate` bumps the schema
+    // version after.
+    r#"
+PRAGMA writable_schema = ON;
+UPDATE sqlite_schema
+SET sql = replace(sql, 'CHECK (state IN (0, 1, 2))', 'CHECK (state = 0 OR state = 1 OR state = 2)')
+WHERE type = 'table' AND name = 'refs_core';
+PRAGMA writable_schema = OFF;
+"#,
 ];
 
 /// The number of migrations this starchive knows: the `user_version` of an
@@ -455,6 +469,12 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", i as i64 + 1)?;
+    }
+    if found < count() {
+        // Every connection reads the schema again, this one too: migration
+        // 12 rewrote `sqlite_schema` without telling SQLite.
+        let version: i64 = tx.pragma_query_value(None, "schema_version", |r| r.get(0))?;
+        tx.pragma_update(None, "schema_version", version.wrapping_add(1))?;
     }
     tx.commit()?;
     // Migrations 8 and 11 leave the pages of the old `stickers` and `refs`
@@ -713,6 +733,80 @@ mod tests {
         )
         .expect("delete");
         assert_eq!(all_text(&conn, placed).len(), 1);
+    }
+
+    /// Migration 12 changes how `refs_core.state` is checked, not what
+    /// passes: the refs of a catalog of migration 11 stay as they were,
+    /// a second connection open all along sees the new check, states 0 to
+    /// 2 (as text too, which the column's affinity makes integers) are
+    /// written, any other value is refused, and writing a ref builds no
+    /// temporary table (the cost the migration removes).
+    #[test]
+    fn migration_12_checks_states_as_before_without_a_temporary_table() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("catalog.sqlite");
+        let mut conn = Connection::open(&path).expect("open");
+        derive::register_file_hash(&conn).expect("file_hash");
+        for sql in &MIGRATIONS[..11] {
+            conn.execute_batch(sql).expect("migrations 1-11");
+        }
+        conn.pragma_update(None, "user_version", 11).expect("set");
+        conn.execute_batch(
+            "INSERT INTO refs_core(kind, row, state) VALUES (0, 1, 0), (0, 2, 1), (0, 3, 2);",
+        )
+        .expect("refs of migration 11");
+        let other = Connection::open(&path).expect("a second connection");
+        let states = |c: &Connection| all_text(c, "SELECT id || ':' || state FROM refs_core");
+        assert_eq!(states(&other), ["1:0", "2:1", "3:2"]);
+
+        migrate(&mut conn, &path).expect("migrate");
+        let sql: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_schema WHERE name = 'refs_core'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("schema");
+        assert!(
+            sql.contains("CHECK (state = 0 OR state = 1 OR state = 2)"),
+            "{sql}"
+        );
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .expect("integrity_check");
+        assert_eq!(check, "ok");
+        for c in [&conn, &other] {
+            assert_eq!(states(c), ["1:0", "2:1", "3:2"]);
+            for (state, passes) in [
+                ("0", true),
+                ("2", true),
+                ("'1'", true),
+                ("3", false),
+                ("-1", false),
+                ("1.5", false),
+                ("'x'", false),
+                ("NULL", false),
+            ] {
+                let written = c.execute(
+                    &format!("INSERT INTO refs_core(kind, row, state) VALUES (0, 9, {state})"),
+                    [],
+                );
+                assert_eq!(written.is_ok(), passes, "state {state}: {written:?}");
+                c.execute("DELETE FROM refs_core WHERE row = 9", [])
+                    .expect("delete");
+            }
+            let program: Vec<String> = c
+                .prepare("EXPLAIN INSERT INTO refs_core(kind, row, state) VALUES (0, 9, 1)")
+                .expect("explain")
+                .query_map([], |r| r.get(1))
+                .expect("opcodes")
+                .collect::<Result<_, _>>()
+                .expect("opcodes");
+            assert!(
+                !program.iter().any(|op| op == "OpenEphemeral"),
+                "{program:?}"
+            );
+        }
     }
 
     #[test]
