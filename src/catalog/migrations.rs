@@ -425,11 +425,12 @@ CREATE VIEW v_refs(class, env, row_id, session_id, telegram_file_id, storage_key
            r.state, r.sha256, b.size, b.type, r.reason
     FROM refs r LEFT JOIN blobs b ON b.sha256 = r.sha256;
 "#,
-    // 12: the check on `refs_core.state` compares with each value in turn.
-    // SQLite built `state IN (0, 1, 2)` into a temporary table for every
-    // row written (a sixth of a first snapshot's time). Both pass the same
-    // rows, so SQLite's procedure for changing a CHECK in place applies
-    // (https://sqlite.org/lang_altertable.html#otheralter): the table's
+    // 12: the checks on the state of `refs_core` and `placements`, a row
+    // per ref each, compare with each value in turn. SQLite built
+    // `state IN (a, b, c)` into a temporary table for every row written (a
+    // sixth of a first snapshot's time). Both pass the same rows, so
+    // SQLite's procedure for changing a CHECK in place applies
+    // (https://sqlite.org/lang_altertable.html#otheralter): the tables'
     // text in `sqlite_schema` is rewritten, and `migrate` bumps the schema
     // version after.
     r#"
@@ -437,6 +438,10 @@ PRAGMA writable_schema = ON;
 UPDATE sqlite_schema
 SET sql = replace(sql, 'CHECK (state IN (0, 1, 2))', 'CHECK (state = 0 OR state = 1 OR state = 2)')
 WHERE type = 'table' AND name = 'refs_core';
+UPDATE sqlite_schema
+SET sql = replace(sql, 'CHECK (state IN (''pending'', ''pushed'', ''failed''))',
+                  'CHECK (state = ''pending'' OR state = ''pushed'' OR state = ''failed'')')
+WHERE type = 'table' AND name = 'placements';
 PRAGMA writable_schema = OFF;
 "#,
 ];
@@ -735,12 +740,13 @@ mod tests {
         assert_eq!(all_text(&conn, placed).len(), 1);
     }
 
-    /// Migration 12 changes how `refs_core.state` is checked, not what
-    /// passes: the refs of a catalog of migration 11 stay as they were,
-    /// a second connection open all along sees the new check, states 0 to
-    /// 2 (as text too, which the column's affinity makes integers) are
-    /// written, any other value is refused, and writing a ref builds no
-    /// temporary table (the cost the migration removes).
+    /// Migration 12 changes how the states of `refs_core` and `placements`
+    /// are checked, not what passes: the rows of a catalog of migration 11
+    /// stay as they were, a second connection open all along sees the new
+    /// checks, the states of each table are written (a ref's as text too,
+    /// which the column's affinity makes integers), any other value is
+    /// refused, and writing a row builds no temporary table (the cost the
+    /// migration removes).
     #[test]
     fn migration_12_checks_states_as_before_without_a_temporary_table() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -752,60 +758,76 @@ mod tests {
         }
         conn.pragma_update(None, "user_version", 11).expect("set");
         conn.execute_batch(
-            "INSERT INTO refs_core(kind, row, state) VALUES (0, 1, 0), (0, 2, 1), (0, 3, 2);",
+            "INSERT INTO refs_core(kind, row, state) VALUES (0, 1, 0), (0, 2, 1), (0, 3, 2);
+             INSERT INTO destinations(id, url, layout, canonical) VALUES (1, '/d', 'mirror', 1);
+             INSERT INTO placements(dest_id, ref_id, state)
+                 VALUES (1, 1, 'pending'), (1, 2, 'pushed'), (1, 3, 'failed');",
         )
-        .expect("refs of migration 11");
+        .expect("rows of migration 11");
         let other = Connection::open(&path).expect("a second connection");
-        let states = |c: &Connection| all_text(c, "SELECT id || ':' || state FROM refs_core");
-        assert_eq!(states(&other), ["1:0", "2:1", "3:2"]);
+        let rows = |c: &Connection| {
+            all_text(
+                c,
+                "SELECT r.id || ':' || r.state || ':' || p.state
+                 FROM refs_core r JOIN placements p ON p.ref_id = r.id ORDER BY r.id",
+            )
+        };
+        let before = ["1:0:pending", "2:1:pushed", "3:2:failed"];
+        assert_eq!(rows(&other), before);
 
         migrate(&mut conn, &path).expect("migrate");
-        let sql: String = conn
-            .query_row(
-                "SELECT sql FROM sqlite_schema WHERE name = 'refs_core'",
-                [],
-                |r| r.get(0),
-            )
-            .expect("schema");
-        assert!(
-            sql.contains("CHECK (state = 0 OR state = 1 OR state = 2)"),
-            "{sql}"
-        );
         let check: String = conn
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .expect("integrity_check");
         assert_eq!(check, "ok");
+        // (table, the insert of a row in state {}, its delete, states that
+        // pass, states refused)
+        let cases = [
+            (
+                "refs_core",
+                "INSERT INTO refs_core(id, kind, row, state) VALUES (10, 0, 10, {})",
+                "DELETE FROM refs_core WHERE id = 10",
+                &["0", "2", "'1'"][..],
+                &["3", "-1", "1.5", "'x'", "NULL"][..],
+            ),
+            (
+                "placements",
+                "INSERT INTO placements(dest_id, ref_id, state) VALUES (1, 9, {})",
+                "DELETE FROM placements WHERE ref_id = 9",
+                &["'pending'", "'pushed'", "'failed'"][..],
+                &["'Pushed'", "'pushed '", "''", "0", "NULL"][..],
+            ),
+        ];
         for c in [&conn, &other] {
-            assert_eq!(states(c), ["1:0", "2:1", "3:2"]);
-            for (state, passes) in [
-                ("0", true),
-                ("2", true),
-                ("'1'", true),
-                ("3", false),
-                ("-1", false),
-                ("1.5", false),
-                ("'x'", false),
-                ("NULL", false),
-            ] {
-                let written = c.execute(
-                    &format!("INSERT INTO refs_core(kind, row, state) VALUES (0, 9, {state})"),
-                    [],
+            assert_eq!(rows(c), before);
+            c.execute("INSERT INTO refs_core(id, kind, row) VALUES (9, 0, 9)", [])
+                .expect("a ref to place");
+            for (table, insert, clear, pass, refused) in cases {
+                for (state, passes) in pass
+                    .iter()
+                    .map(|s| (s, true))
+                    .chain(refused.iter().map(|s| (s, false)))
+                {
+                    c.execute(clear, []).expect("clear");
+                    let written = c.execute(&insert.replace("{}", state), []);
+                    assert_eq!(written.is_ok(), passes, "{table} {state}: {written:?}");
+                }
+                let program: Vec<String> = c
+                    .prepare(&format!("EXPLAIN {}", insert.replace("{}", pass[0])))
+                    .expect("explain")
+                    .query_map([], |r| r.get(1))
+                    .expect("opcodes")
+                    .collect::<Result<_, _>>()
+                    .expect("opcodes");
+                assert!(
+                    !program.iter().any(|op| op == "OpenEphemeral"),
+                    "{table}: {program:?}"
                 );
-                assert_eq!(written.is_ok(), passes, "state {state}: {written:?}");
-                c.execute("DELETE FROM refs_core WHERE row = 9", [])
-                    .expect("delete");
             }
-            let program: Vec<String> = c
-                .prepare("EXPLAIN INSERT INTO refs_core(kind, row, state) VALUES (0, 9, 1)")
-                .expect("explain")
-                .query_map([], |r| r.get(1))
-                .expect("opcodes")
-                .collect::<Result<_, _>>()
-                .expect("opcodes");
-            assert!(
-                !program.iter().any(|op| op == "OpenEphemeral"),
-                "{program:?}"
-            );
+            c.execute_batch(
+                "DELETE FROM placements WHERE ref_id = 9; DELETE FROM refs_core WHERE id = 9;",
+            )
+            .expect("clear");
         }
     }
 
