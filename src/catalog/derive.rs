@@ -41,23 +41,20 @@ pub fn derive(conn: &Connection, include_photos: bool) -> Result<()> {
 /// them all after: those refs are most of a catalog's, and written from
 /// what the reader's thread found in the row ([`super::events::RefHashes`])
 /// they cost one append each, where deriving them read every row's JSON
-/// again. `temp.snap_session_env` holds the env of each session inserted
-/// (sessions come first); the `refs_core_fid` index is built after, in one
-/// sort ([`derive_after_sticker_refs`]).
-pub const STICKER_REFS_BEGIN: &str = "
-DROP INDEX refs_core_fid;
-CREATE TEMP TABLE snap_session_env (id TEXT PRIMARY KEY NOT NULL, env TEXT) WITHOUT ROWID;";
+/// again. The `refs_core_fid` index is built after, in one sort
+/// ([`derive_after_sticker_refs`]).
+pub const STICKER_REFS_BEGIN: &str = "DROP INDEX refs_core_fid;";
 
-/// Notes a session's env for [`STICKER_REF_INSERT`]: `?1` its id, `?2` its env.
-pub const SESSION_ENV_INSERT: &str =
-    "INSERT OR IGNORE INTO temp.snap_session_env(id, env) VALUES (?1, ?2)";
+/// The env of the session `?1` (NULL when it has none), as [`derive`]
+/// finds it.
+pub const SESSION_ENV: &str = "SELECT nullif(env, '') FROM sessions WHERE id = ?1";
 
 /// The ref of a stickers row just inserted in a first snapshot, as
-/// [`derive`] would find it: `?1` the row's rowid, `?2` its session id,
-/// `?3` and `?4` the hashes of its file id and storage key.
+/// [`derive`] would find it: `?1` the row's rowid, `?2` the env of its
+/// session ([`SESSION_ENV`]), `?3` and `?4` the hashes of its file id and
+/// storage key.
 pub const STICKER_REF_INSERT: &str = "
-INSERT INTO refs_core (kind, row, env, fid_hash, key_hash)
-VALUES (0, ?1, (SELECT nullif(e.env, '') FROM temp.snap_session_env e WHERE e.id = ?2), ?3, ?4)";
+INSERT INTO refs_core (kind, row, env, fid_hash, key_hash) VALUES (0, ?1, ?2, ?3, ?4)";
 
 /// Derives the refs of a first snapshot that wrote those of its stickers
 /// already ([`STICKER_REFS_BEGIN`]): every other ref, then the
@@ -69,7 +66,6 @@ pub fn derive_after_sticker_refs(conn: &Connection, include_photos: bool) -> Res
         rusqlite::named_params! {":photos": include_photos},
     )?;
     conn.execute_batch(REFS_FID_INDEX)?;
-    conn.execute_batch("DROP TABLE temp.snap_session_env")?;
     note_photos(conn, include_photos)
 }
 

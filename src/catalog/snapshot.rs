@@ -3,7 +3,7 @@
 //! (SQLite rolls the transaction back on the next open); a finished one
 //! replaces it, with counts of what was added, changed and removed.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rusqlite::types::ToSqlOutput as SqlRef;
 use rusqlite::{OptionalExtension, Transaction};
@@ -139,6 +139,78 @@ impl RowidSet {
     }
 }
 
+/// The env of each session a first snapshot inserted, for the refs of the
+/// stickers after them (sessions come first): by a 64-bit hash of the
+/// session's id, 16 bytes a session, where a table of the sessions looked
+/// up once per sticker cost a sixth of the snapshot. Where two sessions of
+/// different envs share a hash, the catalog's `sessions` tells them apart.
+struct SessionEnvs {
+    /// The hash of a session's id.
+    key: fn(&str) -> u64,
+    /// Each env once (`None`: a session without one), and where it is in `envs`.
+    envs: Vec<Option<String>>,
+    env_at: HashMap<Option<String>, u32>,
+    /// The env of each session by the hash of its id, `None` if ambiguous.
+    by_id: HashMap<u64, Option<u32>>,
+}
+
+/// What [`SessionEnvs`] knows of a session.
+enum SessionEnv<'a> {
+    /// No session of that id was inserted.
+    Unknown,
+    /// The session's env (`None`: it has none).
+    Found(Option<&'a str>),
+    /// Ask the catalog's `sessions`.
+    Ambiguous,
+}
+
+impl Default for SessionEnvs {
+    fn default() -> Self {
+        SessionEnvs {
+            key: |id| {
+                use std::hash::{Hash, Hasher};
+                let mut hasher = std::hash::DefaultHasher::new();
+                id.hash(&mut hasher);
+                hasher.finish()
+            },
+            envs: Vec::new(),
+            env_at: HashMap::new(),
+            by_id: HashMap::new(),
+        }
+    }
+}
+
+impl SessionEnvs {
+    fn insert(&mut self, id: &str, env: Option<String>) {
+        let at = match self.env_at.get(&env) {
+            Some(at) => Some(*at),
+            None => u32::try_from(self.envs.len()).ok().inspect(|at| {
+                self.envs.push(env.clone());
+                self.env_at.insert(env, *at);
+            }),
+        };
+        self.by_id
+            .entry((self.key)(id))
+            .and_modify(|found| {
+                if *found != at {
+                    *found = None;
+                }
+            })
+            .or_insert(at);
+    }
+
+    fn get(&self, id: &str) -> SessionEnv<'_> {
+        match self.by_id.get(&(self.key)(id)) {
+            None => SessionEnv::Unknown,
+            Some(None) => SessionEnv::Ambiguous,
+            Some(Some(at)) => match self.envs.get(*at as usize) {
+                Some(env) => SessionEnv::Found(env.as_deref()),
+                None => SessionEnv::Ambiguous,
+            },
+        }
+    }
+}
+
 /// What a row was before this snapshot changed or removed it.
 struct Before {
     id: String,
@@ -161,8 +233,9 @@ pub struct SnapshotWriter<'c> {
     /// The typed columns of unchanged rows are written again (migration 8).
     refresh_typed: bool,
     /// In a first snapshot, the refs of stickers are written with their
-    /// rows ([`derive::STICKER_REFS_BEGIN`]).
-    sticker_refs: bool,
+    /// rows ([`derive::STICKER_REFS_BEGIN`]), with the envs of the sessions
+    /// inserted before them.
+    sticker_refs: Option<SessionEnvs>,
     skipped: BTreeMap<Table, u64>,
     warnings: BTreeMap<Table, u64>,
     missing: Vec<Table>,
@@ -223,8 +296,8 @@ impl<'c> SnapshotWriter<'c> {
         let rows: u64 = tables.iter().map(|t| t.before).sum();
         tx.execute_batch(derive::DROP_CHANGE_TABLES)?;
         tx.execute_batch(derive::CHANGE_TABLES)?;
-        let sticker_refs = !has_refs && rows == 0;
-        if sticker_refs {
+        let sticker_refs = (!has_refs && rows == 0).then(SessionEnvs::default);
+        if sticker_refs.is_some() {
             tx.execute_batch(derive::STICKER_REFS_BEGIN)?;
         }
         Ok(SnapshotWriter {
@@ -400,7 +473,7 @@ impl<'c> SnapshotWriter<'c> {
         }
         w.counts.rows += 1;
         w.counts.added += 1;
-        if self.sticker_refs {
+        if self.sticker_refs.is_some() {
             self.write_sticker_ref(table, row)?;
         }
         self.list_new(table, row)?;
@@ -410,18 +483,27 @@ impl<'c> SnapshotWriter<'c> {
     /// In a first snapshot, with a row just inserted: the env of a session,
     /// the ref of a sticker.
     fn write_sticker_ref(&mut self, table: Table, row: &CheckedRow) -> Result<()> {
+        let Some(envs) = &mut self.sticker_refs else {
+            return Ok(());
+        };
         match (table, row.sticker_ref) {
-            (Table::Sessions, _) => {
-                self.tx
-                    .prepare_cached(derive::SESSION_ENV_INSERT)?
-                    .execute(rusqlite::params![row.id, typed_value(table, row, "env")])?;
-            }
+            (Table::Sessions, _) => envs.insert(&row.id, typed_value(table, row, "env")),
             (Table::Stickers, Some(hashes)) => {
+                let env = match row.scope.as_deref().map(|s| envs.get(s)) {
+                    None | Some(SessionEnv::Unknown) => None,
+                    Some(SessionEnv::Found(env)) => env.map(str::to_string),
+                    Some(SessionEnv::Ambiguous) => self
+                        .tx
+                        .prepare_cached(derive::SESSION_ENV)?
+                        .query_row([&row.scope], |r| r.get(0))
+                        .optional()?
+                        .flatten(),
+                };
                 self.tx
                     .prepare_cached(derive::STICKER_REF_INSERT)?
                     .execute(rusqlite::params![
                         self.tx.last_insert_rowid(),
-                        row.scope,
+                        env,
                         hashes.fid_hash,
                         hashes.key_hash
                     ])?;
@@ -575,7 +657,7 @@ impl<'c> SnapshotWriter<'c> {
             tx.execute("DELETE FROM settings WHERE key = ?1", [REFRESH_TYPED])?;
         }
         let listing = listing && derive::can_derive_changed(&tx, include_photos)?;
-        let how = if sticker_refs {
+        let how = if sticker_refs.is_some() {
             derive::derive_after_sticker_refs(&tx, include_photos)?;
             "all rows, stickers' with them"
         } else if listing {
@@ -668,5 +750,95 @@ fn typed_value(table: Table, row: &CheckedRow, column: &str) -> Option<String> {
         rusqlite::types::Value::Integer(n) => Some(n.to_string()),
         rusqlite::types::Value::Real(f) => Some(f.to_string()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sessions whose ids share a hash are told apart by the catalog: with
+    /// every id of one hash, a first snapshot still gives each sticker's
+    /// ref the env of its session (none for a session without one or
+    /// unknown, as deriving finds it), and [`SessionEnvs`] answers from
+    /// memory where the sessions of a hash share their env.
+    #[test]
+    fn sessions_of_one_hash_keep_their_envs() {
+        let mut envs = SessionEnvs {
+            key: |_| 7,
+            ..SessionEnvs::default()
+        };
+        envs.insert("a", Some("prod".into()));
+        envs.insert("b", Some("prod".into()));
+        assert!(matches!(envs.get("b"), SessionEnv::Found(Some("prod"))));
+        envs.insert("c", None);
+        assert!(matches!(envs.get("a"), SessionEnv::Ambiguous));
+        let mut envs = SessionEnvs::default();
+        envs.insert("a", None);
+        assert!(matches!(envs.get("a"), SessionEnv::Found(None)));
+        assert!(matches!(envs.get("z"), SessionEnv::Unknown));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut catalog = Catalog::open_or_create(dir.path()).expect("catalog");
+        let mut writer = SnapshotWriter::begin(&mut catalog, "test", &[]).expect("begin");
+        writer.sticker_refs = Some(SessionEnvs {
+            key: |_| 7,
+            ..SessionEnvs::default()
+        });
+        let rows = [
+            (Table::Sessions, r#"{"id":"s1","env":"prod"}"#),
+            (Table::Sessions, r#"{"id":"s2","env":"test"}"#),
+            (Table::Sessions, r#"{"id":"s3","env":""}"#),
+            (Table::Sessions, r#"{"id":"s4","env":null}"#),
+            (
+                Table::Stickers,
+                r#"{"id":"t1","session_id":"s1","telegram_file_id":"F1"}"#,
+            ),
+            (
+                Table::Stickers,
+                r#"{"id":"t2","session_id":"s2","result_storage_path":"k/2"}"#,
+            ),
+            (
+                Table::Stickers,
+                r#"{"id":"t3","session_id":"s3","telegram_file_id":"F3"}"#,
+            ),
+            (
+                Table::Stickers,
+                r#"{"id":"t4","session_id":"s4","telegram_file_id":"F4"}"#,
+            ),
+            (
+                Table::Stickers,
+                r#"{"id":"t5","session_id":"s9","telegram_file_id":"F5"}"#,
+            ),
+            (Table::Stickers, r#"{"id":"t6","telegram_file_id":"F6"}"#),
+            (Table::Stickers, r#"{"id":"t7","session_id":"s1"}"#),
+        ];
+        writer
+            .apply(SourceEvent::Began {
+                taken_at: "2025-01-01T00:00:00Z".into(),
+                exports: false,
+            })
+            .expect("began");
+        for (table, text) in rows {
+            writer
+                .apply(SourceEvent::from_json_text(table, text.into()))
+                .expect("row");
+        }
+        writer.finish(false).expect("finish");
+        let found: Vec<String> = catalog
+            .conn()
+            .prepare(
+                "SELECT t.id || ':' || coalesce(r.env, '-') FROM refs_core r
+                 JOIN stickers t ON t.rowid = r.row WHERE r.kind = 0 ORDER BY t.id",
+            )
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("refs");
+        assert_eq!(
+            found,
+            ["t1:prod", "t2:test", "t3:-", "t4:-", "t5:-", "t6:-"]
+        );
     }
 }

@@ -617,8 +617,8 @@ fn resnapshot_refs_equal_a_first_snapshot_of_the_same_database() {
     assert_eq!(unchanged, 1);
 }
 
-/// A first snapshot derives the refs of stickers as their rows arrive (a
-/// thousand at a time), not all after: both give the same refs, for
+/// A first snapshot writes the ref of each sticker with its row, with the
+/// env of its session from memory, not all after: both give the same refs, for
 /// generated bots (NULL and empty file ids and keys, stickers without a
 /// session, sessions with an empty env, integer batch ids; one with
 /// thousands of stickers), with and without `--env`. The catalog's refs are
