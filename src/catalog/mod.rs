@@ -646,10 +646,7 @@ impl Catalog {
             Ok(mode) => tracing::debug!("journal mode for bulk writes: {mode}"),
             Err(e) => tracing::debug!("journal mode stays WAL: {e}"),
         }
-        let out = {
-            let _flushing = WriteBehind::start(&self.dir.join(CATALOG_FILE));
-            work(self)
-        };
+        let out = work(self);
         // Likewise back: if refused, the next open puts the WAL back.
         if let Err(e) = self.conn.pragma_update(None, "journal_mode", "WAL") {
             tracing::debug!("journal mode not back to WAL yet: {e}");
@@ -677,57 +674,6 @@ impl Catalog {
 
     pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
         set_setting(&self.conn, key, value)
-    }
-}
-
-/// How often [`WriteBehind`] flushes the catalog file.
-const WRITE_BEHIND_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
-
-/// Flushes what a long write puts in the catalog file to the disk while the
-/// write goes on, so that its commit's fsync finds little left to do: the
-/// kernel would keep those pages dirty until then (a first snapshot of 1M
-/// rows left 600 MB, 1.6 s of commit with the CPU idle). An early fsync
-/// changes nothing SQLite relies on: the journal is synced before any page
-/// it guards is written, and the commit syncs the file again. A failed
-/// flush is left to the commit's own fsync to report. Stops when dropped.
-struct WriteBehind {
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl WriteBehind {
-    fn start(path: &Path) -> WriteBehind {
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let path = path.to_path_buf();
-        let thread = std::thread::Builder::new()
-            .name("write-behind".into())
-            .spawn(move || {
-                let Ok(file) = File::open(&path) else {
-                    return;
-                };
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(WRITE_BEHIND_EVERY)
-                {
-                    if let Err(e) = file.sync_data() {
-                        tracing::debug!("write-behind of {}: {e}", path.display());
-                        return;
-                    }
-                }
-            })
-            .ok();
-        WriteBehind {
-            stop: Some(stop),
-            thread,
-        }
-    }
-}
-
-impl Drop for WriteBehind {
-    fn drop(&mut self) {
-        self.stop.take();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
