@@ -236,6 +236,9 @@ pub struct SnapshotWriter<'c> {
     /// rows ([`derive::STICKER_REFS_BEGIN`]), with the envs of the sessions
     /// inserted before them.
     sticker_refs: Option<SessionEnvs>,
+    /// In a first snapshot, the generated columns of `stickers` are out of
+    /// its schema until the rows are in ([`VirtualColumns`]).
+    hidden: Option<VirtualColumns>,
     skipped: BTreeMap<Table, u64>,
     warnings: BTreeMap<Table, u64>,
     missing: Vec<Table>,
@@ -297,8 +300,10 @@ impl<'c> SnapshotWriter<'c> {
         tx.execute_batch(derive::DROP_CHANGE_TABLES)?;
         tx.execute_batch(derive::CHANGE_TABLES)?;
         let sticker_refs = (!has_refs && rows == 0).then(SessionEnvs::default);
+        let mut hidden = None;
         if sticker_refs.is_some() {
             tx.execute_batch(derive::STICKER_REFS_BEGIN)?;
+            hidden = VirtualColumns::hide(&tx, Table::Stickers.name())?;
         }
         Ok(SnapshotWriter {
             tx,
@@ -311,6 +316,7 @@ impl<'c> SnapshotWriter<'c> {
             most_listed: (rows / 4).max(1000),
             refresh_typed,
             sticker_refs,
+            hidden,
             skipped: BTreeMap::new(),
             warnings: BTreeMap::new(),
             missing: Vec::new(),
@@ -623,6 +629,9 @@ impl<'c> SnapshotWriter<'c> {
     /// Removes the rows this snapshot did not see, derives the refs and commits.
     pub fn finish(mut self, include_photos: bool) -> Result<SnapshotReport> {
         let started = std::time::Instant::now();
+        if let Some(hidden) = self.hidden.take() {
+            hidden.restore(&self.tx)?;
+        }
         for at in 0..self.tables.len() {
             self.remove_unseen(at)?;
         }
@@ -740,6 +749,94 @@ fn table_index(table: Table) -> usize {
     Table::ALL.iter().position(|t| *t == table).unwrap_or(0)
 }
 
+/// A table's virtual generated columns, taken out of its schema while a
+/// first snapshot fills it. SQLite computes every generated column of a row
+/// it inserts, read or not: for `stickers`, eight `json_extract` calls per
+/// row, about a tenth of a first snapshot's CPU. Virtual columns are not
+/// stored (<https://sqlite.org/gencol.html>), so the rows are the same
+/// bytes with or without them in the schema: their `CREATE TABLE` text is
+/// changed in place as <https://sqlite.org/lang_altertable.html#otheralter>
+/// allows for changes that leave the stored content alone, and put back
+/// byte for byte before the snapshot derives its refs. Both happen inside
+/// the snapshot's transaction: no other connection, and no catalog a crash
+/// leaves, ever sees the table without its columns.
+struct VirtualColumns {
+    table: &'static str,
+    /// The table's `CREATE TABLE` text, with its virtual columns.
+    sql: String,
+}
+
+/// A column as `PRAGMA table_xinfo` gives it: name, declared type, NOT
+/// NULL, default, position in the primary key, hidden (2: virtual).
+type ColumnInfo = (String, String, bool, Option<String>, i64, i64);
+
+impl VirtualColumns {
+    /// Takes the virtual columns of `table` out of its schema; `None` (the
+    /// schema untouched) unless they are its last columns and the text
+    /// without them declares exactly the columns it stores.
+    fn hide(tx: &Transaction, table: &'static str) -> Result<Option<VirtualColumns>> {
+        let sql: String = tx.query_row(
+            "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [table],
+            |r| r.get(0),
+        )?;
+        let columns = column_info(tx, table)?;
+        let stored = columns.iter().take_while(|c| c.5 != 2).count();
+        if stored == columns.len() || columns[stored..].iter().any(|c| c.5 != 2) {
+            return Ok(None);
+        }
+        let Some(cut) = sql.find(&format!(",\n    {} ", columns[stored].0)) else {
+            return Ok(None);
+        };
+        set_table_sql(tx, table, &format!("{}\n)", &sql[..cut]))?;
+        if column_info(tx, table)? != columns[..stored] {
+            set_table_sql(tx, table, &sql)?;
+            tracing::debug!("{table}: its generated columns stay while the rows go in");
+            return Ok(None);
+        }
+        tracing::debug!("{table}: generated columns left out while the rows go in");
+        Ok(Some(VirtualColumns { table, sql }))
+    }
+
+    /// Puts the columns back.
+    fn restore(self, tx: &Transaction) -> Result<()> {
+        set_table_sql(tx, self.table, &self.sql)
+    }
+}
+
+fn column_info(tx: &Transaction, table: &str) -> Result<Vec<ColumnInfo>> {
+    let mut stmt = tx.prepare(
+        "SELECT name, type, \"notnull\", dflt_value, pk, hidden FROM pragma_table_xinfo(?1)",
+    )?;
+    let columns = stmt
+        .query_map([table], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(columns)
+}
+
+/// Sets the `CREATE TABLE` text of `table`; every connection reads the
+/// schema again (as after migration 12).
+fn set_table_sql(tx: &Transaction, table: &str, sql: &str) -> Result<()> {
+    let version: i64 = tx.pragma_query_value(None, "schema_version", |r| r.get(0))?;
+    tx.pragma_update(None, "writable_schema", true)?;
+    tx.execute(
+        "UPDATE sqlite_schema SET sql = ?1 WHERE type = 'table' AND name = ?2",
+        [sql, table],
+    )?;
+    tx.pragma_update(None, "writable_schema", false)?;
+    tx.pragma_update(None, "schema_version", version.wrapping_add(1))?;
+    Ok(())
+}
+
 /// The value of the typed column `column` of a row, as text.
 fn typed_value(table: Table, row: &CheckedRow, column: &str) -> Option<String> {
     let i = refs::typed_columns(table)
@@ -840,5 +937,53 @@ mod tests {
             found,
             ["t1:prod", "t2:test", "t3:-", "t4:-", "t5:-", "t6:-"]
         );
+    }
+
+    /// Virtual columns leave a table's schema and come back byte for byte,
+    /// the rows written meanwhile reading them after; a table whose virtual
+    /// columns are not its last keeps its schema as it is.
+    #[test]
+    fn virtual_columns_leave_and_come_back_byte_for_byte() {
+        let mut conn = rusqlite::Connection::open_in_memory().expect("sqlite");
+        conn.execute_batch(
+            "CREATE TABLE t (\n    id TEXT PRIMARY KEY NOT NULL,\n    data TEXT NOT NULL,\n    \
+             a INTEGER AS (json_extract(data, '$.a')),\n    b TEXT AS (json_extract(data, '$.b'))\n);
+             CREATE TABLE u (\n    id TEXT,\n    a TEXT AS (id),\n    data TEXT\n);",
+        )
+        .expect("tables");
+        let tx = conn.transaction().expect("tx");
+        let sql = |table: &str| -> String {
+            tx.query_row(
+                "SELECT sql FROM sqlite_schema WHERE name = ?1",
+                [table],
+                |r| r.get(0),
+            )
+            .expect("sql")
+        };
+        let (t_before, u_before) = (sql("t"), sql("u"));
+        let hidden = VirtualColumns::hide(&tx, "t")
+            .expect("hide")
+            .expect("hidden");
+        assert_eq!(column_info(&tx, "t").expect("columns").len(), 2);
+        assert_eq!(
+            sql("t"),
+            "CREATE TABLE t (\n    id TEXT PRIMARY KEY NOT NULL,\n    data TEXT NOT NULL\n)"
+        );
+        tx.execute(
+            "INSERT INTO t(id, data) VALUES ('x', '{\"a\": 5, \"b\": \"z\"}')",
+            [],
+        )
+        .expect("insert");
+        hidden.restore(&tx).expect("restore");
+        assert_eq!(sql("t"), t_before);
+        let ab: (i64, String) = tx
+            .query_row("SELECT a, b FROM t WHERE id = 'x'", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .expect("typed");
+        assert_eq!(ab, (5, "z".to_string()));
+        assert!(VirtualColumns::hide(&tx, "u").expect("hide").is_none());
+        assert_eq!(sql("u"), u_before);
+        assert_eq!(column_info(&tx, "u").expect("columns").len(), 3);
     }
 }

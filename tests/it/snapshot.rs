@@ -1473,6 +1473,96 @@ fn snapshot_runs_while_a_reader_has_the_catalog_open() {
     assert_eq!(one::<String>(&reader, "PRAGMA journal_mode"), "wal");
 }
 
+/// The size of the archive's file `name` in bytes (0 when absent).
+fn written(archive: &Path, name: &str) -> u64 {
+    std::fs::metadata(archive.join(name))
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
+/// Runs `snapshot --db url` into `archive` and kills it with SIGKILL once
+/// it has run 300 ms and `far_enough` holds (within 20 s).
+fn kill_while_writing(archive: &Path, url: &str, far_enough: impl Fn() -> bool) {
+    let mut child = bin()
+        .arg("--archive")
+        .arg(archive)
+        .args(["snapshot", "--db", url])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn snapshot");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(300) || !far_enough() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the snapshot never got far enough to be killed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!("killing the snapshot after {:?}", started.elapsed());
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "the snapshot finished before it could be killed midway"
+    );
+    child.kill().expect("SIGKILL");
+    let status = child.wait().expect("wait");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+}
+
+/// A first snapshot killed with SIGKILL while writing its rows (with the
+/// generated columns of `stickers` out of the schema, which its transaction
+/// does) leaves the catalog as it was: no rows, and `stickers` with every
+/// typed column; the next run fills it, typed columns included.
+#[test]
+fn first_snapshot_killed_midway_keeps_the_typed_columns() {
+    let pg = TestPg::start();
+    pg.create_db("bot");
+    pg.load_schema("bot");
+    pg.psql(
+        "bot",
+        "INSERT INTO sessions (id, user_id, env) VALUES
+           ('00000000-0000-4000-8000-000000000001', 1, 'prod');
+         INSERT INTO stickers (id, user_id, session_id, telegram_file_id, result_storage_path)
+           SELECT ('00000000-0000-4000-9000-' || lpad(g::text, 12, '0'))::uuid, 1,
+                  '00000000-0000-4000-8000-000000000001', 'file_' || g, 'stickers/' || g || '.webp'
+           FROM generate_series(1, 200000) g;",
+    );
+    let url = pg.url("bot");
+    let archive = temp_dir();
+    // The catalog file grows by the pages SQLite's cache spills.
+    kill_while_writing(archive.path(), &url, || {
+        written(archive.path(), "catalog.sqlite") > 16 << 20
+    });
+    let columns =
+        "SELECT group_concat(name || ':' || hidden, ' ') FROM pragma_table_xinfo('stickers')";
+    let typed = "id:0 data:0 first_snapshot:0 changed_snapshot:0 user_id:2 session_id:2 \
+                 pack_batch_id:2 pack_index:2 style_preset_id:2 telegram_file_id:2 \
+                 result_storage_path:2 created_at:2";
+    let conn = catalog(archive.path());
+    assert_eq!(one::<String>(&conn, "PRAGMA integrity_check"), "ok");
+    assert_eq!(one::<i64>(&conn, "SELECT count(*) FROM stickers"), 0);
+    assert_eq!(one::<i64>(&conn, "SELECT count(*) FROM snapshots"), 0);
+    assert_eq!(one::<String>(&conn, columns), typed);
+    drop(conn);
+
+    let first = snapshot_ok(archive.path(), &url, &[]);
+    assert_eq!(counts(&first, "stickers"), (200_000, 200_000, 0, 0, 0));
+    let conn = catalog(archive.path());
+    assert_eq!(one::<String>(&conn, columns), typed);
+    assert_eq!(
+        one::<i64>(
+            &conn,
+            "SELECT count(*) FROM stickers WHERE telegram_file_id = 'file_' || (substr(id, 25) + 0)
+               AND result_storage_path = 'stickers/' || (substr(id, 25) + 0) || '.webp'
+               AND session_id = '00000000-0000-4000-8000-000000000001' AND user_id = 1"
+        ),
+        200_000
+    );
+}
+
 /// A snapshot killed with SIGKILL while writing leaves the previous snapshot
 /// whole (its counts, its values), the catalog intact, and the next run succeeds.
 #[test]
@@ -1515,49 +1605,12 @@ fn snapshot_killed_midway_keeps_the_previous_one() {
 
     // Second snapshot: killed once it has been writing its transaction for a
     // while: its rollback journal (or the WAL) holds over a MiB.
-    let written = |name: &str| {
-        std::fs::metadata(archive.path().join(name))
-            .map(|m| m.len())
-            .unwrap_or(0)
-    };
-    let wal_before = written("catalog.sqlite-wal");
-    let mut child = bin()
-        .arg("--archive")
-        .arg(archive.path())
-        .args(["snapshot", "--db", &url])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn snapshot");
-    let started = Instant::now();
-    loop {
-        let journal = written("catalog.sqlite-journal");
-        let wal = written("catalog.sqlite-wal").saturating_sub(wal_before);
-        let elapsed = started.elapsed();
-        if elapsed >= Duration::from_millis(300) && journal.max(wal) > 1 << 20 {
-            break;
-        }
-        assert!(
-            elapsed < Duration::from_secs(20),
-            "the second snapshot never started writing"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    eprintln!(
-        "killing the second snapshot after {:?}, journal {} bytes",
-        started.elapsed(),
-        written("catalog.sqlite-journal")
-    );
-    assert!(
-        child.try_wait().expect("try_wait").is_none(),
-        "the snapshot finished before it could be killed midway"
-    );
-    child.kill().expect("SIGKILL");
-    let status = child.wait().expect("wait");
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(9)
-    );
+    let wal_before = written(archive.path(), "catalog.sqlite-wal");
+    kill_while_writing(archive.path(), &url, || {
+        let journal = written(archive.path(), "catalog.sqlite-journal");
+        let wal = written(archive.path(), "catalog.sqlite-wal").saturating_sub(wal_before);
+        journal.max(wal) > 1 << 20
+    });
 
     // The catalog still shows exactly the first snapshot.
     let conn = catalog(archive.path());
