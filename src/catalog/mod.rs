@@ -574,6 +574,12 @@ impl Catalog {
         // snapshot writes its indexes at their ends and a small cache does;
         // memory stays flat whatever the row count.
         conn.pragma_update(None, "cache_size", CACHE_KIB)?;
+        // A large sort (an index a snapshot builds: a million refs' file id
+        // hashes) takes the other cores too, idle by then: SQLite's sorter
+        // sorts and merges runs on up to this many more threads
+        // (https://sqlite.org/pragma.html#pragma_threads; default none).
+        let more_threads = std::thread::available_parallelism().map_or(0, |n| n.get() - 1);
+        conn.pragma_update(None, "threads", more_threads.min(4) as i64)?;
         let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         migrations::migrate(&mut conn, &path)?;
         // Committed before the command writes: a kill after any of its
