@@ -809,16 +809,7 @@ fn column_info(tx: &Transaction, table: &str) -> Result<Vec<ColumnInfo>> {
         "SELECT name, type, \"notnull\", dflt_value, pk, hidden FROM pragma_table_xinfo(?1)",
     )?;
     let columns = stmt
-        .query_map([table], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
-        })?
+        .query_map([table], |r| ColumnInfo::try_from(r))?
         .collect::<Result<_, _>>()?;
     Ok(columns)
 }
