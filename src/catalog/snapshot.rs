@@ -789,8 +789,12 @@ struct VirtualColumns {
 }
 
 /// A column as `PRAGMA table_xinfo` gives it: name, declared type, NOT
-/// NULL, default, position in the primary key, hidden (2: virtual).
+/// NULL, default, position in the primary key, hidden ([`VIRTUAL`]).
 type ColumnInfo = (String, String, bool, Option<String>, i64, i64);
+
+/// `table_xinfo`'s `hidden` of a virtual generated column
+/// (<https://sqlite.org/pragma.html#pragma_table_xinfo>).
+const VIRTUAL: i64 = 2;
 
 impl VirtualColumns {
     /// Takes the virtual columns of `table` out of its schema; `None` (the
@@ -803,8 +807,9 @@ impl VirtualColumns {
             |r| r.get(0),
         )?;
         let columns = column_info(tx, table)?;
-        let stored = columns.iter().take_while(|c| c.5 != 2).count();
-        if stored == columns.len() || columns[stored..].iter().any(|c| c.5 != 2) {
+        let is_virtual = |c: &ColumnInfo| c.5 == VIRTUAL;
+        let stored = columns.iter().take_while(|c| !is_virtual(c)).count();
+        if stored == columns.len() || !columns[stored..].iter().all(is_virtual) {
             return Ok(None);
         }
         let Some(cut) = sql.find(&format!(",\n    {} ", columns[stored].0)) else {
