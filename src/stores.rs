@@ -104,6 +104,10 @@ pub struct Store {
     pub endpoint: Option<String>,
     /// A local store as itself, to find an object's file.
     local: Option<Arc<object_store::local::LocalFileSystem>>,
+    /// The same S3 store with few retries, for the listing that checks it
+    /// ([`check`]): no answer at all there (a mistyped host, a closed port)
+    /// is said in a second, not after the ten retries of every request.
+    quick: Option<Arc<dyn ObjectStore>>,
 }
 
 impl Store {
@@ -253,6 +257,11 @@ pub fn open(url: &str, role: Role) -> Result<Store> {
             .get_config_value(&AmazonS3ConfigKey::Endpoint)
             .filter(|e| !e.is_empty())
             .map(|e| crate::redact::url(&e));
+        let quick = builder
+            .clone()
+            .with_retry(probe::QUICK_RETRY)
+            .build()
+            .map_err(|e| usage(e.to_string()))?;
         let store = builder.build().map_err(|e| usage(e.to_string()))?;
         let prefix = rest
             .split(['?', '#'])
@@ -270,6 +279,7 @@ pub fn open(url: &str, role: Role) -> Result<Store> {
             region,
             endpoint,
             local: None,
+            quick: Some(Arc::new(quick)),
         });
     }
     if let Some(rest) = url.strip_prefix("memory://") {
@@ -282,6 +292,7 @@ pub fn open(url: &str, role: Role) -> Result<Store> {
             region: None,
             endpoint: None,
             local: None,
+            quick: None,
         });
     }
     let dir = match crate::store_url::local_dir(url) {
@@ -310,6 +321,7 @@ pub fn open(url: &str, role: Role) -> Result<Store> {
         region: None,
         endpoint: None,
         local: Some(store),
+        quick: None,
     })
 }
 

@@ -7,10 +7,12 @@
 //! answers every GetObject of a bucket that does not exist with NoSuchKey,
 //! which would make every key look dangling; its listing says NoSuchBucket.
 
-use object_store::ObjectStore;
+use std::time::Duration;
+
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::client::{ClientConfigKey, HttpError, HttpErrorKind};
 use object_store::path::Path as StorePath;
+use object_store::{BackoffConfig, ObjectStore, RetryConfig};
 
 use super::{Role, Store, StoreKind};
 use crate::error::{Error, Result};
@@ -68,11 +70,37 @@ pub async fn check(store: &Store, role: Role) -> Result<()> {
         return Ok(());
     }
     let prefix = (!store.prefix.is_empty()).then(|| StorePath::from(store.prefix.as_str()));
+    // First with few retries: a server that cannot be reached at all is
+    // most likely a mistyped endpoint, and a refusal (4xx) is the answer
+    // for good; both are said at once. Any other failure may pass (a 503
+    // while the server starts): the listing is asked again with the
+    // store's own retries.
+    if let Some(quick) = &store.quick {
+        match quick.list_with_delimiter(prefix.as_ref()).await {
+            Ok(_) => return Ok(()),
+            Err(e) if connect_failure(&e).is_some() || refused(&e) => {
+                return Err(unusable(store, role, &e));
+            }
+            Err(e) => tracing::debug!("{}: listing again: {e}", store.shown),
+        }
+    }
     match store.inner.list_with_delimiter(prefix.as_ref()).await {
         Ok(_) => Ok(()),
         Err(e) => Err(unusable(store, role, &e)),
     }
 }
+
+/// The retries of the listing that checks a store: three, within about a
+/// second (object_store's default is ten, with up to 15 s between two).
+pub(super) const QUICK_RETRY: RetryConfig = RetryConfig {
+    backoff: BackoffConfig {
+        init_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_millis(500),
+        base: 2.0,
+    },
+    max_retries: 3,
+    retry_timeout: Duration::from_secs(10),
+};
 
 /// The configuration error for a listing of `store` that failed with `e`.
 pub fn unusable(store: &Store, role: Role, e: &object_store::Error) -> Error {
@@ -164,6 +192,12 @@ fn cause(e: &object_store::Error, store: &Store, role: Role) -> String {
     } else {
         format!("the server cannot list the bucket: check the URL and the credentials ({text})")
     }
+}
+
+/// Whether the server answered `e` with a refusal that asking again does
+/// not change: a 4xx status but 408 (timeout) and 429 (slow down).
+fn refused(e: &object_store::Error) -> bool {
+    matches!(status(&e.to_string()), Some(code @ 400..=499) if code != 408 && code != 429)
 }
 
 /// The HTTP status object_store reports in `text`. (Its listing errors
