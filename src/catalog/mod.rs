@@ -166,6 +166,68 @@ fn limit_wal(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// How often [`WriteBehind`] hands the catalog's written pages to the disk.
+const WRITE_BEHIND_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Hands the pages a long transaction writes to the disk while it runs,
+/// from a thread of its own (`fdatasync` every [`WRITE_BEHIND_EVERY`]) so
+/// that the disk writes while the transaction computes. Otherwise the
+/// kernel keeps them in its page cache until the commit's `fsync`, which
+/// then waits for all of them: a first snapshot of a million rows wrote
+/// about 600 MB there, 2.3 s of commit on a disk that writes 400 MB/s.
+/// Durability is SQLite's as before: this only writes sooner pages that
+/// SQLite already wrote, never in place of its own syncs. Stopped (and the
+/// thread joined) when dropped.
+struct WriteBehind {
+    stop: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WriteBehind {
+    /// Starts on the file at `path`; `None` (the commit then writes all)
+    /// when it cannot be opened.
+    fn start(path: &Path) -> Option<WriteBehind> {
+        let file = File::open(path)
+            .inspect_err(|e| tracing::debug!("no write-behind for {}: {e}", path.display()))
+            .ok()?;
+        let stop = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("write-behind".into())
+            .spawn(move || {
+                let (stopped, wake) = &*flag;
+                let mut stopped = stopped.lock().unwrap_or_else(|e| e.into_inner());
+                while !*stopped {
+                    stopped = wake
+                        .wait_timeout(stopped, WRITE_BEHIND_EVERY)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                    if !*stopped {
+                        // A failure here is SQLite's to meet at its own sync.
+                        let _ = file.sync_data();
+                    }
+                }
+            })
+            .inspect_err(|e| tracing::debug!("no write-behind thread: {e}"))
+            .ok()?;
+        Some(WriteBehind {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for WriteBehind {
+    fn drop(&mut self) {
+        let (stopped, wake) = &*self.stop;
+        *stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// SQLite's page cache, in KiB (negative: SQLite's unit for KiB).
 const CACHE_KIB: i64 = -8 * 1024;
 
@@ -652,7 +714,9 @@ impl Catalog {
             Ok(mode) => tracing::debug!("journal mode for bulk writes: {mode}"),
             Err(e) => tracing::debug!("journal mode stays WAL: {e}"),
         }
+        let behind = WriteBehind::start(&self.dir.join(CATALOG_FILE));
         let out = work(self);
+        drop(behind);
         // Likewise back: if refused, the next open puts the WAL back.
         if let Err(e) = self.conn.pragma_update(None, "journal_mode", "WAL") {
             tracing::debug!("journal mode not back to WAL yet: {e}");
@@ -816,6 +880,21 @@ pub fn now_text() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_behind_runs_beside_the_writes_and_stops_when_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(WriteBehind::start(&dir.path().join("none")).is_none());
+        let path = dir.path().join(CATALOG_FILE);
+        let mut file = File::create(&path).expect("create");
+        let behind = WriteBehind::start(&path).expect("started");
+        for _ in 0..3 {
+            std::io::Write::write_all(&mut file, &[7u8; 1 << 20]).expect("write");
+            std::thread::sleep(WRITE_BEHIND_EVERY);
+        }
+        drop(behind);
+        assert_eq!(std::fs::metadata(&path).expect("stat").len(), 3 << 20);
+    }
 
     #[test]
     fn now_text_is_rfc3339_utc_to_the_second() {
