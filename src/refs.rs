@@ -7,6 +7,9 @@
 //! which holds backfill's writes to them, and the catalog's SQL over its
 //! copies of them; the typed columns (migrations) mirror `schema.sql`.
 
+use std::sync::LazyLock;
+
+use chrono::format::{Item, StrftimeItems};
 use rusqlite::types::Value as SqlValue;
 use serde_json::{Map, Value};
 
@@ -120,48 +123,172 @@ const fn col(name: &'static str, kind: Kind, typed: bool) -> Column {
     Column { name, kind, typed }
 }
 
+use Kind::{FileIdArray, Id, Instant, Integer, Text};
+
+const SESSIONS: &[Column] = &[
+    col("id", Id, false),
+    col("user_id", Id, true),
+    col("env", Text, true),
+    col("mode", Text, true),
+    col("current_photo_file_id", Text, true),
+    col("photos", FileIdArray, true),
+    col("last_sticker_file_id", Text, true),
+    col("last_sticker_storage_path", Text, true),
+    col("pack_sheet_file_id", Text, true),
+    col("created_at", Instant, true),
+    col("updated_at", Instant, true),
+];
+const PACK_BATCHES: &[Column] = &[
+    col("id", Id, false),
+    col("session_id", Id, true),
+    col("user_id", Id, true),
+    col("status", Text, true),
+    col("cleaned_sheet_storage_path", Text, true),
+    col("created_at", Instant, true),
+];
+// Its typed columns are virtual (migration 8): SQLite computes them
+// from the JSON when they are read, so none is written.
+const STICKERS: &[Column] = &[
+    col("id", Id, false),
+    col("user_id", Id, false),
+    col("session_id", Id, false),
+    col("pack_batch_id", Id, false),
+    col("pack_index", Integer, false),
+    col("style_preset_id", Text, false),
+    col("telegram_file_id", Text, false),
+    col("result_storage_path", Text, false),
+    col("created_at", Instant, false),
+];
+
+/// The most columns starchive reads of one table.
+const MOST_COLUMNS: usize = {
+    let (a, b, c) = (SESSIONS.len(), PACK_BATCHES.len(), STICKERS.len());
+    let ab = if a > b { a } else { b };
+    if ab > c { ab } else { c }
+};
+
 /// The columns starchive reads of each table, with their types; the typed
 /// ones in the order of the catalog's typed columns.
 fn columns(table: Table) -> &'static [Column] {
-    use Kind::*;
-    const SESSIONS: &[Column] = &[
-        col("id", Id, false),
-        col("user_id", Id, true),
-        col("env", Text, true),
-        col("mode", Text, true),
-        col("current_photo_file_id", Text, true),
-        col("photos", FileIdArray, true),
-        col("last_sticker_file_id", Text, true),
-        col("last_sticker_storage_path", Text, true),
-        col("pack_sheet_file_id", Text, true),
-        col("created_at", Instant, true),
-        col("updated_at", Instant, true),
-    ];
-    const PACK_BATCHES: &[Column] = &[
-        col("id", Id, false),
-        col("session_id", Id, true),
-        col("user_id", Id, true),
-        col("status", Text, true),
-        col("cleaned_sheet_storage_path", Text, true),
-        col("created_at", Instant, true),
-    ];
-    // Its typed columns are virtual (migration 8): SQLite computes them
-    // from the JSON when they are read, so none is written.
-    const STICKERS: &[Column] = &[
-        col("id", Id, false),
-        col("user_id", Id, false),
-        col("session_id", Id, false),
-        col("pack_batch_id", Id, false),
-        col("pack_index", Integer, false),
-        col("style_preset_id", Text, false),
-        col("telegram_file_id", Text, false),
-        col("result_storage_path", Text, false),
-        col("created_at", Instant, false),
-    ];
     match table {
         Table::Sessions => SESSIONS,
         Table::PackBatches => PACK_BATCHES,
         Table::Stickers => STICKERS,
+    }
+}
+
+/// The values of the columns starchive reads ([`columns`]) of one row; a
+/// column the row lacks has none. The row's other columns are only kept in
+/// its JSON text.
+pub struct RowColumns {
+    table: Table,
+    values: [Option<Value>; MOST_COLUMNS],
+}
+
+impl RowColumns {
+    fn empty(table: Table) -> RowColumns {
+        RowColumns {
+            table,
+            values: [const { None }; MOST_COLUMNS],
+        }
+    }
+
+    /// Those of a row read as a map (a CSV line).
+    pub fn of_map(table: Table, row: &Map<String, Value>) -> RowColumns {
+        let mut known = RowColumns::empty(table);
+        for (slot, column) in known.values.iter_mut().zip(columns(table)) {
+            *slot = row.get(column.name).cloned();
+        }
+        known
+    }
+
+    /// Those of a row given as the JSON text of an object, as Postgres
+    /// sends `to_jsonb(t)::text`. The other columns are read only as far
+    /// as to know the text is JSON: no key or value of theirs is kept, so
+    /// that a million rows cost no map each. The error is serde_json's, as
+    /// for a `Map` (a text that is not an object: "expected a map").
+    pub fn from_json(table: Table, text: &str) -> serde_json::Result<RowColumns> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let row = serde::de::DeserializeSeed::deserialize(ColumnsSeed(table), &mut de)?;
+        de.end()?;
+        Ok(row)
+    }
+
+    pub fn table(&self) -> Table {
+        self.table
+    }
+
+    /// The value of `column`, one of the table's [`columns`]; `None` when
+    /// the row lacks it (or it is not one of them).
+    pub fn get(&self, column: &str) -> Option<&Value> {
+        let at = columns(self.table).iter().position(|c| c.name == column)?;
+        self.values[at].as_ref()
+    }
+
+    /// The columns the row has, with their kind and value.
+    fn present(&self) -> impl Iterator<Item = (&'static Column, &Value)> {
+        columns(self.table)
+            .iter()
+            .zip(&self.values)
+            .filter_map(|(column, value)| Some((column, value.as_ref()?)))
+    }
+}
+
+/// Reads a JSON object into [`RowColumns`].
+struct ColumnsSeed(Table);
+
+impl<'de> serde::de::DeserializeSeed<'de> for ColumnsSeed {
+    type Value = RowColumns;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<RowColumns, D::Error> {
+        de.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ColumnsSeed {
+    type Value = RowColumns;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        // As a `Map` says it.
+        f.write_str("a map")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RowColumns, A::Error> {
+        let mut row = RowColumns::empty(self.0);
+        // A key met twice keeps its last value, as in a `Map`.
+        while let Some(at) = map.next_key_seed(ColumnSeed(columns(self.0)))? {
+            match at {
+                Some(at) => row.values[at] = Some(map.next_value()?),
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(row)
+    }
+}
+
+/// Reads a key of a row as the position of its column in `.0`, without
+/// keeping the key.
+struct ColumnSeed(&'static [Column]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for ColumnSeed {
+    type Value = Option<usize>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<Option<usize>, D::Error> {
+        de.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ColumnSeed {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a column name")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Option<usize>, E> {
+        Ok(self.0.iter().position(|c| c.name == key))
     }
 }
 
@@ -187,10 +314,11 @@ pub fn typed_columns(table: Table) -> Vec<&'static str> {
 /// for a timestamp, which is its [`instant`] when it names one, for an
 /// empty `env`, which is NULL (no env), and for the
 /// `dropped` columns ([`crate::catalog::events::CheckedRow::dropped`]), which are NULL.
-pub fn typed_values(table: Table, row: &Map<String, Value>, dropped: &[String]) -> Vec<SqlValue> {
+pub fn typed_values(row: &RowColumns, dropped: &[String]) -> Vec<SqlValue> {
+    let table = row.table;
     typed_columns(table)
         .iter()
-        .map(|column| match row.get(*column) {
+        .map(|column| match row.get(column) {
             _ if dropped.iter().any(|d| d == column) => SqlValue::Null,
             None | Some(Value::Null) => SqlValue::Null,
             // An empty env is none, as in a CSV export (SPEC §1).
@@ -216,16 +344,34 @@ pub fn typed_values(table: Table, row: &Map<String, Value>, dropped: &[String]) 
 /// (`2025-10-26T00:30:00.000000Z`); `None` when the text is not one.
 pub fn instant(text: &str) -> Option<String> {
     let text = text.trim();
-    let parsed = ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"]
-        .iter()
-        .find_map(|format| chrono::DateTime::parse_from_str(text, format).ok())?;
+    let parsed = INSTANT_FORMATS.0.iter().find_map(|items| {
+        let mut parsed = chrono::format::Parsed::new();
+        chrono::format::parse(&mut parsed, text, items.iter()).ok()?;
+        parsed.to_datetime().ok()
+    })?;
     Some(
         parsed
             .with_timezone(&chrono::Utc)
-            .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .format_with_items(INSTANT_FORMATS.1.iter())
             .to_string(),
     )
 }
+
+/// The formats [`instant`] reads (`2025-10-26 02:30:00+02`,
+/// `2025-10-26T00:30:00.5+00:00`) and the one it writes, parsed once: a
+/// snapshot meets two timestamps in every session, and reading the format
+/// strings again for each was most of the time it spent on them.
+static INSTANT_FORMATS: LazyLock<([Vec<Item<'static>>; 2], Vec<Item<'static>>)> =
+    LazyLock::new(|| {
+        let items = |format| StrftimeItems::new(format).collect::<Vec<_>>();
+        (
+            [
+                items("%Y-%m-%d %H:%M:%S%.f%#z"),
+                items("%Y-%m-%dT%H:%M:%S%.f%#z"),
+            ],
+            items("%Y-%m-%dT%H:%M:%S%.6fZ"),
+        )
+    });
 
 /// What [`check_row`] found in a row starchive can rely on.
 #[derive(Debug, PartialEq, Eq)]
@@ -238,7 +384,7 @@ pub struct RowCheck {
 
 /// Checks a row against what starchive relies on and returns its id and
 /// the columns to drop. The error is the reason the row is skipped.
-pub fn check_row(table: Table, row: &Map<String, Value>) -> Result<RowCheck, String> {
+pub fn check_row(row: &RowColumns) -> Result<RowCheck, String> {
     let id = match row.get("id") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
@@ -247,27 +393,31 @@ pub fn check_row(table: Table, row: &Map<String, Value>) -> Result<RowCheck, Str
         Some(_) => return Err("id is not text".into()),
     };
     let mut dropped = Vec::new();
-    for (column, value) in row {
-        let Some(kind) = column_kind(table, column) else {
-            continue;
-        };
-        let ok = match (kind, value) {
+    // Of several malformed columns, the first by name is named (as a row
+    // read into a map, in name order, always said).
+    let mut malformed: Option<(&str, &Value)> = None;
+    for (column, value) in row.present() {
+        let ok = match (column.kind, value) {
             (_, Value::Null) => true,
             (Kind::Id, Value::String(_) | Value::Number(_)) => true,
             (Kind::Text, Value::String(_)) => true,
             (Kind::Integer, Value::Number(n)) => n.is_i64(),
             (Kind::FileIdArray, Value::Array(items)) if items.iter().all(Value::is_string) => true,
             (Kind::FileIdArray, _) => {
-                dropped.push(column.clone());
+                dropped.push(column.name.to_string());
                 true
             }
             (Kind::Instant, Value::String(_)) => true,
             _ => false,
         };
-        if !ok {
-            return Err(format!("column {column} is malformed: {value}"));
+        if !ok && malformed.is_none_or(|(name, _)| column.name < name) {
+            malformed = Some((column.name, value));
         }
     }
+    if let Some((column, value)) = malformed {
+        return Err(format!("column {column} is malformed: {value}"));
+    }
+    dropped.sort_unstable();
     Ok(RowCheck { id, dropped })
 }
 
@@ -295,8 +445,8 @@ pub fn csv_value(table: Table, column: &str, field: Option<String>) -> Result<Va
 }
 
 /// The session id a row belongs to, for `--env` filtering.
-pub fn session_of(table: Table, row: &Map<String, Value>) -> Option<String> {
-    match row.get(table.session_column())? {
+pub fn session_of(row: &RowColumns) -> Option<String> {
+    match row.get(row.table.session_column())? {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         _ => None,
@@ -306,7 +456,7 @@ pub fn session_of(table: Table, row: &Map<String, Value>) -> Option<String> {
 /// The Telegram file id and the storage key a stickers row names (its
 /// `sticker` ref, SPEC §1): text that is not empty, else none, as deriving
 /// reads them ([`crate::catalog::derive`]).
-pub fn sticker_files(row: &Map<String, Value>) -> (Option<&str>, Option<&str>) {
+pub fn sticker_files(row: &RowColumns) -> (Option<&str>, Option<&str>) {
     let file = |column| {
         row.get(column)
             .and_then(Value::as_str)
@@ -316,7 +466,7 @@ pub fn sticker_files(row: &Map<String, Value>) -> (Option<&str>, Option<&str>) {
 }
 
 /// The env a session row names (an empty one is none, as in a CSV export).
-pub fn env_of_session(row: &Map<String, Value>) -> Option<&str> {
+pub fn env_of_session(row: &RowColumns) -> Option<&str> {
     row.get("env")
         .and_then(Value::as_str)
         .filter(|env| !env.is_empty())
@@ -338,39 +488,81 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn obj(v: Value) -> Map<String, Value> {
-        match v {
-            Value::Object(m) => m,
-            _ => unreachable!("test rows are objects"),
-        }
+    /// The row `v` as a source sends it: JSON text.
+    fn row(table: Table, v: Value) -> RowColumns {
+        RowColumns::from_json(table, &v.to_string()).expect("an object")
     }
 
     #[test]
     fn a_row_without_id_is_malformed() {
-        assert!(check_row(Table::Stickers, &obj(json!({"user_id": 1}))).is_err());
-        assert!(check_row(Table::Stickers, &obj(json!({"id": ""}))).is_err());
+        assert!(check_row(&row(Table::Stickers, json!({"user_id": 1}))).is_err());
+        assert!(check_row(&row(Table::Stickers, json!({"id": ""}))).is_err());
     }
 
     #[test]
     fn wrong_types_are_malformed_and_unknown_columns_are_free() {
-        let cut = obj(json!({"id": "a", "photos": "[\"AgAD1\", \"AgA"}));
-        let check = check_row(Table::Sessions, &cut).expect("the row is kept");
+        let cut = row(
+            Table::Sessions,
+            json!({"id": "a", "photos": "[\"AgAD1\", \"AgA"}),
+        );
+        let check = check_row(&cut).expect("the row is kept");
         assert_eq!(check.dropped, vec!["photos".to_string()]);
-        let bad = obj(json!({"id": "a", "photos": {"x": 1}}));
-        assert_eq!(
-            check_row(Table::Sessions, &bad)
-                .expect("kept")
-                .dropped
-                .len(),
-            1
+        let bad = row(Table::Sessions, json!({"id": "a", "photos": {"x": 1}}));
+        assert_eq!(check_row(&bad).expect("kept").dropped.len(), 1);
+        let bad = row(Table::Stickers, json!({"id": "a", "pack_index": "x"}));
+        assert!(check_row(&bad).is_err());
+        let ok = row(
+            Table::Stickers,
+            json!({"id": "a", "user_id": 7, "anything": {"x": [1]}}),
         );
-        let bad = obj(json!({"id": "a", "pack_index": "x"}));
-        assert!(check_row(Table::Stickers, &bad).is_err());
-        let ok = obj(json!({"id": "a", "user_id": 7, "anything": {"x": [1]}}));
+        assert_eq!(check_row(&ok).map(|c| c.id), Ok("a".to_string()));
+    }
+
+    #[test]
+    fn json_text_reads_as_the_map_of_the_same_row() {
+        let texts = [
+            // Postgres's own form, with columns starchive does not read.
+            r#"{"id": "s1", "env": "prod", "mode": "pack", "photos": ["AgA1", "AgA2"], "user_id": 7, "extra": {"a": [1, 2.5, null]}, "created_at": "2025-10-26T00:30:00.5+00:00"}"#,
+            // A key written with escapes, and one met twice (the last wins).
+            r#"{"i\u0064": "s2", "env": "test", "env": "prod", "photos": "cut"}"#,
+            // Several malformed columns: the first by name is said.
+            r#"{"id": "s3", "user_id": [1], "env": 5, "mode": true}"#,
+            r#"{"id": 12, "photos": [1, "x"], "updated_at": null}"#,
+            r#"{"id": ""}"#,
+            r#"{}"#,
+        ];
+        for text in texts {
+            let map: Map<String, Value> = serde_json::from_str(text).expect("an object");
+            let parsed = RowColumns::from_json(Table::Sessions, text).expect("an object");
+            let from_map = RowColumns::of_map(Table::Sessions, &map);
+            let check = check_row(&parsed);
+            assert_eq!(check, check_row(&from_map), "{text}");
+            let dropped = check.map(|c| c.dropped).unwrap_or_default();
+            assert_eq!(
+                typed_values(&parsed, &dropped),
+                typed_values(&from_map, &dropped),
+                "{text}"
+            );
+            assert_eq!(env_of_session(&parsed), env_of_session(&from_map));
+            assert_eq!(session_of(&parsed), session_of(&from_map));
+        }
+        let several = RowColumns::from_json(Table::Sessions, texts[2]).expect("an object");
         assert_eq!(
-            check_row(Table::Stickers, &ok).map(|c| c.id),
-            Ok("a".to_string())
+            check_row(&several).map(|c| c.id),
+            Err("column env is malformed: 5".to_string())
         );
+        let sticker = r#"{"id": "t", "telegram_file_id": "", "result_storage_path": "k/1.webp", "big": 1e400}"#;
+        let sticker = RowColumns::from_json(Table::Stickers, sticker).expect("an object");
+        assert_eq!(sticker_files(&sticker), (None, Some("k/1.webp")));
+        // Text that is not one JSON object is refused as a map would be.
+        for text in ["[1, 2]", "\"id\"", r#"{"id": "a"} x"#, r#"{"id": "a""#, ""] {
+            let as_map =
+                serde_json::from_str::<Map<String, Value>>(text).map_err(|e| e.to_string());
+            let as_row = RowColumns::from_json(Table::Stickers, text)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            assert_eq!(as_row, as_map.map(|_| ()), "{text}");
+        }
     }
 
     #[test]

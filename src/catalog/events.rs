@@ -2,10 +2,10 @@
 //! ([`super::snapshot`]): rows checked against what starchive relies on
 //! ([`crate::refs`]), reduced to what the catalog keeps.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::derive;
-use crate::refs::{self, Table};
+use crate::refs::{self, RowColumns, Table};
 
 #[derive(Debug)]
 pub enum SourceEvent {
@@ -74,7 +74,7 @@ pub struct RefHashes {
 impl RefHashes {
     /// The ref of a stickers row ([`refs::sticker_files`]); `None` when the
     /// row names no file.
-    fn of_sticker(row: &Map<String, Value>) -> Option<RefHashes> {
+    fn of_sticker(row: &RowColumns) -> Option<RefHashes> {
         let (fid, key) = refs::sticker_files(row);
         (fid.is_some() || key.is_some()).then(|| RefHashes {
             fid_hash: fid.map(derive::file_hash),
@@ -88,8 +88,8 @@ impl SourceEvent {
     /// parsed and checked as [`SourceEvent::row`] does; text that is not a
     /// JSON object is a `Malformed` row.
     pub fn from_json_text(table: Table, text: String) -> SourceEvent {
-        match serde_json::from_str::<Map<String, Value>>(&text) {
-            Ok(row) => SourceEvent::row(table, row, Some(text), || None),
+        match RowColumns::from_json(table, &text) {
+            Ok(row) => SourceEvent::row(&row, || text, || None),
             Err(e) => SourceEvent::Malformed {
                 table,
                 at: "a row".into(),
@@ -99,33 +99,32 @@ impl SourceEvent {
     }
 
     /// A source row as an event: `Row` when starchive can rely on it,
-    /// `Malformed` (skipped and counted) when not. `text` is the row's JSON
-    /// text as the source gave it, stored as is when present. `place` says
-    /// where the row is in the source (a CSV line), asked only of a row
-    /// that is skipped.
+    /// `Malformed` (skipped and counted) when not. `text` gives the row's
+    /// JSON text, every column, stored as is; asked only of a row that is
+    /// kept. `place` says where the row is in the source (a CSV line),
+    /// asked only of a row that is skipped.
     pub fn row(
-        table: Table,
-        row: Map<String, Value>,
-        text: Option<String>,
+        row: &RowColumns,
+        text: impl FnOnce() -> String,
         place: impl FnOnce() -> Option<String>,
     ) -> SourceEvent {
-        match refs::check_row(table, &row) {
+        let table = row.table();
+        match refs::check_row(row) {
             Ok(refs::RowCheck { id, dropped }) => {
                 let scope = match table {
-                    Table::Sessions => refs::env_of_session(&row).map(str::to_string),
-                    _ => refs::session_of(table, &row),
+                    Table::Sessions => refs::env_of_session(row).map(str::to_string),
+                    _ => refs::session_of(row),
                 };
-                let typed = refs::typed_values(table, &row, &dropped);
+                let typed = refs::typed_values(row, &dropped);
                 let sticker_ref = match table {
-                    Table::Stickers => RefHashes::of_sticker(&row),
+                    Table::Stickers => RefHashes::of_sticker(row),
                     _ => None,
                 };
-                let data = text.unwrap_or_else(|| Value::Object(row).to_string());
                 SourceEvent::Row {
                     table,
                     row: CheckedRow {
                         id,
-                        data,
+                        data: text(),
                         scope,
                         typed,
                         dropped,
@@ -135,7 +134,7 @@ impl SourceEvent {
             }
             Err(reason) => SourceEvent::Malformed {
                 table,
-                at: row_label(&row, place()),
+                at: row_label(row, place()),
                 reason,
             },
         }
@@ -143,7 +142,7 @@ impl SourceEvent {
 }
 
 /// How a skipped row is named: where it is and its id, as far as known.
-fn row_label(row: &Map<String, Value>, place: Option<String>) -> String {
+fn row_label(row: &RowColumns, place: Option<String>) -> String {
     let id = match row.get("id") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use super::Batcher;
 use crate::catalog::events::SourceEvent;
 use crate::error::{Error, Result};
-use crate::refs::{self, Table};
+use crate::refs::{self, RowColumns, Table};
 
 /// Reads the three tables of `dir` into `out` (runs on a plain thread).
 pub fn read(dir: &Path, out: &mut Batcher) -> Result<()> {
@@ -112,7 +112,11 @@ fn read_table(table: Table, path: &Path, out: &mut Batcher) -> Result<()> {
             Ok(true) => {
                 let at = || lines.at(record.position());
                 let event = match to_row(table, &header, &record) {
-                    Ok(row) => SourceEvent::row(table, row, None, at),
+                    Ok(row) => SourceEvent::row(
+                        &RowColumns::of_map(table, &row),
+                        || Value::Object(row).to_string(),
+                        at,
+                    ),
                     Err(reason) => SourceEvent::Malformed {
                         table,
                         at: crate::catalog::events::skipped_label(
