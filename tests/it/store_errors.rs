@@ -300,6 +300,26 @@ fn protocol_disabled_and_access_denied_are_named() {
     }
 }
 
+/// A server that answers the check's listing with 503 for longer than the
+/// check's few quick retries (a Supabase project waking up) is asked again
+/// with the store's own retries, and the command goes on: only a store
+/// that cannot be reached, or a refusal, is said at once.
+#[test]
+fn a_listing_answered_503_for_a_while_is_asked_again() {
+    let s3 = TestS3::start();
+    s3.create_bucket("stickers");
+    s3.fail_next("LIST", 6, 503);
+    let mut env = s3.env("TO");
+    env.extend(s3.env("STORAGE"));
+    let dir = temp_dir();
+    let archive = snapshotted(dir.path());
+    let out = run(starchive(&archive)
+        .args(["push", "--to", &s3.store_url("stickers", "")])
+        .envs(env.iter().map(|(k, v)| (k, v))));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(s3.requests("LIST") >= 7, "{}", s3.requests("LIST"));
+}
+
 /// A store that cannot be connected to at all (no such host, a port nobody
 /// listens on, TLS to a port that speaks plain http) is named as such, with
 /// its endpoint and the reason, and without a hint at the credentials, which
