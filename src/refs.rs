@@ -315,22 +315,23 @@ pub fn typed_columns(table: Table) -> Vec<&'static str> {
 /// empty `env`, which is NULL (no env), and for the
 /// `dropped` columns ([`crate::catalog::events::CheckedRow::dropped`]), which are NULL.
 pub fn typed_values(row: &RowColumns, dropped: &[String]) -> Vec<SqlValue> {
-    let table = row.table;
-    typed_columns(table)
+    columns(row.table)
         .iter()
-        .map(|column| match row.get(column) {
-            _ if dropped.iter().any(|d| d == column) => SqlValue::Null,
+        .zip(&row.values)
+        .filter(|(column, _)| column.typed)
+        .map(|(column, value)| match value {
+            _ if dropped.iter().any(|d| d == column.name) => SqlValue::Null,
             None | Some(Value::Null) => SqlValue::Null,
             // An empty env is none, as in a CSV export (SPEC §1).
-            Some(Value::String(e)) if *column == "env" && e.is_empty() => SqlValue::Null,
+            Some(Value::String(e)) if column.name == "env" && e.is_empty() => SqlValue::Null,
             Some(Value::Bool(b)) => SqlValue::Integer(i64::from(*b)),
             Some(Value::Number(n)) => match (n.as_i64(), n.as_f64()) {
                 (Some(i), _) => SqlValue::Integer(i),
                 (None, Some(f)) => SqlValue::Real(f),
                 (None, None) => SqlValue::Text(n.to_string()),
             },
-            Some(Value::String(s)) => match column_kind(table, column) {
-                Some(Kind::Instant) => SqlValue::Text(instant(s).unwrap_or_else(|| s.clone())),
+            Some(Value::String(s)) => match column.kind {
+                Kind::Instant => SqlValue::Text(instant(s).unwrap_or_else(|| s.clone())),
                 _ => SqlValue::Text(s.clone()),
             },
             Some(v @ (Value::Array(_) | Value::Object(_))) => SqlValue::Text(v.to_string()),
