@@ -27,6 +27,25 @@ pub(super) fn settings(builder: &AmazonS3Builder, role: Role, shown: &str) -> Re
     let is_true =
         |key: AmazonS3ConfigKey| value(key).is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let option = role.option();
+    // object_store signs a request to whatever the endpoint gives, and
+    // panics on an address that is not a URL (`minio.local:9000`).
+    if let Some(endpoint) = value(AmazonS3ConfigKey::Endpoint) {
+        // As written, not only as `url` would mend it (`http:///h` is `http://h/` there).
+        let lower = endpoint.to_ascii_lowercase();
+        let authority = lower
+            .strip_prefix("http://")
+            .or_else(|| lower.strip_prefix("https://"));
+        let is_web_url = authority.is_some_and(|a| !a.is_empty() && !a.starts_with('/'))
+            && url::Url::parse(&endpoint)
+                .is_ok_and(|u| u.host_str().is_some_and(|h| !h.is_empty()));
+        if !is_web_url {
+            return Err(Error::Usage(format!(
+                "{option} {shown}: endpoint= is not an http:// or https:// URL with a host: \
+                 write its scheme, as endpoint=https://HOST or endpoint=http://HOST:PORT \
+                 with allow_http=true"
+            )));
+        }
+    }
     if let Some(endpoint) = value(AmazonS3ConfigKey::Endpoint)
         && endpoint.to_ascii_lowercase().starts_with("http://")
         && !is_true(AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp))

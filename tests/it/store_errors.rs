@@ -206,6 +206,57 @@ fn plain_http_endpoint_without_allow_http_says_what_to_add() {
     every_command_refuses(&url, &env, &["allow_http=true", "{option}"]);
 }
 
+/// An endpoint written without its scheme (`minio.local:9000`), or that is
+/// no web URL, is bad usage, said with what to write, in every command
+/// that takes a store: object_store would panic signing a request to it.
+#[test]
+fn an_endpoint_without_a_scheme_is_bad_usage() {
+    let dir = temp_dir();
+    let archive = snapshotted(dir.path());
+    let env: Vec<(String, String)> = ["STORAGE", "TO"]
+        .iter()
+        .flat_map(|role| {
+            [
+                (
+                    format!("STARCHIVE_{role}_ACCESS_KEY_ID"),
+                    "AKNOSCHEME".into(),
+                ),
+                (
+                    format!("STARCHIVE_{role}_SECRET_ACCESS_KEY"),
+                    "NoSchemeSecret".into(),
+                ),
+            ]
+        })
+        .collect();
+    for endpoint in [
+        "minio.local:9000",
+        "127.0.0.1:9000",
+        "ftp://h:21",
+        "http:///x",
+    ] {
+        let url = format!("s3://bkt/p?endpoint={endpoint}&allow_http=true");
+        for (option, command) in [
+            ("--storage", "fetch"),
+            ("--storage", "check"),
+            ("--to", "push"),
+            ("--to", "verify"),
+        ] {
+            let out = run(starchive(&archive)
+                .args(["--json", command, option, &url])
+                .envs(env.iter().map(|(k, v)| (k, v))));
+            assert_eq!(out.code, Some(2), "{command} {url}: {}", out.stderr);
+            let doc: serde_json::Value = serde_json::from_str(&out.stdout).expect("a JSON error");
+            let error = doc["error"].as_str().unwrap_or_default();
+            assert!(
+                error.contains(option) && error.contains("write its scheme"),
+                "{command} {url}: {error}"
+            );
+            assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+            assert!(!out.stdout.contains("NoSchemeSecret"), "{}", out.stdout);
+        }
+    }
+}
+
 /// No credentials: refused at once, the variables named, and the cloud
 /// metadata service never asked (here a server of ours stands in for
 /// 169.254.169.254, and it must see no request).
