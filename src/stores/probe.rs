@@ -209,7 +209,10 @@ fn cause(e: &object_store::Error, store: &Store, role: Role) -> String {
         };
         format!("cannot connect to {endpoint}: {reason}: {hint}")
     } else {
-        format!("the server cannot list the bucket: check the URL and the credentials ({text})")
+        format!(
+            "the server cannot list the bucket: check the URL and the credentials ({})",
+            without_body(&text)
+        )
     }
 }
 
@@ -217,6 +220,19 @@ fn cause(e: &object_store::Error, store: &Store, role: Role) -> String {
 /// not change: a 4xx status but 408 (timeout) and 429 (slow down).
 fn refused(e: &object_store::Error) -> bool {
     matches!(status(&e.to_string()), Some(code @ 400..=499) if code != 408 && code != 429)
+}
+
+/// `text` up to the status and its reason: the body a server that is no S3
+/// server sends after them (a whole HTML page) says nothing more.
+fn without_body(text: &str) -> &str {
+    let Some(at) = text.find("status code: ") else {
+        return text;
+    };
+    let status = at + "status code: ".len();
+    match text[status..].find(": ") {
+        Some(end) => &text[..status + end],
+        None => text,
+    }
 }
 
 /// The HTTP status object_store reports in `text`. (Its listing errors

@@ -257,6 +257,48 @@ fn an_endpoint_without_a_scheme_is_bad_usage() {
     }
 }
 
+/// A server that is no S3 server (a web server's 404 page) is named by its
+/// status, without the page it sent.
+#[test]
+fn a_web_server_at_the_endpoint_is_named_without_its_page() {
+    let web = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = web.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let page =
+            "<!DOCTYPE HTML><html><body><h1>Error response</h1><p>File not found</p></body></html>";
+        for conn in web.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut conn, &mut buf);
+            let answer = format!(
+                "HTTP/1.1 404 Not Found\r\ncontent-type: text/html\r\ncontent-length: {}\r\n\r\n{page}",
+                page.len()
+            );
+            let _ = std::io::Write::write_all(&mut conn, answer.as_bytes());
+        }
+    });
+    let env: Vec<(String, String)> = vec![
+        ("STARCHIVE_TO_ACCESS_KEY_ID".into(), "AKWEB".into()),
+        ("STARCHIVE_TO_SECRET_ACCESS_KEY".into(), "WebSecret".into()),
+    ];
+    let url = format!("s3://bkt/p?endpoint=http://127.0.0.1:{port}&allow_http=true");
+    let dir = temp_dir();
+    let archive = snapshotted(dir.path());
+    let out = run(starchive(&archive)
+        .args(["push", "--to", &url])
+        .envs(env.iter().map(|(k, v)| (k, v))));
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let message = out.stderr.trim();
+    assert!(
+        message.contains("cannot list the bucket") && message.contains("404 Not Found"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("DOCTYPE") && !message.contains("File not found"),
+        "{message}"
+    );
+}
+
 /// No credentials: refused at once, the variables named, and the cloud
 /// metadata service never asked (here a server of ours stands in for
 /// 169.254.169.254, and it must see no request).
