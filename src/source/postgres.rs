@@ -95,13 +95,14 @@ const BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {SNAPSHOT}
      SET LOCAL idle_in_transaction_session_timeout = 0; SET LOCAL enable_sort = off";
 
 /// A table with at least this many rows (as the planner estimates them) is
-/// read over two connections in a re-snapshot ([`split_read`]).
+/// read over two connections ([`split_read`]).
 const SPLIT_MIN_ROWS: i64 = 10_000;
 
-/// Reads the three tables in one consistent transaction into `out`.
-/// `split_stickers`: the catalog holds stickers already (a re-snapshot),
-/// and a large stickers table may be read in two halves at once.
-pub async fn read(url: &str, out: &mut Batcher, split_stickers: bool) -> Result<()> {
+/// Reads the three tables in one consistent transaction into `out`; a
+/// large stickers table in two halves at once ([`split_read`]).
+/// `resnapshot`: the catalog holds stickers already, so each sticker comes
+/// unparsed, with its id beside its text ([`SourceEvent::Unparsed`]).
+pub async fn read(url: &str, out: &mut Batcher, resnapshot: bool) -> Result<()> {
     let shown = crate::redact::conninfo::shown(url);
     let db_err = |e: tokio_postgres::Error| Error::Database {
         url: shown.clone(),
@@ -115,11 +116,8 @@ pub async fn read(url: &str, out: &mut Batcher, split_stickers: bool) -> Result<
     // Before anything is read: a failure to share the state (a role that
     // may not export it, a server or pooler that cannot) leaves this
     // transaction aborted, and only then can it begin again unharmed.
-    let mut split = match split_stickers {
-        true => split_read(url, &client, Table::Stickers).await,
-        false => None,
-    };
-    if split.is_none() && split_stickers {
+    let mut split = split_read(url, &client, Table::Stickers).await;
+    if split.is_none() {
         client
             .batch_execute(&format!("ROLLBACK; {}", BEGIN.replace("{SNAPSHOT}", "")))
             .await
@@ -174,7 +172,7 @@ pub async fn read(url: &str, out: &mut Batcher, split_stickers: bool) -> Result<
         let order = if ordered { " ORDER BY t.id" } else { "" };
         // A re-snapshot's stickers come with their id beside the text, and
         // are parsed only when the catalog's text differs (`Unparsed`).
-        let unparsed = split_stickers && ordered && table == Table::Stickers;
+        let unparsed = resnapshot && ordered && table == Table::Stickers;
         let columns = match unparsed {
             true => "t.id::text, to_jsonb(t)::text",
             false => "to_jsonb(t)::text",

@@ -673,13 +673,13 @@ fn a_first_snapshot_writes_the_refs_a_full_derivation_finds() {
     }
 }
 
-/// A re-snapshot reads a large stickers table in two halves at once, over
-/// two connections in one state: while it runs, another connection keeps
-/// committing pairs of stickers, one in each half (ids from `00000000-` and
-/// from `ffffffff-`). Every pair is in the catalog whole or not at all, the
-/// pairs are those committed before one instant, and every other row is as
-/// the database has it, with the rows changed and removed in both halves
-/// counted.
+/// A snapshot reads a large stickers table in two halves at once, over two
+/// connections in one state, the first snapshot as a re-snapshot: while
+/// each runs, another connection keeps committing pairs of stickers, one in
+/// each half (ids from `00000000-` and from `ffffffff-`). Every pair is in
+/// the catalog whole or not at all, the pairs are those committed before
+/// one instant, and every other row is as the database has it, with the
+/// rows changed and removed in both halves counted.
 #[test]
 fn a_large_table_is_read_in_two_halves_of_one_state() {
     let pg = TestPg::start();
@@ -693,79 +693,119 @@ fn a_large_table_is_read_in_two_halves_of_one_state() {
     );
     let url = pg.url("bot");
     let archive = temp_dir();
-    snapshot_ok(archive.path(), &url, &[]);
+    // A snapshot beside a writer of pairs (`round` tells the pairs of each
+    // snapshot apart): its report, how many pairs it took, and how many
+    // were committed when the writer stopped.
+    let beside_pairs = |round: u64| -> (Value, u64, u64) {
+        let writer = Writer::start(&url, move |g| {
+            format!(
+                "BEGIN;
+                 INSERT INTO stickers (id, user_id, style_preset_id, telegram_file_id)
+                   VALUES ('00000000-0000-4000-900{round}-{g:012x}', {g}, 'pair-{round}', 'low-{g}'),
+                          ('ffffffff-0000-4000-900{round}-{g:012x}', {g}, 'pair-{round}', 'high-{g}');
+                 COMMIT;"
+            )
+        });
+        let child = bin()
+            .env("STARCHIVE_LOG", "starchive=debug")
+            .arg("--archive")
+            .arg(archive.path())
+            .args(["snapshot", "--json", "--db", &url])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn snapshot");
+        let out = wait_with_limit(child, Duration::from_secs(60));
+        let at_exit = writer.stop();
+        assert_eq!(out.status.code(), Some(0), "snapshot:\n{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("stickers: read in two halves"),
+            "round {round}: the stickers were read in two halves:\n{}",
+            stderr(&out)
+        );
+        let pairs: BTreeMap<u64, i64> = catalog(archive.path())
+            .prepare(
+                "SELECT CAST(user_id AS INTEGER), count(*) FROM stickers
+                 WHERE style_preset_id = ?1 GROUP BY 1",
+            )
+            .expect("prepare")
+            .query_map([format!("pair-{round}")], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+            })
+            .expect("query")
+            .map(|r| r.expect("row"))
+            .collect();
+        for (g, n) in &pairs {
+            assert_eq!(
+                *n, 2,
+                "round {round}: pair {g} is torn: both halves must be in one state"
+            );
+        }
+        let k = pairs.len() as u64;
+        assert_eq!(
+            pairs.keys().copied().collect::<BTreeSet<_>>(),
+            (1..=k).collect::<BTreeSet<_>>(),
+            "round {round}: the pairs of one instant: a prefix of the commit order"
+        );
+        assert!(
+            at_exit > k && k >= 20,
+            "round {round}: pairs were committed while the snapshot read ({k} in, {at_exit} committed)"
+        );
+        (
+            serde_json::from_slice(&out.stdout).expect("report"),
+            k,
+            at_exit,
+        )
+    };
+    let not_pairs = |rows: BTreeMap<String, Value>| -> BTreeMap<String, Value> {
+        rows.into_iter()
+            .filter(|(_, v)| {
+                !v["style_preset_id"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("pair")
+            })
+            .collect()
+    };
+    let same_as_database = |round: u64| {
+        assert_eq!(
+            not_pairs(catalog_rows(&catalog(archive.path()), "stickers")),
+            not_pairs(pg_rows(&pg, "bot", "stickers")),
+            "round {round}: every other row as the database has it"
+        );
+    };
+
+    let (report, first, committed) = beside_pairs(1);
+    let (rows, added, changed, removed, _) = counts(&report, "stickers");
+    assert_eq!(
+        (rows, added),
+        (30_000 + 2 * first, 30_000 + 2 * first),
+        "{report}"
+    );
+    assert_eq!((changed, removed), (0, 0), "{report}");
+    same_as_database(1);
+
     // Changes in both halves of the ids (random uuids: about half each).
     pg.psql(
         "bot",
-        "UPDATE stickers SET style_preset_id = 'changed' WHERE user_id % 100 = 1;
-         DELETE FROM stickers WHERE user_id % 100 = 2;",
+        "UPDATE stickers SET style_preset_id = 'changed'
+         WHERE user_id % 100 = 1 AND telegram_file_id LIKE 'file_%';
+         DELETE FROM stickers WHERE user_id % 100 = 2 AND telegram_file_id LIKE 'file_%';",
     );
-
-    let writer = Writer::start(&url, |g| {
-        format!(
-            "BEGIN;
-             INSERT INTO stickers (id, user_id, style_preset_id, telegram_file_id)
-               VALUES ('00000000-0000-4000-9000-{g:012x}', {g}, 'pair', 'low-{g}'),
-                      ('ffffffff-0000-4000-9000-{g:012x}', {g}, 'pair', 'high-{g}');
-             COMMIT;"
-        )
-    });
-    let child = bin()
-        .env("STARCHIVE_LOG", "starchive=debug")
-        .arg("--archive")
-        .arg(archive.path())
-        .args(["snapshot", "--json", "--db", &url])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn snapshot");
-    let out = wait_with_limit(child, Duration::from_secs(60));
-    let at_exit = writer.stop();
-    assert_eq!(out.status.code(), Some(0), "snapshot:\n{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("stickers: read in two halves"),
-        "the stickers were read in two halves:\n{}",
-        stderr(&out)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).expect("report");
-
-    let conn = catalog(archive.path());
-    let pairs: BTreeMap<u64, i64> = conn
-        .prepare(
-            "SELECT CAST(user_id AS INTEGER), count(*) FROM stickers
-             WHERE style_preset_id = 'pair' GROUP BY 1",
-        )
-        .expect("prepare")
-        .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
-        .expect("query")
-        .map(|r| r.expect("row"))
-        .collect();
-    for (g, n) in &pairs {
-        assert_eq!(*n, 2, "pair {g} is torn: both halves must be in one state");
-    }
-    let k = pairs.len() as u64;
-    assert_eq!(
-        pairs.keys().copied().collect::<BTreeSet<_>>(),
-        (1..=k).collect::<BTreeSet<_>>(),
-        "the pairs of one instant: a prefix of the commit order"
-    );
-    assert!(
-        at_exit > k && k >= 20,
-        "pairs were committed while the snapshot read ({k} in, {at_exit} committed)"
-    );
+    // New: the pairs committed after the first snapshot's instant, and
+    // this one's.
+    let (report, again, _) = beside_pairs(2);
     let (rows, added, changed, removed, _) = counts(&report, "stickers");
-    assert_eq!((rows, added), (29_700 + 2 * k, 2 * k), "{report}");
-    assert_eq!((changed, removed), (300, 300), "{report}");
-    let not_pairs = |rows: BTreeMap<String, Value>| -> BTreeMap<String, Value> {
-        rows.into_iter()
-            .filter(|(_, v)| v["style_preset_id"] != "pair")
-            .collect()
-    };
     assert_eq!(
-        not_pairs(catalog_rows(&conn, "stickers")),
-        not_pairs(pg_rows(&pg, "bot", "stickers")),
-        "every other row as the database has it"
+        (rows, added),
+        (
+            29_700 + 2 * committed + 2 * again,
+            2 * (committed - first) + 2 * again
+        ),
+        "{report}"
     );
+    assert_eq!((changed, removed), (300, 300), "{report}");
+    same_as_database(2);
 }
 
 /// A snapshot leaves no temp files on the bot's database: reading a table
@@ -2650,11 +2690,11 @@ impl Writer {
         self.committed.load(Ordering::SeqCst)
     }
 
-    /// Stops writing; the transactions committed when asked.
+    /// Stops writing; the transactions committed in all, the one under
+    /// way when asked included.
     fn stop(self) -> u64 {
-        let at = self.committed();
         self.stop.store(true, Ordering::SeqCst);
         self.thread.join().expect("writer thread");
-        at
+        self.committed.load(Ordering::SeqCst)
     }
 }
