@@ -24,6 +24,7 @@ pub mod push;
 pub mod scope;
 pub mod snapshot;
 pub mod status;
+pub mod tally;
 pub mod verify;
 
 use std::fs::{File, OpenOptions, TryLockError};
@@ -136,16 +137,6 @@ pub const INCLUDE_PHOTOS: &str = "include_photos";
 /// The SQL condition that keeps refs of the selected envs: `?1` is a JSON
 /// array of envs, or NULL for every env (`Context::env_param`).
 pub const ENV_FILTER: &str = "(?1 IS NULL OR env IN (SELECT value FROM json_each(?1)))";
-
-/// The class of a `refs_core` row from its `kind` (as the `refs` view
-/// names it), for counts that read `refs_core` alone: through the view,
-/// an aggregate would look up every ref's row.
-pub const CORE_CLASS: &str = "CASE kind WHEN 0 THEN 'sticker' WHEN 1 THEN 'session_sticker'
-    WHEN 4 THEN 'photo' ELSE 'pack_sheet' END";
-
-/// The [`RefState`] name of a `refs_core.state` (0, 1, 2), as [`CORE_CLASS`].
-pub const CORE_STATE: &str =
-    "CASE state WHEN 0 THEN 'pending' WHEN 1 THEN 'fetched' ELSE 'failed' END";
 
 /// How a ref is named in reports: `table/row_id`, plus the slot for photos.
 pub const REF_LABEL_SQL: &str = "row_table || '/' || row_id || CASE WHEN slot = '' THEN '' ELSE '/' || class || '/' || slot END";

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use rusqlite::Connection;
 use serde::Serialize;
 
-use super::{CORE_CLASS, ENV_FILTER};
+use super::tally::tally_refs;
+use super::{ENV_FILTER, RefState};
 use crate::error::Result;
 use crate::refs::RefClass;
 
@@ -47,37 +48,26 @@ pub fn counts(conn: &Connection, envs: &Option<String>) -> Result<PlanReport> {
         .collect();
     // One scan of `refs_core` for every count, the backfill volumes too
     // (which refs have a key or a file_id: those whose hash it keeps).
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {CORE_CLASS} AS class, count(*), count(key_hash), count(*) - count(key_hash),
-                count(*) FILTER (WHERE state = 1),
-                count(*) FILTER (WHERE state = 0),
-                count(*) FILTER (WHERE state = 2),
-                count(*) FILTER (WHERE fid_hash IS NOT NULL AND key_hash IS NULL)
-         FROM refs_core NOT INDEXED WHERE {ENV_FILTER} GROUP BY class"
-    ))?;
     let mut backfill = BackfillVolumes::default();
-    let rows = stmt.query_map([envs], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            Counts {
-                refs: r.get(1)?,
-                with_storage_key: r.get(2)?,
-                telegram_only: r.get(3)?,
-                fetched: r.get(4)?,
-                pending: r.get(5)?,
-                failed: r.get(6)?,
-            },
-            r.get::<_, u64>(7)?,
-        ))
-    })?;
-    for row in rows {
-        let (class, counts, file_id_without_key) = row?;
-        if class == RefClass::SessionSticker.name() {
-            backfill.sessions_missing_storage_path = file_id_without_key;
-        } else if class == RefClass::Sticker.name() {
-            backfill.stickers_missing_storage_path = counts.telegram_only;
+    for t in tally_refs(conn, envs)? {
+        let c = classes.entry(t.class.name().to_string()).or_default();
+        c.refs += t.refs;
+        match t.has_key {
+            true => c.with_storage_key += t.refs,
+            false => c.telegram_only += t.refs,
         }
-        classes.insert(class, counts);
+        match t.state {
+            RefState::Fetched => c.fetched += t.refs,
+            RefState::Pending => c.pending += t.refs,
+            RefState::Failed => c.failed += t.refs,
+        }
+        match (t.class, t.has_key, t.has_file_id) {
+            (RefClass::SessionSticker, false, true) => {
+                backfill.sessions_missing_storage_path += t.refs
+            }
+            (RefClass::Sticker, false, _) => backfill.stickers_missing_storage_path += t.refs,
+            _ => {}
+        }
     }
     let total = classes.values().fold(Counts::default(), |a, c| Counts {
         refs: a.refs + c.refs,

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use rusqlite::Connection;
 use serde::Serialize;
 
-use super::{CORE_CLASS, CORE_STATE, ENV_FILTER, REF_LABEL_SQL};
+use super::tally::tally_refs;
+use super::{ENV_FILTER, REF_LABEL_SQL};
 use crate::error::Result;
 
 /// Counts per name (a class, a destination) and state.
@@ -27,16 +28,12 @@ pub struct Failure {
 /// Refs per class and state, of the envs in `envs`.
 pub fn fetch_counts(conn: &Connection, envs: &Option<String>) -> Result<StateCounts> {
     let mut fetch = StateCounts::new();
-    // `refs_core` alone, in one scan (NOT INDEXED).
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {CORE_CLASS}, {CORE_STATE}, count(*) FROM refs_core NOT INDEXED
-         WHERE {ENV_FILTER} GROUP BY 1, 2"
-    ))?;
-    for row in stmt.query_map([envs], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
-    })? {
-        let (class, state, n) = row?;
-        fetch.entry(class).or_default().insert(state, n);
+    for t in tally_refs(conn, envs)? {
+        *fetch
+            .entry(t.class.name().to_string())
+            .or_default()
+            .entry(t.state.name().to_string())
+            .or_default() += t.refs;
     }
     Ok(fetch)
 }

@@ -1,0 +1,74 @@
+//! Counts of refs by class and state, and by which names of its file a
+//! ref has: what `plan` and `status` report, from one scan of `refs_core`.
+
+use rusqlite::Connection;
+
+use super::{ENV_FILTER, RefState};
+use crate::error::Result;
+use crate::refs::RefClass;
+
+/// The refs of one class and state, with a storage key or not, with a
+/// Telegram file id or not, and how many there are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tallied {
+    pub class: RefClass,
+    pub state: RefState,
+    pub has_key: bool,
+    pub has_file_id: bool,
+    pub refs: u64,
+}
+
+const STATES: [RefState; 3] = [RefState::Pending, RefState::Fetched, RefState::Failed];
+
+/// Every non-empty [`Tallied`] of the refs of the envs in `envs` (a JSON
+/// array, or `None` for every env). `refs_core` is read in one scan and
+/// counted here: SQLite groups rows by sorting them, which for 1.1M refs
+/// took 0.8 s of `status`'s 1.2 s. A ref's class is its `kind` as the
+/// `refs` view names it (0 sticker, 1 session_sticker, 4 photo, any other
+/// pack_sheet), its state `state` (0 pending, 1 fetched, any other failed).
+pub fn tally_refs(conn: &Connection, envs: &Option<String>) -> Result<Vec<Tallied>> {
+    // By class (in `RefClass::ALL`'s order), state, key, file id.
+    let mut cells = [0u64; RefClass::ALL.len() * STATES.len() * 4];
+    let mut stmt = conn.prepare(&format!(
+        "SELECT kind, state, key_hash IS NOT NULL, fid_hash IS NOT NULL
+         FROM refs_core NOT INDEXED WHERE {ENV_FILTER}"
+    ))?;
+    let mut rows = stmt.query([envs])?;
+    while let Some(row) = rows.next()? {
+        let class = match row.get::<_, i64>(0)? {
+            0 => 0,
+            1 => 1,
+            4 => 3,
+            _ => 2,
+        };
+        let state = match row.get::<_, i64>(1)? {
+            0 => 0,
+            1 => 1,
+            _ => 2,
+        };
+        let has_key = usize::from(row.get::<_, bool>(2)?);
+        let has_file_id = usize::from(row.get::<_, bool>(3)?);
+        cells[((class * STATES.len() + state) * 2 + has_key) * 2 + has_file_id] += 1;
+    }
+    let mut tallied = Vec::new();
+    for (c, class) in RefClass::ALL.into_iter().enumerate() {
+        for (s, state) in STATES.into_iter().enumerate() {
+            for has_key in [false, true] {
+                for has_file_id in [false, true] {
+                    let at = ((c * STATES.len() + s) * 2 + usize::from(has_key)) * 2
+                        + usize::from(has_file_id);
+                    if cells[at] > 0 {
+                        tallied.push(Tallied {
+                            class,
+                            state,
+                            has_key,
+                            has_file_id,
+                            refs: cells[at],
+                        });
+                    }
+                }
+            }
+        }
+    }
+    Ok(tallied)
+}
