@@ -72,3 +72,51 @@ pub fn tally_refs(conn: &Connection, envs: &Option<String>) -> Result<Vec<Tallie
     }
     Ok(tallied)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both kinds of sheet are one class; each state, key and file id is
+    /// counted apart; `--env` keeps the refs of its envs.
+    #[test]
+    fn refs_are_tallied_by_class_state_key_and_file_id() {
+        let conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch(
+            "CREATE TABLE refs_core (kind INTEGER, state INTEGER, env TEXT,
+                                     key_hash INTEGER, fid_hash INTEGER);
+             INSERT INTO refs_core VALUES
+                 (0, 0, 'prod', 1, 1), (0, 0, 'prod', 2, 2), (0, 1, 'test', NULL, 3),
+                 (1, 2, NULL, NULL, 4), (2, 0, 'prod', NULL, 5), (3, 0, 'prod', 6, NULL),
+                 (4, 1, 'test', NULL, 7);",
+        )
+        .expect("refs");
+        let tally = |envs: Option<&str>| {
+            let mut t = tally_refs(&conn, &envs.map(str::to_string)).expect("tally");
+            t.sort_by_key(|t| (t.class, t.state, t.has_key, t.has_file_id));
+            t.into_iter()
+                .map(|t| (t.class, t.state, t.has_key, t.has_file_id, t.refs))
+                .collect::<Vec<_>>()
+        };
+        use RefClass::*;
+        use RefState::*;
+        assert_eq!(
+            tally(None),
+            vec![
+                (Sticker, Pending, true, true, 2),
+                (Sticker, Fetched, false, true, 1),
+                (SessionSticker, Failed, false, true, 1),
+                (PackSheet, Pending, false, true, 1),
+                (PackSheet, Pending, true, false, 1),
+                (Photo, Fetched, false, true, 1),
+            ]
+        );
+        assert_eq!(
+            tally(Some(r#"["test"]"#)),
+            vec![
+                (Sticker, Fetched, false, true, 1),
+                (Photo, Fetched, false, true, 1),
+            ]
+        );
+    }
+}
