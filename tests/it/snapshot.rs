@@ -706,18 +706,7 @@ fn a_large_table_is_read_in_two_halves_of_one_state() {
                  COMMIT;"
             )
         });
-        let child = bin()
-            .env("STARCHIVE_LOG", "starchive=debug")
-            .arg("--archive")
-            .arg(archive.path())
-            .args(["snapshot", "--json", "--db", &url])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn snapshot");
-        let out = wait_with_limit(child, Duration::from_secs(60));
-        let at_exit = writer.stop();
-        assert_eq!(out.status.code(), Some(0), "snapshot:\n{}", stderr(&out));
+        let (out, at_exit) = snapshot_beside(writer, archive.path(), &url);
         assert!(
             stderr(&out).contains("stickers: read in two halves"),
             "round {round}: the stickers were read in two halves:\n{}",
@@ -976,17 +965,7 @@ fn concurrent_writes_do_not_tear_the_snapshot() {
 
     let archive = temp_dir();
     let at_spawn = writer.committed();
-    let child = bin()
-        .arg("--archive")
-        .arg(archive.path())
-        .args(["snapshot", "--json", "--db", &url])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn snapshot");
-    let out = wait_with_limit(child, Duration::from_secs(60));
-    let at_exit = writer.stop();
-    assert_eq!(out.status.code(), Some(0), "snapshot:\n{}", stderr(&out));
+    let (_, at_exit) = snapshot_beside(writer, archive.path(), &url);
 
     let conn = catalog(archive.path());
     eprintln!("groups committed: {at_spawn} at spawn, {at_exit} at exit");
@@ -2641,6 +2620,25 @@ fn a_csv_file_without_a_header_line_is_refused() {
 /// A client of the bot's database that commits one transaction after
 /// another (`sql(g)` for g = 1, 2, …) while a snapshot reads: steady, not
 /// flat out, since the snapshot needs the CPU too.
+/// `snapshot --json --db url` into `archive` (its debug log on stderr)
+/// while `writer` writes, then the writer stopped; the snapshot must
+/// succeed. Its output, and the transactions the writer committed in all.
+fn snapshot_beside(writer: Writer, archive: &Path, url: &str) -> (Output, u64) {
+    let child = bin()
+        .env("STARCHIVE_LOG", "starchive=debug")
+        .arg("--archive")
+        .arg(archive)
+        .args(["snapshot", "--json", "--db", url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn snapshot");
+    let out = wait_with_limit(child, Duration::from_secs(60));
+    let at_exit = writer.stop();
+    assert_eq!(out.status.code(), Some(0), "snapshot:\n{}", stderr(&out));
+    (out, at_exit)
+}
+
 struct Writer {
     stop: Arc<AtomicBool>,
     committed: Arc<AtomicU64>,
