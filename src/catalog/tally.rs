@@ -20,6 +20,12 @@ pub struct Tallied {
 
 const STATES: [RefState; 3] = [RefState::Pending, RefState::Fetched, RefState::Failed];
 
+/// Where a tally keeps the count of the refs of class `class` (an index in
+/// [`RefClass::ALL`]) and state `state` (an index in [`STATES`]).
+fn cell(class: usize, state: usize, has_key: bool, has_file_id: bool) -> usize {
+    ((class * STATES.len() + state) * 2 + usize::from(has_key)) * 2 + usize::from(has_file_id)
+}
+
 /// Every non-empty [`Tallied`] of the refs of the envs in `envs` (a JSON
 /// array, or `None` for every env). `refs_core` is read in one scan and
 /// counted here: SQLite groups rows by sorting them, which for 1.1M refs
@@ -27,7 +33,6 @@ const STATES: [RefState; 3] = [RefState::Pending, RefState::Fetched, RefState::F
 /// `refs` view names it (0 sticker, 1 session_sticker, 4 photo, any other
 /// pack_sheet), its state `state` (0 pending, 1 fetched, any other failed).
 pub fn tally_refs(conn: &Connection, envs: &Option<String>) -> Result<Vec<Tallied>> {
-    // By class (in `RefClass::ALL`'s order), state, key, file id.
     let mut cells = [0u64; RefClass::ALL.len() * STATES.len() * 4];
     let mut stmt = conn.prepare(&format!(
         "SELECT kind, state, key_hash IS NOT NULL, fid_hash IS NOT NULL
@@ -46,24 +51,21 @@ pub fn tally_refs(conn: &Connection, envs: &Option<String>) -> Result<Vec<Tallie
             1 => 1,
             _ => 2,
         };
-        let has_key = usize::from(row.get::<_, bool>(2)?);
-        let has_file_id = usize::from(row.get::<_, bool>(3)?);
-        cells[((class * STATES.len() + state) * 2 + has_key) * 2 + has_file_id] += 1;
+        cells[cell(class, state, row.get(2)?, row.get(3)?)] += 1;
     }
     let mut tallied = Vec::new();
     for (c, class) in RefClass::ALL.into_iter().enumerate() {
         for (s, state) in STATES.into_iter().enumerate() {
             for has_key in [false, true] {
                 for has_file_id in [false, true] {
-                    let at = ((c * STATES.len() + s) * 2 + usize::from(has_key)) * 2
-                        + usize::from(has_file_id);
-                    if cells[at] > 0 {
+                    let refs = cells[cell(c, s, has_key, has_file_id)];
+                    if refs > 0 {
                         tallied.push(Tallied {
                             class,
                             state,
                             has_key,
                             has_file_id,
-                            refs: cells[at],
+                            refs,
                         });
                     }
                 }
